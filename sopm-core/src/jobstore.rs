@@ -1,0 +1,139 @@
+//! The `JobStore` trait: the durable record of every job, plus an in-memory store.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use crate::error::Result;
+use crate::types::{Job, JobId, JobStatus};
+
+/// How long a [`JobStore::put`] waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Return once the record would survive a crash of the process (fsync, or a
+    /// replicated write). Used before acknowledging a job to a client.
+    Durable,
+    /// Return at once; the record is written soon, in order with the other puts of
+    /// this store. Used on the hot path (completions of jobs the caller waited for).
+    Buffered,
+}
+
+/// The order of states; a store never moves a job to a lower rank.
+pub fn status_rank(s: JobStatus) -> u8 {
+    match s {
+        JobStatus::Queued => 0,
+        JobStatus::Running => 1,
+        _ => 2,
+    }
+}
+
+/// Stores job records. Implementations: memory (here), SQLite and Redis
+/// (`sopm-backends`).
+///
+/// Contract:
+/// - `put` inserts or replaces the record with the same id, except that a record is
+///   never moved back: a put whose status ranks below the stored one (queued < running
+///   < any terminal state) is ignored, and so is any put over a terminal record: the
+///   first terminal state is final. So puts from racing tasks cannot undo a finished
+///   job.
+/// - With [`Durability::Durable`] the record survives a crash once `put` returns.
+///   With [`Durability::Buffered`] it is written soon, in order.
+/// - `unfinished` returns the jobs stored as queued or running (called at start-up to
+///   recover from a crash).
+#[async_trait]
+pub trait JobStore: Debug + Send + Sync + 'static {
+    /// Records a job's current state.
+    async fn put(&self, job: &Job, durability: Durability) -> Result<()>;
+
+    /// A job by id (any tenant; the scheduler checks ownership).
+    async fn get(&self, id: &JobId) -> Result<Option<Job>>;
+
+    /// Jobs stored as queued or running, oldest first.
+    async fn unfinished(&self) -> Result<Vec<Job>>;
+
+    /// Waits until every buffered put is durable.
+    async fn flush(&self) -> Result<()>;
+}
+
+/// Jobs in memory, keeping the newest `capacity` finished jobs (unfinished ones are
+/// always kept).
+#[derive(Debug)]
+pub struct MemoryJobStore {
+    inner: Mutex<MemoryJobs>,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct MemoryJobs {
+    jobs: HashMap<JobId, Job>,
+    finished_order: VecDeque<JobId>,
+}
+
+impl MemoryJobStore {
+    /// Keeps up to 100,000 finished jobs.
+    pub fn new() -> Self {
+        Self::with_capacity(100_000)
+    }
+
+    /// Keeps up to `capacity` finished jobs; the oldest are forgotten first.
+    pub fn with_capacity(capacity: usize) -> Self {
+        MemoryJobStore {
+            inner: Mutex::new(MemoryJobs::default()),
+            capacity: capacity.max(1),
+        }
+    }
+}
+
+impl Default for MemoryJobStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl JobStore for MemoryJobStore {
+    async fn put(&self, job: &Job, _durability: Durability) -> Result<()> {
+        let mut g = self.inner.lock();
+        if let Some(old) = g.jobs.get(&job.id) {
+            if status_rank(job.status) < status_rank(old.status)
+                || (old.status.is_terminal() && job.status.is_terminal())
+            {
+                return Ok(());
+            }
+        }
+        let finished = job.status.is_terminal();
+        g.jobs.insert(job.id.clone(), job.clone());
+        if finished {
+            g.finished_order.push_back(job.id.clone());
+            while g.finished_order.len() > self.capacity {
+                if let Some(old) = g.finished_order.pop_front() {
+                    g.jobs.remove(&old);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<Job>> {
+        Ok(self.inner.lock().jobs.get(id).cloned())
+    }
+
+    async fn unfinished(&self) -> Result<Vec<Job>> {
+        let mut v: Vec<Job> = self
+            .inner
+            .lock()
+            .jobs
+            .values()
+            .filter(|j| !j.status.is_terminal())
+            .cloned()
+            .collect();
+        v.sort_by_key(|j| j.created_ms);
+        Ok(v)
+    }
+
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}

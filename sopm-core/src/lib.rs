@@ -1,0 +1,44 @@
+//! SOPM core: the domain types, the four traits every backend implements
+//! ([`Registry`], [`Builder`], [`Executor`], [`Scheduler`], plus the [`JobStore`]
+//! behind the scheduler), one error enum with stable codes, the in-process
+//! [`LocalScheduler`], in-memory stores, and the [`Platform`] that wires them.
+//!
+//! ```no_run
+//! # async fn demo(builtins: std::sync::Arc<dyn sopm_core::Executor>) -> sopm_core::Result<()> {
+//! use sopm_core::{FunctionRef, Platform, TenantId};
+//! let platform = Platform::builder().with_builtins(builtins).build()?;
+//! let out = platform
+//!     .execute(&TenantId::default(), FunctionRef::builtin("math.add"), serde_json::json!({"a": 2, "b": 3}))
+//!     .await?;
+//! assert_eq!(out.value, serde_json::json!(5));
+//! # Ok(()) }
+//! ```
+
+pub mod builder;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod error;
+pub mod executor;
+pub mod jobstore;
+pub mod platform;
+pub mod registry;
+pub mod scheduler;
+pub mod stats;
+pub mod types;
+
+pub use builder::{BuildLog, Builder, Source};
+pub use error::{Error, ErrorInfo, Result};
+pub use executor::{Example, Executor, FunctionInfo, PoolStats};
+pub use jobstore::{Durability, JobStore, MemoryJobStore};
+pub use platform::{job_output, Platform, PlatformBuilder, PlatformStats, StandardRouter};
+pub use registry::{
+    Artifact, BuildStatus, FunctionRecord, FunctionVersion, MemoryRegistry, NewVersion, Registry,
+};
+pub use scheduler::{
+    JobRequest, LocalScheduler, LocalSchedulerConfig, RecoveryReport, Route, Router, Scheduler,
+    SubmitMode, Submitted,
+};
+pub use stats::{LatencyHistogram, LatencySummary, SchedulerStats};
+pub use types::{
+    FunctionRef, Invocation, Job, JobId, JobStatus, Limits, Output, Runtime, Target, TenantId,
+};

@@ -1,0 +1,372 @@
+//! The `Registry` trait: durable records of user functions, their versions, build
+//! status, build logs and artifacts, plus an in-memory implementation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::types::{now_ms, Limits, Runtime, TenantId};
+
+/// Where a version is in its build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildStatus {
+    /// The builder is working on it.
+    Building,
+    /// Built; it can run.
+    Ready,
+    /// The build failed; the log says why. It never runs.
+    Failed,
+}
+
+impl BuildStatus {
+    /// The lowercase name used in the API and storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildStatus::Building => "building",
+            BuildStatus::Ready => "ready",
+            BuildStatus::Failed => "failed",
+        }
+    }
+
+    /// Parses [`as_str`](Self::as_str) back.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "building" => BuildStatus::Building,
+            "ready" => BuildStatus::Ready,
+            "failed" => BuildStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// What a builder produced for one version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Artifact {
+    /// A directory on this machine (process and gvisor backends).
+    Directory {
+        /// Absolute path of the artifact directory.
+        path: String,
+    },
+    /// A container image (docker and kubernetes backends).
+    Image {
+        /// The image reference.
+        reference: String,
+    },
+}
+
+/// What a client asks to create: a new function, or a new version of one with the
+/// same name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewVersion {
+    /// The owner.
+    pub tenant: TenantId,
+    /// The function's name, unique per tenant.
+    pub name: String,
+    /// Its runtime.
+    pub runtime: Runtime,
+    /// The entry point (`main.handle`, `index.handle`, `run.sh`, ...).
+    pub handler: String,
+    /// Its limits.
+    pub limits: Limits,
+    /// Environment variables given to it.
+    pub env: BTreeMap<String, String>,
+    /// A digest of the uploaded source.
+    pub source_digest: String,
+}
+
+/// One version of a user function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionVersion {
+    /// The function's id.
+    pub function_id: String,
+    /// The owner.
+    pub tenant: TenantId,
+    /// The function's name.
+    pub name: String,
+    /// The version number, from 1.
+    pub version: u32,
+    /// Its runtime.
+    pub runtime: Runtime,
+    /// Its entry point.
+    pub handler: String,
+    /// Its limits.
+    pub limits: Limits,
+    /// Its environment.
+    pub env: BTreeMap<String, String>,
+    /// A digest of its source.
+    pub source_digest: String,
+    /// Build status.
+    pub status: BuildStatus,
+    /// The build log so far.
+    pub build_log: String,
+    /// The artifact, once ready.
+    pub artifact: Option<Artifact>,
+    /// When it was created (ms since the epoch).
+    pub created_ms: u64,
+}
+
+/// A user function with all its versions, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionRecord {
+    /// Its id.
+    pub id: String,
+    /// Its owner.
+    pub tenant: TenantId,
+    /// Its name.
+    pub name: String,
+    /// Its versions, oldest first.
+    pub versions: Vec<FunctionVersion>,
+}
+
+impl FunctionRecord {
+    /// The newest version that is ready, if any.
+    pub fn latest_ready(&self) -> Option<&FunctionVersion> {
+        self.versions
+            .iter()
+            .rev()
+            .find(|v| v.status == BuildStatus::Ready)
+    }
+
+    /// One version by number.
+    pub fn version(&self, v: u32) -> Option<&FunctionVersion> {
+        self.versions.iter().find(|x| x.version == v)
+    }
+}
+
+/// Largest build log kept per version; older output is dropped from the front.
+pub const MAX_BUILD_LOG_BYTES: usize = 256 * 1024;
+
+/// Stores user functions. Implementations: memory (here), SQLite and Redis
+/// (`sopm-backends`).
+///
+/// Contract:
+/// - Reads are scoped to a tenant: asking for another tenant's function is
+///   [`Error::NotFound`], exactly as for an id that does not exist.
+/// - [`create_version`](Registry::create_version) makes the function on first use of a
+///   name and otherwise appends a version numbered one past the highest so far; it
+///   returns once the version is durable.
+/// - A version leaves `building` once, to `ready` (with an artifact) or `failed`.
+/// - Build logs are appended in order and capped at [`MAX_BUILD_LOG_BYTES`].
+#[async_trait]
+pub trait Registry: Debug + Send + Sync + 'static {
+    /// Creates a function, or a new version of the tenant's function with this name.
+    async fn create_version(&self, new: NewVersion) -> Result<FunctionVersion>;
+
+    /// A function by id, for its owner.
+    async fn get(&self, tenant: &TenantId, id: &str) -> Result<FunctionRecord>;
+
+    /// A function by name, for its owner.
+    async fn get_by_name(&self, tenant: &TenantId, name: &str) -> Result<FunctionRecord>;
+
+    /// All of a tenant's functions, by name.
+    async fn list(&self, tenant: &TenantId) -> Result<Vec<FunctionRecord>>;
+
+    /// Appends to a version's build log.
+    async fn append_build_log(&self, id: &str, version: u32, chunk: &str) -> Result<()>;
+
+    /// Ends a build: `ready` with its artifact, or `failed`.
+    async fn finish_build(
+        &self,
+        id: &str,
+        version: u32,
+        status: BuildStatus,
+        artifact: Option<Artifact>,
+    ) -> Result<()>;
+
+    /// Removes a function and all its versions, returning what was removed.
+    async fn delete(&self, tenant: &TenantId, id: &str) -> Result<FunctionRecord>;
+}
+
+/// Appends `chunk` to `log`, keeping at most [`MAX_BUILD_LOG_BYTES`] (drops whole
+/// characters from the front).
+pub fn append_capped(log: &mut String, chunk: &str) {
+    log.push_str(chunk);
+    if log.len() > MAX_BUILD_LOG_BYTES {
+        let mut cut = log.len() - MAX_BUILD_LOG_BYTES;
+        while !log.is_char_boundary(cut) {
+            cut += 1;
+        }
+        log.drain(..cut);
+    }
+}
+
+/// Checks a function name: 1..=64 characters of `[A-Za-z0-9_.-]`, starting with a
+/// letter or digit.
+pub fn validate_function_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "name: expected 1 to 64 characters of letters, digits, '_', '-', '.', starting with a letter or digit",
+        ))
+    }
+}
+
+/// A fresh function id.
+pub fn new_function_id() -> String {
+    format!("fn_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A registry in memory, for tests and for embedding without persistence.
+#[derive(Debug, Default)]
+pub struct MemoryRegistry {
+    inner: RwLock<HashMap<String, FunctionRecord>>,
+}
+
+impl MemoryRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with_version<T>(
+        &self,
+        id: &str,
+        version: u32,
+        f: impl FnOnce(&mut FunctionVersion) -> Result<T>,
+    ) -> Result<T> {
+        let mut map = self.inner.write();
+        let rec = map
+            .get_mut(id)
+            .ok_or_else(|| Error::not_found(format!("no function with id '{id}'")))?;
+        let v = rec
+            .versions
+            .iter_mut()
+            .find(|v| v.version == version)
+            .ok_or_else(|| Error::not_found(format!("function '{id}' has no version {version}")))?;
+        f(v)
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    async fn create_version(&self, new: NewVersion) -> Result<FunctionVersion> {
+        validate_function_name(&new.name)?;
+        let mut map = self.inner.write();
+        let existing = map
+            .values_mut()
+            .find(|r| r.tenant == new.tenant && r.name == new.name);
+        let rec = match existing {
+            Some(r) => r,
+            None => {
+                let id = new_function_id();
+                map.entry(id.clone()).or_insert(FunctionRecord {
+                    id,
+                    tenant: new.tenant.clone(),
+                    name: new.name.clone(),
+                    versions: Vec::new(),
+                })
+            }
+        };
+        let version = rec.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+        let v = FunctionVersion {
+            function_id: rec.id.clone(),
+            tenant: new.tenant,
+            name: new.name,
+            version,
+            runtime: new.runtime,
+            handler: new.handler,
+            limits: new.limits,
+            env: new.env,
+            source_digest: new.source_digest,
+            status: BuildStatus::Building,
+            build_log: String::new(),
+            artifact: None,
+            created_ms: now_ms(),
+        };
+        rec.versions.push(v.clone());
+        Ok(v)
+    }
+
+    async fn get(&self, tenant: &TenantId, id: &str) -> Result<FunctionRecord> {
+        self.inner
+            .read()
+            .get(id)
+            .filter(|r| &r.tenant == tenant)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("no function with id '{id}'")))
+    }
+
+    async fn get_by_name(&self, tenant: &TenantId, name: &str) -> Result<FunctionRecord> {
+        self.inner
+            .read()
+            .values()
+            .find(|r| &r.tenant == tenant && r.name == name)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("no function named '{name}'")))
+    }
+
+    async fn list(&self, tenant: &TenantId) -> Result<Vec<FunctionRecord>> {
+        let mut out: Vec<_> = self
+            .inner
+            .read()
+            .values()
+            .filter(|r| &r.tenant == tenant)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn append_build_log(&self, id: &str, version: u32, chunk: &str) -> Result<()> {
+        self.with_version(id, version, |v| {
+            append_capped(&mut v.build_log, chunk);
+            Ok(())
+        })
+    }
+
+    async fn finish_build(
+        &self,
+        id: &str,
+        version: u32,
+        status: BuildStatus,
+        artifact: Option<Artifact>,
+    ) -> Result<()> {
+        check_finish(status, &artifact)?;
+        self.with_version(id, version, |v| {
+            if v.status != BuildStatus::Building {
+                return Err(Error::Conflict(format!(
+                    "version {version} of '{id}' is already {}",
+                    v.status.as_str()
+                )));
+            }
+            v.status = status;
+            v.artifact = artifact;
+            Ok(())
+        })
+    }
+
+    async fn delete(&self, tenant: &TenantId, id: &str) -> Result<FunctionRecord> {
+        let mut map = self.inner.write();
+        match map.get(id) {
+            Some(r) if &r.tenant == tenant => Ok(map.remove(id).expect("present")),
+            _ => Err(Error::not_found(format!("no function with id '{id}'"))),
+        }
+    }
+}
+
+/// Checks the arguments of [`Registry::finish_build`]: `ready` needs an artifact,
+/// `building` is not an end.
+pub fn check_finish(status: BuildStatus, artifact: &Option<Artifact>) -> Result<()> {
+    match (status, artifact) {
+        (BuildStatus::Building, _) => Err(Error::invalid("a build cannot finish as 'building'")),
+        (BuildStatus::Ready, None) => Err(Error::invalid("a ready build needs an artifact")),
+        _ => Ok(()),
+    }
+}
+
+/// A shared registry handle.
+pub type SharedRegistry = Arc<dyn Registry>;

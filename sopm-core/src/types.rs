@@ -1,0 +1,397 @@
+//! Domain types shared by every part of SOPM: tenants, runtimes, limits, function
+//! references, invocations, jobs and their states.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ErrorInfo;
+
+/// The owner of functions and jobs. With auth off, clients name it (`user_id`);
+/// with auth on, it comes from the API key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TenantId(Arc<str>);
+
+impl TenantId {
+    /// The tenant used when a caller names none.
+    pub const DEFAULT: &'static str = "default";
+
+    /// Makes a tenant id, checking it is 1..=128 characters of `[A-Za-z0-9_.@-]`.
+    pub fn new(id: &str) -> crate::Result<Self> {
+        let ok = !id.is_empty()
+            && id.len() <= 128
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'));
+        if ok {
+            Ok(TenantId(Arc::from(id)))
+        } else {
+            Err(crate::Error::invalid(
+                "user_id: expected 1 to 128 characters of letters, digits, '_', '-', '.', '@'",
+            ))
+        }
+    }
+
+    /// The default tenant.
+    pub fn default_tenant() -> Self {
+        TenantId(Arc::from(Self::DEFAULT))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for TenantId {
+    fn default() -> Self {
+        Self::default_tenant()
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A job's id: 128 random bits, hyphenated like a UUID, so it cannot be guessed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(Arc<str>);
+
+impl JobId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        let mut buf = uuid::Uuid::encode_buffer();
+        JobId(Arc::from(
+            &*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf),
+        ))
+    }
+
+    /// Parses an id a client sent; anything that is not a UUID is `not_found`.
+    pub fn parse(s: &str) -> crate::Result<Self> {
+        match uuid::Uuid::try_parse(s) {
+            Ok(u) => {
+                let mut buf = uuid::Uuid::encode_buffer();
+                Ok(JobId(Arc::from(&*u.hyphenated().encode_lower(&mut buf))))
+            }
+            Err(_) => Err(crate::Error::not_found(format!("no job with id '{}'", truncate_for_message(s)))),
+        }
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Cuts a client-supplied string for use in an error message.
+pub fn truncate_for_message(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.chars().count() <= MAX {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(MAX).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// The language or kind of code a function is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// One of the built-in functions, run in-process.
+    Builtin,
+    /// Python 3: `def handle(event, context)`.
+    Python,
+    /// Node.js: `exports.handle = (event, context) => ...`.
+    Node,
+    /// A shell script: input JSON on stdin, output JSON on stdout.
+    Shell,
+    /// A static Linux executable with the shell contract.
+    Binary,
+}
+
+impl Runtime {
+    /// The lowercase name used in the API and config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Builtin => "builtin",
+            Runtime::Python => "python",
+            Runtime::Node => "node",
+            Runtime::Shell => "shell",
+            Runtime::Binary => "binary",
+        }
+    }
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "builtin" => Ok(Runtime::Builtin),
+            "python" => Ok(Runtime::Python),
+            "node" => Ok(Runtime::Node),
+            "shell" => Ok(Runtime::Shell),
+            "binary" => Ok(Runtime::Binary),
+            other => Err(crate::Error::invalid(format!(
+                "runtime: expected one of python, node, shell, binary, got '{}'",
+                truncate_for_message(other)
+            ))),
+        }
+    }
+}
+
+/// Resource limits of one function. Sandboxed executors enforce them; the
+/// scheduler enforces `timeout_ms` for every executor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Wall-clock limit of one invocation.
+    pub timeout_ms: u64,
+    /// Memory limit of the sandbox, in MiB.
+    pub memory_mb: u64,
+    /// Most processes/threads in the sandbox.
+    pub max_processes: u64,
+    /// Most open files.
+    pub max_open_files: u64,
+    /// Largest output (and, separately, largest log) in bytes.
+    pub max_output_bytes: u64,
+    /// Size of the writable `/tmp`, in MiB.
+    pub tmpfs_mb: u64,
+    /// Whether the function asks for network access (the operator must allow it too).
+    pub network: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout_ms: 30_000,
+            memory_mb: 256,
+            max_processes: 64,
+            max_open_files: 256,
+            max_output_bytes: 1 << 20,
+            tmpfs_mb: 64,
+            network: false,
+        }
+    }
+}
+
+/// Which function a job runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FunctionRef {
+    /// A built-in, by name (`math.add`).
+    Builtin {
+        /// The catalog name.
+        name: Arc<str>,
+    },
+    /// A user function, by id, optionally pinned to a version (else the latest ready one).
+    User {
+        /// The function's id.
+        id: Arc<str>,
+        /// A pinned version.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u32>,
+    },
+}
+
+impl FunctionRef {
+    /// A reference to a built-in.
+    pub fn builtin(name: &str) -> Self {
+        FunctionRef::Builtin { name: Arc::from(name) }
+    }
+
+    /// The name shown in stats and job records.
+    pub fn display_name(&self) -> String {
+        match self {
+            FunctionRef::Builtin { name } => name.to_string(),
+            FunctionRef::User { id, version: None } => id.to_string(),
+            FunctionRef::User { id, version: Some(v) } => format!("{id}@{v}"),
+        }
+    }
+}
+
+/// A job's life: `queued -> running -> succeeded | failed | timed_out | cancelled`,
+/// plus `interrupted` for a job that was running when the process stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Accepted, waiting for a worker.
+    Queued,
+    /// Running on an executor.
+    Running,
+    /// Finished with an output.
+    Succeeded,
+    /// Finished with an error.
+    Failed,
+    /// Stopped at its deadline.
+    TimedOut,
+    /// Cancelled by its owner or by shutdown.
+    Cancelled,
+    /// Was running when the process stopped; not re-run because it may have had effects.
+    Interrupted,
+}
+
+impl JobStatus {
+    /// Whether the job has reached a final state.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, JobStatus::Queued | JobStatus::Running)
+    }
+
+    /// The lowercase name used in the API and in storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::TimedOut => "timed_out",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::Interrupted => "interrupted",
+        }
+    }
+
+    /// Parses [`as_str`](Self::as_str) back.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => JobStatus::Queued,
+            "running" => JobStatus::Running,
+            "succeeded" => JobStatus::Succeeded,
+            "failed" => JobStatus::Failed,
+            "timed_out" => JobStatus::TimedOut,
+            "cancelled" => JobStatus::Cancelled,
+            "interrupted" => JobStatus::Interrupted,
+            _ => return None,
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The durable record of one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Its id.
+    pub id: JobId,
+    /// Its owner.
+    pub tenant: TenantId,
+    /// What it runs.
+    pub function: FunctionRef,
+    /// Where it is in its life.
+    pub status: JobStatus,
+    /// The input it was called with (shared, so records are cheap to copy).
+    pub input: Arc<Value>,
+    /// The output, once succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    /// The error, once failed, timed out, cancelled or interrupted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    /// Logs the function printed (user functions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<String>,
+    /// Its wall-clock limit in milliseconds.
+    pub timeout_ms: u64,
+    /// When it was accepted (ms since the epoch).
+    pub created_ms: u64,
+    /// When it started running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
+    /// How long it ran, in microseconds (from start to finish).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_us: Option<u64>,
+    /// How many times it was started (re-runs after a restart count).
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+impl Job {
+    /// A new queued job.
+    pub fn new(tenant: TenantId, function: FunctionRef, input: Arc<Value>, timeout_ms: u64) -> Self {
+        Job {
+            id: JobId::random(),
+            tenant,
+            function,
+            status: JobStatus::Queued,
+            input,
+            output: None,
+            error: None,
+            logs: None,
+            timeout_ms,
+            created_ms: now_ms(),
+            started_ms: None,
+            finished_ms: None,
+            duration_us: None,
+            attempts: 0,
+        }
+    }
+}
+
+/// One call of one function, as an executor receives it.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// The job this call belongs to.
+    pub job_id: JobId,
+    /// The caller's tenant.
+    pub tenant: TenantId,
+    /// What to run, resolved.
+    pub target: Target,
+    /// The input.
+    pub input: Arc<Value>,
+    /// When the call must be finished. Executors should stop work past it; the
+    /// scheduler abandons the call at this instant regardless.
+    pub deadline: Instant,
+}
+
+impl Invocation {
+    /// Time left before the deadline (zero if passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// A resolved function, ready for an executor.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A built-in by name.
+    Builtin(Arc<str>),
+    /// One version of a user function, with its artifact.
+    User(Arc<crate::registry::FunctionVersion>),
+}
+
+/// What an executor returns for a successful call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// The function's result.
+    pub value: Value,
+    /// What the function printed, if the executor captures logs.
+    pub logs: Option<String>,
+}
+
+impl From<Value> for Output {
+    fn from(value: Value) -> Self {
+        Output { value, logs: None }
+    }
+}

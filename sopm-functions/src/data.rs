@@ -1,0 +1,5 @@
+//! The `data.*` built-ins.
+
+use crate::Builtin;
+
+pub(crate) fn register(_out: &mut Vec<Builtin>) {}

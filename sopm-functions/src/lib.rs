@@ -1,0 +1,286 @@
+//! The 100 built-in functions of SOPM (catalog in `docs/functions.md`), pure Rust,
+//! run in-process by [`BuiltinExecutor`] with no cold start.
+//!
+//! Each function declares its parameters once ([`schema::Params`]); that one
+//! declaration gives the published JSON Schema and the validation that runs before
+//! the function, so a missing field, a wrong type, a value out of range or an unknown
+//! field is `invalid_input` naming the field. CPU-heavy functions run on the blocking
+//! pool so they never stall the async runtime.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sopm_core::{Error, Example, Executor, FunctionInfo, Invocation, Output, Result, Target};
+
+mod data;
+mod math;
+pub mod schema;
+mod text;
+mod util;
+
+use schema::{Args, Param, Params, Ty};
+
+/// A synchronous function body.
+pub type SyncFn = fn(&Args<'_>) -> Result<Value>;
+/// An asynchronous function body (for the few that wait, such as `util.sleep`).
+pub type AsyncFn = fn(Value) -> Pin<Box<dyn Future<Output = Result<Value>> + Send>>;
+
+/// How a function's body runs.
+#[derive(Clone, Copy)]
+pub enum Handler {
+    /// Runs inline on the caller's task: cheap, bounded work.
+    Inline(SyncFn),
+    /// Runs on the blocking thread pool: CPU-heavy work that could stall the runtime.
+    Blocking(SyncFn),
+    /// Awaits; never holds a worker thread.
+    Async(AsyncFn),
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Handler::Inline(_) => "Inline",
+            Handler::Blocking(_) => "Blocking",
+            Handler::Async(_) => "Async",
+        })
+    }
+}
+
+/// One built-in function: its name, description, parameters, example and body.
+#[derive(Debug, Clone)]
+pub struct Builtin {
+    /// Public name, `category.name`.
+    pub name: &'static str,
+    /// One-line description.
+    pub description: &'static str,
+    /// Its parameters.
+    pub params: Params,
+    /// Example input.
+    pub example_input: Value,
+    /// The output of the example input (for a non-deterministic function, a sample).
+    pub example_output: Value,
+    /// Whether equal inputs give equal outputs.
+    pub deterministic: bool,
+    /// Its body.
+    pub handler: Handler,
+}
+
+impl Builtin {
+    /// Starts describing a function; finish with [`inline`](Self::inline),
+    /// [`blocking`](Self::blocking) or [`asynchronous`](Self::asynchronous).
+    pub fn new(name: &'static str, description: &'static str) -> BuiltinSpec {
+        BuiltinSpec {
+            name,
+            description,
+            params: Vec::new(),
+            example: None,
+            deterministic: true,
+        }
+    }
+
+    /// The category (`math`, `text`, `data`, `util`).
+    pub fn category(&self) -> &'static str {
+        self.name.split('.').next().unwrap_or("")
+    }
+
+    /// How the catalog lists it.
+    pub fn info(&self) -> FunctionInfo {
+        FunctionInfo {
+            name: self.name.to_string(),
+            category: self.category().to_string(),
+            description: self.description.to_string(),
+            input_schema: self.params.schema(),
+            example: Example {
+                input: self.example_input.clone(),
+                output: self.example_output.clone(),
+            },
+            deterministic: self.deterministic,
+        }
+    }
+
+    /// Validates `input` and runs the function.
+    pub async fn call(&self, input: &Value) -> Result<Value> {
+        match self.handler {
+            Handler::Inline(f) => {
+                let args = self.params.validate(input)?;
+                guarded(self.name, || f(&args))
+            }
+            Handler::Blocking(f) => {
+                self.params.validate(input)?;
+                let input = input.clone();
+                let params = self.params.clone();
+                let name = self.name;
+                tokio::task::spawn_blocking(move || {
+                    let args = params.validate(&input)?;
+                    guarded(name, || f(&args))
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("{name} did not finish: {e}")))?
+            }
+            Handler::Async(f) => {
+                self.params.validate(input)?;
+                f(input.clone()).await
+            }
+        }
+    }
+}
+
+/// Runs a body, turning a panic (a bug) into `internal_error` instead of unwinding
+/// through the scheduler.
+fn guarded(name: &str, f: impl FnOnce() -> Result<Value>) -> Result<Value> {
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(Error::Internal(format!("{name} panicked"))))
+}
+
+/// A function being described; see [`Builtin::new`].
+#[derive(Debug)]
+pub struct BuiltinSpec {
+    name: &'static str,
+    description: &'static str,
+    params: Vec<Param>,
+    example: Option<(Value, Value)>,
+    deterministic: bool,
+}
+
+impl BuiltinSpec {
+    /// A required parameter.
+    pub fn param(mut self, name: &'static str, ty: Ty) -> Self {
+        self.params.push(Param { name, ty, required: true });
+        self
+    }
+
+    /// An optional parameter (absent or null means the default).
+    pub fn optional(mut self, name: &'static str, ty: Ty) -> Self {
+        self.params.push(Param { name, ty, required: false });
+        self
+    }
+
+    /// The example input and its output.
+    pub fn example(mut self, input: Value, output: Value) -> Self {
+        self.example = Some((input, output));
+        self
+    }
+
+    /// Marks the function as not deterministic.
+    pub fn nondeterministic(mut self) -> Self {
+        self.deterministic = false;
+        self
+    }
+
+    fn finish(self, handler: Handler) -> Builtin {
+        let (example_input, example_output) = self
+            .example
+            .unwrap_or_else(|| panic!("{} has no example", self.name));
+        Builtin {
+            name: self.name,
+            description: self.description,
+            params: Params(self.params),
+            example_input,
+            example_output,
+            deterministic: self.deterministic,
+            handler,
+        }
+    }
+
+    /// Finishes with a cheap body run inline.
+    pub fn inline(self, f: SyncFn) -> Builtin {
+        self.finish(Handler::Inline(f))
+    }
+
+    /// Finishes with a CPU-heavy body run on the blocking pool.
+    pub fn blocking(self, f: SyncFn) -> Builtin {
+        self.finish(Handler::Blocking(f))
+    }
+
+    /// Finishes with an asynchronous body.
+    pub fn asynchronous(self, f: AsyncFn) -> Builtin {
+        self.finish(Handler::Async(f))
+    }
+}
+
+/// All 100 built-ins, in catalog order.
+pub fn catalog() -> Vec<Builtin> {
+    let mut all = Vec::with_capacity(100);
+    math::register(&mut all);
+    text::register(&mut all);
+    data::register(&mut all);
+    util::register(&mut all);
+    all
+}
+
+/// Runs built-ins in-process. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct BuiltinExecutor {
+    builtins: Vec<Builtin>,
+    index: HashMap<&'static str, usize>,
+    infos: Vec<FunctionInfo>,
+}
+
+impl BuiltinExecutor {
+    /// An executor of the whole catalog.
+    pub fn new() -> Self {
+        Self::from_builtins(catalog())
+    }
+
+    /// An executor of the given functions.
+    pub fn from_builtins(builtins: Vec<Builtin>) -> Self {
+        let index = builtins.iter().enumerate().map(|(i, b)| (b.name, i)).collect();
+        let infos = builtins.iter().map(Builtin::info).collect();
+        BuiltinExecutor {
+            builtins,
+            index,
+            infos,
+        }
+    }
+
+    /// The executor behind an `Arc<dyn Executor>`, ready for
+    /// [`PlatformBuilder::with_builtins`](sopm_core::PlatformBuilder::with_builtins).
+    pub fn shared() -> Arc<dyn Executor> {
+        Arc::new(Self::new())
+    }
+
+    /// One built-in by name.
+    pub fn get(&self, name: &str) -> Option<&Builtin> {
+        self.index.get(name).map(|&i| &self.builtins[i])
+    }
+
+    /// Validates and runs one built-in directly (no scheduler, no job record).
+    pub async fn call(&self, name: &str, input: &Value) -> Result<Value> {
+        match self.get(name) {
+            Some(b) => b.call(input).await,
+            None => Err(Error::not_found(format!("no built-in function named '{name}'"))),
+        }
+    }
+}
+
+impl Default for BuiltinExecutor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl Executor for BuiltinExecutor {
+    fn name(&self) -> &str {
+        "builtin"
+    }
+
+    async fn invoke(&self, invocation: Invocation) -> Result<Output> {
+        match &invocation.target {
+            Target::Builtin(name) => self.call(name, &invocation.input).await.map(Output::from),
+            Target::User(v) => Err(Error::Internal(format!(
+                "the builtin executor cannot run user function '{}'",
+                v.function_id
+            ))),
+        }
+    }
+
+    fn catalog(&self) -> &[FunctionInfo] {
+        &self.infos
+    }
+}

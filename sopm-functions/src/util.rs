@@ -1,0 +1,5 @@
+//! The `util.*` built-ins.
+
+use crate::Builtin;
+
+pub(crate) fn register(_out: &mut Vec<Builtin>) {}

@@ -1,1 +1,114 @@
-fn main() {}
+//! Built-in dispatch through `Platform` (scheduler, job record, stats) and straight
+//! through the executor, on one core (a current-thread runtime), plus a latency
+//! distribution of `Platform::execute(math.add)`.
+//!
+//! Run with: cargo bench -p benches --bench dispatch
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, Criterion, Throughput};
+use serde_json::json;
+use sopm_core::{FunctionRef, Platform, TenantId};
+use sopm_functions::BuiltinExecutor;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn platform() -> Platform {
+    Platform::builder()
+        .with_builtins(BuiltinExecutor::shared())
+        .build()
+        .expect("platform")
+}
+
+fn dispatch(c: &mut Criterion) {
+    let rt = runtime();
+    let platform = platform();
+    let tenant = TenantId::default();
+    let exec = BuiltinExecutor::new();
+    let input = json!({"a": 2, "b": 3});
+
+    let mut g = c.benchmark_group("dispatch");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("platform_execute_math_add", |b| {
+        b.to_async(&rt).iter(|| async {
+            let out = platform
+                .execute(&tenant, FunctionRef::builtin("math.add"), black_box(json!({"a": 2, "b": 3})))
+                .await
+                .expect("math.add");
+            black_box(out)
+        })
+    });
+    g.bench_function("executor_call_math_add", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(exec.call("math.add", black_box(&input)).await.expect("math.add")) })
+    });
+    g.bench_function("platform_execute_text_uppercase_1k", |b| {
+        let text = "héllo wörld ".repeat(85);
+        b.to_async(&rt).iter(|| async {
+            black_box(
+                platform
+                    .execute(&tenant, FunctionRef::builtin("text.uppercase"), json!({"text": text}))
+                    .await
+                    .expect("text.uppercase"),
+            )
+        })
+    });
+    g.finish();
+}
+
+/// Times each of many calls and prints calls/s and percentiles: the figures
+/// docs/performance.md quotes.
+fn latency_distribution() {
+    let rt = runtime();
+    let platform = platform();
+    let tenant = TenantId::default();
+    const CALLS: usize = 300_000;
+    let mut samples = Vec::with_capacity(CALLS);
+    rt.block_on(async {
+        for _ in 0..50_000 {
+            let _ = platform
+                .execute(&tenant, FunctionRef::builtin("math.add"), json!({"a": 2, "b": 3}))
+                .await;
+        }
+        let start = Instant::now();
+        for i in 0..CALLS {
+            let t = Instant::now();
+            let out = platform
+                .execute(&tenant, FunctionRef::builtin("math.add"), json!({"a": i, "b": 3}))
+                .await
+                .expect("math.add");
+            samples.push(t.elapsed());
+            black_box(out);
+        }
+        let wall = start.elapsed();
+        samples.sort_unstable();
+        let at = |q: f64| samples[((q * CALLS as f64) as usize).min(CALLS - 1)];
+        println!(
+            "platform_execute(math.add), one core, {CALLS} calls: {:.0} calls/s; p50 {:?} p90 {:?} p99 {:?} p99.9 {:?} max {:?}",
+            CALLS as f64 / wall.as_secs_f64(),
+            at(0.50),
+            at(0.90),
+            at(0.99),
+            at(0.999),
+            samples[CALLS - 1]
+        );
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = dispatch
+}
+
+fn main() {
+    latency_distribution();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,1 +1,235 @@
-fn main() {}
+//! `sopm`: run the SOPM server, or talk to one.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hyper::Method;
+use serde_json::Value;
+use sopm_server::client::{Answer, Client};
+use sopm_server::config::{ServeArgs, ServerConfig};
+
+/// SOPM, the Serverless Operating-system Process Manager.
+#[derive(Debug, Parser)]
+#[command(name = "sopm", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (API on 127.0.0.1:8080, SQLite in ./sopm-data by default).
+    Serve(ServeArgs),
+    /// List the built-in functions.
+    Functions(ClientArgs),
+    /// Run a function: `sopm exec math.add '{"a":2,"b":3}'`.
+    Exec {
+        /// Function name.
+        function: String,
+        /// Input as JSON (default `{}`).
+        input: Option<String>,
+        /// Answer at once with a job id instead of waiting.
+        #[arg(long = "async")]
+        is_async: bool,
+        /// How long to wait for the result before getting a job id, in ms.
+        #[arg(long)]
+        wait_ms: Option<u64>,
+        /// Print the whole answer, not just the output.
+        #[arg(long)]
+        full: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a job.
+    Status {
+        /// Job id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a queued or running job.
+    Cancel {
+        /// Job id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the server's figures.
+    Stats(ClientArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct ClientArgs {
+    /// The server's address.
+    #[arg(long, env = "SOPM_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    url: String,
+    /// The tenant (while the server runs without auth).
+    #[arg(long, env = "SOPM_USER_ID", global = true)]
+    user_id: Option<String>,
+}
+
+impl ClientArgs {
+    fn query(&self) -> String {
+        match &self.user_id {
+            Some(u) => format!("?user_id={}", percent_encode(u)),
+            None => String::new(),
+        }
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        other => client_command(other),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SOPM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = match ServerConfig::resolve(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sopm: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if config.worker_threads > 0 {
+        rt.worker_threads(config.worker_threads);
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sopm: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(sopm_server::server::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sopm: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn client_command(cmd: Command) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sopm: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run_client(cmd)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sopm: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_client(cmd: Command) -> Result<ExitCode, String> {
+    match cmd {
+        Command::Serve(_) => unreachable!("handled in main"),
+        Command::Functions(c) => {
+            let a = Client::new(&c.url)?.call(Method::GET, "/api/functions", None).await?;
+            if a.status != 200 {
+                return Ok(report_error(&a));
+            }
+            let list = a.body["functions"].as_array().cloned().unwrap_or_default();
+            for f in &list {
+                println!(
+                    "{:<28} {}",
+                    f["name"].as_str().unwrap_or(""),
+                    f["description"].as_str().unwrap_or("")
+                );
+            }
+            println!("{} functions", list.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec {
+            function,
+            input,
+            is_async,
+            wait_ms,
+            full,
+            client,
+        } => {
+            let input: Value = match input.as_deref() {
+                None => Value::Object(Default::default()),
+                Some(text) => serde_json::from_str(text)
+                    .map_err(|e| format!("the input is not valid JSON: {e}"))?,
+            };
+            let mut body = serde_json::json!({"function": function, "input": input, "async": is_async});
+            if let Some(w) = wait_ms {
+                body["wait_ms"] = w.into();
+            }
+            let path = format!("/api/execute{}", client.query());
+            let a = Client::new(&client.url)?
+                .call(Method::POST, &path, Some(body))
+                .await?;
+            match a.status {
+                200 if !full => print_json(&a.body["output"]),
+                200 | 202 => print_json(&a.body),
+                _ => return Ok(report_error(&a)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { id, client } => {
+            let path = format!("/api/status/{}{}", percent_encode(&id), client.query());
+            simple(&client, Method::GET, &path).await
+        }
+        Command::Cancel { id, client } => {
+            let path = format!("/api/jobs/{}/cancel{}", percent_encode(&id), client.query());
+            simple(&client, Method::POST, &path).await
+        }
+        Command::Stats(c) => simple(&c, Method::GET, "/api/stats").await,
+    }
+}
+
+async fn simple(c: &ClientArgs, method: Method, path: &str) -> Result<ExitCode, String> {
+    let a = Client::new(&c.url)?.call(method, path, None).await?;
+    if a.status >= 400 {
+        return Ok(report_error(&a));
+    }
+    print_json(&a.body);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn report_error(a: &Answer) -> ExitCode {
+    let code = a.body["error"]["code"].as_str().unwrap_or("error");
+    let msg = a.body["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| a.body.to_string());
+    eprintln!("sopm: {code} (HTTP {}): {msg}", a.status);
+    if let Some(id) = a.body["id"].as_str() {
+        eprintln!("job: {id}");
+    }
+    ExitCode::FAILURE
+}

@@ -1,0 +1,1 @@
+//! Runnable examples of SOPM as a library; see `examples/`.

@@ -1,0 +1,203 @@
+//! Server settings: defaults, overridden by a TOML file, then by `SOPM_*`
+//! environment variables and command-line flags (clap reads both).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where jobs and functions are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// SQLite in the data directory (durable; the default).
+    Sqlite,
+    /// In memory only (lost at exit; for tests and demos).
+    Memory,
+}
+
+/// Every server setting, with its default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for the database and artifacts.
+    pub data_dir: PathBuf,
+    /// Storage backend.
+    pub storage: Storage,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Most jobs running at once.
+    pub max_concurrency: usize,
+    /// Most jobs waiting; past it, 429.
+    pub queue_capacity: usize,
+    /// Default wait of a waiting execute call, in ms.
+    pub default_wait_ms: u64,
+    /// Longest wait a caller may ask for, in ms.
+    pub max_wait_ms: u64,
+    /// Time limit of a built-in call, in ms.
+    pub builtin_timeout_ms: u64,
+    /// Longest time limit of any job, in ms.
+    pub max_timeout_ms: u64,
+    /// How long shutdown lets running jobs finish, in ms.
+    pub shutdown_grace_ms: u64,
+    /// How long finished jobs are kept, in hours.
+    pub job_retention_hours: u64,
+    /// SQLite `synchronous` mode: `full` (every acknowledged job survives power loss)
+    /// or `normal` (survives a process crash; faster).
+    pub sqlite_synchronous: String,
+    /// Worker threads of the async runtime (0: one per core).
+    pub worker_threads: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("sopm-data"),
+            storage: Storage::Sqlite,
+            max_body_bytes: 4 << 20,
+            max_concurrency: 1024,
+            queue_capacity: 10_000,
+            default_wait_ms: 30_000,
+            max_wait_ms: 300_000,
+            builtin_timeout_ms: 30_000,
+            max_timeout_ms: 300_000,
+            shutdown_grace_ms: 10_000,
+            job_retention_hours: 24 * 7,
+            sqlite_synchronous: "full".into(),
+            worker_threads: 0,
+        }
+    }
+}
+
+/// Flags of `sopm serve`; each also reads `SOPM_<NAME>`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with settings (flags and env override it).
+    #[arg(long, env = "SOPM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "SOPM_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory [default: ./sopm-data].
+    #[arg(long, env = "SOPM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Storage backend [default: sqlite].
+    #[arg(long, env = "SOPM_STORAGE", value_enum)]
+    pub storage: Option<Storage>,
+    /// Largest request body in bytes [default: 4194304].
+    #[arg(long, env = "SOPM_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Most jobs running at once [default: 1024].
+    #[arg(long, env = "SOPM_MAX_CONCURRENCY")]
+    pub max_concurrency: Option<usize>,
+    /// Most jobs waiting before 429 [default: 10000].
+    #[arg(long, env = "SOPM_QUEUE_CAPACITY")]
+    pub queue_capacity: Option<usize>,
+    /// Default wait of an execute call in ms [default: 30000].
+    #[arg(long, env = "SOPM_DEFAULT_WAIT_MS")]
+    pub default_wait_ms: Option<u64>,
+    /// Shutdown grace period in ms [default: 10000].
+    #[arg(long, env = "SOPM_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+    /// SQLite synchronous mode, full or normal [default: full].
+    #[arg(long, env = "SOPM_SQLITE_SYNCHRONOUS")]
+    pub sqlite_synchronous: Option<String>,
+    /// Worker threads (0: one per core) [default: 0].
+    #[arg(long, env = "SOPM_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+}
+
+impl ServerConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// Defaults, then the file, then env and flags.
+    pub fn resolve(args: &ServeArgs) -> Result<Self, String> {
+        let mut c = match &args.config {
+            Some(p) => Self::from_file(p)?,
+            None => Self::default(),
+        };
+        macro_rules! take {
+            ($($f:ident),*) => { $( if let Some(v) = args.$f.clone() { c.$f = v; } )* };
+        }
+        take!(
+            listen,
+            data_dir,
+            storage,
+            max_body_bytes,
+            max_concurrency,
+            queue_capacity,
+            default_wait_ms,
+            shutdown_grace_ms,
+            sqlite_synchronous,
+            worker_threads
+        );
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks values that would make the server misbehave.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_concurrency == 0 {
+            return Err("max_concurrency must be at least 1".into());
+        }
+        if self.max_body_bytes < 1024 {
+            return Err("max_body_bytes must be at least 1024".into());
+        }
+        if !matches!(self.sqlite_synchronous.as_str(), "full" | "normal") {
+            return Err(format!(
+                "sqlite_synchronous must be 'full' or 'normal', not '{}'",
+                self.sqlite_synchronous
+            ));
+        }
+        Ok(())
+    }
+
+    /// The shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sopm.toml");
+        std::fs::write(&file, "queue_capacity = 7\nmax_concurrency = 3\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            max_concurrency: Some(5),
+            ..Default::default()
+        };
+        let c = ServerConfig::resolve(&args).unwrap();
+        assert_eq!(c.queue_capacity, 7);
+        assert_eq!(c.max_concurrency, 5);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sopm.toml");
+        std::fs::write(&file, "queue_capacty = 7\n").unwrap();
+        let err = ServerConfig::from_file(&file).unwrap_err();
+        assert!(err.contains("queue_capacty"), "{err}");
+        let args = ServeArgs {
+            max_concurrency: Some(0),
+            ..Default::default()
+        };
+        assert!(ServerConfig::resolve(&args).is_err());
+    }
+}

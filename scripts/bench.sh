@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# HTTP benchmark: runs the release server on loopback with SQLite in a temporary
+# directory and drives it with wrk. Prints requests/s and latency percentiles for
+# /healthz, waiting POST /api/execute (math.add) and fire-and-forget submissions
+# (durable SQLite records), with the ratio of each to the same run's /healthz rate.
+#
+# Usage: scripts/bench.sh [duration_seconds]   (default 10; every run is bounded)
+# Env: SOPM_BENCH_THREADS (wrk threads, default 2), SOPM_BENCH_CONNECTIONS (default 64),
+#      SOPM_BENCH_PORT (default 18080), SOPM_BENCH_SYNC (sqlite synchronous, default full).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+duration="${1:-10}"
+threads="${SOPM_BENCH_THREADS:-2}"
+conns="${SOPM_BENCH_CONNECTIONS:-64}"
+port="${SOPM_BENCH_PORT:-18080}"
+sync="${SOPM_BENCH_SYNC:-full}"
+url="http://127.0.0.1:${port}"
+
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "==> installing wrk"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+  }
+fi
+
+echo "==> building the release server"
+cargo build --release -p sopm-server --quiet
+bin="${CARGO_TARGET_DIR:-target}/release/sopm"
+
+work=$(mktemp -d)
+server_pid=""
+cleanup() {
+  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+SOPM_LOG=warn "$bin" serve --listen "127.0.0.1:${port}" --data-dir "$work/data" \
+  --sqlite-synchronous "$sync" --queue-capacity 100000 &
+server_pid=$!
+for _ in $(seq 1 100); do
+  curl -fsS "$url/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fsS "$url/readyz" >/dev/null
+
+cat > "$work/execute.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"function":"math.add","input":{"a":2,"b":3}}'
+LUA
+cat > "$work/async.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"function":"math.add","input":{"a":2,"b":3},"async":true}'
+LUA
+
+# Runs wrk once; prints one summary line and returns the requests/s.
+run() {
+  local name="$1"; shift
+  local out
+  out=$(timeout $((duration + 30)) wrk -t"$threads" -c"$conns" -d"${duration}s" --timeout 10s --latency "$@")
+  local rps p50 p90 p99 errs
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p90=$(awk '$1=="90%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  errs=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+  printf '%-34s %10s req/s   p50 %-9s p90 %-9s p99 %-9s non-2xx %s\n' "$name" "$rps" "$p50" "$p90" "$p99" "${errs:-0}" >&2
+  echo "$rps"
+}
+
+echo "==> wrk -t${threads} -c${conns} -d${duration}s on loopback; $(nproc) cores; sqlite synchronous=${sync}"
+healthz=$(run "GET /healthz" "$url/healthz")
+execute=$(run "POST /api/execute (wait)" -s "$work/execute.lua" "$url/api/execute")
+async=$(run "POST /api/execute (async, durable)" -s "$work/async.lua" "$url/api/execute")
+healthz2=$(run "GET /healthz (again)" "$url/healthz")
+
+awk -v h="$healthz" -v h2="$healthz2" -v e="$execute" -v a="$async" 'BEGIN {
+  hm = (h + h2) / 2
+  printf "\nratio to the mean /healthz rate (%.0f req/s): execute %.2f, async %.2f\n", hm, e / hm, a / hm
+}'
+echo
+echo "==> server stats after the run"
+curl -fsS "$url/api/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin)["jobs"]; print("jobs: submitted %d, succeeded %d, failed %d, rejected %d; scheduler latency p50 %d us, p99 %d us" % (s["submitted"], s["succeeded"], s["failed"], s["rejected"], s["latency"]["p50_us"], s["latency"]["p99_us"]))'

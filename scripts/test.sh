@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The test command (README, CI): installs what the suite needs on a Debian machine,
+# then checks formatting, runs clippy with warnings as errors, and runs every test.
+# Integration tests that need outside programs fail instead of skipping here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export SOPM_REQUIRE_INTEGRATION=1
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# Debian packages the suite uses, by the command that shows each is present.
+declare -A want=()
+missing=()
+for cmd in "${!want[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "need root to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  step "installing rustfmt and clippy"
+  rustup component add rustfmt clippy
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "cargo test"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --all-features --no-fail-fast 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+
+# One closing line over every test binary.
+sum() { grep -E '^test result:' "$log" | grep -Eo "[0-9]+ $1" | awk '{s+=$1} END {print s+0}'; }
+passed=$(sum passed)
+failed=$(sum failed)
+ignored=$(sum ignored)
+echo
+echo "total: ${passed} passed, ${failed} failed, ${ignored} skipped"
+exit "$status"

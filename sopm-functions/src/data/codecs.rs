@@ -186,3 +186,301 @@ pub(super) fn url_decode(args: &Args<'_>) -> Result<Value> {
     }
     utf8("text", percent_decode_str(text).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use crate::data::testing::{call, code};
+
+    async fn ok(name: &str, input: Value) -> Value {
+        call(name, input).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn csv_to_json_quoting() {
+        let csv =
+            "name,quote\r\n\"Doe, J\",\"He said \"\"hi\"\"\"\r\nAnn,\"two\nlines\"\r\nÉmile,\r\n";
+        assert_eq!(
+            ok("data.csv_to_json", json!({"csv": csv})).await,
+            json!([
+                {"name": "Doe, J", "quote": "He said \"hi\""},
+                {"name": "Ann", "quote": "two\nlines"},
+                {"name": "Émile", "quote": ""}
+            ])
+        );
+        assert_eq!(
+            ok(
+                "data.csv_to_json",
+                json!({"csv": "a,b\n1,2", "header": false})
+            )
+            .await,
+            json!([["a", "b"], ["1", "2"]])
+        );
+        assert_eq!(
+            ok(
+                "data.csv_to_json",
+                json!({"csv": "a,b\n1,2", "header": null})
+            )
+            .await,
+            json!([{"a": "1", "b": "2"}])
+        );
+    }
+
+    #[tokio::test]
+    async fn csv_to_json_edges() {
+        for header in [true, false] {
+            assert_eq!(
+                ok("data.csv_to_json", json!({"csv": "", "header": header})).await,
+                json!([])
+            );
+        }
+        assert_eq!(
+            ok("data.csv_to_json", json!({"csv": "a,b\n"})).await,
+            json!([])
+        );
+        assert_eq!(ok("data.csv_to_json", json!({"csv": "x"})).await, json!([]));
+        assert_eq!(
+            ok("data.csv_to_json", json!({"csv": "x", "header": false})).await,
+            json!([["x"]])
+        );
+    }
+
+    #[tokio::test]
+    async fn csv_to_json_rejects_ragged_rows_and_repeated_columns() {
+        for (csv, header) in [
+            ("a,b\n1,2,3\n", true),
+            ("a\n1,2\n", false),
+            ("a,a\n1,2\n", true),
+        ] {
+            let err = call("data.csv_to_json", json!({"csv": csv, "header": header}))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), "invalid_input", "{csv}");
+            assert!(err.to_string().contains("field 'csv'"), "{err}");
+        }
+        assert_eq!(
+            code("data.csv_to_json", json!({"csv": ["a"]})).await,
+            "invalid_input"
+        );
+    }
+
+    #[tokio::test]
+    async fn csv_to_json_at_the_text_cap() {
+        // Just under 1 MiB: a header then 87,000 rows of "nnnnn,\"x,y\"\n" (12 bytes).
+        let mut csv = String::from("id,pair\n");
+        for i in 0..87_000 {
+            csv.push_str(&format!("{i:05},\"x,y\"\n"));
+        }
+        assert!(csv.len() <= crate::schema::MAX_TEXT_BYTES);
+        let out = ok("data.csv_to_json", json!({"csv": csv})).await;
+        let rows = out.as_array().unwrap();
+        assert_eq!(rows.len(), 87_000);
+        assert_eq!(rows[86_999], json!({"id": "86999", "pair": "x,y"}));
+    }
+
+    #[tokio::test]
+    async fn json_to_csv_quotes_and_columns() {
+        let items = json!([
+            {"b": "plain", "a": 1},
+            {"a": "x,y", "c": "say \"hi\""},
+            {"a": "two\nlines", "b": null, "c": true},
+            {"c": 1.5}
+        ]);
+        // Columns in first-seen order; keys within one object come in the map's order.
+        let out = ok("data.json_to_csv", json!({"items": items})).await;
+        assert_eq!(
+            out,
+            json!("a,b,c\n1,plain,\n\"x,y\",,\"say \"\"hi\"\"\"\n\"two\nlines\",,true\n,,1.5\n")
+        );
+        assert_eq!(
+            ok("data.json_to_csv", json!({"items": []})).await,
+            json!("")
+        );
+        assert_eq!(
+            ok("data.json_to_csv", json!({"items": [{}, {}]})).await,
+            json!("")
+        );
+        assert_eq!(
+            ok("data.json_to_csv", json!({"items": [{"é": "ü"}]})).await,
+            json!("é\nü\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn json_to_csv_rejects_nested_values_and_too_many_cells() {
+        let err = call("data.json_to_csv", json!({"items": [{"a": 1}, {"a": [1]}]}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "invalid_input");
+        assert!(err.to_string().contains("items[1].a"), "{err}");
+        assert_eq!(
+            code("data.json_to_csv", json!({"items": [{"a": {}}]})).await,
+            "invalid_input"
+        );
+        assert_eq!(
+            code("data.json_to_csv", json!({"items": [1]})).await,
+            "invalid_input"
+        );
+        // 1001 items each with its own key: 1001 x 1001 cells.
+        let items: Vec<Value> = (0..1001).map(|i| json!({ format!("k{i}"): i })).collect();
+        assert_eq!(
+            code("data.json_to_csv", json!({"items": items})).await,
+            "invalid_input"
+        );
+    }
+
+    #[tokio::test]
+    async fn csv_round_trip_at_the_cap() {
+        let items: Vec<Value> = (0..100_000)
+            .map(|i| json!({"id": i.to_string(), "text": format!("a \"{i}\", b")}))
+            .collect();
+        let csv = ok("data.json_to_csv", json!({"items": items})).await;
+        assert!(csv
+            .as_str()
+            .unwrap()
+            .starts_with("id,text\n0,\"a \"\"0\"\", b\"\n"));
+        let csv = csv.as_str().unwrap().to_string();
+        // Too long for csv_to_json's 1 MiB, so read back the first rows only.
+        let head: String = csv.lines().take(1001).map(|l| format!("{l}\n")).collect();
+        let back = ok("data.csv_to_json", json!({"csv": head})).await;
+        assert_eq!(back, json!(items[..1000]));
+    }
+
+    #[tokio::test]
+    async fn base64_round_trips() {
+        for (text, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("é✓", "w6ninJM="),
+        ] {
+            assert_eq!(
+                ok("data.base64_encode", json!({"text": text})).await,
+                json!(encoded)
+            );
+            assert_eq!(
+                ok("data.base64_decode", json!({"data": encoded})).await,
+                json!(text)
+            );
+        }
+        // The standard alphabet: + and /.
+        assert_eq!(
+            ok("data.base64_encode", json!({"text": "\u{3ff}\u{fbff}"})).await,
+            json!("z7/vr78=")
+        );
+    }
+
+    #[tokio::test]
+    async fn base64_decode_rejects_bad_input() {
+        // Missing padding, bad characters, the URL-safe alphabet, whitespace, and
+        // bytes that are not UTF-8 (0xff).
+        for data in ["Zg", "Zg=", "Z===", "@@@@", "z7_vr78=", "Zm9v\n", "/w=="] {
+            let err = call("data.base64_decode", json!({"data": data}))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), "invalid_input", "{data}");
+            assert!(err.to_string().contains("field 'data'"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn base64_at_the_cap() {
+        let text = "é".repeat(crate::schema::MAX_TEXT_BYTES / 2);
+        let encoded = ok("data.base64_encode", json!({"text": text})).await;
+        assert_eq!(
+            encoded.as_str().unwrap().len(),
+            4 * crate::schema::MAX_TEXT_BYTES.div_ceil(3)
+        );
+        assert!(encoded.as_str().unwrap().starts_with("w6nDqcOp"));
+        // The encoding is longer than 1 MiB, so it cannot come back in one call.
+        assert_eq!(
+            code("data.base64_decode", json!({"data": encoded})).await,
+            "invalid_input"
+        );
+        let text = "é".repeat(300_000);
+        let encoded = ok("data.base64_encode", json!({"text": text})).await;
+        assert_eq!(
+            ok("data.base64_decode", json!({"data": encoded})).await,
+            json!(text)
+        );
+    }
+
+    #[tokio::test]
+    async fn hex_round_trips() {
+        assert_eq!(ok("data.hex_encode", json!({"text": ""})).await, json!(""));
+        assert_eq!(
+            ok("data.hex_encode", json!({"text": "é\n"})).await,
+            json!("c3a90a")
+        );
+        assert_eq!(
+            ok("data.hex_decode", json!({"data": "C3A90a"})).await,
+            json!("é\n")
+        );
+        assert_eq!(ok("data.hex_decode", json!({"data": ""})).await, json!(""));
+        for data in ["abc", "zz", "0x41", "ff", "c3"] {
+            assert_eq!(
+                code("data.hex_decode", json!({"data": data})).await,
+                "invalid_input",
+                "{data}"
+            );
+        }
+        let text = "✓".repeat(100_000);
+        let encoded = ok("data.hex_encode", json!({"text": text})).await;
+        assert_eq!(
+            ok("data.hex_decode", json!({"data": encoded})).await,
+            json!(text)
+        );
+    }
+
+    #[tokio::test]
+    async fn url_encoding() {
+        assert_eq!(
+            ok("data.url_encode", json!({"text": "AZaz09-._~"})).await,
+            json!("AZaz09-._~")
+        );
+        assert_eq!(
+            ok("data.url_encode", json!({"text": " +/?#[]@!$&'()*,;=%"})).await,
+            json!("%20%2B%2F%3F%23%5B%5D%40%21%24%26%27%28%29%2A%2C%3B%3D%25")
+        );
+        assert_eq!(
+            ok("data.url_encode", json!({"text": "😀"})).await,
+            json!("%F0%9F%98%80")
+        );
+        assert_eq!(ok("data.url_encode", json!({"text": ""})).await, json!(""));
+    }
+
+    #[tokio::test]
+    async fn url_decoding() {
+        assert_eq!(
+            ok("data.url_decode", json!({"text": "a+b%20c"})).await,
+            json!("a+b c")
+        );
+        assert_eq!(
+            ok("data.url_decode", json!({"text": "%c3%A9%F0%9F%98%80"})).await,
+            json!("é😀")
+        );
+        assert_eq!(
+            ok("data.url_decode", json!({"text": "plain é"})).await,
+            json!("plain é")
+        );
+        assert_eq!(
+            ok("data.url_decode", json!({"text": "%25zz"})).await,
+            json!("%zz")
+        );
+        for text in ["%zz", "%", "a%4", "%4g", "%FF", "%C3"] {
+            assert_eq!(
+                code("data.url_decode", json!({"text": text})).await,
+                "invalid_input",
+                "{text}"
+            );
+        }
+        let text = "a b/é".repeat(70_000);
+        let encoded = ok("data.url_encode", json!({"text": text})).await;
+        assert_eq!(
+            ok("data.url_decode", json!({"text": encoded})).await,
+            json!(text)
+        );
+    }
+}

@@ -239,3 +239,432 @@ pub(super) fn paginate(args: &Args<'_>) -> Result<Value> {
         "total_pages": total.div_ceil(per),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use crate::data::testing::{call, code};
+
+    async fn ok(name: &str, input: Value) -> Value {
+        call(name, input).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn sort_numbers_and_strings() {
+        let sort = |v: Value| ok("data.sort", v);
+        assert_eq!(
+            sort(json!({"values": [3, 1.5, -2, 10, 0, -0.5]})).await,
+            json!([-2, -0.5, 0, 1.5, 3, 10])
+        );
+        assert_eq!(
+            sort(json!({"values": [3, 1.5, -2, 10], "descending": true})).await,
+            json!([10, 3, 1.5, -2])
+        );
+        assert_eq!(
+            sort(json!({"values": ["b", "a", "é", "Z", ""]})).await,
+            json!(["", "Z", "a", "b", "é"])
+        );
+        assert_eq!(sort(json!({"values": []})).await, json!([]));
+        assert_eq!(
+            sort(json!({"values": [], "descending": null})).await,
+            json!([])
+        );
+        // Exact: these two differ by one but are the same double.
+        assert_eq!(
+            sort(json!({"values": [9_007_199_254_740_993_i64, 9_007_199_254_740_992_i64]})).await,
+            json!([9_007_199_254_740_992_i64, 9_007_199_254_740_993_i64])
+        );
+        assert_eq!(
+            sort(json!({"values": [u64::MAX, i64::MIN, 0]})).await,
+            json!([i64::MIN, 0, u64::MAX])
+        );
+    }
+
+    #[tokio::test]
+    async fn sort_is_stable_both_ways() {
+        // 1 and 1.0 are equal, so they keep their input order in either direction.
+        assert_eq!(
+            ok("data.sort", json!({"values": [1.0, 2, 1]})).await,
+            json!([1.0, 1, 2])
+        );
+        assert_eq!(
+            ok(
+                "data.sort",
+                json!({"values": [1.0, 2, 1], "descending": true})
+            )
+            .await,
+            json!([2, 1.0, 1])
+        );
+    }
+
+    #[tokio::test]
+    async fn sort_rejects_mixed_and_other_values() {
+        for values in [
+            json!([1, "a"]),
+            json!(["a", 1]),
+            json!([true]),
+            json!([null, 1]),
+            json!([[1]]),
+        ] {
+            assert_eq!(
+                code("data.sort", json!({"values": values})).await,
+                "invalid_input"
+            );
+        }
+        let err = call("data.sort", json!({"values": [1, 2, "x"]}))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("field 'values[2]'"), "{err}");
+        assert_eq!(
+            code("data.sort", json!({"values": [1], "descending": 1})).await,
+            "invalid_input"
+        );
+    }
+
+    #[tokio::test]
+    async fn sort_at_the_cap() {
+        // A fixed permutation of 0..100000: 7919 is prime, so i * 7919 mod n visits all.
+        let n = super::super::MAX_ITEMS as u64;
+        let values: Vec<u64> = (0..n).map(|i| i * 7919 % n).collect();
+        let out = ok("data.sort", json!({"values": values})).await;
+        assert_eq!(out, json!((0..n).collect::<Vec<_>>()));
+        let out = ok("data.sort", json!({"values": values, "descending": true})).await;
+        assert_eq!(out, json!((0..n).rev().collect::<Vec<_>>()));
+        let too_many = vec![0; super::super::MAX_ITEMS + 1];
+        assert_eq!(
+            code("data.sort", json!({"values": too_many})).await,
+            "invalid_input"
+        );
+    }
+
+    #[tokio::test]
+    async fn unique_by_json_value() {
+        assert_eq!(
+            ok(
+                "data.unique",
+                json!({"values": [1, 1.0, "1", {"a": 1, "b": [2]}, {"b": [2.0], "a": 1}, [1], [1], null, null, "é", "é"]})
+            )
+            .await,
+            json!([1, "1", {"a": 1, "b": [2]}, [1], null, "é"])
+        );
+        assert_eq!(ok("data.unique", json!({"values": []})).await, json!([]));
+        assert_eq!(
+            code("data.unique", json!({"values": {"a": 1}})).await,
+            "invalid_input"
+        );
+    }
+
+    #[tokio::test]
+    async fn unique_at_the_cap() {
+        let values: Vec<u64> = (0..100_000).map(|i| i % 1000).collect();
+        let out = ok("data.unique", json!({"values": values})).await;
+        assert_eq!(out, json!((0..1000).collect::<Vec<u64>>()));
+    }
+
+    #[tokio::test]
+    async fn reverse_values() {
+        assert_eq!(
+            ok("data.reverse", json!({"values": [1, "a", null, [2]]})).await,
+            json!([[2], null, "a", 1])
+        );
+        assert_eq!(ok("data.reverse", json!({"values": []})).await, json!([]));
+        assert_eq!(
+            code("data.reverse", json!({"values": "abc"})).await,
+            "invalid_input"
+        );
+    }
+
+    #[tokio::test]
+    async fn flatten_depths() {
+        let values = json!([1, [2, [3, [4]]], [], [[]], "x"]);
+        assert_eq!(
+            ok("data.flatten", json!({"values": values})).await,
+            json!([1, 2, 3, 4, "x"])
+        );
+        assert_eq!(
+            ok("data.flatten", json!({"values": values, "depth": 0})).await,
+            values
+        );
+        assert_eq!(
+            ok("data.flatten", json!({"values": values, "depth": 1})).await,
+            json!([1, 2, [3, [4]], [], "x"])
+        );
+        assert_eq!(
+            ok("data.flatten", json!({"values": values, "depth": 2})).await,
+            json!([1, 2, 3, [4], "x"])
+        );
+        assert_eq!(
+            ok("data.flatten", json!({"values": values, "depth": i64::MAX})).await,
+            json!([1, 2, 3, 4, "x"])
+        );
+        // Objects are values, not arrays to splice.
+        assert_eq!(
+            ok("data.flatten", json!({"values": [{"a": [1]}, [{"b": 2}]]})).await,
+            json!([{"a": [1]}, {"b": 2}])
+        );
+        assert_eq!(
+            code("data.flatten", json!({"values": [], "depth": -1})).await,
+            "invalid_input"
+        );
+        assert_eq!(
+            code("data.flatten", json!({"values": [], "depth": 1.5})).await,
+            "invalid_input"
+        );
+    }
+
+    #[tokio::test]
+    async fn flatten_deep_nesting_without_recursion() {
+        // Deeper than the JSON parser allows; the walk is iterative.
+        let mut v = json!([7]);
+        for _ in 0..1000 {
+            v = json!([v, 1]);
+        }
+        let out = ok("data.flatten", json!({"values": [v]})).await;
+        let items = out.as_array().unwrap();
+        assert_eq!(items.len(), 1001);
+        assert_eq!(items[0], json!(7));
+        assert!(items[1..].iter().all(|x| *x == json!(1)));
+    }
+
+    #[tokio::test]
+    async fn chunk_sizes() {
+        assert_eq!(
+            ok("data.chunk", json!({"values": [1, 2, 3, 4], "size": 2})).await,
+            json!([[1, 2], [3, 4]])
+        );
+        assert_eq!(
+            ok("data.chunk", json!({"values": [1, 2, 3], "size": 1})).await,
+            json!([[1], [2], [3]])
+        );
+        assert_eq!(
+            ok("data.chunk", json!({"values": [1, 2, 3], "size": i64::MAX})).await,
+            json!([[1, 2, 3]])
+        );
+        assert_eq!(
+            ok("data.chunk", json!({"values": [], "size": 3})).await,
+            json!([])
+        );
+        for size in [json!(0), json!(-1), json!(1.5), json!("2")] {
+            assert_eq!(
+                code("data.chunk", json!({"values": [1], "size": size})).await,
+                "invalid_input"
+            );
+        }
+        assert_eq!(
+            code("data.chunk", json!({"values": [1]})).await,
+            "invalid_input"
+        );
+    }
+
+    #[tokio::test]
+    async fn zip_pairs() {
+        assert_eq!(
+            ok("data.zip", json!({"a": [1, 2], "b": ["x", "y", "z"]})).await,
+            json!([[1, "x"], [2, "y"]])
+        );
+        assert_eq!(ok("data.zip", json!({"a": [], "b": [1]})).await, json!([]));
+        assert_eq!(
+            ok("data.zip", json!({"a": [null, [1]], "b": [{"k": 1}, null]})).await,
+            json!([[null, {"k": 1}], [[1], null]])
+        );
+        assert_eq!(code("data.zip", json!({"a": [1]})).await, "invalid_input");
+    }
+
+    #[tokio::test]
+    async fn set_operations_keep_first_seen_order() {
+        let out = ok(
+            "data.set_operations",
+            json!({"a": ["x", {"k": 1}, 2, "x", 1], "b": [3, 1.0, {"k": 1}, 3, "y"]}),
+        )
+        .await;
+        assert_eq!(
+            out,
+            json!({
+                "union": ["x", {"k": 1}, 2, 1, 3, "y"],
+                "intersection": [{"k": 1}, 1],
+                "difference": ["x", 2],
+                "symmetric_difference": ["x", 2, 3, "y"],
+            })
+        );
+        let empty = ok("data.set_operations", json!({"a": [], "b": []})).await;
+        assert_eq!(
+            empty,
+            json!({"union": [], "intersection": [], "difference": [], "symmetric_difference": []})
+        );
+        let one_side = ok("data.set_operations", json!({"a": [], "b": [1, 1]})).await;
+        assert_eq!(one_side["union"], json!([1]));
+        assert_eq!(one_side["symmetric_difference"], json!([1]));
+        assert_eq!(
+            code("data.set_operations", json!({"a": [], "b": 1})).await,
+            "invalid_input"
+        );
+    }
+
+    #[tokio::test]
+    async fn set_operations_at_the_cap() {
+        let a: Vec<u64> = (0..100_000).collect();
+        let b: Vec<u64> = (50_000..150_000).collect();
+        let out = ok("data.set_operations", json!({"a": a, "b": b})).await;
+        assert_eq!(out["union"], json!((0..150_000).collect::<Vec<u64>>()));
+        assert_eq!(
+            out["intersection"],
+            json!((50_000..100_000).collect::<Vec<u64>>())
+        );
+        assert_eq!(out["difference"], json!((0..50_000).collect::<Vec<u64>>()));
+        let sym: Vec<u64> = (0..50_000).chain(100_000..150_000).collect();
+        assert_eq!(out["symmetric_difference"], json!(sym));
+    }
+
+    #[tokio::test]
+    async fn histogram_bins() {
+        assert_eq!(
+            ok(
+                "data.histogram",
+                json!({"values": [0, 10, 5, 2.5], "bins": 2})
+            )
+            .await,
+            json!({"edges": [0.0, 5.0, 10.0], "counts": [2, 2]})
+        );
+        // The last bin is closed: the maximum lands in it.
+        assert_eq!(
+            ok("data.histogram", json!({"values": [0, 10], "bins": 10})).await["counts"],
+            json!([1, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+        );
+        assert_eq!(
+            ok("data.histogram", json!({"values": [-3, -1, -2], "bins": 1})).await,
+            json!({"edges": [-3.0, -1.0], "counts": [3]})
+        );
+        // No width: one bin, whatever `bins` says.
+        assert_eq!(
+            ok("data.histogram", json!({"values": [4, 4, 4.0], "bins": 5})).await,
+            json!({"edges": [4.0, 4.0], "counts": [3]})
+        );
+        // max - min overflows a double; the bins are still right.
+        assert_eq!(
+            ok(
+                "data.histogram",
+                json!({"values": [-1e308, 1e308, 1], "bins": 2})
+            )
+            .await,
+            json!({"edges": [-1e308, 0.0, 1e308], "counts": [1, 2]})
+        );
+    }
+
+    #[tokio::test]
+    async fn histogram_rejects_bad_input() {
+        for input in [
+            json!({"values": [], "bins": 1}),
+            json!({"values": [1], "bins": 0}),
+            json!({"values": [1], "bins": 1001}),
+            json!({"values": [1, "2"], "bins": 1}),
+            json!({"values": [1]}),
+        ] {
+            assert_eq!(code("data.histogram", input).await, "invalid_input");
+        }
+    }
+
+    #[tokio::test]
+    async fn histogram_at_the_cap_agrees_with_its_edges() {
+        let values: Vec<f64> = (0..100_000)
+            .map(|i| (i as f64 * 0.37).sin() * 1e3)
+            .collect();
+        let out = ok("data.histogram", json!({"values": values, "bins": 1000})).await;
+        let edges: Vec<f64> = out["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_f64().unwrap())
+            .collect();
+        let counts: Vec<u64> = out["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .collect();
+        assert_eq!(edges.len(), 1001);
+        assert_eq!(counts.iter().sum::<u64>(), 100_000);
+        for (i, &c) in counts.iter().enumerate() {
+            let (lo, hi) = (edges[i], edges[i + 1]);
+            let last = i == counts.len() - 1;
+            let expected = values
+                .iter()
+                .filter(|&&x| x >= lo && (x < hi || (last && x <= hi)))
+                .count();
+            assert_eq!(c as usize, expected, "bin {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn transpose_matrices() {
+        assert_eq!(
+            ok(
+                "data.transpose",
+                json!({"matrix": [["a", null], [true, [1]]]})
+            )
+            .await,
+            json!([["a", true], [null, [1]]])
+        );
+        assert_eq!(
+            ok("data.transpose", json!({"matrix": [[1, 2, 3]]})).await,
+            json!([[1], [2], [3]])
+        );
+        assert_eq!(ok("data.transpose", json!({"matrix": []})).await, json!([]));
+        assert_eq!(
+            ok("data.transpose", json!({"matrix": [[], []]})).await,
+            json!([])
+        );
+        let err = call("data.transpose", json!({"matrix": [[1, 2], [3]]}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "invalid_input");
+        assert!(err.to_string().contains("row 1 has 1"), "{err}");
+        assert_eq!(
+            code("data.transpose", json!({"matrix": [1, 2]})).await,
+            "invalid_input"
+        );
+    }
+
+    #[tokio::test]
+    async fn transpose_a_large_matrix() {
+        let matrix: Vec<Vec<u64>> = (0..300)
+            .map(|i| (0..300).map(|j| i * 300 + j).collect())
+            .collect();
+        let out = ok("data.transpose", json!({"matrix": matrix})).await;
+        assert_eq!(out[299][0], json!(299));
+        assert_eq!(out[0][299], json!(299 * 300));
+        assert_eq!(out[123][45], json!(45 * 300 + 123));
+    }
+
+    #[tokio::test]
+    async fn paginate_pages() {
+        let values = json!([1, 2, 3, 4, 5]);
+        let page = |p: i64, per: i64| {
+            ok(
+                "data.paginate",
+                json!({"values": values, "page": p, "per_page": per}),
+            )
+        };
+        assert_eq!(
+            page(1, 2).await,
+            json!({"items": [1, 2], "page": 1, "per_page": 2, "total": 5, "total_pages": 3})
+        );
+        assert_eq!(page(3, 2).await["items"], json!([5]));
+        assert_eq!(page(4, 2).await["items"], json!([]));
+        assert_eq!(page(i64::MAX, 1000).await["items"], json!([]));
+        assert_eq!(page(1, 1000).await["total_pages"], json!(1));
+        let empty = ok(
+            "data.paginate",
+            json!({"values": [], "page": 1, "per_page": 10}),
+        )
+        .await;
+        assert_eq!(
+            empty,
+            json!({"items": [], "page": 1, "per_page": 10, "total": 0, "total_pages": 0})
+        );
+        for (p, per) in [(0, 1), (-1, 1), (1, 0), (1, 1001)] {
+            let input = json!({"values": values, "page": p, "per_page": per});
+            assert_eq!(code("data.paginate", input).await, "invalid_input");
+        }
+    }
+}

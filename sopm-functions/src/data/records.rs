@@ -182,3 +182,273 @@ pub(super) fn json_pointer(args: &Args<'_>) -> Result<Value> {
         .cloned()
         .ok_or_else(|| Error::not_found(format!("no value at '{}'", truncate_for_message(pointer))))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use crate::data::testing::{call, code};
+
+    async fn ok(name: &str, input: Value) -> Value {
+        call(name, input).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn group_by_stringifies_keys() {
+        let items = json!([
+            {"k": 1, "i": 0}, {"k": "1", "i": 1}, {"i": 2}, {"k": null, "i": 3},
+            {"k": true, "i": 4}, {"k": "é", "i": 5}, {"k": 1.5, "i": 6}, {"k": 1, "i": 7}
+        ]);
+        let out = ok("data.group_by", json!({"items": items, "key": "k"})).await;
+        assert_eq!(
+            out,
+            json!({
+                "1": [{"k": 1, "i": 0}, {"k": "1", "i": 1}, {"k": 1, "i": 7}],
+                "null": [{"i": 2}, {"k": null, "i": 3}],
+                "true": [{"k": true, "i": 4}],
+                "é": [{"k": "é", "i": 5}],
+                "1.5": [{"k": 1.5, "i": 6}],
+            })
+        );
+        assert_eq!(
+            ok("data.group_by", json!({"items": [], "key": "k"})).await,
+            json!({})
+        );
+        assert_eq!(
+            ok(
+                "data.group_by",
+                json!({"items": [{"k": [1, 2]}], "key": "k"})
+            )
+            .await,
+            json!({"[1,2]": [{"k": [1, 2]}]})
+        );
+        assert_eq!(
+            code("data.group_by", json!({"items": [1], "key": "k"})).await,
+            "invalid_input"
+        );
+        assert_eq!(
+            code("data.group_by", json!({"items": [], "key": 1})).await,
+            "invalid_input"
+        );
+    }
+
+    #[tokio::test]
+    async fn count_by_counts() {
+        let items = json!([{"k": "a"}, {"k": "b"}, {}, {"k": "a"}, {"k": false}]);
+        assert_eq!(
+            ok("data.count_by", json!({"items": items, "key": "k"})).await,
+            json!({"a": 2, "b": 1, "null": 1, "false": 1})
+        );
+        assert_eq!(
+            ok("data.count_by", json!({"items": [], "key": ""})).await,
+            json!({})
+        );
+        assert_eq!(
+            code("data.count_by", json!({"items": [[]], "key": "k"})).await,
+            "invalid_input"
+        );
+    }
+
+    #[tokio::test]
+    async fn group_and_count_at_the_cap() {
+        let items: Vec<Value> = (0..100_000).map(|i| json!({"k": i % 7})).collect();
+        let out = ok("data.count_by", json!({"items": items, "key": "k"})).await;
+        assert_eq!(out["0"], json!(14286));
+        assert_eq!(out["6"], json!(14285));
+        let groups = ok("data.group_by", json!({"items": items, "key": "k"})).await;
+        assert_eq!(groups["3"].as_array().unwrap().len(), 14286);
+        assert_eq!(groups["3"][1], json!({"k": 3}));
+    }
+
+    async fn filter(items: &Value, field: &str, op: &str, value: Value) -> Value {
+        ok(
+            "data.filter",
+            json!({"items": items, "field": field, "op": op, "value": value}),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn filter_ops() {
+        let items = json!([
+            {"id": 0, "n": 5, "s": "apple", "tags": ["a", 1]},
+            {"id": 1, "n": 10.0, "s": "Banana"},
+            {"id": 2, "n": "7", "s": "cherry pie"},
+            {"id": 3}
+        ]);
+        let ids = |v: Value| -> Vec<i64> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_i64().unwrap())
+                .collect()
+        };
+        assert_eq!(ids(filter(&items, "n", "eq", json!(10)).await), [1]);
+        assert_eq!(ids(filter(&items, "n", "ne", json!(10)).await), [0, 2, 3]);
+        assert_eq!(ids(filter(&items, "n", "lt", json!(10)).await), [0]);
+        assert_eq!(ids(filter(&items, "n", "le", json!(10)).await), [0, 1]);
+        assert_eq!(ids(filter(&items, "n", "gt", json!(5)).await), [1]);
+        assert_eq!(ids(filter(&items, "n", "ge", json!(5)).await), [0, 1]);
+        // Strings order by code point: "B" < "a".
+        assert_eq!(ids(filter(&items, "s", "lt", json!("apple")).await), [1]);
+        assert_eq!(ids(filter(&items, "s", "ge", json!("apple")).await), [0, 2]);
+        assert_eq!(ids(filter(&items, "n", "gt", json!("6")).await), [2]);
+        assert_eq!(ids(filter(&items, "s", "contains", json!("an")).await), [1]);
+        assert_eq!(
+            ids(filter(&items, "s", "contains", json!("")).await),
+            [0, 1, 2]
+        );
+        assert_eq!(
+            ids(filter(&items, "tags", "contains", json!(1.0)).await),
+            [0]
+        );
+        assert_eq!(
+            ids(filter(&items, "tags", "contains", json!("a")).await),
+            [0]
+        );
+        // A missing field is null.
+        assert_eq!(ids(filter(&items, "n", "eq", json!(null)).await), [3]);
+        assert_eq!(
+            ids(filter(&items, "tags", "eq", json!(["a", 1])).await),
+            [0]
+        );
+        assert_eq!(filter(&json!([]), "n", "eq", json!(1)).await, json!([]));
+    }
+
+    #[tokio::test]
+    async fn filter_rejects_bad_input() {
+        let items = json!([{"n": 1}]);
+        for input in [
+            json!({"items": items, "field": "n", "op": "lt", "value": null}),
+            json!({"items": items, "field": "n", "op": "ge", "value": [1]}),
+            json!({"items": items, "field": "n", "op": "like", "value": 1}),
+            json!({"items": items, "field": "n", "op": "eq"}),
+            json!({"items": [1], "field": "n", "op": "eq", "value": 1}),
+        ] {
+            assert_eq!(code("data.filter", input).await, "invalid_input");
+        }
+    }
+
+    #[tokio::test]
+    async fn filter_at_the_cap() {
+        let items: Vec<Value> = (0..100_000).map(|i| json!({"n": i})).collect();
+        let out = filter(&json!(items), "n", "ge", json!(99_990)).await;
+        assert_eq!(out.as_array().unwrap().len(), 10);
+        assert_eq!(out[0], json!({"n": 99_990}));
+    }
+
+    #[tokio::test]
+    async fn pluck_fields() {
+        assert_eq!(
+            ok(
+                "data.pluck",
+                json!({"items": [{"a": 1}, {"a": [2]}, {"b": 3}, {"a": null}], "field": "a"})
+            )
+            .await,
+            json!([1, [2], null, null])
+        );
+        assert_eq!(
+            ok("data.pluck", json!({"items": [], "field": "a"})).await,
+            json!([])
+        );
+        assert_eq!(
+            code("data.pluck", json!({"items": [{"a": 1}]})).await,
+            "invalid_input"
+        );
+    }
+
+    #[tokio::test]
+    async fn merge_deeply() {
+        assert_eq!(
+            ok(
+                "data.merge",
+                json!({"objects": [
+                    {"a": {"x": 1, "y": {"z": [1, 2]}}, "b": 1, "c": {"k": 1}},
+                    {"a": {"y": {"z": [3], "w": "é"}}, "b": {"now": "object"}, "c": 2},
+                    {"d": null}
+                ]})
+            )
+            .await,
+            json!({"a": {"x": 1, "y": {"z": [3], "w": "é"}}, "b": {"now": "object"}, "c": 2, "d": null})
+        );
+        assert_eq!(ok("data.merge", json!({"objects": []})).await, json!({}));
+        assert_eq!(
+            ok("data.merge", json!({"objects": [{}, {"a": 1}, {}]})).await,
+            json!({"a": 1})
+        );
+        assert_eq!(
+            code("data.merge", json!({"objects": [{"a": 1}, [1]]})).await,
+            "invalid_input"
+        );
+    }
+
+    #[tokio::test]
+    async fn merge_refuses_excessive_depth() {
+        let nest = |levels: usize| {
+            let mut v = json!(1);
+            for _ in 0..levels {
+                v = json!({"a": v});
+            }
+            v
+        };
+        let deep = nest(super::MAX_DEPTH + 2);
+        assert_eq!(
+            code("data.merge", json!({"objects": [deep, deep]})).await,
+            "invalid_input"
+        );
+        let fine = nest(100);
+        assert_eq!(
+            ok("data.merge", json!({"objects": [fine, fine]})).await,
+            fine
+        );
+    }
+
+    async fn pointer(document: &Value, pointer: &str) -> Result<Value, &'static str> {
+        call(
+            "data.json_pointer",
+            json!({"document": document, "pointer": pointer}),
+        )
+        .await
+        .map_err(|e| e.code())
+    }
+
+    #[tokio::test]
+    async fn json_pointer_rfc_6901() {
+        // The examples of RFC 6901, section 5.
+        let doc = json!({
+            "foo": ["bar", "baz"], "": 0, "a/b": 1, "c%d": 2, "e^f": 3, "g|h": 4,
+            "i\\j": 5, "k\"l": 6, " ": 7, "m~n": 8
+        });
+        assert_eq!(pointer(&doc, "").await, Ok(doc.clone()));
+        assert_eq!(pointer(&doc, "/foo").await, Ok(json!(["bar", "baz"])));
+        assert_eq!(pointer(&doc, "/foo/0").await, Ok(json!("bar")));
+        assert_eq!(pointer(&doc, "/").await, Ok(json!(0)));
+        assert_eq!(pointer(&doc, "/a~1b").await, Ok(json!(1)));
+        assert_eq!(pointer(&doc, "/c%d").await, Ok(json!(2)));
+        assert_eq!(pointer(&doc, "/i\\j").await, Ok(json!(5)));
+        assert_eq!(pointer(&doc, "/ ").await, Ok(json!(7)));
+        assert_eq!(pointer(&doc, "/m~0n").await, Ok(json!(8)));
+        assert_eq!(
+            pointer(&json!({"é": {"~1": null}}), "/é/~01").await,
+            Ok(json!(null))
+        );
+        assert_eq!(pointer(&json!(null), "").await, Ok(json!(null)));
+    }
+
+    #[tokio::test]
+    async fn json_pointer_missing_and_malformed() {
+        let doc = json!({"a": [10, 20], "b": {"c": 1}});
+        for missing in [
+            "/x", "/a/2", "/a/-", "/a/01", "/a/+1", "/a/x", "/b/c/d", "/b/c/0",
+        ] {
+            assert_eq!(pointer(&doc, missing).await, Err("not_found"), "{missing}");
+        }
+        for bad in ["a", "a/b", "/~", "/~2", "/a~"] {
+            assert_eq!(pointer(&doc, bad).await, Err("invalid_input"), "{bad}");
+        }
+        assert_eq!(
+            code("data.json_pointer", json!({"pointer": ""})).await,
+            "invalid_input"
+        );
+    }
+}

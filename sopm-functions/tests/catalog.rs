@@ -2,6 +2,7 @@
 //! validates against its own schema, and hostile input never panics or hangs.
 
 use proptest::prelude::*;
+use proptest::strategy::ValueTree;
 use serde_json::{json, Value};
 use sopm_functions::{catalog, BuiltinExecutor};
 

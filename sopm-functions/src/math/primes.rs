@@ -34,8 +34,11 @@ pub(super) fn primes_up_to(args: &Args<'_>) -> Result<Value> {
     let n =
         usize::try_from(natural(args, "n")?).map_err(|_| Error::invalid("field 'n': too large"))?;
     let mut out = Vec::new();
-    for_each_prime(n, |p| {
-        out.push(Value::from(p));
+    if n >= 2 {
+        out.push(Value::from(2));
+    }
+    sieve_odd(n, |first, composite| {
+        out.extend(primes_in(first, composite).map(Value::from));
         true
     });
     Ok(Value::Array(out))
@@ -44,13 +47,21 @@ pub(super) fn primes_up_to(args: &Args<'_>) -> Result<Value> {
 pub(super) fn nth_prime(args: &Args<'_>) -> Result<Value> {
     let n =
         usize::try_from(natural(args, "n")?).map_err(|_| Error::invalid("field 'n': too large"))?;
-    let (mut seen, mut found) = (0, None);
-    for_each_prime(nth_prime_bound(n), |p| {
-        seen += 1;
-        if seen == n {
-            found = Some(p);
+    if n <= 1 {
+        return Ok(Value::from(2));
+    }
+    // Whole segments are counted (a branch-free count); only the segment holding
+    // the answer is walked prime by prime.
+    let mut odd_to_skip = n - 2; // odd primes before the answer (2 is the first prime)
+    let mut found = None;
+    sieve_odd(nth_prime_bound(n), |first, composite| {
+        let count = composite.iter().filter(|&&c| !c).count();
+        if count <= odd_to_skip {
+            odd_to_skip -= count;
+            return true;
         }
-        found.is_none()
+        found = primes_in(first, composite).nth(odd_to_skip);
+        false
     });
     found
         .map(Value::from)
@@ -198,43 +209,53 @@ fn brent(n: u64, c: u64) -> Option<u64> {
     (g != 1 && g != n).then_some(g)
 }
 
-/// Calls `visit` with each prime `<= limit`, ascending, until it returns `false`.
+/// Sieves the odd numbers 3, 5, 7, … `<= limit`, handing them to `visit` one segment
+/// at a time as `(first, composite)`, where `composite[i]` says whether `first + 2i`
+/// is composite; stops early when `visit` returns `false`.
 ///
-/// A segmented sieve of Eratosthenes over the odd numbers: the base primes up to
-/// √limit cross off their multiples one cache-sized segment at a time, which for
-/// the ~16 million numbers of `nth_prime(1_000_000)` is several times faster than
-/// one flat array that does not fit in the cache.
-fn for_each_prime(limit: usize, mut visit: impl FnMut(usize) -> bool) {
+/// A segmented sieve of Eratosthenes: the base primes up to √limit cross off their
+/// multiples one cache-sized segment at a time, so the ~16 million numbers of
+/// `nth_prime(1_000_000)` never need a flat array far larger than the cache.
+/// Positions are indices of odd numbers (i stands for 2i + 1), in which the odd
+/// multiples of p are p apart.
+fn sieve_odd(limit: usize, mut visit: impl FnMut(usize, &[bool]) -> bool) {
     /// Odd numbers per segment (one byte each).
     const SEGMENT: usize = 1 << 15;
-    if limit < 2 || !visit(2) {
-        return;
-    }
+    let end = limit.div_ceil(2); // the odd numbers <= limit are 2i + 1 for i < end
     let base = odd_primes_up_to(limit.isqrt());
-    // The next odd multiple of each base prime still to cross off; the smaller
-    // multiples of p below p² have a smaller prime factor and are crossed off by it.
-    let mut next: Vec<usize> = base.iter().map(|p| p * p).collect();
+    // Per base prime p, the index of the next multiple to cross off, starting at p²:
+    // the multiples below it have a smaller prime factor that crosses them off.
+    let mut next: Vec<usize> = base.iter().map(|p| p * p / 2).collect();
     let mut composite = vec![false; SEGMENT];
-    let mut low = 3;
-    while low <= limit {
-        // This segment holds the odd numbers low, low + 2, … up to `limit`.
-        let len = SEGMENT.min((limit - low) / 2 + 1);
+    let mut low = 1; // the index of 3
+    while low < end {
+        let len = SEGMENT.min(end - low);
+        let high = low + len;
         let segment = &mut composite[..len];
         segment.fill(false);
-        let high = low + 2 * len;
-        for (&p, m) in base.iter().zip(next.iter_mut()) {
-            while *m < high {
-                segment[(*m - low) / 2] = true;
-                *m += 2 * p;
+        for (&p, at) in base.iter().zip(next.iter_mut()) {
+            if *at < high {
+                segment[*at - low..]
+                    .iter_mut()
+                    .step_by(p)
+                    .for_each(|c| *c = true);
+                *at += (high - *at).div_ceil(p) * p;
             }
         }
-        for (i, &is_composite) in segment.iter().enumerate() {
-            if !is_composite && !visit(low + 2 * i) {
-                return;
-            }
+        if !visit(2 * low + 1, segment) {
+            return;
         }
         low = high;
     }
+}
+
+/// The primes of one segment handed out by [`sieve_odd`].
+fn primes_in(first: usize, composite: &[bool]) -> impl Iterator<Item = usize> + '_ {
+    composite
+        .iter()
+        .enumerate()
+        .filter(|&(_, &c)| !c)
+        .map(move |(i, _)| first + 2 * i)
 }
 
 /// The odd primes `<= n` by a plain sieve (used for the sieve's base primes, n <= ~4100).
@@ -413,9 +434,9 @@ mod tests {
     #[test]
     fn sieve_agrees_with_miller_rabin_across_segments() {
         // Several segments of 2^15 odd numbers, so the segment edges are crossed.
-        let mut sieved = Vec::new();
-        for_each_prime(300_001, |p| {
-            sieved.push(p as u64);
+        let mut sieved = vec![2];
+        sieve_odd(300_001, |first, composite| {
+            sieved.extend(primes_in(first, composite).map(|p| p as u64));
             true
         });
         let expected: Vec<u64> = (0..=300_001).filter(|&n| is_prime_u64(n)).collect();
@@ -448,6 +469,20 @@ mod tests {
             err("math.nth_prime", json!({"n": 1_000_001})).await,
             "invalid_input"
         );
+    }
+
+    #[tokio::test]
+    async fn nth_prime_agrees_with_miller_rabin() {
+        let primes: Vec<u64> = (0..300_000).filter(|&n| is_prime_u64(n)).collect();
+        // The first segment ends at 65,537, between the 6542nd and 6543rd primes.
+        let ns = (1..primes.len()).step_by(257).chain(6535..6550);
+        for n in ns {
+            assert_eq!(
+                ok("math.nth_prime", json!({"n": n})).await,
+                json!(primes[n - 1]),
+                "prime #{n}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -26,9 +26,12 @@ use crate::Builtin;
 
 /// Largest strftime format string, in bytes (a format is short; this keeps the
 /// formatted output small too).
-const MAX_FORMAT_BYTES: usize = 1024;
+const MAX_FORMAT_BYTES: usize = 256;
 /// Largest date-time text, in bytes (an RFC 3339 date-time is about 35).
 const MAX_DATE_BYTES: usize = 256;
+/// Largest URL, in bytes: far above what servers accept (commonly 8 KiB), while
+/// keeping the parse and the `params` object of `util.parse_url` cheap.
+const MAX_URL_BYTES: usize = 64 * 1024;
 /// Largest IP address or CIDR text, in bytes (the longest IPv6 form is 45, plus "/128").
 const MAX_IP_BYTES: usize = 64;
 
@@ -191,7 +194,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             "util.validate_url",
             "Checks that a text is an absolute URL (WHATWG rules): {valid, reason when not valid}",
         )
-        .param("url", Ty::text())
+        .param("url", Ty::short_text(MAX_URL_BYTES))
         .example(
             json!({"url": "https://example.com/a?b=1"}),
             json!({"valid": true}),
@@ -203,7 +206,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             "util.parse_url",
             "Splits an absolute URL into {scheme, host, port (the scheme's default when absent), path, query, fragment, params}",
         )
-        .param("url", Ty::text())
+        .param("url", Ty::short_text(MAX_URL_BYTES))
         .example(
             json!({"url": "https://example.com:8443/search?q=rust&page=2#top"}),
             json!({

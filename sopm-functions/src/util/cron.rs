@@ -54,7 +54,7 @@ pub(super) fn cron_next(args: &Args<'_>) -> Result<Value> {
                 "field 'expression': no matching time within 5 years after {}",
                 out.last()
                     .and_then(Value::as_str)
-                    .unwrap_or(&from.to_rfc3339())
+                    .unwrap_or(&from.to_rfc3339_opts(SecondsFormat::Secs, true))
             )));
         };
         out.push(Value::String(

@@ -331,13 +331,23 @@ mod tests {
 
     #[tokio::test]
     async fn parse_url_at_the_largest_input() {
-        // About 1 MiB of query: 80,000 parameters, all kept.
-        let query: Vec<String> = (0..80_000).map(|i| format!("k{i}=v")).collect();
+        // Close to the 64 KiB cap: 7,000 parameters, all kept.
+        let query: Vec<String> = (0..7_000).map(|i| format!("k{i}=v")).collect();
         let url = format!("https://example.com/?{}", query.join("&"));
-        assert!(url.len() <= crate::schema::MAX_TEXT_BYTES);
+        assert!(url.len() <= super::super::MAX_URL_BYTES);
         let out = call("util.parse_url", json!({ "url": url })).await.unwrap();
-        assert_eq!(out["params"].as_object().unwrap().len(), 80_000);
-        assert_eq!(out["params"]["k79999"], json!("v"));
+        assert_eq!(out["params"].as_object().unwrap().len(), 7_000);
+        assert_eq!(out["params"]["k6999"], json!("v"));
+        let over = format!(
+            "https://example.com/{}",
+            "a".repeat(super::super::MAX_URL_BYTES)
+        );
+        for name in ["util.parse_url", "util.validate_url"] {
+            assert_eq!(
+                error_code(name, json!({ "url": over })).await,
+                "invalid_input"
+            );
+        }
     }
 
     #[tokio::test]

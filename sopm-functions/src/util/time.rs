@@ -140,7 +140,7 @@ mod tests {
             json!({"timestamp": MAX_UNIX + 1, "format": "%Y"}),
             json!({"timestamp": MIN_UNIX - 1, "format": "%Y"}),
             json!({"timestamp": 1.5, "format": "%Y"}),
-            json!({"timestamp": 0, "format": "x".repeat(1025)}),
+            json!({"timestamp": 0, "format": "x".repeat(257)}),
             json!({"timestamp": 0}),
         ] {
             assert_eq!(error_code("util.format_date", bad).await, "invalid_input");

@@ -38,22 +38,35 @@ fn dispatch(c: &mut Criterion) {
     g.bench_function("platform_execute_math_add", |b| {
         b.to_async(&rt).iter(|| async {
             let out = platform
-                .execute(&tenant, FunctionRef::builtin("math.add"), black_box(json!({"a": 2, "b": 3})))
+                .execute(
+                    &tenant,
+                    FunctionRef::builtin("math.add"),
+                    black_box(json!({"a": 2, "b": 3})),
+                )
                 .await
                 .expect("math.add");
             black_box(out)
         })
     });
     g.bench_function("executor_call_math_add", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(exec.call("math.add", black_box(&input)).await.expect("math.add")) })
+        b.to_async(&rt).iter(|| async {
+            black_box(
+                exec.call("math.add", black_box(&input))
+                    .await
+                    .expect("math.add"),
+            )
+        })
     });
     g.bench_function("platform_execute_text_uppercase_1k", |b| {
         let text = "héllo wörld ".repeat(85);
         b.to_async(&rt).iter(|| async {
             black_box(
                 platform
-                    .execute(&tenant, FunctionRef::builtin("text.uppercase"), json!({"text": text}))
+                    .execute(
+                        &tenant,
+                        FunctionRef::builtin("text.uppercase"),
+                        json!({"text": text}),
+                    )
                     .await
                     .expect("text.uppercase"),
             )

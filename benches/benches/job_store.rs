@@ -72,13 +72,26 @@ fn job_store(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.sample_size(10);
     for (name, store, insert) in [
-        ("sqlite_full/durable_insert+complete", &full, Durability::Durable),
-        ("sqlite_full/buffered_insert+complete", &full, Durability::Buffered),
-        ("sqlite_normal/durable_insert+complete", &normal, Durability::Durable),
+        (
+            "sqlite_full/durable_insert+complete",
+            &full,
+            Durability::Durable,
+        ),
+        (
+            "sqlite_full/buffered_insert+complete",
+            &full,
+            Durability::Buffered,
+        ),
+        (
+            "sqlite_normal/durable_insert+complete",
+            &normal,
+            Durability::Durable,
+        ),
         ("memory/insert+complete", &memory, Durability::Durable),
     ] {
         g.bench_function(name, |b| {
-            b.to_async(&rt).iter_custom(|iters| run(store.clone(), iters.max(TASKS as u64), insert))
+            b.to_async(&rt)
+                .iter_custom(|iters| run(store.clone(), iters.max(TASKS as u64), insert))
         });
     }
     g.finish();

@@ -14,8 +14,16 @@ fn validation(c: &mut Criterion) {
     let exec = BuiltinExecutor::new();
     let cases: Vec<(&str, Value, u64)> = vec![
         ("math.add", json!({"a": 2, "b": 3}), 1),
-        ("data.sort", json!({"values": (0..100_000).rev().collect::<Vec<i64>>()}), 100_000),
-        ("math.matrix_multiply", json!({"a": vec![vec![1.5; 200]; 200], "b": vec![vec![2.0; 200]; 200]}), 80_000),
+        (
+            "data.sort",
+            json!({"values": (0..100_000).rev().collect::<Vec<i64>>()}),
+            100_000,
+        ),
+        (
+            "math.matrix_multiply",
+            json!({"a": vec![vec![1.5; 200]; 200], "b": vec![vec![2.0; 200]; 200]}),
+            80_000,
+        ),
         ("text.uppercase", json!({"text": "x".repeat(1 << 20)}), 1),
     ];
     let mut g = c.benchmark_group("validation");

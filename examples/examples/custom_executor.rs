@@ -34,7 +34,10 @@ impl Executor for ShoutingExecutor {
             .ok_or_else(|| Error::invalid("field 'text': expected a string"))?;
         Ok(Output {
             value: json!({"function": version.name, "shout": text.to_uppercase()}),
-            logs: Some(format!("{} ran version {}\n", version.name, version.version)),
+            logs: Some(format!(
+                "{} ran version {}\n",
+                version.name, version.version
+            )),
         })
     }
 }
@@ -66,17 +69,28 @@ async fn main() -> Result<()> {
             &v.function_id,
             v.version,
             BuildStatus::Ready,
-            Some(Artifact::Directory { path: "/nonexistent".into() }),
+            Some(Artifact::Directory {
+                path: "/nonexistent".into(),
+            }),
         )
         .await?;
 
-    let function = FunctionRef::User { id: v.function_id.clone().into(), version: None };
-    let out = platform.execute(&me, function, json!({"text": "hello"})).await?;
+    let function = FunctionRef::User {
+        id: v.function_id.clone().into(),
+        version: None,
+    };
+    let out = platform
+        .execute(&me, function, json!({"text": "hello"}))
+        .await?;
     println!("output: {}", out.value);
     println!("logs: {}", out.logs.unwrap_or_default().trim_end());
 
     let builtin = platform
-        .execute(&me, FunctionRef::builtin("text.reverse"), json!({"text": "héllo"}))
+        .execute(
+            &me,
+            FunctionRef::builtin("text.reverse"),
+            json!({"text": "héllo"}),
+        )
         .await?;
     println!("built-ins still work: {}", builtin.value);
     Ok(())

@@ -17,29 +17,49 @@ async fn main() -> sopm_core::Result<()> {
     println!("{} built-in functions", platform.list_functions().len());
 
     let sum = platform
-        .execute(&me, FunctionRef::builtin("math.add"), json!({"a": 2, "b": 3}))
+        .execute(
+            &me,
+            FunctionRef::builtin("math.add"),
+            json!({"a": 2, "b": 3}),
+        )
         .await?;
     println!("math.add 2 + 3 = {}", sum.value);
 
     let slug = platform
-        .execute(&me, FunctionRef::builtin("text.slugify"), json!({"text": "Héllo, Wörld!"}))
+        .execute(
+            &me,
+            FunctionRef::builtin("text.slugify"),
+            json!({"text": "Héllo, Wörld!"}),
+        )
         .await?;
     println!("text.slugify -> {}", slug.value);
 
     match platform
-        .execute(&me, FunctionRef::builtin("math.divide"), json!({"a": 1, "b": 0}))
+        .execute(
+            &me,
+            FunctionRef::builtin("math.divide"),
+            json!({"a": 1, "b": 0}),
+        )
         .await
     {
         Err(e) => println!("math.divide 1 / 0 -> error {}: {e}", e.code()),
         Ok(v) => println!("unexpected: {}", v.value),
     }
 
-    let request = JobRequest::new(me.clone(), FunctionRef::builtin("math.factorial"), json!({"n": 30}));
+    let request = JobRequest::new(
+        me.clone(),
+        FunctionRef::builtin("math.factorial"),
+        json!({"n": 30}),
+    );
     if let Submitted::Pending { id, .. } = platform.submit(request, SubmitMode::Detach).await? {
         loop {
             let job = platform.status(&me, &id).await?;
             if job.status.is_terminal() {
-                println!("job {id}: {} -> {}", job.status.as_str(), job.output.unwrap_or_default());
+                println!(
+                    "job {id}: {} -> {}",
+                    job.status.as_str(),
+                    job.output.unwrap_or_default()
+                );
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;

@@ -23,8 +23,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .with_registry(store.clone())
             .with_job_store(store)
             .build()?;
-        let request = JobRequest::new(me.clone(), FunctionRef::builtin("math.fibonacci"), json!({"n": 90}));
-        let Submitted::Finished(job) = platform.submit(request, SubmitMode::Wait(None)).await? else {
+        let request = JobRequest::new(
+            me.clone(),
+            FunctionRef::builtin("math.fibonacci"),
+            json!({"n": 90}),
+        );
+        let Submitted::Finished(job) = platform.submit(request, SubmitMode::Wait(None)).await?
+        else {
             return Err("the job did not finish".into());
         };
         platform.shutdown(std::time::Duration::from_secs(1)).await?;
@@ -38,6 +43,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_job_store(store)
         .build()?;
     let job = platform.status(&me, &id).await?;
-    println!("after reopening {}: job {id} is {} with output {}", path.display(), job.status.as_str(), job.output.unwrap_or_default());
+    println!(
+        "after reopening {}: job {id} is {} with output {}",
+        path.display(),
+        job.status.as_str(),
+        job.output.unwrap_or_default()
+    );
     Ok(())
 }

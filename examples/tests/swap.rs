@@ -42,7 +42,11 @@ async fn exercise(registry: Arc<dyn Registry>, store: Arc<dyn JobStore>) {
     let t = TenantId::new("swap").unwrap();
 
     let out = platform
-        .execute(&t, FunctionRef::builtin("math.gcd"), json!({"a": 12, "b": 18}))
+        .execute(
+            &t,
+            FunctionRef::builtin("math.gcd"),
+            json!({"a": 12, "b": 18}),
+        )
         .await
         .unwrap();
     assert_eq!(out.value, json!(6));
@@ -62,12 +66,23 @@ async fn exercise(registry: Arc<dyn Registry>, store: Arc<dyn JobStore>) {
         .unwrap();
     platform
         .registry()
-        .finish_build(&v.function_id, 1, BuildStatus::Ready, Some(Artifact::Directory { path: "/x".into() }))
+        .finish_build(
+            &v.function_id,
+            1,
+            BuildStatus::Ready,
+            Some(Artifact::Directory { path: "/x".into() }),
+        )
         .await
         .unwrap();
-    let f = FunctionRef::User { id: v.function_id.clone().into(), version: None };
+    let f = FunctionRef::User {
+        id: v.function_id.clone().into(),
+        version: None,
+    };
     for expected in 1..=3u64 {
-        let out = platform.execute(&t, f.clone(), json!({"k": expected})).await.unwrap();
+        let out = platform
+            .execute(&t, f.clone(), json!({"k": expected}))
+            .await
+            .unwrap();
         assert_eq!(out.value["call"], json!(expected));
     }
     assert_eq!(counting.calls.load(Ordering::SeqCst), 3);
@@ -75,18 +90,29 @@ async fn exercise(registry: Arc<dyn Registry>, store: Arc<dyn JobStore>) {
     let other = TenantId::new("other").unwrap();
     let err = platform.execute(&other, f, json!({})).await.unwrap_err();
     assert_eq!(err.code(), "not_found");
-    platform.shutdown(std::time::Duration::from_secs(1)).await.unwrap();
+    platform
+        .shutdown(std::time::Duration::from_secs(1))
+        .await
+        .unwrap();
     store.flush().await.unwrap();
 }
 
 #[tokio::test]
 async fn memory_stores() {
-    exercise(Arc::new(MemoryRegistry::new()), Arc::new(MemoryJobStore::new())).await;
+    exercise(
+        Arc::new(MemoryRegistry::new()),
+        Arc::new(MemoryJobStore::new()),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn sqlite_stores() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteConfig::new(dir.path().join("swap.db")).open().unwrap());
+    let store = Arc::new(
+        SqliteConfig::new(dir.path().join("swap.db"))
+            .open()
+            .unwrap(),
+    );
     exercise(store.clone(), store).await;
 }

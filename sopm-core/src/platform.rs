@@ -116,7 +116,8 @@ pub struct PlatformBuilder {
     scheduler: Option<SchedulerFactory>,
 }
 
-type MakeScheduler = Box<dyn FnOnce(Arc<dyn Router>, Arc<dyn JobStore>) -> Arc<dyn Scheduler> + Send>;
+type MakeScheduler =
+    Box<dyn FnOnce(Arc<dyn Router>, Arc<dyn JobStore>) -> Arc<dyn Scheduler> + Send>;
 
 /// A custom scheduler's constructor.
 struct SchedulerFactory(MakeScheduler);
@@ -267,9 +268,18 @@ impl Platform {
     }
 
     /// Runs a function and waits for its output.
-    pub async fn execute(&self, tenant: &TenantId, function: FunctionRef, input: Value) -> Result<Output> {
+    pub async fn execute(
+        &self,
+        tenant: &TenantId,
+        function: FunctionRef,
+        input: Value,
+    ) -> Result<Output> {
         let request = JobRequest::new(tenant.clone(), function, input);
-        match self.scheduler.submit(request, SubmitMode::Wait(None)).await? {
+        match self
+            .scheduler
+            .submit(request, SubmitMode::Wait(None))
+            .await?
+        {
             Submitted::Finished(job) => job_output(job),
             Submitted::Pending { id, .. } => Err(Error::Internal(format!(
                 "job {id} did not finish although the call waited for it"

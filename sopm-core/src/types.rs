@@ -80,7 +80,10 @@ impl JobId {
                 let mut buf = uuid::Uuid::encode_buffer();
                 Ok(JobId(Arc::from(&*u.hyphenated().encode_lower(&mut buf))))
             }
-            Err(_) => Err(crate::Error::not_found(format!("no job with id '{}'", truncate_for_message(s)))),
+            Err(_) => Err(crate::Error::not_found(format!(
+                "no job with id '{}'",
+                truncate_for_message(s)
+            ))),
         }
     }
 
@@ -211,7 +214,9 @@ pub enum FunctionRef {
 impl FunctionRef {
     /// A reference to a built-in.
     pub fn builtin(name: &str) -> Self {
-        FunctionRef::Builtin { name: Arc::from(name) }
+        FunctionRef::Builtin {
+            name: Arc::from(name),
+        }
     }
 
     /// The name shown in stats and job records.
@@ -219,7 +224,10 @@ impl FunctionRef {
         match self {
             FunctionRef::Builtin { name } => name.to_string(),
             FunctionRef::User { id, version: None } => id.to_string(),
-            FunctionRef::User { id, version: Some(v) } => format!("{id}@{v}"),
+            FunctionRef::User {
+                id,
+                version: Some(v),
+            } => format!("{id}@{v}"),
         }
     }
 }
@@ -329,7 +337,12 @@ pub struct Job {
 
 impl Job {
     /// A new queued job.
-    pub fn new(tenant: TenantId, function: FunctionRef, input: Arc<Value>, timeout_ms: u64) -> Self {
+    pub fn new(
+        tenant: TenantId,
+        function: FunctionRef,
+        input: Arc<Value>,
+        timeout_ms: u64,
+    ) -> Self {
         Job {
             id: JobId::random(),
             tenant,

@@ -29,7 +29,7 @@ fn object_array() -> Ty {
 
 pub(crate) fn register(out: &mut Vec<Builtin>) {
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.sort",
             "Returns the values sorted (all numbers or all strings)",
         )
@@ -39,7 +39,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(lists::sort),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.unique",
             "Returns the first occurrence of each value, in order",
         )
@@ -48,13 +48,13 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(lists::unique),
     );
     out.push(
-        Builtin::new("data.reverse", "Returns the values in reverse order")
+        Builtin::describe("data.reverse", "Returns the values in reverse order")
             .param("values", any_array())
             .example(json!({"values": [1, 2, 3]}), json!([3, 2, 1]))
             .blocking(lists::reverse),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.flatten",
             "Returns the array with nested arrays spliced in, `depth` levels deep (default: all)",
         )
@@ -64,7 +64,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(lists::flatten),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.chunk",
             "Returns the values split into arrays of at most `size` items",
         )
@@ -77,7 +77,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(lists::chunk),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.zip",
             "Returns pairs [a_i, b_i], as many as the shorter array has",
         )
@@ -90,7 +90,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(lists::zip),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.group_by",
             "Returns an object from each key value (as text; \"null\" when missing) to its items",
         )
@@ -110,7 +110,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(records::group_by),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.filter",
             "Returns the items whose field compares to the value by op",
         )
@@ -126,7 +126,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(records::filter),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.pluck",
             "Returns each item's value of the field (null where missing)",
         )
@@ -139,7 +139,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(records::pluck),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.count_by",
             "Returns an object from each key value (as text; \"null\" when missing) to its count",
         )
@@ -152,7 +152,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(records::count_by),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.merge",
             "Returns the deep merge of the objects; later ones win and arrays are replaced",
         )
@@ -164,7 +164,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(records::merge),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.json_pointer",
             "Returns the value at an RFC 6901 JSON Pointer",
         )
@@ -177,7 +177,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(records::json_pointer),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.csv_to_json",
             "Returns the CSV rows as objects keyed by the header (or as arrays), values as text",
         )
@@ -190,7 +190,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(codecs::csv_to_json),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.json_to_csv",
             "Returns CSV text with a header row, columns in first-seen order",
         )
@@ -202,7 +202,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(codecs::json_to_csv),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.base64_encode",
             "Returns the standard, padded base64 of the text",
         )
@@ -211,7 +211,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(codecs::base64_encode),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.base64_decode",
             "Returns the text encoded in standard, padded base64",
         )
@@ -220,7 +220,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(codecs::base64_decode),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.hex_encode",
             "Returns the lowercase hex of the text's UTF-8 bytes",
         )
@@ -229,7 +229,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(codecs::hex_encode),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.hex_decode",
             "Returns the text whose UTF-8 bytes the hex spells",
         )
@@ -238,7 +238,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(codecs::hex_decode),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.url_encode",
             "Returns the text percent-encoded except for RFC 3986 unreserved characters",
         )
@@ -247,7 +247,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(codecs::url_encode),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.url_decode",
             "Returns the text with percent-escapes decoded",
         )
@@ -256,7 +256,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(codecs::url_decode),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.json_schema_validate",
             "Returns {valid, errors} of the document against a JSON Schema (draft 2020-12)",
         )
@@ -272,7 +272,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(validate::json_schema_validate),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.set_operations",
             "Returns the union, intersection, difference and symmetric difference of a and b",
         )
@@ -286,7 +286,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(lists::set_operations),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.histogram",
             "Returns {edges, counts} of equal-width bins over [min, max] (one bin if all equal)",
         )
@@ -299,7 +299,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(lists::histogram),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.transpose",
             "Returns the matrix with rows and columns swapped",
         )
@@ -311,7 +311,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(lists::transpose),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "data.paginate",
             "Returns one page of the values with {items, page, per_page, total, total_pages}",
         )

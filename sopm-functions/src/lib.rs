@@ -73,7 +73,7 @@ pub struct Builtin {
 impl Builtin {
     /// Starts describing a function; finish with [`inline`](Self::inline),
     /// [`blocking`](Self::blocking) or [`asynchronous`](Self::asynchronous).
-    pub fn new(name: &'static str, description: &'static str) -> BuiltinSpec {
+    pub fn describe(name: &'static str, description: &'static str) -> BuiltinSpec {
         BuiltinSpec {
             name,
             description,
@@ -137,7 +137,7 @@ fn guarded(name: &str, f: impl FnOnce() -> Result<Value>) -> Result<Value> {
         .unwrap_or_else(|_| Err(Error::Internal(format!("{name} panicked"))))
 }
 
-/// A function being described; see [`Builtin::new`].
+/// A function being described; see [`Builtin::describe`].
 #[derive(Debug)]
 pub struct BuiltinSpec {
     name: &'static str,
@@ -150,13 +150,21 @@ pub struct BuiltinSpec {
 impl BuiltinSpec {
     /// A required parameter.
     pub fn param(mut self, name: &'static str, ty: Ty) -> Self {
-        self.params.push(Param { name, ty, required: true });
+        self.params.push(Param {
+            name,
+            ty,
+            required: true,
+        });
         self
     }
 
     /// An optional parameter (absent or null means the default).
     pub fn optional(mut self, name: &'static str, ty: Ty) -> Self {
-        self.params.push(Param { name, ty, required: false });
+        self.params.push(Param {
+            name,
+            ty,
+            required: false,
+        });
         self
     }
 
@@ -229,7 +237,11 @@ impl BuiltinExecutor {
 
     /// An executor of the given functions.
     pub fn from_builtins(builtins: Vec<Builtin>) -> Self {
-        let index = builtins.iter().enumerate().map(|(i, b)| (b.name, i)).collect();
+        let index = builtins
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.name, i))
+            .collect();
         let infos = builtins.iter().map(Builtin::info).collect();
         BuiltinExecutor {
             builtins,
@@ -253,7 +265,9 @@ impl BuiltinExecutor {
     pub async fn call(&self, name: &str, input: &Value) -> Result<Value> {
         match self.get(name) {
             Some(b) => b.call(input).await,
-            None => Err(Error::not_found(format!("no built-in function named '{name}'"))),
+            None => Err(Error::not_found(format!(
+                "no built-in function named '{name}'"
+            ))),
         }
     }
 }

@@ -33,7 +33,7 @@ fn matrix() -> Ty {
 
 pub(crate) fn register(out: &mut Vec<Builtin>) {
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "math.add",
             "Returns a + b (an integer when both are integers)",
         )
@@ -43,7 +43,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(arith::add),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "math.subtract",
             "Returns a - b (an integer when both are integers)",
         )
@@ -53,7 +53,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(arith::subtract),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "math.multiply",
             "Returns a * b (an integer when both are integers)",
         )
@@ -63,14 +63,14 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(arith::multiply),
     );
     out.push(
-        Builtin::new("math.divide", "Returns a / b as a float")
+        Builtin::describe("math.divide", "Returns a / b as a float")
             .param("a", Ty::number())
             .param("b", Ty::number())
             .example(json!({"a": 7, "b": 2}), json!(3.5))
             .inline(arith::divide),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "math.modulo",
             "Returns the Euclidean remainder of a / b (always >= 0)",
         )
@@ -80,7 +80,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(arith::modulo),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "math.power",
             "Returns base raised to exponent (an integer when both are integers, exponent >= 0 and it fits)",
         )
@@ -90,25 +90,25 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(arith::power),
     );
     out.push(
-        Builtin::new("math.sqrt", "Returns the square root of x")
+        Builtin::describe("math.sqrt", "Returns the square root of x")
             .param("x", Ty::number())
             .example(json!({"x": 2}), json!(std::f64::consts::SQRT_2))
             .inline(arith::sqrt),
     );
     out.push(
-        Builtin::new("math.abs", "Returns the absolute value of x")
+        Builtin::describe("math.abs", "Returns the absolute value of x")
             .param("x", Ty::number())
             .example(json!({"x": -4.5}), json!(4.5))
             .inline(arith::abs),
     );
     out.push(
-        Builtin::new("math.factorial", "Returns n! exactly, as a decimal string")
+        Builtin::describe("math.factorial", "Returns n! exactly, as a decimal string")
             .param("n", Ty::int_range(0, exact::MAX_FACTORIAL))
             .example(json!({"n": 10}), json!("3628800"))
             .blocking(exact::factorial),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "math.fibonacci",
             "Returns the n-th Fibonacci number exactly, as a decimal string",
         )
@@ -117,7 +117,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(exact::fibonacci),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "math.gcd",
             "Returns the greatest common divisor of a and b (>= 0)",
         )
@@ -127,7 +127,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(arith::gcd),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "math.lcm",
             "Returns the least common multiple of a and b (>= 0)",
         )
@@ -137,7 +137,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(arith::lcm),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "math.is_prime",
             "Returns whether n is prime (exact for every 63-bit n)",
         )
@@ -146,7 +146,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(primes::is_prime),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "math.prime_factors",
             "Returns the prime factors of n, ascending, with repetition",
         )
@@ -155,19 +155,19 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(primes::prime_factors),
     );
     out.push(
-        Builtin::new("math.primes_up_to", "Returns every prime <= n, ascending")
+        Builtin::describe("math.primes_up_to", "Returns every prime <= n, ascending")
             .param("n", Ty::int_range(0, primes::MAX_SIEVE_N))
             .example(json!({"n": 20}), json!([2, 3, 5, 7, 11, 13, 17, 19]))
             .blocking(primes::primes_up_to),
     );
     out.push(
-        Builtin::new("math.nth_prime", "Returns the n-th prime (the first is 2)")
+        Builtin::describe("math.nth_prime", "Returns the n-th prime (the first is 2)")
             .param("n", Ty::int_range(1, primes::MAX_NTH))
             .example(json!({"n": 10}), json!(29))
             .blocking(primes::nth_prime),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "math.sum",
             "Returns the sum of the values (an integer when all are integers)",
         )
@@ -176,13 +176,13 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(stats::sum),
     );
     out.push(
-        Builtin::new("math.mean", "Returns the arithmetic mean of the values")
+        Builtin::describe("math.mean", "Returns the arithmetic mean of the values")
             .param("values", values())
             .example(json!({"values": [1, 2, 3, 4]}), json!(2.5))
             .blocking(stats::mean),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "math.median",
             "Returns the median of the values (the mean of the two middle ones for an even count)",
         )
@@ -191,13 +191,13 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(stats::median),
     );
     out.push(
-        Builtin::new("math.mode", "Returns the most frequent values, ascending")
+        Builtin::describe("math.mode", "Returns the most frequent values, ascending")
             .param("values", values())
             .example(json!({"values": [1, 2, 2, 3, 3]}), json!([2, 3]))
             .blocking(stats::mode),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "math.variance",
             "Returns the population (or, with sample, the sample) variance",
         )
@@ -207,7 +207,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(stats::variance),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "math.stddev",
             "Returns the population (or, with sample, the sample) standard deviation",
         )
@@ -217,19 +217,19 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(stats::stddev),
     );
     out.push(
-        Builtin::new("math.min", "Returns the smallest value")
+        Builtin::describe("math.min", "Returns the smallest value")
             .param("values", values())
             .example(json!({"values": [3, -1, 2]}), json!(-1))
             .blocking(stats::min),
     );
     out.push(
-        Builtin::new("math.max", "Returns the largest value")
+        Builtin::describe("math.max", "Returns the largest value")
             .param("values", values())
             .example(json!({"values": [3, -1, 2]}), json!(3))
             .blocking(stats::max),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "math.round",
             "Returns x rounded to digits decimals, half away from zero",
         )
@@ -239,7 +239,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(arith::round),
     );
     out.push(
-        Builtin::new("math.clamp", "Returns x limited to the range [min, max]")
+        Builtin::describe("math.clamp", "Returns x limited to the range [min, max]")
             .param("x", Ty::number())
             .param("min", Ty::number())
             .param("max", Ty::number())
@@ -247,14 +247,14 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             .inline(arith::clamp),
     );
     out.push(
-        Builtin::new("math.log", "Returns the logarithm of x in base (default e)")
+        Builtin::describe("math.log", "Returns the logarithm of x in base (default e)")
             .param("x", Ty::number())
             .optional("base", Ty::number())
             .example(json!({"x": 8, "base": 2}), json!(3.0))
             .inline(arith::log),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "math.binomial",
             "Returns C(n, k) exactly, as a decimal string (0 when k > n)",
         )
@@ -264,7 +264,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(exact::binomial),
     );
     out.push(
-        Builtin::new("math.matrix_multiply", "Returns the matrix product a x b")
+        Builtin::describe("math.matrix_multiply", "Returns the matrix product a x b")
             .param("a", matrix())
             .param("b", matrix())
             .example(
@@ -274,7 +274,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             .blocking(matrix::multiply),
     );
     out.push(
-        Builtin::new("math.solve_linear", "Returns the vector x with a x = b")
+        Builtin::describe("math.solve_linear", "Returns the vector x with a x = b")
             .param("a", matrix())
             .param("b", Ty::non_empty_array(Ty::number(), MAX_DIM))
             .example(

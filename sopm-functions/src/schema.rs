@@ -56,7 +56,10 @@ pub enum Ty {
 impl Ty {
     /// A finite number.
     pub fn number() -> Ty {
-        Ty::Number { min: None, max: None }
+        Ty::Number {
+            min: None,
+            max: None,
+        }
     }
 
     /// An integer in the whole `i64` range.
@@ -158,7 +161,8 @@ impl Ty {
                 min_items,
                 max_items,
             } => {
-                let mut s = json!({"type": "array", "items": items.schema(), "maxItems": max_items});
+                let mut s =
+                    json!({"type": "array", "items": items.schema(), "maxItems": max_items});
                 if *min_items > 0 {
                     s["minItems"] = json!(min_items);
                 }
@@ -182,12 +186,16 @@ impl Ty {
                 };
                 if let Some(m) = min {
                     if x < *m {
-                        return Err(Error::invalid(format!("field '{path}': must be >= {m}, got {x}")));
+                        return Err(Error::invalid(format!(
+                            "field '{path}': must be >= {m}, got {x}"
+                        )));
                     }
                 }
                 if let Some(m) = max {
                     if x > *m {
-                        return Err(Error::invalid(format!("field '{path}': must be <= {m}, got {x}")));
+                        return Err(Error::invalid(format!(
+                            "field '{path}': must be <= {m}, got {x}"
+                        )));
                     }
                 }
                 Ok(())
@@ -215,9 +223,7 @@ impl Ty {
                     )));
                 }
                 if *min_chars > 0 && s.chars().count() < *min_chars {
-                    return Err(Error::invalid(format!(
-                        "field '{path}': must not be empty"
-                    )));
+                    return Err(Error::invalid(format!("field '{path}': must not be empty")));
                 }
                 Ok(())
             }
@@ -233,7 +239,11 @@ impl Ty {
                 Some(n) if options.iter().any(|o| *o as i128 == n) => Ok(()),
                 _ => Err(Error::invalid(format!(
                     "field '{path}': expected one of {}, got {}",
-                    options.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", "),
+                    options
+                        .iter()
+                        .map(|o| o.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     describe(v)
                 ))),
             },
@@ -308,7 +318,10 @@ pub fn describe(v: &Value) -> &'static str {
 }
 
 fn expected(path: &str, what: &str, got: &Value) -> Error {
-    Error::invalid(format!("field '{path}': expected {what}, got {}", describe(got)))
+    Error::invalid(format!(
+        "field '{path}': expected {what}, got {}",
+        describe(got)
+    ))
 }
 
 /// One named parameter.
@@ -333,7 +346,12 @@ impl Params {
         for p in &self.0 {
             props.insert(p.name.to_string(), p.ty.schema());
         }
-        let required: Vec<&str> = self.0.iter().filter(|p| p.required).map(|p| p.name).collect();
+        let required: Vec<&str> = self
+            .0
+            .iter()
+            .filter(|p| p.required)
+            .map(|p| p.name)
+            .collect();
         json!({
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "type": "object",
@@ -433,7 +451,9 @@ impl<'a> Args<'a> {
 
     /// A number field.
     pub fn f64(&self, name: &str) -> Result<f64> {
-        self.value(name)?.as_f64().ok_or_else(|| wrong(name, "a number"))
+        self.value(name)?
+            .as_f64()
+            .ok_or_else(|| wrong(name, "a number"))
     }
 
     /// An optional number field.
@@ -468,7 +488,9 @@ impl<'a> Args<'a> {
 
     /// A string field.
     pub fn str(&self, name: &str) -> Result<&'a str> {
-        self.value(name)?.as_str().ok_or_else(|| wrong(name, "a string"))
+        self.value(name)?
+            .as_str()
+            .ok_or_else(|| wrong(name, "a string"))
     }
 
     /// An optional string field.
@@ -480,7 +502,9 @@ impl<'a> Args<'a> {
 
     /// A boolean field.
     pub fn bool(&self, name: &str) -> Result<bool> {
-        self.value(name)?.as_bool().ok_or_else(|| wrong(name, "a boolean"))
+        self.value(name)?
+            .as_bool()
+            .ok_or_else(|| wrong(name, "a boolean"))
     }
 
     /// An optional boolean field.
@@ -492,12 +516,16 @@ impl<'a> Args<'a> {
 
     /// An array field.
     pub fn array(&self, name: &str) -> Result<&'a Vec<Value>> {
-        self.value(name)?.as_array().ok_or_else(|| wrong(name, "an array"))
+        self.value(name)?
+            .as_array()
+            .ok_or_else(|| wrong(name, "an array"))
     }
 
     /// An object field.
     pub fn object(&self, name: &str) -> Result<&'a Map<String, Value>> {
-        self.value(name)?.as_object().ok_or_else(|| wrong(name, "an object"))
+        self.value(name)?
+            .as_object()
+            .ok_or_else(|| wrong(name, "an object"))
     }
 
     /// An array of numbers, as floats.
@@ -529,9 +557,9 @@ impl<'a> Args<'a> {
         let rows = self.array(name)?;
         let mut out = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
-            let row = row
-                .as_array()
-                .ok_or_else(|| Error::invalid(format!("field '{name}[{i}]': expected an array of numbers")))?;
+            let row = row.as_array().ok_or_else(|| {
+                Error::invalid(format!("field '{name}[{i}]': expected an array of numbers"))
+            })?;
             let row: Vec<f64> = row
                 .iter()
                 .map(|v| {
@@ -588,9 +616,21 @@ mod tests {
 
     fn params() -> Params {
         Params(vec![
-            Param { name: "a", ty: Ty::number(), required: true },
-            Param { name: "n", ty: Ty::int_range(0, 10), required: false },
-            Param { name: "xs", ty: Ty::array(Ty::number(), 3), required: false },
+            Param {
+                name: "a",
+                ty: Ty::number(),
+                required: true,
+            },
+            Param {
+                name: "n",
+                ty: Ty::int_range(0, 10),
+                required: false,
+            },
+            Param {
+                name: "xs",
+                ty: Ty::array(Ty::number(), 3),
+                required: false,
+            },
         ])
     }
 

@@ -137,7 +137,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(trim),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "text.replace",
             "Returns the text with every occurrence of `from` replaced by `to` (result <= 16 MiB)",
         )
@@ -151,7 +151,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(replace),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "text.split",
             "Returns the parts of the text between separators (empty separator: its characters)",
         )
@@ -164,7 +164,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(split),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "text.join",
             "Returns the parts joined by the separator (at most 100,000 parts, result <= 16 MiB)",
         )
@@ -177,7 +177,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(join),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "text.regex_match",
             "Returns the first 100,000 non-overlapping regex matches as {match, start, end} (byte offsets), in linear time",
         )
@@ -193,7 +193,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(regex_match),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "text.regex_replace",
             "Returns the text with every regex match replaced ($1 or ${name} for groups, result <= 16 MiB)",
         )
@@ -207,7 +207,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(regex_replace),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "text.levenshtein",
             "Returns the edit distance between two texts of at most 10,000 characters each",
         )
@@ -218,7 +218,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(levenshtein),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "text.similarity",
             "Returns the Jaro-Winkler similarity of two texts, from 0 (nothing alike) to 1 (equal)",
         )
@@ -231,7 +231,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(similarity),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "text.caesar",
             "Returns the text with its ASCII letters shifted by `shift` places (negative allowed)",
         )
@@ -252,7 +252,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(rot13),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "text.count_substring",
             "Returns the number of non-overlapping occurrences of `sub` in the text",
         )
@@ -262,7 +262,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(count_substring),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "text.truncate",
             "Returns the text cut to at most `max` characters, the ellipsis (default \"...\") included",
         )
@@ -273,7 +273,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(truncate),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "text.wrap",
             "Returns the text as lines of at most `width` characters, breaking only words longer than that",
         )
@@ -289,7 +289,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
 
 /// A function of one `text` parameter.
 fn unary(name: &'static str, description: &'static str) -> BuiltinSpec {
-    Builtin::new(name, description).param("text", Ty::text())
+    Builtin::describe(name, description).param("text", Ty::text())
 }
 
 fn uppercase(args: &Args<'_>) -> Result<Value> {

@@ -37,7 +37,7 @@ const MAX_IP_BYTES: usize = 64;
 
 pub(crate) fn register(out: &mut Vec<Builtin>) {
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.uuid",
             "Returns a random UUID string: version 4 (the default) or 7 (time-ordered)",
         )
@@ -50,7 +50,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(uuid),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.timestamp",
             "Returns the current time as {unix_ms, rfc3339} (UTC, milliseconds)",
         )
@@ -62,7 +62,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(timestamp),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.format_date",
             "Returns a Unix timestamp (seconds, years 0 to 9999) formatted in UTC with a strftime format",
         )
@@ -75,7 +75,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(time::format_date),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.parse_date",
             "Parses an RFC 3339 date-time, or a text in a strftime format (taken as UTC when it has no offset), into {unix, rfc3339}",
         )
@@ -88,7 +88,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(time::parse_date),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.date_diff",
             "Returns to - from (RFC 3339 date-times) as a signed float in seconds, minutes, hours, days or weeks",
         )
@@ -105,7 +105,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(time::date_diff),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.hash",
             "Returns the lowercase hex digest of a text's UTF-8 bytes (md5, sha1, sha256, sha512 or blake3)",
         )
@@ -121,7 +121,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(hash),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.hmac",
             "Returns the lowercase hex HMAC of a message under a key (sha256 or sha512)",
         )
@@ -139,7 +139,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(hmac),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.random_int",
             "Returns a uniformly random integer between min and max, both included",
         )
@@ -150,7 +150,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(random_int),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.random_string",
             "Returns a random string of the given length from a charset: alphanumeric (default), alpha, numeric or hex (lowercase)",
         )
@@ -164,7 +164,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(random_string),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.password_strength",
             "Rates a password by length and character classes: {score 0-4, length, classes, feedback}",
         )
@@ -181,7 +181,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(password_strength),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.validate_email",
             "Checks an email address's syntax (no DNS): {valid, reason when not valid}",
         )
@@ -190,7 +190,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(net::validate_email),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.validate_url",
             "Checks that a text is an absolute URL (WHATWG rules): {valid, reason when not valid}",
         )
@@ -202,7 +202,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(net::validate_url),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.parse_url",
             "Splits an absolute URL into {scheme, host, port (the scheme's default when absent), path, query, fragment, params}",
         )
@@ -222,7 +222,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(net::parse_url),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.ip_info",
             "Describes an IPv4 or IPv6 address: {version, loopback, private, multicast, unspecified}",
         )
@@ -240,7 +240,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(net::ip_info),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.cidr_contains",
             "Returns whether an IP address lies in a CIDR block such as 10.0.0.0/8 (false across IPv4/IPv6)",
         )
@@ -250,7 +250,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(net::cidr_contains),
     );
     out.push(
-        Builtin::new("util.echo", "Returns the given value unchanged")
+        Builtin::describe("util.echo", "Returns the given value unchanged")
             .param("value", Ty::Any)
             .example(
                 json!({"value": {"hello": ["world", 1]}}),
@@ -259,7 +259,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             .inline(echo),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.sleep",
             "Waits ms milliseconds without holding a thread, then returns {slept_ms}",
         )
@@ -269,7 +269,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .asynchronous(sleep),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.cron_next",
             "Returns the next fire times (RFC 3339, UTC) of a 5-field cron expression after from (default now)",
         )
@@ -283,7 +283,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .blocking(cron::cron_next),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.convert_units",
             "Converts a value between units of one kind: length (mm cm m km in ft yd mi), mass (mg g kg oz lb) or temperature (c f k)",
         )
@@ -294,7 +294,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .inline(convert::convert_units),
     );
     out.push(
-        Builtin::new(
+        Builtin::describe(
             "util.color_convert",
             "Converts a color (#rrggbb, rgb(r,g,b) or hsl(h,s%,l%)) to \"#rrggbb\", \"rgb(r, g, b)\" or \"hsl(h, s%, l%)\" (to 0.1, which round-trips)",
         )

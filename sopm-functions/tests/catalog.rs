@@ -119,7 +119,11 @@ fn catalog_has_exactly_the_documented_names_in_order() {
 #[test]
 fn descriptions_are_one_line() {
     for b in catalog() {
-        assert!(!b.description.is_empty() && !b.description.contains('\n'), "{}", b.name);
+        assert!(
+            !b.description.is_empty() && !b.description.contains('\n'),
+            "{}",
+            b.name
+        );
     }
 }
 
@@ -160,7 +164,11 @@ async fn unknown_fields_and_non_objects_are_invalid_input() {
         input["surely_not_a_field"] = json!(1);
         let err = exec.call(b.name, &input).await.unwrap_err();
         assert_eq!(err.code(), "invalid_input", "{}", b.name);
-        assert!(err.to_string().contains("surely_not_a_field"), "{}: {err}", b.name);
+        assert!(
+            err.to_string().contains("surely_not_a_field"),
+            "{}: {err}",
+            b.name
+        );
         for bad in [json!(null), json!([]), json!("x"), json!(3)] {
             let err = exec.call(b.name, &bad).await.unwrap_err();
             assert_eq!(err.code(), "invalid_input", "{} with {bad}", b.name);
@@ -173,13 +181,34 @@ fn arb_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
-        prop_oneof![Just(0i64), Just(1), Just(-1), Just(2), Just(5000), Just(20001), Just(i64::MAX), Just(i64::MIN)]
+        prop_oneof![
+            Just(0i64),
+            Just(1),
+            Just(-1),
+            Just(2),
+            Just(5000),
+            Just(20001),
+            Just(i64::MAX),
+            Just(i64::MIN)
+        ]
+        .prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
             .prop_map(Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
         ".{0,24}".prop_map(Value::String),
-        prop_oneof![Just(""), Just("#ff0000"), Just("2024-01-01T00:00:00Z"), Just("* * * * *"),
-            Just("10.0.0.0/8"), Just("a,b\n1,2"), Just("(a+)+$"), Just("/a/0"), Just("%zz"), Just("sha256")]
-            .prop_map(|s| Value::String(s.to_string())),
+        prop_oneof![
+            Just(""),
+            Just("#ff0000"),
+            Just("2024-01-01T00:00:00Z"),
+            Just("* * * * *"),
+            Just("10.0.0.0/8"),
+            Just("a,b\n1,2"),
+            Just("(a+)+$"),
+            Just("/a/0"),
+            Just("%zz"),
+            Just("sha256")
+        ]
+        .prop_map(|s| Value::String(s.to_string())),
     ];
     leaf.prop_recursive(3, 48, 6, |inner| {
         prop_oneof![

@@ -127,11 +127,12 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 /// Parses a JSON body, with messages that say where it went wrong.
 fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
-        return Err(ApiError(Error::invalid("request body is empty; expected a JSON object")));
+        return Err(ApiError(Error::invalid(
+            "request body is empty; expected a JSON object",
+        )));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
-        ApiError(Error::invalid(format!("request body is not valid: {e}")))
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError(Error::invalid(format!("request body is not valid: {e}"))))
 }
 
 /// `?user_id=` names the tenant while auth is off.

@@ -38,7 +38,12 @@ impl Client {
     }
 
     /// Sends a request and reads the JSON answer.
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Answer, String> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Answer, String> {
         let uri = format!("{}{}", self.base, path);
         let bytes = body
             .map(|b| Bytes::from(serde_json::to_vec(&b).unwrap_or_default()))
@@ -52,7 +57,12 @@ impl Client {
         let resp = tokio::time::timeout(Duration::from_secs(600), self.http.request(req))
             .await
             .map_err(|_| format!("{uri}: no answer within 600 s"))?
-            .map_err(|e| format!("cannot reach the server at {}: {e} (is `sopm serve` running?)", self.base))?;
+            .map_err(|e| {
+                format!(
+                    "cannot reach the server at {}: {e} (is `sopm serve` running?)",
+                    self.base
+                )
+            })?;
         let status = resp.status().as_u16();
         let body = resp
             .into_body()

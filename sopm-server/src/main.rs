@@ -61,7 +61,12 @@ enum Command {
 #[derive(Debug, Clone, clap::Args)]
 struct ClientArgs {
     /// The server's address.
-    #[arg(long, env = "SOPM_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "SOPM_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     url: String,
     /// The tenant (while the server runs without auth).
     #[arg(long, env = "SOPM_USER_ID", global = true)]
@@ -133,7 +138,10 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 fn client_command(cmd: Command) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sopm: cannot start the runtime: {e}");
@@ -153,7 +161,9 @@ async fn run_client(cmd: Command) -> Result<ExitCode, String> {
     match cmd {
         Command::Serve(_) => unreachable!("handled in main"),
         Command::Functions(c) => {
-            let a = Client::new(&c.url)?.call(Method::GET, "/api/functions", None).await?;
+            let a = Client::new(&c.url)?
+                .call(Method::GET, "/api/functions", None)
+                .await?;
             if a.status != 200 {
                 return Ok(report_error(&a));
             }
@@ -181,7 +191,8 @@ async fn run_client(cmd: Command) -> Result<ExitCode, String> {
                 Some(text) => serde_json::from_str(text)
                     .map_err(|e| format!("the input is not valid JSON: {e}"))?,
             };
-            let mut body = serde_json::json!({"function": function, "input": input, "async": is_async});
+            let mut body =
+                serde_json::json!({"function": function, "input": input, "async": is_async});
             if let Some(w) = wait_ms {
                 body["wait_ms"] = w.into();
             }

@@ -6,7 +6,9 @@ use sopm_core::PlatformStats;
 
 /// Escapes a label value.
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -19,15 +21,35 @@ pub fn render(stats: &PlatformStats) -> String {
     let j = &stats.jobs;
     let mut o = String::with_capacity(4096);
 
-    family(&mut o, "sopm_uptime_seconds", "gauge", "Seconds since the server started.");
+    family(
+        &mut o,
+        "sopm_uptime_seconds",
+        "gauge",
+        "Seconds since the server started.",
+    );
     let _ = writeln!(o, "sopm_uptime_seconds {:.3}", stats.uptime_s);
 
-    family(&mut o, "sopm_jobs_submitted_total", "counter", "Jobs accepted.");
+    family(
+        &mut o,
+        "sopm_jobs_submitted_total",
+        "counter",
+        "Jobs accepted.",
+    );
     let _ = writeln!(o, "sopm_jobs_submitted_total {}", j.submitted);
-    family(&mut o, "sopm_jobs_rejected_total", "counter", "Jobs refused because the queue was full.");
+    family(
+        &mut o,
+        "sopm_jobs_rejected_total",
+        "counter",
+        "Jobs refused because the queue was full.",
+    );
     let _ = writeln!(o, "sopm_jobs_rejected_total {}", j.rejected);
 
-    family(&mut o, "sopm_jobs_finished_total", "counter", "Jobs finished, by outcome.");
+    family(
+        &mut o,
+        "sopm_jobs_finished_total",
+        "counter",
+        "Jobs finished, by outcome.",
+    );
     for (status, n) in [
         ("succeeded", j.succeeded),
         ("failed", j.failed),
@@ -37,9 +59,19 @@ pub fn render(stats: &PlatformStats) -> String {
         let _ = writeln!(o, "sopm_jobs_finished_total{{status=\"{status}\"}} {n}");
     }
 
-    family(&mut o, "sopm_queue_depth", "gauge", "Jobs waiting for a slot.");
+    family(
+        &mut o,
+        "sopm_queue_depth",
+        "gauge",
+        "Jobs waiting for a slot.",
+    );
     let _ = writeln!(o, "sopm_queue_depth {}", j.queue_depth);
-    family(&mut o, "sopm_queue_capacity", "gauge", "Most jobs that may wait.");
+    family(
+        &mut o,
+        "sopm_queue_capacity",
+        "gauge",
+        "Most jobs that may wait.",
+    );
     let _ = writeln!(o, "sopm_queue_capacity {}", j.queue_capacity);
     family(&mut o, "sopm_jobs_running", "gauge", "Jobs running now.");
     let _ = writeln!(o, "sopm_jobs_running {}", j.running);
@@ -69,7 +101,12 @@ pub fn render(stats: &PlatformStats) -> String {
     );
     let _ = writeln!(o, "sopm_job_latency_seconds_count {}", j.latency.count);
 
-    family(&mut o, "sopm_function_calls_total", "counter", "Finished calls per function.");
+    family(
+        &mut o,
+        "sopm_function_calls_total",
+        "counter",
+        "Finished calls per function.",
+    );
     for f in &j.functions {
         let _ = writeln!(
             o,
@@ -78,7 +115,12 @@ pub fn render(stats: &PlatformStats) -> String {
             f.calls
         );
     }
-    family(&mut o, "sopm_function_errors_total", "counter", "Calls per function that did not succeed.");
+    family(
+        &mut o,
+        "sopm_function_errors_total",
+        "counter",
+        "Calls per function that did not succeed.",
+    );
     for f in &j.functions {
         let _ = writeln!(
             o,
@@ -102,9 +144,18 @@ pub fn render(stats: &PlatformStats) -> String {
         );
     }
 
-    family(&mut o, "sopm_pool_instances", "gauge", "Sandbox instances per pool and state.");
+    family(
+        &mut o,
+        "sopm_pool_instances",
+        "gauge",
+        "Sandbox instances per pool and state.",
+    );
     for p in &stats.pools {
-        for (state, n) in [("stem_cell", p.stem_cells), ("idle", p.idle), ("busy", p.busy)] {
+        for (state, n) in [
+            ("stem_cell", p.stem_cells),
+            ("idle", p.idle),
+            ("busy", p.busy),
+        ] {
             let _ = writeln!(
                 o,
                 "sopm_pool_instances{{pool=\"{}\",state=\"{state}\"}} {n}",
@@ -112,7 +163,12 @@ pub fn render(stats: &PlatformStats) -> String {
             );
         }
     }
-    family(&mut o, "sopm_pool_events_total", "counter", "Sandbox instances started, replaced and reaped.");
+    family(
+        &mut o,
+        "sopm_pool_events_total",
+        "counter",
+        "Sandbox instances started, replaced and reaped.",
+    );
     for p in &stats.pools {
         for (event, n) in [
             ("started", p.started_total),

@@ -33,7 +33,12 @@ fn state() -> AppState {
     state_with(|_| {})
 }
 
-async fn call(s: &AppState, method: &str, uri: &str, body: Option<Vec<u8>>) -> (StatusCode, Value, axum::http::HeaderMap) {
+async fn call(
+    s: &AppState,
+    method: &str,
+    uri: &str,
+    body: Option<Vec<u8>>,
+) -> (StatusCode, Value, axum::http::HeaderMap) {
     let req = Request::builder()
         .method(method)
         .uri(uri)
@@ -90,7 +95,12 @@ async fn lists_the_whole_catalog() {
 #[tokio::test]
 async fn executes_and_waits_for_the_result() {
     let s = state();
-    let (st, v, _) = post(&s, "/api/execute", json!({"function": "math.add", "input": {"a": 2, "b": 3}})).await;
+    let (st, v, _) = post(
+        &s,
+        "/api/execute",
+        json!({"function": "math.add", "input": {"a": 2, "b": 3}}),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["output"], 5);
     assert_eq!(v["status"], "succeeded");
@@ -111,21 +121,44 @@ async fn bad_requests_get_clear_json_errors() {
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert!(v["error"]["message"].as_str().unwrap().contains("empty"));
 
-    let (st, v, _) = post(&s, "/api/execute", json!({"function": "math.add", "input": {"a": "2", "b": 3}})).await;
+    let (st, v, _) = post(
+        &s,
+        "/api/execute",
+        json!({"function": "math.add", "input": {"a": "2", "b": 3}}),
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert_eq!(v["error"]["code"], "invalid_input");
-    assert!(v["error"]["message"].as_str().unwrap().contains("'a'"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("'a'"),
+        "{v}"
+    );
     assert_eq!(v["status"], "failed");
 
-    let (st, v, _) = post(&s, "/api/execute", json!({"function": "math.divide", "input": {"a": 1, "b": 0}})).await;
+    let (st, v, _) = post(
+        &s,
+        "/api/execute",
+        json!({"function": "math.divide", "input": {"a": 1, "b": 0}}),
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert_eq!(v["error"]["code"], "domain_error");
 
-    let (st, v, _) = post(&s, "/api/execute", json!({"function": "no.such", "input": {}})).await;
+    let (st, v, _) = post(
+        &s,
+        "/api/execute",
+        json!({"function": "no.such", "input": {}}),
+    )
+    .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert_eq!(v["error"]["code"], "not_found");
 
-    let (st, v, _) = post(&s, "/api/execute", json!({"function": "math.add", "inptu": {}})).await;
+    let (st, v, _) = post(
+        &s,
+        "/api/execute",
+        json!({"function": "math.add", "inptu": {}}),
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert!(v["error"]["message"].as_str().unwrap().contains("inptu"));
 
@@ -138,7 +171,12 @@ async fn bad_requests_get_clear_json_errors() {
     assert_eq!(v["error"]["code"], "not_found");
 
     // The server still serves after all of that.
-    let (st, v, _) = post(&s, "/api/execute", json!({"function": "math.add", "input": {"a": 1, "b": 1}})).await;
+    let (st, v, _) = post(
+        &s,
+        "/api/execute",
+        json!({"function": "math.add", "input": {"a": 1, "b": 1}}),
+    )
+    .await;
     assert_eq!((st, v["output"].clone()), (StatusCode::OK, json!(2)));
 }
 
@@ -146,7 +184,12 @@ async fn bad_requests_get_clear_json_errors() {
 async fn huge_bodies_are_413() {
     let s = state_with(|c| c.max_body_bytes = 64 * 1024);
     let text = "x".repeat(100 * 1024);
-    let (st, v, _) = post(&s, "/api/execute", json!({"function": "text.length", "input": {"text": text}})).await;
+    let (st, v, _) = post(
+        &s,
+        "/api/execute",
+        json!({"function": "text.length", "input": {"text": text}}),
+    )
+    .await;
     assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(v["error"]["code"], "payload_too_large");
 }
@@ -154,7 +197,12 @@ async fn huge_bodies_are_413() {
 #[tokio::test]
 async fn async_calls_answer_202_and_finish() {
     let s = state();
-    let (st, v, _) = post(&s, "/api/execute", json!({"function": "math.multiply", "input": {"a": 6, "b": 7}, "async": true})).await;
+    let (st, v, _) = post(
+        &s,
+        "/api/execute",
+        json!({"function": "math.multiply", "input": {"a": 6, "b": 7}, "async": true}),
+    )
+    .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{v}");
     let id = v["id"].as_str().unwrap();
     assert_eq!(v["status_url"], format!("/api/status/{id}"));
@@ -166,7 +214,12 @@ async fn async_calls_answer_202_and_finish() {
 #[tokio::test]
 async fn a_wait_that_runs_out_answers_202_and_the_job_goes_on() {
     let s = state();
-    let (st, v, _) = post(&s, "/api/execute", json!({"function": "util.sleep", "input": {"ms": 300}, "wait_ms": 10})).await;
+    let (st, v, _) = post(
+        &s,
+        "/api/execute",
+        json!({"function": "util.sleep", "input": {"ms": 300}, "wait_ms": 10}),
+    )
+    .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{v}");
     let job = wait_terminal(&s, v["id"].as_str().unwrap(), None).await;
     assert_eq!(job["status"], "succeeded");
@@ -176,7 +229,12 @@ async fn a_wait_that_runs_out_answers_202_and_the_job_goes_on() {
 #[tokio::test]
 async fn jobs_can_be_cancelled_once() {
     let s = state();
-    let (_, v, _) = post(&s, "/api/execute", json!({"function": "util.sleep", "input": {"ms": 10000}, "async": true})).await;
+    let (_, v, _) = post(
+        &s,
+        "/api/execute",
+        json!({"function": "util.sleep", "input": {"ms": 10000}, "async": true}),
+    )
+    .await;
     let id = v["id"].as_str().unwrap();
     let (st, job, _) = call(&s, "POST", &format!("/api/jobs/{id}/cancel"), None).await;
     assert_eq!(st, StatusCode::OK, "{job}");
@@ -189,16 +247,38 @@ async fn jobs_can_be_cancelled_once() {
 #[tokio::test]
 async fn tenants_see_only_their_own_jobs() {
     let s = state();
-    let (_, v, _) = post(&s, "/api/execute?user_id=alice", json!({"function": "math.add", "input": {"a": 1, "b": 2}})).await;
+    let (_, v, _) = post(
+        &s,
+        "/api/execute?user_id=alice",
+        json!({"function": "math.add", "input": {"a": 1, "b": 2}}),
+    )
+    .await;
     let id = v["id"].as_str().unwrap();
-    assert_eq!(get(&s, &format!("/api/status/{id}?user_id=alice")).await.0, StatusCode::OK);
+    assert_eq!(
+        get(&s, &format!("/api/status/{id}?user_id=alice")).await.0,
+        StatusCode::OK
+    );
     let (st, v) = get(&s, &format!("/api/status/{id}?user_id=bob")).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert_eq!(v["error"]["code"], "not_found");
-    assert_eq!(get(&s, &format!("/api/status/{id}")).await.0, StatusCode::NOT_FOUND);
-    let (st, _, _) = call(&s, "POST", &format!("/api/jobs/{id}/cancel?user_id=bob"), None).await;
+    assert_eq!(
+        get(&s, &format!("/api/status/{id}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (st, _, _) = call(
+        &s,
+        "POST",
+        &format!("/api/jobs/{id}/cancel?user_id=bob"),
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    let (st, v, _) = post(&s, "/api/execute?user_id=bad%20id", json!({"function": "math.add", "input": {"a": 1, "b": 2}})).await;
+    let (st, v, _) = post(
+        &s,
+        "/api/execute?user_id=bad%20id",
+        json!({"function": "math.add", "input": {"a": 1, "b": 2}}),
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
 }
 
@@ -209,8 +289,14 @@ async fn a_full_queue_answers_429_with_retry_after() {
         c.queue_capacity = 1;
     });
     let sleep = json!({"function": "util.sleep", "input": {"ms": 2000}, "async": true});
-    assert_eq!(post(&s, "/api/execute", sleep.clone()).await.0, StatusCode::ACCEPTED);
-    assert_eq!(post(&s, "/api/execute", sleep.clone()).await.0, StatusCode::ACCEPTED);
+    assert_eq!(
+        post(&s, "/api/execute", sleep.clone()).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        post(&s, "/api/execute", sleep.clone()).await.0,
+        StatusCode::ACCEPTED
+    );
     let (st, v, headers) = post(&s, "/api/execute", sleep).await;
     assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
     assert_eq!(v["error"]["code"], "overloaded");
@@ -223,7 +309,12 @@ async fn a_full_queue_answers_429_with_retry_after() {
 #[tokio::test]
 async fn a_job_past_its_time_limit_is_504() {
     let s = state();
-    let (st, v, _) = post(&s, "/api/execute", json!({"function": "util.sleep", "input": {"ms": 5000}, "timeout_ms": 50})).await;
+    let (st, v, _) = post(
+        &s,
+        "/api/execute",
+        json!({"function": "util.sleep", "input": {"ms": 5000}, "timeout_ms": 50}),
+    )
+    .await;
     assert_eq!(st, StatusCode::GATEWAY_TIMEOUT, "{v}");
     assert_eq!(v["error"]["code"], "timeout");
     assert_eq!(v["status"], "timed_out");
@@ -233,9 +324,19 @@ async fn a_job_past_its_time_limit_is_504() {
 async fn stats_metrics_and_probes() {
     let s = state();
     for _ in 0..3 {
-        post(&s, "/api/execute", json!({"function": "math.add", "input": {"a": 1, "b": 1}})).await;
+        post(
+            &s,
+            "/api/execute",
+            json!({"function": "math.add", "input": {"a": 1, "b": 1}}),
+        )
+        .await;
     }
-    post(&s, "/api/execute", json!({"function": "math.sqrt", "input": {"x": -1}})).await;
+    post(
+        &s,
+        "/api/execute",
+        json!({"function": "math.sqrt", "input": {"x": -1}}),
+    )
+    .await;
     let (st, stats) = get(&s, "/api/stats").await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(stats["jobs"]["succeeded"], 3);
@@ -252,7 +353,10 @@ async fn stats_metrics_and_probes() {
     let (st, text) = get(&s, "/metrics").await;
     assert_eq!(st, StatusCode::OK);
     let text = text.as_str().unwrap();
-    assert!(text.contains("sopm_jobs_finished_total{status=\"succeeded\"} 3"), "{text}");
+    assert!(
+        text.contains("sopm_jobs_finished_total{status=\"succeeded\"} 3"),
+        "{text}"
+    );
     assert!(text.contains("sopm_function_calls_total{function=\"math.add\"} 3"));
 
     assert_eq!(get(&s, "/healthz").await.0, StatusCode::OK);
@@ -266,7 +370,12 @@ async fn every_listed_example_answers_through_http() {
     let s = state();
     let (_, list) = get(&s, "/api/functions").await;
     for f in list["functions"].as_array().unwrap() {
-        let (st, v, _) = post(&s, "/api/execute", json!({"function": f["name"], "input": f["example"]["input"]})).await;
+        let (st, v, _) = post(
+            &s,
+            "/api/execute",
+            json!({"function": f["name"], "input": f["example"]["input"]}),
+        )
+        .await;
         assert_eq!(st, StatusCode::OK, "{}: {v}", f["name"]);
         if f["deterministic"] == true {
             assert_eq!(v["output"], f["example"]["output"], "{}", f["name"]);

@@ -25,7 +25,12 @@ impl Server {
             .unwrap()
             .port();
         let child = Command::new(BIN)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
             .arg(data)
             .args(extra)
             .env("SOPM_LOG", "warn")
@@ -48,7 +53,12 @@ impl Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn try_http(&self, method: &str, path: &str, body: Option<&Value>) -> std::io::Result<(u16, Value)> {
+    fn try_http(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> std::io::Result<(u16, Value)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -164,12 +174,20 @@ fn accepted_jobs_survive_kill_9_and_reach_a_terminal_state() {
     let mut ids = Vec::new();
     // Two long jobs take both slots; everything after them waits in the queue.
     for _ in 0..2 {
-        let (st, v) = server.http("POST", "/api/execute", Some(&json!({"function": "util.sleep", "input": {"ms": 10000}, "async": true})));
+        let (st, v) = server.http(
+            "POST",
+            "/api/execute",
+            Some(&json!({"function": "util.sleep", "input": {"ms": 10000}, "async": true})),
+        );
         assert_eq!(st, 202, "{v}");
         ids.push((v["id"].as_str().unwrap().to_string(), "sleep"));
     }
     for i in 0..20 {
-        let (st, v) = server.http("POST", "/api/execute", Some(&json!({"function": "math.add", "input": {"a": i, "b": 1}, "async": true})));
+        let (st, v) = server.http(
+            "POST",
+            "/api/execute",
+            Some(&json!({"function": "math.add", "input": {"a": i, "b": 1}, "async": true})),
+        );
         assert_eq!(st, 202, "{v}");
         ids.push((v["id"].as_str().unwrap().to_string(), "add"));
     }
@@ -197,7 +215,11 @@ fn accepted_jobs_survive_kill_9_and_reach_a_terminal_state() {
 fn sigterm_lets_running_jobs_finish() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &[]);
-    let (st, v) = server.http("POST", "/api/execute", Some(&json!({"function": "util.sleep", "input": {"ms": 700}, "async": true})));
+    let (st, v) = server.http(
+        "POST",
+        "/api/execute",
+        Some(&json!({"function": "util.sleep", "input": {"ms": 700}, "async": true})),
+    );
     assert_eq!(st, 202);
     let id = v["id"].as_str().unwrap().to_string();
     server.signal("-TERM");

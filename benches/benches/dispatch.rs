@@ -12,6 +12,10 @@ use serde_json::json;
 use sopm_core::{FunctionRef, Platform, TenantId};
 use sopm_functions::BuiltinExecutor;
 
+// The allocator the `sopm` server binary uses, so library and server figures compare.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

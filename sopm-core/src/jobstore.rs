@@ -1,10 +1,11 @@
 //! The `JobStore` trait: the durable record of every job, plus an in-memory store.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt::Debug;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 
 use crate::error::Result;
 use crate::types::{Job, JobId, JobStatus};
@@ -67,7 +68,9 @@ pub struct MemoryJobStore {
 
 #[derive(Debug, Default)]
 struct MemoryJobs {
-    jobs: HashMap<JobId, Job>,
+    // Boxed so the table's slots stay small: inserts, removals and rehashes move
+    // pointers, not whole records.
+    jobs: FxHashMap<JobId, Box<Job>>,
     finished_order: VecDeque<JobId>,
 }
 
@@ -95,17 +98,22 @@ impl Default for MemoryJobStore {
 #[async_trait]
 impl JobStore for MemoryJobStore {
     async fn put(&self, job: &Job, _durability: Durability) -> Result<()> {
-        let mut g = self.inner.lock();
-        if let Some(old) = g.jobs.get(&job.id) {
-            if status_rank(job.status) < status_rank(old.status)
-                || (old.status.is_terminal() && job.status.is_terminal())
-            {
-                return Ok(());
+        use std::collections::hash_map::Entry;
+        let mut guard = self.inner.lock();
+        let g = &mut *guard;
+        match g.jobs.entry(job.id.clone()) {
+            Entry::Occupied(mut e) => {
+                let old = e.get().status;
+                if status_rank(job.status) < status_rank(old) || old.is_terminal() {
+                    return Ok(());
+                }
+                e.insert(Box::new(job.clone()));
+            }
+            Entry::Vacant(e) => {
+                e.insert(Box::new(job.clone()));
             }
         }
-        let finished = job.status.is_terminal();
-        g.jobs.insert(job.id.clone(), job.clone());
-        if finished {
+        if job.status.is_terminal() {
             g.finished_order.push_back(job.id.clone());
             while g.finished_order.len() > self.capacity {
                 if let Some(old) = g.finished_order.pop_front() {
@@ -117,7 +125,7 @@ impl JobStore for MemoryJobStore {
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>> {
-        Ok(self.inner.lock().jobs.get(id).cloned())
+        Ok(self.inner.lock().jobs.get(id).map(|j| (**j).clone()))
     }
 
     async fn unfinished(&self) -> Result<Vec<Job>> {
@@ -127,7 +135,7 @@ impl JobStore for MemoryJobStore {
             .jobs
             .values()
             .filter(|j| !j.status.is_terminal())
-            .cloned()
+            .map(|j| (**j).clone())
             .collect();
         v.sort_by_key(|j| j.created_ms);
         Ok(v)

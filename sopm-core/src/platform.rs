@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use rustc_hash::FxHashMap;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -25,7 +26,7 @@ use crate::types::{FunctionRef, Job, JobId, Output, Runtime, Target, TenantId};
 #[derive(Debug)]
 pub struct StandardRouter {
     builtin: Option<Arc<dyn Executor>>,
-    builtin_names: HashMap<Box<str>, Arc<str>>,
+    builtin_names: FxHashMap<Box<str>, Arc<str>>,
     builtin_timeout: Duration,
     registry: Arc<dyn Registry>,
     executors: HashMap<Runtime, Arc<dyn Executor>>,

@@ -2,7 +2,6 @@
 //! queue, a concurrency limit, per-job deadlines, waiting and fire-and-forget modes,
 //! job records and stats.
 
-use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
@@ -12,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 use serde_json::Value;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -174,6 +174,8 @@ const CANCEL_SHUTDOWN: u8 = 2;
 #[derive(Debug)]
 struct LiveJob {
     job: Mutex<Job>,
+    /// When it was accepted; `job.created_ms` is the same instant on the wall clock,
+    /// so later wall-clock times are derived from this one reading.
     accepted: Instant,
     cancel_reason: AtomicU8,
     cancel: Notify,
@@ -183,8 +185,24 @@ struct LiveJob {
 }
 
 impl LiveJob {
+    fn new(job: Job, persisted: bool) -> Self {
+        LiveJob {
+            job: Mutex::new(job),
+            accepted: Instant::now(),
+            cancel_reason: AtomicU8::new(CANCEL_NONE),
+            cancel: Notify::new(),
+            done: Notify::new(),
+            persisted: AtomicBool::new(persisted),
+        }
+    }
+
     fn snapshot(&self) -> Job {
         self.job.lock().clone()
+    }
+
+    /// The wall-clock time (ms since the epoch) of `at`, from the acceptance instant.
+    fn wall_ms(&self, created_ms: u64, at: Instant) -> u64 {
+        created_ms + at.saturating_duration_since(self.accepted).as_millis() as u64
     }
 }
 
@@ -200,7 +218,7 @@ struct Inner {
     running: AtomicU64,
     closed: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
-    live: Vec<Mutex<HashMap<JobId, Arc<LiveJob>>>>,
+    live: Vec<Mutex<FxHashMap<JobId, Arc<LiveJob>>>>,
     submitted: AtomicU64,
     rejected: AtomicU64,
     succeeded: AtomicU64,
@@ -208,7 +226,7 @@ struct Inner {
     timed_out: AtomicU64,
     cancelled: AtomicU64,
     latency: LatencyHistogram,
-    per_function: RwLock<HashMap<String, Arc<FunctionCounters>>>,
+    per_function: RwLock<FxHashMap<String, Arc<FunctionCounters>>>,
 }
 
 /// The in-process scheduler. Cheap to clone (an `Arc` inside).
@@ -258,7 +276,7 @@ impl LocalScheduler {
                 running: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 shutdown_tx,
-                live: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                live: (0..SHARDS).map(|_| Mutex::new(FxHashMap::default())).collect(),
                 submitted: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
                 succeeded: AtomicU64::new(0),
@@ -266,7 +284,7 @@ impl LocalScheduler {
                 timed_out: AtomicU64::new(0),
                 cancelled: AtomicU64::new(0),
                 latency: LatencyHistogram::new(),
-                per_function: RwLock::new(HashMap::new()),
+                per_function: RwLock::new(FxHashMap::default()),
             }),
         }
     }
@@ -357,11 +375,11 @@ impl Inner {
         outcome: Result<crate::types::Output>,
         started: Option<Instant>,
     ) -> Job {
+        let finished = Instant::now();
         let snapshot = {
             let mut job = live.job.lock();
-            let now = now_ms();
-            job.finished_ms = Some(now);
-            job.duration_us = started.map(|s| s.elapsed().as_micros() as u64);
+            job.finished_ms = Some(live.wall_ms(job.created_ms, finished));
+            job.duration_us = started.map(|s| finished.saturating_duration_since(s).as_micros() as u64);
             match outcome {
                 Ok(out) => {
                     job.status = JobStatus::Succeeded;
@@ -383,7 +401,7 @@ impl Inner {
             }
             job.clone()
         };
-        self.account(&snapshot, live.accepted.elapsed());
+        self.account(&snapshot, finished.saturating_duration_since(live.accepted));
         self.record(&snapshot, Durability::Buffered).await;
         live.done.notify_waiters();
         self.unregister(&snapshot.id);
@@ -445,7 +463,7 @@ async fn run_job(
     let invocation = {
         let mut job = live.job.lock();
         job.status = JobStatus::Running;
-        job.started_ms = Some(now_ms());
+        job.started_ms = Some(live.wall_ms(job.created_ms, started));
         job.attempts += 1;
         Invocation {
             job_id: job.id.clone(),
@@ -500,14 +518,7 @@ impl Scheduler for LocalScheduler {
             limit.as_millis() as u64,
         );
         let id = job.id.clone();
-        let live = Arc::new(LiveJob {
-            job: Mutex::new(job),
-            accepted: Instant::now(),
-            cancel_reason: AtomicU8::new(CANCEL_NONE),
-            cancel: Notify::new(),
-            done: Notify::new(),
-            persisted: AtomicBool::new(false),
-        });
+        let live = Arc::new(LiveJob::new(job, false));
 
         match mode {
             SubmitMode::Detach => {
@@ -669,14 +680,7 @@ impl Scheduler for LocalScheduler {
                             inner.queued.fetch_add(1, Ordering::AcqRel);
                         }
                         let id = job.id.clone();
-                        let live = Arc::new(LiveJob {
-                            job: Mutex::new(job),
-                            accepted: Instant::now(),
-                            cancel_reason: AtomicU8::new(CANCEL_NONE),
-                            cancel: Notify::new(),
-                            done: Notify::new(),
-                            persisted: AtomicBool::new(true),
-                        });
+                        let live = Arc::new(LiveJob::new(job, true));
                         inner.register(&live, &id);
                         tokio::spawn(run_job(inner.clone(), live, route, permit));
                         report.requeued += 1;

@@ -7,13 +7,13 @@
 //! field is `invalid_input` naming the field. CPU-heavy functions run on the blocking
 //! pool so they never stall the async runtime.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use rustc_hash::FxHashMap;
 use serde_json::Value;
 use sopm_core::{Error, Example, Executor, FunctionInfo, Invocation, Output, Result, Target};
 
@@ -225,7 +225,7 @@ pub fn catalog() -> Vec<Builtin> {
 #[derive(Debug)]
 pub struct BuiltinExecutor {
     builtins: Vec<Builtin>,
-    index: HashMap<&'static str, usize>,
+    index: FxHashMap<&'static str, usize>,
     infos: Vec<FunctionInfo>,
 }
 

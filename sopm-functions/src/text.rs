@@ -7,25 +7,19 @@
 
 mod case;
 mod distance;
+mod pattern;
 
-use regex::{Regex, RegexBuilder};
 use serde_json::{json, Map, Value};
 use sopm_core::{Error, Result};
 use unicode_segmentation::UnicodeSegmentation;
 
 use crate::schema::{Args, Ty};
 use crate::{Builtin, BuiltinSpec};
+use pattern::MAX_PATTERN_BYTES;
 
 /// Largest text that join, replace and regex_replace may build: their inputs are
 /// capped, but a short `from` with a long `to` would otherwise multiply them.
 const MAX_RESULT_BYTES: usize = 16 << 20;
-/// Longest regex pattern, in bytes.
-const MAX_PATTERN_BYTES: usize = 4096;
-/// Largest compiled regex (the `regex` crate's measure): a pattern such as
-/// `\w{1000}{1000}` is a clean `invalid_input` instead of a slow or huge build.
-const MAX_REGEX_SIZE: usize = 1 << 20;
-/// Most matches `text.regex_match` returns (an empty pattern matches everywhere).
-const MAX_MATCHES: usize = 100_000;
 /// Most characters of each `text.levenshtein` input.
 const MAX_DISTANCE_CHARS: usize = 10_000;
 /// Most parts `text.join` takes.
@@ -179,7 +173,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
     out.push(
         Builtin::describe(
             "text.regex_match",
-            "Returns the first 100,000 non-overlapping regex matches as {match, start, end} (byte offsets), in linear time",
+            "Returns the first 10,000 non-overlapping regex matches as {match, start, end} (byte offsets), in linear time",
         )
         .param("text", Ty::text())
         .param("pattern", Ty::short_text(MAX_PATTERN_BYTES))
@@ -429,49 +423,14 @@ fn join(args: &Args<'_>) -> Result<Value> {
     Ok(parts.join(separator).into())
 }
 
-/// Compiles `pattern` with the `regex` crate (finite automata: matching time is linear
-/// in the text, whatever the pattern), its compiled size capped.
-fn compile(pattern: &str) -> Result<Regex> {
-    RegexBuilder::new(pattern)
-        .size_limit(MAX_REGEX_SIZE)
-        .build()
-        .map_err(|e| Error::invalid(format!("field 'pattern': {e}")))
-}
-
 fn regex_match(args: &Args<'_>) -> Result<Value> {
-    let text = args.str("text")?;
-    let re = compile(args.str("pattern")?)?;
-    let matches: Vec<Value> = re
-        .find_iter(text)
-        .take(MAX_MATCHES)
-        .map(|m| json!({"match": m.as_str(), "start": m.start(), "end": m.end()}))
-        .collect();
-    Ok(matches.into())
+    pattern::find_all(args.str("text")?, args.str("pattern")?)
 }
 
-/// Expands matches one by one so the result size is checked before each write: one
-/// expansion is at most the replacement plus, per `$`, the whole match (a group lies
-/// inside its match), so a 1 MiB replacement of `$0$0...` cannot blow up unseen.
 fn regex_replace(args: &Args<'_>) -> Result<Value> {
-    let (text, replacement) = (args.str("text")?, args.str("replacement")?);
-    let re = compile(args.str("pattern")?)?;
-    let references = replacement.matches('$').count();
-    let mut out = String::new();
-    let mut last = 0;
-    for caps in re.captures_iter(text) {
-        let Some(m) = caps.get(0) else { continue };
-        let bound = out
-            .len()
-            .saturating_add(m.start() - last)
-            .saturating_add(replacement.len())
-            .saturating_add(references.saturating_mul(m.len()));
-        check_result_size(bound, "replacement")?;
-        out.push_str(&text[last..m.start()]);
-        caps.expand(replacement, &mut out);
-        last = m.end();
-    }
-    out.push_str(&text[last..]);
-    Ok(out.into())
+    let (text, pattern) = (args.str("text")?, args.str("pattern")?);
+    let replacement = args.str("replacement")?;
+    Ok(pattern::replace_all(text, pattern, replacement, MAX_RESULT_BYTES)?.into())
 }
 
 /// The text of `field`, refused past `max` characters.
@@ -1007,10 +966,10 @@ mod tests {
         )
         .await;
         let matches = out.as_array().unwrap();
-        assert_eq!(matches.len(), MAX_MATCHES);
+        assert_eq!(matches.len(), pattern::MAX_MATCHES);
         assert_eq!(
             matches.last(),
-            Some(&json!({"match": "a", "start": 99_999, "end": 100_000}))
+            Some(&json!({"match": "a", "start": 9_999, "end": 10_000}))
         );
     }
 
@@ -1048,6 +1007,12 @@ mod tests {
             msg.contains("field 'replacement'") && msg.contains("16 MiB"),
             "{msg}"
         );
+        // A million empty matches, each expanding 20 references to nothing: the work,
+        // not just the output, is bounded.
+        let msg = invalid("text.regex_replace", r(&mib("a"), "", &"$0".repeat(20))).await;
+        assert!(msg.contains("field 'replacement'"), "{msg}");
+        let out = ok("text.regex_replace", r(&mib("a"), "", "[$0]")).await;
+        assert_eq!(out.as_str().map(str::len), Some(3 * (1 << 20) + 2));
         let out = ok("text.regex_replace", r(&mib("ab"), "(a)(b)", "$2$1")).await;
         assert_eq!(out, mib("ba"));
     }

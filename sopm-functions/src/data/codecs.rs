@@ -24,19 +24,20 @@ pub(super) fn csv_to_json(args: &Args<'_>) -> Result<Value> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .from_reader(text.as_bytes());
-    let mut records = reader
-        .records()
-        .map(|r| r.map_err(|e| Error::invalid(format!("field 'csv': {e}"))));
+    let bad = |e: csv::Error| Error::invalid(format!("field 'csv': {e}"));
+    // One record buffer for all rows: no allocation per row beyond the output.
+    let mut record = csv::StringRecord::new();
+    let mut rows = Vec::new();
     if !header {
-        return records
-            .map(|r| r.map(|record| Value::Array(record.iter().map(Value::from).collect())))
-            .collect::<Result<Vec<_>>>()
-            .map(Value::Array);
+        while reader.read_record(&mut record).map_err(bad)? {
+            rows.push(Value::Array(record.iter().map(Value::from).collect()));
+        }
+        return Ok(Value::Array(rows));
     }
-    let Some(first) = records.next() else {
-        return Ok(Value::Array(Vec::new()));
-    };
-    let names: Vec<String> = first?.iter().map(str::to_string).collect();
+    if !reader.read_record(&mut record).map_err(bad)? {
+        return Ok(Value::Array(rows));
+    }
+    let names: Vec<String> = record.iter().map(str::to_string).collect();
     let mut seen = HashSet::new();
     if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
         return Err(Error::invalid(format!(
@@ -44,19 +45,15 @@ pub(super) fn csv_to_json(args: &Args<'_>) -> Result<Value> {
             truncate_for_message(dup)
         )));
     }
-    records
-        .map(|r| {
-            r.map(|record| {
-                let row: Map<String, Value> = names
-                    .iter()
-                    .zip(record.iter())
-                    .map(|(name, field)| (name.clone(), Value::from(field)))
-                    .collect();
-                Value::Object(row)
-            })
-        })
-        .collect::<Result<Vec<_>>>()
-        .map(Value::Array)
+    while reader.read_record(&mut record).map_err(bad)? {
+        let row: Map<String, Value> = names
+            .iter()
+            .zip(record.iter())
+            .map(|(name, field)| (name.clone(), Value::from(field)))
+            .collect();
+        rows.push(Value::Object(row));
+    }
+    Ok(Value::Array(rows))
 }
 
 /// Values must be scalars: strings as they are, numbers and booleans as their JSON

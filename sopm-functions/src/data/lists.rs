@@ -2,12 +2,11 @@
 //! histogram, transpose and paginate.
 
 use std::cmp::Ordering;
-use std::collections::HashSet;
 
 use serde_json::{json, Value};
 use sopm_core::{Error, Result};
 
-use super::value::{distinct, Exact};
+use super::value::{ByValue, Distinct, Exact};
 use crate::schema::{describe, float, Args};
 
 /// Largest page of `data.paginate`: a page is cheap enough to cut inline.
@@ -70,11 +69,7 @@ pub(super) fn sort(args: &Args<'_>) -> Result<Value> {
 /// Equality is by JSON value: `1` and `1.0` are the same, objects regardless of key
 /// order.
 pub(super) fn unique(args: &Args<'_>) -> Result<Value> {
-    let values = args.array("values")?;
-    let firsts = distinct(values, "values")?;
-    Ok(Value::Array(
-        firsts.into_iter().map(|(_, v)| v.clone()).collect(),
-    ))
+    Ok(owned(Distinct::of(args.array("values")?, "values")?.firsts))
 }
 
 pub(super) fn reverse(args: &Args<'_>) -> Result<Value> {
@@ -122,29 +117,36 @@ pub(super) fn chunk(args: &Args<'_>) -> Result<Value> {
 pub(super) fn zip(args: &Args<'_>) -> Result<Value> {
     let (a, b) = (args.array("a")?, args.array("b")?);
     Ok(Value::Array(
-        a.iter().zip(b).map(|(x, y)| json!([x, y])).collect(),
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| Value::Array(vec![x.clone(), y.clone()]))
+            .collect(),
     ))
 }
 
 /// Treats `a` and `b` as sets (duplicates dropped, equality by JSON value); each
 /// result keeps the order in which its values are first seen, `a` before `b`.
 pub(super) fn set_operations(args: &Args<'_>) -> Result<Value> {
-    let a = distinct(args.array("a")?, "a")?;
-    let b = distinct(args.array("b")?, "b")?;
-    let in_a: HashSet<&str> = a.iter().map(|(k, _)| k.as_str()).collect();
-    let in_b: HashSet<&str> = b.iter().map(|(k, _)| k.as_str()).collect();
-    let only_a = || a.iter().filter(|(k, _)| !in_b.contains(k.as_str()));
-    let only_b = || b.iter().filter(|(k, _)| !in_a.contains(k.as_str()));
-    let both = a.iter().filter(|(k, _)| in_b.contains(k.as_str()));
-    let array = |pairs: &mut dyn Iterator<Item = &(String, &Value)>| {
-        Value::Array(pairs.map(|(_, v)| (*v).clone()).collect())
-    };
+    let a = Distinct::of(args.array("a")?, "a")?;
+    let b = Distinct::of(args.array("b")?, "b")?;
+    let (both, only_a): (Vec<ByValue>, Vec<ByValue>) =
+        a.firsts.iter().partition(|v| b.set.contains(*v));
+    let only_b: Vec<ByValue> = b
+        .firsts
+        .into_iter()
+        .filter(|v| !a.set.contains(v))
+        .collect();
     Ok(json!({
-        "union": array(&mut a.iter().chain(only_b())),
-        "intersection": array(&mut { both }),
-        "difference": array(&mut only_a()),
-        "symmetric_difference": array(&mut only_a().chain(only_b())),
+        "union": owned(a.firsts.iter().chain(&only_b).copied()),
+        "intersection": owned(both),
+        "difference": owned(only_a.iter().copied()),
+        "symmetric_difference": owned(only_a.into_iter().chain(only_b)),
     }))
+}
+
+/// An array of copies of the values.
+fn owned<'a>(values: impl IntoIterator<Item = ByValue<'a>>) -> Value {
+    Value::Array(values.into_iter().map(|v| v.0.clone()).collect())
 }
 
 /// Bins `i` cover `[edges[i], edges[i+1])`, the last one `[edges[bins-1], max]`.

@@ -91,20 +91,19 @@ pub(super) fn json_to_csv(args: &Args<'_>) -> Result<Value> {
             columns.len()
         )));
     }
+    // Writing to memory cannot fail, and the text stays UTF-8: any error is a bug.
+    fn failed(e: impl std::fmt::Display) -> Error {
+        Error::Internal(format!("writing CSV: {e}"))
+    }
     let mut writer = csv::Writer::from_writer(Vec::new());
-    let failed = |e: csv::Error| Error::Internal(format!("writing CSV: {e}"));
     writer.write_record(&columns).map_err(failed)?;
     for item in items {
         writer
             .write_record(columns.iter().map(|c| cell(item.get(*c))))
             .map_err(failed)?;
     }
-    let bytes = writer
-        .into_inner()
-        .map_err(|e| Error::Internal(format!("writing CSV: {e}")))?;
-    String::from_utf8(bytes)
-        .map(Value::String)
-        .map_err(|e| Error::Internal(format!("writing CSV: {e}")))
+    let bytes = writer.into_inner().map_err(failed)?;
+    String::from_utf8(bytes).map(Value::String).map_err(failed)
 }
 
 /// The bytes of one CSV field.
@@ -240,6 +239,12 @@ mod tests {
         assert_eq!(
             ok("data.csv_to_json", json!({"csv": "x", "header": false})).await,
             json!([["x"]])
+        );
+        // A byte-order mark is not part of the first column's name; blank lines are
+        // skipped.
+        assert_eq!(
+            ok("data.csv_to_json", json!({"csv": "\u{feff}a,b\n\n1,2\n\n"})).await,
+            json!([{"a": "1", "b": "2"}])
         );
     }
 

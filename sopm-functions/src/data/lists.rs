@@ -155,39 +155,35 @@ fn owned<'a>(values: impl IntoIterator<Item = ByValue<'a>>) -> Value {
 pub(super) fn histogram(args: &Args<'_>) -> Result<Value> {
     let values = args.f64_array("values")?;
     let bins = usize::try_from(args.i64("bins")?).unwrap_or(1).max(1);
-    let (Some(&first), count) = (values.first(), values.len()) else {
+    let Some(&first) = values.first() else {
         return Err(Error::invalid("field 'values': must not be empty"));
     };
     let (min, max) = values
         .iter()
         .fold((first, first), |(lo, hi), &x| (lo.min(x), hi.max(x)));
     if min == max {
-        return Ok(json!({"edges": [float(min)?, float(max)?], "counts": [count]}));
+        return Ok(json!({"edges": [float(min)?, float(max)?], "counts": [values.len()]}));
     }
-    // Half the range and half a bin width: `max - min` itself may overflow.
-    let half_span = max / 2.0 - min / 2.0;
-    let half_width = half_span / bins as f64;
-    let edges: Vec<f64> = (0..=bins)
-        .map(|i| {
-            if i == bins {
-                max
-            } else {
-                let half = half_width * i as f64;
-                min + half + half
-            }
-        })
-        .collect();
+    let span = max - min;
+    let edge = |i: usize| {
+        let t = i as f64 / bins as f64;
+        if span.is_finite() {
+            min + span * t
+        } else {
+            // The values span more than f64::MAX: step in halves of the range.
+            let half = (max / 2.0 - min / 2.0) * t;
+            min + half + half
+        }
+    };
+    let edges: Vec<f64> = (0..bins).map(edge).chain([max]).collect();
     let mut counts = vec![0u64; bins];
     for &x in &values {
-        let position = (x / 2.0 - min / 2.0) / half_span;
-        // Float rounding can put a value just past a computed edge: settle it against
-        // the edges themselves so that the counts agree with the published edges.
-        let mut i = ((position * bins as f64).floor() as usize).min(bins - 1);
-        if i + 1 < bins && edges.get(i + 1).is_some_and(|&e| x >= e) {
-            i += 1;
-        } else if i > 0 && edges.get(i).is_some_and(|&e| x < e) {
-            i -= 1;
-        }
+        // The bin starting at the last edge not above x, so that the counts agree
+        // with the published edges; the maximum falls in the last, closed bin.
+        let i = edges
+            .partition_point(|&e| e <= x)
+            .saturating_sub(1)
+            .min(bins - 1);
         if let Some(c) = counts.get_mut(i) {
             *c += 1;
         }
@@ -550,6 +546,12 @@ mod tests {
             )
             .await,
             json!({"edges": [-1e308, 0.0, 1e308], "counts": [1, 2]})
+        );
+        // A range of one subnormal step: inner edges round onto the ends, and the
+        // counts follow the edges as published (the empty bin [min, min) stays empty).
+        assert_eq!(
+            ok("data.histogram", json!({"values": [-5e-324, 0], "bins": 3})).await,
+            json!({"edges": [-5e-324, -5e-324, 0.0, 0.0], "counts": [0, 1, 1]})
         );
     }
 

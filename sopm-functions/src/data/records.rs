@@ -15,16 +15,22 @@ use crate::schema::Args;
 /// The operators of `data.filter`.
 pub(super) const FILTER_OPS: &[&str] = &["eq", "ne", "lt", "le", "gt", "ge", "contains"];
 
-/// Items grouped by [`key_text`] of their key, each group in input order.
-fn groups<'a>(args: &Args<'a>) -> Result<HashMap<Cow<'a, str>, Vec<&'a Value>>> {
+/// Items grouped by [`key_text`] of their key: groups in first-seen order (the
+/// output object may still sort its keys), each group's items in input order.
+fn groups<'a>(args: &Args<'a>) -> Result<Vec<(Cow<'a, str>, Vec<&'a Value>)>> {
     let items = args.array("items")?;
     let key = args.str("key")?;
-    let mut groups: HashMap<Cow<str>, Vec<&Value>> = HashMap::new();
+    let mut index: HashMap<Cow<str>, usize> = HashMap::new();
+    let mut groups: Vec<(Cow<str>, Vec<&Value>)> = Vec::new();
     for item in items {
-        groups
-            .entry(key_text(item.get(key)))
-            .or_default()
-            .push(item);
+        let k = key_text(item.get(key));
+        let i = *index.entry(k.clone()).or_insert_with(|| {
+            groups.push((k, Vec::new()));
+            groups.len() - 1
+        });
+        if let Some((_, members)) = groups.get_mut(i) {
+            members.push(item);
+        }
     }
     Ok(groups)
 }

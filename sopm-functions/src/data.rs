@@ -1,7 +1,10 @@
 //! The `data.*` built-ins.
 //!
 //! Arrays hold at most [`MAX_ITEMS`] items (FUNCTIONS.md). The bodies live in
-//! submodules by theme; this file registers them in catalog order.
+//! submodules by theme; this file registers them in catalog order. Everything whose
+//! work grows with a 100,000-item array or a 1 MiB text runs on the blocking pool;
+//! `json_pointer` (a walk down one path) and `paginate` (at most 1,000 items) run
+//! inline.
 
 use serde_json::json;
 

@@ -24,19 +24,20 @@ pub(super) fn csv_to_json(args: &Args<'_>) -> Result<Value> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .from_reader(text.as_bytes());
-    let mut records = reader
-        .records()
-        .map(|r| r.map_err(|e| Error::invalid(format!("field 'csv': {e}"))));
+    let bad = |e: csv::Error| Error::invalid(format!("field 'csv': {e}"));
+    // One record buffer for all rows: no allocation per row beyond the output.
+    let mut record = csv::StringRecord::new();
+    let mut rows = Vec::new();
     if !header {
-        return records
-            .map(|r| r.map(|record| Value::Array(record.iter().map(Value::from).collect())))
-            .collect::<Result<Vec<_>>>()
-            .map(Value::Array);
+        while reader.read_record(&mut record).map_err(bad)? {
+            rows.push(Value::Array(record.iter().map(Value::from).collect()));
+        }
+        return Ok(Value::Array(rows));
     }
-    let Some(first) = records.next() else {
-        return Ok(Value::Array(Vec::new()));
-    };
-    let names: Vec<String> = first?.iter().map(str::to_string).collect();
+    if !reader.read_record(&mut record).map_err(bad)? {
+        return Ok(Value::Array(rows));
+    }
+    let names: Vec<String> = record.iter().map(str::to_string).collect();
     let mut seen = HashSet::new();
     if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
         return Err(Error::invalid(format!(
@@ -44,19 +45,15 @@ pub(super) fn csv_to_json(args: &Args<'_>) -> Result<Value> {
             truncate_for_message(dup)
         )));
     }
-    records
-        .map(|r| {
-            r.map(|record| {
-                let row: Map<String, Value> = names
-                    .iter()
-                    .zip(record.iter())
-                    .map(|(name, field)| (name.clone(), Value::from(field)))
-                    .collect();
-                Value::Object(row)
-            })
-        })
-        .collect::<Result<Vec<_>>>()
-        .map(Value::Array)
+    while reader.read_record(&mut record).map_err(bad)? {
+        let row: Map<String, Value> = names
+            .iter()
+            .zip(record.iter())
+            .map(|(name, field)| (name.clone(), Value::from(field)))
+            .collect();
+        rows.push(Value::Object(row));
+    }
+    Ok(Value::Array(rows))
 }
 
 /// Values must be scalars: strings as they are, numbers and booleans as their JSON
@@ -94,20 +91,19 @@ pub(super) fn json_to_csv(args: &Args<'_>) -> Result<Value> {
             columns.len()
         )));
     }
+    // Writing to memory cannot fail, and the text stays UTF-8: any error is a bug.
+    fn failed(e: impl std::fmt::Display) -> Error {
+        Error::Internal(format!("writing CSV: {e}"))
+    }
     let mut writer = csv::Writer::from_writer(Vec::new());
-    let failed = |e: csv::Error| Error::Internal(format!("writing CSV: {e}"));
     writer.write_record(&columns).map_err(failed)?;
     for item in items {
         writer
             .write_record(columns.iter().map(|c| cell(item.get(*c))))
             .map_err(failed)?;
     }
-    let bytes = writer
-        .into_inner()
-        .map_err(|e| Error::Internal(format!("writing CSV: {e}")))?;
-    String::from_utf8(bytes)
-        .map(Value::String)
-        .map_err(|e| Error::Internal(format!("writing CSV: {e}")))
+    let bytes = writer.into_inner().map_err(failed)?;
+    String::from_utf8(bytes).map(Value::String).map_err(failed)
 }
 
 /// The bytes of one CSV field.
@@ -243,6 +239,12 @@ mod tests {
         assert_eq!(
             ok("data.csv_to_json", json!({"csv": "x", "header": false})).await,
             json!([["x"]])
+        );
+        // A byte-order mark is not part of the first column's name; blank lines are
+        // skipped.
+        assert_eq!(
+            ok("data.csv_to_json", json!({"csv": "\u{feff}a,b\n\n1,2\n\n"})).await,
+            json!([{"a": "1", "b": "2"}])
         );
     }
 

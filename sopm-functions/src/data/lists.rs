@@ -2,12 +2,11 @@
 //! histogram, transpose and paginate.
 
 use std::cmp::Ordering;
-use std::collections::HashSet;
 
 use serde_json::{json, Value};
 use sopm_core::{Error, Result};
 
-use super::value::{distinct, Exact};
+use super::value::{ByValue, Distinct, Exact};
 use crate::schema::{describe, float, Args};
 
 /// Largest page of `data.paginate`: a page is cheap enough to cut inline.
@@ -70,11 +69,7 @@ pub(super) fn sort(args: &Args<'_>) -> Result<Value> {
 /// Equality is by JSON value: `1` and `1.0` are the same, objects regardless of key
 /// order.
 pub(super) fn unique(args: &Args<'_>) -> Result<Value> {
-    let values = args.array("values")?;
-    let firsts = distinct(values, "values")?;
-    Ok(Value::Array(
-        firsts.into_iter().map(|(_, v)| v.clone()).collect(),
-    ))
+    Ok(owned(Distinct::of(args.array("values")?, "values")?.firsts))
 }
 
 pub(super) fn reverse(args: &Args<'_>) -> Result<Value> {
@@ -122,29 +117,36 @@ pub(super) fn chunk(args: &Args<'_>) -> Result<Value> {
 pub(super) fn zip(args: &Args<'_>) -> Result<Value> {
     let (a, b) = (args.array("a")?, args.array("b")?);
     Ok(Value::Array(
-        a.iter().zip(b).map(|(x, y)| json!([x, y])).collect(),
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| Value::Array(vec![x.clone(), y.clone()]))
+            .collect(),
     ))
 }
 
 /// Treats `a` and `b` as sets (duplicates dropped, equality by JSON value); each
 /// result keeps the order in which its values are first seen, `a` before `b`.
 pub(super) fn set_operations(args: &Args<'_>) -> Result<Value> {
-    let a = distinct(args.array("a")?, "a")?;
-    let b = distinct(args.array("b")?, "b")?;
-    let in_a: HashSet<&str> = a.iter().map(|(k, _)| k.as_str()).collect();
-    let in_b: HashSet<&str> = b.iter().map(|(k, _)| k.as_str()).collect();
-    let only_a = || a.iter().filter(|(k, _)| !in_b.contains(k.as_str()));
-    let only_b = || b.iter().filter(|(k, _)| !in_a.contains(k.as_str()));
-    let both = a.iter().filter(|(k, _)| in_b.contains(k.as_str()));
-    let array = |pairs: &mut dyn Iterator<Item = &(String, &Value)>| {
-        Value::Array(pairs.map(|(_, v)| (*v).clone()).collect())
-    };
+    let a = Distinct::of(args.array("a")?, "a")?;
+    let b = Distinct::of(args.array("b")?, "b")?;
+    let (both, only_a): (Vec<ByValue>, Vec<ByValue>) =
+        a.firsts.iter().partition(|v| b.set.contains(*v));
+    let only_b: Vec<ByValue> = b
+        .firsts
+        .into_iter()
+        .filter(|v| !a.set.contains(v))
+        .collect();
     Ok(json!({
-        "union": array(&mut a.iter().chain(only_b())),
-        "intersection": array(&mut { both }),
-        "difference": array(&mut only_a()),
-        "symmetric_difference": array(&mut only_a().chain(only_b())),
+        "union": owned(a.firsts.iter().chain(&only_b).copied()),
+        "intersection": owned(both),
+        "difference": owned(only_a.iter().copied()),
+        "symmetric_difference": owned(only_a.into_iter().chain(only_b)),
     }))
+}
+
+/// An array of copies of the values.
+fn owned<'a>(values: impl IntoIterator<Item = ByValue<'a>>) -> Value {
+    Value::Array(values.into_iter().map(|v| v.0.clone()).collect())
 }
 
 /// Bins `i` cover `[edges[i], edges[i+1])`, the last one `[edges[bins-1], max]`.
@@ -153,39 +155,35 @@ pub(super) fn set_operations(args: &Args<'_>) -> Result<Value> {
 pub(super) fn histogram(args: &Args<'_>) -> Result<Value> {
     let values = args.f64_array("values")?;
     let bins = usize::try_from(args.i64("bins")?).unwrap_or(1).max(1);
-    let (Some(&first), count) = (values.first(), values.len()) else {
+    let Some(&first) = values.first() else {
         return Err(Error::invalid("field 'values': must not be empty"));
     };
     let (min, max) = values
         .iter()
         .fold((first, first), |(lo, hi), &x| (lo.min(x), hi.max(x)));
     if min == max {
-        return Ok(json!({"edges": [float(min)?, float(max)?], "counts": [count]}));
+        return Ok(json!({"edges": [float(min)?, float(max)?], "counts": [values.len()]}));
     }
-    // Half the range and half a bin width: `max - min` itself may overflow.
-    let half_span = max / 2.0 - min / 2.0;
-    let half_width = half_span / bins as f64;
-    let edges: Vec<f64> = (0..=bins)
-        .map(|i| {
-            if i == bins {
-                max
-            } else {
-                let half = half_width * i as f64;
-                min + half + half
-            }
-        })
-        .collect();
+    let span = max - min;
+    let edge = |i: usize| {
+        let t = i as f64 / bins as f64;
+        if span.is_finite() {
+            min + span * t
+        } else {
+            // The values span more than f64::MAX: step in halves of the range.
+            let half = (max / 2.0 - min / 2.0) * t;
+            min + half + half
+        }
+    };
+    let edges: Vec<f64> = (0..bins).map(edge).chain([max]).collect();
     let mut counts = vec![0u64; bins];
     for &x in &values {
-        let position = (x / 2.0 - min / 2.0) / half_span;
-        // Float rounding can put a value just past a computed edge: settle it against
-        // the edges themselves so that the counts agree with the published edges.
-        let mut i = ((position * bins as f64).floor() as usize).min(bins - 1);
-        if i + 1 < bins && edges.get(i + 1).is_some_and(|&e| x >= e) {
-            i += 1;
-        } else if i > 0 && edges.get(i).is_some_and(|&e| x < e) {
-            i -= 1;
-        }
+        // The bin starting at the last edge not above x, so that the counts agree
+        // with the published edges; the maximum falls in the last, closed bin.
+        let i = edges
+            .partition_point(|&e| e <= x)
+            .saturating_sub(1)
+            .min(bins - 1);
         if let Some(c) = counts.get_mut(i) {
             *c += 1;
         }
@@ -548,6 +546,12 @@ mod tests {
             )
             .await,
             json!({"edges": [-1e308, 0.0, 1e308], "counts": [1, 2]})
+        );
+        // A range of one subnormal step: inner edges round onto the ends, and the
+        // counts follow the edges as published (the empty bin [min, min) stays empty).
+        assert_eq!(
+            ok("data.histogram", json!({"values": [-5e-324, 0], "bins": 3})).await,
+            json!({"edges": [-5e-324, -5e-324, 0.0, 0.0], "counts": [0, 1, 1]})
         );
     }
 

@@ -1,29 +1,36 @@
 //! Built-ins over arrays of objects and documents: group_by, filter, pluck,
 //! count_by, merge and json_pointer.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 use sopm_core::types::truncate_for_message;
 use sopm_core::{Error, Result};
 
-use super::value::{equality_key, key_text, too_deep, Exact, MAX_DEPTH};
+use super::value::{check_depth, key_text, same, too_deep, Exact, MAX_DEPTH};
 use crate::schema::Args;
 
 /// The operators of `data.filter`.
 pub(super) const FILTER_OPS: &[&str] = &["eq", "ne", "lt", "le", "gt", "ge", "contains"];
 
-/// Items grouped by [`key_text`] of their key, each group in input order.
-fn groups<'a>(args: &Args<'a>) -> Result<BTreeMap<String, Vec<&'a Value>>> {
+/// Items grouped by [`key_text`] of their key: groups in first-seen order (the
+/// output object may still sort its keys), each group's items in input order.
+fn groups<'a>(args: &Args<'a>) -> Result<Vec<(Cow<'a, str>, Vec<&'a Value>)>> {
     let items = args.array("items")?;
     let key = args.str("key")?;
-    let mut groups: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    let mut index: HashMap<Cow<str>, usize> = HashMap::new();
+    let mut groups: Vec<(Cow<str>, Vec<&Value>)> = Vec::new();
     for item in items {
-        groups
-            .entry(key_text(item.get(key)))
-            .or_default()
-            .push(item);
+        let k = key_text(item.get(key));
+        let i = *index.entry(k.clone()).or_insert_with(|| {
+            groups.push((k, Vec::new()));
+            groups.len() - 1
+        });
+        if let Some((_, members)) = groups.get_mut(i) {
+            members.push(item);
+        }
     }
     Ok(groups)
 }
@@ -32,7 +39,10 @@ pub(super) fn group_by(args: &Args<'_>) -> Result<Value> {
     Ok(Value::Object(
         groups(args)?
             .into_iter()
-            .map(|(k, items)| (k, Value::Array(items.into_iter().cloned().collect())))
+            .map(|(k, items)| {
+                let items = items.into_iter().cloned().collect();
+                (k.into_owned(), Value::Array(items))
+            })
             .collect(),
     ))
 }
@@ -41,7 +51,7 @@ pub(super) fn count_by(args: &Args<'_>) -> Result<Value> {
     Ok(Value::Object(
         groups(args)?
             .into_iter()
-            .map(|(k, items)| (k, Value::from(items.len())))
+            .map(|(k, items)| (k.into_owned(), Value::from(items.len())))
             .collect(),
     ))
 }
@@ -68,15 +78,16 @@ pub(super) fn filter(args: &Args<'_>) -> Result<Value> {
             "field 'value': op '{op}' needs a number or a string"
         )));
     }
-    let value_key = equality_key(value, "value")?;
+    // Bounds the recursion of `same`, which goes no deeper than `value` does.
+    check_depth(value, "value")?;
     let mut out = Vec::new();
     for item in items {
         let got = item.get(field).unwrap_or(&Value::Null);
         let keep = match (op, wanted) {
             (_, Some(orderings)) => order(got, value).is_some_and(|o| orderings.contains(&o)),
-            ("eq", None) => equality_key(got, "items")? == value_key,
-            ("ne", None) => equality_key(got, "items")? != value_key,
-            ("contains", None) => contains(got, value, &value_key)?,
+            ("eq", None) => same(got, value),
+            ("ne", None) => !same(got, value),
+            ("contains", None) => contains(got, value),
             _ => return Err(Error::invalid(format!("field 'op': unknown op '{op}'"))),
         };
         if keep {
@@ -95,19 +106,12 @@ fn order(a: &Value, b: &Value) -> Option<Ordering> {
     }
 }
 
-fn contains(got: &Value, value: &Value, value_key: &str) -> Result<bool> {
-    Ok(match (got, value) {
+fn contains(got: &Value, value: &Value) -> bool {
+    match (got, value) {
         (Value::String(s), Value::String(part)) => s.contains(part.as_str()),
-        (Value::Array(elements), _) => {
-            for e in elements {
-                if equality_key(e, "items")? == value_key {
-                    return Ok(true);
-                }
-            }
-            false
-        }
+        (Value::Array(elements), _) => elements.iter().any(|e| same(e, value)),
         _ => false,
-    })
+    }
 }
 
 pub(super) fn pluck(args: &Args<'_>) -> Result<Value> {

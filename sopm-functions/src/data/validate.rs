@@ -1,6 +1,6 @@
 //! `data.json_schema_validate`: JSON Schema draft 2020-12 with the `jsonschema` crate.
 
-use std::io::Write;
+use std::fmt::{self, Display, Write};
 
 use jsonschema::{PatternOptions, ValidationError};
 use serde_json::{json, Value};
@@ -12,6 +12,8 @@ use crate::schema::Args;
 const MAX_ERRORS: usize = 100;
 /// Longest instance preview in an error message, in bytes.
 const MAX_PREVIEW: usize = 64;
+/// Longest error message, in bytes.
+const MAX_MESSAGE: usize = 512;
 
 /// Only local `$ref`s resolve: the validator is offline, so a remote reference is an
 /// invalid schema. `pattern`s run on the `regex` engine, which is linear-time (no
@@ -45,47 +47,54 @@ pub(super) fn json_schema_validate(args: &Args<'_>) -> Result<Value> {
     Ok(json!({"valid": errors.is_empty(), "errors": errors}))
 }
 
-/// The error's message with the offending value shown as at most [`MAX_PREVIEW`]
-/// bytes of its JSON text, so that a failing large document does not make a huge
-/// message.
+/// The error's message, at most [`MAX_MESSAGE`] bytes, with the offending value shown
+/// as at most [`MAX_PREVIEW`] bytes of its JSON text, so that a large document or
+/// schema does not make huge messages.
 fn message(e: &ValidationError<'_>) -> String {
-    e.masked_with(preview(e.instance())).to_string()
+    capped(
+        e.masked_with(capped(e.instance(), MAX_PREVIEW)),
+        MAX_MESSAGE,
+    )
 }
 
-/// The first [`MAX_PREVIEW`] bytes of a value's JSON text (cut at a character
-/// boundary, with "…" when cut). Serializing stops as soon as the limit is reached.
-fn preview(v: &Value) -> String {
-    let mut out = Capped(Vec::with_capacity(MAX_PREVIEW));
-    let complete = serde_json::to_writer(&mut out, v).is_ok();
-    let bytes = out.0;
-    let text = match std::str::from_utf8(&bytes) {
-        Ok(s) => s,
-        Err(e) => std::str::from_utf8(bytes.get(..e.valid_up_to()).unwrap_or_default())
-            .unwrap_or_default(),
+/// The text of `value`, cut to at most `limit` bytes on a character boundary and
+/// marked with "…" when cut. Formatting stops as soon as the limit is reached, so
+/// a huge value costs no more than a small one.
+fn capped(value: impl Display, limit: usize) -> String {
+    let mut out = Capped {
+        text: String::new(),
+        limit,
+        cut: false,
     };
-    if complete {
-        text.to_string()
-    } else {
-        format!("{text}…")
+    // An error here only means the limit was reached.
+    let _ = write!(out, "{value}");
+    if out.cut {
+        out.text.push('…');
     }
+    out.text
 }
 
-/// A writer that keeps [`MAX_PREVIEW`] bytes and then refuses more.
-struct Capped(Vec<u8>);
+/// A text sink that takes `limit` bytes and then fails.
+struct Capped {
+    text: String,
+    limit: usize,
+    cut: bool,
+}
 
-impl Write for Capped {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let room = MAX_PREVIEW - self.0.len();
-        if room == 0 {
-            return Err(std::io::Error::other("preview is full"));
+impl fmt::Write for Capped {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.limit.saturating_sub(self.text.len());
+        if s.len() <= room {
+            self.text.push_str(s);
+            return Ok(());
         }
-        let n = buf.len().min(room);
-        self.0.extend_from_slice(buf.get(..n).unwrap_or_default());
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        let mut end = room;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.text.push_str(s.get(..end).unwrap_or_default());
+        self.cut = true;
+        Err(fmt::Error)
     }
 }
 
@@ -168,6 +177,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn known_meta_schemas_need_no_network() {
+        for meta in [
+            "https://json-schema.org/draft/2020-12/schema",
+            "http://json-schema.org/draft-07/schema#",
+        ] {
+            let schema = json!({"$schema": meta, "type": "integer"});
+            assert_eq!(check(json!(1), schema.clone()).await["valid"], json!(true));
+            assert_eq!(check(json!("1"), schema).await["valid"], json!(false));
+        }
+    }
+
+    #[tokio::test]
     async fn format_is_an_annotation() {
         assert_eq!(
             check(json!("not an email"), json!({"format": "email"})).await["valid"],
@@ -231,11 +252,34 @@ mod tests {
     }
 
     #[test]
-    fn previews_cut_at_a_character_boundary() {
+    fn texts_are_cut_at_a_character_boundary() {
         let v = json!("é".repeat(100));
-        let p = super::preview(&v);
-        assert!(p.ends_with('…'));
-        assert!(p.len() <= super::MAX_PREVIEW + '…'.len_utf8());
-        assert_eq!(super::preview(&json!({"a": [1, null]})), "{\"a\":[1,null]}");
+        let p = super::capped(&v, super::MAX_PREVIEW);
+        assert_eq!(p, format!("\"{}…", "é".repeat(31)));
+        assert_eq!(
+            super::capped(json!({"a": [1, null]}), 14),
+            "{\"a\":[1,null]}"
+        );
+        assert_eq!(
+            super::capped(json!({"a": [1, null]}), 13),
+            "{\"a\":[1,null]…"
+        );
+        assert_eq!(super::capped("", 0), "");
+    }
+
+    #[tokio::test]
+    async fn messages_quoting_large_schemas_are_capped() {
+        let options: Vec<String> = (0..10_000).map(|i| format!("option {i}")).collect();
+        let out = check(json!(vec!["x"; 100]), json!({"items": {"enum": options}})).await;
+        let errors = out["errors"].as_array().unwrap();
+        assert_eq!(errors.len(), 100);
+        for e in errors {
+            let message = e["message"].as_str().unwrap();
+            assert!(
+                message.len() <= super::MAX_MESSAGE + '…'.len_utf8(),
+                "{message}"
+            );
+            assert!(message.starts_with("\"x\" is not one of"), "{message}");
+        }
     }
 }

@@ -1,8 +1,10 @@
-//! Helpers on JSON values shared by the data built-ins: equality by value (as a
-//! hashable key), an exact order on numbers, and the text of a grouping key.
+//! Helpers on JSON values shared by the data built-ins: equality by value (also as a
+//! hash key), an exact order on numbers, and the text of a grouping key.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
-use std::fmt::Write;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 
 use serde_json::{Number, Value};
 use sopm_core::{Error, Result};
@@ -48,7 +50,7 @@ impl Exact {
     }
 
     /// Compares by value, exactly (no rounding of large integers to floats), so that
-    /// the order is total and agrees with the equality of [`equality_key`].
+    /// the order is total and agrees with the equality of [`same`].
     pub(super) fn cmp(self, other: Exact) -> Ordering {
         match (self, other) {
             (Exact::Int(a), Exact::Int(b)) => a.cmp(&b),
@@ -74,119 +76,218 @@ fn cmp_int_float(n: i128, x: f64) -> Ordering {
     }
 }
 
-/// A text that two JSON values share exactly when they are equal as JSON values:
-/// objects regardless of key order, numbers by value (see [`Exact`]). Used to hash
-/// values for `unique` and the set operations. Every value's encoding is
-/// self-delimiting (strings are length-prefixed), so concatenations cannot collide.
-pub(super) fn equality_key(v: &Value, field: &str) -> Result<String> {
-    let mut out = String::new();
-    write_key(v, &mut out, 0, field)?;
-    Ok(out)
+/// Checks that `v` nests at most [`MAX_DEPTH`] levels, so that the recursive
+/// [`ByValue`] and [`same`] cannot exhaust the stack. Its own recursion stops at
+/// [`MAX_DEPTH`].
+pub(super) fn check_depth(v: &Value, field: &str) -> Result<()> {
+    fn within(v: &Value, depth: usize) -> bool {
+        match v {
+            Value::Array(items) if !items.is_empty() => {
+                depth < MAX_DEPTH && items.iter().all(|c| within(c, depth + 1))
+            }
+            Value::Object(map) if !map.is_empty() => {
+                depth < MAX_DEPTH && map.values().all(|c| within(c, depth + 1))
+            }
+            _ => true,
+        }
+    }
+    if within(v, 0) {
+        Ok(())
+    } else {
+        Err(too_deep(field))
+    }
 }
 
-fn write_key(v: &Value, out: &mut String, depth: usize, field: &str) -> Result<()> {
-    if depth > MAX_DEPTH {
-        return Err(too_deep(field));
+/// Whether two JSON values are equal as JSON values: numbers by value (see
+/// [`Exact`]), objects regardless of key order. Recurses only as deep as both values
+/// go, so one [`check_depth`]-checked side bounds it.
+pub(super) fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => Exact::of(x) == Exact::of(y),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, p)| y.get(k).is_some_and(|q| same(p, q)))
+        }
+        _ => a == b,
     }
-    // Writing to a String cannot fail, hence the ignored fmt results.
+}
+
+/// A JSON value that hashes and compares by [`same`], for hash sets of values. Only
+/// for values that passed [`check_depth`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ByValue<'a>(pub(super) &'a Value);
+
+impl PartialEq for ByValue<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        same(self.0, other.0)
+    }
+}
+
+impl Eq for ByValue<'_> {}
+
+impl Hash for ByValue<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_value(self.0, state);
+    }
+}
+
+fn hash_value<H: Hasher>(v: &Value, state: &mut H) {
     match v {
-        Value::Null => out.push('n'),
-        Value::Bool(true) => out.push('t'),
-        Value::Bool(false) => out.push('f'),
+        Value::Null => state.write_u8(0),
+        Value::Bool(b) => {
+            state.write_u8(1);
+            b.hash(state);
+        }
         Value::Number(n) => match Exact::of(n) {
             Exact::Int(i) => {
-                let _ = write!(out, "i{i};");
+                state.write_u8(2);
+                i.hash(state);
             }
+            // Never -0.0 or NaN: -0.0 is `Int(0)` and JSON has no NaN.
             Exact::Float(x) => {
-                let _ = write!(out, "d{x:?};");
+                state.write_u8(3);
+                x.to_bits().hash(state);
             }
         },
-        Value::String(s) => write_text(s, out),
+        Value::String(s) => {
+            state.write_u8(4);
+            s.hash(state);
+        }
         Value::Array(items) => {
-            out.push('[');
+            state.write_u8(5);
+            state.write_usize(items.len());
             for item in items {
-                write_key(item, out, depth + 1, field)?;
+                hash_value(item, state);
             }
-            out.push(']');
         }
         Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
-            for (k, v) in entries {
-                write_text(k, out);
-                write_key(v, out, depth + 1, field)?;
+            state.write_u8(6);
+            state.write_usize(map.len());
+            // serde_json keeps keys sorted unless its `preserve_order` feature is on;
+            // equal objects must hash alike either way.
+            if map.keys().is_sorted() {
+                for (k, v) in map {
+                    k.hash(state);
+                    hash_value(v, state);
+                }
+            } else {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                for (k, v) in entries {
+                    k.hash(state);
+                    hash_value(v, state);
+                }
             }
-            out.push('}');
         }
     }
-    Ok(())
-}
-
-fn write_text(s: &str, out: &mut String) {
-    let _ = write!(out, "s{}:", s.len());
-    out.push_str(s);
 }
 
 /// The text of a grouping key: strings as themselves, missing or null as "null", any
 /// other value as its JSON text ("1", "true", "[1,2]").
-pub(super) fn key_text(v: Option<&Value>) -> String {
+pub(super) fn key_text(v: Option<&Value>) -> Cow<'_, str> {
     match v {
-        None | Some(Value::Null) => "null".to_string(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
+        None | Some(Value::Null) => Cow::Borrowed("null"),
+        Some(Value::String(s)) => Cow::Borrowed(s),
+        Some(other) => Cow::Owned(other.to_string()),
     }
 }
 
-/// The first occurrence of each distinct value (by [`equality_key`]), in order, with
-/// its key.
-pub(super) fn distinct<'a>(values: &'a [Value], field: &str) -> Result<Vec<(String, &'a Value)>> {
-    let mut seen = std::collections::HashSet::with_capacity(values.len());
-    let mut out = Vec::new();
-    for v in values {
-        let key = equality_key(v, field)?;
-        if seen.insert(key.clone()) {
-            out.push((key, v));
+/// The distinct values of an array (by [`same`]).
+pub(super) struct Distinct<'a> {
+    /// The first occurrence of each, in order.
+    pub(super) firsts: Vec<ByValue<'a>>,
+    /// The same values, for lookups.
+    pub(super) set: HashSet<ByValue<'a>>,
+}
+
+impl<'a> Distinct<'a> {
+    pub(super) fn of(values: &'a [Value], field: &str) -> Result<Self> {
+        let mut set = HashSet::with_capacity(values.len());
+        let mut firsts = Vec::new();
+        for v in values {
+            check_depth(v, field)?;
+            if set.insert(ByValue(v)) {
+                firsts.push(ByValue(v));
+            }
         }
+        Ok(Distinct { firsts, set })
     }
-    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::hash::BuildHasher;
+
     use super::*;
     use serde_json::json;
 
-    fn key(v: Value) -> String {
-        equality_key(&v, "x").unwrap()
+    #[test]
+    fn equal_values_are_same_and_hash_alike() {
+        let pairs = [
+            (json!(1), json!(1.0)),
+            (json!(0), json!(-0.0)),
+            (json!({"a": 1, "b": [true]}), json!({"b": [true], "a": 1.0})),
+            (json!(u64::MAX), json!(u64::MAX)),
+            (json!(1e300), json!(1e300)),
+            (json!("é"), json!("é")),
+        ];
+        for (a, b) in pairs {
+            assert!(same(&a, &b), "{a} {b}");
+            let state = std::collections::hash_map::RandomState::new();
+            assert_eq!(
+                state.hash_one(ByValue(&a)),
+                state.hash_one(ByValue(&b)),
+                "{a} {b}"
+            );
+        }
     }
 
     #[test]
-    fn equal_values_share_a_key() {
-        assert_eq!(key(json!(1)), key(json!(1.0)));
-        assert_eq!(key(json!(0)), key(json!(-0.0)));
-        assert_eq!(
-            key(json!({"a": 1, "b": [true]})),
-            key(json!({"b": [true], "a": 1.0}))
-        );
-        assert_ne!(key(json!(1)), key(json!("1")));
-        assert_ne!(key(json!(1)), key(json!(1.5)));
-        assert_ne!(key(json!(["ab", "c"])), key(json!(["a", "bc"])));
-        assert_ne!(key(json!({"a": "b"})), key(json!({"ab": ""})));
-        assert_ne!(key(json!(null)), key(json!("null")));
-        assert_ne!(key(json!([])), key(json!({})));
-        assert_eq!(key(json!(u64::MAX)), key(json!(u64::MAX)));
+    fn different_values_differ() {
+        for (a, b) in [
+            (json!(1), json!("1")),
+            (json!(1), json!(1.5)),
+            (json!(["ab", "c"]), json!(["a", "bc"])),
+            (json!({"a": "b"}), json!({"ab": ""})),
+            (json!({"a": 1}), json!({"a": 1, "b": 1})),
+            (json!(null), json!("null")),
+            (json!([]), json!({})),
+            (json!(false), json!(0)),
+            (
+                json!(9_007_199_254_740_993_i64),
+                json!(9_007_199_254_740_992.0),
+            ),
+        ] {
+            assert!(!same(&a, &b), "{a} {b}");
+        }
     }
 
     #[test]
     fn too_deep_is_invalid_input() {
         let mut v = json!(1);
-        for _ in 0..=MAX_DEPTH {
+        for _ in 0..MAX_DEPTH {
             v = json!([v]);
         }
-        let err = equality_key(&v, "values").unwrap_err();
+        assert!(check_depth(&v, "values").is_ok());
+        let v = json!({"k": v});
+        let err = check_depth(&v, "values").unwrap_err();
         assert_eq!(err.code(), "invalid_input");
         assert!(err.to_string().contains("'values'"));
+        assert!(check_depth(&json!("scalar"), "values").is_ok());
+    }
+
+    #[test]
+    fn distinct_keeps_first_occurrences() {
+        let values = [json!(1), json!(1.0), json!("1"), json!(2), json!(1)];
+        let firsts: Vec<&Value> = Distinct::of(&values, "v")
+            .unwrap()
+            .firsts
+            .into_iter()
+            .map(|b| b.0)
+            .collect();
+        assert_eq!(firsts, [&json!(1), &json!("1"), &json!(2)]);
     }
 
     fn exact(v: Value) -> Exact {

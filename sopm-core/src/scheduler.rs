@@ -276,7 +276,9 @@ impl LocalScheduler {
                 running: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 shutdown_tx,
-                live: (0..SHARDS).map(|_| Mutex::new(FxHashMap::default())).collect(),
+                live: (0..SHARDS)
+                    .map(|_| Mutex::new(FxHashMap::default()))
+                    .collect(),
                 submitted: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
                 succeeded: AtomicU64::new(0),
@@ -379,7 +381,8 @@ impl Inner {
         let snapshot = {
             let mut job = live.job.lock();
             job.finished_ms = Some(live.wall_ms(job.created_ms, finished));
-            job.duration_us = started.map(|s| finished.saturating_duration_since(s).as_micros() as u64);
+            job.duration_us =
+                started.map(|s| finished.saturating_duration_since(s).as_micros() as u64);
             match outcome {
                 Ok(out) => {
                     job.status = JobStatus::Succeeded;

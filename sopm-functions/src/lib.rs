@@ -110,9 +110,20 @@ impl Builtin {
                 let args = self.params.validate(input)?;
                 guarded(self.name, || f(&args))
             }
+            // The blocking pool needs an owned input; `call_shared` avoids this copy.
+            _ => self.call_shared(Arc::new(input.clone())).await,
+        }
+    }
+
+    /// Validates `input` and runs the function, sharing the input with the blocking
+    /// pool instead of copying it (inputs can be megabytes).
+    pub async fn call_shared(&self, input: Arc<Value>) -> Result<Value> {
+        match self.handler {
+            Handler::Inline(f) => {
+                let args = self.params.validate(&input)?;
+                guarded(self.name, || f(&args))
+            }
             Handler::Blocking(f) => {
-                self.params.validate(input)?;
-                let input = input.clone();
                 let params = self.params.clone();
                 let name = self.name;
                 tokio::task::spawn_blocking(move || {
@@ -123,8 +134,8 @@ impl Builtin {
                 .map_err(|e| Error::Internal(format!("{name} did not finish: {e}")))?
             }
             Handler::Async(f) => {
-                self.params.validate(input)?;
-                f(input.clone()).await
+                self.params.validate(&input)?;
+                f((*input).clone()).await
             }
         }
     }
@@ -286,7 +297,12 @@ impl Executor for BuiltinExecutor {
 
     async fn invoke(&self, invocation: Invocation) -> Result<Output> {
         match &invocation.target {
-            Target::Builtin(name) => self.call(name, &invocation.input).await.map(Output::from),
+            Target::Builtin(name) => match self.get(name) {
+                Some(b) => b.call_shared(invocation.input).await.map(Output::from),
+                None => Err(Error::not_found(format!(
+                    "no built-in function named '{name}'"
+                ))),
+            },
             Target::User(v) => Err(Error::Internal(format!(
                 "the builtin executor cannot run user function '{}'",
                 v.function_id

@@ -17,12 +17,14 @@ use sopm_backends::{SqliteConfig, SqliteStore};
 use sopm_core::conformance::{self, ConformanceExecutor, ConformanceRouter, SchedulerHarness};
 use sopm_core::types::now_ms;
 use sopm_core::{
-    Durability, FunctionRef, Job, JobId, JobStatus, JobStore, LocalScheduler,
-    LocalSchedulerConfig, Registry, Scheduler, TenantId,
+    Durability, FunctionRef, Job, JobId, JobStatus, JobStore, LocalScheduler, LocalSchedulerConfig,
+    Registry, Scheduler, TenantId,
 };
 
 fn open(dir: &Path, name: &str) -> SqliteStore {
-    SqliteConfig::new(dir.join(name)).open().expect("open the store")
+    SqliteConfig::new(dir.join(name))
+        .open()
+        .expect("open the store")
 }
 
 fn job(tenant: &str, status: JobStatus, input: serde_json::Value) -> Job {
@@ -136,9 +138,13 @@ async fn open_creates_directories_and_a_wal_database() {
     assert!(path.exists(), "the file is created");
     store.close().await.unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(mode, "wal");
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(version, 1, "the schema version is recorded in user_version");
     let plan: String = conn
         .query_row(
@@ -147,14 +153,23 @@ async fn open_creates_directories_and_a_wal_database() {
             |r| r.get(3),
         )
         .unwrap();
-    assert!(plan.contains("jobs_unfinished"), "unfinished() reads through its index: {plan}");
+    assert!(
+        plan.contains("jobs_unfinished"),
+        "unfinished() reads through its index: {plan}"
+    );
 }
 
 #[test]
 fn open_refuses_what_it_cannot_use() {
-    assert_eq!(SqliteConfig::new(":memory:").open().unwrap_err().code(), "invalid_input");
+    assert_eq!(
+        SqliteConfig::new(":memory:").open().unwrap_err().code(),
+        "invalid_input"
+    );
     let dir = tempfile::tempdir().unwrap();
-    let e = SqliteConfig::new(dir.path().join("x.db")).with_batch_size(0).open().unwrap_err();
+    let e = SqliteConfig::new(dir.path().join("x.db"))
+        .with_batch_size(0)
+        .open()
+        .unwrap_err();
     assert_eq!(e.code(), "invalid_input");
 }
 
@@ -170,7 +185,10 @@ async fn a_database_from_a_newer_sopm_is_refused() {
     let err = SqliteConfig::new(&path).open().unwrap_err();
     assert_eq!(err.code(), "storage_error");
     let message = err.to_string();
-    assert!(message.contains("99") && message.contains("newer"), "a clear message: {message}");
+    assert!(
+        message.contains("99") && message.contains("newer"),
+        "a clear message: {message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +208,10 @@ async fn everything_survives_a_reopen() {
         })
         .await
         .unwrap();
-    store.append_build_log(&v.function_id, 1, "ok\n").await.unwrap();
+    store
+        .append_build_log(&v.function_id, 1, "ok\n")
+        .await
+        .unwrap();
     let mut done = job("reopen", JobStatus::Succeeded, json!({"x": 1}));
     done.output = Some(json!(2));
     done.finished_ms = Some(now_ms());
@@ -200,9 +221,15 @@ async fn everything_survives_a_reopen() {
     store.close().await.unwrap();
 
     let store = open(dir.path(), "reopen.db");
-    let rec = Registry::get(&store, &tenant, &v.function_id).await.unwrap();
+    let rec = Registry::get(&store, &tenant, &v.function_id)
+        .await
+        .unwrap();
     assert_eq!(rec.versions[0].build_log, "ok\n");
-    assert_eq!(JobStore::get(&store, &done.id).await.unwrap(), Some(done), "close commits buffered puts");
+    assert_eq!(
+        JobStore::get(&store, &done.id).await.unwrap(),
+        Some(done),
+        "close commits buffered puts"
+    );
     assert_eq!(store.unfinished().await.unwrap(), vec![queued]);
 }
 
@@ -214,11 +241,31 @@ async fn a_closed_store_is_unavailable() {
     store.put(&j, Durability::Durable).await.unwrap();
     store.close().await.unwrap();
     for (what, code) in [
-        ("put", store.put(&j, Durability::Buffered).await.err().map(|e| e.code())),
-        ("get", JobStore::get(&store, &j.id).await.err().map(|e| e.code())),
+        (
+            "put",
+            store
+                .put(&j, Durability::Buffered)
+                .await
+                .err()
+                .map(|e| e.code()),
+        ),
+        (
+            "get",
+            JobStore::get(&store, &j.id).await.err().map(|e| e.code()),
+        ),
         ("flush", store.flush().await.err().map(|e| e.code())),
-        ("unfinished", store.unfinished().await.err().map(|e| e.code())),
-        ("list", store.list(&TenantId::default()).await.err().map(|e| e.code())),
+        (
+            "unfinished",
+            store.unfinished().await.err().map(|e| e.code()),
+        ),
+        (
+            "list",
+            store
+                .list(&TenantId::default())
+                .await
+                .err()
+                .map(|e| e.code()),
+        ),
     ] {
         assert_eq!(code, Some("unavailable"), "{what} on a closed store");
     }
@@ -243,14 +290,36 @@ async fn finished_jobs_past_retention_are_deleted() {
     recent_done.finished_ms = Some(now_ms());
     let mut old_queued = job("ret", JobStatus::Queued, json!(4));
     old_queued.created_ms = two_hours_ago;
-    for j in [&old_done, &old_failed_without_finish_time, &recent_done, &old_queued] {
+    for j in [
+        &old_done,
+        &old_failed_without_finish_time,
+        &recent_done,
+        &old_queued,
+    ] {
         store.put(j, Durability::Durable).await.unwrap();
     }
     assert_eq!(store.purge_expired_jobs().await.unwrap(), 2);
     assert_eq!(JobStore::get(&store, &old_done.id).await.unwrap(), None);
-    assert_eq!(JobStore::get(&store, &old_failed_without_finish_time.id).await.unwrap(), None);
-    assert!(JobStore::get(&store, &recent_done.id).await.unwrap().is_some(), "recent jobs stay");
-    assert!(JobStore::get(&store, &old_queued.id).await.unwrap().is_some(), "unfinished jobs always stay");
+    assert_eq!(
+        JobStore::get(&store, &old_failed_without_finish_time.id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        JobStore::get(&store, &recent_done.id)
+            .await
+            .unwrap()
+            .is_some(),
+        "recent jobs stay"
+    );
+    assert!(
+        JobStore::get(&store, &old_queued.id)
+            .await
+            .unwrap()
+            .is_some(),
+        "unfinished jobs always stay"
+    );
     assert_eq!(store.purge_expired_jobs().await.unwrap(), 0);
 }
 
@@ -285,10 +354,16 @@ async fn the_writer_sweeps_expired_jobs_by_itself() {
         if left == 0 {
             break;
         }
-        assert!(Instant::now() < until, "expired jobs are still there after 20 s");
+        assert!(
+            Instant::now() < until,
+            "expired jobs are still there after 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(JobStore::get(&store, &fresh.id).await.unwrap().is_some(), "fresh jobs stay");
+    assert!(
+        JobStore::get(&store, &fresh.id).await.unwrap().is_some(),
+        "fresh jobs stay"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,8 +388,13 @@ async fn concurrent_durable_puts_are_all_there() {
         all.extend(t.await.unwrap());
     }
     let reader = rusqlite::Connection::open(store.path()).unwrap();
-    let count: i64 = reader.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0)).unwrap();
-    assert_eq!(count, 1_600, "every durable put is committed when it returns");
+    let count: i64 = reader
+        .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        count, 1_600,
+        "every durable put is committed when it returns"
+    );
     assert_eq!(all.iter().collect::<HashSet<_>>().len(), 1_600);
 }
 
@@ -325,7 +405,8 @@ const CRASH_QUEUED_TASKS: usize = 16;
 const CRASH_QUEUED_PER_TASK: usize = 25;
 const CRASH_RUNNING: usize = 20;
 
-/// The child half of `crash_recovery`: writes jobs, says "ready", and aborts.
+/// The child half of `crash_recovery`: writes jobs, says "ready" and aborts as soon as
+/// the last durable put has returned.
 #[test]
 #[ignore = "the child process of crash_recovery; it aborts on purpose"]
 fn crash_child() {
@@ -340,6 +421,20 @@ fn crash_child() {
         .unwrap();
     runtime.block_on(async move {
         let store = Arc::new(SqliteConfig::new(&path).open().unwrap());
+        // The hot path writes buffered completions all along, so the writer is busy
+        // and has uncommitted work when the process dies.
+        let writer = store.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut j = job("crash", JobStatus::Succeeded, json!("noise"));
+                j.output = Some(json!("noise"));
+                j.finished_ms = Some(now_ms());
+                if writer.put(&j, Durability::Buffered).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_micros(100)).await;
+            }
+        });
         let mut tasks = Vec::new();
         for t in 0..CRASH_QUEUED_TASKS {
             let store = store.clone();
@@ -369,20 +464,6 @@ fn crash_child() {
             store.put(&j, Durability::Durable).await.unwrap();
             out.push_str(&format!("crash-running {}\n", j.id));
         }
-        // The hot path goes on writing buffered completions when the process dies.
-        let writer = store.clone();
-        tokio::spawn(async move {
-            loop {
-                let mut j = job("crash", JobStatus::Succeeded, json!("noise"));
-                j.output = Some(json!("noise"));
-                j.finished_ms = Some(now_ms());
-                if writer.put(&j, Durability::Buffered).await.is_err() {
-                    return;
-                }
-                tokio::task::yield_now().await;
-            }
-        });
-        tokio::time::sleep(Duration::from_millis(30)).await;
         let mut stdout = std::io::stdout().lock();
         stdout.write_all(out.as_bytes()).unwrap();
         stdout.write_all(b"ready\n").unwrap();
@@ -393,7 +474,13 @@ fn crash_child() {
 
 fn run_crash_child(path: &Path) -> (Vec<JobId>, Vec<JobId>) {
     let output = Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CRASH_CHILD_DB, path)
         .output()
         .expect("start the child");
@@ -433,7 +520,11 @@ fn crash_recovery() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let store = Arc::new(SqliteConfig::new(&path).open().expect("reopen after the crash"));
+        let store = Arc::new(
+            SqliteConfig::new(&path)
+                .open()
+                .expect("reopen after the crash"),
+        );
         let check: String = rusqlite::Connection::open(&path)
             .unwrap()
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
@@ -441,19 +532,30 @@ fn crash_recovery() {
         assert_eq!(check, "ok", "the database is intact after the crash");
 
         for id in &queued {
-            let j = JobStore::get(&*store, id).await.unwrap().expect("every durable queued job survives");
+            let j = JobStore::get(&*store, id)
+                .await
+                .unwrap()
+                .expect("every durable queued job survives");
             assert_eq!(j.status, JobStatus::Queued);
         }
         for id in &running {
-            let j = JobStore::get(&*store, id).await.unwrap().expect("every durable running job survives");
+            let j = JobStore::get(&*store, id)
+                .await
+                .unwrap()
+                .expect("every durable running job survives");
             assert_eq!(j.status, JobStatus::Running);
         }
         let unfinished = store.unfinished().await.unwrap();
         let got: HashSet<&JobId> = unfinished.iter().map(|j| &j.id).collect();
         let want: HashSet<&JobId> = queued.iter().chain(&running).collect();
-        assert_eq!(got, want, "unfinished() returns exactly the durable unfinished jobs");
+        assert_eq!(
+            got, want,
+            "unfinished() returns exactly the durable unfinished jobs"
+        );
         assert!(
-            unfinished.windows(2).all(|w| w[0].created_ms <= w[1].created_ms),
+            unfinished
+                .windows(2)
+                .all(|w| w[0].created_ms <= w[1].created_ms),
             "unfinished() is oldest first"
         );
 
@@ -474,22 +576,44 @@ fn crash_recovery() {
             loop {
                 let j = scheduler.status(&tenant, id).await.unwrap();
                 if j.status.is_terminal() {
-                    assert_eq!(j.status, JobStatus::Succeeded, "a recovered queued job runs to success");
-                    assert_eq!(j.output.as_ref(), Some(&*j.input), "it ran the echo with its input");
+                    assert_eq!(
+                        j.status,
+                        JobStatus::Succeeded,
+                        "a recovered queued job runs to success"
+                    );
+                    assert_eq!(
+                        j.output.as_ref(),
+                        Some(&*j.input),
+                        "it ran the echo with its input"
+                    );
                     break;
                 }
-                assert!(Instant::now() < until, "recovered job {id} still {:?}", j.status);
+                assert!(
+                    Instant::now() < until,
+                    "recovered job {id} still {:?}",
+                    j.status
+                );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         for id in &running {
             let j = scheduler.status(&tenant, id).await.unwrap();
-            assert_eq!(j.status, JobStatus::Interrupted, "a job running at the crash is interrupted");
-            assert_eq!(j.error.as_ref().map(|e| e.code.as_str()), Some("interrupted"));
+            assert_eq!(
+                j.status,
+                JobStatus::Interrupted,
+                "a job running at the crash is interrupted"
+            );
+            assert_eq!(
+                j.error.as_ref().map(|e| e.code.as_str()),
+                Some("interrupted")
+            );
             assert_eq!(executor.invocations(id), 0, "and is not run again");
         }
         scheduler.shutdown(Duration::from_secs(5)).await.unwrap();
-        assert!(store.unfinished().await.unwrap().is_empty(), "nothing is left unfinished");
+        assert!(
+            store.unfinished().await.unwrap().is_empty(),
+            "nothing is left unfinished"
+        );
         store.close().await.unwrap();
     });
 }
@@ -502,7 +626,10 @@ fn crash_recovery() {
 #[ignore = "a measurement; run by hand"]
 fn throughput() {
     const TASKS: usize = 64;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         for (label, durability, per_task) in [
@@ -528,6 +655,9 @@ fn throughput() {
             let secs = start.elapsed().as_secs_f64();
             let n = TASKS * per_task;
             println!("{label:>9} puts from {TASKS} tasks: {n} in {secs:.2} s = {:.0} jobs/s", n as f64 / secs);
+            let wal = std::fs::metadata(dir.path().join(format!("{label}.db-wal"))).map(|m| m.len()).unwrap_or(0);
+            let db = std::fs::metadata(dir.path().join(format!("{label}.db"))).map(|m| m.len()).unwrap_or(0);
+            println!("          file {} MiB, WAL {} MiB", db >> 20, wal >> 20);
         }
 
         // A job's whole life as the scheduler records it for a detached job: a durable
@@ -559,4 +689,77 @@ fn throughput() {
         let n = TASKS * per_task;
         println!("lifecycle (durable queued + buffered running + succeeded) from {TASKS} tasks: {n} jobs in {secs:.2} s = {:.0} jobs/s", n as f64 / secs);
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_registry_write_does_not_undo_the_writes_batched_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path(), "batch.db"));
+    let tenant = TenantId::new("batch").unwrap();
+    let v = store
+        .create_version(sopm_core::NewVersion {
+            tenant: tenant.clone(),
+            name: "f".into(),
+            runtime: sopm_core::Runtime::Python,
+            handler: "main.handle".into(),
+            limits: Default::default(),
+            env: Default::default(),
+            source_digest: "d".into(),
+        })
+        .await
+        .unwrap();
+    store
+        .finish_build(&v.function_id, 1, sopm_core::BuildStatus::Failed, None)
+        .await
+        .unwrap();
+    // Buffered puts queue at once, so they share the writer's batches with the
+    // failing writes between them.
+    let mut jobs = Vec::new();
+    let mut failures = Vec::new();
+    for i in 0..200 {
+        let j = job("batch", JobStatus::Queued, json!(i));
+        store.put(&j, Durability::Buffered).await.unwrap();
+        jobs.push(j);
+        if i % 50 == 0 {
+            let s = store.clone();
+            let id = v.function_id.clone();
+            failures.push(tokio::spawn(async move {
+                let conflict = s
+                    .finish_build(&id, 1, sopm_core::BuildStatus::Failed, None)
+                    .await;
+                let missing = s.append_build_log("fn_missing", 1, "x").await;
+                (
+                    conflict.map_err(|e| e.code()),
+                    missing.map_err(|e| e.code()),
+                )
+            }));
+        }
+    }
+    for f in failures {
+        assert_eq!(f.await.unwrap(), (Err("conflict"), Err("not_found")));
+    }
+    store.flush().await.unwrap();
+    let reader = rusqlite::Connection::open(store.path()).unwrap();
+    let count: i64 = reader
+        .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        count, 200,
+        "every put batched with a failed write is committed"
+    );
+    let rec = Registry::get(&*store, &tenant, &v.function_id)
+        .await
+        .unwrap();
+    assert_eq!(rec.versions[0].status, sopm_core::BuildStatus::Failed);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn local_scheduler_over_sqlite_on_one_thread() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let n = AtomicUsize::new(0);
+    let harness = SchedulerHarness::local(move || {
+        let name = format!("one-{}.db", n.fetch_add(1, Ordering::Relaxed));
+        Arc::new(open(dir.path(), &name)) as Arc<dyn JobStore>
+    });
+    conformance::scheduler_suite(&harness).await;
 }

@@ -126,7 +126,9 @@ impl SqliteConfig {
             return Err(Error::invalid("sqlite: batch_size must be at least 1"));
         }
         if self.read_connections == 0 {
-            return Err(Error::invalid("sqlite: read_connections must be at least 1"));
+            return Err(Error::invalid(
+                "sqlite: read_connections must be at least 1",
+            ));
         }
         if self.retention_sweep_interval.is_zero() {
             return Err(Error::invalid(

@@ -49,11 +49,22 @@ use tokio::sync::{oneshot, Semaphore};
 pub use config::{SqliteConfig, Synchronous};
 use error::{closed, Context, SqliteError};
 use rows::JobRow;
-use writer::{Overlay, Pending, Request, Writer};
+use writer::{Overlay, Pending, Request, Writer, WriterSettings};
 
-/// Buffered puts allowed in flight before a buffered put waits for its commit like a
-/// durable one: the hot path never waits, unless the disk falls this far behind.
-const MAX_IN_FLIGHT: usize = 100_000;
+/// Writes allowed in flight, in batches, before a buffered put waits for its commit
+/// like a durable one. The hot path never waits unless the disk falls this far
+/// behind; and a durable put, queued behind the buffered ones, never waits for more
+/// than this many batches.
+const IN_FLIGHT_BATCHES: usize = 4;
+
+/// WAL size, in pages, past which the writer checkpoints by itself.
+const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
+
+/// How often the checkpointer thread copies the WAL into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The writer's page cache, in KiB (negative `cache_size` counts KiB).
+const WRITER_CACHE_KIB: i64 = -64 * 1024;
 
 /// The function registry and the job store in one SQLite file. Open it with
 /// [`SqliteConfig::open`]; share it as `Arc<SqliteStore>` (it coerces to both
@@ -66,9 +77,11 @@ pub struct SqliteStore {
     front: Mutex<Front>,
     overlay: Overlay,
     in_flight: Arc<AtomicUsize>,
+    in_flight_limit: usize,
     closed: AtomicBool,
     readers: Arc<ReadPool>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
 }
 
 /// The sending side of the writer's channel. Sequence numbers are taken and requests
@@ -131,6 +144,18 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")
             .context("enabling foreign keys")?;
         conn.set_prepared_statement_cache_capacity(64);
+        // Job ids are random, so a batch touches index pages all over the table: a
+        // cache that holds a whole batch's pages keeps them from spilling mid-batch.
+        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
+            .context("sizing the page cache")?;
+        // Checkpoints run on their own thread; the writer checkpoints only if that
+        // thread falls far behind.
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+            .context("setting wal_autocheckpoint")?;
+        // The WAL is reused from its start after each full checkpoint; only a WAL that
+        // grew far past its usual size is cut back.
+        conn.pragma_update(None, "journal_size_limit", 128 * 1024 * 1024)
+            .context("setting journal_size_limit")?;
         schema::migrate(&mut conn, &path)?;
 
         let readers = Arc::new(ReadPool {
@@ -151,18 +176,42 @@ impl SqliteStore {
             receiver,
             overlay.clone(),
             in_flight.clone(),
-            config.batch_size,
-            config.job_retention,
-            config.retention_sweep_interval,
+            WriterSettings {
+                batch_size: config.batch_size,
+                retention: config.job_retention,
+                sweep_interval: config.retention_sweep_interval,
+            },
         );
-        let handle = std::thread::Builder::new()
-            .name("sopm-sqlite-writer".into())
-            .spawn(move || writer.run())
-            .map_err(|source| SqliteError::Io {
-                context: "starting the writer thread for",
-                path: path.clone(),
-                source,
-            })?;
+        let checkpoint_conn = open_connection(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE,
+            config.busy_timeout,
+        )?;
+        checkpoint_conn
+            .pragma_update(None, "synchronous", config.synchronous.pragma_value())
+            .context("setting synchronous")?;
+        let (stop_checkpoints, checkpoint_stop) = mpsc::channel();
+        let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(run)
+                .map_err(|source| SqliteError::Io {
+                    context: "starting a thread for",
+                    path: path.clone(),
+                    source,
+                })
+        };
+        let checkpointer = spawn(
+            "sopm-sqlite-checkpoint",
+            Box::new(move || {
+                writer::run_checkpointer(checkpoint_conn, checkpoint_stop, CHECKPOINT_INTERVAL)
+            }),
+        )?;
+        let handle = spawn("sopm-sqlite-writer", Box::new(move || writer.run()))?;
+        let in_flight_limit = config
+            .batch_size
+            .saturating_mul(IN_FLIGHT_BATCHES)
+            .max(1024);
         tracing::debug!(path = %path.display(), "opened the SQLite store");
         Ok(SqliteStore {
             config,
@@ -172,9 +221,11 @@ impl SqliteStore {
             }),
             overlay,
             in_flight,
+            in_flight_limit,
             closed: AtomicBool::new(false),
             readers,
             writer: Mutex::new(Some(handle)),
+            checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
         })
     }
 
@@ -241,12 +292,19 @@ impl SqliteStore {
         let flushed = self.flush().await;
         self.closed.store(true, Ordering::Release);
         drop(self.front.lock().sender.take());
-        let handle = self.writer.lock().take();
-        if let Some(handle) = handle {
-            let joined = tokio::task::spawn_blocking(move || handle.join()).await;
-            if !matches!(joined, Ok(Ok(()))) {
-                return Err(Error::Internal("the SQLite writer thread panicked".into()));
+        let writer = self.writer.lock().take();
+        let checkpointer = self.checkpointer.lock().take();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut ok = writer.is_none_or(|w| w.join().is_ok());
+            if let Some((stop, thread)) = checkpointer {
+                drop(stop);
+                ok &= thread.join().is_ok();
             }
+            ok
+        })
+        .await;
+        if !matches!(joined, Ok(true)) {
+            return Err(Error::Internal("a SQLite store thread panicked".into()));
         }
         match flushed {
             Err(e) if e.code() == "unavailable" => Ok(()),
@@ -257,8 +315,10 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        // The writer drains what is queued, commits, and stops by itself.
+        // The writer drains what is queued, commits, and stops by itself; so does the
+        // checkpointer.
         self.front.get_mut().sender.take();
+        self.checkpointer.get_mut().take();
     }
 }
 
@@ -309,7 +369,7 @@ impl JobStore for SqliteStore {
         let row = JobRow::encode(job)?;
         let newest = Arc::new(job.clone());
         let wait = durability == Durability::Durable
-            || self.in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT;
+            || self.in_flight.load(Ordering::Acquire) >= self.in_flight_limit;
         let (done, answer) = if wait {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
@@ -317,8 +377,9 @@ impl JobStore for SqliteStore {
             (None, None)
         };
         {
-            let mut front = self.front.lock();
-            let Some(sender) = front.sender.clone() else {
+            let mut guard = self.front.lock();
+            let front = &mut *guard;
+            let Some(sender) = &front.sender else {
                 return Err(closed());
             };
             let seq = front.next_seq;
@@ -370,7 +431,7 @@ impl JobStore for SqliteStore {
 
     async fn unfinished(&self) -> Result<Vec<Job>> {
         self.flush().await?;
-        self.read(|conn| rows::unfinished_jobs(conn)).await
+        self.read(rows::unfinished_jobs).await
     }
 
     async fn flush(&self) -> Result<()> {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension, Row, Statement};
 use sopm_core::registry::{append_capped, new_function_id};
 use sopm_core::{
     Artifact, BuildStatus, Error, ErrorInfo, FunctionRecord, FunctionRef, FunctionVersion, Job,
@@ -95,8 +95,13 @@ const UPSERT_JOB: &str = "
       AND (CASE excluded.status WHEN 'queued' THEN 0 WHEN 'running' THEN 1 ELSE 2 END)
           >= (CASE jobs.status WHEN 'queued' THEN 0 ELSE 1 END)";
 
-pub(crate) fn put_job(conn: &Connection, row: &JobRow) -> rusqlite::Result<()> {
-    conn.prepare_cached(UPSERT_JOB)?.execute(params![
+/// The statement of [`put_job`], prepared once per batch.
+pub(crate) fn prepare_put_job(conn: &Connection) -> rusqlite::Result<CachedStatement<'_>> {
+    conn.prepare_cached(UPSERT_JOB)
+}
+
+pub(crate) fn put_job(stmt: &mut Statement<'_>, row: &JobRow) -> rusqlite::Result<()> {
+    stmt.execute(params![
         row.id.as_str(),
         row.tenant.as_str(),
         row.function,
@@ -120,8 +125,9 @@ const JOB_COLUMNS: &str = "id, tenant, function, status, input, output, error, l
 
 fn decode_job(row: &Row<'_>) -> Result<Job> {
     let text = |i: usize| -> Result<String> { row.get::<_, String>(i).context("reading a job") };
-    let opt_text =
-        |i: usize| -> Result<Option<String>> { row.get::<_, Option<String>>(i).context("reading a job") };
+    let opt_text = |i: usize| -> Result<Option<String>> {
+        row.get::<_, Option<String>>(i).context("reading a job")
+    };
     let int = |i: usize| -> Result<i64> { row.get::<_, i64>(i).context("reading a job") };
     let opt_int = |i: usize| -> Result<Option<u64>> {
         Ok(row
@@ -134,7 +140,8 @@ fn decode_job(row: &Row<'_>) -> Result<Job> {
     Ok(Job {
         id: JobId::parse(&id).map_err(|_| corrupt("job id", id.clone()))?,
         tenant: TenantId::new(&text(1)?).map_err(|e| corrupt("job tenant", e.to_string()))?,
-        function: serde_json::from_str::<FunctionRef>(&text(2)?).context("decoding a job's function")?,
+        function: serde_json::from_str::<FunctionRef>(&text(2)?)
+            .context("decoding a job's function")?,
         status: JobStatus::parse(&status).ok_or_else(|| corrupt("job status", status.clone()))?,
         input: Arc::new(serde_json::from_str(&text(4)?).context("decoding a job's input")?),
         output: opt_text(5)?
@@ -204,7 +211,8 @@ const VERSION_COLUMNS: &str = "f.id, f.tenant, f.name, v.version, v.runtime, v.h
                                v.env, v.digest, v.status, v.build_log, v.artifact, v.created_ms";
 
 fn decode_version(row: &Row<'_>) -> Result<FunctionVersion> {
-    let text = |i: usize| -> Result<String> { row.get::<_, String>(i).context("reading a function") };
+    let text =
+        |i: usize| -> Result<String> { row.get::<_, String>(i).context("reading a function") };
     let runtime = text(4)?;
     let status = text(9)?;
     Ok(FunctionVersion {
@@ -216,11 +224,13 @@ fn decode_version(row: &Row<'_>) -> Result<FunctionVersion> {
             .parse::<Runtime>()
             .map_err(|_| corrupt("function runtime", runtime.clone()))?,
         handler: text(5)?,
-        limits: serde_json::from_str::<Limits>(&text(6)?).context("decoding a function's limits")?,
+        limits: serde_json::from_str::<Limits>(&text(6)?)
+            .context("decoding a function's limits")?,
         env: serde_json::from_str::<BTreeMap<String, String>>(&text(7)?)
             .context("decoding a function's environment")?,
         source_digest: text(8)?,
-        status: BuildStatus::parse(&status).ok_or_else(|| corrupt("build status", status.clone()))?,
+        status: BuildStatus::parse(&status)
+            .ok_or_else(|| corrupt("build status", status.clone()))?,
         build_log: text(10)?,
         artifact: row
             .get::<_, Option<String>>(11)
@@ -265,10 +275,18 @@ fn no_function(id: &str) -> Error {
     Error::not_found(format!("no function with id '{id}'"))
 }
 
-pub(crate) fn get_function(conn: &Connection, tenant: &TenantId, id: &str) -> Result<FunctionRecord> {
-    collect_records(conn, "f.id = ?1 AND f.tenant = ?2", &[&id, &tenant.as_str()])?
-        .pop()
-        .ok_or_else(|| no_function(id))
+pub(crate) fn get_function(
+    conn: &Connection,
+    tenant: &TenantId,
+    id: &str,
+) -> Result<FunctionRecord> {
+    collect_records(
+        conn,
+        "f.id = ?1 AND f.tenant = ?2",
+        &[&id, &tenant.as_str()],
+    )?
+    .pop()
+    .ok_or_else(|| no_function(id))
 }
 
 pub(crate) fn get_function_by_name(
@@ -276,9 +294,13 @@ pub(crate) fn get_function_by_name(
     tenant: &TenantId,
     name: &str,
 ) -> Result<FunctionRecord> {
-    collect_records(conn, "f.tenant = ?1 AND f.name = ?2", &[&tenant.as_str(), &name])?
-        .pop()
-        .ok_or_else(|| Error::not_found(format!("no function named '{name}'")))
+    collect_records(
+        conn,
+        "f.tenant = ?1 AND f.name = ?2",
+        &[&tenant.as_str(), &name],
+    )?
+    .pop()
+    .ok_or_else(|| Error::not_found(format!("no function named '{name}'")))
 }
 
 pub(crate) fn list_functions(conn: &Connection, tenant: &TenantId) -> Result<Vec<FunctionRecord>> {
@@ -286,7 +308,11 @@ pub(crate) fn list_functions(conn: &Connection, tenant: &TenantId) -> Result<Vec
 }
 
 /// Creates the function on first use of the name, then its next version.
-pub(crate) fn create_version(conn: &Connection, new: NewVersion, now_ms: u64) -> Result<FunctionVersion> {
+pub(crate) fn create_version(
+    conn: &Connection,
+    new: NewVersion,
+    now_ms: u64,
+) -> Result<FunctionVersion> {
     let existing: Option<String> = conn
         .prepare_cached("SELECT id FROM functions WHERE tenant = ?1 AND name = ?2")
         .context("finding a function")?
@@ -301,7 +327,12 @@ pub(crate) fn create_version(conn: &Connection, new: NewVersion, now_ms: u64) ->
                 "INSERT INTO functions (id, tenant, name, created_ms) VALUES (?1, ?2, ?3, ?4)",
             )
             .context("creating a function")?
-            .execute(params![id, new.tenant.as_str(), new.name, to_sql_int(now_ms)])
+            .execute(params![
+                id,
+                new.tenant.as_str(),
+                new.name,
+                to_sql_int(now_ms)
+            ])
             .context("creating a function")?;
             id
         }
@@ -362,7 +393,12 @@ fn version_not_found(conn: &Connection, id: &str, version: u32) -> Result<Error>
 
 /// Appends to a build log, keeping its tail within the cap (the writer is the only
 /// writer, so reading and writing the log here cannot race).
-pub(crate) fn append_build_log(conn: &Connection, id: &str, version: u32, chunk: &str) -> Result<()> {
+pub(crate) fn append_build_log(
+    conn: &Connection,
+    id: &str,
+    version: u32,
+    chunk: &str,
+) -> Result<()> {
     let log: Option<String> = conn
         .prepare_cached("SELECT build_log FROM versions WHERE function_id = ?1 AND version = ?2")
         .context("reading a build log")?
@@ -373,10 +409,12 @@ pub(crate) fn append_build_log(conn: &Connection, id: &str, version: u32, chunk:
         return Err(version_not_found(conn, id, version)?);
     };
     append_capped(&mut log, chunk);
-    conn.prepare_cached("UPDATE versions SET build_log = ?3 WHERE function_id = ?1 AND version = ?2")
-        .context("writing a build log")?
-        .execute(params![id, version, log])
-        .context("writing a build log")?;
+    conn.prepare_cached(
+        "UPDATE versions SET build_log = ?3 WHERE function_id = ?1 AND version = ?2",
+    )
+    .context("writing a build log")?
+    .execute(params![id, version, log])
+    .context("writing a build log")?;
     Ok(())
 }
 
@@ -411,12 +449,18 @@ pub(crate) fn finish_build(
         .context("finishing a build")?;
     match current {
         None => Err(version_not_found(conn, id, version)?),
-        Some(s) => Err(Error::Conflict(format!("version {version} of '{id}' is already {s}"))),
+        Some(s) => Err(Error::Conflict(format!(
+            "version {version} of '{id}' is already {s}"
+        ))),
     }
 }
 
 /// Deletes a function (its versions go with it) and returns what was deleted.
-pub(crate) fn delete_function(conn: &Connection, tenant: &TenantId, id: &str) -> Result<FunctionRecord> {
+pub(crate) fn delete_function(
+    conn: &Connection,
+    tenant: &TenantId,
+    id: &str,
+) -> Result<FunctionRecord> {
     let record = get_function(conn, tenant, id)?;
     conn.prepare_cached("DELETE FROM functions WHERE id = ?1 AND tenant = ?2")
         .context("deleting a function")?

@@ -1,7 +1,12 @@
-//! The writer thread: the only owner of the write connection. It drains a channel of
-//! write requests, runs as many as are waiting (up to the batch size) in one
-//! transaction, commits once, and only then answers the requests that wait for
-//! durability. So a burst of jobs costs one sync, not one per job.
+//! The writer thread, the only owner of the write connection, and the checkpointer
+//! thread beside it.
+//!
+//! The writer drains a channel of write requests, runs every request waiting (up to
+//! the batch size) in one transaction, commits once, and only then answers the
+//! requests that wait for durability: a burst of jobs costs one sync, not one per
+//! job. When the last batch had more durable writers than have arrived yet, it
+//! lingers a moment (never longer than the last commit took) so they share the next
+//! sync instead of each half of them paying for one.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -11,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use rusqlite::Connection;
+use rusqlite::{CachedStatement, Connection};
 use sopm_core::types::now_ms;
 use sopm_core::{Error, Job, JobId, Result};
 use tokio::sync::oneshot;
@@ -82,6 +87,16 @@ pub(crate) enum Request {
     Barrier(oneshot::Sender<Result<()>>),
 }
 
+impl Request {
+    /// Whether someone waits for this request's commit.
+    fn waits(&self) -> bool {
+        match self {
+            Request::Put { done, .. } => done.is_some(),
+            Request::Op(_) | Request::Barrier(_) => true,
+        }
+    }
+}
+
 /// The newest state of a job whose puts are not committed yet, so reads see the
 /// store's own writes at once. `last_seq` is the sequence number of the last put of
 /// this job; the writer drops the entry once that put is processed.
@@ -98,6 +113,9 @@ pub(crate) type Overlay = Arc<Mutex<HashMap<JobId, Pending>>>;
 /// writes queued behind it for long.
 const SWEEP_CHUNK: usize = 1000;
 
+/// The longest the writer lingers for durable writers it expects.
+const MAX_LINGER: Duration = Duration::from_millis(1);
+
 /// What to do with a request once its transaction ends.
 enum Completion {
     Put {
@@ -109,15 +127,24 @@ enum Completion {
     Barrier(oneshot::Sender<Result<()>>),
 }
 
+/// Settings of the writer thread.
+pub(crate) struct WriterSettings {
+    pub(crate) batch_size: usize,
+    pub(crate) retention: Duration,
+    pub(crate) sweep_interval: Duration,
+}
+
 pub(crate) struct Writer {
     conn: Connection,
     rx: Receiver<Request>,
     overlay: Overlay,
     in_flight: Arc<AtomicUsize>,
-    batch_size: usize,
-    retention: Duration,
-    sweep_interval: Duration,
+    settings: WriterSettings,
     next_sweep: Instant,
+    /// Requests with a waiter in the last batch: how many durable writers are about.
+    expected_waiters: usize,
+    /// How long the last commit took: the most worth lingering for.
+    last_commit: Duration,
 }
 
 impl Writer {
@@ -126,27 +153,25 @@ impl Writer {
         rx: Receiver<Request>,
         overlay: Overlay,
         in_flight: Arc<AtomicUsize>,
-        batch_size: usize,
-        retention: Duration,
-        sweep_interval: Duration,
+        settings: WriterSettings,
     ) -> Self {
         Writer {
             conn,
             rx,
             overlay,
             in_flight,
-            batch_size,
-            retention,
-            sweep_interval,
             // The first sweep runs soon after start-up, once the writer is idle.
-            next_sweep: Instant::now() + Duration::from_secs(1).min(sweep_interval),
+            next_sweep: Instant::now() + Duration::from_secs(1).min(settings.sweep_interval),
+            settings,
+            expected_waiters: 0,
+            last_commit: Duration::ZERO,
         }
     }
 
     /// Serves requests until every sender is gone, then returns (closing the
     /// connection). Every request received is answered.
     pub(crate) fn run(mut self) {
-        let mut batch = Vec::with_capacity(self.batch_size.min(8192));
+        let mut batch = Vec::with_capacity(self.settings.batch_size.min(8192));
         loop {
             let idle_for = self.next_sweep.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(idle_for) {
@@ -157,12 +182,7 @@ impl Writer {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            while batch.len() < self.batch_size {
-                match self.rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
-                }
-            }
+            self.gather(&mut batch);
             let n = batch.len();
             self.run_batch(&mut batch);
             self.in_flight.fetch_sub(n, Ordering::AcqRel);
@@ -171,6 +191,35 @@ impl Writer {
             }
         }
         tracing::debug!("SQLite writer stopped");
+    }
+
+    /// Adds what is waiting to the batch, lingering briefly for expected durable
+    /// writers.
+    fn gather(&mut self, batch: &mut Vec<Request>) {
+        let cap = self.settings.batch_size;
+        while batch.len() < cap {
+            match self.rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut waiters = batch.iter().filter(|r| r.waits()).count();
+        if waiters > 0 && waiters < self.expected_waiters {
+            let until = Instant::now() + self.last_commit.min(MAX_LINGER);
+            while batch.len() < cap && waiters < self.expected_waiters {
+                match self
+                    .rx
+                    .recv_timeout(until.saturating_duration_since(Instant::now()))
+                {
+                    Ok(r) => {
+                        waiters += usize::from(r.waits());
+                        batch.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        self.expected_waiters = waiters;
     }
 
     fn begin(&self) -> Result<()> {
@@ -196,6 +245,7 @@ impl Writer {
 
     /// Runs one batch in one transaction and answers it.
     fn run_batch(&mut self, batch: &mut Vec<Request>) {
+        let mut upsert: Option<CachedStatement<'_>> = None;
         let mut open: Vec<Completion> = Vec::with_capacity(batch.len());
         let mut in_txn = false;
         for request in batch.drain(..) {
@@ -210,32 +260,41 @@ impl Writer {
             }
             match request {
                 Request::Barrier(done) => open.push(Completion::Barrier(done)),
-                Request::Put { seq, row, done } => match rows::put_job(&self.conn, &row) {
-                    Ok(()) => open.push(Completion::Put {
+                Request::Put { seq, row, done } => {
+                    let written = match &mut upsert {
+                        Some(stmt) => rows::put_job(stmt, &row),
+                        None => rows::prepare_put_job(&self.conn).and_then(|mut stmt| {
+                            let r = rows::put_job(&mut stmt, &row);
+                            upsert = Some(stmt);
+                            r
+                        }),
+                    };
+                    let completion = Completion::Put {
                         id: row.id().clone(),
                         seq,
                         done,
-                    }),
-                    Err(e) => {
-                        let err: Error = Err::<(), _>(e).context("writing a job").unwrap_err();
-                        let failed = Completion::Put {
-                            id: row.id().clone(),
-                            seq,
-                            done,
-                        };
-                        if self.conn.is_autocommit() {
-                            // SQLite rolled the whole transaction back: everything
-                            // before this put in the batch is lost with it.
-                            in_txn = false;
-                            open.push(failed);
-                            self.settle(std::mem::take(&mut open), Err(err));
-                        } else {
-                            self.settle(vec![failed], Err(err));
+                    };
+                    match written {
+                        Ok(()) => open.push(completion),
+                        Err(e) => {
+                            let err = Err::<(), _>(e).context("writing a job").unwrap_err();
+                            if self.conn.is_autocommit() {
+                                // SQLite rolled the whole transaction back: everything
+                                // before this put in the batch is lost with it.
+                                in_txn = false;
+                                open.push(completion);
+                                self.settle(std::mem::take(&mut open), Err(err));
+                            } else {
+                                self.settle(vec![completion], Err(err));
+                            }
                         }
                     }
-                },
+                }
                 Request::Op(op) => {
-                    let saved = self.conn.execute_batch("SAVEPOINT op").context("opening a savepoint");
+                    let saved = self
+                        .conn
+                        .execute_batch("SAVEPOINT op")
+                        .context("opening a savepoint");
                     if let Err(e) = saved {
                         op.fail(e);
                         continue;
@@ -260,7 +319,12 @@ impl Writer {
                 }
             }
         }
+        drop(upsert);
+        let started = Instant::now();
         let outcome = if in_txn { self.commit() } else { Ok(()) };
+        if in_txn {
+            self.last_commit = started.elapsed();
+        }
         if let Err(e) = &outcome {
             tracing::error!(error = %e, writes = open.len(), "a SQLite commit failed");
         }
@@ -318,9 +382,10 @@ impl Writer {
     /// Deletes one chunk of finished jobs past the retention period.
     fn sweep(&mut self) {
         let now = Instant::now();
-        let cutoff = now_ms().saturating_sub(u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX));
+        let retention_ms = u64::try_from(self.settings.retention.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now_ms().saturating_sub(retention_ms);
         if cutoff == 0 {
-            self.next_sweep = now + self.sweep_interval;
+            self.next_sweep = now + self.settings.sweep_interval;
             return;
         }
         let deleted = self
@@ -336,7 +401,7 @@ impl Writer {
                 self.next_sweep = if n as usize >= SWEEP_CHUNK {
                     now
                 } else {
-                    now + self.sweep_interval
+                    now + self.settings.sweep_interval
                 };
             }
             Err(e) => {
@@ -344,8 +409,20 @@ impl Writer {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
                 tracing::warn!(error = %e, "the job retention sweep failed");
-                self.next_sweep = now + self.sweep_interval;
+                self.next_sweep = now + self.settings.sweep_interval;
             }
+        }
+    }
+}
+
+/// Copies committed pages from the WAL into the database file on its own connection
+/// and thread, every `interval`, so the writer does not pay for it between commits.
+/// Stops when `stop`'s sender is dropped.
+pub(crate) fn run_checkpointer(conn: Connection, stop: Receiver<()>, interval: Duration) {
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0));
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "a WAL checkpoint failed");
         }
     }
 }

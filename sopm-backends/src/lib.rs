@@ -1,1 +1,15 @@
-//! placeholder
+//! SOPM backends: storage and sandboxes, each behind a cargo feature so an embedding
+//! links only what it uses.
+//!
+//! Features:
+//! - `sqlite` (default): [`SqliteStore`], the function registry and job store in one
+//!   SQLite file (WAL, schema migrations, group commit). The embedded default.
+//!
+//! Each backend implements the traits of `sopm-core` and passes its conformance
+//! checks (`sopm_core::conformance`).
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteConfig, SqliteStore};

@@ -439,6 +439,12 @@ async fn run_job(
                 _ = live.cancel.notified() => None,
                 _ = shutdown.wait_for(|v| *v) => None,
             };
+            // A slot freed by a job that was just cancelled or interrupted can reach a
+            // queued job in the same instant as its own cancel or the shutdown: those win,
+            // so the job does not start (a durable one stays queued for the next start).
+            let stopping =
+                live.cancel_reason.load(Ordering::Acquire) != CANCEL_NONE || *shutdown.borrow();
+            let acquired = acquired.filter(|_| !stopping);
             inner.queued.fetch_sub(1, Ordering::AcqRel);
             match acquired {
                 Some(p) => p,

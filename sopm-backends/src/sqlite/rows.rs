@@ -1,0 +1,470 @@
+//! Mapping between SOPM records and table rows, and the SQL that reads and writes them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension, Row, Statement};
+use sopm_core::registry::{append_capped, new_function_id};
+use sopm_core::{
+    Artifact, BuildStatus, Error, ErrorInfo, FunctionRecord, FunctionRef, FunctionVersion, Job,
+    JobId, JobStatus, Limits, NewVersion, Result, Runtime, TenantId,
+};
+
+use super::error::{corrupt, Context};
+
+// Integers are stored as SQLite's signed 64 bits; the casts round-trip every u64.
+fn to_sql_int(v: u64) -> i64 {
+    v as i64
+}
+
+fn from_sql_int(v: i64) -> u64 {
+    v as u64
+}
+
+/// A job encoded for the `jobs` table. Built by the caller, so JSON encoding happens
+/// on the caller's thread and not on the writer's.
+#[derive(Debug)]
+pub(crate) struct JobRow {
+    id: JobId,
+    tenant: TenantId,
+    function: String,
+    status: &'static str,
+    input: String,
+    output: Option<String>,
+    error: Option<String>,
+    logs: Option<String>,
+    timeout_ms: i64,
+    created_ms: i64,
+    started_ms: Option<i64>,
+    finished_ms: Option<i64>,
+    duration_us: Option<i64>,
+    attempts: i64,
+}
+
+impl JobRow {
+    pub(crate) fn encode(job: &Job) -> Result<Self> {
+        Ok(JobRow {
+            id: job.id.clone(),
+            tenant: job.tenant.clone(),
+            function: serde_json::to_string(&job.function).context("encoding a job's function")?,
+            status: job.status.as_str(),
+            input: serde_json::to_string(&*job.input).context("encoding a job's input")?,
+            output: job
+                .output
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .context("encoding a job's output")?,
+            error: job
+                .error
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .context("encoding a job's error")?,
+            logs: job.logs.clone(),
+            timeout_ms: to_sql_int(job.timeout_ms),
+            created_ms: to_sql_int(job.created_ms),
+            started_ms: job.started_ms.map(to_sql_int),
+            finished_ms: job.finished_ms.map(to_sql_int),
+            duration_us: job.duration_us.map(to_sql_int),
+            attempts: i64::from(job.attempts),
+        })
+    }
+
+    pub(crate) fn id(&self) -> &JobId {
+        &self.id
+    }
+}
+
+/// Inserts or replaces a job, unless that would move it back: the stored record is
+/// replaced only while it is unfinished and the new status ranks at least as high
+/// (queued 0 < running 1 < terminal 2). The rule lives in the statement, so no
+/// read-then-write can race it.
+const UPSERT_JOB: &str = "
+    INSERT INTO jobs (id, tenant, function, status, input, output, error, logs,
+                      timeout_ms, created_ms, started_ms, finished_ms, duration_us, attempts)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+    ON CONFLICT (id) DO UPDATE SET
+        tenant = excluded.tenant, function = excluded.function, status = excluded.status,
+        input = excluded.input, output = excluded.output, error = excluded.error,
+        logs = excluded.logs, timeout_ms = excluded.timeout_ms,
+        created_ms = excluded.created_ms, started_ms = excluded.started_ms,
+        finished_ms = excluded.finished_ms, duration_us = excluded.duration_us,
+        attempts = excluded.attempts
+    WHERE jobs.status IN ('queued', 'running')
+      AND (CASE excluded.status WHEN 'queued' THEN 0 WHEN 'running' THEN 1 ELSE 2 END)
+          >= (CASE jobs.status WHEN 'queued' THEN 0 ELSE 1 END)";
+
+/// The statement of [`put_job`], prepared once per batch.
+pub(crate) fn prepare_put_job(conn: &Connection) -> rusqlite::Result<CachedStatement<'_>> {
+    conn.prepare_cached(UPSERT_JOB)
+}
+
+pub(crate) fn put_job(stmt: &mut Statement<'_>, row: &JobRow) -> rusqlite::Result<()> {
+    stmt.execute(params![
+        row.id.as_str(),
+        row.tenant.as_str(),
+        row.function,
+        row.status,
+        row.input,
+        row.output,
+        row.error,
+        row.logs,
+        row.timeout_ms,
+        row.created_ms,
+        row.started_ms,
+        row.finished_ms,
+        row.duration_us,
+        row.attempts,
+    ])?;
+    Ok(())
+}
+
+const JOB_COLUMNS: &str = "id, tenant, function, status, input, output, error, logs, \
+                           timeout_ms, created_ms, started_ms, finished_ms, duration_us, attempts";
+
+fn decode_job(row: &Row<'_>) -> Result<Job> {
+    let text = |i: usize| -> Result<String> { row.get::<_, String>(i).context("reading a job") };
+    let opt_text = |i: usize| -> Result<Option<String>> {
+        row.get::<_, Option<String>>(i).context("reading a job")
+    };
+    let int = |i: usize| -> Result<i64> { row.get::<_, i64>(i).context("reading a job") };
+    let opt_int = |i: usize| -> Result<Option<u64>> {
+        Ok(row
+            .get::<_, Option<i64>>(i)
+            .context("reading a job")?
+            .map(from_sql_int))
+    };
+    let id = text(0)?;
+    let status = text(3)?;
+    Ok(Job {
+        id: JobId::parse(&id).map_err(|_| corrupt("job id", id.clone()))?,
+        tenant: TenantId::new(&text(1)?).map_err(|e| corrupt("job tenant", e.to_string()))?,
+        function: serde_json::from_str::<FunctionRef>(&text(2)?)
+            .context("decoding a job's function")?,
+        status: JobStatus::parse(&status).ok_or_else(|| corrupt("job status", status.clone()))?,
+        input: Arc::new(serde_json::from_str(&text(4)?).context("decoding a job's input")?),
+        output: opt_text(5)?
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .context("decoding a job's output")?,
+        error: opt_text(6)?
+            .map(|s| serde_json::from_str::<ErrorInfo>(&s))
+            .transpose()
+            .context("decoding a job's error")?,
+        logs: opt_text(7)?,
+        timeout_ms: from_sql_int(int(8)?),
+        created_ms: from_sql_int(int(9)?),
+        started_ms: opt_int(10)?,
+        finished_ms: opt_int(11)?,
+        duration_us: opt_int(12)?,
+        attempts: u32::try_from(int(13)?).map_err(|e| corrupt("job attempts", e.to_string()))?,
+    })
+}
+
+pub(crate) fn get_job(conn: &Connection, id: &JobId) -> Result<Option<Job>> {
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
+        .context("reading a job")?;
+    let mut rows = stmt.query([id.as_str()]).context("reading a job")?;
+    match rows.next().context("reading a job")? {
+        Some(row) => decode_job(row).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn unfinished_jobs(conn: &Connection) -> Result<Vec<Job>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('queued', 'running') \
+             ORDER BY created_ms, rowid"
+        ))
+        .context("reading unfinished jobs")?;
+    let mut rows = stmt.query([]).context("reading unfinished jobs")?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().context("reading unfinished jobs")? {
+        out.push(decode_job(row)?);
+    }
+    Ok(out)
+}
+
+/// Deletes up to `limit` finished jobs that finished before `cutoff_ms`; returns how
+/// many went.
+pub(crate) fn delete_expired_jobs(conn: &Connection, cutoff_ms: u64, limit: usize) -> Result<u64> {
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM jobs WHERE rowid IN (
+                 SELECT rowid FROM jobs
+                 WHERE status NOT IN ('queued', 'running')
+                   AND COALESCE(finished_ms, created_ms) < ?1
+                 LIMIT ?2)",
+        )
+        .context("deleting expired jobs")?
+        .execute(params![to_sql_int(cutoff_ms), limit as i64])
+        .context("deleting expired jobs")?;
+    Ok(n as u64)
+}
+
+// --- registry -------------------------------------------------------------------------
+
+const VERSION_COLUMNS: &str = "f.id, f.tenant, f.name, v.version, v.runtime, v.handler, v.limits, \
+                               v.env, v.digest, v.status, v.build_log, v.artifact, v.created_ms";
+
+fn decode_version(row: &Row<'_>) -> Result<FunctionVersion> {
+    let text =
+        |i: usize| -> Result<String> { row.get::<_, String>(i).context("reading a function") };
+    let runtime = text(4)?;
+    let status = text(9)?;
+    Ok(FunctionVersion {
+        function_id: text(0)?,
+        tenant: TenantId::new(&text(1)?).map_err(|e| corrupt("function tenant", e.to_string()))?,
+        name: text(2)?,
+        version: row.get::<_, u32>(3).context("reading a function")?,
+        runtime: runtime
+            .parse::<Runtime>()
+            .map_err(|_| corrupt("function runtime", runtime.clone()))?,
+        handler: text(5)?,
+        limits: serde_json::from_str::<Limits>(&text(6)?)
+            .context("decoding a function's limits")?,
+        env: serde_json::from_str::<BTreeMap<String, String>>(&text(7)?)
+            .context("decoding a function's environment")?,
+        source_digest: text(8)?,
+        status: BuildStatus::parse(&status)
+            .ok_or_else(|| corrupt("build status", status.clone()))?,
+        build_log: text(10)?,
+        artifact: row
+            .get::<_, Option<String>>(11)
+            .context("reading a function")?
+            .map(|s| serde_json::from_str::<Artifact>(&s))
+            .transpose()
+            .context("decoding a function's artifact")?,
+        created_ms: from_sql_int(row.get::<_, i64>(12).context("reading a function")?),
+    })
+}
+
+/// Groups version rows (ordered by function, then version) into records.
+fn collect_records(
+    conn: &Connection,
+    filter: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<FunctionRecord>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {VERSION_COLUMNS} FROM functions f JOIN versions v ON v.function_id = f.id \
+             WHERE {filter} ORDER BY f.name, f.id, v.version"
+        ))
+        .context("reading functions")?;
+    let mut rows = stmt.query(params).context("reading functions")?;
+    let mut out: Vec<FunctionRecord> = Vec::new();
+    while let Some(row) = rows.next().context("reading functions")? {
+        let v = decode_version(row)?;
+        match out.last_mut() {
+            Some(rec) if rec.id == v.function_id => rec.versions.push(v),
+            _ => out.push(FunctionRecord {
+                id: v.function_id.clone(),
+                tenant: v.tenant.clone(),
+                name: v.name.clone(),
+                versions: vec![v],
+            }),
+        }
+    }
+    Ok(out)
+}
+
+fn no_function(id: &str) -> Error {
+    Error::not_found(format!("no function with id '{id}'"))
+}
+
+pub(crate) fn get_function(
+    conn: &Connection,
+    tenant: &TenantId,
+    id: &str,
+) -> Result<FunctionRecord> {
+    collect_records(
+        conn,
+        "f.id = ?1 AND f.tenant = ?2",
+        &[&id, &tenant.as_str()],
+    )?
+    .pop()
+    .ok_or_else(|| no_function(id))
+}
+
+pub(crate) fn get_function_by_name(
+    conn: &Connection,
+    tenant: &TenantId,
+    name: &str,
+) -> Result<FunctionRecord> {
+    collect_records(
+        conn,
+        "f.tenant = ?1 AND f.name = ?2",
+        &[&tenant.as_str(), &name],
+    )?
+    .pop()
+    .ok_or_else(|| Error::not_found(format!("no function named '{name}'")))
+}
+
+pub(crate) fn list_functions(conn: &Connection, tenant: &TenantId) -> Result<Vec<FunctionRecord>> {
+    collect_records(conn, "f.tenant = ?1", &[&tenant.as_str()])
+}
+
+/// Creates the function on first use of the name, then its next version.
+pub(crate) fn create_version(
+    conn: &Connection,
+    new: NewVersion,
+    now_ms: u64,
+) -> Result<FunctionVersion> {
+    let existing: Option<String> = conn
+        .prepare_cached("SELECT id FROM functions WHERE tenant = ?1 AND name = ?2")
+        .context("finding a function")?
+        .query_row(params![new.tenant.as_str(), new.name], |r| r.get(0))
+        .optional()
+        .context("finding a function")?;
+    let function_id = match existing {
+        Some(id) => id,
+        None => {
+            let id = new_function_id();
+            conn.prepare_cached(
+                "INSERT INTO functions (id, tenant, name, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .context("creating a function")?
+            .execute(params![
+                id,
+                new.tenant.as_str(),
+                new.name,
+                to_sql_int(now_ms)
+            ])
+            .context("creating a function")?;
+            id
+        }
+    };
+    let version: u32 = conn
+        .prepare_cached("SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE function_id = ?1")
+        .context("numbering a version")?
+        .query_row([&function_id], |r| r.get(0))
+        .context("numbering a version")?;
+    let v = FunctionVersion {
+        function_id,
+        tenant: new.tenant,
+        name: new.name,
+        version,
+        runtime: new.runtime,
+        handler: new.handler,
+        limits: new.limits,
+        env: new.env,
+        source_digest: new.source_digest,
+        status: BuildStatus::Building,
+        build_log: String::new(),
+        artifact: None,
+        created_ms: now_ms,
+    };
+    conn.prepare_cached(
+        "INSERT INTO versions (function_id, version, runtime, handler, limits, env, digest,
+                               status, build_log, artifact, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '', NULL, ?9)",
+    )
+    .context("creating a version")?
+    .execute(params![
+        v.function_id,
+        v.version,
+        v.runtime.as_str(),
+        v.handler,
+        serde_json::to_string(&v.limits).context("encoding limits")?,
+        serde_json::to_string(&v.env).context("encoding the environment")?,
+        v.source_digest,
+        v.status.as_str(),
+        to_sql_int(v.created_ms),
+    ])
+    .context("creating a version")?;
+    Ok(v)
+}
+
+fn version_not_found(conn: &Connection, id: &str, version: u32) -> Result<Error> {
+    let exists: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM functions WHERE id = ?1)")
+        .context("finding a function")?
+        .query_row([id], |r| r.get(0))
+        .context("finding a function")?;
+    Ok(if exists {
+        Error::not_found(format!("function '{id}' has no version {version}"))
+    } else {
+        no_function(id)
+    })
+}
+
+/// Appends to a build log, keeping its tail within the cap (the writer is the only
+/// writer, so reading and writing the log here cannot race).
+pub(crate) fn append_build_log(
+    conn: &Connection,
+    id: &str,
+    version: u32,
+    chunk: &str,
+) -> Result<()> {
+    let log: Option<String> = conn
+        .prepare_cached("SELECT build_log FROM versions WHERE function_id = ?1 AND version = ?2")
+        .context("reading a build log")?
+        .query_row(params![id, version], |r| r.get(0))
+        .optional()
+        .context("reading a build log")?;
+    let Some(mut log) = log else {
+        return Err(version_not_found(conn, id, version)?);
+    };
+    append_capped(&mut log, chunk);
+    conn.prepare_cached(
+        "UPDATE versions SET build_log = ?3 WHERE function_id = ?1 AND version = ?2",
+    )
+    .context("writing a build log")?
+    .execute(params![id, version, log])
+    .context("writing a build log")?;
+    Ok(())
+}
+
+/// Moves a version out of `building`; any other current state is `conflict`.
+pub(crate) fn finish_build(
+    conn: &Connection,
+    id: &str,
+    version: u32,
+    status: BuildStatus,
+    artifact: Option<&Artifact>,
+) -> Result<()> {
+    let artifact = artifact
+        .map(serde_json::to_string)
+        .transpose()
+        .context("encoding an artifact")?;
+    let changed = conn
+        .prepare_cached(
+            "UPDATE versions SET status = ?3, artifact = ?4
+             WHERE function_id = ?1 AND version = ?2 AND status = 'building'",
+        )
+        .context("finishing a build")?
+        .execute(params![id, version, status.as_str(), artifact])
+        .context("finishing a build")?;
+    if changed == 1 {
+        return Ok(());
+    }
+    let current: Option<String> = conn
+        .prepare_cached("SELECT status FROM versions WHERE function_id = ?1 AND version = ?2")
+        .context("finishing a build")?
+        .query_row(params![id, version], |r| r.get(0))
+        .optional()
+        .context("finishing a build")?;
+    match current {
+        None => Err(version_not_found(conn, id, version)?),
+        Some(s) => Err(Error::Conflict(format!(
+            "version {version} of '{id}' is already {s}"
+        ))),
+    }
+}
+
+/// Deletes a function (its versions go with it) and returns what was deleted.
+pub(crate) fn delete_function(
+    conn: &Connection,
+    tenant: &TenantId,
+    id: &str,
+) -> Result<FunctionRecord> {
+    let record = get_function(conn, tenant, id)?;
+    conn.prepare_cached("DELETE FROM functions WHERE id = ?1 AND tenant = ?2")
+        .context("deleting a function")?
+        .execute(params![id, tenant.as_str()])
+        .context("deleting a function")?;
+    Ok(record)
+}

@@ -1,0 +1,95 @@
+//! The database schema, as a list of migrations tracked in `PRAGMA user_version`.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::error::{Context, SqliteError};
+
+/// Every migration, in order; migration `i` (from 0) takes the schema from version `i`
+/// to `i + 1`. Append only: a released migration never changes.
+const MIGRATIONS: &[&str] = &[
+    // 1: functions and their versions, jobs.
+    r#"
+    CREATE TABLE functions (
+        id          TEXT PRIMARY KEY NOT NULL,
+        tenant      TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        UNIQUE (tenant, name)
+    );
+
+    CREATE TABLE versions (
+        function_id TEXT NOT NULL REFERENCES functions (id) ON DELETE CASCADE,
+        version     INTEGER NOT NULL,
+        runtime     TEXT NOT NULL,
+        handler     TEXT NOT NULL,
+        limits      TEXT NOT NULL,   -- Limits as JSON
+        env         TEXT NOT NULL,   -- {name: value} as JSON
+        digest      TEXT NOT NULL,
+        status      TEXT NOT NULL CHECK (status IN ('building', 'ready', 'failed')),
+        build_log   TEXT NOT NULL DEFAULT '',
+        artifact    TEXT,            -- Artifact as JSON
+        created_ms  INTEGER NOT NULL,
+        PRIMARY KEY (function_id, version)
+    );
+
+    CREATE TABLE jobs (
+        id          TEXT PRIMARY KEY NOT NULL,
+        tenant      TEXT NOT NULL,
+        function    TEXT NOT NULL,   -- FunctionRef as JSON
+        status      TEXT NOT NULL CHECK (status IN
+                        ('queued', 'running', 'succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted')),
+        input       TEXT NOT NULL,   -- JSON
+        output      TEXT,            -- JSON
+        error       TEXT,            -- ErrorInfo as JSON
+        logs        TEXT,
+        timeout_ms  INTEGER NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        started_ms  INTEGER,
+        finished_ms INTEGER,
+        duration_us INTEGER,
+        attempts    INTEGER NOT NULL
+    );
+
+    -- Start-up recovery reads the unfinished jobs, a small set: index only those.
+    CREATE INDEX jobs_unfinished ON jobs (status, created_ms)
+        WHERE status IN ('queued', 'running');
+
+    -- Retention deletes finished jobs by age.
+    CREATE INDEX jobs_finished_age ON jobs (COALESCE(finished_ms, created_ms))
+        WHERE status NOT IN ('queued', 'running');
+    "#,
+];
+
+/// The schema version this build writes.
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database up to [`SCHEMA_VERSION`] in one transaction, or fails clearly if
+/// it is newer than this build.
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> sopm_core::Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .context("starting the migration")?;
+    let found: i64 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .context("reading user_version")?;
+    if found > SCHEMA_VERSION {
+        return Err(SqliteError::SchemaTooNew {
+            path: path.to_path_buf(),
+            found,
+            known: SCHEMA_VERSION,
+        }
+        .into());
+    }
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        tx.execute_batch(sql).context("running a migration")?;
+        tracing::info!(path = %path.display(), version = i + 1, "migrated the SQLite schema");
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .context("writing user_version")?;
+    tx.commit().context("committing the migration")
+}

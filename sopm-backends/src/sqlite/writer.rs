@@ -1,0 +1,428 @@
+//! The writer thread, the only owner of the write connection, and the checkpointer
+//! thread beside it.
+//!
+//! The writer drains a channel of write requests, runs every request waiting (up to
+//! the batch size) in one transaction, commits once, and only then answers the
+//! requests that wait for durability: a burst of jobs costs one sync, not one per
+//! job. When the last batch had more durable writers than have arrived yet, it
+//! lingers a moment (never longer than the last commit took) so they share the next
+//! sync instead of each half of them paying for one.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rusqlite::{CachedStatement, Connection};
+use sopm_core::types::now_ms;
+use sopm_core::{Error, Job, JobId, Result};
+use tokio::sync::oneshot;
+
+use super::error::Context;
+use super::rows::{self, JobRow};
+
+/// Delivers the outcome of a [`WriteOp`] once its transaction has committed (or failed).
+pub(crate) type Deliver = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// A write other than a job put (registry changes, purges). It runs inside a
+/// savepoint of the batch's transaction and is answered after the commit.
+pub(crate) trait WriteOp: Send {
+    /// Runs the write; says whether it succeeded (else its changes are rolled back)
+    /// and how to deliver its answer once the transaction ends.
+    fn run(self: Box<Self>, conn: &Connection) -> (bool, Deliver);
+
+    /// Answers with `error` without running.
+    fn fail(self: Box<Self>, error: Error);
+}
+
+struct TypedOp<T, F> {
+    write: F,
+    answer: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> WriteOp for TypedOp<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T> + Send,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> (bool, Deliver) {
+        let TypedOp { write, answer } = *self;
+        let result = write(conn);
+        let ok = result.is_ok();
+        let deliver: Deliver = Box::new(move |commit: Result<()>| {
+            let _ = answer.send(commit.and(result));
+        });
+        (ok, deliver)
+    }
+
+    fn fail(self: Box<Self>, error: Error) {
+        let _ = self.answer.send(Err(error));
+    }
+}
+
+/// Wraps `write` as a request for the writer, with the receiver of its answer.
+pub(crate) fn op<T, F>(write: F) -> (Request, oneshot::Receiver<Result<T>>)
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+{
+    let (answer, rx) = oneshot::channel();
+    (Request::Op(Box::new(TypedOp { write, answer })), rx)
+}
+
+/// One request to the writer.
+pub(crate) enum Request {
+    /// Records a job. `done` is set for a put that waits for its commit.
+    Put {
+        seq: u64,
+        row: JobRow,
+        done: Option<oneshot::Sender<Result<()>>>,
+    },
+    /// Any other write.
+    Op(Box<dyn WriteOp>),
+    /// Answered once everything sent before it is committed.
+    Barrier(oneshot::Sender<Result<()>>),
+}
+
+impl Request {
+    /// Whether someone waits for this request's commit.
+    fn waits(&self) -> bool {
+        match self {
+            Request::Put { done, .. } => done.is_some(),
+            Request::Op(_) | Request::Barrier(_) => true,
+        }
+    }
+}
+
+/// The newest state of a job whose puts are not committed yet, so reads see the
+/// store's own writes at once. `last_seq` is the sequence number of the last put of
+/// this job; the writer drops the entry once that put is processed.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) job: Arc<Job>,
+    pub(crate) last_seq: u64,
+}
+
+/// Jobs with puts in flight.
+pub(crate) type Overlay = Arc<Mutex<HashMap<JobId, Pending>>>;
+
+/// Finished jobs deleted per retention transaction, so a sweep never holds up the
+/// writes queued behind it for long.
+const SWEEP_CHUNK: usize = 1000;
+
+/// The longest the writer lingers for durable writers it expects.
+const MAX_LINGER: Duration = Duration::from_millis(1);
+
+/// What to do with a request once its transaction ends.
+enum Completion {
+    Put {
+        id: JobId,
+        seq: u64,
+        done: Option<oneshot::Sender<Result<()>>>,
+    },
+    Op(Deliver),
+    Barrier(oneshot::Sender<Result<()>>),
+}
+
+/// Settings of the writer thread.
+pub(crate) struct WriterSettings {
+    pub(crate) batch_size: usize,
+    pub(crate) retention: Duration,
+    pub(crate) sweep_interval: Duration,
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    rx: Receiver<Request>,
+    overlay: Overlay,
+    in_flight: Arc<AtomicUsize>,
+    settings: WriterSettings,
+    next_sweep: Instant,
+    /// Requests with a waiter in the last batch: how many durable writers are about.
+    expected_waiters: usize,
+    /// How long the last commit took: the most worth lingering for.
+    last_commit: Duration,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        rx: Receiver<Request>,
+        overlay: Overlay,
+        in_flight: Arc<AtomicUsize>,
+        settings: WriterSettings,
+    ) -> Self {
+        Writer {
+            conn,
+            rx,
+            overlay,
+            in_flight,
+            // The first sweep runs soon after start-up, once the writer is idle.
+            next_sweep: Instant::now() + Duration::from_secs(1).min(settings.sweep_interval),
+            settings,
+            expected_waiters: 0,
+            last_commit: Duration::ZERO,
+        }
+    }
+
+    /// Serves requests until every sender is gone, then returns (closing the
+    /// connection). Every request received is answered.
+    pub(crate) fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.settings.batch_size.min(8192));
+        loop {
+            let idle_for = self.next_sweep.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(idle_for) {
+                Ok(first) => batch.push(first),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.sweep();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.gather(&mut batch);
+            let n = batch.len();
+            self.run_batch(&mut batch);
+            self.in_flight.fetch_sub(n, Ordering::AcqRel);
+            if Instant::now() >= self.next_sweep {
+                self.sweep();
+            }
+        }
+        tracing::debug!("SQLite writer stopped");
+    }
+
+    /// Adds what is waiting to the batch, lingering briefly for expected durable
+    /// writers.
+    fn gather(&mut self, batch: &mut Vec<Request>) {
+        let cap = self.settings.batch_size;
+        while batch.len() < cap {
+            match self.rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut waiters = batch.iter().filter(|r| r.waits()).count();
+        if waiters > 0 && waiters < self.expected_waiters {
+            let until = Instant::now() + self.last_commit.min(MAX_LINGER);
+            while batch.len() < cap && waiters < self.expected_waiters {
+                match self
+                    .rx
+                    .recv_timeout(until.saturating_duration_since(Instant::now()))
+                {
+                    Ok(r) => {
+                        waiters += usize::from(r.waits());
+                        batch.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        self.expected_waiters = waiters;
+    }
+
+    fn begin(&self) -> Result<()> {
+        self.conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+            .context("starting a transaction")
+    }
+
+    fn commit(&self) -> Result<()> {
+        let r = self
+            .conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+            .context("committing");
+        if r.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        r
+    }
+
+    /// Runs one batch in one transaction and answers it.
+    fn run_batch(&mut self, batch: &mut Vec<Request>) {
+        let mut upsert: Option<CachedStatement<'_>> = None;
+        let mut open: Vec<Completion> = Vec::with_capacity(batch.len());
+        let mut in_txn = false;
+        for request in batch.drain(..) {
+            if !in_txn && !matches!(request, Request::Barrier(_)) {
+                match self.begin() {
+                    Ok(()) => in_txn = true,
+                    Err(e) => {
+                        self.refuse(request, e);
+                        continue;
+                    }
+                }
+            }
+            match request {
+                Request::Barrier(done) => open.push(Completion::Barrier(done)),
+                Request::Put { seq, row, done } => {
+                    let written = match &mut upsert {
+                        Some(stmt) => rows::put_job(stmt, &row),
+                        None => rows::prepare_put_job(&self.conn).and_then(|mut stmt| {
+                            let r = rows::put_job(&mut stmt, &row);
+                            upsert = Some(stmt);
+                            r
+                        }),
+                    };
+                    let completion = Completion::Put {
+                        id: row.id().clone(),
+                        seq,
+                        done,
+                    };
+                    match written {
+                        Ok(()) => open.push(completion),
+                        Err(e) => {
+                            let err = Err::<(), _>(e).context("writing a job").unwrap_err();
+                            if self.conn.is_autocommit() {
+                                // SQLite rolled the whole transaction back: everything
+                                // before this put in the batch is lost with it.
+                                in_txn = false;
+                                open.push(completion);
+                                self.settle(std::mem::take(&mut open), Err(err));
+                            } else {
+                                self.settle(vec![completion], Err(err));
+                            }
+                        }
+                    }
+                }
+                Request::Op(op) => {
+                    let saved = self
+                        .conn
+                        .execute_batch("SAVEPOINT op")
+                        .context("opening a savepoint");
+                    if let Err(e) = saved {
+                        op.fail(e);
+                        continue;
+                    }
+                    let (ok, deliver) = op.run(&self.conn);
+                    let end = if ok {
+                        "RELEASE op"
+                    } else {
+                        "ROLLBACK TO op; RELEASE op"
+                    };
+                    let ended = self.conn.execute_batch(end).context("closing a savepoint");
+                    open.push(Completion::Op(deliver));
+                    if let Err(e) = ended {
+                        // The transaction is in an unknown state: give it up, and fail
+                        // everything that was in it.
+                        if !self.conn.is_autocommit() {
+                            let _ = self.conn.execute_batch("ROLLBACK");
+                        }
+                        in_txn = false;
+                        self.settle(std::mem::take(&mut open), Err(e));
+                    }
+                }
+            }
+        }
+        drop(upsert);
+        let started = Instant::now();
+        let outcome = if in_txn { self.commit() } else { Ok(()) };
+        if in_txn {
+            self.last_commit = started.elapsed();
+        }
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, writes = open.len(), "a SQLite commit failed");
+        }
+        self.settle(open, outcome);
+    }
+
+    /// Answers a request that could not run.
+    fn refuse(&self, request: Request, error: Error) {
+        match request {
+            Request::Put { seq, row, done } => {
+                let id = row.id().clone();
+                self.settle(vec![Completion::Put { id, seq, done }], Err(error));
+            }
+            Request::Op(op) => op.fail(error),
+            Request::Barrier(tx) => {
+                let _ = tx.send(Err(error));
+            }
+        }
+    }
+
+    /// Answers finished requests and forgets the overlay entries of their puts.
+    fn settle(&self, done: Vec<Completion>, outcome: Result<()>) {
+        {
+            let mut overlay = self.overlay.lock();
+            for c in &done {
+                if let Completion::Put { id, seq, .. } = c {
+                    if let Entry::Occupied(e) = overlay.entry(id.clone()) {
+                        if e.get().last_seq == *seq {
+                            e.remove();
+                        }
+                    }
+                }
+            }
+        }
+        for c in done {
+            match c {
+                Completion::Put { id, done, .. } => match done {
+                    Some(tx) => {
+                        let _ = tx.send(outcome.clone());
+                    }
+                    None => {
+                        if let Err(e) = &outcome {
+                            tracing::error!(job = %id, error = %e, "a buffered job record was not written");
+                        }
+                    }
+                },
+                Completion::Op(deliver) => deliver(outcome.clone()),
+                Completion::Barrier(tx) => {
+                    let _ = tx.send(outcome.clone());
+                }
+            }
+        }
+    }
+
+    /// Deletes one chunk of finished jobs past the retention period.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let retention_ms = u64::try_from(self.settings.retention.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now_ms().saturating_sub(retention_ms);
+        if cutoff == 0 {
+            self.next_sweep = now + self.settings.sweep_interval;
+            return;
+        }
+        let deleted = self
+            .begin()
+            .and_then(|()| rows::delete_expired_jobs(&self.conn, cutoff, SWEEP_CHUNK))
+            .and_then(|n| self.commit().map(|()| n));
+        match deleted {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::debug!(deleted = n, "deleted finished jobs past their retention");
+                }
+                // A full chunk means more are due: carry on between batches.
+                self.next_sweep = if n as usize >= SWEEP_CHUNK {
+                    now
+                } else {
+                    now + self.settings.sweep_interval
+                };
+            }
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                tracing::warn!(error = %e, "the job retention sweep failed");
+                self.next_sweep = now + self.settings.sweep_interval;
+            }
+        }
+    }
+}
+
+/// Copies committed pages from the WAL into the database file on its own connection
+/// and thread, every `interval`, so the writer does not pay for it between commits.
+/// Stops when `stop`'s sender is dropped.
+pub(crate) fn run_checkpointer(conn: Connection, stop: Receiver<()>, interval: Duration) {
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0));
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "a WAL checkpoint failed");
+        }
+    }
+}

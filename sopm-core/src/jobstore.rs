@@ -41,6 +41,8 @@ pub fn status_rank(s: JobStatus) -> u8 {
 ///   job.
 /// - With [`Durability::Durable`] the record survives a crash once `put` returns.
 ///   With [`Durability::Buffered`] it is written soon, in order.
+/// - Reads see every earlier put of the same store, buffered or not (the scheduler
+///   answers a status right after recording a finish as buffered).
 /// - `unfinished` returns the jobs stored as queued or running (called at start-up to
 ///   recover from a crash).
 #[async_trait]

@@ -31,8 +31,11 @@ pub fn build_platform(c: &ServerConfig) -> Result<Platform, String> {
     builder.build().map_err(|e| e.to_string())
 }
 
+/// The durable stores: function registry and job store.
+type Stores = (Arc<dyn Registry>, Arc<dyn JobStore>);
+
 #[cfg(feature = "sqlite")]
-fn open_sqlite(c: &ServerConfig) -> Result<(Arc<dyn Registry>, Arc<dyn JobStore>), String> {
+fn open_sqlite(c: &ServerConfig) -> Result<Stores, String> {
     use sopm_backends::sqlite::{SqliteConfig, Synchronous};
     std::fs::create_dir_all(&c.data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", c.data_dir.display()))?;
@@ -51,7 +54,7 @@ fn open_sqlite(c: &ServerConfig) -> Result<(Arc<dyn Registry>, Arc<dyn JobStore>
 }
 
 #[cfg(not(feature = "sqlite"))]
-fn open_sqlite(_: &ServerConfig) -> Result<(Arc<dyn Registry>, Arc<dyn JobStore>), String> {
+fn open_sqlite(_: &ServerConfig) -> Result<Stores, String> {
     Err("this build has no SQLite support; use --storage memory".into())
 }
 

@@ -74,6 +74,9 @@ where
 }
 
 /// One request to the writer.
+// Job puts are nearly all the traffic; boxing them would add an allocation per put
+// to shrink the rare other requests.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Request {
     /// Records a job. `done` is set for a put that waits for its commit.
     Put {

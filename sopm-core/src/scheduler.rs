@@ -482,20 +482,35 @@ async fn run_job(
             deadline: started + Duration::from_millis(job.timeout_ms),
         }
     };
-    if live.persisted.load(Ordering::Acquire) {
-        let snapshot = live.snapshot();
-        inner.record(&snapshot, Durability::Buffered).await;
-    }
     let deadline = invocation.deadline;
     let timeout_ms = deadline.duration_since(started).as_millis();
-    let outcome = tokio::select! {
-        biased;
-        r = tokio::time::timeout_at(deadline.into(), route.executor.invoke(invocation)) => match r {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout(format!("the job ran past its {timeout_ms} ms time limit and was stopped"))),
-        },
-        _ = live.cancel.notified() => Err(Inner::cancel_error(live.cancel_reason.load(Ordering::Acquire))),
-        _ = shutdown.wait_for(|v| *v) => Err(Inner::cancel_error(CANCEL_SHUTDOWN)),
+    let past_deadline = |r: Result<Result<crate::types::Output>, tokio::time::error::Elapsed>| {
+        r.unwrap_or_else(|_| {
+            Err(Error::Timeout(format!(
+                "the job ran past its {timeout_ms} ms time limit and was stopped"
+            )))
+        })
+    };
+    let mut call = std::pin::pin!(tokio::time::timeout_at(
+        deadline.into(),
+        route.executor.invoke(invocation)
+    ));
+    // A job that finishes on its first poll (most built-ins) needs no separate
+    // "running" record: its final record follows at once.
+    let outcome = match futures::poll!(call.as_mut()) {
+        std::task::Poll::Ready(r) => past_deadline(r),
+        std::task::Poll::Pending => {
+            if live.persisted.load(Ordering::Acquire) {
+                let snapshot = live.snapshot();
+                inner.record(&snapshot, Durability::Buffered).await;
+            }
+            tokio::select! {
+                biased;
+                r = call => past_deadline(r),
+                _ = live.cancel.notified() => Err(Inner::cancel_error(live.cancel_reason.load(Ordering::Acquire))),
+                _ = shutdown.wait_for(|v| *v) => Err(Inner::cancel_error(CANCEL_SHUTDOWN)),
+            }
+        }
     };
     let job = inner.finish(&live, outcome, Some(started)).await;
     inner.running.fetch_sub(1, Ordering::AcqRel);

@@ -59,7 +59,9 @@ impl fmt::Display for TenantId {
     }
 }
 
-/// A job's id: 128 random bits, hyphenated like a UUID, so it cannot be guessed.
+/// A job's id: a UUIDv7 (48 bits of milliseconds, 74 random bits), so it cannot be
+/// guessed, and ids sort by creation time, which keeps index inserts in storage
+/// sequential instead of scattered.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct JobId(Arc<str>);
@@ -67,10 +69,16 @@ pub struct JobId(Arc<str>);
 impl JobId {
     /// A fresh random id.
     pub fn random() -> Self {
+        // Built by hand rather than with `Uuid::now_v7`, which spends random bits on a
+        // counter: here all 74 non-time bits are random.
+        // A v4 UUID's bytes 6 and 8 carry fixed version and variant bits; skip them.
+        let v4 = uuid::Uuid::new_v4().into_bytes();
+        let mut random = [0u8; 10];
+        random[..6].copy_from_slice(&v4[..6]);
+        random[6..].copy_from_slice(&v4[9..13]);
+        let id = uuid::Builder::from_unix_timestamp_millis(now_ms(), &random).into_uuid();
         let mut buf = uuid::Uuid::encode_buffer();
-        JobId(Arc::from(
-            &*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf),
-        ))
+        JobId(Arc::from(&*id.hyphenated().encode_lower(&mut buf)))
     }
 
     /// Parses an id a client sent; anything that is not a UUID is `not_found`.

@@ -116,6 +116,12 @@ pub(crate) type Overlay = Arc<Mutex<HashMap<JobId, Pending>>>;
 /// writes queued behind it for long.
 const SWEEP_CHUNK: usize = 1000;
 
+/// How long a batch of buffered writes only waits for company before committing.
+const BUFFERED_LINGER: Duration = Duration::from_millis(2);
+
+/// A batch of buffered writes this large commits without lingering.
+const BUFFERED_BATCH: usize = 512;
+
 /// The longest the writer lingers for durable writers it expects.
 const MAX_LINGER: Duration = Duration::from_millis(1);
 
@@ -186,6 +192,12 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             self.gather(&mut batch);
+            if !batch.iter().any(Request::waits) && batch.len() < BUFFERED_BATCH {
+                // Nobody waits for these: let more arrive so one commit (and one
+                // fsync) covers many, and senders do not wake this thread per put.
+                std::thread::sleep(BUFFERED_LINGER);
+                self.gather(&mut batch);
+            }
             let n = batch.len();
             self.run_batch(&mut batch);
             self.in_flight.fetch_sub(n, Ordering::AcqRel);

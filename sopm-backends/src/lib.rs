@@ -1,1 +1,7 @@
 //! placeholder
+
+#[cfg(feature = "local-build")]
+pub mod build;
+
+#[cfg(feature = "local-build")]
+pub use build::{LocalBuilder, LocalBuilderConfig};

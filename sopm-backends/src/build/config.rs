@@ -260,7 +260,10 @@ impl fmt::Debug for LocalBuilderConfig {
                 &self.pip_index_url.as_deref().map(redact_url),
             )
             .field("pip_only_binary", &self.pip_only_binary)
-            .field("npm_registry", &self.npm_registry.as_deref().map(redact_url))
+            .field(
+                "npm_registry",
+                &self.npm_registry.as_deref().map(redact_url),
+            )
             .field("ca_bundle", &self.ca_bundle)
             .field("max_concurrent_builds", &self.max_concurrent_builds)
             .finish()
@@ -280,7 +283,10 @@ mod tests {
     fn bad_settings_are_refused() {
         let base = || LocalBuilderConfig::new("/tmp/a");
         assert!(LocalBuilderConfig::new("").validate().is_err());
-        assert!(base().with_build_timeout(Duration::ZERO).validate().is_err());
+        assert!(base()
+            .with_build_timeout(Duration::ZERO)
+            .validate()
+            .is_err());
         assert!(base().with_max_artifact_bytes(0).validate().is_err());
         assert!(base().with_max_concurrent_builds(0).validate().is_err());
         assert!(base().with_bwrap("bwrap").validate().is_err());
@@ -298,7 +304,10 @@ mod tests {
             .with_pip_index_url("https://user:s3cret@pypi.example/simple")
             .with_npm_registry("https://tok@npm.example/");
         let shown = format!("{c:?}");
-        assert!(!shown.contains("s3cret") && !shown.contains("tok@"), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("tok@"),
+            "{shown}"
+        );
         assert!(shown.contains("https://***@pypi.example/simple"));
     }
 

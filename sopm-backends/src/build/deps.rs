@@ -9,13 +9,25 @@ use sopm_core::{Error, Result};
 
 /// File names that pip or npm would take for a local archive instead of an index name.
 const ARCHIVE_SUFFIXES: &[&str] = &[
-    ".whl", ".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tbz", ".tar.xz", ".txz",
-    ".tlz", ".tar.lz", ".tar.lzma",
+    ".whl",
+    ".zip",
+    ".tar",
+    ".tgz",
+    ".tar.gz",
+    ".tar.bz2",
+    ".tbz",
+    ".tar.xz",
+    ".txz",
+    ".tlz",
+    ".tar.lz",
+    ".tar.lzma",
 ];
 
 fn looks_like_archive(s: &str) -> bool {
     let lower = s.to_ascii_lowercase();
-    ARCHIVE_SUFFIXES.iter().any(|suffix| lower.ends_with(suffix))
+    ARCHIVE_SUFFIXES
+        .iter()
+        .any(|suffix| lower.ends_with(suffix))
 }
 
 /// Checks `requirements.txt` and returns how many requirements it lists. Allowed per
@@ -91,7 +103,9 @@ fn check_requirement_line(line: &str, line_no: usize) -> Result<usize> {
             })
         });
         if !ok {
-            return Err(refuse("the only option allowed after a requirement is --hash=algo:hex"));
+            return Err(refuse(
+                "the only option allowed after a requirement is --hash=algo:hex",
+            ));
         }
     }
     let (requirement, marker) = match spec.split_once(';') {
@@ -100,14 +114,15 @@ fn check_requirement_line(line: &str, line_no: usize) -> Result<usize> {
     };
     if let Some(m) = marker {
         let ok = !m.is_empty()
-            && m.chars().all(|c| {
-                c.is_ascii_alphanumeric() || " _.'\"()<>=!~,-".contains(c)
-            });
+            && m.chars()
+                .all(|c| c.is_ascii_alphanumeric() || " _.'\"()<>=!~,-".contains(c));
         if !ok {
-            return Err(refuse("the environment marker has characters a marker does not need"));
+            return Err(refuse(
+                "the environment marker has characters a marker does not need",
+            ));
         }
     }
-    check_requirement(requirement).map_err(|why| refuse(why))?;
+    check_requirement(requirement).map_err(refuse)?;
     Ok(1)
 }
 
@@ -127,9 +142,10 @@ fn check_requirement(req: &str) -> std::result::Result<(), &'static str> {
     if let Some(after) = rest.strip_prefix('[') {
         let close = after.find(']').ok_or("unclosed '[' of extras")?;
         let extras = &after[..close];
-        if !extras.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ',' | ' ')
-        }) {
+        if !extras
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ',' | ' '))
+        {
             return Err("extras must be package extra names");
         }
         rest = after[close + 1..].trim_start();
@@ -148,9 +164,9 @@ fn check_requirement(req: &str) -> std::result::Result<(), &'static str> {
             .ok_or("expected version specifiers such as ==1.2 or >=1.0,<2")?
             .trim();
         let ok = !version.is_empty()
-            && version
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '*' | '+' | '!' | '_' | '-'));
+            && version.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '.' | '*' | '+' | '!' | '_' | '-')
+            });
         if !ok {
             return Err("a version may hold letters, digits and . * + ! _ - only");
         }
@@ -171,7 +187,11 @@ const NPM_DEPENDENCY_SECTIONS: &[&str] = &[
 fn is_plain_npm_spec(spec: &str) -> bool {
     spec.len() <= 256
         && spec.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '*' | '^' | '~' | '<' | '>' | '=' | '|' | '-' | '+')
+            c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    ' ' | '.' | '*' | '^' | '~' | '<' | '>' | '=' | '|' | '-' | '+'
+                )
         })
         && !looks_like_archive(spec.trim())
 }
@@ -181,10 +201,13 @@ fn is_npm_name(name: &str) -> bool {
         !s.is_empty()
             && s.len() <= 214
             && !s.starts_with('.')
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '~'))
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '~'))
     };
     match name.strip_prefix('@') {
-        Some(scoped) => matches!(scoped.split_once('/'), Some((scope, pkg)) if plain(scope) && plain(pkg)),
+        Some(scoped) => {
+            matches!(scoped.split_once('/'), Some((scope, pkg)) if plain(scope) && plain(pkg))
+        }
         None => plain(name),
     }
 }
@@ -222,13 +245,19 @@ pub(crate) fn check_package_json(bytes: &[u8]) -> Result<usize> {
             .ok_or_else(|| Error::invalid(format!("package.json: {section} must be an object")))?;
         for (name, spec) in deps {
             if !is_npm_name(name) {
-                return Err(refuse_npm(&format!("{section} has an invalid package name"), name));
+                return Err(refuse_npm(
+                    &format!("{section} has an invalid package name"),
+                    name,
+                ));
             }
             let spec = spec.as_str().ok_or_else(|| {
                 Error::invalid(format!("package.json: {section}.{name} must be a string"))
             })?;
             if !is_plain_npm_spec(spec) {
-                return Err(refuse_npm(&format!("{section}.{name} is not a version range"), spec));
+                return Err(refuse_npm(
+                    &format!("{section}.{name} is not a version range"),
+                    spec,
+                ));
             }
         }
         if matches!(*section, "dependencies" | "optionalDependencies") {
@@ -252,7 +281,10 @@ fn check_overrides(v: &Value) -> Result<()> {
             if ok {
                 Ok(())
             } else {
-                Err(refuse_npm("overrides has a spec that is not a version range", s))
+                Err(refuse_npm(
+                    "overrides has a spec that is not a version range",
+                    s,
+                ))
             }
         }
         Value::Object(map) => map.values().try_for_each(check_overrides),
@@ -287,7 +319,10 @@ fn check_lock_value(file: &str, v: &Value, registry: &str) -> Result<()> {
                         return Err(refuse("a package is resolved outside the registry", url));
                     }
                     ("link", Value::Bool(true)) => {
-                        return Err(refuse("linked local packages are not allowed", "link: true"));
+                        return Err(refuse(
+                            "linked local packages are not allowed",
+                            "link: true",
+                        ));
                     }
                     ("version", Value::String(version))
                         if version.contains(':') || version.contains('/') =>
@@ -390,13 +425,24 @@ Foo.Bar_baz-1===1.0+local.1
             "x.tgz",
             "1.0.0.tar.gz",
         ] {
-            for section in ["dependencies", "devDependencies", "optionalDependencies", "peerDependencies"] {
+            for section in [
+                "dependencies",
+                "devDependencies",
+                "optionalDependencies",
+                "peerDependencies",
+            ] {
                 let pj = format!(r#"{{"{section}":{{"a":{}}}}}"#, serde_json::json!(spec));
                 let e = check_package_json(pj.as_bytes()).unwrap_err();
                 assert_eq!(e.code(), "invalid_input", "{section} {spec}");
             }
-            let pj = format!(r#"{{"overrides":{{"a":{{"b":{}}}}}}}"#, serde_json::json!(spec));
-            assert!(check_package_json(pj.as_bytes()).is_err(), "overrides {spec}");
+            let pj = format!(
+                r#"{{"overrides":{{"a":{{"b":{}}}}}}}"#,
+                serde_json::json!(spec)
+            );
+            assert!(
+                check_package_json(pj.as_bytes()).is_err(),
+                "overrides {spec}"
+            );
         }
         for bad in [
             &br#"{"workspaces":["packages/*"]}"#[..],

@@ -26,15 +26,27 @@ impl Reader<'_> {
     }
     fn u16(&self, at: u64) -> Option<u16> {
         let b = self.take::<2>(at)?;
-        Some(if self.little { u16::from_le_bytes(b) } else { u16::from_be_bytes(b) })
+        Some(if self.little {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        })
     }
     fn u32(&self, at: u64) -> Option<u32> {
         let b = self.take::<4>(at)?;
-        Some(if self.little { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) })
+        Some(if self.little {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        })
     }
     fn u64(&self, at: u64) -> Option<u64> {
         let b = self.take::<8>(at)?;
-        Some(if self.little { u64::from_le_bytes(b) } else { u64::from_be_bytes(b) })
+        Some(if self.little {
+            u64::from_le_bytes(b)
+        } else {
+            u64::from_be_bytes(b)
+        })
     }
 }
 

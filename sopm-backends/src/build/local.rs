@@ -93,7 +93,13 @@ impl LocalBuilder {
                     fs::canonicalize(&dir)
                 })
                 .await
-                .map_err(|e| io_error("creating the artifacts directory", &self.config.artifacts_dir, e))
+                .map_err(|e| {
+                    io_error(
+                        "creating the artifacts directory",
+                        &self.config.artifacts_dir,
+                        e,
+                    )
+                })
             })
             .await?;
         Ok(root)
@@ -114,7 +120,9 @@ impl LocalBuilder {
                     let entry = entry?;
                     let name = entry.file_name();
                     let name = name.to_string_lossy();
-                    if name.starts_with(".v") && name.contains(".staging-") || name.contains(".replaced-") {
+                    if name.starts_with('.')
+                        && (name.contains(".staging-") || name.contains(".replaced-"))
+                    {
                         remove_tree(&entry.path())?;
                         removed += 1;
                     }
@@ -123,7 +131,13 @@ impl LocalBuilder {
             Ok(removed)
         })
         .await
-        .map_err(|e| io_error("removing stale staging directories", &self.config.artifacts_dir, e))
+        .map_err(|e| {
+            io_error(
+                "removing stale staging directories",
+                &self.config.artifacts_dir,
+                e,
+            )
+        })
     }
 
     async fn build_version(
@@ -173,22 +187,23 @@ impl LocalBuilder {
 
         let root = self.root().await?;
         let function_dir = root.join(&version.function_id);
+        let target = function_dir.join(format!("v{}", version.version));
+        let path = target
+            .to_str()
+            .ok_or_else(|| {
+                Error::Internal(format!("artifact path {} is not UTF-8", target.display()))
+            })?
+            .to_string();
         let staging = Staging::create(&function_dir, version.version).await?;
         match self
             .fill(&staging.path, source, &handler, install, deadline, log)
             .await
         {
             Ok(size) => {
-                let target = function_dir.join(format!("v{}", version.version));
                 staging.commit(&target, log).await?;
                 log.append(&format!("==> artifact ready ({})\n", human_size(size)))
                     .await;
-                let path = target.to_str().ok_or_else(|| {
-                    Error::Internal(format!("artifact path {} is not UTF-8", target.display()))
-                })?;
-                Ok(Artifact::Directory {
-                    path: path.to_string(),
-                })
+                Ok(Artifact::Directory { path })
             }
             Err(e) => {
                 staging.discard().await;
@@ -213,7 +228,8 @@ impl LocalBuilder {
                     .map_err(|_| Error::invalid("requirements.txt is not UTF-8"))?;
                 match deps::check_requirements(text)? {
                     0 => {
-                        log.append("==> requirements.txt lists no requirements\n").await;
+                        log.append("==> requirements.txt lists no requirements\n")
+                            .await;
                         Ok(Dependencies::None)
                     }
                     requirements => Ok(Dependencies::Pip { requirements }),
@@ -248,10 +264,7 @@ impl LocalBuilder {
     }
 
     /// The tools and command line of the install, if there is one.
-    async fn prepare_install(
-        &self,
-        dependencies: Dependencies,
-    ) -> Result<Option<PreparedInstall>> {
+    async fn prepare_install(&self, dependencies: Dependencies) -> Result<Option<PreparedInstall>> {
         if dependencies == Dependencies::None {
             return Ok(None);
         }
@@ -323,7 +336,12 @@ impl LocalBuilder {
                     bwrap,
                     install,
                     tool_dirs: python.dirs.clone(),
-                    path_dirs: python.executable.parent().map(Path::to_path_buf).into_iter().collect(),
+                    path_dirs: python
+                        .executable
+                        .parent()
+                        .map(Path::to_path_buf)
+                        .into_iter()
+                        .collect(),
                     ca_bundle,
                 }))
             }
@@ -423,9 +441,9 @@ impl LocalBuilder {
 
         let dir = staging.to_path_buf();
         let limit = self.config.max_artifact_bytes;
-        let checked = blocking(move || check_tree(&dir, limit)).await.map_err(|e| {
-            io_error("checking the artifact", staging, e)
-        })?;
+        let checked = blocking(move || check_tree(&dir, limit))
+            .await
+            .map_err(|e| io_error("checking the artifact", staging, e))?;
         checked.map_err(Error::BuildFailed)
     }
 }
@@ -447,7 +465,10 @@ impl Builder for LocalBuilder {
             let message = e.public_message();
             let first = message.lines().next().unwrap_or_default();
             log.append(&format!("==> build failed: {first}\n")).await;
-            if matches!(e, Error::Internal(_) | Error::Storage(_) | Error::Unavailable(_)) {
+            if matches!(
+                e,
+                Error::Internal(_) | Error::Storage(_) | Error::Unavailable(_)
+            ) {
                 tracing::warn!(
                     function_id = %version.function_id,
                     version = version.version,
@@ -487,8 +508,10 @@ impl Builder for LocalBuilder {
         let [function_id, version] = parts[..] else {
             return Err(outside());
         };
-        let is_version =
-            |v: &str| v.strip_prefix('v').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let is_version = |v: &str| {
+            v.strip_prefix('v')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        };
         if check_function_id(function_id).is_err() || !is_version(version) {
             return Err(outside());
         }
@@ -498,7 +521,11 @@ impl Builder for LocalBuilder {
             // Only real directories: never follow a symlink out of the artifacts tree.
             match fs::symlink_metadata(&function_dir) {
                 Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(io::Error::other("the function directory is not a directory")),
+                Ok(_) => {
+                    return Err(io::Error::other(
+                        "the function directory is not a directory",
+                    ))
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
                 Err(e) => return Err(e),
             }
@@ -556,9 +583,13 @@ impl Staging {
         let replaced = blocking(move || {
             let aside = match fs::symlink_metadata(&target_owned) {
                 Ok(_) => {
-                    let name = target_owned.file_name().unwrap_or_default().to_string_lossy();
+                    let name = target_owned
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy();
                     let suffix = uuid::Uuid::new_v4().simple().to_string();
-                    let aside = target_owned.with_file_name(format!(".{name}.replaced-{}", &suffix[..12]));
+                    let aside =
+                        target_owned.with_file_name(format!(".{name}.replaced-{}", &suffix[..12]));
                     fs::rename(&target_owned, &aside)?;
                     Some(aside)
                 }
@@ -571,12 +602,24 @@ impl Staging {
                 }
                 return Err(e);
             }
-            // Make the rename durable before the version is reported ready.
-            if let Some(parent) = target_owned.parent() {
-                fs::File::open(parent)?.sync_all()?;
+            // Make the rename durable before the version is reported ready; if that
+            // fails, the build fails and leaves things as they were.
+            let synced = target_owned
+                .parent()
+                .map_or(Ok(()), |parent| fs::File::open(parent)?.sync_all());
+            if let Err(e) = synced {
+                let _ = remove_tree(&target_owned);
+                if let Some(aside) = &aside {
+                    let _ = fs::rename(aside, &target_owned);
+                }
+                return Err(e);
             }
             if let Some(aside) = &aside {
-                remove_tree(aside)?;
+                // The new artifact is in place; a leftover is swept by
+                // `remove_stale_staging`.
+                if let Err(e) = remove_tree(aside) {
+                    tracing::warn!(path = %aside.display(), error = %e, "cannot remove a replaced artifact");
+                }
             }
             Ok(aside.is_some())
         })
@@ -585,7 +628,8 @@ impl Staging {
             Ok(replaced) => {
                 self.armed = false;
                 if replaced {
-                    log.append("==> replaced an earlier artifact of this version\n").await;
+                    log.append("==> replaced an earlier artifact of this version\n")
+                        .await;
                 }
                 Ok(())
             }
@@ -762,7 +806,9 @@ async fn check_binary(path: &str, bytes: &[u8], log: &dyn BuildLog) -> Result<()
 fn check_function_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -842,8 +888,14 @@ mod tests {
         assert_eq!(check_tree(root, 1000).unwrap(), Ok(100));
         let mode = fs::metadata(root.join("d/f")).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o755);
-        assert!(check_tree(root, 99).unwrap().unwrap_err().contains("larger"));
+        assert!(check_tree(root, 99)
+            .unwrap()
+            .unwrap_err()
+            .contains("larger"));
         symlink("/etc/passwd", root.join("d/bad")).unwrap();
-        assert!(check_tree(root, 1000).unwrap().unwrap_err().contains("outside"));
+        assert!(check_tree(root, 1000)
+            .unwrap()
+            .unwrap_err()
+            .contains("outside"));
     }
 }

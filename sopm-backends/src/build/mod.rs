@@ -3,8 +3,8 @@
 //!
 //! A build writes the uploaded files into a fresh staging directory
 //! `<artifacts>/<function_id>/.v<version>.staging-<random>`, installs the declared
-//! dependencies inside a bubblewrap sandbox (see [`sandbox`] for what it isolates
-//! and what it does not, below), checks the result, and renames it to
+//! dependencies inside a bubblewrap sandbox (what it isolates and what it does not
+//! is [below](#the-install-sandbox)), checks the result, and renames it to
 //! `<artifacts>/<function_id>/v<version>`. Any failure removes the staging
 //! directory, so a version directory is always complete.
 //!

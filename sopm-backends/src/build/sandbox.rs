@@ -110,7 +110,13 @@ impl InstallSandbox<'_> {
         let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
             a.extend(items.iter().map(|i| i.as_ref().to_os_string()));
         };
-        push(&[&"--unshare-user", &"--uid", &SANDBOX_ID, &"--gid", &SANDBOX_ID]);
+        push(&[
+            &"--unshare-user",
+            &"--uid",
+            &SANDBOX_ID,
+            &"--gid",
+            &SANDBOX_ID,
+        ]);
         if self.bwrap.disable_userns {
             push(&[&"--disable-userns"]);
         }
@@ -175,10 +181,18 @@ impl InstallSandbox<'_> {
         }
         path_var.push("/usr/local/bin:/usr/bin:/bin");
         push(&[
-            &"--setenv", &"HOME", &SANDBOX_HOME,
-            &"--setenv", &"PATH", &path_var,
-            &"--setenv", &"LANG", &"C.UTF-8",
-            &"--setenv", &"TMPDIR", &"/tmp",
+            &"--setenv",
+            &"HOME",
+            &SANDBOX_HOME,
+            &"--setenv",
+            &"PATH",
+            &path_var,
+            &"--setenv",
+            &"LANG",
+            &"C.UTF-8",
+            &"--setenv",
+            &"TMPDIR",
+            &"/tmp",
         ]);
         for (key, value) in &install.env {
             push(&[&"--setenv", key, value]);
@@ -211,7 +225,10 @@ impl InstallSandbox<'_> {
         })?;
         let (tx, mut rx) = mpsc::channel::<String>(64);
         let pumps = [
-            child.stdout.take().map(|out| tokio::spawn(pump(out, tx.clone()))),
+            child
+                .stdout
+                .take()
+                .map(|out| tokio::spawn(pump(out, tx.clone()))),
             child.stderr.take().map(|err| tokio::spawn(pump(err, tx))),
         ];
         let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
@@ -237,7 +254,9 @@ impl InstallSandbox<'_> {
         let status = match outcome {
             Ok(Ok(status)) => status,
             Ok(Err(e)) => {
-                return Err(Error::Internal(format!("waiting for the install sandbox: {e}")))
+                return Err(Error::Internal(format!(
+                    "waiting for the install sandbox: {e}"
+                )))
             }
             Err(_) => {
                 // bwrap takes the whole sandbox (pid namespace) down with it.
@@ -260,11 +279,8 @@ impl InstallSandbox<'_> {
         if status.success() {
             return Ok(());
         }
-        let mut message = format!(
-            "{} failed ({}); the last lines of its output:",
-            install.what,
-            describe(status)
-        );
+        // The first line says what failed; the log line of the failure shows only it.
+        let mut message = format!("{} failed ({})", install.what, describe(status));
         for line in &tail {
             message.push('\n');
             message.push_str(line);
@@ -318,7 +334,11 @@ async fn pump<R: AsyncRead + Unpin>(mut reader: R, tx: mpsc::Sender<String>) {
 async fn send_line(tx: &mpsc::Sender<String>, line: &[u8]) -> bool {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     for piece in line.chunks(MAX_LINE_BYTES) {
-        if tx.send(String::from_utf8_lossy(piece).into_owned()).await.is_err() {
+        if tx
+            .send(String::from_utf8_lossy(piece).into_owned())
+            .await
+            .is_err()
+        {
             return false;
         }
     }
@@ -342,7 +362,10 @@ mod tests {
         ]);
         assert_eq!(
             dirs,
-            vec![PathBuf::from("/opt/py"), PathBuf::from("/root/.pyenv/versions/3.11.7")]
+            vec![
+                PathBuf::from("/opt/py"),
+                PathBuf::from("/root/.pyenv/versions/3.11.7")
+            ]
         );
     }
 
@@ -361,5 +384,145 @@ mod tests {
         assert_eq!(lines[2].len(), MAX_LINE_BYTES);
         assert_eq!(lines[3], "x".repeat(10));
         assert_eq!(lines[4], "last");
+    }
+
+    /// bwrap, when it works here; `None` (printed) when it does not, a panic under
+    /// `SOPM_REQUIRE_INTEGRATION=1`.
+    async fn bwrap_or_skip() -> Option<Bwrap> {
+        let works = std::process::Command::new("bwrap")
+            .args(["--unshare-user", "--ro-bind", "/", "/", "--", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !works {
+            if std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() == Ok("1") {
+                panic!("SOPM_REQUIRE_INTEGRATION=1 but bwrap is missing or does not work here");
+            }
+            eprintln!("skipped: bwrap is missing or does not work here");
+            return None;
+        }
+        Some(Bwrap::resolve(None).await.unwrap())
+    }
+
+    #[derive(Default)]
+    struct Log(std::sync::Mutex<String>);
+
+    #[async_trait::async_trait]
+    impl BuildLog for Log {
+        async fn append(&self, chunk: &str) {
+            self.0.lock().unwrap().push_str(chunk);
+        }
+    }
+
+    fn shell(script: String) -> Install {
+        Install {
+            display: "sh -c ...".into(),
+            what: "probe",
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env: vec![("PROBE", "1".into())],
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sandbox_hides_the_host_and_keeps_the_system_read_only() {
+        let Some(bwrap) = bwrap_or_skip().await else {
+            return;
+        };
+        let secret = tempfile::tempdir().unwrap();
+        std::fs::write(secret.path().join("key"), "secret").unwrap();
+        let staging = tempfile::tempdir().unwrap();
+        let sandbox = InstallSandbox {
+            bwrap: &bwrap,
+            tool_dirs: vec![],
+            path_dirs: vec![],
+            staging: staging.path(),
+            ca_bundle: None,
+            tmpfs_bytes: 16 << 20,
+        };
+        let script = format!(
+            "set -e; \
+             [ \"$(id -u)\" = {SANDBOX_ID} ]; \
+             [ ! -e {secret} ]; \
+             [ ! -e /etc/ssl/private ]; \
+             [ ! -e /etc/shadow ]; \
+             [ \"$HOME\" = {SANDBOX_HOME} ] && [ \"$PROBE\" = 1 ]; \
+             [ -z \"$CARGO\" ]; \
+             ! touch /usr/sopm-probe 2>/dev/null; \
+             ! touch /sopm-probe 2>/dev/null; \
+             touch /tmp/ok \"$HOME/ok\" {SANDBOX_WORKDIR}/written; \
+             echo all good",
+            secret = secret.path().display()
+        );
+        let log = Log::default();
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        let result = sandbox
+            .run(
+                &shell(script),
+                &log,
+                deadline,
+                std::time::Duration::from_secs(30),
+            )
+            .await;
+        let text = log.0.lock().unwrap().clone();
+        assert!(result.is_ok(), "{result:?}\n{text}");
+        assert!(text.contains("all good"), "{text}");
+        assert!(staging.path().join("written").is_file());
+    }
+
+    #[tokio::test]
+    async fn failures_and_timeouts_are_build_failures() {
+        let Some(bwrap) = bwrap_or_skip().await else {
+            return;
+        };
+        let staging = tempfile::tempdir().unwrap();
+        let sandbox = InstallSandbox {
+            bwrap: &bwrap,
+            tool_dirs: vec![],
+            path_dirs: vec![],
+            staging: staging.path(),
+            ca_bundle: None,
+            tmpfs_bytes: 16 << 20,
+        };
+        let log = Log::default();
+        let far = Instant::now() + std::time::Duration::from_secs(30);
+        let e = sandbox
+            .run(
+                &shell("echo first; echo second >&2; exit 3".into()),
+                &log,
+                far,
+                std::time::Duration::from_secs(30),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "build_failed");
+        let message = e.to_string();
+        assert!(
+            message.starts_with("probe failed (exit status 3)\n"),
+            "{message}"
+        );
+        assert!(
+            message.contains("first") && message.contains("second"),
+            "{message}"
+        );
+
+        let log = Log::default();
+        let soon = Instant::now() + std::time::Duration::from_millis(300);
+        let e = sandbox
+            .run(
+                &shell("echo started; sleep 60".into()),
+                &log,
+                soon,
+                std::time::Duration::from_millis(300),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "build_failed");
+        assert!(e.to_string().contains("timed out"), "{e}");
+        let text = log.0.lock().unwrap().clone();
+        assert!(
+            text.contains("started") && text.contains("timed out"),
+            "{text}"
+        );
     }
 }

@@ -88,14 +88,21 @@ fn is_identifier(s: &str, extra: &[char]) -> bool {
 }
 
 fn handler_failed(handler: &str, why: impl std::fmt::Display) -> Error {
-    Error::BuildFailed(format!("handler '{}': {why}", truncate_for_message(handler)))
+    Error::BuildFailed(format!(
+        "handler '{}': {why}",
+        truncate_for_message(handler)
+    ))
 }
 
 /// Finds the file a handler names in the source: python `pkg.module.func` ->
 /// `pkg/module.py` or `pkg/module/__init__.py`; node `dir/file.func` ->
 /// `dir/file.js`; shell and binary: the handler is the file. `build_failed` when the
 /// handler is malformed or its file is missing.
-pub(crate) fn handler_file(runtime: Runtime, handler: &str, source: &Source) -> Result<HandlerFile> {
+pub(crate) fn handler_file(
+    runtime: Runtime,
+    handler: &str,
+    source: &Source,
+) -> Result<HandlerFile> {
     let present = |p: &str| source.files.contains_key(p);
     match runtime {
         Runtime::Python => {
@@ -117,7 +124,10 @@ pub(crate) fn handler_file(runtime: Runtime, handler: &str, source: &Source) -> 
                 }),
                 None => Err(handler_failed(
                     handler,
-                    format!("neither {} nor {} is in the upload", candidates[0], candidates[1]),
+                    format!(
+                        "neither {} nor {} is in the upload",
+                        candidates[0], candidates[1]
+                    ),
                 )),
             }
         }
@@ -136,7 +146,10 @@ pub(crate) fn handler_file(runtime: Runtime, handler: &str, source: &Source) -> 
                 return Err(handler_failed(handler, format!("the file path {why}")));
             }
             if !present(&path) {
-                return Err(handler_failed(handler, format!("{path} is not in the upload")));
+                return Err(handler_failed(
+                    handler,
+                    format!("{path} is not in the upload"),
+                ));
             }
             Ok(HandlerFile {
                 path,
@@ -208,8 +221,17 @@ mod tests {
     #[test]
     fn unsafe_paths_are_refused() {
         for bad in [
-            "", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "a/", "a\0b", "a\\b",
-            "a\nb", "..",
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/./b",
+            "a//b",
+            "a/",
+            "a\0b",
+            "a\\b",
+            "a\nb",
+            "..",
         ] {
             let e = check_paths(&src(&[bad])).unwrap_err();
             assert_eq!(e.code(), "invalid_input", "{bad:?}");
@@ -226,15 +248,32 @@ mod tests {
 
     #[test]
     fn handlers_map_to_files() {
-        let s = src(&["main.py", "pkg/mod.py", "lib/__init__.py", "index.js", "src/app.js", "run.sh"]);
+        let s = src(&[
+            "main.py",
+            "pkg/mod.py",
+            "lib/__init__.py",
+            "index.js",
+            "src/app.js",
+            "run.sh",
+        ]);
         let path = |r, h| handler_file(r, h, &s).map(|f| f.path);
         assert_eq!(path(Runtime::Python, "main.handle").unwrap(), "main.py");
-        assert_eq!(path(Runtime::Python, "pkg.mod.handle").unwrap(), "pkg/mod.py");
-        assert_eq!(path(Runtime::Python, "lib.handle").unwrap(), "lib/__init__.py");
+        assert_eq!(
+            path(Runtime::Python, "pkg.mod.handle").unwrap(),
+            "pkg/mod.py"
+        );
+        assert_eq!(
+            path(Runtime::Python, "lib.handle").unwrap(),
+            "lib/__init__.py"
+        );
         assert_eq!(path(Runtime::Node, "index.handle").unwrap(), "index.js");
         assert_eq!(path(Runtime::Node, "src/app.handle").unwrap(), "src/app.js");
         assert_eq!(path(Runtime::Shell, "run.sh").unwrap(), "run.sh");
-        assert!(handler_file(Runtime::Shell, "run.sh", &s).unwrap().executable);
+        assert!(
+            handler_file(Runtime::Shell, "run.sh", &s)
+                .unwrap()
+                .executable
+        );
         for (r, h) in [
             (Runtime::Python, "missing.handle"),
             (Runtime::Python, "main"),
@@ -256,7 +295,13 @@ mod tests {
         let s = src(&["run.sh", "lib/x.txt"]);
         let n = write_files(dir.path(), &s, Some("run.sh")).unwrap();
         assert_eq!(n, 2);
-        let mode = |p: &str| fs::metadata(dir.path().join(p)).unwrap().permissions().mode() & 0o777;
+        let mode = |p: &str| {
+            fs::metadata(dir.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
         assert_eq!(mode("run.sh"), 0o755);
         assert_eq!(mode("lib/x.txt"), 0o644);
     }

@@ -160,9 +160,8 @@ impl Npm {
         let node = locate(node, "node", "installing package.json dependencies")?;
         let npm = locate(npm, "npm", "installing package.json dependencies")?;
         let canon = |p: &Path| {
-            std::fs::canonicalize(p).map_err(|e| {
-                Error::Unavailable(format!("cannot resolve {}: {e}", p.display()))
-            })
+            std::fs::canonicalize(p)
+                .map_err(|e| Error::Unavailable(format!("cannot resolve {}: {e}", p.display())))
         };
         let (node, npm) = (canon(&node)?, canon(&npm)?);
         let node_dir = node.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -181,7 +180,10 @@ impl Npm {
                 .and_then(Path::parent)
                 .unwrap_or(Path::new("/"))
                 .to_path_buf();
-            (vec![node.clone().into_os_string(), npm.into_os_string()], package)
+            (
+                vec![node.clone().into_os_string(), npm.into_os_string()],
+                package,
+            )
         } else {
             let dir = npm.parent().unwrap_or(Path::new("/")).to_path_buf();
             (vec![npm.into_os_string()], dir)

@@ -62,7 +62,12 @@ fn have(tools: &[Tool]) -> bool {
             Tool::Npm => works("npm", &["--version"]) && works("node", &["--version"]),
         };
         if !ok {
-            let reason = format!("{tool:?} is missing or does not work here");
+            let name = match tool {
+                Tool::Bwrap => "bwrap",
+                Tool::Pip => "python3 with pip",
+                Tool::Npm => "npm with node",
+            };
+            let reason = format!("{name} is missing or does not work here");
             if std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() == Ok("1") {
                 panic!("SOPM_REQUIRE_INTEGRATION=1 but {reason}");
             }

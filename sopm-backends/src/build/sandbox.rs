@@ -444,6 +444,7 @@ mod tests {
             "set -e; \
              [ \"$(id -u)\" = {SANDBOX_ID} ]; \
              [ ! -e {secret} ]; \
+             [ ! -e {me} ]; \
              [ ! -e /etc/ssl/private ]; \
              [ ! -e /etc/shadow ]; \
              [ \"$HOME\" = {SANDBOX_HOME} ] && [ \"$PROBE\" = 1 ]; \
@@ -452,7 +453,8 @@ mod tests {
              ! touch /sopm-probe 2>/dev/null; \
              touch /tmp/ok \"$HOME/ok\" {SANDBOX_WORKDIR}/written; \
              echo all good",
-            secret = secret.path().display()
+            secret = secret.path().display(),
+            me = std::env::current_exe().unwrap().display(),
         );
         let log = Log::default();
         let deadline = Instant::now() + std::time::Duration::from_secs(30);

@@ -4,6 +4,9 @@
 //! Features:
 //! - `sqlite` (default): [`SqliteStore`], the function registry and job store in one
 //!   SQLite file (WAL, schema migrations, group commit). The embedded default.
+//! - `local-build`: [`LocalBuilder`], which turns uploaded sources into artifact
+//!   directories, installing `requirements.txt` / `package.json` dependencies inside a
+//!   bubblewrap sandbox.
 //!
 //! Each backend implements the traits of `sopm-core` and passes its conformance
 //! checks (`sopm_core::conformance`).
@@ -13,3 +16,9 @@ pub mod sqlite;
 
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConfig, SqliteStore};
+
+#[cfg(feature = "local-build")]
+pub mod build;
+
+#[cfg(feature = "local-build")]
+pub use build::{LocalBuilder, LocalBuilderConfig};

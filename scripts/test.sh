@@ -11,7 +11,13 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 step() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages the suite uses, by the command that shows each is present.
-declare -A want=()
+declare -A want=(
+  [bwrap]=bubblewrap
+  [prlimit]=util-linux
+  [node]=nodejs
+  [npm]=npm
+  [curl]=curl
+)
 missing=()
 for cmd in "${!want[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")
@@ -25,6 +31,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  step "installing pip"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends python3-pip
 fi
 
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then

@@ -1,1 +1,5 @@
 //! placeholder
+#[cfg(feature = "process")]
+pub mod process;
+#[cfg(feature = "process")]
+pub mod sandbox;

@@ -67,7 +67,7 @@ impl CgroupRoot {
     }
 
     fn probe(&self) -> Result<(), String> {
-        let name = format!("probe-{}", std::process::id());
+        let name = format!("probe-{}", super::launcher::sandbox_name());
         let cg = self
             .create(&name)
             .map_err(|e| format!("cannot create a sandbox cgroup: {e}"))?;

@@ -38,7 +38,12 @@ struct HostTools {
 pub struct ProcessLauncher {
     config: ProcessExecutorConfig,
     tools: OnceCell<Arc<HostTools>>,
-    next_id: AtomicU64,
+}
+
+/// A name unique on this host for as long as this process lives: `<pid>-<n>`.
+pub(crate) fn sandbox_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl ProcessLauncher {
@@ -46,7 +51,6 @@ impl ProcessLauncher {
         ProcessLauncher {
             config,
             tools: OnceCell::new(),
-            next_id: AtomicU64::new(1),
         }
     }
 
@@ -75,8 +79,7 @@ impl SandboxLauncher for ProcessLauncher {
         }
         .as_ref()
         .map_err(|why| Error::Unavailable(why.clone()))?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}-{}", std::process::id(), id);
+        let name = sandbox_name();
         let cgroup = match &tools.cgroups {
             Some(root) => match root.create(&name) {
                 Ok(cg) => {

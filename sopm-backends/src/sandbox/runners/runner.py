@@ -182,7 +182,7 @@ class Function:
         return head[:-1] + b',"output":' + encoded + b"}"
 
     def invoke_command(self, id_, event, deadline):
-        data = json.dumps(event, ensure_ascii=False).encode("utf-8")
+        data = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         cpu = max(1, int(deadline - time.monotonic()) + 1)
 
         def limit_child():

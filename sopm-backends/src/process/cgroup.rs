@@ -106,6 +106,63 @@ impl CgroupRoot {
     }
 }
 
+async fn kill_pids(sh: &Path, pids: &[u32]) {
+    let _ = tokio::process::Command::new(sh)
+        .args(["-c", "kill -9 \"$@\" 2>/dev/null", "sopm-kill"])
+        .args(pids.iter().map(u32::to_string))
+        .env_clear()
+        .status()
+        .await;
+}
+
+impl CgroupRoot {
+    /// Kills and removes sandbox cgroups left by SOPM processes that no longer run (a
+    /// server that crashed mid-boot of a sandbox).
+    pub async fn sweep_stale(&self, sh: &Path) {
+        let bases: Vec<&Path> = match self {
+            CgroupRoot::V1 { memory, pids } => vec![pids.as_path(), memory.as_path()],
+            CgroupRoot::V2 { base } => vec![base.as_path()],
+        };
+        let mut stale = Vec::new();
+        for base in &bases {
+            let Ok(entries) = std::fs::read_dir(base) else { continue };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let owner = name
+                    .trim_start_matches("probe-")
+                    .split('-')
+                    .next()
+                    .and_then(|p| p.parse::<u32>().ok());
+                let Some(owner) = owner else { continue };
+                if owner != std::process::id() && !Path::new(&format!("/proc/{owner}")).exists() && !stale.contains(&name) {
+                    stale.push(name);
+                }
+            }
+        }
+        for name in stale {
+            let cg = match self {
+                CgroupRoot::V1 { memory, pids } => SandboxCgroup {
+                    v2: false,
+                    memory: memory.join(&name),
+                    pids: pids.join(&name),
+                },
+                CgroupRoot::V2 { base } => SandboxCgroup {
+                    v2: true,
+                    memory: base.join(&name),
+                    pids: base.join(&name),
+                },
+            };
+            if let Some(pids) = cg.pids() {
+                if !pids.is_empty() {
+                    tracing::warn!(cgroup = %name, processes = pids.len(), "killing a sandbox left by a stopped server");
+                    kill_pids(sh, &pids).await;
+                }
+            }
+            cg.remove(sh).await;
+        }
+    }
+}
+
 fn ensure_dir(p: &Path) -> io::Result<()> {
     match std::fs::create_dir(p) {
         Ok(()) => Ok(()),
@@ -186,16 +243,32 @@ impl SandboxCgroup {
             .map(|s| s.lines().filter(|l| !l.trim().is_empty()).count())
     }
 
-    /// Removes the cgroup once its processes are gone (they die with the sandbox's pid
-    /// namespace, a moment after it is killed).
-    pub async fn remove(self) {
-        for _ in 0..400 {
-            if self.process_count().unwrap_or(0) == 0 && self.try_remove() {
-                return;
+    /// Removes the cgroup once its processes are gone. They die with the sandbox's pid
+    /// namespace a moment after it is killed; any still there after a while (a bwrap
+    /// caught mid-setup) are killed with `sh`'s `kill`.
+    pub async fn remove(self, sh: &Path) {
+        for round in 0..400 {
+            match self.pids() {
+                Some(pids) if !pids.is_empty() => {
+                    if round % 20 == 19 {
+                        kill_pids(sh, &pids).await;
+                    }
+                }
+                _ => {
+                    if self.try_remove() {
+                        return;
+                    }
+                }
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tracing::warn!(cgroup = %self.pids.display(), "a sandbox cgroup still has processes; left in place");
+    }
+
+    fn pids(&self) -> Option<Vec<u32>> {
+        std::fs::read_to_string(self.pids.join("cgroup.procs"))
+            .ok()
+            .map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect())
     }
 
     /// Removes the cgroup if it is empty; whether it is gone.

@@ -140,9 +140,11 @@ impl SandboxLauncher for ProcessLauncher {
             child: Some(child),
             cgroup,
             prlimit: tools.prlimit.clone(),
+            sh: tools.sh.clone(),
             runner: spec.runner,
             runner_pid: None,
             baseline: None,
+            oom_baseline: 0,
             ended: None,
         };
         match sandbox.channel.hello().await {
@@ -173,9 +175,11 @@ pub struct ProcessSandbox {
     child: Option<Child>,
     cgroup: Option<SandboxCgroup>,
     prlimit: PathBuf,
+    sh: PathBuf,
     runner: RunnerKind,
     runner_pid: Option<u32>,
     baseline: Option<usize>,
+    oom_baseline: u64,
     ended: Option<ExitStatus>,
 }
 
@@ -194,7 +198,7 @@ impl ProcessSandbox {
             }
         }
         if let Some(cg) = self.cgroup.take() {
-            tokio::spawn(cg.remove());
+            cg.remove(&self.sh).await;
         }
     }
 }
@@ -239,8 +243,21 @@ impl Sandbox for ProcessSandbox {
         }
     }
 
+    fn is_alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     fn mark_clean(&mut self) {
         self.baseline = self.process_count();
+        self.oom_baseline = self.cgroup.as_ref().map_or(0, |c| c.oom_kills());
+    }
+
+    fn memory_exceeded(&mut self) -> bool {
+        self.cgroup
+            .as_ref()
+            .is_some_and(|c| c.oom_kills() > self.oom_baseline)
     }
 
     fn is_clean(&mut self) -> bool {
@@ -258,7 +275,7 @@ impl Sandbox for ProcessSandbox {
             .await
             .ok()
             .and_then(|r| r.ok());
-        let oom = self.cgroup.as_ref().map(|c| c.oom_kills()).unwrap_or(0) > 0;
+        let oom = self.memory_exceeded();
         self.reap().await;
         if oom {
             return Death::OutOfMemory;
@@ -304,7 +321,8 @@ impl Drop for ProcessSandbox {
         if let Some(cg) = self.cgroup.take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(h) => {
-                    h.spawn(cg.remove());
+                    let sh = self.sh.clone();
+                    h.spawn(async move { cg.remove(&sh).await });
                 }
                 Err(_) => {
                     cg.remove_now();
@@ -418,6 +436,7 @@ async fn probe(config: &ProcessExecutorConfig) -> Result<HostTools> {
         match CgroupRoot::detect(Path::new("/sys/fs/cgroup"), &config.cgroup_parent) {
             Ok(root) => {
                 tracing::info!(?root, "sandbox memory and process limits use cgroups");
+                root.sweep_stale(&sh).await;
                 Some(root)
             }
             Err(why) => {

@@ -63,8 +63,15 @@ pub trait Sandbox: Debug + Send + 'static {
     /// the pool then launches a dedicated sandbox instead.
     async fn set_limits(&mut self, from: &Limits, to: &Limits) -> Result<()>;
 
+    /// Whether the sandbox is still running (checked before an idle instance is reused).
+    fn is_alive(&mut self) -> bool;
+
     /// Records the current state as clean (called once the function is loaded).
     fn mark_clean(&mut self);
+
+    /// Whether the kernel killed a process of the sandbox for memory since it was marked
+    /// clean (a child of the runner, say, while the runner lived on).
+    fn memory_exceeded(&mut self) -> bool;
 
     /// Whether the sandbox is still as clean as when marked: no process left behind by
     /// the last invocation. A sandbox that is not clean is not reused.

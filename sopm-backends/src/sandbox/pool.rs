@@ -403,7 +403,26 @@ impl<L: SandboxLauncher> WarmPool<L> {
                     st.functions.insert(key.clone(), FunctionPool::new(slot));
                 }
                 let fp = st.functions.get_mut(&key).expect("just inserted");
-                if let Some(idle) = fp.idle.pop() {
+                let mut dead = Vec::new();
+                let mut found = None;
+                while let Some(mut idle) = fp.idle.pop() {
+                    if idle.sandbox.is_alive() {
+                        found = Some(idle);
+                        break;
+                    }
+                    fp.replaced += 1;
+                    dead.push(idle.sandbox);
+                }
+                if !dead.is_empty() {
+                    st.total -= dead.len();
+                    self.inner
+                        .counters
+                        .replaced
+                        .fetch_add(dead.len() as u64, Ordering::Relaxed);
+                    tokio::spawn(kill_all(dead));
+                }
+                let fp = st.functions.get_mut(&key).expect("just inserted");
+                if let Some(idle) = found {
                     fp.busy += 1;
                     return Ok(Lease {
                         pool: self.inner.clone(),
@@ -619,13 +638,23 @@ impl<L: SandboxLauncher> WarmPool<L> {
     }
 
     fn take_stem(&self, runner: RunnerKind) -> Option<L::Sandbox> {
-        let stem = self
-            .inner
-            .state
-            .lock()
-            .stems
-            .get_mut(&runner)
-            .and_then(|sp| sp.ready.pop_front());
+        let mut dead = Vec::new();
+        let stem = {
+            let mut st = self.inner.state.lock();
+            let sp = st.stems.get_mut(&runner)?;
+            loop {
+                let Some(mut s) = sp.ready.pop_front() else {
+                    break None;
+                };
+                if s.is_alive() {
+                    break Some(s);
+                }
+                dead.push(s);
+            }
+        };
+        if !dead.is_empty() {
+            tokio::spawn(kill_all(dead));
+        }
         self.inner.refill.notify_one();
         stem
     }
@@ -738,6 +767,14 @@ impl<L: SandboxLauncher> Lease<L> {
                     message: "the function failed without saying why".into(),
                     traceback: None,
                 }))
+        };
+        let outcome = if sandbox.memory_exceeded() {
+            Err(Error::OutOfMemory(format!(
+                "a process of the function went past the memory limit of {} MiB and was killed",
+                self.limits.memory_mb
+            )))
+        } else {
+            outcome
         };
         let broke_limit = matches!(&outcome, Err(Error::OutOfMemory(_)) | Err(Error::Timeout(_)));
         if broke_limit || !reply.logs_complete || !sandbox.is_clean() {

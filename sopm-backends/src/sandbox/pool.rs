@@ -319,10 +319,23 @@ impl<L: SandboxLauncher> WarmPool<L> {
             st.total -= freed;
             doomed
         };
-        for t in self.inner.tasks.lock().drain(..) {
-            t.abort();
-        }
         kill_all(doomed).await;
+        // The refill task finishes a boot in progress and kills what it booted; the
+        // reaper has nothing left to do.
+        self.inner.refill.notify_one();
+        let tasks: Vec<JoinHandle<()>> = self.inner.tasks.lock().drain(..).collect();
+        let mut tasks = tasks.into_iter();
+        if let Some(mut refill) = tasks.next() {
+            if tokio::time::timeout(self.inner.config.boot_timeout, &mut refill)
+                .await
+                .is_err()
+            {
+                refill.abort();
+            }
+        }
+        for reaper in tasks {
+            reaper.abort();
+        }
         self.inner.freed.notify_waiters();
     }
 

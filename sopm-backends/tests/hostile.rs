@@ -52,7 +52,10 @@ async fn secrets_of_the_host_are_not_visible() {
         "/proc/1/environ".to_string(),
         secret.to_string_lossy().into_owned(),
     ];
-    let out = call(&exec, &f, json!({"paths": paths})).await.unwrap().value;
+    let out = call(&exec, &f, json!({"paths": paths}))
+        .await
+        .unwrap()
+        .value;
     for p in &paths[..2] {
         assert!(out[p].as_str().unwrap().starts_with("denied"), "{p}: {out}");
     }
@@ -62,9 +65,15 @@ async fn secrets_of_the_host_are_not_visible() {
     );
     assert!(!out.to_string().contains("TOP SECRET"));
     let etc = out["etc"].as_array().unwrap();
-    assert!(!etc.contains(&json!("shadow")) && !etc.contains(&json!("passwd")), "{out}");
+    assert!(
+        !etc.contains(&json!("shadow")) && !etc.contains(&json!("passwd")),
+        "{out}"
+    );
     let root = out["root"].as_array().unwrap();
-    assert!(!root.contains(&json!("root")) || !root.contains(&json!("work")), "{out}");
+    assert!(
+        !root.contains(&json!("root")) || !root.contains(&json!("work")),
+        "{out}"
+    );
     still_serves(&exec).await;
     exec.shutdown().await;
 }
@@ -156,7 +165,10 @@ async fn a_fork_bomb_is_contained() {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
         .unwrap_or(0);
-    assert!(left < 20, "{left} runner processes left after the fork bomb");
+    assert!(
+        left < 20,
+        "{left} runner processes left after the fork bomb"
+    );
     still_serves(&exec).await;
     exec.shutdown().await;
 }
@@ -191,7 +203,10 @@ async fn unbounded_allocation_is_out_of_memory() {
     if exec.cgroups_enabled() == Some(true) {
         assert_eq!(e.code(), "out_of_memory", "{e:?}");
     } else {
-        assert!(["out_of_memory", "function_error"].contains(&e.code()), "{e:?}");
+        assert!(
+            ["out_of_memory", "function_error"].contains(&e.code()),
+            "{e:?}"
+        );
     }
     still_serves(&exec).await;
     exec.shutdown().await;
@@ -206,7 +221,10 @@ async fn spinning_and_sleeping_past_the_deadline_time_out() {
         timeout_ms: 1_000,
         ..tight()
     };
-    let spin = python_limited("def handle(event, context):\n    while True:\n        pass\n", limits.clone());
+    let spin = python_limited(
+        "def handle(event, context):\n    while True:\n        pass\n",
+        limits.clone(),
+    );
     let e = call(&exec, &spin, json!({})).await.unwrap_err();
     assert_eq!(e.code(), "timeout", "{e:?}");
     let sleep = python_limited(
@@ -237,8 +255,15 @@ async fn printing_100_mb_is_capped() {
     let out = call(&exec, &f, json!({})).await.unwrap();
     assert_eq!(out.value, json!("printed"));
     let logs = out.logs.unwrap();
-    assert!(logs.len() < 64 * 1024 + 200, "{} bytes of logs kept", logs.len());
-    assert!(logs.contains("[sopm: logs truncated"), "no truncation marker");
+    assert!(
+        logs.len() < 64 * 1024 + 200,
+        "{} bytes of logs kept",
+        logs.len()
+    );
+    assert!(
+        logs.contains("[sopm: logs truncated"),
+        "no truncation marker"
+    );
     // 100 MB without a newline straight onto the frame channel.
     let g = python_limited(
         "import os\ndef handle(event, context):\n    chunk = b'z' * (1 << 20)\n    for _ in range(100):\n        os.write(4, chunk)\n    return 'done'\n",
@@ -266,7 +291,10 @@ async fn closing_the_frame_pipes() {
         "import sys\ndef handle(event, context):\n    sys.stdout.close()\n    return 'fine'\n",
         tight(),
     );
-    assert_eq!(call(&exec, &g, json!({})).await.unwrap().value, json!("fine"));
+    assert_eq!(
+        call(&exec, &g, json!({})).await.unwrap().value,
+        json!("fine")
+    );
     // Closing the frame input answers once; the instance is then dead and replaced.
     let h = python_limited(
         "import os\ndef handle(event, context):\n    os.close(3)\n    return 'half'\n",
@@ -275,13 +303,17 @@ async fn closing_the_frame_pipes() {
     let first = call(&exec, &h, json!({})).await;
     eprintln!("closed frame input: {first:?}");
     assert!(
-        matches!(&first, Ok(o) if o.value == json!("half")) || first.as_ref().is_err_and(|e| e.code() == "sandbox_crashed"),
+        matches!(&first, Ok(o) if o.value == json!("half"))
+            || first.as_ref().is_err_and(|e| e.code() == "sandbox_crashed"),
         "{first:?}"
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
     let second = call(&exec, &h, json!({})).await;
     assert!(
-        matches!(&second, Ok(o) if o.value == json!("half")) || second.as_ref().is_err_and(|e| e.code() == "sandbox_crashed"),
+        matches!(&second, Ok(o) if o.value == json!("half"))
+            || second
+                .as_ref()
+                .is_err_and(|e| e.code() == "sandbox_crashed"),
         "{second:?}"
     );
     still_serves(&exec).await;
@@ -300,7 +332,8 @@ async fn killing_the_parent_and_everything() {
     let r = call(&exec, &f, json!({})).await;
     eprintln!("kill parent: {r:?}");
     assert!(
-        matches!(&r, Ok(o) if o.value == json!("still here")) || r.as_ref().is_err_and(|e| e.code() == "sandbox_crashed"),
+        matches!(&r, Ok(o) if o.value == json!("still here"))
+            || r.as_ref().is_err_and(|e| e.code() == "sandbox_crashed"),
         "{r:?}"
     );
     let g = function_with(
@@ -310,7 +343,10 @@ async fn killing_the_parent_and_everything() {
         tight(),
     );
     let r = call(&exec, &g, json!({})).await;
-    assert!(r.as_ref().is_err_and(|e| e.code() == "sandbox_crashed"), "{r:?}");
+    assert!(
+        r.as_ref().is_err_and(|e| e.code() == "sandbox_crashed"),
+        "{r:?}"
+    );
     still_serves(&exec).await;
     exec.shutdown().await;
 }

@@ -102,7 +102,10 @@ async fn shell_hello_world_and_failure() {
     let failing = function(
         Runtime::Shell,
         "run.sh",
-        &[("run.sh", b"echo 'first line' >&2\necho 'it broke here' >&2\nexit 3\n")],
+        &[(
+            "run.sh",
+            b"echo 'first line' >&2\necho 'it broke here' >&2\nexit 3\n",
+        )],
     );
     let e = call(&exec, &failing, json!(null)).await.unwrap_err();
     assert_eq!(e.code(), "function_error");
@@ -189,7 +192,10 @@ async fn function_errors_carry_tracebacks_and_keep_the_instance() {
     };
     let tb = traceback.unwrap();
     assert!(tb.contains("main.py") && tb.contains("helper"), "{tb}");
-    assert_eq!(call(&exec, &f, json!({})).await.unwrap().value, json!("fine"));
+    assert_eq!(
+        call(&exec, &f, json!({})).await.unwrap().value,
+        json!("fine")
+    );
     assert_eq!(exec.counters().replaced, 0);
 
     let broken = python("def handle(event, context)\n    return 1\n");
@@ -237,7 +243,11 @@ async fn logs_are_captured_and_kept_out_of_the_output() {
             assert!(logs.contains(part), "missing {part:?} in {logs:?}");
         }
         assert!(logs.ends_with("no newline at the end"), "{logs:?}");
-        assert_eq!(logs.matches("via print").count(), 1, "logs leak across calls");
+        assert_eq!(
+            logs.matches("via print").count(),
+            1,
+            "logs leak across calls"
+        );
     }
     exec.shutdown().await;
 }
@@ -258,7 +268,10 @@ async fn output_too_large_is_reported_and_the_instance_kept() {
     );
     let e = call(&exec, &f, json!({"n": 5000})).await.unwrap_err();
     assert_eq!(e.code(), "output_too_large");
-    assert_eq!(call(&exec, &f, json!({"n": 3})).await.unwrap().value, json!("xxx"));
+    assert_eq!(
+        call(&exec, &f, json!({"n": 3})).await.unwrap().value,
+        json!("xxx")
+    );
     assert_eq!(exec.counters().replaced, 0);
     exec.shutdown().await;
 }
@@ -307,8 +320,16 @@ async fn two_functions_never_share_an_instance() {
             "import os\nSEEN = []\ndef handle(event, context):\n    SEEN.append('{name}')\n    prev = open('/tmp/owner').read() if os.path.exists('/tmp/owner') else None\n    open('/tmp/owner', 'w').write('{name}')\n    return {{'seen': sorted(set(SEEN)), 'prev': prev, 'files': sorted(os.listdir('/fn'))}}\n"
         )
     };
-    let a = function(Runtime::Python, "main.handle", &[("main.py", body("a").as_bytes()), ("a.txt", b"a")]);
-    let b = function(Runtime::Python, "main.handle", &[("main.py", body("b").as_bytes()), ("b.txt", b"b")]);
+    let a = function(
+        Runtime::Python,
+        "main.handle",
+        &[("main.py", body("a").as_bytes()), ("a.txt", b"a")],
+    );
+    let b = function(
+        Runtime::Python,
+        "main.handle",
+        &[("main.py", body("b").as_bytes()), ("b.txt", b"b")],
+    );
     for _ in 0..3 {
         for (f, name, file) in [(&a, "a", "a.txt"), (&b, "b", "b.txt")] {
             let out = call(&exec, f, json!({})).await.unwrap().value;
@@ -368,7 +389,13 @@ async fn idle_instances_are_reaped() {
         }
     }
     assert!(reaped, "the idle instance was not reaped");
-    assert_eq!(call(&exec, &f, json!({"name": "back"})).await.unwrap().value["hello"], json!("back"));
+    assert_eq!(
+        call(&exec, &f, json!({"name": "back"}))
+            .await
+            .unwrap()
+            .value["hello"],
+        json!("back")
+    );
     exec.shutdown().await;
 }
 
@@ -436,8 +463,15 @@ async fn the_environment_is_minimal_plus_the_functions_own() {
     let env = call(&exec, &f, json!({})).await.unwrap().value;
     assert_eq!(env["GREETING"], json!("hola"));
     assert_eq!(env["HOME"], json!("/tmp"));
-    for leaked in ["CARGO_TARGET_DIR", "RUST_BACKTRACE", "SOPM_REQUIRE_INTEGRATION"] {
-        assert!(env.get(leaked).is_none(), "{leaked} leaked into the sandbox");
+    for leaked in [
+        "CARGO_TARGET_DIR",
+        "RUST_BACKTRACE",
+        "SOPM_REQUIRE_INTEGRATION",
+    ] {
+        assert!(
+            env.get(leaked).is_none(),
+            "{leaked} leaked into the sandbox"
+        );
     }
     exec.shutdown().await;
 }

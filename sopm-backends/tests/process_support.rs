@@ -25,7 +25,14 @@ pub fn integration_ready(test: &str, tools: &[&str]) -> bool {
         .collect();
     if missing.is_empty() && tools.contains(&"bwrap") {
         let ok = std::process::Command::new("bwrap")
-            .args(["--unshare-user", "--unshare-pid", "--ro-bind", "/", "/", "true"])
+            .args([
+                "--unshare-user",
+                "--unshare-pid",
+                "--ro-bind",
+                "/",
+                "/",
+                "true",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()
@@ -116,7 +123,11 @@ pub fn write_file(root: &Path, name: &str, body: &[u8]) {
 }
 
 pub fn python(source: &str) -> TestFunction {
-    function(Runtime::Python, "main.handle", &[("main.py", source.as_bytes())])
+    function(
+        Runtime::Python,
+        "main.handle",
+        &[("main.py", source.as_bytes())],
+    )
 }
 
 pub fn python_limited(source: &str, limits: Limits) -> TestFunction {
@@ -138,8 +149,18 @@ pub fn tight() -> Limits {
     }
 }
 
-pub async fn call(exec: &ProcessExecutor, f: &TestFunction, input: Value) -> sopm_core::Result<Output> {
-    call_within(exec, f, input, Duration::from_millis(f.version.limits.timeout_ms)).await
+pub async fn call(
+    exec: &ProcessExecutor,
+    f: &TestFunction,
+    input: Value,
+) -> sopm_core::Result<Output> {
+    call_within(
+        exec,
+        f,
+        input,
+        Duration::from_millis(f.version.limits.timeout_ms),
+    )
+    .await
 }
 
 pub async fn call_within(
@@ -176,7 +197,8 @@ pub async fn wait_for_stem_cells(exec: &ProcessExecutor, runner: &str, n: u64) {
     panic!("no {runner} stem cell became ready");
 }
 
-pub const HELLO_PY: &str = "def handle(event, context):\n    return {'hello': event.get('name', 'world')}\n";
+pub const HELLO_PY: &str =
+    "def handle(event, context):\n    return {'hello': event.get('name', 'world')}\n";
 
 /// Checks that the executor still runs a normal function.
 pub async fn still_serves(exec: &ProcessExecutor) {

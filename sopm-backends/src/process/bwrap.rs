@@ -103,7 +103,11 @@ pub fn command_line(plan: &SandboxPlan<'_>) -> Vec<OsString> {
         argv.push(CGROUP_JOIN.into());
         argv.push("sopm-sandbox".into());
         argv.push(plan.cgroup_dirs.len().to_string().into());
-        argv.extend(plan.cgroup_dirs.iter().map(|d| OsString::from(d.as_os_str())));
+        argv.extend(
+            plan.cgroup_dirs
+                .iter()
+                .map(|d| OsString::from(d.as_os_str())),
+        );
     }
     argv.push(plan.prlimit.into());
     argv.extend(
@@ -156,11 +160,21 @@ fn bwrap_args(plan: &SandboxPlan<'_>) -> Vec<OsString> {
         a.push(p.into());
         a.push(p.into());
     };
-    for p in ["/etc/ld.so.cache", "/etc/localtime", "/etc/ssl", "/etc/ca-certificates"] {
+    for p in [
+        "/etc/ld.so.cache",
+        "/etc/localtime",
+        "/etc/ssl",
+        "/etc/ca-certificates",
+    ] {
         ro_try(&mut a, p);
     }
     if plan.network {
-        for p in ["/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf"] {
+        for p in [
+            "/etc/resolv.conf",
+            "/etc/hosts",
+            "/etc/nsswitch.conf",
+            "/etc/gai.conf",
+        ] {
             ro_try(&mut a, p);
         }
     }

@@ -71,7 +71,9 @@ impl CgroupRoot {
         let cg = self
             .create(&name)
             .map_err(|e| format!("cannot create a sandbox cgroup: {e}"))?;
-        let r = cg.set_limits(64 << 20, 16).map_err(|e| format!("cannot set cgroup limits: {e}"));
+        let r = cg
+            .set_limits(64 << 20, 16)
+            .map_err(|e| format!("cannot set cgroup limits: {e}"));
         cg.remove_now();
         r
     }
@@ -125,7 +127,9 @@ impl CgroupRoot {
         };
         let mut stale = Vec::new();
         for base in &bases {
-            let Ok(entries) = std::fs::read_dir(base) else { continue };
+            let Ok(entries) = std::fs::read_dir(base) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let owner = name
@@ -134,7 +138,10 @@ impl CgroupRoot {
                     .next()
                     .and_then(|p| p.parse::<u32>().ok());
                 let Some(owner) = owner else { continue };
-                if owner != std::process::id() && !Path::new(&format!("/proc/{owner}")).exists() && !stale.contains(&name) {
+                if owner != std::process::id()
+                    && !Path::new(&format!("/proc/{owner}")).exists()
+                    && !stale.contains(&name)
+                {
                     stale.push(name);
                 }
             }
@@ -268,7 +275,11 @@ impl SandboxCgroup {
     fn pids(&self) -> Option<Vec<u32>> {
         std::fs::read_to_string(self.pids.join("cgroup.procs"))
             .ok()
-            .map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .map(|s| {
+                s.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
     }
 
     /// Removes the cgroup if it is empty; whether it is gone.

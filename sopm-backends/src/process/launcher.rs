@@ -43,7 +43,11 @@ pub struct ProcessLauncher {
 /// A name unique on this host for as long as this process lives: `<pid>-<n>`.
 pub(crate) fn sandbox_name() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl ProcessLauncher {
@@ -91,7 +95,9 @@ impl SandboxLauncher for ProcessLauncher {
                     Some(cg)
                 }
                 Err(e) => {
-                    return Err(Error::Internal(format!("cannot create a sandbox cgroup: {e}")));
+                    return Err(Error::Internal(format!(
+                        "cannot create a sandbox cgroup: {e}"
+                    )));
                 }
             },
             None => None,
@@ -157,14 +163,21 @@ impl SandboxLauncher for ProcessLauncher {
                 )));
             }
         }
-        sandbox.runner_pid = sandbox.child.as_ref().and_then(|c| c.id()).and_then(leaf_of);
+        sandbox.runner_pid = sandbox
+            .child
+            .as_ref()
+            .and_then(|c| c.id())
+            .and_then(leaf_of);
         Ok(sandbox)
     }
 }
 
 fn cgroup_limits(limits: &Limits) -> (u64, u64) {
     // The sandbox's own bwrap processes count against pids.max too.
-    (limits.memory_mb.max(16) << 20, limits.max_processes.max(1) + 3)
+    (
+        limits.memory_mb.max(16) << 20,
+        limits.max_processes.max(1) + 3,
+    )
 }
 
 /// One sandbox: the `[sh ->] prlimit -> bwrap` process tree and the runner inside.
@@ -395,17 +408,28 @@ fn tool(configured: &Option<PathBuf>, name: &str, why: &str) -> Result<PathBuf> 
             "{} is not an executable ({why})",
             p.display()
         ))),
-        None => find_on_path(name).ok_or_else(|| {
-            Error::Unavailable(format!("{name} not found on PATH ({why})"))
-        }),
+        None => find_on_path(name)
+            .ok_or_else(|| Error::Unavailable(format!("{name} not found on PATH ({why})"))),
     }
 }
 
 async fn probe(config: &ProcessExecutorConfig) -> Result<HostTools> {
-    let bwrap = tool(&config.bwrap, "bwrap", "the process executor needs bubblewrap")?;
-    let prlimit = tool(&config.prlimit, "prlimit", "util-linux prlimit applies rlimits")?;
+    let bwrap = tool(
+        &config.bwrap,
+        "bwrap",
+        "the process executor needs bubblewrap",
+    )?;
+    let prlimit = tool(
+        &config.prlimit,
+        "prlimit",
+        "util-linux prlimit applies rlimits",
+    )?;
     let sh = tool(&config.host_shell, "sh", "joins sandbox cgroups")?;
-    let python = match tool(&config.python, "python3", "python, shell and binary functions") {
+    let python = match tool(
+        &config.python,
+        "python3",
+        "python, shell and binary functions",
+    ) {
         Ok(p) => probe_python(&p).await,
         Err(e) => Err(e.to_string()),
     };

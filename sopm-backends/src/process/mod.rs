@@ -32,7 +32,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sopm_core::{Error, Executor, FunctionVersion, Invocation, Limits, Output, PoolStats, Result, Target};
+use sopm_core::{
+    Error, Executor, FunctionVersion, Invocation, Limits, Output, PoolStats, Result, Target,
+};
 
 use crate::sandbox::pool::{PoolConfig, PoolCounters, WarmPool};
 use crate::sandbox::{artifact, RunnerKind};
@@ -331,7 +333,12 @@ impl Executor for ProcessExecutor {
         let limit = tokio::time::Instant::now() + Duration::from_millis(version.limits.timeout_ms);
         let deadline = tokio::time::Instant::from_std(invocation.deadline).min(limit);
         self.pool
-            .invoke(version, invocation.job_id.as_str(), &invocation.input, deadline)
+            .invoke(
+                version,
+                invocation.job_id.as_str(),
+                &invocation.input,
+                deadline,
+            )
             .await
     }
 

@@ -133,7 +133,10 @@ mod tests {
         };
         assert_eq!(code.files.len(), 2);
         assert!(code.files.contains_key("deps/m.py"));
-        assert_eq!(code.symlinks.get("alias.py").map(String::as_str), Some("main.py"));
+        assert_eq!(
+            code.symlinks.get("alias.py").map(String::as_str),
+            Some("main.py")
+        );
         assert!(!code.symlinks.contains_key("leak"));
         assert!(matches!(
             load_code(dir.path(), 2).unwrap(),

@@ -384,7 +384,14 @@ impl<L: SandboxLauncher> WarmPool<L> {
     /// Life counters (stem cells used, cold starts, ...).
     pub fn counters(&self) -> PoolCounters {
         let c = &self.inner.counters;
-        let booted = self.inner.state.lock().stems.values().map(|s| s.booted).sum();
+        let booted = self
+            .inner
+            .state
+            .lock()
+            .stems
+            .values()
+            .map(|s| s.booted)
+            .sum();
         PoolCounters {
             stem_cells_booted: booted,
             stem_cells_used: c.stem_used.load(Ordering::Relaxed),
@@ -549,12 +556,16 @@ impl<L: SandboxLauncher> WarmPool<L> {
             FunctionCode::Inline(files) => (files.clone(), None),
             FunctionCode::Mounted(dir) => (Default::default(), Some(dir.clone())),
         };
-        let stem_ok = mount.is_none() && !network && version.limits.tmpfs_mb == config.stem_limits.tmpfs_mb;
+        let stem_ok =
+            mount.is_none() && !network && version.limits.tmpfs_mb == config.stem_limits.tmpfs_mb;
         if stem_ok {
             if let Some(mut stem) = self.take_stem(runner) {
                 let from = config.stem_limits.clone();
                 if stem.set_limits(&from, &version.limits).await.is_ok() {
-                    self.inner.counters.stem_used.fetch_add(1, Ordering::Relaxed);
+                    self.inner
+                        .counters
+                        .stem_used
+                        .fetch_add(1, Ordering::Relaxed);
                     match self.init(&mut stem, version, files.clone(), deadline).await {
                         Ok(()) => return Ok(stem),
                         Err(e @ Error::Function { .. }) | Err(e @ Error::Timeout(_)) => {
@@ -582,15 +593,16 @@ impl<L: SandboxLauncher> WarmPool<L> {
             self.inner.counters.mounted.fetch_add(1, Ordering::Relaxed);
         }
         let boot_deadline = deadline.min(Instant::now() + config.boot_timeout);
-        let mut sandbox = match tokio::time::timeout_at(boot_deadline, self.inner.launcher.launch(&spec)).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(Error::Timeout(format!(
-                    "a sandbox for function '{}' did not boot in time",
-                    version.name
-                )))
-            }
-        };
+        let mut sandbox =
+            match tokio::time::timeout_at(boot_deadline, self.inner.launcher.launch(&spec)).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(Error::Timeout(format!(
+                        "a sandbox for function '{}' did not boot in time",
+                        version.name
+                    )))
+                }
+            };
         match self.init(&mut sandbox, version, files, deadline).await {
             Ok(()) => Ok(sandbox),
             Err(e) => {
@@ -618,19 +630,20 @@ impl<L: SandboxLauncher> WarmPool<L> {
             log_marker: marker,
         };
         let cap = usize::try_from(version.limits.max_output_bytes).unwrap_or(usize::MAX);
-        let reply = match tokio::time::timeout_at(deadline, sandbox.channel().init(&frame, cap)).await {
-            Err(_) => {
-                return Err(Error::Timeout(format!(
-                    "function '{}' did not finish loading before its deadline",
-                    version.name
-                )))
-            }
-            Ok(Err(e)) => {
-                let death = sandbox.post_mortem().await;
-                return Err(death_error(death, &e, &version.limits, "while loading"));
-            }
-            Ok(Ok(r)) => r,
-        };
+        let reply =
+            match tokio::time::timeout_at(deadline, sandbox.channel().init(&frame, cap)).await {
+                Err(_) => {
+                    return Err(Error::Timeout(format!(
+                        "function '{}' did not finish loading before its deadline",
+                        version.name
+                    )))
+                }
+                Ok(Err(e)) => {
+                    let death = sandbox.post_mortem().await;
+                    return Err(death_error(death, &e, &version.limits, "while loading"));
+                }
+                Ok(Ok(r)) => r,
+            };
         match reply {
             InitReply::Ready { logs } => {
                 if !logs.is_empty() {
@@ -640,9 +653,7 @@ impl<L: SandboxLauncher> WarmPool<L> {
                 Ok(())
             }
             InitReply::Failed {
-                message,
-                traceback,
-                ..
+                message, traceback, ..
             } => Err(Error::Function {
                 message: format!("the function failed to load: {message}"),
                 traceback,
@@ -736,7 +747,12 @@ enum Fate {
 
 impl<L: SandboxLauncher> Lease<L> {
     /// Runs one invocation, then returns the instance to the pool or kills it.
-    pub async fn invoke(mut self, job_id: &str, input: &Value, deadline: Instant) -> Result<Output> {
+    pub async fn invoke(
+        mut self,
+        job_id: &str,
+        input: &Value,
+        deadline: Instant,
+    ) -> Result<Output> {
         let mut sandbox = self.sandbox.take().expect("a lease holds a sandbox");
         let max_out = usize::try_from(self.limits.max_output_bytes).unwrap_or(usize::MAX);
         let outcome = tokio::time::timeout_at(
@@ -789,7 +805,10 @@ impl<L: SandboxLauncher> Lease<L> {
         } else {
             outcome
         };
-        let broke_limit = matches!(&outcome, Err(Error::OutOfMemory(_)) | Err(Error::Timeout(_)));
+        let broke_limit = matches!(
+            &outcome,
+            Err(Error::OutOfMemory(_)) | Err(Error::Timeout(_))
+        );
         if broke_limit || !reply.logs_complete || !sandbox.is_clean() {
             sandbox.terminate().await;
             self.settle(None, Fate::Replaced);
@@ -877,9 +896,13 @@ fn death_error(death: Death, cause: &ChannelError, limits: &Limits, when: &str) 
             "the function went past its memory limit of {} MiB and was killed",
             limits.memory_mb
         )),
-        Death::CpuLimit => Error::Timeout("the function used up its CPU time and was killed".into()),
+        Death::CpuLimit => {
+            Error::Timeout("the function used up its CPU time and was killed".into())
+        }
         Death::Exited(how) => Error::SandboxCrashed(format!("the sandbox died {when} ({how})")),
-        Death::Killed => Error::SandboxCrashed(format!("the sandbox broke the protocol {when}: {cause}")),
+        Death::Killed => {
+            Error::SandboxCrashed(format!("the sandbox broke the protocol {when}: {cause}"))
+        }
     }
 }
 
@@ -894,7 +917,9 @@ async fn refill_loop<L: SandboxLauncher>(pool: Weak<Inner<L>>) {
             }
             let now = Instant::now();
             for (kind, want) in &inner.config.stem_cells {
-                let Some(sp) = st.stems.get_mut(kind) else { continue };
+                let Some(sp) = st.stems.get_mut(kind) else {
+                    continue;
+                };
                 if sp.failing_until.is_some_and(|t| t > now) {
                     continue;
                 }
@@ -915,7 +940,8 @@ async fn refill_loop<L: SandboxLauncher>(pool: Weak<Inner<L>>) {
             network: false,
             mount: None,
         };
-        let booted = tokio::time::timeout(inner.config.boot_timeout, inner.launcher.launch(&spec)).await;
+        let booted =
+            tokio::time::timeout(inner.config.boot_timeout, inner.launcher.launch(&spec)).await;
         let mut doomed = None;
         {
             let mut st = inner.state.lock();

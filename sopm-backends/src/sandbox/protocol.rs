@@ -456,7 +456,11 @@ impl RunnerChannel {
     }
 
     /// Sends `init` and waits for `ready` or `init_error`.
-    pub async fn init(&mut self, init: &InitFrame, log_cap: usize) -> Result<InitReply, ChannelError> {
+    pub async fn init(
+        &mut self,
+        init: &InitFrame,
+        log_cap: usize,
+    ) -> Result<InitReply, ChannelError> {
         self.drain_stale_logs();
         self.send(&HostFrame::Init(init)).await?;
         self.frames.set_max(FRAME_OVERHEAD_BYTES);
@@ -670,7 +674,10 @@ mod tests {
             r#"{"type":"result","id":"j1","ok":false,"error":{"kind":"function_error","message":"m"}}"#,
         )
         .unwrap();
-        assert!(matches!(r, RunnerFrame::Result(ResultFrame { ok: false, .. })));
+        assert!(matches!(
+            r,
+            RunnerFrame::Result(ResultFrame { ok: false, .. })
+        ));
     }
 
     #[test]

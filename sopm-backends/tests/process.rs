@@ -475,3 +475,98 @@ async fn the_environment_is_minimal_plus_the_functions_own() {
     }
     exec.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_per_function_cap_a_call_waits_then_is_overloaded() {
+    if !integration_ready("per_function_cap", PY_TOOLS) {
+        return;
+    }
+    let exec = config(&[RunnerKind::Python])
+        .with_max_instances_per_function(1)
+        .build()
+        .unwrap();
+    let f = python(
+        "import time\ndef handle(event, context):\n    time.sleep(event['s'])\n    return event['s']\n",
+    );
+    call(&exec, &f, json!({"s": 0})).await.unwrap();
+    let slow = call_within(&exec, &f, json!({"s": 1.0}), Duration::from_secs(10));
+    let quick = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        call_within(&exec, &f, json!({"s": 0}), Duration::from_millis(300)).await
+    };
+    let (slow, quick) = tokio::join!(slow, quick);
+    assert_eq!(slow.unwrap().value, json!(1.0));
+    assert_eq!(quick.unwrap_err().code(), "overloaded");
+    // A waiting call gets the instance as soon as it is free.
+    let slow = call_within(&exec, &f, json!({"s": 0.3}), Duration::from_secs(10));
+    let waiting = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        call_within(&exec, &f, json!({"s": 0}), Duration::from_secs(5)).await
+    };
+    let (slow, waiting) = tokio::join!(slow, waiting);
+    slow.unwrap();
+    assert_eq!(waiting.unwrap().value, json!(0));
+    exec.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_does_not_leak_its_instance() {
+    if !integration_ready("cancelled_call", PY_TOOLS) {
+        return;
+    }
+    let exec = executor(&[RunnerKind::Python]);
+    let f = python(
+        "import time\ndef handle(event, context):\n    time.sleep(event['s'])\n    return 'done'\n",
+    );
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(300),
+        call_within(&exec, &f, json!({"s": 5}), Duration::from_secs(10)),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the call should have been cut short");
+    let s = exec
+        .pool_stats()
+        .into_iter()
+        .find(|s| s.pool.contains(&f.version.function_id))
+        .unwrap();
+    assert_eq!((s.busy, s.idle), (0, 0), "{s:?}");
+    assert_eq!(
+        call(&exec, &f, json!({"s": 0})).await.unwrap().value,
+        json!("done")
+    );
+    exec.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_only_when_asked_and_allowed() {
+    if !integration_ready("network_when_allowed", PY_TOOLS) {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let source = "import socket\ndef handle(event, context):\n    try:\n        socket.create_connection(('127.0.0.1', event['port']), timeout=2).close()\n        return 'connected'\n    except OSError as e:\n        return 'refused'\n";
+    let exec = config(&[RunnerKind::Python])
+        .with_allow_network(true)
+        .build()
+        .unwrap();
+    let asks = python_limited(
+        source,
+        Limits {
+            network: true,
+            ..Limits::default()
+        },
+    );
+    let does_not_ask = python(source);
+    assert_eq!(
+        call(&exec, &asks, json!({"port": port})).await.unwrap().value,
+        json!("connected")
+    );
+    assert_eq!(
+        call(&exec, &does_not_ask, json!({"port": port}))
+            .await
+            .unwrap()
+            .value,
+        json!("refused")
+    );
+    exec.shutdown().await;
+}

@@ -408,6 +408,7 @@ pub struct RunnerChannel {
     writer: BoxWrite,
     frames: FrameReader<BoxRead>,
     logs: Option<BoxRead>,
+    log_buf: Vec<u8>,
     marker: String,
 }
 
@@ -425,6 +426,7 @@ impl RunnerChannel {
             writer,
             frames: FrameReader::new(frames, 64 * 1024),
             logs: Some(logs),
+            log_buf: vec![0; 64 * 1024],
             marker,
         }
     }
@@ -445,10 +447,10 @@ impl RunnerChannel {
                         other => Err(ChannelError::Protocol(format!("expected hello, got {other:?}"))),
                     };
                 }
-                r = read_log_chunk(&mut self.logs) => {
+                r = read_log_chunk(&mut self.logs, &mut self.log_buf) => {
                     // Nothing of the user's runs yet: this is the runtime's own noise.
-                    if let Some(chunk) = r {
-                        tracing::debug!(bytes = chunk.len(), "runner output before hello");
+                    if let Some(n) = r {
+                        tracing::debug!(bytes = n, "runner output before hello");
                     }
                 }
             }
@@ -547,7 +549,7 @@ impl RunnerChannel {
                         Err(e) => return Err(e.into()),
                     }
                 }
-                _ = read_log_chunk(&mut self.logs) => {}
+                _ = read_log_chunk(&mut self.logs, &mut self.log_buf) => {}
             }
         }
         match self.writer.flush().await {
@@ -559,9 +561,9 @@ impl RunnerChannel {
     async fn await_frame(&mut self, capture: &mut LogCapture) -> Result<RunnerFrame, ChannelError> {
         loop {
             tokio::select! {
-                r = read_log_chunk(&mut self.logs) => {
-                    if let Some(chunk) = r {
-                        capture.feed(&chunk);
+                r = read_log_chunk(&mut self.logs, &mut self.log_buf) => {
+                    if let Some(n) = r {
+                        capture.feed(&self.log_buf[..n]);
                     }
                 }
                 frame = self.frames.next_frame() => return frame,
@@ -572,8 +574,10 @@ impl RunnerChannel {
     async fn finish_logs(&mut self, mut capture: LogCapture) -> (String, bool) {
         let grace = Instant::now() + LOG_MARKER_GRACE;
         while !capture.is_done() && self.logs.is_some() {
-            match tokio::time::timeout_at(grace, read_log_chunk(&mut self.logs)).await {
-                Ok(Some(chunk)) => capture.feed(&chunk),
+            match tokio::time::timeout_at(grace, read_log_chunk(&mut self.logs, &mut self.log_buf))
+                .await
+            {
+                Ok(Some(n)) => capture.feed(&self.log_buf[..n]),
                 Ok(None) => {}
                 Err(_) => break,
             }
@@ -583,12 +587,12 @@ impl RunnerChannel {
     }
 
     fn drain_stale_logs(&mut self) {
-        let mut buf = vec![0u8; 64 * 1024];
+        let buf = &mut self.log_buf;
         for _ in 0..64 {
             let Some(logs) = self.logs.as_mut() else {
                 return;
             };
-            match logs.read(&mut buf).now_or_never() {
+            match logs.read(buf).now_or_never() {
                 Some(Ok(0)) => {
                     self.logs = None;
                     return;
@@ -606,20 +610,16 @@ impl RunnerChannel {
 
 /// Reads one chunk from the log channel; `None` once it has ended (then it stays pending
 /// forever so a `select!` falls through to its other branches).
-async fn read_log_chunk(logs: &mut Option<BoxRead>) -> Option<Vec<u8>> {
+async fn read_log_chunk(logs: &mut Option<BoxRead>, buf: &mut [u8]) -> Option<usize> {
     let Some(stream) = logs.as_mut() else {
         return futures::future::pending().await;
     };
-    let mut buf = vec![0u8; 64 * 1024];
-    match stream.read(&mut buf).await {
+    match stream.read(buf).await {
         Ok(0) | Err(_) => {
             *logs = None;
             None
         }
-        Ok(n) => {
-            buf.truncate(n);
-            Some(buf)
-        }
+        Ok(n) => Some(n),
     }
 }
 

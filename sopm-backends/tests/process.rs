@@ -558,7 +558,10 @@ async fn network_only_when_asked_and_allowed() {
     );
     let does_not_ask = python(source);
     assert_eq!(
-        call(&exec, &asks, json!({"port": port})).await.unwrap().value,
+        call(&exec, &asks, json!({"port": port}))
+            .await
+            .unwrap()
+            .value,
         json!("connected")
     );
     assert_eq!(

@@ -1013,3 +1013,197 @@ async fn reap_loop<L: SandboxLauncher>(pool: Weak<Inner<L>>, ttl: Duration) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The pool's bookkeeping against an in-process fake runner (no sandbox needed).
+
+    use super::*;
+    use crate::sandbox::protocol::{BoxRead, BoxWrite, RunnerChannel};
+    use async_trait::async_trait;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    #[derive(Debug)]
+    struct FakeSandbox {
+        channel: RunnerChannel,
+        runner: Option<JoinHandle<()>>,
+        alive: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl Sandbox for FakeSandbox {
+        fn channel(&mut self) -> &mut RunnerChannel {
+            &mut self.channel
+        }
+        async fn set_limits(&mut self, _: &Limits, _: &Limits) -> Result<()> {
+            Ok(())
+        }
+        fn is_alive(&mut self) -> bool {
+            self.runner.as_ref().is_some_and(|r| !r.is_finished())
+        }
+        fn mark_clean(&mut self) {}
+        fn memory_exceeded(&mut self) -> bool {
+            false
+        }
+        fn is_clean(&mut self) -> bool {
+            true
+        }
+        async fn post_mortem(&mut self) -> Death {
+            self.terminate().await;
+            Death::Killed
+        }
+        async fn terminate(&mut self) {
+            if let Some(r) = self.runner.take() {
+                r.abort();
+                self.alive.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    impl Drop for FakeSandbox {
+        fn drop(&mut self) {
+            if let Some(r) = self.runner.take() {
+                r.abort();
+                self.alive.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Answers every invoke with its input after `input.sleep_ms`.
+    #[derive(Debug, Default)]
+    struct FakeLauncher {
+        alive: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl SandboxLauncher for FakeLauncher {
+        type Sandbox = FakeSandbox;
+        async fn launch(&self, _spec: &LaunchSpec) -> Result<FakeSandbox> {
+            let (host_in, runner_in) = tokio::io::duplex(1 << 16);
+            let (runner_out, host_out) = tokio::io::duplex(1 << 16);
+            let (mut runner_log, host_log) = tokio::io::duplex(1 << 16);
+            let runner = tokio::spawn(async move {
+                let mut out = runner_out;
+                let mut lines = BufReader::new(runner_in).lines();
+                out.write_all(b"{\"type\":\"hello\",\"runner\":\"fake\"}\n")
+                    .await
+                    .unwrap();
+                let mut marker = String::new();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let v: Value = serde_json::from_str(&line).unwrap();
+                    let reply = if v["type"] == "init" {
+                        marker = v["log_marker"].as_str().unwrap().to_owned();
+                        serde_json::json!({"type": "ready"})
+                    } else {
+                        let ms = v["input"]["sleep_ms"].as_u64().unwrap_or(0);
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        serde_json::json!({"type": "result", "id": v["id"], "ok": true, "output": v["input"]})
+                    };
+                    runner_log
+                        .write_all(format!("log\n{marker}\n").as_bytes())
+                        .await
+                        .unwrap();
+                    out.write_all(format!("{reply}\n").as_bytes())
+                        .await
+                        .unwrap();
+                }
+            });
+            self.alive.fetch_add(1, Ordering::SeqCst);
+            let mut channel = RunnerChannel::new(
+                Box::new(host_in) as BoxWrite,
+                Box::new(host_out) as BoxRead,
+                Box::new(host_log) as BoxRead,
+                "fake-marker".into(),
+            );
+            channel.hello().await.unwrap();
+            Ok(FakeSandbox {
+                channel,
+                runner: Some(runner),
+                alive: self.alive.clone(),
+            })
+        }
+    }
+
+    /// A function with an empty `main.py`, in a directory kept alive by the second value.
+    fn function(id: &str) -> (FunctionVersion, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("main.py"), "").unwrap();
+        let version = FunctionVersion {
+            function_id: id.into(),
+            tenant: sopm_core::TenantId::default(),
+            name: id.into(),
+            version: 1,
+            runtime: sopm_core::Runtime::Python,
+            handler: "main.handle".into(),
+            limits: Limits::default(),
+            env: Default::default(),
+            source_digest: String::new(),
+            status: sopm_core::BuildStatus::Ready,
+            build_log: String::new(),
+            artifact: Some(sopm_core::Artifact::Directory {
+                path: dir.path().to_string_lossy().into(),
+            }),
+            created_ms: 0,
+        };
+        (version, dir)
+    }
+
+    fn fake_pool(max_total: usize, per_fn: usize) -> WarmPool<FakeLauncher> {
+        let config = PoolConfig {
+            name: "fake".into(),
+            stem_cells: BTreeMap::new(),
+            max_per_function: per_fn,
+            max_instances: max_total,
+            ..PoolConfig::default()
+        };
+        WarmPool::new(FakeLauncher::default(), config)
+    }
+
+    #[tokio::test]
+    async fn at_the_global_cap_an_idle_instance_of_another_function_is_evicted() {
+        let pool = fake_pool(1, 1);
+        let (a, _a) = function("evict-a");
+        let (b, _b) = function("evict-b");
+        let soon = || Instant::now() + Duration::from_secs(5);
+        let out = pool
+            .invoke(&a, "j1", &serde_json::json!({"x": 1}), soon())
+            .await
+            .unwrap();
+        assert_eq!(out.value, serde_json::json!({"x": 1}));
+        assert_eq!(out.logs.as_deref(), Some("log"));
+        pool.invoke(&b, "j2", &serde_json::json!({}), soon())
+            .await
+            .unwrap();
+        let c = pool.counters();
+        assert_eq!((c.evicted, c.cold_starts), (1, 2));
+        assert_eq!(pool.launcher().alive.load(Ordering::SeqCst), 1);
+        pool.shutdown().await;
+        assert_eq!(pool.launcher().alive.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_busy_global_cap_makes_callers_wait_then_overloaded() {
+        let pool = fake_pool(1, 1);
+        let (a, _a) = function("busy-a");
+        let (b, _b) = function("busy-b");
+        let input = serde_json::json!({"sleep_ms": 300});
+        let slow = pool.invoke(&a, "j1", &input, Instant::now() + Duration::from_secs(5));
+        let blocked = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            pool.invoke(
+                &b,
+                "j2",
+                &serde_json::json!({}),
+                Instant::now() + Duration::from_millis(100),
+            )
+            .await
+        };
+        let (slow, blocked) = tokio::join!(slow, blocked);
+        slow.unwrap();
+        assert_eq!(blocked.unwrap_err().code(), "overloaded");
+        let total = pool.stats().remove(0);
+        assert_eq!((total.busy, total.idle), (0, 1));
+        pool.shutdown().await;
+    }
+}

@@ -532,7 +532,8 @@ fn interpreter_at(exe: &Path) -> Interpreter {
     Interpreter { exe: real, binds }
 }
 
-/// Writes the runners under `scratch/runners-<hash>`, read-only mounted in every sandbox.
+/// Writes the runners under `scratch/runners-<hash>`, read-only mounted in every sandbox
+/// (the sandbox runs as the server's uid, so owner-only permissions are enough).
 fn write_runners(scratch: &Path) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -542,8 +543,12 @@ fn write_runners(scratch: &Path) -> std::io::Result<PathBuf> {
         }
     }
     std::fs::create_dir_all(scratch)?;
+    // Only we may write here: the files become code inside every sandbox. chmod fails on
+    // a directory someone else owns (say, a /tmp path another user made first).
+    std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(0o700))?;
     let dir = scratch.join(format!("runners-{h:016x}"));
     std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     for k in RunnerKind::ALL {
         let dest = dir.join(k.file_name());
         if std::fs::read_to_string(&dest).ok().as_deref() == Some(k.source()) {
@@ -551,9 +556,8 @@ fn write_runners(scratch: &Path) -> std::io::Result<PathBuf> {
         }
         let tmp = dir.join(format!(".{}.{}", k.file_name(), std::process::id()));
         std::fs::write(&tmp, k.source())?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
         std::fs::rename(&tmp, &dest)?;
     }
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     Ok(dir)
 }

@@ -103,6 +103,49 @@ impl ProcessExecutorConfig {
         }
     }
 
+    /// Defaults overridden by environment variables: `SOPM_BWRAP`, `SOPM_PRLIMIT`,
+    /// `SOPM_PYTHON`, `SOPM_NODE` (tool paths), `SOPM_SANDBOX_SCRATCH_DIR`,
+    /// `SOPM_STEM_CELLS`, `SOPM_MAX_INSTANCES`, `SOPM_MAX_INSTANCES_PER_FUNCTION`,
+    /// `SOPM_IDLE_TTL_SECS`, `SOPM_ALLOW_NETWORK` (`true`/`false`), `SOPM_CGROUPS`
+    /// (`true`/`false`). An unparsable number or flag is `invalid_input`.
+    pub fn from_env() -> Result<Self> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        fn parse<T: std::str::FromStr>(key: &str, v: String) -> Result<T> {
+            v.trim()
+                .parse()
+                .map_err(|_| Error::invalid(format!("{key}: cannot parse '{v}'")))
+        }
+        let mut c = Self::new();
+        let path = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        c.bwrap = path("SOPM_BWRAP").or(c.bwrap);
+        c.prlimit = path("SOPM_PRLIMIT").or(c.prlimit);
+        c.python = path("SOPM_PYTHON").or(c.python);
+        c.node = path("SOPM_NODE").or(c.node);
+        c.scratch_dir = path("SOPM_SANDBOX_SCRATCH_DIR").or(c.scratch_dir);
+        if let Some(v) = var("SOPM_STEM_CELLS") {
+            c.stem_cells = parse("SOPM_STEM_CELLS", v)?;
+        }
+        if let Some(v) = var("SOPM_MAX_INSTANCES") {
+            c.max_instances = parse("SOPM_MAX_INSTANCES", v)?;
+        }
+        if let Some(v) = var("SOPM_MAX_INSTANCES_PER_FUNCTION") {
+            c.max_per_function = parse("SOPM_MAX_INSTANCES_PER_FUNCTION", v)?;
+        }
+        if let Some(v) = var("SOPM_IDLE_TTL_SECS") {
+            c.idle_ttl = Duration::from_secs(parse("SOPM_IDLE_TTL_SECS", v)?);
+        }
+        if let Some(v) = var("SOPM_ALLOW_NETWORK") {
+            c.allow_network = parse("SOPM_ALLOW_NETWORK", v)?;
+        }
+        if let Some(v) = var("SOPM_CGROUPS") {
+            c.cgroups = parse("SOPM_CGROUPS", v)?;
+        }
+        Ok(c)
+    }
+
     /// The executor's name in stats and job records (`process`).
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
@@ -357,5 +400,49 @@ impl Executor for ProcessExecutor {
 
     async fn shutdown(&self) {
         self.pool.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_checks_the_values() {
+        assert!(ProcessExecutorConfig::new().build().is_ok());
+        let bad = [
+            ProcessExecutorConfig::new().with_max_instances(0),
+            ProcessExecutorConfig::new()
+                .with_max_instances(2)
+                .with_max_instances_per_function(3),
+            ProcessExecutorConfig::new().with_idle_ttl(Duration::ZERO),
+            ProcessExecutorConfig::new().with_bwrap("bwrap"),
+            ProcessExecutorConfig::new().with_cgroup_parent("../escape"),
+        ];
+        for c in bad {
+            assert_eq!(c.build().unwrap_err().code(), "invalid_input");
+        }
+    }
+
+    #[test]
+    fn from_env_reads_overrides() {
+        let vars = |k: &str| match k {
+            "SOPM_STEM_CELLS" => Some("5".to_string()),
+            "SOPM_ALLOW_NETWORK" => Some("true".to_string()),
+            "SOPM_PYTHON" => Some("/opt/py/bin/python3".to_string()),
+            _ => None,
+        };
+        let c = ProcessExecutorConfig::from_vars(vars).unwrap();
+        assert_eq!(c.stem_cells, 5);
+        assert!(c.allow_network);
+        assert_eq!(
+            c.python.as_deref(),
+            Some(std::path::Path::new("/opt/py/bin/python3"))
+        );
+        let e = ProcessExecutorConfig::from_vars(|k| {
+            (k == "SOPM_STEM_CELLS").then(|| "many".to_string())
+        })
+        .unwrap_err();
+        assert_eq!(e.code(), "invalid_input");
     }
 }

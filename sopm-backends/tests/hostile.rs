@@ -152,6 +152,35 @@ async fn a_fork_bomb_is_contained() {
         "import os\ndef handle(event, context):\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n",
         tight(),
     );
+    // Counting forks until the kernel refuses shows where the limit sits.
+    let counter = python_limited(
+        concat!(
+            "import os, time\n",
+            "def handle(event, context):\n",
+            "    n = 0\n",
+            "    try:\n",
+            "        while n < 5000:\n",
+            "            if os.fork() == 0:\n",
+            "                time.sleep(30)\n",
+            "                os._exit(0)\n",
+            "            n += 1\n",
+            "    except OSError as e:\n",
+            "        return {'forked': n, 'stopped_by': type(e).__name__}\n",
+            "    return {'forked': n}\n",
+        ),
+        tight(),
+    );
+    let out = call(&exec, &counter, json!({})).await.unwrap().value;
+    eprintln!("fork counter: {out}");
+    if exec.cgroups_enabled() == Some(true) {
+        assert!(
+            out["forked"].as_u64().unwrap() <= tight().max_processes,
+            "{out}"
+        );
+        assert_eq!(out["stopped_by"], json!("BlockingIOError"), "{out}");
+        // The sleeping children make the instance unfit for reuse.
+        assert!(exec.counters().replaced >= 1);
+    }
     let e = call(&exec, &f, json!({})).await.unwrap_err();
     eprintln!("fork bomb: {e:?}");
     assert!(

@@ -468,11 +468,9 @@ impl<L: SandboxLauncher> WarmPool<L> {
                     (None, None)
                 }
             };
-            if let Some(victim) = evicted {
-                kill_all(vec![victim]).await;
-            }
             if let Some(slot) = slot {
-                // The reservation is undone by the lease's drop if provisioning fails.
+                // The reservation is undone by the lease's drop if provisioning fails or
+                // the call is cancelled.
                 let mut lease = Lease {
                     pool: self.inner.clone(),
                     key: key.clone(),
@@ -481,6 +479,9 @@ impl<L: SandboxLauncher> WarmPool<L> {
                     sandbox: None,
                     settled: false,
                 };
+                if let Some(victim) = evicted {
+                    kill_all(vec![victim]).await;
+                }
                 let sandbox = self.provision(version, &key, deadline).await?;
                 lease.sandbox = Some(sandbox);
                 if let Some(fp) = self.inner.state.lock().functions.get_mut(&key) {

@@ -4,6 +4,10 @@
 //! Features:
 //! - `sqlite` (default): [`SqliteStore`], the function registry and job store in one
 //!   SQLite file (WAL, schema migrations, group commit). The embedded default.
+//! - `process` (default): [`ProcessExecutor`], user functions in bubblewrap sandboxes
+//!   with rlimits and cgroup limits, behind a warm pool of stem cells
+//!   ([`sandbox`] holds the runner protocol and the pool, shared by every sandbox
+//!   backend). Enables `local-build`.
 //! - `local-build`: [`LocalBuilder`], which turns uploaded sources into artifact
 //!   directories, installing `requirements.txt` / `package.json` dependencies inside a
 //!   bubblewrap sandbox.
@@ -22,3 +26,12 @@ pub mod build;
 
 #[cfg(feature = "local-build")]
 pub use build::{LocalBuilder, LocalBuilderConfig};
+
+#[cfg(feature = "process")]
+pub mod process;
+
+#[cfg(feature = "process")]
+pub mod sandbox;
+
+#[cfg(feature = "process")]
+pub use process::{ProcessExecutor, ProcessExecutorConfig};

@@ -1,0 +1,281 @@
+//! The command line of one process sandbox: an optional `sh` step that joins the
+//! sandbox's cgroups, `prlimit` for rlimits, `bwrap` for namespaces and mounts, and the
+//! runner prologue inside.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use sopm_core::Limits;
+
+use crate::sandbox::protocol::RUNNER_PROLOGUE;
+use crate::sandbox::{RunnerKind, CODE_DIR};
+
+/// Where the runners are mounted inside every sandbox.
+pub const RUNNER_DIR: &str = "/run/sopm";
+
+/// Joins the cgroups named by its arguments, then runs the rest of its arguments:
+/// `sh -c JOIN sopm-sandbox N dir1..dirN cmd args..`.
+pub const CGROUP_JOIN: &str = "n=$1; shift; while [ \"$n\" -gt 0 ]; do echo $$ > \"$1/cgroup.procs\" || exit 125; shift; n=$((n-1)); done; exec \"$@\"";
+
+/// Room an interpreter needs in its address space beyond the function's memory (its own
+/// mappings, thread stacks).
+pub const ADDRESS_SPACE_HEADROOM: u64 = 128 << 20;
+
+/// One of `/lib`, `/lib64`, `/bin`, `/sbin` on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopLevel {
+    /// A symlink (merged /usr): recreated as the same symlink.
+    Link(PathBuf, PathBuf),
+    /// A real directory: bound read-only.
+    Dir(PathBuf),
+}
+
+/// An interpreter and the host directories it needs beyond `/usr`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interpreter {
+    /// The real executable.
+    pub exe: PathBuf,
+    /// Directories to bind read-only at the same path (a pyenv prefix, say).
+    pub binds: Vec<PathBuf>,
+}
+
+/// Everything that shapes one sandbox's command line.
+#[derive(Debug, Clone)]
+pub struct SandboxPlan<'a> {
+    /// `bwrap`.
+    pub bwrap: &'a Path,
+    /// `prlimit`.
+    pub prlimit: &'a Path,
+    /// The host's `sh` (only used with cgroups).
+    pub sh: &'a Path,
+    /// Cgroup directories to join first.
+    pub cgroup_dirs: Vec<&'a Path>,
+    /// Which runner.
+    pub runner: RunnerKind,
+    /// Its interpreter.
+    pub interpreter: &'a Interpreter,
+    /// The host directory holding the runner files.
+    pub runners_dir: &'a Path,
+    /// Top-level links and dirs of the host.
+    pub top_level: &'a [TopLevel],
+    /// Operator-chosen extra read-only binds.
+    pub extra_binds: &'a [PathBuf],
+    /// The limits it boots with.
+    pub limits: &'a Limits,
+    /// Whether it keeps the host's network.
+    pub network: bool,
+    /// An artifact to mount read-only at the code dir.
+    pub mount: Option<&'a Path>,
+    /// Whether the RLIMIT_NPROC fallback applies (no pids cgroup).
+    pub nproc_rlimit: bool,
+    /// Size of the private code dir when nothing is mounted.
+    pub code_tmpfs_bytes: u64,
+}
+
+/// The rlimits of a sandbox, as `prlimit` options.
+pub fn rlimit_args(runner: RunnerKind, limits: &Limits, nproc: bool) -> Vec<String> {
+    let files = limits.max_open_files.max(16);
+    let fsize = limits.tmpfs_mb.max(1) << 20;
+    let mut args = vec![
+        format!("--nofile={files}:{files}"),
+        format!("--fsize={fsize}:{fsize}"),
+        "--core=0:0".to_string(),
+    ];
+    // V8 reserves gigabytes of address space up front, so node is bounded by its heap
+    // flag and the memory cgroup instead.
+    if runner == RunnerKind::Python {
+        let bytes = (limits.memory_mb << 20).saturating_add(ADDRESS_SPACE_HEADROOM);
+        args.push(format!("--as={bytes}:{bytes}"));
+    }
+    if nproc {
+        let n = limits.max_processes.max(4);
+        args.push(format!("--nproc={n}:{n}"));
+    }
+    args
+}
+
+/// The full argv (program first).
+pub fn command_line(plan: &SandboxPlan<'_>) -> Vec<OsString> {
+    let mut argv: Vec<OsString> = Vec::with_capacity(96);
+    if !plan.cgroup_dirs.is_empty() {
+        argv.push(plan.sh.into());
+        argv.push("-c".into());
+        argv.push(CGROUP_JOIN.into());
+        argv.push("sopm-sandbox".into());
+        argv.push(plan.cgroup_dirs.len().to_string().into());
+        argv.extend(
+            plan.cgroup_dirs
+                .iter()
+                .map(|d| OsString::from(d.as_os_str())),
+        );
+    }
+    argv.push(plan.prlimit.into());
+    argv.extend(
+        rlimit_args(plan.runner, plan.limits, plan.nproc_rlimit)
+            .into_iter()
+            .map(OsString::from),
+    );
+    argv.push("--".into());
+    argv.push(plan.bwrap.into());
+    argv.extend(bwrap_args(plan));
+    argv
+}
+
+fn bwrap_args(plan: &SandboxPlan<'_>) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::with_capacity(80);
+    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+    push(&[
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--hostname",
+        "sopm",
+    ]);
+    if !plan.network {
+        push(&["--unshare-net"]);
+    }
+    push(&["--ro-bind", "/usr", "/usr"]);
+    for t in plan.top_level {
+        match t {
+            TopLevel::Link(target, at) => {
+                a.push("--symlink".into());
+                a.push(target.into());
+                a.push(at.into());
+            }
+            TopLevel::Dir(d) => {
+                a.push("--ro-bind".into());
+                a.push(d.into());
+                a.push(d.into());
+            }
+        }
+    }
+    let ro_try = |a: &mut Vec<OsString>, p: &str| {
+        a.push("--ro-bind-try".into());
+        a.push(p.into());
+        a.push(p.into());
+    };
+    for p in [
+        "/etc/ld.so.cache",
+        "/etc/localtime",
+        "/etc/ssl",
+        "/etc/ca-certificates",
+    ] {
+        ro_try(&mut a, p);
+    }
+    if plan.network {
+        for p in [
+            "/etc/resolv.conf",
+            "/etc/hosts",
+            "/etc/nsswitch.conf",
+            "/etc/gai.conf",
+        ] {
+            ro_try(&mut a, p);
+        }
+    }
+    for d in plan.interpreter.binds.iter().chain(plan.extra_binds) {
+        a.push("--ro-bind".into());
+        a.push(d.into());
+        a.push(d.into());
+    }
+    a.push("--ro-bind".into());
+    a.push(plan.runners_dir.into());
+    a.push(RUNNER_DIR.into());
+    let tmp_bytes = plan.limits.tmpfs_mb.max(1) << 20;
+    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+    push(&["--proc", "/proc", "--dev", "/dev"]);
+    push(&["--size", &tmp_bytes.to_string(), "--tmpfs", "/tmp"]);
+    push(&["--size", &(16u64 << 20).to_string(), "--tmpfs", "/dev/shm"]);
+    match plan.mount {
+        Some(dir) => {
+            a.push("--ro-bind".into());
+            a.push(dir.into());
+            a.push(CODE_DIR.into());
+        }
+        None => {
+            let code = plan.code_tmpfs_bytes.to_string();
+            let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+            push(&["--size", &code, "--tmpfs", CODE_DIR]);
+        }
+    }
+    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+    push(&["--remount-ro", "/", "--chdir", "/tmp", "--clearenv"]);
+    for (k, v) in [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("HOME", "/tmp"),
+        ("TMPDIR", "/tmp"),
+        ("LANG", "C.UTF-8"),
+        ("PYTHONUNBUFFERED", "1"),
+        ("PYTHONDONTWRITEBYTECODE", "1"),
+    ] {
+        push(&["--setenv", k, v]);
+    }
+    push(&["--", "/bin/sh", "-c", RUNNER_PROLOGUE, "sopm-runner"]);
+    a.push(plan.interpreter.exe.clone().into());
+    let runner_file = format!("{RUNNER_DIR}/{}", plan.runner.file_name());
+    match plan.runner {
+        RunnerKind::Python => {
+            a.extend(["-I", "-S", "-B"].map(OsString::from));
+        }
+        RunnerKind::Node => {
+            let heap = plan.limits.memory_mb.max(16);
+            a.push(format!("--max-old-space-size={heap}").into());
+        }
+    }
+    a.push(runner_file.into());
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sandbox_is_closed_by_default() {
+        let interp = Interpreter {
+            exe: "/usr/bin/python3".into(),
+            binds: vec![],
+        };
+        let limits = Limits::default();
+        let plan = SandboxPlan {
+            bwrap: Path::new("/usr/bin/bwrap"),
+            prlimit: Path::new("/usr/bin/prlimit"),
+            sh: Path::new("/bin/sh"),
+            cgroup_dirs: vec![Path::new("/sys/fs/cgroup/pids/sopm/x")],
+            runner: RunnerKind::Python,
+            interpreter: &interp,
+            runners_dir: Path::new("/var/tmp/r"),
+            top_level: &[TopLevel::Link("usr/lib".into(), "/lib".into())],
+            extra_binds: &[],
+            limits: &limits,
+            network: false,
+            mount: None,
+            nproc_rlimit: false,
+            code_tmpfs_bytes: 1 << 20,
+        };
+        let argv: Vec<String> = command_line(&plan)
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
+        let joined = argv.join(" ");
+        assert_eq!(argv[0], "/bin/sh");
+        for needed in [
+            "--unshare-net",
+            "--unshare-pid",
+            "--die-with-parent",
+            "--clearenv",
+            "--remount-ro /",
+            "--cap-drop ALL",
+            "--as=",
+        ] {
+            assert!(joined.contains(needed), "missing {needed}");
+        }
+        assert!(!joined.contains("/etc/shadow"));
+        assert!(!joined.contains("resolv.conf"));
+    }
+}

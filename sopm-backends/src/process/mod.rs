@@ -1,0 +1,448 @@
+//! The process backend: user functions run in bubblewrap sandboxes on this machine.
+//!
+//! Each instance is `[sh ->] prlimit -> bwrap -> runner`:
+//! - `bwrap` gives it new user, pid, network, ipc, uts (and cgroup) namespaces, drops
+//!   every capability, dies with the server (`--die-with-parent`), runs in its own session,
+//!   and sees a read-only root with only `/usr` (plus the `/lib*` links), the dynamic
+//!   linker cache, time zone and CA certificates, the interpreter's own prefix if it lives
+//!   outside `/usr`, the runners, a size-capped private `/tmp` and `/dev/shm`, and the
+//!   function's code at `/fn`. Not `/etc/shadow`, not `/root`, not the server's data. The
+//!   environment is cleared to a minimal one plus the function's own variables. The host
+//!   network is shared only if the function asks for it *and* the executor allows it.
+//! - `prlimit` sets rlimits: open files, file size (the tmpfs size), no core dumps, and
+//!   for python-family runners the address space (memory + headroom). The python runner
+//!   also sets a CPU-seconds limit per invocation.
+//! - Where the host lets us, a cgroup per instance (v1 `memory` + `pids`, or a delegated v2
+//!   subtree) enforces memory and process count; a memory kill is read back from the
+//!   cgroup's OOM counter and reported as `out_of_memory`. The first `sh` joins that cgroup
+//!   before it execs, so nothing in the sandbox ever runs outside it.
+//!
+//! Fork bombs: `RLIMIT_NPROC` does not bind for uid 0, and sandboxes map to the server's
+//! uid, so the pids cgroup is what stops them (`pids.max` = `max_processes` + the sandbox's
+//! own 3 processes). Without a writable cgroup, `RLIMIT_NPROC` is set (binding for a
+//! non-root server) and the wall-clock timeout kills the pid namespace, taking every
+//! process with it. An instance left with more processes than it had when it loaded is
+//! not reused.
+//!
+//! Host needs: `bwrap`, `prlimit`, `sh`, `python3` (python, shell and binary functions:
+//! the python runner supervises shell scripts and binaries) and `node` (node functions).
+//! Tools are found on `PATH` unless configured, on first use.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sopm_core::{
+    Error, Executor, FunctionVersion, Invocation, Limits, Output, PoolStats, Result, Target,
+};
+
+use crate::sandbox::pool::{PoolConfig, PoolCounters, WarmPool};
+use crate::sandbox::{artifact, RunnerKind};
+
+pub mod bwrap;
+pub mod cgroup;
+mod launcher;
+
+pub use launcher::{ProcessLauncher, ProcessSandbox};
+
+/// How a [`ProcessExecutor`] is set up. `new()` gives working defaults; `build()` checks
+/// the values and does no I/O (tools are found on first use).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessExecutorConfig {
+    pub(crate) name: String,
+    pub(crate) bwrap: Option<PathBuf>,
+    pub(crate) prlimit: Option<PathBuf>,
+    pub(crate) python: Option<PathBuf>,
+    pub(crate) node: Option<PathBuf>,
+    pub(crate) host_shell: Option<PathBuf>,
+    pub(crate) stem_cells: usize,
+    pub(crate) stem_runners: Vec<RunnerKind>,
+    pub(crate) max_per_function: usize,
+    pub(crate) max_instances: usize,
+    pub(crate) idle_ttl: Duration,
+    pub(crate) allow_network: bool,
+    pub(crate) scratch_dir: Option<PathBuf>,
+    pub(crate) stem_limits: Limits,
+    pub(crate) max_inline_bytes: u64,
+    pub(crate) cgroups: bool,
+    pub(crate) cgroup_parent: String,
+    pub(crate) boot_timeout: Duration,
+    pub(crate) extra_ro_binds: Vec<PathBuf>,
+}
+
+impl Default for ProcessExecutorConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProcessExecutorConfig {
+    /// Defaults: tools from `PATH`, 2 stem cells per runner, 8 instances per function,
+    /// 64 in all, 5 minutes idle TTL, no network, cgroups where writable.
+    pub fn new() -> Self {
+        ProcessExecutorConfig {
+            name: "process".into(),
+            bwrap: None,
+            prlimit: None,
+            python: None,
+            node: None,
+            host_shell: None,
+            stem_cells: 2,
+            stem_runners: RunnerKind::ALL.to_vec(),
+            max_per_function: 8,
+            max_instances: 64,
+            idle_ttl: Duration::from_secs(300),
+            allow_network: false,
+            scratch_dir: None,
+            stem_limits: Limits::default(),
+            max_inline_bytes: artifact::DEFAULT_MAX_INLINE_BYTES,
+            cgroups: true,
+            cgroup_parent: "sopm".into(),
+            boot_timeout: Duration::from_secs(10),
+            extra_ro_binds: Vec::new(),
+        }
+    }
+
+    /// Defaults overridden by environment variables: `SOPM_BWRAP`, `SOPM_PRLIMIT`,
+    /// `SOPM_PYTHON`, `SOPM_NODE` (tool paths), `SOPM_SANDBOX_SCRATCH_DIR`,
+    /// `SOPM_STEM_CELLS`, `SOPM_MAX_INSTANCES`, `SOPM_MAX_INSTANCES_PER_FUNCTION`,
+    /// `SOPM_IDLE_TTL_SECS`, `SOPM_ALLOW_NETWORK` (`true`/`false`), `SOPM_CGROUPS`
+    /// (`true`/`false`). An unparsable number or flag is `invalid_input`.
+    pub fn from_env() -> Result<Self> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        fn parse<T: std::str::FromStr>(key: &str, v: String) -> Result<T> {
+            v.trim()
+                .parse()
+                .map_err(|_| Error::invalid(format!("{key}: cannot parse '{v}'")))
+        }
+        let mut c = Self::new();
+        let path = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        c.bwrap = path("SOPM_BWRAP").or(c.bwrap);
+        c.prlimit = path("SOPM_PRLIMIT").or(c.prlimit);
+        c.python = path("SOPM_PYTHON").or(c.python);
+        c.node = path("SOPM_NODE").or(c.node);
+        c.scratch_dir = path("SOPM_SANDBOX_SCRATCH_DIR").or(c.scratch_dir);
+        if let Some(v) = var("SOPM_STEM_CELLS") {
+            c.stem_cells = parse("SOPM_STEM_CELLS", v)?;
+        }
+        if let Some(v) = var("SOPM_MAX_INSTANCES") {
+            c.max_instances = parse("SOPM_MAX_INSTANCES", v)?;
+        }
+        if let Some(v) = var("SOPM_MAX_INSTANCES_PER_FUNCTION") {
+            c.max_per_function = parse("SOPM_MAX_INSTANCES_PER_FUNCTION", v)?;
+        }
+        if let Some(v) = var("SOPM_IDLE_TTL_SECS") {
+            c.idle_ttl = Duration::from_secs(parse("SOPM_IDLE_TTL_SECS", v)?);
+        }
+        if let Some(v) = var("SOPM_ALLOW_NETWORK") {
+            c.allow_network = parse("SOPM_ALLOW_NETWORK", v)?;
+        }
+        if let Some(v) = var("SOPM_CGROUPS") {
+            c.cgroups = parse("SOPM_CGROUPS", v)?;
+        }
+        Ok(c)
+    }
+
+    /// The executor's name in stats and job records (`process`).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The `bwrap` to use.
+    pub fn with_bwrap(mut self, path: impl Into<PathBuf>) -> Self {
+        self.bwrap = Some(path.into());
+        self
+    }
+
+    /// The `prlimit` to use.
+    pub fn with_prlimit(mut self, path: impl Into<PathBuf>) -> Self {
+        self.prlimit = Some(path.into());
+        self
+    }
+
+    /// The `python3` to use (a pyenv shim is resolved to the real interpreter).
+    pub fn with_python(mut self, path: impl Into<PathBuf>) -> Self {
+        self.python = Some(path.into());
+        self
+    }
+
+    /// The `node` to use.
+    pub fn with_node(mut self, path: impl Into<PathBuf>) -> Self {
+        self.node = Some(path.into());
+        self
+    }
+
+    /// The host `sh` that joins sandbox cgroups.
+    pub fn with_host_shell(mut self, path: impl Into<PathBuf>) -> Self {
+        self.host_shell = Some(path.into());
+        self
+    }
+
+    /// Stem cells kept ready per runner (python, node); 0 turns them off.
+    pub fn with_stem_cells(mut self, per_runner: usize) -> Self {
+        self.stem_cells = per_runner;
+        self
+    }
+
+    /// Which runners get stem cells (default: python and node).
+    pub fn with_stem_runners(mut self, runners: impl IntoIterator<Item = RunnerKind>) -> Self {
+        self.stem_runners = runners.into_iter().collect();
+        self
+    }
+
+    /// Most instances of one function version.
+    pub fn with_max_instances_per_function(mut self, n: usize) -> Self {
+        self.max_per_function = n;
+        self
+    }
+
+    /// Most function instances in all (stem cells not counted).
+    pub fn with_max_instances(mut self, n: usize) -> Self {
+        self.max_instances = n;
+        self
+    }
+
+    /// How long an instance may stay idle before it is stopped.
+    pub fn with_idle_ttl(mut self, ttl: Duration) -> Self {
+        self.idle_ttl = ttl;
+        self
+    }
+
+    /// Whether functions that ask for network get the host's network.
+    pub fn with_allow_network(mut self, allow: bool) -> Self {
+        self.allow_network = allow;
+        self
+    }
+
+    /// Where instance state (the runner files, mounted read-only into sandboxes) goes.
+    /// Default: `$TMPDIR/sopm-sandbox`. Must not be the server's data directory.
+    pub fn with_scratch_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.scratch_dir = Some(dir.into());
+        self
+    }
+
+    /// The limits stem cells boot with (functions with other limits get theirs applied
+    /// at specialisation).
+    pub fn with_stem_limits(mut self, limits: Limits) -> Self {
+        self.stem_limits = limits;
+        self
+    }
+
+    /// Largest artifact sent in an init frame; bigger ones get a dedicated sandbox with
+    /// the artifact mounted read-only.
+    pub fn with_max_inline_bytes(mut self, bytes: u64) -> Self {
+        self.max_inline_bytes = bytes;
+        self
+    }
+
+    /// Whether to try cgroups for memory and process limits (default true).
+    pub fn with_cgroups(mut self, enabled: bool) -> Self {
+        self.cgroups = enabled;
+        self
+    }
+
+    /// The cgroup under which sandbox cgroups are made (default `sopm`).
+    pub fn with_cgroup_parent(mut self, name: impl Into<String>) -> Self {
+        self.cgroup_parent = name.into();
+        self
+    }
+
+    /// How long one sandbox may take to boot.
+    pub fn with_boot_timeout(mut self, timeout: Duration) -> Self {
+        self.boot_timeout = timeout;
+        self
+    }
+
+    /// An extra host directory every sandbox sees read-only at the same path (an
+    /// interpreter installed outside `/usr`, say).
+    pub fn with_extra_ro_bind(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.extra_ro_binds.push(dir.into());
+        self
+    }
+
+    pub(crate) fn scratch_dir(&self) -> PathBuf {
+        self.scratch_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("sopm-sandbox"))
+    }
+
+    /// Checks the configuration and makes the executor (no I/O).
+    pub fn build(self) -> Result<ProcessExecutor> {
+        let bad = |m: &str| Err(Error::invalid(format!("process executor: {m}")));
+        if self.name.is_empty() {
+            return bad("name must not be empty");
+        }
+        if self.max_per_function == 0 || self.max_instances == 0 {
+            return bad("instance caps must be at least 1");
+        }
+        if self.max_per_function > self.max_instances {
+            return bad("max_instances_per_function cannot exceed max_instances");
+        }
+        if self.idle_ttl.is_zero() {
+            return bad("idle_ttl must be positive");
+        }
+        if self.boot_timeout.is_zero() {
+            return bad("boot_timeout must be positive");
+        }
+        if self.stem_limits.memory_mb < 16 || self.stem_limits.tmpfs_mb == 0 {
+            return bad("stem limits need at least 16 MiB of memory and 1 MiB of tmpfs");
+        }
+        if self.cgroup_parent.is_empty()
+            || self.cgroup_parent.contains('/')
+            || self.cgroup_parent.starts_with('.')
+        {
+            return bad("cgroup_parent must be a plain directory name");
+        }
+        let paths = [
+            &self.bwrap,
+            &self.prlimit,
+            &self.python,
+            &self.node,
+            &self.host_shell,
+            &self.scratch_dir,
+        ];
+        if paths.into_iter().flatten().any(|p| !p.is_absolute())
+            || self.extra_ro_binds.iter().any(|p| !p.is_absolute())
+        {
+            return bad("paths must be absolute");
+        }
+        let pool_config = PoolConfig {
+            name: self.name.clone(),
+            stem_cells: self
+                .stem_runners
+                .iter()
+                .map(|k| (*k, self.stem_cells))
+                .collect(),
+            max_per_function: self.max_per_function,
+            max_instances: self.max_instances,
+            idle_ttl: self.idle_ttl,
+            max_inline_bytes: self.max_inline_bytes,
+            stem_limits: self.stem_limits.clone(),
+            allow_network: self.allow_network,
+            boot_timeout: self.boot_timeout,
+        };
+        let launcher = ProcessLauncher::new(self);
+        Ok(ProcessExecutor {
+            pool: WarmPool::new(launcher, pool_config),
+        })
+    }
+}
+
+/// Runs user functions in bubblewrap sandboxes behind a warm pool.
+#[derive(Debug, Clone)]
+pub struct ProcessExecutor {
+    pool: WarmPool<ProcessLauncher>,
+}
+
+impl ProcessExecutor {
+    /// Starts the background work (stem cells, reaping) now instead of on the first call.
+    /// Needs a tokio runtime.
+    pub fn start(&self) {
+        self.pool.start();
+    }
+
+    /// Life counters of the pool (stem cells used, cold starts, ...).
+    pub fn counters(&self) -> PoolCounters {
+        self.pool.counters()
+    }
+
+    /// Whether sandboxes get cgroup limits here (known after the first boot).
+    pub fn cgroups_enabled(&self) -> Option<bool> {
+        self.pool.launcher().cgroups_enabled()
+    }
+
+    fn version_of<'a>(&self, invocation: &'a Invocation) -> Result<&'a FunctionVersion> {
+        match &invocation.target {
+            Target::User(v) => Ok(v),
+            Target::Builtin(name) => Err(Error::invalid(format!(
+                "the process executor runs user functions, not the built-in '{name}'"
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl Executor for ProcessExecutor {
+    fn name(&self) -> &str {
+        &self.pool.config().name
+    }
+
+    async fn invoke(&self, invocation: Invocation) -> Result<Output> {
+        let version = self.version_of(&invocation)?;
+        let limit = tokio::time::Instant::now() + Duration::from_millis(version.limits.timeout_ms);
+        let deadline = tokio::time::Instant::from_std(invocation.deadline).min(limit);
+        self.pool
+            .invoke(
+                version,
+                invocation.job_id.as_str(),
+                &invocation.input,
+                deadline,
+            )
+            .await
+    }
+
+    async fn prepare(&self, version: &FunctionVersion) -> Result<()> {
+        self.pool.prepare(version).await
+    }
+
+    async fn retire(&self, function_id: &str) -> Result<()> {
+        self.pool.retire(function_id).await;
+        Ok(())
+    }
+
+    fn pool_stats(&self) -> Vec<PoolStats> {
+        self.pool.stats()
+    }
+
+    async fn shutdown(&self) {
+        self.pool.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_checks_the_values() {
+        assert!(ProcessExecutorConfig::new().build().is_ok());
+        let bad = [
+            ProcessExecutorConfig::new().with_max_instances(0),
+            ProcessExecutorConfig::new()
+                .with_max_instances(2)
+                .with_max_instances_per_function(3),
+            ProcessExecutorConfig::new().with_idle_ttl(Duration::ZERO),
+            ProcessExecutorConfig::new().with_bwrap("bwrap"),
+            ProcessExecutorConfig::new().with_cgroup_parent("../escape"),
+        ];
+        for c in bad {
+            assert_eq!(c.build().unwrap_err().code(), "invalid_input");
+        }
+    }
+
+    #[test]
+    fn from_env_reads_overrides() {
+        let vars = |k: &str| match k {
+            "SOPM_STEM_CELLS" => Some("5".to_string()),
+            "SOPM_ALLOW_NETWORK" => Some("true".to_string()),
+            "SOPM_PYTHON" => Some("/opt/py/bin/python3".to_string()),
+            _ => None,
+        };
+        let c = ProcessExecutorConfig::from_vars(vars).unwrap();
+        assert_eq!(c.stem_cells, 5);
+        assert!(c.allow_network);
+        assert_eq!(
+            c.python.as_deref(),
+            Some(std::path::Path::new("/opt/py/bin/python3"))
+        );
+        let e = ProcessExecutorConfig::from_vars(|k| {
+            (k == "SOPM_STEM_CELLS").then(|| "many".to_string())
+        })
+        .unwrap_err();
+        assert_eq!(e.code(), "invalid_input");
+    }
+}

@@ -1,0 +1,178 @@
+'use strict';
+// SOPM runner for node functions (see sandbox/protocol.rs). Started by the sandbox
+// prologue with frames on fd 3 (in) and fd 4 (out), a private copy of the log channel on
+// fd 5, and fds 1 and 2 (console.log, process.stdout/stderr) on the log channel, so user
+// output never touches the frame stream even though node cannot dup2.
+
+const fs = require('fs');
+const net = require('net');
+const path = require('path');
+
+const FRAME_OUT = 4;
+const LOG_FD = 5;
+const TRACEBACK_CAP = 32 * 1024;
+const BASE_ENV = Object.assign({}, process.env);
+
+function writeAll(fd, buf) {
+  let off = 0;
+  while (off < buf.length) {
+    try {
+      off += fs.writeSync(fd, buf, off, buf.length - off);
+    } catch (e) {
+      if (e.code !== 'EAGAIN') throw e;
+    }
+  }
+}
+
+function send(frame) {
+  const line = typeof frame === 'string' ? frame : JSON.stringify(frame);
+  writeAll(FRAME_OUT, Buffer.from(line + '\n', 'utf8'));
+}
+
+function describe(e) {
+  if (e instanceof Error) return e.name + ': ' + e.message;
+  try {
+    return 'thrown: ' + JSON.stringify(e);
+  } catch (_) {
+    return 'thrown: ' + String(e);
+  }
+}
+
+function errorResult(id, kind, message, tb) {
+  const error = { kind, message };
+  if (tb) error.traceback = String(tb).slice(-TRACEBACK_CAP);
+  return { type: 'result', id, ok: false, error };
+}
+
+function safePath(codeDir, rel) {
+  const norm = path.normalize(rel);
+  if (path.isAbsolute(norm) || norm === '..' || norm.startsWith('../')) {
+    throw new Error('bad path ' + JSON.stringify(rel));
+  }
+  return path.join(codeDir, norm);
+}
+
+let fn = null;
+
+function init(frame) {
+  const codeDir = frame.code_dir || '/fn';
+  for (const [rel, b64] of Object.entries(frame.files || {})) {
+    const p = safePath(codeDir, rel);
+    fs.mkdirSync(path.dirname(p), { recursive: true });
+    fs.writeFileSync(p, Buffer.from(b64, 'base64'));
+  }
+  for (const [rel, target] of Object.entries(frame.symlinks || {})) {
+    const p = safePath(codeDir, rel);
+    fs.mkdirSync(path.dirname(p), { recursive: true });
+    fs.symlinkSync(target, p);
+  }
+  for (const rel of frame.executables || []) fs.chmodSync(safePath(codeDir, rel), 0o755);
+  for (const k of Object.keys(process.env)) delete process.env[k];
+  Object.assign(process.env, BASE_ENV, frame.env || {});
+  process.chdir(codeDir);
+  const handler = String(frame.handler || '');
+  const dot = handler.lastIndexOf('.');
+  if (dot <= 0 || dot === handler.length - 1) {
+    throw new Error("node handler must be 'file.export', got " + JSON.stringify(handler));
+  }
+  const mod = require(safePath(codeDir, handler.slice(0, dot)));
+  const f = mod[handler.slice(dot + 1)];
+  if (typeof f !== 'function') {
+    throw new Error(handler.slice(0, dot) + ' exports no function ' + JSON.stringify(handler.slice(dot + 1)));
+  }
+  fn = {
+    f,
+    name: handler,
+    maxOutput: Number(frame.max_output_bytes || 1 << 20),
+    marker: Buffer.from('\n' + (frame.log_marker || '') + '\n', 'utf8'),
+  };
+}
+
+function endLogs(marker) {
+  try {
+    writeAll(LOG_FD, marker);
+  } catch (_) {
+    // The function closed the log fd; the host notices the missing marker.
+  }
+}
+
+async function invoke(frame) {
+  const id = frame.id;
+  const deadline = Date.now() + Number(frame.deadline_ms || 30000);
+  const context = {
+    functionName: fn.name,
+    jobId: id,
+    getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
+  };
+  let out;
+  try {
+    out = await fn.f(frame.input, context);
+  } catch (e) {
+    return errorResult(id, 'function_error', describe(e), e && e.stack);
+  }
+  let encoded;
+  try {
+    encoded = JSON.stringify(out === undefined ? null : out);
+  } catch (e) {
+    return errorResult(id, 'function_error', 'the output is not JSON: ' + describe(e));
+  }
+  const size = Buffer.byteLength(encoded, 'utf8');
+  if (size > fn.maxOutput) {
+    return errorResult(id, 'output_too_large', `the output is ${size} bytes, more than the limit of ${fn.maxOutput}`);
+  }
+  return '{"type":"result","id":' + JSON.stringify(id) + ',"ok":true,"output":' + encoded + '}';
+}
+
+let queue = Promise.resolve();
+
+async function handle(line) {
+  let frame;
+  try {
+    frame = JSON.parse(line);
+  } catch (e) {
+    process.exit(70);
+  }
+  if (frame.type === 'init') {
+    const marker = Buffer.from('\n' + (frame.log_marker || '') + '\n', 'utf8');
+    try {
+      init(frame);
+      endLogs(marker);
+      send({ type: 'ready' });
+    } catch (e) {
+      endLogs(marker);
+      send({ type: 'init_error', message: describe(e), traceback: String((e && e.stack) || '').slice(-TRACEBACK_CAP) });
+    }
+  } else if (frame.type === 'invoke') {
+    if (!fn) {
+      send(errorResult(frame.id, 'function_error', 'invoke before init'));
+      return;
+    }
+    const result = await invoke(frame);
+    endLogs(fn.marker);
+    send(result);
+  }
+}
+
+const input = new net.Socket({ fd: 3, readable: true, writable: false });
+let pending = [];
+input.on('data', (chunk) => {
+  let start = 0;
+  let nl;
+  while ((nl = chunk.indexOf(10, start)) !== -1) {
+    pending.push(chunk.subarray(start, nl));
+    const line = Buffer.concat(pending).toString('utf8');
+    pending = [];
+    queue = queue.then(() => handle(line));
+    start = nl + 1;
+  }
+  if (start < chunk.length) pending.push(chunk.subarray(start));
+});
+input.on('end', () => queue.then(() => process.exit(0)));
+input.on('error', () => process.exit(0));
+process.on('unhandledRejection', (e) => {
+  process.stderr.write('unhandled rejection: ' + describe(e) + '\n');
+});
+process.on('uncaughtException', (e) => {
+  process.stderr.write('uncaught exception: ' + ((e && e.stack) || describe(e)) + '\n');
+});
+send({ type: 'hello', runner: 'node' });

@@ -1,0 +1,88 @@
+//! Start-up and call latency of the process executor. Prints figures; asserts nothing
+//! about time. Run with:
+//! `cargo test --release -p sopm-backends --features process --test process_bench -- --ignored --nocapture`
+#![cfg(feature = "process")]
+
+#[path = "process_support.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sopm_backends::sandbox::RunnerKind;
+use sopm_core::Executor;
+use support::*;
+
+fn summary(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+    let total: Duration = samples.iter().sum();
+    println!(
+        "{name}: n={} p50={:.2?} p99={:.2?} max={:.2?} ({:.0} calls/s sequential)",
+        samples.len(),
+        pct(0.50),
+        pct(0.99),
+        samples[samples.len() - 1],
+        samples.len() as f64 / total.as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --release -- --ignored --nocapture"]
+async fn process_executor_latency() {
+    if !integration_ready("process_executor_latency", &["bwrap", "prlimit", "python3"]) {
+        return;
+    }
+    // First call of a new function with a warm stem cell.
+    let exec = config(&[RunnerKind::Python])
+        .with_stem_cells(2)
+        .build()
+        .unwrap();
+    exec.start();
+    let mut first = Vec::new();
+    let mut keep = Vec::new();
+    for _ in 0..50 {
+        wait_for_stem_cells(&exec, "python", 1).await;
+        let f = python(HELLO_PY);
+        let t = Instant::now();
+        call(&exec, &f, json!({"name": "x"})).await.unwrap();
+        first.push(t.elapsed());
+        keep.push(f);
+    }
+    let c = exec.counters();
+    summary(
+        &format!(
+            "first call, stem cell warm (stem cells used {}, cold {})",
+            c.stem_cells_used, c.cold_starts
+        ),
+        first,
+    );
+
+    // Warm calls of one function.
+    let f = python(HELLO_PY);
+    call(&exec, &f, json!({})).await.unwrap();
+    let mut warm = Vec::new();
+    for i in 0..2000 {
+        let t = Instant::now();
+        call(&exec, &f, json!({"name": i})).await.unwrap();
+        warm.push(t.elapsed());
+    }
+    summary("warm call, same function", warm);
+    exec.shutdown().await;
+
+    // Cold start: a new bwrap + python3 for every call.
+    let cold_exec = config(&[RunnerKind::Python])
+        .with_stem_cells(0)
+        .build()
+        .unwrap();
+    let mut cold = Vec::new();
+    for _ in 0..30 {
+        let f = python(HELLO_PY);
+        let t = Instant::now();
+        call(&cold_exec, &f, json!({"name": "x"})).await.unwrap();
+        cold.push(t.elapsed());
+        cold_exec.retire(&f.version.function_id).await.unwrap();
+    }
+    summary("cold start, new bwrap + python3 per call", cold);
+    cold_exec.shutdown().await;
+}

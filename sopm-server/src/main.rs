@@ -483,8 +483,8 @@ async fn run_fn(cmd: FnCommand) -> Result<ExitCode, String> {
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
-                "{:<24} {:<8} {:<8} {:<9} {:<6} {}",
-                "NAME", "RUNTIME", "VERSION", "STATUS", "READY", "ID"
+                "{:<24} {:<8} {:<8} {:<9} {:<6} ID",
+                "NAME", "RUNTIME", "VERSION", "STATUS", "READY"
             );
             for f in &list {
                 let num = |k: &str| f[k].as_u64().map(|n| n.to_string()).unwrap_or("-".into());

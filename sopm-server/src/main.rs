@@ -200,7 +200,7 @@ impl DataArgs {
     }
 }
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 struct ClientArgs {
     /// The server's address.
     #[arg(
@@ -216,6 +216,16 @@ struct ClientArgs {
     /// An API key (when the server runs with `--auth api_key`).
     #[arg(long, env = "SOPM_API_KEY", global = true, hide_env_values = true)]
     api_key: Option<String>,
+}
+
+impl std::fmt::Debug for ClientArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientArgs")
+            .field("url", &self.url)
+            .field("user_id", &self.user_id)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl ClientArgs {

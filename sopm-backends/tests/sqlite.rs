@@ -100,6 +100,27 @@ async fn every_check_on_one_shared_file() {
     conformance::job_store_unfinished(&store).await;
     conformance::job_store_buffered_then_flush(&store).await;
     conformance::job_store_reads_own_buffered_puts(&store).await;
+    conformance::job_store_recent(&store).await;
+    conformance::registry_unfinished_builds(&store).await;
+    conformance::key_store_suite(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_store_recent() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::job_store_recent(&open(dir.path(), "j.db")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_unfinished_builds() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::registry_unfinished_builds(&open(dir.path(), "r.db")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_store() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::key_store_suite(&open(dir.path(), "k.db")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +166,7 @@ async fn open_creates_directories_and_a_wal_database() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1, "the schema version is recorded in user_version");
+    assert_eq!(version, 2, "the schema version is recorded in user_version");
     let plan: String = conn
         .query_row(
             "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_ms, rowid",
@@ -157,6 +178,104 @@ async fn open_creates_directories_and_a_wal_database() {
         plan.contains("jobs_unfinished"),
         "unfinished() reads through its index: {plan}"
     );
+    let plan: String = conn
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE function_id = 'fn_x' AND tenant = 't' ORDER BY created_ms DESC LIMIT 5",
+            [],
+            |r| r.get(3),
+        )
+        .unwrap();
+    assert!(
+        plan.contains("jobs_by_function"),
+        "recent() reads through its index: {plan}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_migrated_and_its_jobs_found_by_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    open(dir.path(), "v1.db").close().await.unwrap();
+    // Take the file back to schema 1, with one user-function job written by it.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DROP INDEX jobs_by_function; ALTER TABLE jobs DROP COLUMN function_id;
+         DROP TABLE api_keys; PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    let tenant = TenantId::new("old").unwrap();
+    let old = Job::new(
+        tenant.clone(),
+        FunctionRef::User {
+            id: Arc::from("fn_old"),
+            version: Some(3),
+        },
+        Arc::new(json!({"x": 1})),
+        1_000,
+    );
+    conn.execute(
+        "INSERT INTO jobs (id, tenant, function, status, input, timeout_ms, created_ms, attempts)
+         VALUES (?1, 'old', ?2, 'queued', '{\"x\":1}', 1000, ?3, 0)",
+        rusqlite::params![
+            old.id.as_str(),
+            serde_json::to_string(&old.function).unwrap(),
+            old.created_ms as i64
+        ],
+    )
+    .unwrap();
+    drop(conn);
+
+    let store = open(dir.path(), "v1.db");
+    let found = store.recent(&tenant, "fn_old", 10).await.unwrap();
+    assert_eq!(found.len(), 1, "the old job is found by its function");
+    assert_eq!(found[0].id, old.id);
+    let (_, secret) = sopm_core::KeyStore::create(&store, &tenant, "after migration")
+        .await
+        .unwrap();
+    assert_eq!(
+        sopm_core::KeyStore::resolve(&store, secret.expose())
+            .await
+            .unwrap(),
+        Some(tenant)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_made_by_one_opening_resolve_in_another_and_only_digests_are_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant = TenantId::new("keys").unwrap();
+    let a = open(dir.path(), "keys.db");
+    let (info, secret) = sopm_core::KeyStore::create(&a, &tenant, "cli")
+        .await
+        .unwrap();
+    // A second opening of the same file, as the CLI and a running server are.
+    let b = open(dir.path(), "keys.db");
+    assert_eq!(
+        sopm_core::KeyStore::resolve(&b, secret.expose())
+            .await
+            .unwrap(),
+        Some(tenant.clone())
+    );
+    sopm_core::KeyStore::revoke(&a, &tenant, &info.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        sopm_core::KeyStore::resolve(&b, secret.expose())
+            .await
+            .unwrap(),
+        None
+    );
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    let bytes = std::fs::read(dir.path().join("keys.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("keys.db-wal")).unwrap_or_default();
+    let needle = &secret.expose().as_bytes()[5..];
+    for file in [&bytes, &wal] {
+        assert!(
+            !file.windows(needle.len()).any(|w| w == needle),
+            "the secret itself is never written"
+        );
+    }
 }
 
 #[test]

@@ -2117,3 +2117,284 @@ pub async fn scheduler_recover(harness: &SchedulerHarness) {
         "the store has the interruption"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Recent jobs of a function, unfinished builds, API keys
+// ---------------------------------------------------------------------------
+
+fn user_job(tenant: &TenantId, function_id: &str, version: Option<u32>, created_ms: u64) -> Job {
+    let mut j = Job::new(
+        tenant.clone(),
+        FunctionRef::User {
+            id: Arc::from(function_id),
+            version,
+        },
+        Arc::new(json!({"at": created_ms})),
+        30_000,
+    );
+    j.created_ms = created_ms;
+    j
+}
+
+/// [`JobStore::recent`]: the jobs of one user function (every version) of one tenant,
+/// newest first, at most `limit`, each once with its latest state, buffered puts
+/// included; other functions, built-ins and other tenants' jobs are left out.
+pub async fn job_store_recent(store: &dyn JobStore) {
+    let tenant = unique_tenant("recent");
+    let other_tenant = unique_tenant("recent-other");
+    let function_id = format!("fn_{}", unique("r").replace('-', ""));
+    let base = now_ms() - 10_000;
+
+    let mut mine = Vec::new();
+    for (i, version) in [Some(1), Some(1), None, Some(2), Some(2)]
+        .into_iter()
+        .enumerate()
+    {
+        let j = user_job(&tenant, &function_id, version, base + i as u64 * 10);
+        let durability = if i == 4 {
+            Durability::Buffered
+        } else {
+            Durability::Durable
+        };
+        expect_ok(store.put(&j, durability).await, "put a user-function job");
+        mine.push(j);
+    }
+    let noise = [
+        user_job(&tenant, "fn_someotherfunction", Some(1), base + 100),
+        user_job(&other_tenant, &function_id, Some(1), base + 200),
+        job(&tenant, JobStatus::Succeeded, json!({})),
+    ];
+    for j in &noise {
+        expect_ok(store.put(j, Durability::Durable).await, "put another job");
+    }
+    // The first job finishes: it is listed once, finished.
+    let mut done = mine[0].clone();
+    done.status = JobStatus::Succeeded;
+    done.output = Some(json!("ok"));
+    done.logs = Some("hello from the function\n".into());
+    done.finished_ms = Some(base + 1);
+    expect_ok(store.put(&done, Durability::Buffered).await, "finish a job");
+    mine[0] = done;
+
+    let got = expect_ok(store.recent(&tenant, &function_id, 10).await, "recent");
+    let want: Vec<&JobId> = mine.iter().rev().map(|j| &j.id).collect();
+    let ids: Vec<&JobId> = got.iter().map(|j| &j.id).collect();
+    assert_eq!(
+        ids, want,
+        "recent: the function's jobs, newest first, each once"
+    );
+    assert_eq!(
+        got.last().map(|j| j.status),
+        Some(JobStatus::Succeeded),
+        "recent: a job's latest state"
+    );
+    assert_eq!(
+        got.last().and_then(|j| j.logs.clone()).as_deref(),
+        Some("hello from the function\n"),
+        "recent: jobs carry their logs"
+    );
+
+    let two = expect_ok(store.recent(&tenant, &function_id, 2).await, "recent 2");
+    let ids: Vec<&JobId> = two.iter().map(|j| &j.id).collect();
+    assert_eq!(ids, want[..2].to_vec(), "recent: limit keeps the newest");
+
+    let theirs = expect_ok(
+        store.recent(&other_tenant, &function_id, 10).await,
+        "recent other tenant",
+    );
+    assert_eq!(
+        theirs.iter().map(|j| &j.id).collect::<Vec<_>>(),
+        vec![&noise[1].id],
+        "recent: another tenant sees only its own jobs"
+    );
+    assert!(
+        expect_ok(
+            store.recent(&tenant, "fn_unknown", 10).await,
+            "recent unknown"
+        )
+        .is_empty(),
+        "recent: an unknown function has no jobs"
+    );
+    assert!(
+        expect_ok(store.recent(&tenant, &function_id, 0).await, "recent 0").is_empty(),
+        "recent: limit 0 is empty"
+    );
+}
+
+/// [`Registry::unfinished_builds`]: every version still `building`, and none that
+/// finished.
+pub async fn registry_unfinished_builds(registry: &dyn Registry) {
+    let tenant = unique_tenant("unfinished");
+    let a1 = expect_ok(
+        registry
+            .create_version(new_version(&tenant, "alpha", "a1"))
+            .await,
+        "create_version",
+    );
+    let a2 = expect_ok(
+        registry
+            .create_version(new_version(&tenant, "alpha", "a2"))
+            .await,
+        "create_version",
+    );
+    let b1 = expect_ok(
+        registry
+            .create_version(new_version(&tenant, "beta", "b1"))
+            .await,
+        "create_version",
+    );
+    expect_ok(
+        registry
+            .finish_build(
+                &a1.function_id,
+                1,
+                BuildStatus::Ready,
+                Some(Artifact::Directory {
+                    path: "/artifacts/a/v1".into(),
+                }),
+            )
+            .await,
+        "finish_build",
+    );
+    let ours = |all: Vec<crate::registry::FunctionVersion>| -> Vec<(String, u32)> {
+        all.into_iter()
+            .filter(|v| v.tenant == tenant)
+            .map(|v| (v.function_id, v.version))
+            .collect()
+    };
+    let mut got = ours(expect_ok(
+        registry.unfinished_builds().await,
+        "unfinished_builds",
+    ));
+    got.sort();
+    let mut want = vec![(a2.function_id.clone(), 2), (b1.function_id.clone(), 1)];
+    want.sort();
+    assert_eq!(got, want, "unfinished_builds: the versions still building");
+
+    expect_ok(
+        registry
+            .finish_build(&a2.function_id, 2, BuildStatus::Failed, None)
+            .await,
+        "finish_build",
+    );
+    expect_ok(
+        registry
+            .finish_build(&b1.function_id, 1, BuildStatus::Failed, None)
+            .await,
+        "finish_build",
+    );
+    assert!(
+        ours(expect_ok(
+            registry.unfinished_builds().await,
+            "unfinished_builds"
+        ))
+        .is_empty(),
+        "unfinished_builds: finished builds are not listed"
+    );
+}
+
+/// [`KeyStore`]: a created key resolves to its tenant until revoked; secrets have the
+/// documented shape and stay out of records and `Debug`; listing and revoking are
+/// scoped to the tenant (another tenant's key is `not_found`); unknown and malformed
+/// secrets resolve to nothing.
+pub async fn key_store_suite(keys: &dyn crate::keys::KeyStore) {
+    use crate::keys::looks_like_secret;
+    let alice = unique_tenant("alice");
+    let bob = unique_tenant("bob");
+    let (info, secret) = expect_ok(keys.create(&alice, "laptop").await, "create");
+    let (info2, secret2) = expect_ok(keys.create(&alice, "").await, "create a second key");
+    assert!(
+        looks_like_secret(secret.expose()),
+        "create: a secret is sopm_ + 64 hex digits"
+    );
+    assert_ne!(secret, secret2, "create: every secret is new");
+    assert_ne!(info.id, info2.id, "create: every key has its own id");
+    assert_eq!(info.tenant, alice);
+    assert_eq!(info.label, "laptop");
+    assert!(info.revoked_ms.is_none());
+    let shown = format!("{info:?} {secret:?}");
+    assert!(
+        !shown.contains(&secret.expose()[5..]),
+        "create: the secret is not in Debug output: {shown}"
+    );
+    expect_code(
+        keys.create(&alice, "bad\nlabel").await,
+        "invalid_input",
+        "create with a control character",
+    );
+
+    assert_eq!(
+        expect_ok(keys.resolve(secret.expose()).await, "resolve"),
+        Some(alice.clone()),
+        "resolve: a new key names its tenant"
+    );
+    assert_eq!(
+        expect_ok(keys.resolve(secret2.expose()).await, "resolve"),
+        Some(alice.clone())
+    );
+    for bad in [
+        "",
+        "sopm_",
+        "Bearer x",
+        &secret.expose()[..secret.expose().len() - 1],
+        &format!("sopm_{}", "0".repeat(64)),
+        &secret.expose().to_uppercase(),
+    ] {
+        assert_eq!(
+            expect_ok(keys.resolve(bad).await, "resolve unknown"),
+            None,
+            "resolve: an unknown or malformed secret {bad:?} names nobody"
+        );
+    }
+
+    let listed = expect_ok(keys.list(&alice).await, "list");
+    assert_eq!(
+        listed.iter().map(|k| &k.id).collect::<Vec<_>>(),
+        vec![&info.id, &info2.id],
+        "list: the tenant's keys, oldest first"
+    );
+    assert!(
+        expect_ok(keys.list(&bob).await, "list").is_empty(),
+        "list: scoped to the tenant"
+    );
+
+    expect_code(
+        keys.revoke(&bob, &info.id).await,
+        "not_found",
+        "revoke another tenant's key",
+    );
+    expect_code(
+        keys.revoke(&alice, "key_nope").await,
+        "not_found",
+        "revoke an unknown key",
+    );
+    assert_eq!(
+        expect_ok(keys.resolve(secret.expose()).await, "resolve"),
+        Some(alice.clone()),
+        "a refused revoke changes nothing"
+    );
+    let revoked = expect_ok(keys.revoke(&alice, &info.id).await, "revoke");
+    assert!(revoked.revoked_ms.is_some(), "revoke: the record says when");
+    assert_eq!(
+        expect_ok(keys.resolve(secret.expose()).await, "resolve"),
+        None,
+        "resolve: a revoked key names nobody"
+    );
+    assert_eq!(
+        expect_ok(keys.resolve(secret2.expose()).await, "resolve"),
+        Some(alice.clone()),
+        "revoke: other keys keep working"
+    );
+    let again = expect_ok(keys.revoke(&alice, &info.id).await, "revoke again");
+    assert_eq!(
+        again.revoked_ms, revoked.revoked_ms,
+        "revoke: a second revoke changes nothing"
+    );
+    let listed = expect_ok(keys.list(&alice).await, "list");
+    assert!(
+        listed
+            .iter()
+            .any(|k| k.id == info.id && k.revoked_ms.is_some()),
+        "list: revoked keys are listed as revoked"
+    );
+}

@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
 use crate::error::Result;
-use crate::types::{Job, JobId, JobStatus};
+use crate::types::{FunctionRef, Job, JobId, JobStatus, TenantId};
 
 /// How long a [`JobStore::put`] waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,9 @@ pub fn status_rank(s: JobStatus) -> u8 {
 ///   answers a status right after recording a finish as buffered).
 /// - `unfinished` returns the jobs stored as queued or running (called at start-up to
 ///   recover from a crash).
+/// - `recent` returns the newest jobs of one user function (every version) of one
+///   tenant, newest first; another tenant's jobs are never included. It sees buffered
+///   puts like `get` does.
 #[async_trait]
 pub trait JobStore: Debug + Send + Sync + 'static {
     /// Records a job's current state.
@@ -55,6 +58,10 @@ pub trait JobStore: Debug + Send + Sync + 'static {
 
     /// Jobs stored as queued or running, oldest first.
     async fn unfinished(&self) -> Result<Vec<Job>>;
+
+    /// The newest `limit` jobs of the user function `function_id` (all its versions)
+    /// owned by `tenant`, newest first.
+    async fn recent(&self, tenant: &TenantId, function_id: &str, limit: usize) -> Result<Vec<Job>>;
 
     /// Waits until every buffered put is durable.
     async fn flush(&self) -> Result<()>;
@@ -143,7 +150,35 @@ impl JobStore for MemoryJobStore {
         Ok(v)
     }
 
+    async fn recent(&self, tenant: &TenantId, function_id: &str, limit: usize) -> Result<Vec<Job>> {
+        let mut v: Vec<Job> = self
+            .inner
+            .lock()
+            .jobs
+            .values()
+            .filter(|j| &j.tenant == tenant && is_job_of(j, function_id))
+            .map(|j| (**j).clone())
+            .collect();
+        newest_first(&mut v);
+        v.truncate(limit);
+        Ok(v)
+    }
+
     async fn flush(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// Whether `job` runs the user function `function_id` (any version).
+pub fn is_job_of(job: &Job, function_id: &str) -> bool {
+    matches!(&job.function, FunctionRef::User { id, .. } if id.as_ref() == function_id)
+}
+
+/// Sorts jobs newest first: by creation time, then by id (ids are time-ordered).
+pub fn newest_first(jobs: &mut [Job]) {
+    jobs.sort_by(|a, b| {
+        b.created_ms
+            .cmp(&a.created_ms)
+            .then_with(|| b.id.as_str().cmp(a.id.as_str()))
+    });
 }

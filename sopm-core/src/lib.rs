@@ -1,6 +1,7 @@
 //! SOPM core: the domain types, the four traits every backend implements
 //! ([`Registry`], [`Builder`], [`Executor`], [`Scheduler`], plus the [`JobStore`]
-//! behind the scheduler), one error enum with stable codes, the in-process
+//! behind the scheduler and the [`KeyStore`] of API keys), one error enum with stable
+//! codes, the in-process
 //! [`LocalScheduler`], in-memory stores, and the [`Platform`] that wires them.
 //!
 //! ```no_run
@@ -20,6 +21,7 @@ pub mod conformance;
 pub mod error;
 pub mod executor;
 pub mod jobstore;
+pub mod keys;
 pub mod platform;
 pub mod registry;
 pub mod scheduler;
@@ -30,7 +32,11 @@ pub use builder::{BuildLog, Builder, Source};
 pub use error::{Error, ErrorInfo, Result};
 pub use executor::{Example, Executor, FunctionInfo, PoolStats};
 pub use jobstore::{Durability, JobStore, MemoryJobStore};
-pub use platform::{job_output, Platform, PlatformBuilder, PlatformStats, StandardRouter};
+pub use keys::{ApiKeyInfo, ApiKeySecret, CachedKeyStore, KeyStore, MemoryKeyStore};
+pub use platform::{
+    default_limit_caps, job_output, source_digest, Platform, PlatformBuilder, PlatformStats,
+    StandardRouter, UploadSpec,
+};
 pub use registry::{
     Artifact, BuildStatus, FunctionRecord, FunctionVersion, MemoryRegistry, NewVersion, Registry,
 };

@@ -182,6 +182,10 @@ pub trait Registry: Debug + Send + Sync + 'static {
 
     /// Removes a function and all its versions, returning what was removed.
     async fn delete(&self, tenant: &TenantId, id: &str) -> Result<FunctionRecord>;
+
+    /// Every version of every tenant still `building`, oldest first. Called at
+    /// start-up: a build that was running when the process stopped never finishes.
+    async fn unfinished_builds(&self) -> Result<Vec<FunctionVersion>>;
 }
 
 /// Appends `chunk` to `log`, keeping at most [`MAX_BUILD_LOG_BYTES`] (drops whole
@@ -355,6 +359,25 @@ impl Registry for MemoryRegistry {
             Some(r) if &r.tenant == tenant => Ok(map.remove(id).expect("present")),
             _ => Err(Error::not_found(format!("no function with id '{id}'"))),
         }
+    }
+
+    async fn unfinished_builds(&self) -> Result<Vec<FunctionVersion>> {
+        let mut out: Vec<FunctionVersion> = self
+            .inner
+            .read()
+            .values()
+            .flat_map(|r| r.versions.iter())
+            .filter(|v| v.status == BuildStatus::Building)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| {
+            (a.created_ms, &a.function_id, a.version).cmp(&(
+                b.created_ms,
+                &b.function_id,
+                b.version,
+            ))
+        });
+        Ok(out)
     }
 }
 

@@ -124,3 +124,25 @@ async fn local_scheduler_whole_suite() {
 async fn local_scheduler_whole_suite_on_one_thread() {
     conformance::scheduler_suite(&harness()).await;
 }
+
+#[tokio::test]
+async fn memory_job_store_recent() {
+    conformance::job_store_recent(&MemoryJobStore::new()).await;
+}
+
+#[tokio::test]
+async fn memory_registry_unfinished_builds() {
+    conformance::registry_unfinished_builds(&MemoryRegistry::new()).await;
+}
+
+#[tokio::test]
+async fn memory_key_store() {
+    conformance::key_store_suite(&sopm_core::MemoryKeyStore::new()).await;
+}
+
+#[tokio::test]
+async fn cached_key_store() {
+    let inner = Arc::new(sopm_core::MemoryKeyStore::new());
+    let cached = sopm_core::CachedKeyStore::new(inner, std::time::Duration::from_secs(60));
+    conformance::key_store_suite(&cached).await;
+}

@@ -1,5 +1,7 @@
 //! The HTTP API: routes, request parsing with size limits, and JSON answers.
-//! `app(state)` builds the router, so tests drive it without a socket.
+//! `app(state)` builds the router, so tests drive it without a socket. The
+//! user-function routes are in [`crate::user_functions`], authentication in
+//! [`crate::auth`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,16 +11,20 @@ use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sopm_core::{
-    Error, FunctionRef, Job, JobId, JobRequest, Platform, SubmitMode, Submitted, TenantId,
+    Error, FunctionRef, Job, JobId, JobRequest, KeyStore, Platform, SubmitMode, Submitted, TenantId,
 };
 
+use crate::auth::Caller;
+use crate::config::{AuthMode, ServerConfig};
 use crate::error::{error_body, status_of, with_retry_after, ApiError};
+use crate::upload::UploadLimits;
+use crate::user_functions;
 
 /// Limits and defaults of the API.
 #[derive(Debug, Clone)]
@@ -29,6 +35,10 @@ pub struct ApiConfig {
     pub default_wait: Duration,
     /// Most a caller may ask to wait.
     pub max_wait: Duration,
+    /// How callers authenticate.
+    pub auth: AuthMode,
+    /// Caps on uploads.
+    pub uploads: UploadLimits,
 }
 
 impl Default for ApiConfig {
@@ -37,6 +47,26 @@ impl Default for ApiConfig {
             max_body_bytes: 4 << 20,
             default_wait: Duration::from_secs(30),
             max_wait: Duration::from_secs(300),
+            auth: AuthMode::Off,
+            uploads: UploadLimits::default(),
+        }
+    }
+}
+
+impl From<&ServerConfig> for ApiConfig {
+    fn from(c: &ServerConfig) -> Self {
+        ApiConfig {
+            max_body_bytes: c.max_body_bytes,
+            default_wait: Duration::from_millis(c.default_wait_ms),
+            max_wait: Duration::from_millis(c.max_wait_ms),
+            auth: c.auth,
+            uploads: UploadLimits {
+                max_json_body: c.max_upload_json_bytes,
+                max_multipart_body: c.max_upload_archive_bytes,
+                max_files: c.max_upload_files,
+                max_total_bytes: c.max_upload_total_bytes,
+                max_file_bytes: c.max_upload_file_bytes,
+            },
         }
     }
 }
@@ -48,16 +78,28 @@ pub struct AppState {
 }
 
 #[derive(Debug)]
-struct StateInner {
-    platform: Platform,
-    config: ApiConfig,
+pub(crate) struct StateInner {
+    pub(crate) platform: Platform,
+    pub(crate) config: ApiConfig,
+    pub(crate) keys: Option<Arc<dyn KeyStore>>,
     ready: AtomicBool,
     functions_body: Bytes,
 }
 
 impl AppState {
-    /// State over a platform. The catalog answer is serialised once, here.
+    /// State over a platform, without API keys (auth off). The catalog answer is
+    /// serialised once, here.
     pub fn new(platform: Platform, config: ApiConfig) -> Self {
+        Self::build(platform, config, None)
+    }
+
+    /// State over a platform, with the key store that `auth = "api_key"` resolves
+    /// bearer keys with.
+    pub fn with_keys(platform: Platform, config: ApiConfig, keys: Arc<dyn KeyStore>) -> Self {
+        Self::build(platform, config, Some(keys))
+    }
+
+    fn build(platform: Platform, config: ApiConfig, keys: Option<Arc<dyn KeyStore>>) -> Self {
         let functions_body = json_bytes(&json!({
             "count": platform.list_functions().len(),
             "functions": platform.list_functions(),
@@ -66,6 +108,7 @@ impl AppState {
             inner: Arc::new(StateInner {
                 platform,
                 config,
+                keys,
                 ready: AtomicBool::new(false),
                 functions_body,
             }),
@@ -75,6 +118,10 @@ impl AppState {
     /// The platform.
     pub fn platform(&self) -> &Platform {
         &self.inner.platform
+    }
+
+    pub(crate) fn inner(&self) -> &StateInner {
+        &self.inner
     }
 
     /// Marks the server ready (after recovery) or not (shutting down).
@@ -92,6 +139,19 @@ pub fn app(state: AppState) -> Router {
         .route("/api/jobs/{id}", get(status))
         .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/stats", get(stats))
+        .route(
+            "/api/user-functions",
+            get(user_functions::list).post(user_functions::upload),
+        )
+        .route(
+            "/api/user-functions/{id}",
+            get(user_functions::show).merge(delete(user_functions::remove)),
+        )
+        .route(
+            "/api/user-functions/{id}/execute",
+            post(user_functions::execute),
+        )
+        .route("/api/user-functions/{id}/logs", get(user_functions::logs))
         .route("/api/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -107,12 +167,12 @@ pub fn json_bytes<T: Serialize + ?Sized>(v: &T) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec()))
 }
 
-fn json_response(status: StatusCode, body: Bytes) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Reads a body up to the limit; past it, `payload_too_large`.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError(
@@ -125,7 +185,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 }
 
 /// Parses a JSON body, with messages that say where it went wrong.
-fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError(Error::invalid(
             "request body is empty; expected a JSON object",
@@ -137,11 +197,11 @@ fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
 
 /// `?user_id=` names the tenant while auth is off.
 #[derive(Debug, Deserialize, Default)]
-struct TenantQuery {
-    user_id: Option<String>,
+pub(crate) struct TenantQuery {
+    pub(crate) user_id: Option<String>,
 }
 
-fn tenant_of(user_id: Option<&str>) -> Result<TenantId, ApiError> {
+pub(crate) fn tenant_of(user_id: Option<&str>) -> Result<TenantId, ApiError> {
     match user_id {
         None => Ok(TenantId::default()),
         Some(u) => TenantId::new(u).map_err(ApiError),
@@ -169,7 +229,7 @@ struct ExecuteBody {
     user_id: Option<String>,
 }
 
-fn empty_object() -> Value {
+pub(crate) fn empty_object() -> Value {
     Value::Object(Default::default())
 }
 
@@ -189,12 +249,13 @@ struct ExecuteAnswer<'a> {
 
 async fn execute(
     State(s): State<AppState>,
+    caller: Caller,
     Query(q): Query<TenantQuery>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(req.into_body(), s.inner.config.max_body_bytes).await?;
     let body: ExecuteBody = parse_json(&bytes)?;
-    let tenant = tenant_of(body.user_id.as_deref().or(q.user_id.as_deref()))?;
+    let tenant = caller.tenant(body.user_id.as_deref().or(q.user_id.as_deref()))?;
     let request = JobRequest {
         tenant,
         function: FunctionRef::builtin(&body.function),
@@ -304,10 +365,11 @@ fn job_view(job: &Job) -> JobView<'_> {
 
 async fn status(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<TenantQuery>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_of(q.user_id.as_deref())?;
+    let tenant = caller.tenant(q.user_id.as_deref())?;
     let id = JobId::parse(&id)?;
     let job = s.inner.platform.status(&tenant, &id).await?;
     Ok(json_response(StatusCode::OK, json_bytes(&job_view(&job))))
@@ -315,16 +377,17 @@ async fn status(
 
 async fn cancel(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<TenantQuery>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_of(q.user_id.as_deref())?;
+    let tenant = caller.tenant(q.user_id.as_deref())?;
     let id = JobId::parse(&id)?;
     let job = s.inner.platform.cancel(&tenant, &id).await?;
     Ok(json_response(StatusCode::OK, json_bytes(&job_view(&job))))
 }
 
-async fn stats(State(s): State<AppState>) -> Response {
+async fn stats(State(s): State<AppState>, _caller: Caller) -> Response {
     json_response(StatusCode::OK, json_bytes(&s.inner.platform.stats()))
 }
 

@@ -10,10 +10,20 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 /// A client of one server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     base: String,
+    api_key: Option<String>,
     http: HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// An answer: the status and the JSON body.
@@ -33,8 +43,15 @@ impl Client {
         }
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
+            api_key: None,
             http: HyperClient::builder(TokioExecutor::new()).build_http(),
         })
+    }
+
+    /// Sends `Authorization: Bearer <key>` with every request.
+    pub fn with_api_key(mut self, key: Option<String>) -> Self {
+        self.api_key = key.filter(|k| !k.is_empty());
+        self
     }
 
     /// Sends a request and reads the JSON answer.
@@ -44,14 +61,29 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<Answer, String> {
-        let uri = format!("{}{}", self.base, path);
         let bytes = body
             .map(|b| Bytes::from(serde_json::to_vec(&b).unwrap_or_default()))
             .unwrap_or_default();
-        let req = Request::builder()
+        self.send(method, path, "application/json", bytes).await
+    }
+
+    /// Sends a body of any content type and reads the JSON answer.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        bytes: Bytes,
+    ) -> Result<Answer, String> {
+        let uri = format!("{}{}", self.base, path);
+        let mut req = Request::builder()
             .method(method)
             .uri(&uri)
-            .header("content-type", "application/json")
+            .header("content-type", content_type);
+        if let Some(key) = &self.api_key {
+            req = req.header("authorization", format!("Bearer {key}"));
+        }
+        let req = req
             .body(Full::new(bytes))
             .map_err(|e| format!("bad request to {uri}: {e}"))?;
         let resp = tokio::time::timeout(Duration::from_secs(600), self.http.request(req))

@@ -17,6 +17,20 @@ pub enum Storage {
     Memory,
 }
 
+/// How callers prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// No credentials: callers name their tenant with `user_id`. Only on a loopback
+    /// address unless `allow_unauthenticated` is set. The default.
+    #[default]
+    Off,
+    /// `Authorization: Bearer <key>` on every /api route but the catalog and the
+    /// OpenAPI document; the key names the tenant. Keys: `sopm keys create`.
+    #[value(name = "api_key", alias = "api-key")]
+    ApiKey,
+}
+
 /// Every server setting, with its default.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -50,6 +64,23 @@ pub struct ServerConfig {
     pub sqlite_synchronous: String,
     /// Worker threads of the async runtime (0: one per core).
     pub worker_threads: usize,
+    /// How callers authenticate.
+    pub auth: AuthMode,
+    /// Allows `auth = "off"` on an address other than loopback.
+    pub allow_unauthenticated: bool,
+    /// How long a resolved API key is remembered, in ms (a key revoked by
+    /// `sopm keys revoke` on a running server stops working within this).
+    pub key_cache_ms: u64,
+    /// Largest JSON upload body (`POST /api/user-functions`), in bytes.
+    pub max_upload_json_bytes: usize,
+    /// Largest multipart upload body (with an archive), in bytes.
+    pub max_upload_archive_bytes: usize,
+    /// Most files in one upload.
+    pub max_upload_files: usize,
+    /// Largest total size of an upload's files, uncompressed, in bytes.
+    pub max_upload_total_bytes: u64,
+    /// Largest single file of an upload, uncompressed, in bytes.
+    pub max_upload_file_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +100,14 @@ impl Default for ServerConfig {
             job_retention_hours: 24 * 7,
             sqlite_synchronous: "full".into(),
             worker_threads: 0,
+            auth: AuthMode::Off,
+            allow_unauthenticated: false,
+            key_cache_ms: 10_000,
+            max_upload_json_bytes: 8 << 20,
+            max_upload_archive_bytes: 64 << 20,
+            max_upload_files: 2_000,
+            max_upload_total_bytes: 50 << 20,
+            max_upload_file_bytes: 20 << 20,
         }
     }
 }
@@ -109,6 +148,19 @@ pub struct ServeArgs {
     /// Worker threads (0: one per core) [default: 0].
     #[arg(long, env = "SOPM_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+    /// Authentication: off (callers name their tenant with user_id; loopback only) or
+    /// api_key (Authorization: Bearer; keys from `sopm keys create`) [default: off].
+    #[arg(long, env = "SOPM_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+    /// Serve without authentication on an address other than loopback.
+    #[arg(long, env = "SOPM_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+    /// Largest JSON upload body in bytes [default: 8388608].
+    #[arg(long, env = "SOPM_MAX_UPLOAD_JSON_BYTES")]
+    pub max_upload_json_bytes: Option<usize>,
+    /// Largest multipart (archive) upload body in bytes [default: 67108864].
+    #[arg(long, env = "SOPM_MAX_UPLOAD_ARCHIVE_BYTES")]
+    pub max_upload_archive_bytes: Option<usize>,
 }
 
 impl ServerConfig {
@@ -138,8 +190,14 @@ impl ServerConfig {
             default_wait_ms,
             shutdown_grace_ms,
             sqlite_synchronous,
-            worker_threads
+            worker_threads,
+            auth,
+            max_upload_json_bytes,
+            max_upload_archive_bytes
         );
+        if args.allow_unauthenticated {
+            c.allow_unauthenticated = true;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -151,6 +209,23 @@ impl ServerConfig {
         }
         if self.max_body_bytes < 1024 {
             return Err("max_body_bytes must be at least 1024".into());
+        }
+        if self.auth == AuthMode::Off
+            && !self.listen.ip().is_loopback()
+            && !self.allow_unauthenticated
+        {
+            return Err(format!(
+                "refusing to serve {} without authentication: anyone who can reach it could run \
+                 code as any tenant. Use --auth api_key (keys from `sopm keys create`), listen on \
+                 127.0.0.1, or pass --allow-unauthenticated if this network is trusted",
+                self.listen
+            ));
+        }
+        if self.max_upload_files == 0
+            || self.max_upload_file_bytes == 0
+            || self.max_upload_total_bytes == 0
+        {
+            return Err("max_upload_files, max_upload_file_bytes and max_upload_total_bytes must be above zero".into());
         }
         if !matches!(self.sqlite_synchronous.as_str(), "full" | "normal") {
             return Err(format!(
@@ -199,5 +274,31 @@ mod tests {
             ..Default::default()
         };
         assert!(ServerConfig::resolve(&args).is_err());
+    }
+
+    #[test]
+    fn no_auth_is_refused_off_loopback_unless_allowed() {
+        let args = ServeArgs {
+            listen: Some("0.0.0.0:8080".parse().unwrap()),
+            ..Default::default()
+        };
+        let err = ServerConfig::resolve(&args).unwrap_err();
+        assert!(err.contains("without authentication"), "{err}");
+        let allowed = ServeArgs {
+            allow_unauthenticated: true,
+            ..args.clone()
+        };
+        assert!(ServerConfig::resolve(&allowed).is_ok());
+        let keyed = ServeArgs {
+            auth: Some(AuthMode::ApiKey),
+            ..args
+        };
+        assert!(ServerConfig::resolve(&keyed).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sopm.toml");
+        std::fs::write(&file, "auth = \"api_key\"\nlisten = \"[::]:9000\"\n").unwrap();
+        let c = ServerConfig::from_file(&file).unwrap();
+        assert_eq!(c.auth, AuthMode::ApiKey);
+        assert!(c.validate().is_ok());
     }
 }

@@ -68,7 +68,13 @@ impl IntoResponse for ApiError {
             tracing::error!(code = self.0.code(), error = %self.0, "request failed");
         }
         let body = crate::api::json_bytes(&error_body(&self.0));
-        let resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"sopm\""),
+            );
+        }
         with_retry_after(resp, &self.0)
     }
 }

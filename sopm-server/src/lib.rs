@@ -2,11 +2,16 @@
 //! `sopm` command-line tool (server and client).
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod pack;
 pub mod server;
+pub mod upload;
+pub mod user_functions;
 
 pub use api::{app, ApiConfig, AppState};
-pub use config::{ServerConfig, Storage};
+pub use config::{AuthMode, ServerConfig, Storage};
+pub use upload::UploadLimits;

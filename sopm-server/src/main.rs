@@ -1,10 +1,13 @@
 //! `sopm`: run the SOPM server, or talk to one.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use hyper::Method;
-use serde_json::Value;
+use serde_json::{json, Value};
+use sopm_core::TenantId;
 use sopm_server::client::{Answer, Client};
 use sopm_server::config::{ServeArgs, ServerConfig};
 
@@ -61,9 +64,143 @@ enum Command {
     },
     /// Show the server's figures.
     Stats(ClientArgs),
+    /// Deploy, list, call and remove user functions.
+    #[command(subcommand)]
+    Fn(FnCommand),
+    /// Create, list and revoke API keys (opens the database in --data-dir directly).
+    #[command(subcommand)]
+    Keys(KeysCommand),
 }
 
+#[derive(Debug, Subcommand)]
+enum FnCommand {
+    /// Upload a directory as a function and follow its build:
+    /// `sopm fn deploy ./hello --runtime python`.
+    Deploy {
+        /// The function's directory (`.git`, `__pycache__` and `node_modules` are left out).
+        dir: PathBuf,
+        /// python, node, shell or binary.
+        #[arg(long)]
+        runtime: String,
+        /// The function's name [default: the directory's name].
+        #[arg(long)]
+        name: Option<String>,
+        /// The entry point [default: main.handle (python), index.handle (node), main.sh
+        /// (shell)].
+        #[arg(long)]
+        handler: Option<String>,
+        /// An environment variable, NAME=VALUE (repeatable).
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// Limits as JSON, e.g. '{"timeout_ms": 5000}'.
+        #[arg(long)]
+        limits: Option<String>,
+        /// Give up following the build after this many seconds.
+        #[arg(long, default_value_t = 900)]
+        timeout_s: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List your functions.
+    List(ClientArgs),
+    /// Call a function: `sopm fn invoke hello '{"name": "Ada"}'`.
+    Invoke {
+        /// The function's name or id.
+        name: String,
+        /// Input as JSON (default `{}`).
+        input: Option<String>,
+        /// Answer at once with a job id instead of waiting.
+        #[arg(long = "async")]
+        is_async: bool,
+        /// Run this version instead of the newest ready one.
+        #[arg(long)]
+        version: Option<u32>,
+        /// How long to wait for the result before getting a job id, in ms.
+        #[arg(long)]
+        wait_ms: Option<u64>,
+        /// Print the whole answer, not just the output.
+        #[arg(long)]
+        full: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the logs of a function's recent calls, newest first.
+    Logs {
+        /// The function's name or id.
+        name: String,
+        /// How many calls [default: 20].
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a function with all its versions.
+    Rm {
+        /// The function's name or id.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make a key for a tenant; prints its secret once.
+    Create {
+        /// The tenant the key acts for.
+        #[arg(long)]
+        tenant: String,
+        /// A label for people.
+        #[arg(long, default_value = "")]
+        label: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// List a tenant's keys.
+    List {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Revoke a key (a running server stops accepting it within 10 s).
+    Revoke {
+        /// The key's id (`key_…`).
+        key_id: String,
+        /// The key's tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+/// Where the server keeps its database.
 #[derive(Debug, Clone, clap::Args)]
+struct DataArgs {
+    /// The server's data directory [default: ./sopm-data].
+    #[arg(long, env = "SOPM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The server's TOML settings (for its data directory).
+    #[arg(long, env = "SOPM_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl DataArgs {
+    fn server_config(&self) -> Result<ServerConfig, String> {
+        let mut c = match &self.config {
+            Some(p) => ServerConfig::from_file(p)?,
+            None => ServerConfig::default(),
+        };
+        if let Some(d) = &self.data_dir {
+            c.data_dir = d.clone();
+        }
+        Ok(c)
+    }
+}
+
+#[derive(Clone, clap::Args)]
 struct ClientArgs {
     /// The server's address.
     #[arg(
@@ -76,6 +213,19 @@ struct ClientArgs {
     /// The tenant (while the server runs without auth).
     #[arg(long, env = "SOPM_USER_ID", global = true)]
     user_id: Option<String>,
+    /// An API key (when the server runs with `--auth api_key`).
+    #[arg(long, env = "SOPM_API_KEY", global = true, hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+impl std::fmt::Debug for ClientArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientArgs")
+            .field("url", &self.url)
+            .field("user_id", &self.user_id)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl ClientArgs {
@@ -84,6 +234,26 @@ impl ClientArgs {
             Some(u) => format!("?user_id={}", percent_encode(u)),
             None => String::new(),
         }
+    }
+
+    /// `path` with the tenant and `extra` as its query.
+    fn path(&self, path: &str, extra: &[(&str, String)]) -> String {
+        let mut q: Vec<String> = extra
+            .iter()
+            .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+            .collect();
+        if let Some(u) = &self.user_id {
+            q.push(format!("user_id={}", percent_encode(u)));
+        }
+        if q.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{}", q.join("&"))
+        }
+    }
+
+    fn client(&self) -> Result<Client, String> {
+        Ok(Client::new(&self.url)?.with_api_key(self.api_key.clone()))
     }
 }
 
@@ -165,8 +335,11 @@ fn client_command(cmd: Command) -> ExitCode {
 async fn run_client(cmd: Command) -> Result<ExitCode, String> {
     match cmd {
         Command::Serve(_) => unreachable!("handled in main"),
+        Command::Fn(f) => run_fn(f).await,
+        Command::Keys(k) => run_keys(k).await,
         Command::Functions(c) => {
-            let a = Client::new(&c.url)?
+            let a = c
+                .client()?
                 .call(Method::GET, "/api/functions", None)
                 .await?;
             if a.status != 200 {
@@ -202,7 +375,8 @@ async fn run_client(cmd: Command) -> Result<ExitCode, String> {
                 body["wait_ms"] = w.into();
             }
             let path = format!("/api/execute{}", client.query());
-            let a = Client::new(&client.url)?
+            let a = client
+                .client()?
                 .call(Method::POST, &path, Some(body))
                 .await?;
             match a.status {
@@ -225,7 +399,7 @@ async fn run_client(cmd: Command) -> Result<ExitCode, String> {
 }
 
 async fn simple(c: &ClientArgs, method: Method, path: &str) -> Result<ExitCode, String> {
-    let a = Client::new(&c.url)?.call(method, path, None).await?;
+    let a = c.client()?.call(method, path, None).await?;
     if a.status >= 400 {
         return Ok(report_error(&a));
     }
@@ -248,4 +422,388 @@ fn report_error(a: &Answer) -> ExitCode {
         eprintln!("job: {id}");
     }
     ExitCode::FAILURE
+}
+
+/// A function name from a directory name: letters, digits, `_ - .`, starting with a
+/// letter or digit.
+fn name_from_dir(dir: &std::path::Path) -> Option<String> {
+    let base = std::fs::canonicalize(dir).ok()?;
+    let raw = base.file_name()?.to_str()?;
+    let cleaned: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let trimmed = cleaned.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+    let name: String = trimmed.chars().take(64).collect();
+    (!name.is_empty()).then_some(name)
+}
+
+fn default_handler(runtime: &str) -> Option<&'static str> {
+    match runtime {
+        "python" => Some("main.handle"),
+        "node" => Some("index.handle"),
+        "shell" => Some("main.sh"),
+        _ => None,
+    }
+}
+
+async fn run_fn(cmd: FnCommand) -> Result<ExitCode, String> {
+    match cmd {
+        FnCommand::Deploy {
+            dir,
+            runtime,
+            name,
+            handler,
+            env,
+            limits,
+            timeout_s,
+            client,
+        } => {
+            deploy(
+                &client,
+                DeployArgs {
+                    dir,
+                    runtime,
+                    name,
+                    handler,
+                    env,
+                    limits,
+                    timeout: Duration::from_secs(timeout_s),
+                },
+            )
+            .await
+        }
+        FnCommand::List(c) => {
+            let a = c
+                .client()?
+                .call(Method::GET, &c.path("/api/user-functions", &[]), None)
+                .await?;
+            if a.status != 200 {
+                return Ok(report_error(&a));
+            }
+            let list = a.body["functions"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                eprintln!("no functions yet (sopm fn deploy DIR --runtime python)");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<24} {:<8} {:<8} {:<9} {:<6} ID",
+                "NAME", "RUNTIME", "VERSION", "STATUS", "READY"
+            );
+            for f in &list {
+                let num = |k: &str| f[k].as_u64().map(|n| n.to_string()).unwrap_or("-".into());
+                println!(
+                    "{:<24} {:<8} {:<8} {:<9} {:<6} {}",
+                    f["name"].as_str().unwrap_or(""),
+                    f["runtime"].as_str().unwrap_or(""),
+                    num("version"),
+                    f["status"].as_str().unwrap_or(""),
+                    num("ready_version"),
+                    f["id"].as_str().unwrap_or("")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FnCommand::Invoke {
+            name,
+            input,
+            is_async,
+            version,
+            wait_ms,
+            full,
+            client,
+        } => {
+            let input: Value = match input.as_deref() {
+                None => Value::Object(Default::default()),
+                Some(text) => serde_json::from_str(text)
+                    .map_err(|e| format!("the input is not valid JSON: {e}"))?,
+            };
+            let mut body = json!({"input": input, "async": is_async});
+            if let Some(v) = version {
+                body["version"] = v.into();
+            }
+            if let Some(w) = wait_ms {
+                body["wait_ms"] = w.into();
+            }
+            let path = client.path(
+                &format!("/api/user-functions/{}/execute", percent_encode(&name)),
+                &[],
+            );
+            let a = client
+                .client()?
+                .call(Method::POST, &path, Some(body))
+                .await?;
+            match a.status {
+                200 if !full => {
+                    if let Some(logs) = a.body["logs"].as_str().filter(|l| !l.is_empty()) {
+                        eprint!("{logs}");
+                        if !logs.ends_with('\n') {
+                            eprintln!();
+                        }
+                    }
+                    print_json(&a.body["output"]);
+                }
+                200 | 202 => print_json(&a.body),
+                _ => {
+                    if let Some(logs) = a.body["logs"].as_str().filter(|l| !l.is_empty()) {
+                        eprint!("{logs}");
+                    }
+                    if let Some(tb) = a.body["error"]["traceback"].as_str() {
+                        eprintln!("{tb}");
+                    }
+                    return Ok(report_error(&a));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FnCommand::Logs {
+            name,
+            limit,
+            client,
+        } => {
+            let extra: Vec<(&str, String)> = limit
+                .map(|l| ("limit", l.to_string()))
+                .into_iter()
+                .collect();
+            let path = client.path(
+                &format!("/api/user-functions/{}/logs", percent_encode(&name)),
+                &extra,
+            );
+            let a = client.client()?.call(Method::GET, &path, None).await?;
+            if a.status != 200 {
+                return Ok(report_error(&a));
+            }
+            let jobs = a.body["jobs"].as_array().cloned().unwrap_or_default();
+            if jobs.is_empty() {
+                eprintln!("no calls of {name} yet");
+            }
+            for j in &jobs {
+                let version = j["version"]
+                    .as_u64()
+                    .map(|v| format!(" v{v}"))
+                    .unwrap_or_default();
+                let took = j["duration_us"]
+                    .as_u64()
+                    .map(|us| format!(" {:.1} ms", us as f64 / 1000.0))
+                    .unwrap_or_default();
+                println!(
+                    "== {} {}{}{} (created_ms {})",
+                    j["id"].as_str().unwrap_or(""),
+                    j["status"].as_str().unwrap_or(""),
+                    version,
+                    took,
+                    j["created_ms"]
+                );
+                let logs = j["logs"].as_str().unwrap_or("");
+                print!("{logs}");
+                if !logs.is_empty() && !logs.ends_with('\n') {
+                    println!();
+                }
+                if let Some(msg) = j["error"]["message"].as_str() {
+                    println!(
+                        "error: {}: {msg}",
+                        j["error"]["code"].as_str().unwrap_or("error")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FnCommand::Rm { name, client } => {
+            let path = client.path(
+                &format!("/api/user-functions/{}", percent_encode(&name)),
+                &[],
+            );
+            let a = client.client()?.call(Method::DELETE, &path, None).await?;
+            if a.status != 200 {
+                return Ok(report_error(&a));
+            }
+            println!(
+                "deleted {} ({} version{})",
+                a.body["name"].as_str().unwrap_or(&name),
+                a.body["versions"],
+                if a.body["versions"] == 1 { "" } else { "s" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+struct DeployArgs {
+    dir: PathBuf,
+    runtime: String,
+    name: Option<String>,
+    handler: Option<String>,
+    env: Vec<String>,
+    limits: Option<String>,
+    timeout: Duration,
+}
+
+async fn deploy(client: &ClientArgs, args: DeployArgs) -> Result<ExitCode, String> {
+    if !args.dir.is_dir() {
+        return Err(format!("{} is not a directory", args.dir.display()));
+    }
+    let name = match args.name {
+        Some(n) => n,
+        None => name_from_dir(&args.dir).ok_or_else(|| {
+            format!(
+                "cannot make a function name from {}; pass --name",
+                args.dir.display()
+            )
+        })?,
+    };
+    let handler = match args.handler {
+        Some(h) => h,
+        None => default_handler(&args.runtime)
+            .ok_or_else(|| format!("pass --handler for the {} runtime", args.runtime))?
+            .to_string(),
+    };
+    let mut env = serde_json::Map::new();
+    for pair in &args.env {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--env {pair}: expected NAME=VALUE"))?;
+        env.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    let dir = args.dir.clone();
+    let packed = tokio::task::spawn_blocking(move || sopm_server::pack::pack_dir(&dir))
+        .await
+        .map_err(|e| format!("packing failed: {e}"))?
+        .map_err(|e| format!("cannot pack {}: {e}", args.dir.display()))?;
+    for s in &packed.skipped {
+        eprintln!("sopm: left out {s} (not a regular file)");
+    }
+    if packed.files == 0 {
+        return Err(format!("{} has no files to deploy", args.dir.display()));
+    }
+    eprintln!(
+        "sopm: uploading {name} ({} file{}, {:.1} KiB packed)",
+        packed.files,
+        if packed.files == 1 { "" } else { "s" },
+        packed.archive.len() as f64 / 1024.0
+    );
+    let mut metadata = json!({"name": name, "runtime": args.runtime, "handler": handler});
+    if !env.is_empty() {
+        metadata["env"] = Value::Object(env);
+    }
+    if let Some(l) = &args.limits {
+        metadata["limits"] =
+            serde_json::from_str(l).map_err(|e| format!("--limits is not valid JSON: {e}"))?;
+    }
+    let (content_type, body) =
+        sopm_server::pack::multipart_body(&metadata, &packed.archive, "function.tar.gz");
+    let http = client.client()?;
+    let a = http
+        .send(
+            Method::POST,
+            &client.path("/api/user-functions", &[]),
+            &content_type,
+            body.into(),
+        )
+        .await?;
+    if a.status != 202 {
+        return Ok(report_error(&a));
+    }
+    let id = a.body["id"].as_str().unwrap_or_default().to_string();
+    let version = a.body["version"].as_u64().unwrap_or(0);
+    eprintln!("sopm: {name} v{version} ({id}): building");
+    let status_path = client.path(
+        &format!("/api/user-functions/{id}"),
+        &[("version", version.to_string())],
+    );
+    let until = Instant::now() + args.timeout;
+    let mut shown = 0usize;
+    loop {
+        let a = http.call(Method::GET, &status_path, None).await?;
+        if a.status != 200 {
+            return Ok(report_error(&a));
+        }
+        let log = a.body["build_log"].as_str().unwrap_or("");
+        if log.len() < shown {
+            // The log was cut at its front (it is capped): show it from its start.
+            shown = 0;
+        }
+        if log.len() > shown {
+            eprint!("{}", &log[shown..]);
+            shown = log.len();
+        }
+        match a.body["status"].as_str() {
+            Some("ready") => {
+                println!("{name} v{version} is ready ({id})");
+                if let Some(note) = a.body["executor_note"].as_str() {
+                    eprintln!("sopm: note: {note}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some("failed") => {
+                eprintln!("sopm: the build of {name} v{version} failed (build log above)");
+                return Ok(ExitCode::FAILURE);
+            }
+            _ => {}
+        }
+        if Instant::now() >= until {
+            return Err(format!(
+                "{name} v{version} is still building after {} s; follow it with GET /api/user-functions/{id}",
+                args.timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn run_keys(cmd: KeysCommand) -> Result<ExitCode, String> {
+    let (data, tenant) = match &cmd {
+        KeysCommand::Create { data, tenant, .. }
+        | KeysCommand::List { data, tenant }
+        | KeysCommand::Revoke { data, tenant, .. } => (data, tenant),
+    };
+    let tenant = TenantId::new(tenant).map_err(|e| format!("--tenant: {e}"))?;
+    let config = data.server_config()?;
+    let keys = sopm_server::server::open_key_store(&config)?;
+    match &cmd {
+        KeysCommand::Create { label, .. } => {
+            let (info, secret) = keys
+                .create(&tenant, label)
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "sopm: created {} for tenant {} in {}; the secret below is shown only once:",
+                info.id,
+                info.tenant,
+                config.data_dir.display()
+            );
+            println!("{}", secret.expose());
+        }
+        KeysCommand::List { .. } => {
+            let list = keys.list(&tenant).await.map_err(|e| e.to_string())?;
+            if list.is_empty() {
+                eprintln!("no keys for tenant {tenant}");
+            }
+            for k in list {
+                println!(
+                    "{}  {}  {}  created_ms={}{}",
+                    k.id,
+                    k.prefix,
+                    if k.label.is_empty() { "-" } else { &k.label },
+                    k.created_ms,
+                    k.revoked_ms
+                        .map(|r| format!("  revoked_ms={r}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        KeysCommand::Revoke { key_id, .. } => {
+            let k = keys
+                .revoke(&tenant, key_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("revoked {} ({})", k.id, k.prefix);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

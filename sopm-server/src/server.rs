@@ -1,17 +1,53 @@
 //! Runs the server: builds the platform from the settings, recovers unfinished jobs,
 //! serves until SIGTERM or Ctrl-C, then shuts down gracefully.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sopm_core::{JobStore, LocalSchedulerConfig, Platform, Registry};
+use sopm_core::{
+    CachedKeyStore, Executor, JobStore, KeyStore, LocalSchedulerConfig, MemoryKeyStore, Platform,
+    Registry, Runtime,
+};
 use sopm_functions::BuiltinExecutor;
 
 use crate::api::{app, ApiConfig, AppState};
 use crate::config::{ServerConfig, Storage};
 
+/// What the server runs on: the platform, and the API keys.
+#[derive(Debug)]
+pub struct Services {
+    /// The platform.
+    pub platform: Platform,
+    /// The API keys (in the database with SQLite storage).
+    pub keys: Arc<dyn KeyStore>,
+    #[cfg(feature = "process")]
+    local_builder: Option<Arc<sopm_backends::LocalBuilder>>,
+}
+
+/// The runtimes whose uploads are built into directory artifacts on this machine.
+pub const LOCAL_RUNTIMES: [Runtime; 4] = [
+    Runtime::Python,
+    Runtime::Node,
+    Runtime::Shell,
+    Runtime::Binary,
+];
+
+/// The executors of user functions, by runtime. None yet: the sandboxed executor of
+/// the process backend plugs in here. Until it does, calls of user functions answer
+/// 503 `unavailable` ("no executor is configured for the python runtime"), while
+/// uploads still build.
+pub fn user_function_executors(_c: &ServerConfig) -> HashMap<Runtime, Arc<dyn Executor>> {
+    HashMap::new()
+}
+
 /// Builds the platform the settings describe (opens the database).
 pub fn build_platform(c: &ServerConfig) -> Result<Platform, String> {
+    build_services(c).map(|s| s.platform)
+}
+
+/// Builds the platform and the key store the settings describe (opens the database).
+pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
     let mut builder = Platform::builder()
         .with_builtins(Arc::new(BuiltinExecutor::new()))
         .with_builtin_timeout(Duration::from_millis(c.builtin_timeout_ms))
@@ -21,18 +57,52 @@ pub fn build_platform(c: &ServerConfig) -> Result<Platform, String> {
             max_timeout: Duration::from_millis(c.max_timeout_ms),
             retry_after: Duration::from_secs(1),
         });
-    match c.storage {
-        Storage::Memory => {}
+    let keys: Arc<dyn KeyStore> = match c.storage {
+        Storage::Memory => Arc::new(MemoryKeyStore::new()),
         Storage::Sqlite => {
-            let (registry, store) = open_sqlite(c)?;
+            let (registry, store, keys) = open_sqlite(c)?;
             builder = builder.with_registry(registry).with_job_store(store);
+            keys
         }
+    };
+    for (runtime, executor) in user_function_executors(c) {
+        builder = builder.with_executor(runtime, executor);
     }
-    builder.build().map_err(|e| e.to_string())
+    #[cfg(feature = "process")]
+    let local_builder = {
+        let local = Arc::new(
+            sopm_backends::LocalBuilderConfig::new(c.data_dir.join("artifacts"))
+                .build()
+                .map_err(|e| format!("local builder: {e}"))?,
+        );
+        for runtime in LOCAL_RUNTIMES {
+            builder = builder.with_builder(runtime, local.clone());
+        }
+        Some(local)
+    };
+    let platform = builder.build().map_err(|e| e.to_string())?;
+    let keys: Arc<dyn KeyStore> = Arc::new(CachedKeyStore::new(
+        keys,
+        Duration::from_millis(c.key_cache_ms),
+    ));
+    Ok(Services {
+        platform,
+        keys,
+        #[cfg(feature = "process")]
+        local_builder,
+    })
 }
 
-/// The durable stores: function registry and job store.
-type Stores = (Arc<dyn Registry>, Arc<dyn JobStore>);
+/// The durable stores: function registry, job store, API keys.
+type Stores = (Arc<dyn Registry>, Arc<dyn JobStore>, Arc<dyn KeyStore>);
+
+/// Opens the key store of the server's data directory (for `sopm keys`).
+pub fn open_key_store(c: &ServerConfig) -> Result<Arc<dyn KeyStore>, String> {
+    match c.storage {
+        Storage::Memory => Err("keys need durable storage; --storage memory keeps none".into()),
+        Storage::Sqlite => open_sqlite(c).map(|(_, _, keys)| keys),
+    }
+}
 
 #[cfg(feature = "sqlite")]
 fn open_sqlite(c: &ServerConfig) -> Result<Stores, String> {
@@ -50,7 +120,7 @@ fn open_sqlite(c: &ServerConfig) -> Result<Stores, String> {
         .open()
         .map_err(|e| format!("cannot open the database in {}: {e}", c.data_dir.display()))?;
     let store = Arc::new(store);
-    Ok((store.clone(), store))
+    Ok((store.clone(), store.clone(), store))
 }
 
 #[cfg(not(feature = "sqlite"))]
@@ -60,21 +130,26 @@ fn open_sqlite(_: &ServerConfig) -> Result<Stores, String> {
 
 /// Serves until a shutdown signal, then drains.
 pub async fn serve(c: ServerConfig) -> Result<(), String> {
-    let platform = build_platform(&c)?;
-    let state = AppState::new(
-        platform.clone(),
-        ApiConfig {
-            max_body_bytes: c.max_body_bytes,
-            default_wait: Duration::from_millis(c.default_wait_ms),
-            max_wait: Duration::from_millis(c.max_wait_ms),
-        },
-    );
+    let services = build_services(&c)?;
+    let platform = services.platform.clone();
+    let state = AppState::with_keys(platform.clone(), ApiConfig::from(&c), services.keys.clone());
     let listener = tokio::net::TcpListener::bind(c.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", c.listen))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    #[cfg(feature = "process")]
+    if let Some(local) = &services.local_builder {
+        match local.remove_stale_staging().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                removed = n,
+                "removed the staging directories of unfinished builds"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not clean the artifacts directory"),
+        }
+    }
     let report = platform.recover().await.map_err(|e| e.to_string())?;
     tracing::info!(
         requeued = report.requeued,
@@ -85,6 +160,7 @@ pub async fn serve(c: ServerConfig) -> Result<(), String> {
     tracing::info!(
         listen = %local,
         storage = ?c.storage,
+        auth = ?c.auth,
         data_dir = %c.data_dir.display(),
         functions = platform.list_functions().len(),
         "sopm serving"

@@ -17,14 +17,7 @@ fn state_with(f: impl FnOnce(&mut ServerConfig)) -> AppState {
     };
     f(&mut c);
     let platform = build_platform(&c).unwrap();
-    let s = AppState::new(
-        platform,
-        ApiConfig {
-            max_body_bytes: c.max_body_bytes,
-            default_wait: Duration::from_millis(c.default_wait_ms),
-            max_wait: Duration::from_millis(c.max_wait_ms),
-        },
-    );
+    let s = AppState::new(platform, ApiConfig::from(&c));
     s.set_ready(true);
     s
 }

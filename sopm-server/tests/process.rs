@@ -231,3 +231,206 @@ fn sigterm_lets_running_jobs_finish() {
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["output"]["slept_ms"], 700);
 }
+
+/// Whether `bwrap` is here; the LocalBuilder sandboxes dependency installs with it.
+fn bwrap_or_skip(test: &str) -> bool {
+    let found = Command::new("bwrap")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if found {
+        return true;
+    }
+    let reason = "bubblewrap (bwrap) is not installed";
+    if std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() == Ok("1") {
+        panic!("{test}: {reason}, and SOPM_REQUIRE_INTEGRATION=1");
+    }
+    eprintln!("skipping {test}: {reason}");
+    false
+}
+
+fn sopm(data: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("SOPM_DATA_DIR", data)
+        .env_remove("SOPM_API_KEY")
+        .env_remove("SOPM_URL")
+        .output()
+        .expect("run sopm")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn keys_then_fn_deploy_list_invoke_logs_rm_through_the_cli() {
+    if !bwrap_or_skip("keys_then_fn_deploy_list_invoke_logs_rm_through_the_cli") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A key made before the server starts, straight in its database.
+    let out = sopm(
+        dir.path(),
+        &["keys", "create", "--tenant", "alice", "--label", "ci"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let alice = stdout(&out).trim().to_string();
+    assert!(alice.starts_with("sopm_") && alice.len() == 69, "{alice}");
+    assert!(stderr(&out).contains("shown only once"));
+
+    let server = Server::start(dir.path(), &["--auth", "api_key"]);
+    // A key made while the server runs works at once.
+    let out = sopm(dir.path(), &["keys", "create", "--tenant", "bob"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bob = stdout(&out).trim().to_string();
+
+    let as_user = |key: &str, args: &[&str]| -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("SOPM_URL", server.url())
+            .env("SOPM_API_KEY", key)
+            .output()
+            .expect("run sopm")
+    };
+
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(
+        src.path().join("main.py"),
+        "def handle(event, context):\n    print('hi')\n    return {'hello': event.get('name')}\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(src.path().join("__pycache__")).unwrap();
+    std::fs::write(src.path().join("__pycache__/main.cpython-311.pyc"), "junk").unwrap();
+    let src_dir = src.path().to_str().unwrap();
+
+    let out = as_user(
+        &alice,
+        &[
+            "fn",
+            "deploy",
+            src_dir,
+            "--runtime",
+            "python",
+            "--name",
+            "hello",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "deploy: {}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("hello v1 is ready"),
+        "{}",
+        stdout(&out)
+    );
+    let progress = stderr(&out);
+    assert!(
+        progress.contains("building") && progress.contains("==> building hello v1"),
+        "{progress}"
+    );
+    assert!(progress.contains("artifact ready"), "{progress}");
+    let artifacts = dir.path().join("artifacts");
+    let built: Vec<_> = std::fs::read_dir(&artifacts).unwrap().collect();
+    assert_eq!(built.len(), 1, "one function's artifacts");
+    let v1 = built[0].as_ref().unwrap().path().join("v1");
+    assert!(v1.join("main.py").exists());
+    assert!(!v1.join("__pycache__").exists(), "caches are not uploaded");
+
+    let out = as_user(&alice, &["fn", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listing = stdout(&out);
+    assert!(
+        listing.contains("hello") && listing.contains("ready") && listing.contains("python"),
+        "{listing}"
+    );
+    let out = as_user(&bob, &["fn", "list"]);
+    assert!(out.status.success());
+    assert!(
+        !stdout(&out).contains("hello"),
+        "bob sees only his own functions"
+    );
+
+    // No executor is wired yet: the call is refused clearly.
+    let out = as_user(&alice, &["fn", "invoke", "hello", r#"{"name":"Ada"}"#]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unavailable") && stderr(&out).contains("python runtime"),
+        "{}",
+        stderr(&out)
+    );
+    let out = as_user(&bob, &["fn", "invoke", "hello", "{}"]);
+    assert!(stderr(&out).contains("not_found"), "{}", stderr(&out));
+
+    // A build that fails shows its log and exits 1.
+    let bad = tempfile::tempdir().unwrap();
+    std::fs::write(bad.path().join("other.py"), "x = 1\n").unwrap();
+    let out = as_user(
+        &alice,
+        &[
+            "fn",
+            "deploy",
+            bad.path().to_str().unwrap(),
+            "--runtime",
+            "python",
+            "--name",
+            "broken",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("build failed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("main.py"),
+        "the log names the missing file: {}",
+        stderr(&out)
+    );
+
+    let out = as_user(&alice, &["fn", "logs", "hello"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Without a key, or with a wrong one: 401.
+    let out = server.cli(&["fn", "list"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("unauthorized"), "{}", stderr(&out));
+
+    let out = as_user(&alice, &["fn", "rm", "hello"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("deleted hello"));
+    assert!(!v1.exists(), "the artifact went with it");
+    let out = as_user(&alice, &["fn", "list"]);
+    assert!(!stdout(&out).contains("hello"));
+
+    let out = sopm(dir.path(), &["keys", "list", "--tenant", "alice"]);
+    assert!(out.status.success());
+    let line = stdout(&out);
+    assert!(line.contains("ci") && !line.contains(&alice[5..]), "{line}");
+    let key_id = line.split_whitespace().next().unwrap().to_string();
+    let out = sopm(
+        dir.path(),
+        &["keys", "revoke", &key_id, "--tenant", "alice"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sopm(dir.path(), &["keys", "revoke", &key_id, "--tenant", "bob"]);
+    assert!(!out.status.success(), "another tenant's key is not found");
+}
+
+#[test]
+fn serving_without_auth_off_loopback_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("SOPM_AUTH")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("without authentication"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,5 +1,6 @@
-//! SQLite storage: [`SqliteStore`] keeps the function registry and the job records in
-//! one database file, and implements both [`Registry`] and [`JobStore`].
+//! SQLite storage: [`SqliteStore`] keeps the function registry, the job records and
+//! the API keys in one database file, and implements [`Registry`], [`JobStore`] and
+//! [`KeyStore`].
 //!
 //! - The file is in WAL mode with `synchronous=FULL` by default, so an acknowledged
 //!   job survives a crash of the process or of the machine
@@ -38,11 +39,13 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 use sopm_core::jobstore::status_rank;
+use sopm_core::jobstore::{is_job_of, newest_first};
+use sopm_core::keys::{looks_like_secret, new_key, secret_digest};
 use sopm_core::registry::{check_finish, validate_function_name};
 use sopm_core::types::now_ms;
 use sopm_core::{
-    Artifact, BuildStatus, Durability, Error, FunctionRecord, FunctionVersion, Job, JobId,
-    JobStore, NewVersion, Registry, Result, TenantId,
+    ApiKeyInfo, ApiKeySecret, Artifact, BuildStatus, Durability, Error, FunctionRecord,
+    FunctionVersion, Job, JobId, JobStore, KeyStore, NewVersion, Registry, Result, TenantId,
 };
 use tokio::sync::{oneshot, Semaphore};
 
@@ -434,6 +437,38 @@ impl JobStore for SqliteStore {
         self.read(rows::unfinished_jobs).await
     }
 
+    async fn recent(&self, tenant: &TenantId, function_id: &str, limit: usize) -> Result<Vec<Job>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Puts not yet committed first (as in `get`): they replace their stored
+        // records, or join them.
+        let pending: Vec<Arc<Job>> = self
+            .overlay
+            .lock()
+            .values()
+            .filter(|p| &p.job.tenant == tenant && is_job_of(&p.job, function_id))
+            .map(|p| p.job.clone())
+            .collect();
+        let (t, f) = (tenant.clone(), function_id.to_string());
+        let mut jobs = self
+            .read(move |conn| rows::recent_jobs(conn, &t, &f, limit))
+            .await?;
+        for p in pending {
+            match jobs.iter_mut().find(|j| j.id == p.id) {
+                Some(stored) => {
+                    if replaces(stored, &p) {
+                        *stored = (*p).clone();
+                    }
+                }
+                None => jobs.push((*p).clone()),
+            }
+        }
+        newest_first(&mut jobs);
+        jobs.truncate(limit);
+        Ok(jobs)
+    }
+
     async fn flush(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.send(Request::Barrier(tx))?;
@@ -489,6 +524,42 @@ impl Registry for SqliteStore {
     async fn delete(&self, tenant: &TenantId, id: &str) -> Result<FunctionRecord> {
         let (tenant, id) = (tenant.clone(), id.to_string());
         self.write(move |conn| rows::delete_function(conn, &tenant, &id))
+            .await
+    }
+
+    async fn unfinished_builds(&self) -> Result<Vec<FunctionVersion>> {
+        // Through the writer, so every earlier registry write is seen.
+        self.write(rows::unfinished_builds).await
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn create(&self, tenant: &TenantId, label: &str) -> Result<(ApiKeyInfo, ApiKeySecret)> {
+        let (info, secret) = new_key(tenant, label)?;
+        let (record, digest) = (info.clone(), secret.digest());
+        self.write(move |conn| rows::insert_key(conn, &record, &digest))
+            .await?;
+        Ok((info, secret))
+    }
+
+    async fn resolve(&self, secret: &str) -> Result<Option<TenantId>> {
+        if !looks_like_secret(secret) {
+            return Ok(None);
+        }
+        let digest = secret_digest(secret);
+        self.read(move |conn| rows::resolve_key(conn, &digest))
+            .await
+    }
+
+    async fn list(&self, tenant: &TenantId) -> Result<Vec<ApiKeyInfo>> {
+        let tenant = tenant.clone();
+        self.read(move |conn| rows::list_keys(conn, &tenant)).await
+    }
+
+    async fn revoke(&self, tenant: &TenantId, key_id: &str) -> Result<ApiKeyInfo> {
+        let (tenant, key_id) = (tenant.clone(), key_id.to_string());
+        self.write(move |conn| rows::revoke_key(conn, &tenant, &key_id, now_ms()))
             .await
     }
 }

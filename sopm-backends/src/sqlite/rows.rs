@@ -4,10 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension, Row, Statement};
+use sopm_core::keys::no_key;
 use sopm_core::registry::{append_capped, new_function_id};
 use sopm_core::{
-    Artifact, BuildStatus, Error, ErrorInfo, FunctionRecord, FunctionRef, FunctionVersion, Job,
-    JobId, JobStatus, Limits, NewVersion, Result, Runtime, TenantId,
+    ApiKeyInfo, Artifact, BuildStatus, Error, ErrorInfo, FunctionRecord, FunctionRef,
+    FunctionVersion, Job, JobId, JobStatus, Limits, NewVersion, Result, Runtime, TenantId,
 };
 
 use super::error::{corrupt, Context};
@@ -28,6 +29,7 @@ pub(crate) struct JobRow {
     id: JobId,
     tenant: TenantId,
     function: String,
+    function_id: Option<String>,
     status: &'static str,
     input: String,
     output: Option<String>,
@@ -47,6 +49,10 @@ impl JobRow {
             id: job.id.clone(),
             tenant: job.tenant.clone(),
             function: serde_json::to_string(&job.function).context("encoding a job's function")?,
+            function_id: match &job.function {
+                FunctionRef::User { id, .. } => Some(id.to_string()),
+                FunctionRef::Builtin { .. } => None,
+            },
             status: job.status.as_str(),
             input: serde_json::to_string(&*job.input).context("encoding a job's input")?,
             output: job
@@ -82,10 +88,12 @@ impl JobRow {
 /// read-then-write can race it.
 const UPSERT_JOB: &str = "
     INSERT INTO jobs (id, tenant, function, status, input, output, error, logs,
-                      timeout_ms, created_ms, started_ms, finished_ms, duration_us, attempts)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                      timeout_ms, created_ms, started_ms, finished_ms, duration_us, attempts,
+                      function_id)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
     ON CONFLICT (id) DO UPDATE SET
         tenant = excluded.tenant, function = excluded.function, status = excluded.status,
+        function_id = excluded.function_id,
         input = excluded.input, output = excluded.output, error = excluded.error,
         logs = excluded.logs, timeout_ms = excluded.timeout_ms,
         created_ms = excluded.created_ms, started_ms = excluded.started_ms,
@@ -116,6 +124,7 @@ pub(crate) fn put_job(stmt: &mut Statement<'_>, row: &JobRow) -> rusqlite::Resul
         row.finished_ms,
         row.duration_us,
         row.attempts,
+        row.function_id,
     ])?;
     Ok(())
 }
@@ -183,6 +192,30 @@ pub(crate) fn unfinished_jobs(conn: &Connection) -> Result<Vec<Job>> {
     let mut rows = stmt.query([]).context("reading unfinished jobs")?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().context("reading unfinished jobs")? {
+        out.push(decode_job(row)?);
+    }
+    Ok(out)
+}
+
+/// The newest `limit` jobs of one user function of one tenant, newest first.
+pub(crate) fn recent_jobs(
+    conn: &Connection,
+    tenant: &TenantId,
+    function_id: &str,
+    limit: usize,
+) -> Result<Vec<Job>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE function_id = ?1 AND tenant = ?2 \
+             ORDER BY created_ms DESC LIMIT ?3"
+        ))
+        .context("reading a function's jobs")?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = stmt
+        .query(params![function_id, tenant.as_str(), limit])
+        .context("reading a function's jobs")?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().context("reading a function's jobs")? {
         out.push(decode_job(row)?);
     }
     Ok(out)
@@ -305,6 +338,22 @@ pub(crate) fn get_function_by_name(
 
 pub(crate) fn list_functions(conn: &Connection, tenant: &TenantId) -> Result<Vec<FunctionRecord>> {
     collect_records(conn, "f.tenant = ?1", &[&tenant.as_str()])
+}
+
+/// Every version still building, of every tenant, oldest first.
+pub(crate) fn unfinished_builds(conn: &Connection) -> Result<Vec<FunctionVersion>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {VERSION_COLUMNS} FROM functions f JOIN versions v ON v.function_id = f.id \
+             WHERE v.status = 'building' ORDER BY v.created_ms, f.id, v.version"
+        ))
+        .context("reading unfinished builds")?;
+    let mut rows = stmt.query([]).context("reading unfinished builds")?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().context("reading unfinished builds")? {
+        out.push(decode_version(row)?);
+    }
+    Ok(out)
 }
 
 /// Creates the function on first use of the name, then its next version.
@@ -467,4 +516,93 @@ pub(crate) fn delete_function(
         .execute(params![id, tenant.as_str()])
         .context("deleting a function")?;
     Ok(record)
+}
+
+// --- API keys -------------------------------------------------------------------------
+
+fn decode_key(row: &Row<'_>) -> Result<ApiKeyInfo> {
+    let text = |i: usize| -> Result<String> { row.get::<_, String>(i).context("reading a key") };
+    Ok(ApiKeyInfo {
+        id: text(0)?,
+        tenant: TenantId::new(&text(1)?).map_err(|e| corrupt("key tenant", e.to_string()))?,
+        label: text(2)?,
+        prefix: text(3)?,
+        created_ms: from_sql_int(row.get::<_, i64>(4).context("reading a key")?),
+        revoked_ms: row
+            .get::<_, Option<i64>>(5)
+            .context("reading a key")?
+            .map(from_sql_int),
+    })
+}
+
+const KEY_COLUMNS: &str = "id, tenant, label, prefix, created_ms, revoked_ms";
+
+pub(crate) fn insert_key(conn: &Connection, info: &ApiKeyInfo, digest: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO api_keys (id, tenant, label, digest, prefix, created_ms, revoked_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+    )
+    .context("creating a key")?
+    .execute(params![
+        info.id,
+        info.tenant.as_str(),
+        info.label,
+        digest,
+        info.prefix,
+        to_sql_int(info.created_ms)
+    ])
+    .context("creating a key")?;
+    Ok(())
+}
+
+pub(crate) fn resolve_key(conn: &Connection, digest: &str) -> Result<Option<TenantId>> {
+    let tenant: Option<String> = conn
+        .prepare_cached("SELECT tenant FROM api_keys WHERE digest = ?1 AND revoked_ms IS NULL")
+        .context("resolving a key")?
+        .query_row([digest], |r| r.get(0))
+        .optional()
+        .context("resolving a key")?;
+    tenant
+        .map(|t| TenantId::new(&t).map_err(|e| corrupt("key tenant", e.to_string())))
+        .transpose()
+}
+
+pub(crate) fn list_keys(conn: &Connection, tenant: &TenantId) -> Result<Vec<ApiKeyInfo>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant = ?1 ORDER BY created_ms, rowid"
+        ))
+        .context("listing keys")?;
+    let mut rows = stmt.query([tenant.as_str()]).context("listing keys")?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().context("listing keys")? {
+        out.push(decode_key(row)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn revoke_key(
+    conn: &Connection,
+    tenant: &TenantId,
+    key_id: &str,
+    now_ms: u64,
+) -> Result<ApiKeyInfo> {
+    conn.prepare_cached(
+        "UPDATE api_keys SET revoked_ms = ?3 WHERE id = ?1 AND tenant = ?2 AND revoked_ms IS NULL",
+    )
+    .context("revoking a key")?
+    .execute(params![key_id, tenant.as_str(), to_sql_int(now_ms)])
+    .context("revoking a key")?;
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1 AND tenant = ?2"
+        ))
+        .context("revoking a key")?;
+    let mut rows = stmt
+        .query(params![key_id, tenant.as_str()])
+        .context("revoking a key")?;
+    match rows.next().context("revoking a key")? {
+        Some(row) => decode_key(row),
+        None => Err(no_key(key_id)),
+    }
 }

@@ -60,6 +60,29 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_finished_age ON jobs (COALESCE(finished_ms, created_ms))
         WHERE status NOT IN ('queued', 'running');
     "#,
+    // 2: the user function of each job (for a function's recent jobs), API keys.
+    r#"
+    ALTER TABLE jobs ADD COLUMN function_id TEXT;   -- user functions only; NULL for built-ins
+
+    UPDATE jobs SET function_id = json_extract(function, '$.id')
+        WHERE json_extract(function, '$.kind') = 'user';
+
+    -- Only user-function jobs are indexed, so built-in calls pay nothing for it.
+    CREATE INDEX jobs_by_function ON jobs (function_id, created_ms)
+        WHERE function_id IS NOT NULL;
+
+    CREATE TABLE api_keys (
+        id          TEXT PRIMARY KEY NOT NULL,
+        tenant      TEXT NOT NULL,
+        label       TEXT NOT NULL,
+        digest      TEXT NOT NULL UNIQUE,   -- hex SHA-256 of the secret; never the secret
+        prefix      TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        revoked_ms  INTEGER
+    );
+
+    CREATE INDEX api_keys_by_tenant ON api_keys (tenant, created_ms);
+    "#,
 ];
 
 /// The schema version this build writes.

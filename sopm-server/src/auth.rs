@@ -1,0 +1,78 @@
+//! Who is calling: with auth off, the tenant a request names (`user_id`); with
+//! `auth = "api_key"`, the tenant of its `Authorization: Bearer` key.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use sopm_core::{Error, TenantId};
+
+use crate::api::{tenant_of, AppState};
+use crate::config::AuthMode;
+use crate::error::ApiError;
+
+/// The caller of a request, as its handler's first extractor. With auth on, a request
+/// without a valid key is answered 401 before its body is read.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    key_tenant: Option<TenantId>,
+}
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError(Error::Unauthorized(message.to_string()))
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let inner = state.inner();
+        if inner.config.auth == AuthMode::Off {
+            return Ok(Caller { key_tenant: None });
+        }
+        let Some(header) = parts.headers.get(AUTHORIZATION) else {
+            return Err(unauthorized(
+                "this server needs an API key: send 'Authorization: Bearer <key>' (keys come from `sopm keys create`)",
+            ));
+        };
+        let value = header
+            .to_str()
+            .map_err(|_| unauthorized("the Authorization header is not valid text"))?;
+        let secret = match value.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            _ => return Err(unauthorized("expected 'Authorization: Bearer <key>'")),
+        };
+        let keys = inner
+            .keys
+            .as_ref()
+            .ok_or_else(|| unauthorized("this server has no key store; no key is valid"))?;
+        match keys.resolve(secret).await? {
+            Some(tenant) => Ok(Caller {
+                key_tenant: Some(tenant),
+            }),
+            None => Err(unauthorized("the API key is unknown or revoked")),
+        }
+    }
+}
+
+impl Caller {
+    /// The tenant the request acts for. With auth off, `user_id` names it (default:
+    /// `default`). With auth on it is the key's; a `user_id` naming the same tenant is
+    /// accepted, one naming another is `invalid_input`.
+    pub fn tenant(&self, user_id: Option<&str>) -> Result<TenantId, ApiError> {
+        match &self.key_tenant {
+            None => tenant_of(user_id),
+            Some(t) => match user_id {
+                None => Ok(t.clone()),
+                Some(u) if u == t.as_str() => Ok(t.clone()),
+                Some(_) => Err(ApiError(Error::invalid(
+                    "user_id is not accepted with auth on: the tenant comes from the API key (leave user_id out)",
+                ))),
+            },
+        }
+    }
+
+    /// Whether the tenant came from an API key.
+    pub fn authenticated(&self) -> bool {
+        self.key_tenant.is_some()
+    }
+}

@@ -23,6 +23,8 @@ pub struct Services {
     pub keys: Arc<dyn KeyStore>,
     #[cfg(feature = "process")]
     local_builder: Option<Arc<sopm_backends::LocalBuilder>>,
+    #[cfg(feature = "process")]
+    process: Option<sopm_backends::ProcessExecutor>,
 }
 
 /// The runtimes whose uploads are built into directory artifacts on this machine.
@@ -33,12 +35,31 @@ pub const LOCAL_RUNTIMES: [Runtime; 4] = [
     Runtime::Binary,
 ];
 
-/// The executors of user functions, by runtime. None yet: the sandboxed executor of
-/// the process backend plugs in here. Until it does, calls of user functions answer
-/// 503 `unavailable` ("no executor is configured for the python runtime"), while
-/// uploads still build.
-pub fn user_function_executors(_c: &ServerConfig) -> HashMap<Runtime, Arc<dyn Executor>> {
-    HashMap::new()
+/// The executors of user functions, by runtime: the process backend (bubblewrap
+/// sandboxes behind a warm pool) for every local runtime. Its settings come from
+/// `SOPM_*` variables (see `ProcessExecutorConfig::from_env`); sandbox state lives
+/// under `<data_dir>/sandboxes`. Without the `process` feature there is none, and
+/// calls of user functions answer 503 `unavailable`.
+#[cfg(feature = "process")]
+fn user_function_executors(
+    c: &ServerConfig,
+) -> Result<(HashMap<Runtime, Arc<dyn Executor>>, sopm_backends::ProcessExecutor), String> {
+    let process = sopm_backends::ProcessExecutorConfig::from_env()
+        .map_err(|e| format!("process executor: {e}"))?;
+    let process = if std::env::var_os("SOPM_SANDBOX_SCRATCH_DIR").is_some() {
+        process
+    } else {
+        process.with_scratch_dir(c.data_dir.join("sandboxes"))
+    };
+    let process = process
+        .build()
+        .map_err(|e| format!("process executor: {e}"))?;
+    let shared: Arc<dyn Executor> = Arc::new(process.clone());
+    let map = LOCAL_RUNTIMES
+        .into_iter()
+        .map(|r| (r, shared.clone()))
+        .collect();
+    Ok((map, process))
 }
 
 /// Builds the platform the settings describe (opens the database).
@@ -65,9 +86,14 @@ pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
             keys
         }
     };
-    for (runtime, executor) in user_function_executors(c) {
-        builder = builder.with_executor(runtime, executor);
-    }
+    #[cfg(feature = "process")]
+    let process = {
+        let (executors, process) = user_function_executors(c)?;
+        for (runtime, executor) in executors {
+            builder = builder.with_executor(runtime, executor);
+        }
+        Some(process)
+    };
     #[cfg(feature = "process")]
     let local_builder = {
         let local = Arc::new(
@@ -90,6 +116,8 @@ pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
         keys,
         #[cfg(feature = "process")]
         local_builder,
+        #[cfg(feature = "process")]
+        process,
     })
 }
 
@@ -139,6 +167,11 @@ pub async fn serve(c: ServerConfig) -> Result<(), String> {
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    #[cfg(feature = "process")]
+    if let Some(process) = &services.process {
+        // Boot the stem cells now, so the first upload's first call is already warm.
+        process.start();
+    }
     #[cfg(feature = "process")]
     if let Some(local) = &services.local_builder {
         match local.remove_stale_staging().await {

@@ -178,9 +178,9 @@ impl Ty {
         match self {
             Ty::Any => true,
             Ty::Bool => v.is_boolean(),
-            Ty::Number { min, max } => v.as_f64().is_some_and(|x| {
-                min.is_none_or(|m| x >= m) && max.is_none_or(|m| x <= m)
-            }),
+            Ty::Number { min, max } => v
+                .as_f64()
+                .is_some_and(|x| min.is_none_or(|m| x >= m) && max.is_none_or(|m| x <= m)),
             Ty::Integer { min, max } => {
                 as_integer(v).is_some_and(|n| n >= *min as i128 && n <= *max as i128)
             }

@@ -40,10 +40,13 @@ pub const LOCAL_RUNTIMES: [Runtime; 4] = [
 /// `SOPM_*` variables (see `ProcessExecutorConfig::from_env`); sandbox state lives
 /// under `<data_dir>/sandboxes`. Without the `process` feature there is none, and
 /// calls of user functions answer 503 `unavailable`.
+/// Executors by runtime.
+type Executors = HashMap<Runtime, Arc<dyn Executor>>;
+
 #[cfg(feature = "process")]
 fn user_function_executors(
     c: &ServerConfig,
-) -> Result<(HashMap<Runtime, Arc<dyn Executor>>, sopm_backends::ProcessExecutor), String> {
+) -> Result<(Executors, sopm_backends::ProcessExecutor), String> {
     let process = sopm_backends::ProcessExecutorConfig::from_env()
         .map_err(|e| format!("process executor: {e}"))?;
     let process = if std::env::var_os("SOPM_SANDBOX_SCRATCH_DIR").is_some() {

@@ -47,16 +47,15 @@ type Executors = HashMap<Runtime, Arc<dyn Executor>>;
 fn user_function_executors(
     c: &ServerConfig,
 ) -> Result<(Executors, sopm_backends::ProcessExecutor), String> {
-    let process = sopm_backends::ProcessExecutorConfig::from_env()
-        .map_err(|e| format!("process executor: {e}"))?;
+    let process = sopm_backends::ProcessExecutorConfig::from_env().map_err(|e| e.to_string())?;
     let process = if std::env::var_os("SOPM_SANDBOX_SCRATCH_DIR").is_some() {
         process
     } else {
-        process.with_scratch_dir(c.data_dir.join("sandboxes"))
+        let scratch = std::path::absolute(c.data_dir.join("sandboxes"))
+            .map_err(|e| format!("data directory {}: {e}", c.data_dir.display()))?;
+        process.with_scratch_dir(scratch)
     };
-    let process = process
-        .build()
-        .map_err(|e| format!("process executor: {e}"))?;
+    let process = process.build().map_err(|e| e.to_string())?;
     let shared: Arc<dyn Executor> = Arc::new(process.clone());
     let map = LOCAL_RUNTIMES
         .into_iter()

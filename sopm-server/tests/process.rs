@@ -355,14 +355,11 @@ fn keys_then_fn_deploy_list_invoke_logs_rm_through_the_cli() {
         "bob sees only his own functions"
     );
 
-    // No executor is wired yet: the call is refused clearly.
+    // The call runs in a bubblewrap sandbox; the function's print is its log.
     let out = as_user(&alice, &["fn", "invoke", "hello", r#"{"name":"Ada"}"#]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("unavailable") && stderr(&out).contains("python runtime"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answer: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(answer, serde_json::json!({"hello": "Ada"}));
     let out = as_user(&bob, &["fn", "invoke", "hello", "{}"]);
     assert!(stderr(&out).contains("not_found"), "{}", stderr(&out));
 
@@ -391,6 +388,7 @@ fn keys_then_fn_deploy_list_invoke_logs_rm_through_the_cli() {
 
     let out = as_user(&alice, &["fn", "logs", "hello"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("hi"), "{}", stdout(&out));
 
     // Without a key, or with a wrong one: 401.
     let out = server.cli(&["fn", "list"]);

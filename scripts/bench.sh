@@ -84,3 +84,14 @@ awk -v h="$healthz" -v h2="$healthz2" -v e="$execute" -v a="$async" 'BEGIN {
 echo
 echo "==> server stats after the run"
 curl -fsS "$url/api/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin)["jobs"]; print("jobs: submitted %d, succeeded %d, failed %d, rejected %d; scheduler latency p50 %d us, p99 %d us" % (s["submitted"], s["succeeded"], s["failed"], s["rejected"], s["latency"]["p50_us"], s["latency"]["p99_us"]))'
+
+echo
+echo "==> user functions (python, process backend: bubblewrap + warm pool)"
+python3 scripts/bench_user.py 127.0.0.1 "$port"
+cat > "$work/user.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"input":{"a":2,"b":3}}'
+LUA
+fid=$(curl -fsS "$url/api/user-functions" | python3 -c 'import json,sys; print(json.load(sys.stdin)["functions"][-1]["id"])')
+run "POST user function execute (wait)" -s "$work/user.lua" "$url/api/user-functions/$fid/execute" >/dev/null

@@ -551,30 +551,36 @@ async fn run_build(
     match result {
         Ok(artifact) => {
             log.flush().await;
+            if let Some(exec) = &executor {
+                // Warm an instance before the version is announced ready, so that its
+                // first call finds one instead of racing the warm-up.
+                let ready = FunctionVersion {
+                    status: BuildStatus::Ready,
+                    artifact: Some(artifact.clone()),
+                    ..version.clone()
+                };
+                if let Err(e) = exec.prepare(&ready).await {
+                    tracing::warn!(function_id = %id, version = n, executor = exec.name(), error = %e,
+                        "could not warm an instance for a new version");
+                }
+            }
             match registry
                 .finish_build(id, n, BuildStatus::Ready, Some(artifact.clone()))
                 .await
             {
-                Ok(()) => {
-                    if let Some(exec) = executor {
-                        let ready = FunctionVersion {
-                            status: BuildStatus::Ready,
-                            artifact: Some(artifact),
-                            ..version
-                        };
-                        if let Err(e) = exec.prepare(&ready).await {
-                            tracing::warn!(function_id = %id, version = n, executor = exec.name(), error = %e,
-                                "could not warm an instance for a new version");
-                        }
-                    }
-                    BuildStatus::Ready
-                }
+                Ok(()) => BuildStatus::Ready,
                 Err(e) => {
-                    // Deleted while building, or storage trouble: the artifact has no
-                    // owner. A version left `building` is failed at the next start.
+                    // Deleted while building, or storage trouble: the artifact and its
+                    // warm instance have no owner. A version left `building` is failed at
+                    // the next start.
                     if !matches!(e, Error::NotFound(_)) {
                         tracing::error!(function_id = %id, version = n, error = %e,
                             "could not record a finished build");
+                    }
+                    if let Some(exec) = &executor {
+                        if let Err(e) = exec.retire(id).await {
+                            tracing::warn!(function_id = %id, error = %e, "could not retire a warm instance");
+                        }
                     }
                     if let Err(e) = builder.remove(&artifact).await {
                         tracing::warn!(function_id = %id, version = n, error = %e,

@@ -81,6 +81,32 @@ pub struct NewVersion {
     pub source_digest: String,
 }
 
+impl NewVersion {
+    /// The version record this request makes: `building`, no log, no artifact yet.
+    pub fn into_version(
+        self,
+        function_id: String,
+        version: u32,
+        created_ms: u64,
+    ) -> FunctionVersion {
+        FunctionVersion {
+            function_id,
+            tenant: self.tenant,
+            name: self.name,
+            version,
+            runtime: self.runtime,
+            handler: self.handler,
+            limits: self.limits,
+            env: self.env,
+            source_digest: self.source_digest,
+            status: BuildStatus::Building,
+            build_log: String::new(),
+            artifact: None,
+            created_ms,
+        }
+    }
+}
+
 /// One version of a user function.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FunctionVersion {
@@ -276,21 +302,7 @@ impl Registry for MemoryRegistry {
             }
         };
         let version = rec.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
-        let v = FunctionVersion {
-            function_id: rec.id.clone(),
-            tenant: new.tenant,
-            name: new.name,
-            version,
-            runtime: new.runtime,
-            handler: new.handler,
-            limits: new.limits,
-            env: new.env,
-            source_digest: new.source_digest,
-            status: BuildStatus::Building,
-            build_log: String::new(),
-            artifact: None,
-            created_ms: now_ms(),
-        };
+        let v = new.into_version(rec.id.clone(), version, now_ms());
         rec.versions.push(v.clone());
         Ok(v)
     }

@@ -391,21 +391,7 @@ pub(crate) fn create_version(
         .context("numbering a version")?
         .query_row([&function_id], |r| r.get(0))
         .context("numbering a version")?;
-    let v = FunctionVersion {
-        function_id,
-        tenant: new.tenant,
-        name: new.name,
-        version,
-        runtime: new.runtime,
-        handler: new.handler,
-        limits: new.limits,
-        env: new.env,
-        source_digest: new.source_digest,
-        status: BuildStatus::Building,
-        build_log: String::new(),
-        artifact: None,
-        created_ms: now_ms,
-    };
+    let v = new.into_version(function_id, version, now_ms);
     conn.prepare_cached(
         "INSERT INTO versions (function_id, version, runtime, handler, limits, env, digest,
                                status, build_log, artifact, created_ms)

@@ -47,3 +47,39 @@ pub trait Builder: Debug + Send + Sync + 'static {
         Ok(())
     }
 }
+
+/// Longest relative path accepted, in bytes.
+const MAX_PATH_BYTES: usize = 1024;
+
+/// Why `path` is not a safe relative file path inside an upload, if it is not: the
+/// one check the server (archives, JSON uploads) and the builders apply.
+pub fn path_problem(path: &str) -> Option<&'static str> {
+    if path.is_empty() {
+        return Some("is empty");
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Some("is too long");
+    }
+    if path.contains('\0') {
+        return Some("contains a NUL byte");
+    }
+    if path.starts_with('/') {
+        return Some("is absolute");
+    }
+    if path.contains('\\') {
+        return Some("contains a backslash");
+    }
+    if path.chars().any(char::is_control) {
+        return Some("contains a control character");
+    }
+    for part in path.split('/') {
+        match part {
+            "" => return Some("has an empty component"),
+            "." => return Some("has a '.' component"),
+            ".." => return Some("has a '..' component"),
+            p if p.len() > 255 => return Some("has a component longer than 255 bytes"),
+            _ => {}
+        }
+    }
+    None
+}

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
+use sopm_core::builder::path_problem;
 use sopm_core::types::truncate_for_message;
 use sopm_core::{Error, Limits, Result, Runtime, Source, UploadSpec};
 
@@ -40,41 +41,6 @@ impl Default for UploadLimits {
             max_file_bytes: 20 << 20,
         }
     }
-}
-
-/// Longest relative path accepted, in bytes.
-const MAX_PATH_BYTES: usize = 1024;
-
-/// Why `path` is not a safe relative file path, if it is not.
-pub fn path_problem(path: &str) -> Option<&'static str> {
-    if path.is_empty() {
-        return Some("is empty");
-    }
-    if path.len() > MAX_PATH_BYTES {
-        return Some("is too long");
-    }
-    if path.contains('\0') {
-        return Some("contains a NUL byte");
-    }
-    if path.starts_with('/') {
-        return Some("is absolute");
-    }
-    if path.contains('\\') {
-        return Some("contains a backslash");
-    }
-    if path.chars().any(char::is_control) {
-        return Some("contains a control character");
-    }
-    for part in path.split('/') {
-        match part {
-            "" => return Some("has an empty component"),
-            "." => return Some("has a '.' component"),
-            ".." => return Some("has a '..' component"),
-            p if p.len() > 255 => return Some("has a component longer than 255 bytes"),
-            _ => {}
-        }
-    }
-    None
 }
 
 fn mib(bytes: u64) -> String {

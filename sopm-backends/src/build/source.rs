@@ -6,43 +6,9 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use sopm_core::builder::path_problem;
 use sopm_core::types::truncate_for_message;
 use sopm_core::{Error, Result, Runtime, Source};
-
-/// Longest relative path accepted, in bytes.
-const MAX_PATH_BYTES: usize = 1024;
-
-/// Why `path` is not a safe relative file path, if it is not.
-pub(crate) fn path_problem(path: &str) -> Option<&'static str> {
-    if path.is_empty() {
-        return Some("is empty");
-    }
-    if path.len() > MAX_PATH_BYTES {
-        return Some("is too long");
-    }
-    if path.contains('\0') {
-        return Some("contains a NUL byte");
-    }
-    if path.starts_with('/') {
-        return Some("is absolute");
-    }
-    if path.contains('\\') {
-        return Some("contains a backslash");
-    }
-    if path.chars().any(char::is_control) {
-        return Some("contains a control character");
-    }
-    for part in path.split('/') {
-        match part {
-            "" => return Some("has an empty component"),
-            "." => return Some("has a '.' component"),
-            ".." => return Some("has a '..' component"),
-            p if p.len() > 255 => return Some("has a component longer than 255 bytes"),
-            _ => {}
-        }
-    }
-    None
-}
 
 /// Checks every path of `source`: relative, no `.`/`..`/empty components, no NUL, and
 /// no file that is also another file's directory. `invalid_input` otherwise.

@@ -15,9 +15,22 @@ use crate::schema::Args;
 /// would otherwise make rows x columns explode.
 const MAX_CSV_CELLS: usize = 1_000_000;
 
+/// Most rows `data.csv_to_json` returns: a 1 MiB text of one-character rows would
+/// otherwise make half a million output values (~180 ms), far past one cheap call.
+const MAX_CSV_ROWS: usize = 100_000;
+
 /// RFC 4180 parsing (quotes, doubled quotes, embedded commas and line breaks); every
 /// row must have as many fields as the first. Values stay text: no type guessing.
 /// With a header, a repeated column name is `invalid_input`.
+fn check_row_count(rows_so_far: usize) -> Result<()> {
+    if rows_so_far >= MAX_CSV_ROWS {
+        return Err(Error::invalid(format!(
+            "field 'csv': more than {MAX_CSV_ROWS} rows"
+        )));
+    }
+    Ok(())
+}
+
 pub(super) fn csv_to_json(args: &Args<'_>) -> Result<Value> {
     let text = args.str("csv")?;
     let header = args.opt_bool("header")?.unwrap_or(true);
@@ -30,6 +43,7 @@ pub(super) fn csv_to_json(args: &Args<'_>) -> Result<Value> {
     let mut rows = Vec::new();
     if !header {
         while reader.read_record(&mut record).map_err(bad)? {
+            check_row_count(rows.len())?;
             rows.push(Value::Array(record.iter().map(Value::from).collect()));
         }
         return Ok(Value::Array(rows));
@@ -46,6 +60,7 @@ pub(super) fn csv_to_json(args: &Args<'_>) -> Result<Value> {
         )));
     }
     while reader.read_record(&mut record).map_err(bad)? {
+        check_row_count(rows.len())?;
         let row: Map<String, Value> = names
             .iter()
             .zip(record.iter())

@@ -68,16 +68,24 @@ async fn node_hello_world_with_async_handler_and_logs() {
         "index.handle",
         &[(
             "index.js",
-            b"exports.handle = () => { throw new TypeError('bad thing'); };\n",
+            b"exports.handle = () => { console.log('about to fail'); throw new TypeError('bad thing'); };\n",
         )],
     );
     let e = call(&exec, &err, json!({})).await.unwrap_err();
     assert_eq!(e.code(), "function_error");
     assert!(e.to_string().contains("TypeError: bad thing"), "{e}");
-    let sopm_core::Error::Function { traceback, .. } = e else {
+    let sopm_core::Error::Function {
+        traceback, logs, ..
+    } = e
+    else {
         unreachable!()
     };
     assert!(traceback.unwrap().contains("index.js"));
+    let logs = logs.unwrap_or_default();
+    assert!(
+        logs.contains("about to fail"),
+        "a failed call keeps its logs: {logs}"
+    );
     exec.shutdown().await;
 }
 

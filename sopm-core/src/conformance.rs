@@ -1189,6 +1189,7 @@ impl Executor for ConformanceExecutor {
                     .unwrap_or("failed on purpose")
                     .to_string(),
                 traceback: Some(FAIL_TRACEBACK.to_string()),
+                logs: None,
             }),
             "slow" => {
                 tokio::time::sleep(Duration::from_millis(ms(60_000))).await;

@@ -47,6 +47,9 @@ pub enum Error {
         message: String,
         /// The runtime's traceback, if any.
         traceback: Option<String>,
+        /// What the function printed before it failed (sandboxed executors); the
+        /// scheduler moves it into the job's logs.
+        logs: Option<String>,
     },
     /// The sandbox went past its memory limit and was killed.
     #[error("{0}")]
@@ -125,6 +128,7 @@ impl Error {
             "function_error" => Error::Function {
                 message: m,
                 traceback: None,
+                logs: None,
             },
             "out_of_memory" => Error::OutOfMemory(m),
             "output_too_large" => Error::OutputTooLarge(m),
@@ -197,6 +201,7 @@ impl From<ErrorInfo> for Error {
             Error::Function { message, .. } => Error::Function {
                 message,
                 traceback: info.traceback,
+                logs: None,
             },
             other => other,
         }
@@ -244,6 +249,7 @@ mod tests {
         let e = Error::Function {
             message: "boom".into(),
             traceback: Some("line 1".into()),
+            logs: None,
         };
         let back: Error = ErrorInfo::from(&e).into();
         assert_eq!(back, e);

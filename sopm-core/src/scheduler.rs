@@ -389,7 +389,12 @@ impl Inner {
                     job.output = Some(out.value);
                     job.logs = out.logs;
                 }
-                Err(e) => {
+                Err(mut e) => {
+                    if let Error::Function { logs, .. } = &mut e {
+                        if let Some(l) = logs.take() {
+                            job.logs = Some(l);
+                        }
+                    }
                     job.status = match &e {
                         Error::Timeout(_) => JobStatus::TimedOut,
                         Error::Cancelled(_) => JobStatus::Cancelled,

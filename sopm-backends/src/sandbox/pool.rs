@@ -658,6 +658,7 @@ impl<L: SandboxLauncher> WarmPool<L> {
             } => Err(Error::Function {
                 message: format!("the function failed to load: {message}"),
                 traceback,
+                logs: None,
             }),
         }
     }
@@ -790,13 +791,19 @@ impl<L: SandboxLauncher> Lease<L> {
                 logs: Some(reply.logs),
             })
         } else {
-            Err(result
+            let mut e = result
                 .error
                 .map(|e| e.into_error())
                 .unwrap_or_else(|| Error::Function {
                     message: "the function failed without saying why".into(),
                     traceback: None,
-                }))
+                    logs: None,
+                });
+            // What it printed before failing belongs to the job, as for a success.
+            if let Error::Function { logs, .. } = &mut e {
+                *logs = Some(reply.logs);
+            }
+            Err(e)
         };
         let outcome = if sandbox.memory_exceeded() {
             Err(Error::OutOfMemory(format!(

@@ -116,6 +116,7 @@ impl RunnerError {
             "function_error" => Error::Function {
                 message: self.message,
                 traceback: self.traceback,
+                logs: None,
             },
             "out_of_memory" | "output_too_large" | "timeout" | "invalid_input" => {
                 Error::from_code(&self.kind, self.message)
@@ -124,6 +125,7 @@ impl RunnerError {
             _ => Error::Function {
                 message: self.message,
                 traceback: self.traceback,
+                logs: None,
             },
         }
     }

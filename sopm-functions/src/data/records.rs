@@ -260,12 +260,19 @@ mod tests {
         assert_eq!(out["0"], json!(14286));
         assert_eq!(out["6"], json!(14285));
         // group_by has a lower cap (25,000): it copies every item.
-        let groups = ok("data.group_by", json!({"items": items[..25_000], "key": "k"})).await;
+        let groups = ok(
+            "data.group_by",
+            json!({"items": items[..25_000], "key": "k"}),
+        )
+        .await;
         assert_eq!(groups["3"].as_array().unwrap().len(), 3571);
         assert_eq!(groups["3"][1], json!({"k": 3}));
-        let err = call("data.group_by", json!({"items": items[..25_001], "key": "k"}))
-            .await
-            .unwrap_err();
+        let err = call(
+            "data.group_by",
+            json!({"items": items[..25_001], "key": "k"}),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.code(), "invalid_input");
         assert!(err.to_string().contains("at most 25000 items"), "{err}");
     }
@@ -276,7 +283,10 @@ mod tests {
         let rows = ok("data.csv_to_json", json!({"csv": at_cap})).await;
         assert_eq!(rows.as_array().unwrap().len(), 100_000);
         let over = format!("a\n{}", "x\n".repeat(100_001));
-        assert_eq!(code("data.csv_to_json", json!({"csv": over})).await, "invalid_input");
+        assert_eq!(
+            code("data.csv_to_json", json!({"csv": over})).await,
+            "invalid_input"
+        );
     }
 
     async fn filter(items: &Value, field: &str, op: &str, value: Value) -> Value {

@@ -1374,3 +1374,114 @@ async fn the_server_wiring_builds_with_the_local_builder() {
         "the artifact is removed"
     );
 }
+
+/// Hostile functions through the whole server: while a function spins, fork-bombs,
+/// floods its output and reads host secrets, built-ins and a well-behaved function
+/// keep answering, and each hostile call ends with a clear code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_functions_do_not_stop_the_server() {
+    let have_bwrap = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("bwrap").is_file()));
+    if !have_bwrap {
+        assert!(
+            std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() != Ok("1"),
+            "bwrap is required (SOPM_REQUIRE_INTEGRATION=1) but not on PATH"
+        );
+        eprintln!("skipped hostile_functions_do_not_stop_the_server: bwrap not found");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "do not read").unwrap();
+    let c = sopm_server::ServerConfig {
+        storage: sopm_server::Storage::Memory,
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let services = sopm_server::server::build_services(&c).unwrap();
+    let s = AppState::with_keys(services.platform, ApiConfig::from(&c), services.keys);
+    s.set_ready(true);
+
+    let limits = json!({"timeout_ms": 1500, "memory_mb": 128, "max_processes": 16});
+    let hostile = [
+        ("spin", "def handle(event, context):\n    while True:\n        pass\n", "timeout"),
+        (
+            "bomb",
+            "import os\ndef handle(event, context):\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n",
+            "timeout",
+        ),
+        (
+            "hog",
+            "def handle(event, context):\n    x = []\n    while True:\n        x.append(bytearray(1 << 20))\n",
+            "out_of_memory",
+        ),
+    ];
+    let mut jobs = Vec::new();
+    for (name, code, _) in &hostile {
+        let mut body = hello(name, code);
+        body["limits"] = limits.clone();
+        deploy(&s, body).await;
+        let a = post(
+            &s,
+            &format!("/api/user-functions/{name}/execute"),
+            json!({"async": true}),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+        jobs.push(a.body["id"].as_str().unwrap().to_string());
+    }
+    let secret = dir.path().join("secret.txt");
+    let reader = format!(
+        "def handle(event, context):\n    out = {{}}\n    for p in ['/etc/shadow', {:?}]:\n        try:\n            out[p] = open(p).read()\n        except OSError as e:\n            out[p] = type(e).__name__\n    return out\n",
+        secret.to_str().unwrap()
+    );
+    deploy(&s, hello("reader", &reader)).await;
+    deploy(&s, hello("fine", MAIN)).await;
+
+    // The hostile calls are running now; everything else still answers.
+    for i in 0..20 {
+        let a = post(
+            &s,
+            "/api/execute",
+            json!({"function": "math.add", "input": {"a": i, "b": 1}}),
+        )
+        .await;
+        assert_eq!(a.body["output"], json!(i + 1), "{}", a.body);
+    }
+    let a = post(
+        &s,
+        "/api/user-functions/fine/execute",
+        json!({"input": {"ok": true}}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["output"], json!({"ok": true}));
+    let a = post(
+        &s,
+        "/api/user-functions/reader/execute",
+        json!({"input": {}}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    for (path, seen) in a.body["output"].as_object().unwrap() {
+        assert!(
+            !seen.as_str().unwrap_or("").contains("do not read")
+                && !seen.as_str().unwrap_or("").contains("root:"),
+            "{path} was readable: {seen}"
+        );
+    }
+
+    for (id, (name, _, code)) in jobs.iter().zip(&hostile) {
+        let mut job = Value::Null;
+        for _ in 0..500 {
+            job = get(&s, &format!("/api/status/{id}")).await.body;
+            if !matches!(job["status"].as_str(), Some("queued" | "running")) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(job["error"]["code"], *code, "{name}: {job}");
+    }
+    // And after all of it, the well-behaved function still runs.
+    let a = post(&s, "/api/user-functions/fine/execute", json!({"input": 7})).await;
+    assert_eq!(a.body["output"], json!(7), "{}", a.body);
+}

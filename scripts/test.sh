@@ -33,6 +33,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# Sandboxes see only /usr: the tests run Debian's own python3 inside them.
+if [ ! -x /usr/bin/python3 ]; then
+  step "installing python3"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends python3
+fi
+
 if ! python3 -m pip --version >/dev/null 2>&1; then
   step "installing pip"
   export DEBIAN_FRONTEND=noninteractive

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::config::{redact_url, LocalBuilderConfig};
 use super::sandbox::{Install, InstallSandbox, SANDBOX_WORKDIR};
 use super::toolchain::{system_ca_bundle, Bwrap, Npm, Python};
-use super::{deps, elf, source};
+use super::{deps, egress, elf, source};
 
 /// Builds user functions into directories under an artifacts directory, installing
 /// their pip or npm dependencies inside a bubblewrap sandbox. Made by
@@ -55,6 +55,8 @@ struct PreparedInstall {
     tool_dirs: Vec<PathBuf>,
     path_dirs: Vec<PathBuf>,
     ca_bundle: Option<PathBuf>,
+    /// `host:port` of the package index: all the install may reach.
+    egress: Vec<String>,
 }
 
 /// What a build installs besides the uploaded files.
@@ -305,7 +307,11 @@ impl LocalBuilder {
                     args.extend(["--index-url".to_string(), url.clone()]);
                     shown.extend(["--index-url".to_string(), redact_url(url)]);
                 }
+                // The forwarder to the egress proxy runs pip as its child.
                 let mut argv: Vec<OsString> = vec![
+                    python.executable.clone().into_os_string(),
+                    "-c".into(),
+                    egress::FORWARDER_PY.into(),
                     python.executable.clone().into_os_string(),
                     "-m".into(),
                     "pip".into(),
@@ -331,10 +337,20 @@ impl LocalBuilder {
                     plural(requirements),
                     python.pip_version
                 );
+                let index = self
+                    .config
+                    .pip_index_url
+                    .as_deref()
+                    .unwrap_or("https://pypi.org/simple");
+                let mut egress: Vec<String> = egress::host_port(index).into_iter().collect();
+                if self.config.pip_index_url.is_none() {
+                    egress.push("files.pythonhosted.org:443".into());
+                }
                 Ok(Some(PreparedInstall {
                     progress,
                     bwrap,
                     install,
+                    egress,
                     tool_dirs: python.dirs.clone(),
                     path_dirs: python
                         .executable
@@ -359,7 +375,13 @@ impl LocalBuilder {
                     "--no-fund",
                     "--ignore-scripts",
                 ];
-                let mut argv = npm.argv.clone();
+                // The forwarder to the egress proxy runs npm as its child.
+                let mut argv: Vec<OsString> = vec![
+                    npm.node_dir.join("node").into_os_string(),
+                    "-e".into(),
+                    egress::FORWARDER_JS.into(),
+                ];
+                argv.extend(npm.argv.iter().cloned());
                 argv.extend(args.iter().map(OsString::from));
                 let mut env: Vec<(&'static str, OsString)> = vec![
                     ("npm_config_update_notifier", "false".into()),
@@ -387,10 +409,14 @@ impl LocalBuilder {
                     "==> installing {dependencies} dependenc{} with npm\n",
                     if dependencies == 1 { "y" } else { "ies" }
                 );
+                let egress = egress::host_port(&self.config.effective_npm_registry())
+                    .into_iter()
+                    .collect();
                 Ok(Some(PreparedInstall {
                     progress,
                     bwrap,
                     install,
+                    egress,
                     tool_dirs: npm.dirs.clone(),
                     path_dirs: vec![npm.node_dir.clone()],
                     ca_bundle,
@@ -426,6 +452,14 @@ impl LocalBuilder {
 
         if let Some(prepared) = install {
             log.append(&prepared.progress).await;
+            let scratch = staging.parent().unwrap_or(staging);
+            let proxy = egress::EgressProxy::start(scratch, prepared.egress.clone())
+                .map_err(|e| io_error("starting the package index proxy", scratch, e))?;
+            log.append(&format!(
+                "==> network: only {} (through a proxy)\n",
+                prepared.egress.join(", ")
+            ))
+            .await;
             let sandbox = InstallSandbox {
                 bwrap: &prepared.bwrap,
                 tool_dirs: prepared.tool_dirs,
@@ -433,6 +467,7 @@ impl LocalBuilder {
                 staging,
                 ca_bundle: prepared.ca_bundle.as_deref(),
                 tmpfs_bytes: self.config.max_artifact_bytes,
+                egress_dir: Some(proxy.dir()),
             };
             sandbox
                 .run(&prepared.install, log, deadline, self.config.build_timeout)

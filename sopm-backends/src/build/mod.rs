@@ -48,6 +48,7 @@
 
 mod config;
 mod deps;
+mod egress;
 mod elf;
 mod local;
 mod sandbox;

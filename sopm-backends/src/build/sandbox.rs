@@ -82,6 +82,9 @@ pub(crate) struct InstallSandbox<'a> {
     pub ca_bundle: Option<&'a Path>,
     /// Size of each tmpfs (`/tmp`, home).
     pub tmpfs_bytes: u64,
+    /// The egress proxy's socket directory: with one, the sandbox gets a network
+    /// namespace of its own and reaches the outside only through the proxy.
+    pub egress_dir: Option<&'a Path>,
 }
 
 /// Whether `path` is `root` or inside it (lexically).
@@ -164,6 +167,17 @@ impl InstallSandbox<'_> {
                 push(&[&"--size", &size]);
             }
             push(&[&"--tmpfs", &dir]);
+        }
+        if let Some(dir) = self.egress_dir {
+            push(&[
+                &"--unshare-net",
+                &"--ro-bind",
+                &dir,
+                &super::egress::SANDBOX_EGRESS_DIR,
+                &"--setenv",
+                &"SOPM_EGRESS_SOCKET",
+                &super::egress::SANDBOX_EGRESS_SOCKET,
+            ]);
         }
         push(&[
             &"--bind",
@@ -439,6 +453,7 @@ mod tests {
             staging: staging.path(),
             ca_bundle: None,
             tmpfs_bytes: 16 << 20,
+            egress_dir: None,
         };
         let script = format!(
             "set -e; \
@@ -485,6 +500,7 @@ mod tests {
             staging: staging.path(),
             ca_bundle: None,
             tmpfs_bytes: 16 << 20,
+            egress_dir: None,
         };
         let log = Log::default();
         let far = Instant::now() + std::time::Duration::from_secs(30);
@@ -526,5 +542,62 @@ mod tests {
             text.contains("started") && text.contains("timed out"),
             "{text}"
         );
+    }
+
+    /// With an egress proxy, the install's only way out is the proxy, and the proxy
+    /// lets through only the allowed `host:port`: a service on the host's loopback is
+    /// out of reach both directly and through the proxy.
+    #[tokio::test]
+    async fn the_install_network_reaches_only_the_package_index() {
+        let Some(bwrap) = bwrap_or_skip().await else {
+            return;
+        };
+        let host_service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = host_service.local_addr().unwrap().port();
+        let staging = tempfile::tempdir().unwrap();
+        let proxy = super::super::egress::EgressProxy::start(
+            staging.path(),
+            vec!["registry.example:443".into()],
+        )
+        .unwrap();
+        let sandbox = InstallSandbox {
+            bwrap: &bwrap,
+            tool_dirs: vec![],
+            path_dirs: vec![],
+            staging: staging.path(),
+            ca_bundle: None,
+            tmpfs_bytes: 16 << 20,
+            egress_dir: Some(proxy.dir()),
+        };
+        // Python's socket module speaks both to the host port and to the proxy socket.
+        let python = [
+            "import os, socket".to_string(),
+            "try:".into(),
+            format!("    socket.create_connection(('127.0.0.1', {port}), timeout=2)"),
+            "    print('DIRECT-OPEN')".into(),
+            "except OSError as e:".into(),
+            "    print('direct refused', type(e).__name__)".into(),
+            "u = socket.socket(socket.AF_UNIX)".into(),
+            "u.connect(os.environ['SOPM_EGRESS_SOCKET'])".into(),
+            format!("u.sendall(b'CONNECT 127.0.0.1:{port} HTTP/1.1\\r\\n\\r\\n')"),
+            "print('proxy said', u.recv(100).split(b'\\r\\n')[0].decode())".into(),
+        ]
+        .join("\n");
+        let script = format!("python3 -c \"$(cat <<'PY'\n{python}\nPY\n)\"");
+        let log = Log::default();
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        let r = sandbox
+            .run(
+                &shell(script),
+                &log,
+                deadline,
+                std::time::Duration::from_secs(30),
+            )
+            .await;
+        let log = log.0.lock().unwrap().clone();
+        assert!(r.is_ok(), "{r:?}: {log}");
+        assert!(!log.contains("DIRECT-OPEN"), "{log}");
+        assert!(log.contains("direct refused"), "{log}");
+        assert!(log.contains("proxy said HTTP/1.1 403 Forbidden"), "{log}");
     }
 }

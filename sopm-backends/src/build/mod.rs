@@ -36,13 +36,14 @@
 //! home, and the staging directory read-write at `/build`. It dies with the builder,
 //! and is killed at the build's deadline.
 //!
-//! Limitation: the sandbox shares the host's network namespace, because pip and npm
-//! must reach their package index and a network namespace of its own would need a
-//! userspace network stack (slirp4netns, pasta) that is not set up here. Code that
-//! runs during an install can therefore reach services on the host's loopback and
-//! abstract Unix sockets. npm runs no install scripts (`--ignore-scripts`); pip runs
-//! the build step of source distributions, which
-//! [`with_pip_only_binary`](LocalBuilderConfig::with_pip_only_binary) turns off.
+//! Network: the sandbox has a network namespace of its own. Its only way out is the
+//! egress proxy (see `egress.rs`): a `CONNECT`-only HTTPS proxy on a Unix socket bound
+//! into the sandbox, allowing just the package index's `host:port`, reached through a
+//! forwarder that runs the installer. So code that runs during an install cannot reach
+//! the host's loopback services, abstract Unix sockets or other hosts. npm runs no
+//! install scripts (`--ignore-scripts`); pip runs the build step of source
+//! distributions, which [`with_pip_only_binary`](LocalBuilderConfig::with_pip_only_binary)
+//! turns off.
 //! Disk use during the install is bounded only afterwards (the artifact size check),
 //! and the install has no memory or process limits beyond the build's deadline.
 

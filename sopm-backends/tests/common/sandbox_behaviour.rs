@@ -204,6 +204,8 @@ pub async fn logs_are_captured_and_kept_out_of_the_output(s: &dyn Subject) {
 
 pub async fn spinning_and_sleeping_past_the_deadline_time_out(s: &dyn Subject) {
     let exec = s.executor();
+    s.start();
+    wait_for_stem_cells(exec, "python", 1).await;
     let limits = Limits {
         timeout_ms: 1_000,
         ..tight()

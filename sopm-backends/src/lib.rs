@@ -8,6 +8,8 @@
 //!   with rlimits and cgroup limits, behind a warm pool of stem cells
 //!   ([`sandbox`] holds the runner protocol and the pool, shared by every sandbox
 //!   backend). Enables `local-build`.
+//! - `gvisor`: [`GvisorExecutor`], user functions in gVisor (`runsc`) sandboxes booted
+//!   from generated OCI bundles, behind the same warm pool. Enables `process`.
 //! - `local-build`: [`LocalBuilder`], which turns uploaded sources into artifact
 //!   directories, installing `requirements.txt` / `package.json` dependencies inside a
 //!   bubblewrap sandbox.
@@ -35,3 +37,9 @@ pub mod sandbox;
 
 #[cfg(feature = "process")]
 pub use process::{ProcessExecutor, ProcessExecutorConfig};
+
+#[cfg(feature = "gvisor")]
+pub mod gvisor;
+
+#[cfg(feature = "gvisor")]
+pub use gvisor::{GvisorExecutor, GvisorExecutorConfig};

@@ -150,7 +150,7 @@ pub fn tight() -> Limits {
 }
 
 pub async fn call(
-    exec: &ProcessExecutor,
+    exec: &dyn Executor,
     f: &TestFunction,
     input: Value,
 ) -> sopm_core::Result<Output> {
@@ -164,7 +164,7 @@ pub async fn call(
 }
 
 pub async fn call_within(
-    exec: &ProcessExecutor,
+    exec: &dyn Executor,
     f: &TestFunction,
     input: Value,
     within: Duration,
@@ -179,9 +179,9 @@ pub async fn call_within(
     .await
 }
 
-/// Waits until the pool has `n` python stem cells ready.
-pub async fn wait_for_stem_cells(exec: &ProcessExecutor, runner: &str, n: u64) {
-    let pool = format!("process/stem/{runner}");
+/// Waits until the pool has `n` stem cells of `runner` ready.
+pub async fn wait_for_stem_cells(exec: &dyn Executor, runner: &str, n: u64) {
+    let pool = format!("{}/stem/{runner}", exec.name());
     for _ in 0..400 {
         let ready = exec
             .pool_stats()
@@ -201,7 +201,7 @@ pub const HELLO_PY: &str =
     "def handle(event, context):\n    return {'hello': event.get('name', 'world')}\n";
 
 /// Checks that the executor still runs a normal function.
-pub async fn still_serves(exec: &ProcessExecutor) {
+pub async fn still_serves(exec: &dyn Executor) {
     let f = python(HELLO_PY);
     let out = call(exec, &f, serde_json::json!({"name": "after"}))
         .await

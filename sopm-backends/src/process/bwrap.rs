@@ -205,29 +205,46 @@ fn bwrap_args(plan: &SandboxPlan<'_>) -> Vec<OsString> {
     }
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
     push(&["--remount-ro", "/", "--chdir", "/tmp", "--clearenv"]);
-    for (k, v) in [
-        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        ("HOME", "/tmp"),
-        ("TMPDIR", "/tmp"),
-        ("LANG", "C.UTF-8"),
-        ("PYTHONUNBUFFERED", "1"),
-        ("PYTHONDONTWRITEBYTECODE", "1"),
-    ] {
+    for (k, v) in SANDBOX_ENV {
         push(&["--setenv", k, v]);
     }
-    push(&["--", "/bin/sh", "-c", RUNNER_PROLOGUE, "sopm-runner"]);
-    a.push(plan.interpreter.exe.clone().into());
-    let runner_file = format!("{RUNNER_DIR}/{}", plan.runner.file_name());
-    match plan.runner {
+    a.push("--".into());
+    a.extend(runner_command(plan.runner, plan.interpreter, plan.limits));
+    a
+}
+
+/// The environment every sandbox's runner starts with (plus the function's own variables,
+/// set by the runner).
+pub(crate) const SANDBOX_ENV: [(&str, &str); 6] = [
+    ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+    ("HOME", "/tmp"),
+    ("TMPDIR", "/tmp"),
+    ("LANG", "C.UTF-8"),
+    ("PYTHONUNBUFFERED", "1"),
+    ("PYTHONDONTWRITEBYTECODE", "1"),
+];
+
+/// The command run inside a sandbox: the runner prologue (frames on fds 3/4, logs on 5)
+/// then the interpreter on the runner file under [`RUNNER_DIR`].
+pub(crate) fn runner_command(
+    runner: RunnerKind,
+    interpreter: &Interpreter,
+    limits: &Limits,
+) -> Vec<OsString> {
+    let mut a: Vec<OsString> = ["/bin/sh", "-c", RUNNER_PROLOGUE, "sopm-runner"]
+        .map(OsString::from)
+        .to_vec();
+    a.push(interpreter.exe.clone().into());
+    match runner {
         RunnerKind::Python => {
             a.extend(["-I", "-S", "-B"].map(OsString::from));
         }
         RunnerKind::Node => {
-            let heap = plan.limits.memory_mb.max(16);
+            let heap = limits.memory_mb.max(16);
             a.push(format!("--max-old-space-size={heap}").into());
         }
     }
-    a.push(runner_file.into());
+    a.push(format!("{RUNNER_DIR}/{}", runner.file_name()).into());
     a
 }
 

@@ -293,16 +293,7 @@ impl Sandbox for ProcessSandbox {
         if oom {
             return Death::OutOfMemory;
         }
-        match status {
-            None => Death::Killed,
-            Some(st) => match st.code() {
-                // bwrap passes on its command's fate as 128 + signal.
-                Some(c) if c == 128 + 24 => Death::CpuLimit,
-                Some(c) if c > 128 => Death::Exited(format!("runner killed by signal {}", c - 128)),
-                Some(c) => Death::Exited(format!("exit status {c}")),
-                None => Death::Exited(format!("{st}")),
-            },
-        }
+        death_of(status)
     }
 
     async fn terminate(&mut self) {
@@ -342,6 +333,21 @@ impl Drop for ProcessSandbox {
                 }
             }
         }
+    }
+}
+
+/// How a sandbox ended, from the exit status of its outer process (`None`: still running
+/// when we gave up waiting). `bwrap` and `runsc run` both pass on the runner's fate as
+/// 128 + signal.
+pub(crate) fn death_of(status: Option<ExitStatus>) -> Death {
+    match status {
+        None => Death::Killed,
+        Some(st) => match st.code() {
+            Some(c) if c == 128 + 24 => Death::CpuLimit,
+            Some(c) if c > 128 => Death::Exited(format!("runner killed by signal {}", c - 128)),
+            Some(c) => Death::Exited(format!("exit status {c}")),
+            None => Death::Exited(format!("{st}")),
+        },
     }
 }
 
@@ -387,21 +393,21 @@ fn leaf_of(pid: u32) -> Option<u32> {
     None
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| is_executable(p))
 }
 
-fn is_executable(p: &Path) -> bool {
+pub(crate) fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p)
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
 }
 
-fn tool(configured: &Option<PathBuf>, name: &str, why: &str) -> Result<PathBuf> {
+pub(crate) fn tool(configured: &Option<PathBuf>, name: &str, why: &str) -> Result<PathBuf> {
     match configured {
         Some(p) if is_executable(p) => Ok(p.clone()),
         Some(p) => Err(Error::Unavailable(format!(
@@ -487,7 +493,7 @@ async fn probe(config: &ProcessExecutorConfig) -> Result<HostTools> {
 }
 
 /// Resolves a python (a pyenv shim included) to its real executable and prefix.
-async fn probe_python(python: &Path) -> std::result::Result<Interpreter, String> {
+pub(crate) async fn probe_python(python: &Path) -> std::result::Result<Interpreter, String> {
     let out = Command::new(python)
         .args([
             "-c",
@@ -520,7 +526,7 @@ async fn probe_python(python: &Path) -> std::result::Result<Interpreter, String>
     Ok(Interpreter { exe, binds })
 }
 
-fn interpreter_at(exe: &Path) -> Interpreter {
+pub(crate) fn interpreter_at(exe: &Path) -> Interpreter {
     let real = std::fs::canonicalize(exe).unwrap_or_else(|_| exe.to_path_buf());
     let mut binds = Vec::new();
     if !real.starts_with("/usr") {
@@ -534,7 +540,7 @@ fn interpreter_at(exe: &Path) -> Interpreter {
 
 /// Writes the runners under `scratch/runners-<hash>`, read-only mounted in every sandbox
 /// (the sandbox runs as the server's uid, so owner-only permissions are enough).
-fn write_runners(scratch: &Path) -> std::io::Result<PathBuf> {
+pub(crate) fn write_runners(scratch: &Path) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for k in RunnerKind::ALL {

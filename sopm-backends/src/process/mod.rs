@@ -41,7 +41,7 @@ use crate::sandbox::{artifact, RunnerKind};
 
 pub mod bwrap;
 pub mod cgroup;
-mod launcher;
+pub(crate) mod launcher;
 
 pub use launcher::{ProcessLauncher, ProcessSandbox};
 

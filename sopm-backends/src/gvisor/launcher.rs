@@ -1,0 +1,494 @@
+//! Boots gVisor sandboxes: finds the host's tools once, writes the runners and the root
+//! skeleton to the scratch dir, sweeps sandboxes left by a dead server, writes a bundle
+//! per sandbox, spawns `runsc run` and waits for the runner's hello.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sopm_core::{Error, Limits, Result};
+use tokio::process::{Child, Command};
+use tokio::sync::OnceCell;
+
+use super::bundle::{self, BundlePlan, HOST_FILES};
+use super::GvisorExecutorConfig;
+use crate::process::bwrap::{rlimit_args, Interpreter, TopLevel};
+use crate::process::launcher::{
+    death_of, interpreter_at, probe_python, sandbox_name, tool, write_runners,
+};
+use crate::sandbox::protocol::{BoxRead, BoxWrite, RunnerChannel};
+use crate::sandbox::{Death, LaunchSpec, RunnerKind, Sandbox, SandboxLauncher};
+
+/// Prefix of every sandbox id we make: `sopm-<server pid>-<n>`.
+const ID_PREFIX: &str = "sopm-";
+
+/// What the host offers, found once on first use.
+#[derive(Debug)]
+struct HostTools {
+    runsc: PathBuf,
+    python: std::result::Result<Interpreter, String>,
+    node: std::result::Result<Interpreter, String>,
+    runners_dir: PathBuf,
+    rootfs: PathBuf,
+    top_level: Vec<TopLevel>,
+    host_files: Vec<PathBuf>,
+}
+
+/// How to run `runsc` for one executor: the binary and its global flags.
+#[derive(Debug, Clone)]
+struct Runsc {
+    exe: PathBuf,
+    root: PathBuf,
+    global: Vec<String>,
+}
+
+impl Runsc {
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("--root")
+            .arg(&self.root)
+            .args(&self.global)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Kills and deletes a sandbox (`runsc delete --force`), quietly: it may be gone.
+    async fn destroy(&self, id: &str) {
+        let run = self
+            .command()
+            .args(["delete", "--force", id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .is_err()
+        {
+            tracing::warn!(sandbox = id, "runsc delete did not finish");
+        }
+    }
+
+    /// The same, for a `Drop` outside any tokio runtime.
+    fn destroy_blocking(&self, id: &str) {
+        let _ = std::process::Command::new(&self.exe)
+            .arg("--root")
+            .arg(&self.root)
+            .args(&self.global)
+            .args(["delete", "--force", id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Ids of the sandboxes in this state dir.
+    async fn list(&self) -> Vec<String> {
+        let out = self
+            .command()
+            .args(["list", "--quiet"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output();
+        match tokio::time::timeout(Duration::from_secs(10), out).await {
+            Ok(Ok(o)) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Boots sandboxes under gVisor.
+#[derive(Debug)]
+pub struct GvisorLauncher {
+    config: GvisorExecutorConfig,
+    runsc: Runsc,
+    tools: OnceCell<Arc<HostTools>>,
+}
+
+impl GvisorLauncher {
+    pub(crate) fn new(config: GvisorExecutorConfig) -> Self {
+        let scratch = config.scratch_dir();
+        let mut global = vec![
+            "--network=none".to_string(),
+            format!("--platform={}", config.platform.as_str()),
+        ];
+        if !config.cgroups {
+            global.push("--ignore-cgroups".into());
+        }
+        let runsc = Runsc {
+            exe: config
+                .runsc
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("runsc")),
+            root: scratch.join("state"),
+            global,
+        };
+        GvisorLauncher {
+            config,
+            runsc,
+            tools: OnceCell::new(),
+        }
+    }
+
+    async fn tools(&self) -> Result<Arc<HostTools>> {
+        self.tools
+            .get_or_try_init(|| async { self.probe().await.map(Arc::new) })
+            .await
+            .cloned()
+    }
+
+    /// The runsc state directory (`runsc --root`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.runsc.root.clone()
+    }
+
+    /// Where the per-sandbox bundle directories go.
+    pub fn bundles_dir(&self) -> PathBuf {
+        self.config.scratch_dir().join("bundles")
+    }
+
+    async fn probe(&self) -> Result<HostTools> {
+        use std::os::unix::fs::PermissionsExt;
+        let config = &self.config;
+        let runsc = tool(&config.runsc, "runsc", "the gvisor executor needs runsc")?;
+        let python = match tool(
+            &config.python,
+            "python3",
+            "python, shell and binary functions",
+        ) {
+            Ok(p) => probe_python(&p).await,
+            Err(e) => Err(e.to_string()),
+        };
+        let node = match tool(&config.node, "node", "node functions") {
+            Ok(p) => Ok(interpreter_at(&p)),
+            Err(e) => Err(e.to_string()),
+        };
+        let scratch = config.scratch_dir();
+        let io = |what: &str, e: std::io::Error| {
+            Error::Internal(format!(
+                "cannot prepare {what} in {}: {e}",
+                scratch.display()
+            ))
+        };
+        let runners_dir = write_runners(&scratch).map_err(|e| io("the runners", e))?;
+        for d in [&self.runsc.root, &self.bundles_dir()] {
+            std::fs::create_dir_all(d).map_err(|e| io("the state dirs", e))?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| io("the state dirs", e))?;
+        }
+        let mut top_level = Vec::new();
+        for d in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
+            let p = Path::new(d);
+            match std::fs::symlink_metadata(p) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    if let Ok(target) = std::fs::read_link(p) {
+                        top_level.push(TopLevel::Link(target, p.to_path_buf()));
+                    }
+                }
+                Ok(m) if m.is_dir() => top_level.push(TopLevel::Dir(p.to_path_buf())),
+                _ => {}
+            }
+        }
+        let host_files: Vec<PathBuf> = HOST_FILES
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .collect();
+        let mut binds: Vec<PathBuf> = config.extra_ro_binds.clone();
+        for i in [&python, &node].into_iter().flatten() {
+            binds.extend(i.binds.iter().cloned());
+        }
+        let rootfs = scratch.join("rootfs");
+        bundle::write_skeleton(&rootfs, &top_level, &host_files, &binds)
+            .map_err(|e| io("the root skeleton", e))?;
+        let runsc_for_sweep = Runsc {
+            exe: runsc.clone(),
+            ..self.runsc.clone()
+        };
+        sweep_stale(&runsc_for_sweep, &self.bundles_dir()).await;
+        Ok(HostTools {
+            runsc,
+            python,
+            node,
+            runners_dir,
+            rootfs,
+            top_level,
+            host_files,
+        })
+    }
+}
+
+/// Whether a sandbox id is ours and its server process is gone.
+fn is_stale(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix(ID_PREFIX) else {
+        return false;
+    };
+    let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+        return false;
+    };
+    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Deletes sandboxes and bundle dirs left by servers that died without cleaning up.
+async fn sweep_stale(runsc: &Runsc, bundles: &Path) {
+    for id in runsc.list().await {
+        if is_stale(&id) {
+            tracing::info!(sandbox = %id, "deleting a stale gVisor sandbox");
+            runsc.destroy(&id).await;
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(bundles) {
+        for e in entries.flatten() {
+            if e.file_name().to_str().is_some_and(is_stale) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl SandboxLauncher for GvisorLauncher {
+    type Sandbox = GvisorSandbox;
+
+    async fn launch(&self, spec: &LaunchSpec) -> Result<GvisorSandbox> {
+        let tools = self.tools().await?;
+        let interpreter = match spec.runner {
+            RunnerKind::Python => &tools.python,
+            RunnerKind::Node => &tools.node,
+        }
+        .as_ref()
+        .map_err(|why| Error::Unavailable(why.clone()))?;
+        let id = format!("{ID_PREFIX}{}", sandbox_name());
+        let bundle_dir = self.bundles_dir().join(&id);
+        let plan = BundlePlan {
+            rootfs: &tools.rootfs,
+            runner: spec.runner,
+            interpreter,
+            runners_dir: &tools.runners_dir,
+            top_level: &tools.top_level,
+            host_files: &tools.host_files,
+            extra_binds: &self.config.extra_ro_binds,
+            limits: &spec.limits,
+            mount: spec.mount.as_deref(),
+            code_tmpfs_bytes: self.config.max_inline_bytes.saturating_mul(2).max(16 << 20),
+            cgroups_path: self
+                .config
+                .cgroups
+                .then(|| format!("/{}/{id}", self.config.cgroup_parent)),
+        };
+        let config = bundle::config_json(&plan).to_string();
+        std::fs::create_dir_all(&bundle_dir)
+            .and_then(|()| std::fs::write(bundle_dir.join("config.json"), config))
+            .map_err(|e| Error::Internal(format!("cannot write a gVisor bundle: {e}")))?;
+        let runsc = Runsc {
+            exe: tools.runsc.clone(),
+            ..self.runsc.clone()
+        };
+        let mut cmd = runsc.command();
+        cmd.arg(format!("--log={}", bundle_dir.join("runsc.log").display()))
+            .args(["run", "--bundle"])
+            .arg(&bundle_dir)
+            .arg(&id)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut sandbox = GvisorSandbox {
+            id,
+            bundle_dir,
+            runsc,
+            channel: None,
+            child: None,
+            ended: None,
+            destroyed: false,
+        };
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                sandbox.terminate().await;
+                return Err(Error::Internal(format!("cannot start runsc: {e}")));
+            }
+        };
+        let stdin: BoxWrite = Box::new(child.stdin.take().expect("piped"));
+        let stdout: BoxRead = Box::new(child.stdout.take().expect("piped"));
+        let stderr: BoxRead = Box::new(child.stderr.take().expect("piped"));
+        let marker = format!("sopm-log-end-{}", uuid::Uuid::new_v4().simple());
+        sandbox.channel = Some(RunnerChannel::new(stdin, stdout, stderr, marker));
+        sandbox.child = Some(child);
+        if let Err(e) = sandbox.channel().hello().await {
+            let log = sandbox.runsc_log_tail();
+            let death = sandbox.post_mortem().await;
+            return Err(Error::Unavailable(format!(
+                "the {} runner did not start in gVisor ({e}; {death:?}){log}",
+                spec.runner.as_str()
+            )));
+        }
+        Ok(sandbox)
+    }
+}
+
+/// One gVisor sandbox: the `runsc run` process, the sandbox it made, and its bundle.
+#[derive(Debug)]
+pub struct GvisorSandbox {
+    id: String,
+    bundle_dir: PathBuf,
+    runsc: Runsc,
+    channel: Option<RunnerChannel>,
+    child: Option<Child>,
+    ended: Option<ExitStatus>,
+    destroyed: bool,
+}
+
+impl GvisorSandbox {
+    /// The sandbox's id (its runsc container id).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn runsc_log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.bundle_dir.join("runsc.log")).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(3).collect();
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; runsc: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            )
+        }
+    }
+
+    /// Deletes the sandbox, reaps `runsc run` and removes the bundle.
+    async fn destroy(&mut self) {
+        if !self.destroyed {
+            self.destroyed = true;
+            self.runsc.destroy(&self.id).await;
+        }
+        if let Some(mut child) = self.child.take() {
+            let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+                Ok(Ok(st)) => Some(st),
+                _ => {
+                    let _ = child.start_kill();
+                    child.wait().await.ok()
+                }
+            };
+            if let Some(st) = status {
+                self.ended.get_or_insert(st);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.bundle_dir);
+    }
+}
+
+#[async_trait]
+impl Sandbox for GvisorSandbox {
+    fn channel(&mut self) -> &mut RunnerChannel {
+        self.channel
+            .as_mut()
+            .expect("a launched sandbox has a channel")
+    }
+
+    async fn set_limits(&mut self, from: &Limits, to: &Limits) -> Result<()> {
+        // rlimits are fixed in the bundle and enforced by the gVisor kernel: a function
+        // with other ones gets a dedicated sandbox.
+        let runner = RunnerKind::Python;
+        let same_rlimits = rlimit_args(runner, from, false) == rlimit_args(runner, to, false)
+            && rlimit_args(RunnerKind::Node, from, false)
+                == rlimit_args(RunnerKind::Node, to, false);
+        let same_resources =
+            from.memory_mb == to.memory_mb && from.max_processes == to.max_processes;
+        if same_rlimits && same_resources {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(
+                "a gVisor sandbox's limits cannot change after boot".into(),
+            ))
+        }
+    }
+
+    fn is_alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn mark_clean(&mut self) {}
+
+    fn memory_exceeded(&mut self) -> bool {
+        false
+    }
+
+    fn is_clean(&mut self) -> bool {
+        // Counting the sandbox's processes takes a `runsc ps` (tens of milliseconds) per
+        // call; the sandbox's own pid namespace bounds what a call can leave behind.
+        true
+    }
+
+    async fn post_mortem(&mut self) -> Death {
+        let Some(child) = self.child.as_mut() else {
+            return Death::Killed;
+        };
+        let status = tokio::time::timeout(Duration::from_millis(300), child.wait())
+            .await
+            .ok()
+            .and_then(|r| r.ok());
+        self.destroy().await;
+        death_of(status)
+    }
+
+    async fn terminate(&mut self) {
+        self.destroy().await;
+    }
+}
+
+impl Drop for GvisorSandbox {
+    fn drop(&mut self) {
+        // Dropped without `terminate` (a cancelled call): `kill_on_drop` ends `runsc run`;
+        // the sandbox itself needs a `runsc delete`.
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        if self.destroyed && self.child.is_none() {
+            return;
+        }
+        let runsc = self.runsc.clone();
+        let id = self.id.clone();
+        let bundle = self.bundle_dir.clone();
+        let destroyed = self.destroyed;
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(async move {
+                    if !destroyed {
+                        runsc.destroy(&id).await;
+                    }
+                    let _ = std::fs::remove_dir_all(bundle);
+                });
+            }
+            Err(_) => {
+                if !destroyed {
+                    runsc.destroy_blocking(&id);
+                }
+                let _ = std::fs::remove_dir_all(bundle);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_dead_servers_sandboxes_are_stale() {
+        assert!(!is_stale("someone-else-1"));
+        assert!(!is_stale(&format!("sopm-{}-3", std::process::id())));
+        assert!(is_stale("sopm-4000000000-1"));
+    }
+}

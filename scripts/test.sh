@@ -17,6 +17,7 @@ declare -A want=(
   [node]=nodejs
   [npm]=npm
   [curl]=curl
+  [runsc]=runsc
 )
 missing=()
 for cmd in "${!want[@]}"; do

@@ -81,6 +81,9 @@ pub struct ServerConfig {
     pub max_upload_total_bytes: u64,
     /// Largest single file of an upload, uncompressed, in bytes.
     pub max_upload_file_bytes: u64,
+    /// The sandbox executor of each user-function runtime (`python`, `node`,
+    /// `shell`, `binary`): `process` (bubblewrap, the default) or `gvisor` (runsc).
+    pub executors: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +111,7 @@ impl Default for ServerConfig {
             max_upload_files: 2_000,
             max_upload_total_bytes: 50 << 20,
             max_upload_file_bytes: 20 << 20,
+            executors: Default::default(),
         }
     }
 }
@@ -145,6 +149,9 @@ pub struct ServeArgs {
     /// SQLite synchronous mode, full or normal [default: full].
     #[arg(long, env = "SOPM_SQLITE_SYNCHRONOUS")]
     pub sqlite_synchronous: Option<String>,
+    /// Sandbox per runtime, e.g. `python=gvisor,node=process` [default: process for all].
+    #[arg(long, env = "SOPM_EXECUTORS", value_delimiter = ',')]
+    pub executors: Option<Vec<String>>,
     /// Worker threads (0: one per core) [default: 0].
     #[arg(long, env = "SOPM_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -198,12 +205,31 @@ impl ServerConfig {
         if args.allow_unauthenticated {
             c.allow_unauthenticated = true;
         }
+        for pair in args.executors.iter().flatten() {
+            let (runtime, executor) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("--executors: expected runtime=executor, got '{pair}'"))?;
+            c.executors
+                .insert(runtime.trim().to_string(), executor.trim().to_string());
+        }
         c.validate()?;
         Ok(c)
     }
 
     /// Checks values that would make the server misbehave.
     pub fn validate(&self) -> Result<(), String> {
+        for (runtime, executor) in &self.executors {
+            if !matches!(runtime.as_str(), "python" | "node" | "shell" | "binary") {
+                return Err(format!(
+                    "executors: '{runtime}' is not a runtime (python, node, shell, binary)"
+                ));
+            }
+            if !matches!(executor.as_str(), "process" | "gvisor") {
+                return Err(format!(
+                    "executors.{runtime}: '{executor}' is not an executor (process, gvisor)"
+                ));
+            }
+        }
         if self.max_concurrency == 0 {
             return Err("max_concurrency must be at least 1".into());
         }

@@ -1,13 +1,16 @@
 //! Runs the server: builds the platform from the settings, recovers unfinished jobs,
 //! serves until SIGTERM or Ctrl-C, then shuts down gracefully.
 
+#[cfg(feature = "process")]
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "process")]
+use sopm_core::Executor;
 use sopm_core::{
-    CachedKeyStore, Executor, JobStore, KeyStore, LocalSchedulerConfig, MemoryKeyStore, Platform,
-    Registry, Runtime,
+    CachedKeyStore, JobStore, KeyStore, LocalSchedulerConfig, MemoryKeyStore, Platform, Registry,
+    Runtime,
 };
 use sopm_functions::BuiltinExecutor;
 
@@ -25,6 +28,8 @@ pub struct Services {
     local_builder: Option<Arc<sopm_backends::LocalBuilder>>,
     #[cfg(feature = "process")]
     process: Option<sopm_backends::ProcessExecutor>,
+    #[cfg(feature = "gvisor")]
+    gvisor: Option<sopm_backends::GvisorExecutor>,
 }
 
 /// The runtimes whose uploads are built into directory artifacts on this machine.
@@ -35,33 +40,84 @@ pub const LOCAL_RUNTIMES: [Runtime; 4] = [
     Runtime::Binary,
 ];
 
-/// The executors of user functions, by runtime: the process backend (bubblewrap
-/// sandboxes behind a warm pool) for every local runtime. Its settings come from
-/// `SOPM_*` variables (see `ProcessExecutorConfig::from_env`); sandbox state lives
-/// under `<data_dir>/sandboxes`. Without the `process` feature there is none, and
-/// calls of user functions answer 503 `unavailable`.
 /// Executors by runtime.
+#[cfg(feature = "process")]
 type Executors = HashMap<Runtime, Arc<dyn Executor>>;
 
+/// The sandboxes the server runs user functions in.
 #[cfg(feature = "process")]
-fn user_function_executors(
+struct Sandboxes {
+    by_runtime: Executors,
+    process: sopm_backends::ProcessExecutor,
+    #[cfg(feature = "gvisor")]
+    gvisor: Option<sopm_backends::GvisorExecutor>,
+}
+
+/// A sandbox's state directory: from its `*_SCRATCH_DIR` variable, else under the
+/// data directory.
+#[cfg(feature = "process")]
+fn scratch_dir(
     c: &ServerConfig,
-) -> Result<(Executors, sopm_backends::ProcessExecutor), String> {
-    let process = sopm_backends::ProcessExecutorConfig::from_env().map_err(|e| e.to_string())?;
-    let process = if std::env::var_os("SOPM_SANDBOX_SCRATCH_DIR").is_some() {
-        process
+    var: &str,
+    name: &str,
+) -> Result<Option<std::path::PathBuf>, String> {
+    if std::env::var_os(var).is_some() {
+        return Ok(None);
+    }
+    std::path::absolute(c.data_dir.join(name))
+        .map(Some)
+        .map_err(|e| format!("data directory {}: {e}", c.data_dir.display()))
+}
+
+/// The executors of user functions, by runtime: the process backend (bubblewrap
+/// sandboxes behind a warm pool) unless `[executors]` names `gvisor` for a runtime.
+/// Settings come from `SOPM_*` variables (`ProcessExecutorConfig::from_env`,
+/// `GvisorExecutorConfig::from_env`); state lives under `<data_dir>/sandboxes` and
+/// `<data_dir>/gvisor`. A gVisor executor is made only if a runtime uses it.
+#[cfg(feature = "process")]
+fn user_function_executors(c: &ServerConfig) -> Result<Sandboxes, String> {
+    let mut config = sopm_backends::ProcessExecutorConfig::from_env().map_err(|e| e.to_string())?;
+    if let Some(dir) = scratch_dir(c, "SOPM_SANDBOX_SCRATCH_DIR", "sandboxes")? {
+        config = config.with_scratch_dir(dir);
+    }
+    let process = config.build().map_err(|e| e.to_string())?;
+    let process_shared: Arc<dyn Executor> = Arc::new(process.clone());
+    let wants = |runtime: Runtime| c.executors.get(runtime.as_str()).map(String::as_str);
+    #[cfg(feature = "gvisor")]
+    let gvisor = if LOCAL_RUNTIMES.iter().any(|r| wants(*r) == Some("gvisor")) {
+        let mut config =
+            sopm_backends::GvisorExecutorConfig::from_env().map_err(|e| e.to_string())?;
+        if let Some(dir) = scratch_dir(c, "SOPM_GVISOR_SCRATCH_DIR", "gvisor")? {
+            config = config.with_scratch_dir(dir);
+        }
+        Some(config.build().map_err(|e| e.to_string())?)
     } else {
-        let scratch = std::path::absolute(c.data_dir.join("sandboxes"))
-            .map_err(|e| format!("data directory {}: {e}", c.data_dir.display()))?;
-        process.with_scratch_dir(scratch)
+        None
     };
-    let process = process.build().map_err(|e| e.to_string())?;
-    let shared: Arc<dyn Executor> = Arc::new(process.clone());
-    let map = LOCAL_RUNTIMES
-        .into_iter()
-        .map(|r| (r, shared.clone()))
-        .collect();
-    Ok((map, process))
+    let mut by_runtime = Executors::new();
+    for runtime in LOCAL_RUNTIMES {
+        let executor = match wants(runtime) {
+            None | Some("process") => process_shared.clone(),
+            #[cfg(feature = "gvisor")]
+            Some("gvisor") => match &gvisor {
+                Some(g) => Arc::new(g.clone()) as Arc<dyn Executor>,
+                None => unreachable!("made above when a runtime wants it"),
+            },
+            Some(other) => {
+                return Err(format!(
+                    "executors.{}: '{other}' is not available in this build",
+                    runtime.as_str()
+                ))
+            }
+        };
+        by_runtime.insert(runtime, executor);
+    }
+    Ok(Sandboxes {
+        by_runtime,
+        process,
+        #[cfg(feature = "gvisor")]
+        gvisor,
+    })
 }
 
 /// Builds the platform the settings describe (opens the database).
@@ -89,13 +145,11 @@ pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
         }
     };
     #[cfg(feature = "process")]
-    let process = {
-        let (executors, process) = user_function_executors(c)?;
-        for (runtime, executor) in executors {
-            builder = builder.with_executor(runtime, executor);
-        }
-        Some(process)
-    };
+    let sandboxes = user_function_executors(c)?;
+    #[cfg(feature = "process")]
+    for (runtime, executor) in &sandboxes.by_runtime {
+        builder = builder.with_executor(*runtime, executor.clone());
+    }
     #[cfg(feature = "process")]
     let local_builder = {
         let local = Arc::new(
@@ -119,7 +173,9 @@ pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
         #[cfg(feature = "process")]
         local_builder,
         #[cfg(feature = "process")]
-        process,
+        process: Some(sandboxes.process),
+        #[cfg(feature = "gvisor")]
+        gvisor: sandboxes.gvisor,
     })
 }
 
@@ -173,6 +229,10 @@ pub async fn serve(c: ServerConfig) -> Result<(), String> {
     if let Some(process) = &services.process {
         // Boot the stem cells now, so the first upload's first call is already warm.
         process.start();
+    }
+    #[cfg(feature = "gvisor")]
+    if let Some(gvisor) = &services.gvisor {
+        gvisor.start();
     }
     #[cfg(feature = "process")]
     if let Some(local) = &services.local_builder {

@@ -1485,3 +1485,62 @@ async fn hostile_functions_do_not_stop_the_server() {
     let a = post(&s, "/api/user-functions/fine/execute", json!({"input": 7})).await;
     assert_eq!(a.body["output"], json!(7), "{}", a.body);
 }
+
+/// `[executors] python = "gvisor"`: the server runs Python functions in gVisor and
+/// says so; other runtimes stay on the process backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_picks_the_executor_per_runtime() {
+    let on_path = |tool: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+    };
+    if !on_path("runsc") || !on_path("bwrap") {
+        assert!(
+            std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() != Ok("1"),
+            "runsc and bwrap are required (SOPM_REQUIRE_INTEGRATION=1)"
+        );
+        eprintln!("skipped the_config_picks_the_executor_per_runtime: runsc or bwrap not found");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = sopm_server::ServerConfig {
+        storage: sopm_server::Storage::Memory,
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    c.executors.insert("python".into(), "gvisor".into());
+    c.validate().unwrap();
+    let services = sopm_server::server::build_services(&c).unwrap();
+    let s = AppState::with_keys(services.platform, ApiConfig::from(&c), services.keys);
+    s.set_ready(true);
+    let (_, f) = deploy(&s, hello("in-gvisor", MAIN)).await;
+    assert_eq!(f["executor"], "gvisor", "{f}");
+    let a = post(
+        &s,
+        "/api/user-functions/in-gvisor/execute",
+        json!({"input": {"via": "runsc"}}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["output"], json!({"via": "runsc"}));
+    let mut shell = hello("in-process", "");
+    shell["runtime"] = json!("shell");
+    shell["handler"] = json!("run.sh");
+    shell["files"] = json!({"run.sh": "#!/bin/sh\ncat\n"});
+    let (_, f) = deploy(&s, shell).await;
+    assert_eq!(f["executor"], "process", "{f}");
+    s.platform()
+        .shutdown(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+}
+
+#[test]
+fn unknown_runtimes_and_executors_are_refused() {
+    let mut c = sopm_server::ServerConfig::default();
+    c.executors.insert("cobol".into(), "process".into());
+    assert!(c.validate().unwrap_err().contains("cobol"));
+    let mut c = sopm_server::ServerConfig::default();
+    c.executors.insert("python".into(), "vm".into());
+    assert!(c.validate().unwrap_err().contains("vm"));
+}

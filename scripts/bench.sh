@@ -95,3 +95,19 @@ wrk.body = '{"input":{"a":2,"b":3}}'
 LUA
 fid=$(curl -fsS "$url/api/user-functions" | python3 -c 'import json,sys; print(json.load(sys.stdin)["functions"][-1]["id"])')
 run "POST user function execute (wait)" -s "$work/user.lua" "$url/api/user-functions/$fid/execute" >/dev/null
+
+if command -v runsc >/dev/null 2>&1; then
+  echo
+  echo "==> user functions on gVisor (server restarted with --executors python=gvisor)"
+  kill "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+  SOPM_LOG=warn "$bin" serve --listen "127.0.0.1:${port}" --data-dir "$work/data-gvisor" \
+    --executors python=gvisor &
+  server_pid=$!
+  for _ in $(seq 1 100); do
+    curl -fsS "$url/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  SOPM_BENCH_EXECUTOR=gvisor SOPM_BENCH_FUNCTIONS=15 SOPM_BENCH_WARM_CALLS=500 SOPM_BENCH_COLD_CALLS=5 \
+    python3 scripts/bench_user.py 127.0.0.1 "$port"
+fi

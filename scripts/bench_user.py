@@ -22,6 +22,8 @@ HOST, PORT = sys.argv[1], int(sys.argv[2])
 FUNCTIONS = int(os.environ.get("SOPM_BENCH_FUNCTIONS", "30"))
 WARM_CALLS = int(os.environ.get("SOPM_BENCH_WARM_CALLS", "2000"))
 COLD_CALLS = int(os.environ.get("SOPM_BENCH_COLD_CALLS", "20"))
+# The executor the server runs Python on (its --executors): process or gvisor.
+EXECUTOR = os.environ.get("SOPM_BENCH_EXECUTOR", "process")
 
 HANDLER = "def handle(event, context):\n    return {'sum': event['a'] + event['b']}\n"
 
@@ -51,7 +53,7 @@ def wait_stem_cell(deadline_s=30):
     while time.monotonic() < end:
         _, stats = call("GET", "/api/stats")
         pools = {p["pool"]: p for p in stats["pools"]}
-        cell = pools.get("process/stem/python")
+        cell = pools.get(f"{EXECUTOR}/stem/python")
         if cell and cell["stem_cells"] > 0:
             return
         time.sleep(0.005)
@@ -111,29 +113,48 @@ for i in range(WARM_CALLS):
 wall = time.perf_counter() - t_start
 print(f"warm calls, one client, sequential ({WARM_CALLS}):        p50 {ms(pct(warm, .5))}  p99 {ms(pct(warm, .99))}  {WARM_CALLS / wall:.0f} calls/s")
 
-bwrap, python = shutil.which("bwrap"), os.path.realpath(shutil.which("python3") or "python3")
+python = os.path.realpath(shutil.which("python3") or "python3")
+prefix_dir = os.path.dirname(os.path.dirname(python))
+code = ("import sys, json; sys.path.insert(0, '/fn'); import main; "
+        "print(json.dumps(main.handle(json.load(sys.stdin), None)))")
+
+
+def cold_command(d):
+    """A plain sandbox per call, no pool: bwrap, or runsc do for gVisor."""
+    if EXECUTOR == "gvisor":
+        runsc = shutil.which("runsc")
+        if not runsc:
+            return None
+        # runsc do shares the host's root read-only; /fn is the same directory there.
+        return [runsc, "--network=none", "do", "--cwd", d, python, "-c", code.replace("/fn", d)]
+    bwrap = shutil.which("bwrap")
+    if not bwrap:
+        return None
+    args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session",
+            "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+            "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+            "--ro-bind", d, "/fn"]
+    if not prefix_dir.startswith("/usr"):
+        args += ["--ro-bind", prefix_dir, prefix_dir]
+    return args + [python, "-c", code]
+
+
 cold = []
-if bwrap:
-    with tempfile.TemporaryDirectory() as d:
-        with open(os.path.join(d, "main.py"), "w") as f:
-            f.write(HANDLER)
-        prefix_dir = os.path.dirname(os.path.dirname(python))
-        args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session",
-                "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-                "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-                "--ro-bind", d, "/fn"]
-        if not prefix_dir.startswith("/usr"):
-            args += ["--ro-bind", prefix_dir, prefix_dir]
-        code = ("import sys, json; sys.path.insert(0, '/fn'); import main; "
-                "print(json.dumps(main.handle(json.load(sys.stdin), None)))")
+with tempfile.TemporaryDirectory() as d:
+    with open(os.path.join(d, "main.py"), "w") as f:
+        f.write(HANDLER)
+    cmd = cold_command(d)
+    if cmd:
         for i in range(COLD_CALLS):
             t0 = time.perf_counter()
-            out = subprocess.run(args + [python, "-c", code], input=json.dumps({"a": i, "b": 1}),
-                                 capture_output=True, text=True, timeout=30)
+            out = subprocess.run(cmd, input=json.dumps({"a": i, "b": 1}),
+                                 capture_output=True, text=True, timeout=60)
             cold.append(time.perf_counter() - t0)
             if json.loads(out.stdout)["sum"] != i + 1:
                 sys.exit(f"cold start gave {out.stdout!r} {out.stderr!r}")
-    print(f"plain cold start, new bwrap + python3 per call ({COLD_CALLS}): p50 {ms(pct(cold, .5))}")
+if cold:
+    name = "runsc do" if EXECUTOR == "gvisor" else "bwrap"
+    print(f"plain cold start, new {name} + python3 per call ({COLD_CALLS}): p50 {ms(pct(cold, .5))}")
     print(f"first call vs cold start: {pct(cold, .5) / pct(first_calls, .5):.0f}x faster")
 else:
-    print("plain cold start: skipped (bwrap not found)")
+    print("plain cold start: skipped (sandbox tool not found)")

@@ -49,23 +49,40 @@ pub async fn node_hello_world_with_async_handler_and_logs(s: &dyn Subject) {
         "index.handle",
         &[(
             "index.js",
-            b"exports.handle = async (event, context) => {\n  console.log('hi from node');\n  await new Promise(r => setTimeout(r, 5));\n  return { hello: event.name, remaining: context.getRemainingTimeInMillis() > 0 };\n};\n",
+            b"exports.handle = async (event, context) => {\n  console.log('hi from node');\n  process.stdout.write('raw write\\n');\n  await new Promise(r => setTimeout(r, 5));\n  return { hello: event.name, remaining: context.getRemainingTimeInMillis() > 0 };\n};\n",
         )],
     );
     let out = call(exec, &f, json!({"name": "node"})).await.unwrap();
     assert_eq!(out.value, json!({"hello": "node", "remaining": true}));
-    assert!(out.logs.unwrap().contains("hi from node"));
+    let logs = out.logs.unwrap();
+    assert!(logs.contains("hi from node"), "{logs}");
+    assert!(logs.contains("raw write"), "{logs}");
+    let out = call(exec, &f, json!({"name": "again"})).await.unwrap();
+    assert_eq!(out.value["hello"], json!("again"));
+
     let err = function(
         Runtime::Node,
         "index.handle",
         &[(
             "index.js",
-            b"exports.handle = () => { throw new TypeError('bad thing'); };\n",
+            b"exports.handle = () => { console.log('about to fail'); throw new TypeError('bad thing'); };\n",
         )],
     );
     let e = call(exec, &err, json!({})).await.unwrap_err();
     assert_eq!(e.code(), "function_error");
     assert!(e.to_string().contains("TypeError: bad thing"), "{e}");
+    let sopm_core::Error::Function {
+        traceback, logs, ..
+    } = e
+    else {
+        unreachable!()
+    };
+    assert!(traceback.unwrap().contains("index.js"));
+    let logs = logs.unwrap_or_default();
+    assert!(
+        logs.contains("about to fail"),
+        "a failed call keeps its logs: {logs}"
+    );
 }
 
 pub async fn shell_hello_world_and_failure(s: &dyn Subject) {
@@ -81,10 +98,14 @@ pub async fn shell_hello_world_and_failure(s: &dyn Subject) {
     let out = call(exec, &f, json!({"n": 7})).await.unwrap();
     assert_eq!(out.value, json!({"got": {"n": 7}, "shell": true}));
     assert!(out.logs.unwrap().contains("shell says hi"));
+
     let failing = function(
         Runtime::Shell,
         "run.sh",
-        &[("run.sh", b"echo 'it broke here' >&2\nexit 3\n")],
+        &[(
+            "run.sh",
+            b"echo 'first line' >&2\necho 'it broke here' >&2\nexit 3\n",
+        )],
     );
     let e = call(exec, &failing, json!(null)).await.unwrap_err();
     assert_eq!(e.code(), "function_error");
@@ -142,10 +163,12 @@ pub async fn large_and_unicode_payloads_round_trip(s: &dyn Subject) {
     let input = json!({
         "text": text,
         "numbers": (0..20_000).collect::<Vec<u32>>(),
+        "nested": {"a": [{"b": [1.5, -2, null, true]}]},
         "emoji": "👩‍👩‍👧‍👦",
     });
     let out = call(exec, &f, input.clone()).await.unwrap();
     assert_eq!(out.value, input);
+    // And again on the same warm instance.
     let out = call(exec, &f, json!("ünïcödé")).await.unwrap();
     assert_eq!(out.value, json!("ünïcödé"));
 }
@@ -168,6 +191,17 @@ pub async fn function_errors_carry_tracebacks_and_keep_the_instance(s: &dyn Subj
         json!("fine")
     );
     assert_eq!(s.counters().replaced, 0);
+
+    let broken = python("def handle(event, context)\n    return 1\n");
+    let e = call(exec, &broken, json!({})).await.unwrap_err();
+    assert_eq!(e.code(), "function_error");
+    assert!(e.to_string().contains("failed to load"), "{e}");
+    assert!(e.to_string().contains("SyntaxError"), "{e}");
+
+    let not_json = python("def handle(event, context):\n    return {1, 2}\n");
+    let e = call(exec, &not_json, json!({})).await.unwrap_err();
+    assert_eq!(e.code(), "function_error");
+    assert!(e.to_string().contains("not JSON"), "{e}");
 }
 
 pub async fn logs_are_captured_and_kept_out_of_the_output(s: &dyn Subject) {
@@ -178,10 +212,12 @@ pub async fn logs_are_captured_and_kept_out_of_the_output(s: &dyn Subject) {
         "    print('via print')\n",
         "    print('via stderr', file=sys.stderr)\n",
         "    os.write(1, b'via fd 1\\n')\n",
+        "    os.write(2, b'via fd 2\\n')\n",
         "    subprocess.run(['/bin/sh', '-c', 'echo from a child; echo child err >&2'])\n",
+        "    sys.stdout.write('no newline at the end')\n",
         "    return {'n': event['n']}\n",
     ));
-    for n in 0..2 {
+    for n in 0..3 {
         let out = call(exec, &f, json!({"n": n})).await.unwrap();
         assert_eq!(out.value, json!({"n": n}));
         let logs = out.logs.unwrap();
@@ -189,11 +225,13 @@ pub async fn logs_are_captured_and_kept_out_of_the_output(s: &dyn Subject) {
             "via print",
             "via stderr",
             "via fd 1",
+            "via fd 2",
             "from a child",
             "child err",
         ] {
             assert!(logs.contains(part), "missing {part:?} in {logs:?}");
         }
+        assert!(logs.ends_with("no newline at the end"), "{logs:?}");
         assert_eq!(
             logs.matches("via print").count(),
             1,
@@ -344,7 +382,7 @@ pub async fn two_functions_never_share_an_instance(s: &dyn Subject) {
         "main.handle",
         &[("main.py", body("b").as_bytes()), ("b.txt", b"b")],
     );
-    for _ in 0..2 {
+    for _ in 0..3 {
         for (f, name, file) in [(&a, "a", "a.txt"), (&b, "b", "b.txt")] {
             let out = call(exec, f, json!({})).await.unwrap().value;
             assert_eq!(out["seen"], json!([name]));

@@ -1319,14 +1319,10 @@ async fn builds_a_stopped_server_left_running_become_failed() {
 /// into `<data_dir>/artifacts` and the process executor runs it under bubblewrap.
 #[tokio::test]
 async fn the_server_wiring_builds_with_the_local_builder() {
-    let have_bwrap = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("bwrap").is_file()));
-    if !have_bwrap {
-        assert!(
-            std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() != Ok("1"),
-            "bwrap is required (SOPM_REQUIRE_INTEGRATION=1) but not on PATH"
-        );
-        eprintln!("skipped the_server_wiring_builds_with_the_local_builder: bwrap not found");
+    if !tools_or_skip(
+        "the_server_wiring_builds_with_the_local_builder",
+        &["bwrap"],
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -1380,14 +1376,7 @@ async fn the_server_wiring_builds_with_the_local_builder() {
 /// keep answering, and each hostile call ends with a clear code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_functions_do_not_stop_the_server() {
-    let have_bwrap = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("bwrap").is_file()));
-    if !have_bwrap {
-        assert!(
-            std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() != Ok("1"),
-            "bwrap is required (SOPM_REQUIRE_INTEGRATION=1) but not on PATH"
-        );
-        eprintln!("skipped hostile_functions_do_not_stop_the_server: bwrap not found");
+    if !tools_or_skip("hostile_functions_do_not_stop_the_server", &["bwrap"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -1490,16 +1479,10 @@ async fn hostile_functions_do_not_stop_the_server() {
 /// says so; other runtimes stay on the process backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_config_picks_the_executor_per_runtime() {
-    let on_path = |tool: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-    };
-    if !on_path("runsc") || !on_path("bwrap") {
-        assert!(
-            std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() != Ok("1"),
-            "runsc and bwrap are required (SOPM_REQUIRE_INTEGRATION=1)"
-        );
-        eprintln!("skipped the_config_picks_the_executor_per_runtime: runsc or bwrap not found");
+    if !tools_or_skip(
+        "the_config_picks_the_executor_per_runtime",
+        &["bwrap", "runsc"],
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -1543,4 +1526,26 @@ fn unknown_runtimes_and_executors_are_refused() {
     let mut c = sopm_server::ServerConfig::default();
     c.executors.insert("python".into(), "vm".into());
     assert!(c.validate().unwrap_err().contains("vm"));
+}
+
+/// Whether every tool is on `PATH`; if not, the test is skipped with a printed reason,
+/// or fails under `SOPM_REQUIRE_INTEGRATION=1`.
+fn tools_or_skip(test: &str, tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            !std::env::var_os("PATH")
+                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() != Ok("1"),
+        "{test}: {missing:?} required (SOPM_REQUIRE_INTEGRATION=1) but not on PATH"
+    );
+    eprintln!("skipped {test}: {missing:?} not on PATH");
+    false
 }

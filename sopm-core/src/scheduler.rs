@@ -411,8 +411,13 @@ impl Inner {
         };
         self.account(&snapshot, finished.saturating_duration_since(live.accepted));
         self.record(&snapshot, Durability::Buffered).await;
-        live.done.notify_waiters();
-        self.unregister(&snapshot.id);
+        // Only a persisted job was ever registered (status, cancel): a waiting call that
+        // finished in time skips the shard lock and the waiter list. Registration sets
+        // `persisted` before it reads the job's status, so one side always sees the other.
+        if live.persisted.load(Ordering::Acquire) {
+            live.done.notify_waiters();
+            self.unregister(&snapshot.id);
+        }
         snapshot
     }
 

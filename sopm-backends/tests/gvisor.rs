@@ -1,19 +1,19 @@
-//! The gVisor executor against real `runsc` sandboxes: the behaviours of the process
-//! backend's tests (the shared ones live in `sandbox_behaviour.rs`), plus gVisor's own
-//! cleanup. Skipped with a printed reason without `runsc` (as root), failed instead under
-//! `SOPM_REQUIRE_INTEGRATION=1`.
+//! The gVisor executor against real `runsc` sandboxes: the executor conformance suite of
+//! `sopm_core`, each behaviour ending with a check that nothing of the executor is left
+//! after shutdown, plus gVisor's own cleanup. Skipped with a printed reason without `runsc`
+//! (as root), failed instead under `SOPM_REQUIRE_INTEGRATION=1`.
 #![cfg(feature = "gvisor")]
 
-#[path = "common/sandbox_behaviour.rs"]
-mod behaviour;
 #[path = "process_support.rs"]
 mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use sopm_backends::gvisor::{GvisorExecutor, GvisorExecutorConfig};
-use sopm_backends::sandbox::{PoolCounters, RunnerKind};
+use sopm_backends::sandbox::RunnerKind;
+use sopm_core::conformance::executor::{skip, Needs, SandboxCounters, Subject};
 use sopm_core::Executor;
 use support::*;
 
@@ -30,17 +30,25 @@ impl std::ops::Deref for Gvisor {
     }
 }
 
-impl behaviour::Subject for Gvisor {
+#[async_trait]
+impl Subject for Gvisor {
     fn executor(&self) -> &dyn Executor {
         &self.exec
-    }
-    fn counters(&self) -> PoolCounters {
-        self.exec.counters()
     }
     fn start(&self) {
         self.exec.start()
     }
+    fn counters(&self) -> SandboxCounters {
+        sandbox_counters(self.exec.counters())
+    }
+    /// Shuts the executor down and checks that nothing of it is left: no sandbox in its
+    /// runsc state dir, no bundle dir, no `runsc` process working on its state dir.
+    async fn finish(&self) {
+        self.exec.shutdown().await;
+        assert_nothing_left(self).await;
+    }
 }
+
 fn runsc_works() -> Result<(), String> {
     if which("runsc").is_none() {
         return Err("runsc not on PATH".into());
@@ -73,10 +81,7 @@ fn ready_with(
         why = Some("node not on PATH".into());
     }
     if let Some(why) = why {
-        if std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() == Ok("1") {
-            panic!("{test}: {why} (SOPM_REQUIRE_INTEGRATION=1)");
-        }
-        eprintln!("skipping {test}: {why}");
+        skip(test, &why);
         return None;
     }
     // Short paths: runsc keeps sockets under its state dir.
@@ -95,175 +100,27 @@ fn ready_with(
     })
 }
 
+/// A gVisor executor shaped for one conformance behaviour, or `None` (skipped) when the
+/// host cannot run `runsc` sandboxes or lacks a runtime the behaviour needs.
+async fn gvisor(needs: Needs) -> Option<Gvisor> {
+    ready_with(needs.test, &runners(needs.runtimes), |c| {
+        let mut c = c.with_stem_cells(needs.stem_cells);
+        if let Some(limits) = needs.stem_limits.clone() {
+            c = c.with_stem_limits(limits);
+        }
+        if let Some(n) = needs.max_instances_per_function {
+            c = c.with_max_instances_per_function(n);
+        }
+        if let Some(ttl) = needs.idle_ttl {
+            c = c.with_idle_ttl(ttl);
+        }
+        c
+    })
+}
+
+sopm_core::executor_conformance!(gvisor);
+
 const PY: &[RunnerKind] = &[RunnerKind::Python];
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_hello_world_uses_a_stem_cell() {
-    let Some(g) = ready("python_hello_world_uses_a_stem_cell", PY) else {
-        return;
-    };
-    behaviour::python_hello_world_uses_a_stem_cell(&g).await;
-    finish(g).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_hello_world_with_async_handler_and_logs() {
-    let Some(g) = ready(
-        "node_hello_world_with_async_handler_and_logs",
-        &[RunnerKind::Node],
-    ) else {
-        return;
-    };
-    behaviour::node_hello_world_with_async_handler_and_logs(&g).await;
-    finish(g).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shell_hello_world_and_failure() {
-    let Some(g) = ready("shell_hello_world_and_failure", PY) else {
-        return;
-    };
-    behaviour::shell_hello_world_and_failure(&g).await;
-    finish(g).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_and_unicode_payloads_round_trip() {
-    let Some(g) = ready("large_and_unicode_payloads_round_trip", PY) else {
-        return;
-    };
-    behaviour::large_and_unicode_payloads_round_trip(&g).await;
-    finish(g).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn function_errors_carry_tracebacks_and_keep_the_instance() {
-    let Some(g) = ready("function_errors_carry_tracebacks_and_keep_the_instance", PY) else {
-        return;
-    };
-    behaviour::function_errors_carry_tracebacks_and_keep_the_instance(&g).await;
-    finish(g).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logs_are_captured_and_kept_out_of_the_output() {
-    let Some(g) = ready("logs_are_captured_and_kept_out_of_the_output", PY) else {
-        return;
-    };
-    behaviour::logs_are_captured_and_kept_out_of_the_output(&g).await;
-    finish(g).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spinning_and_sleeping_past_the_deadline_time_out() {
-    // Limits are fixed at boot in gVisor: stem cells with the test's limits, so the 1 s
-    // deadline is spent in the function, not in booting a dedicated sandbox.
-    let Some(g) = ready_with(
-        "spinning_and_sleeping_past_the_deadline_time_out",
-        PY,
-        |c| c.with_stem_cells(2).with_stem_limits(tight()),
-    ) else {
-        return;
-    };
-    behaviour::spinning_and_sleeping_past_the_deadline_time_out(&g).await;
-    finish(g).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unbounded_allocation_is_out_of_memory() {
-    let Some(g) = ready("unbounded_allocation_is_out_of_memory", PY) else {
-        return;
-    };
-    behaviour::unbounded_allocation_is_out_of_memory(&g).await;
-    finish(g).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn output_too_large_is_reported_and_the_instance_kept() {
-    let Some(g) = ready("output_too_large_is_reported_and_the_instance_kept", PY) else {
-        return;
-    };
-    behaviour::output_too_large_is_reported_and_the_instance_kept(&g).await;
-    finish(g).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_network_to_the_host() {
-    let Some(g) = ready("no_network_to_the_host", PY) else {
-        return;
-    };
-    behaviour::no_network_to_the_host(&g).await;
-    finish(g).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_of_the_host_are_not_visible() {
-    let Some(g) = ready("secrets_of_the_host_are_not_visible", PY) else {
-        return;
-    };
-    behaviour::secrets_of_the_host_are_not_visible(&g).await;
-    finish(g).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_calls_grow_the_pool_up_to_the_cap() {
-    let Some(g) = ready_with("concurrent_calls_grow_the_pool_up_to_the_cap", PY, |c| {
-        c.with_max_instances_per_function(3)
-    }) else {
-        return;
-    };
-    behaviour::concurrent_calls_grow_the_pool_up_to_the_cap(&g).await;
-    finish(g).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_functions_never_share_an_instance() {
-    let Some(g) = ready("two_functions_never_share_an_instance", PY) else {
-        return;
-    };
-    behaviour::two_functions_never_share_an_instance(&g).await;
-    finish(g).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashed_instance_is_replaced() {
-    let Some(g) = ready("a_crashed_instance_is_replaced", PY) else {
-        return;
-    };
-    behaviour::a_crashed_instance_is_replaced(&g).await;
-    finish(g).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_instances_are_reaped() {
-    let Some(g) = ready_with("idle_instances_are_reaped", PY, |c| {
-        c.with_idle_ttl(Duration::from_millis(200))
-    }) else {
-        return;
-    };
-    behaviour::idle_instances_are_reaped(&g).await;
-    finish(g).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn binary_hello_world() {
-    let Some(g) = ready("binary_hello_world", PY) else {
-        return;
-    };
-    let Some(body) = behaviour::static_hello() else {
-        eprintln!("skipping binary_hello_world: cc -static cannot build here");
-        return;
-    };
-    behaviour::binary_hello_world(&g, &body).await;
-    finish(g).await;
-}
-
-/// Shuts the executor down and checks that nothing of it is left: no sandbox in its
-/// runsc state dir, no bundle dir, no `runsc` process working on its state dir.
-async fn finish(g: Gvisor) {
-    g.exec.shutdown().await;
-    assert_nothing_left(&g).await;
-}
 
 async fn assert_nothing_left(g: &Gvisor) {
     let state = g.exec.state_dir();
@@ -354,5 +211,5 @@ async fn after_shutdown_no_sandbox_is_left() {
     );
     assert!(pending.await.is_err());
     g.exec.retire(&a.version.function_id).await.unwrap();
-    finish(g).await;
+    g.finish().await;
 }

@@ -1,177 +1,66 @@
-//! The process executor, for real under bubblewrap: every runtime, payloads, errors,
-//! logs, concurrency, isolation between functions, replacement, reaping, stem cells.
+//! The process executor, for real under bubblewrap: the executor conformance suite of
+//! `sopm_core` (every runtime, payloads, errors, limits, logs, concurrency, isolation
+//! between functions, replacement, reaping, stem cells), plus what is particular to it:
+//! retiring, mounted artifacts, the environment, the per-function cap, cancellation and
+//! opt-in network.
 #![cfg(feature = "process")]
 
-#[path = "common/sandbox_behaviour.rs"]
-mod behaviour;
 #[path = "process_support.rs"]
 mod support;
 
 use std::time::Duration;
 
 use serde_json::json;
-use sopm_backends::sandbox::{PoolCounters, RunnerKind};
+use sopm_backends::process::ProcessExecutor;
+use sopm_backends::sandbox::RunnerKind;
+use sopm_core::conformance::executor::{Needs, SandboxCounters, Subject};
 use sopm_core::{Executor, Limits, Runtime};
 use support::*;
 
 const PY_TOOLS: &[&str] = &["bwrap", "prlimit", "python3"];
-const NODE_TOOLS: &[&str] = &["bwrap", "prlimit", "python3", "node"];
-const PY: &[RunnerKind] = &[RunnerKind::Python];
 
-/// The process executor as a subject of the shared sandbox behaviours.
-struct Process(sopm_backends::ProcessExecutor);
+/// The process executor as a subject of the conformance suite.
+struct Process(ProcessExecutor);
 
-impl behaviour::Subject for Process {
+impl Subject for Process {
     fn executor(&self) -> &dyn Executor {
         &self.0
-    }
-    fn counters(&self) -> PoolCounters {
-        self.0.counters()
     }
     fn start(&self) {
         self.0.start()
     }
+    fn counters(&self) -> SandboxCounters {
+        sandbox_counters(self.0.counters())
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_hello_world_uses_a_stem_cell() {
-    if !integration_ready("python_hello_world_uses_a_stem_cell", PY_TOOLS) {
-        return;
+/// A process executor shaped for one conformance behaviour, or `None` (skipped) when the
+/// host lacks bubblewrap or a runtime the behaviour needs.
+async fn process(needs: Needs) -> Option<Process> {
+    let mut tools = PY_TOOLS.to_vec();
+    if needs.runtimes.contains(&Runtime::Node) {
+        tools.push("node");
     }
-    let p = Process(executor(PY));
-    behaviour::python_hello_world_uses_a_stem_cell(&p).await;
-    p.0.shutdown().await;
+    if needs.runtimes.contains(&Runtime::Binary) {
+        tools.push("cc");
+    }
+    if !integration_ready(needs.test, &tools) {
+        return None;
+    }
+    let mut config = config(&runners(needs.runtimes)).with_stem_cells(needs.stem_cells);
+    if let Some(limits) = needs.stem_limits {
+        config = config.with_stem_limits(limits);
+    }
+    if let Some(n) = needs.max_instances_per_function {
+        config = config.with_max_instances_per_function(n);
+    }
+    if let Some(ttl) = needs.idle_ttl {
+        config = config.with_idle_ttl(ttl);
+    }
+    Some(Process(config.build().expect("valid config")))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_hello_world_with_async_handler_and_logs() {
-    if !integration_ready("node_hello_world_with_async_handler_and_logs", NODE_TOOLS) {
-        return;
-    }
-    let p = Process(executor(&[RunnerKind::Node]));
-    behaviour::node_hello_world_with_async_handler_and_logs(&p).await;
-    p.0.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shell_hello_world_and_failure() {
-    if !integration_ready("shell_hello_world_and_failure", PY_TOOLS) {
-        return;
-    }
-    let p = Process(executor(PY));
-    behaviour::shell_hello_world_and_failure(&p).await;
-    p.0.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn binary_hello_world() {
-    if !integration_ready("binary_hello_world", &["bwrap", "prlimit", "python3", "cc"]) {
-        return;
-    }
-    let Some(body) = behaviour::static_hello() else {
-        eprintln!("skipping binary_hello_world: static linking is not possible here");
-        return;
-    };
-    let p = Process(executor(PY));
-    behaviour::binary_hello_world(&p, &body).await;
-    p.0.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_and_unicode_payloads_round_trip() {
-    if !integration_ready("large_and_unicode_payloads_round_trip", PY_TOOLS) {
-        return;
-    }
-    let p = Process(executor(PY));
-    behaviour::large_and_unicode_payloads_round_trip(&p).await;
-    p.0.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn function_errors_carry_tracebacks_and_keep_the_instance() {
-    if !integration_ready(
-        "function_errors_carry_tracebacks_and_keep_the_instance",
-        PY_TOOLS,
-    ) {
-        return;
-    }
-    let p = Process(executor(PY));
-    behaviour::function_errors_carry_tracebacks_and_keep_the_instance(&p).await;
-    p.0.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logs_are_captured_and_kept_out_of_the_output() {
-    if !integration_ready("logs_are_captured_and_kept_out_of_the_output", PY_TOOLS) {
-        return;
-    }
-    let p = Process(executor(PY));
-    behaviour::logs_are_captured_and_kept_out_of_the_output(&p).await;
-    p.0.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn output_too_large_is_reported_and_the_instance_kept() {
-    if !integration_ready(
-        "output_too_large_is_reported_and_the_instance_kept",
-        PY_TOOLS,
-    ) {
-        return;
-    }
-    let p = Process(executor(PY));
-    behaviour::output_too_large_is_reported_and_the_instance_kept(&p).await;
-    p.0.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_calls_grow_the_pool_up_to_the_cap() {
-    if !integration_ready("concurrent_calls_grow_the_pool_up_to_the_cap", PY_TOOLS) {
-        return;
-    }
-    let p = Process(
-        config(PY)
-            .with_max_instances_per_function(3)
-            .build()
-            .unwrap(),
-    );
-    behaviour::concurrent_calls_grow_the_pool_up_to_the_cap(&p).await;
-    p.0.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_functions_never_share_an_instance() {
-    if !integration_ready("two_functions_never_share_an_instance", PY_TOOLS) {
-        return;
-    }
-    let p = Process(executor(PY));
-    behaviour::two_functions_never_share_an_instance(&p).await;
-    p.0.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashed_instance_is_replaced() {
-    if !integration_ready("a_crashed_instance_is_replaced", PY_TOOLS) {
-        return;
-    }
-    let p = Process(executor(PY));
-    behaviour::a_crashed_instance_is_replaced(&p).await;
-    p.0.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_instances_are_reaped() {
-    if !integration_ready("idle_instances_are_reaped", PY_TOOLS) {
-        return;
-    }
-    let p = Process(
-        config(PY)
-            .with_idle_ttl(Duration::from_millis(200))
-            .build()
-            .unwrap(),
-    );
-    behaviour::idle_instances_are_reaped(&p).await;
-    p.0.shutdown().await;
-}
+sopm_core::executor_conformance!(process);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retire_stops_a_functions_instances() {

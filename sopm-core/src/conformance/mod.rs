@@ -23,6 +23,10 @@
 //! share one store with other checks. Scheduler checks ask the
 //! [`SchedulerHarness`] for a fresh job store each, because recovery reads every
 //! unfinished job of a store.
+//!
+//! Sandbox executors have their own suite in `conformance::executor` (feature
+//! `executor-conformance`), which a backend's tests run with the
+//! `sopm_core::executor_conformance!` macro.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
@@ -47,6 +51,9 @@ use crate::types::{
     now_ms, FunctionRef, Invocation, Job, JobId, JobStatus, Limits, Output, Runtime, Target,
     TenantId,
 };
+
+#[cfg(feature = "executor-conformance")]
+pub mod executor;
 
 /// How long a check waits for something that should happen soon.
 const PATIENCE: Duration = Duration::from_secs(10);

@@ -1,0 +1,1107 @@
+//! Executor conformance: the behaviours every sandbox [`Executor`] must show, run against
+//! real functions (python, node, shell, static binaries) written to temporary directories
+//! and handed to the executor as [`Artifact::Directory`] artifacts.
+//!
+//! Each behaviour is an async function over a [`Subject`] (the executor plus what the
+//! suite reads of its pool) that panics naming the rule that was broken. A backend runs
+//! the whole suite, one `#[test]` per behaviour, with [`executor_conformance!`]
+//! (`crate::executor_conformance`) and a factory that builds a subject for the
+//! [`Needs`] of each behaviour, or returns `None` (after [`skip`]) when the host lacks
+//! what the backend needs:
+//!
+//! ```no_run
+//! use sopm_core::conformance::executor::{skip, Needs, SandboxCounters, Subject};
+//! use sopm_core::Executor;
+//!
+//! struct Mine(Box<dyn Executor>);
+//!
+//! impl Subject for Mine {
+//!     fn executor(&self) -> &dyn Executor {
+//!         &*self.0
+//!     }
+//!     fn start(&self) {}
+//!     fn counters(&self) -> SandboxCounters {
+//!         SandboxCounters::default()
+//!     }
+//! }
+//!
+//! async fn mine(needs: Needs) -> Option<Mine> {
+//!     // Build an executor with `needs.stem_cells` stem cells for `needs.runtimes`, the
+//!     // per-function cap and idle TTL asked for, ...
+//!     skip(needs.test, "this example has no executor");
+//!     None
+//! }
+//!
+//! sopm_core::executor_conformance!(mine);
+//! # fn main() {}
+//! ```
+//!
+//! What the suite reads besides [`Executor::invoke`]: [`Executor::pool_stats`] has one
+//! entry per function whose `pool` contains the function id, and one per stem-cell pool
+//! named `{executor name}/stem/{runner}` (`python` for python, shell and binary
+//! functions, `node` for node functions); [`Subject::counters`] counts stem cells used,
+//! cold starts and replaced instances since the executor was built.
+//!
+//! The generic helpers ([`function`], [`python`], [`call`], [`wait_for_stem_cells`], ...)
+//! are public so a backend's own tests can use them too.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::executor::{Executor, PoolStats};
+use crate::registry::{Artifact, BuildStatus, FunctionVersion};
+use crate::types::{Invocation, JobId, Limits, Output, Runtime, Target, TenantId};
+
+/// Every runtime a sandbox executor may run.
+pub const ALL_RUNTIMES: &[Runtime] = &[
+    Runtime::Python,
+    Runtime::Node,
+    Runtime::Shell,
+    Runtime::Binary,
+];
+
+/// What one behaviour needs of the executor it runs against; the factory given to
+/// [`executor_conformance!`](crate::executor_conformance) builds the executor to match.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Needs {
+    /// The behaviour's name (the name of its test), for skip and failure messages.
+    pub test: &'static str,
+    /// The runtimes of the functions it runs: the executor keeps stem cells for them,
+    /// and needs their tools (a factory returns `None` when `node` is missing, say).
+    pub runtimes: &'static [Runtime],
+    /// Stem cells to keep ready per runner.
+    pub stem_cells: usize,
+    /// Limits to boot stem cells with, when every function of the behaviour runs with
+    /// these (timeouts aside), so that a backend which fixes limits when a sandbox boots
+    /// can still serve them from stem cells; `None`: the backend's default.
+    pub stem_limits: Option<Limits>,
+    /// Most instances of one function, when the behaviour depends on it.
+    pub max_instances_per_function: Option<usize>,
+    /// How long an instance may stay idle before it is stopped, when the behaviour
+    /// depends on it.
+    pub idle_ttl: Option<Duration>,
+}
+
+impl Needs {
+    fn new(test: &'static str, runtimes: &'static [Runtime]) -> Self {
+        Needs {
+            test,
+            runtimes,
+            stem_cells: 1,
+            stem_limits: None,
+            max_instances_per_function: None,
+            idle_ttl: None,
+        }
+    }
+
+    fn python(test: &'static str) -> Self {
+        Needs::new(test, &[Runtime::Python])
+    }
+}
+
+/// The [`Needs`] of each behaviour, by the behaviour's name.
+pub mod needs {
+    use std::time::Duration;
+
+    use super::{tight, Needs};
+    use crate::types::Runtime;
+
+    /// Needs of [`python_hello_world_uses_a_stem_cell`](super::python_hello_world_uses_a_stem_cell).
+    pub fn python_hello_world_uses_a_stem_cell() -> Needs {
+        Needs::python("python_hello_world_uses_a_stem_cell")
+    }
+
+    /// Needs of [`node_hello_world_with_async_handler_and_logs`](super::node_hello_world_with_async_handler_and_logs).
+    pub fn node_hello_world_with_async_handler_and_logs() -> Needs {
+        Needs::new(
+            "node_hello_world_with_async_handler_and_logs",
+            &[Runtime::Node],
+        )
+    }
+
+    /// Needs of [`shell_hello_world_and_failure`](super::shell_hello_world_and_failure).
+    pub fn shell_hello_world_and_failure() -> Needs {
+        Needs::new("shell_hello_world_and_failure", &[Runtime::Shell])
+    }
+
+    /// Needs of [`binary_hello_world`](super::binary_hello_world).
+    pub fn binary_hello_world() -> Needs {
+        Needs::new("binary_hello_world", &[Runtime::Binary])
+    }
+
+    /// Needs of [`large_and_unicode_payloads_round_trip`](super::large_and_unicode_payloads_round_trip).
+    pub fn large_and_unicode_payloads_round_trip() -> Needs {
+        Needs::python("large_and_unicode_payloads_round_trip")
+    }
+
+    /// Needs of [`function_errors_carry_tracebacks_and_keep_the_instance`](super::function_errors_carry_tracebacks_and_keep_the_instance).
+    pub fn function_errors_carry_tracebacks_and_keep_the_instance() -> Needs {
+        Needs::python("function_errors_carry_tracebacks_and_keep_the_instance")
+    }
+
+    /// Needs of [`logs_are_captured_and_kept_out_of_the_output`](super::logs_are_captured_and_kept_out_of_the_output).
+    pub fn logs_are_captured_and_kept_out_of_the_output() -> Needs {
+        Needs::python("logs_are_captured_and_kept_out_of_the_output")
+    }
+
+    /// Needs of [`spinning_and_sleeping_past_the_deadline_time_out`](super::spinning_and_sleeping_past_the_deadline_time_out):
+    /// two stem cells booted with [`tight`] limits, so the 1 s deadline is spent in the
+    /// function and not in booting a sandbox.
+    pub fn spinning_and_sleeping_past_the_deadline_time_out() -> Needs {
+        Needs {
+            stem_cells: 2,
+            stem_limits: Some(tight()),
+            ..Needs::python("spinning_and_sleeping_past_the_deadline_time_out")
+        }
+    }
+
+    /// Needs of [`unbounded_allocation_is_out_of_memory`](super::unbounded_allocation_is_out_of_memory).
+    pub fn unbounded_allocation_is_out_of_memory() -> Needs {
+        Needs::python("unbounded_allocation_is_out_of_memory")
+    }
+
+    /// Needs of [`output_too_large_is_reported_and_the_instance_kept`](super::output_too_large_is_reported_and_the_instance_kept).
+    pub fn output_too_large_is_reported_and_the_instance_kept() -> Needs {
+        Needs::python("output_too_large_is_reported_and_the_instance_kept")
+    }
+
+    /// Needs of [`no_network_to_the_host`](super::no_network_to_the_host).
+    pub fn no_network_to_the_host() -> Needs {
+        Needs::python("no_network_to_the_host")
+    }
+
+    /// Needs of [`secrets_of_the_host_are_not_visible`](super::secrets_of_the_host_are_not_visible).
+    pub fn secrets_of_the_host_are_not_visible() -> Needs {
+        Needs::python("secrets_of_the_host_are_not_visible")
+    }
+
+    /// Needs of [`concurrent_calls_grow_the_pool_up_to_the_cap`](super::concurrent_calls_grow_the_pool_up_to_the_cap):
+    /// at most 3 instances per function.
+    pub fn concurrent_calls_grow_the_pool_up_to_the_cap() -> Needs {
+        Needs {
+            max_instances_per_function: Some(3),
+            ..Needs::python("concurrent_calls_grow_the_pool_up_to_the_cap")
+        }
+    }
+
+    /// Needs of [`two_functions_never_share_an_instance`](super::two_functions_never_share_an_instance).
+    pub fn two_functions_never_share_an_instance() -> Needs {
+        Needs::python("two_functions_never_share_an_instance")
+    }
+
+    /// Needs of [`a_crashed_instance_is_replaced`](super::a_crashed_instance_is_replaced).
+    pub fn a_crashed_instance_is_replaced() -> Needs {
+        Needs::python("a_crashed_instance_is_replaced")
+    }
+
+    /// Needs of [`idle_instances_are_reaped`](super::idle_instances_are_reaped): an idle
+    /// TTL of 200 ms.
+    pub fn idle_instances_are_reaped() -> Needs {
+        Needs {
+            idle_ttl: Some(Duration::from_millis(200)),
+            ..Needs::python("idle_instances_are_reaped")
+        }
+    }
+}
+
+/// Pool counters the suite asserts on, since the executor was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SandboxCounters {
+    /// Stem cells specialised into a function instance.
+    pub stem_cells_used: u64,
+    /// Instances booted on the call path because no stem cell could serve it.
+    pub cold_starts: u64,
+    /// Instances killed and replaced after a crash, a broken limit or a timeout.
+    pub replaced: u64,
+}
+
+/// A sandbox executor under test: the executor, and what the suite needs beyond the
+/// [`Executor`] trait.
+#[async_trait]
+pub trait Subject: Send + Sync {
+    /// The executor under test.
+    fn executor(&self) -> &dyn Executor;
+
+    /// Starts booting stem cells in the background (the suite waits for them with
+    /// [`wait_for_stem_cells`]).
+    fn start(&self);
+
+    /// The executor's pool counters now.
+    fn counters(&self) -> SandboxCounters;
+
+    /// The runtimes the executor runs; a behaviour needing another one is skipped with
+    /// a printed reason. All four by default.
+    fn runtimes(&self) -> &[Runtime] {
+        ALL_RUNTIMES
+    }
+
+    /// A static executable for the [`Runtime::Binary`] behaviour that prints
+    /// `binary log` to stderr and `{"binary":true,"input_bytes":N}` to stdout, `N`
+    /// being the number of bytes it read from stdin. By default [`static_hello`] builds
+    /// one with the host's `cc -static`.
+    fn hello_binary(&self) -> Option<Vec<u8>> {
+        static_hello()
+    }
+
+    /// Called after a behaviour passed: shuts the executor down (and may check that
+    /// nothing of it is left).
+    async fn finish(&self) {
+        self.executor().shutdown().await;
+    }
+}
+
+/// Reports that `test` cannot run on this host: prints the reason and returns, or panics
+/// with it when `SOPM_REQUIRE_INTEGRATION=1`, so a run that must be complete cannot pass
+/// by skipping.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() == Ok("1") {
+        panic!("{test}: {why} (SOPM_REQUIRE_INTEGRATION=1)");
+    }
+    eprintln!("skipping {test}: {why}");
+}
+
+/// A function made of files in a fresh artifact directory (removed when the value is
+/// dropped).
+pub struct TestFunction {
+    /// The ready version, with an [`Artifact::Directory`] pointing at `dir`.
+    pub version: Arc<FunctionVersion>,
+    /// The artifact directory.
+    pub dir: tempfile::TempDir,
+}
+
+/// A function of `runtime` made of `files` (paths relative to the artifact root), with
+/// default limits.
+pub fn function(runtime: Runtime, handler: &str, files: &[(&str, &[u8])]) -> TestFunction {
+    function_with(runtime, handler, files, Limits::default())
+}
+
+/// A function of `runtime` made of `files`, with `limits`.
+pub fn function_with(
+    runtime: Runtime,
+    handler: &str,
+    files: &[(&str, &[u8])],
+    limits: Limits,
+) -> TestFunction {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, body) in files {
+        write_file(dir.path(), name, body);
+    }
+    let id = format!("fn_{}", uuid::Uuid::new_v4().simple());
+    let version = FunctionVersion {
+        function_id: id,
+        tenant: TenantId::default(),
+        name: format!("test-{}", handler.replace(['.', '/'], "-")),
+        version: 1,
+        runtime,
+        handler: handler.into(),
+        limits,
+        env: BTreeMap::new(),
+        source_digest: String::new(),
+        status: BuildStatus::Ready,
+        build_log: String::new(),
+        artifact: Some(Artifact::Directory {
+            path: dir.path().to_string_lossy().into_owned(),
+        }),
+        created_ms: 0,
+    };
+    TestFunction {
+        version: Arc::new(version),
+        dir,
+    }
+}
+
+/// Writes `body` to `root/name`, creating parent directories.
+pub fn write_file(root: &Path, name: &str, body: &[u8]) {
+    let p = root.join(name);
+    std::fs::create_dir_all(p.parent().expect("a file path has a parent")).expect("mkdir");
+    std::fs::write(&p, body).expect("write a function file");
+}
+
+/// A python function `main.handle` whose `main.py` is `source`, with default limits.
+pub fn python(source: &str) -> TestFunction {
+    function(
+        Runtime::Python,
+        "main.handle",
+        &[("main.py", source.as_bytes())],
+    )
+}
+
+/// A python function `main.handle` whose `main.py` is `source`, with `limits`.
+pub fn python_limited(source: &str, limits: Limits) -> TestFunction {
+    function_with(
+        Runtime::Python,
+        "main.handle",
+        &[("main.py", source.as_bytes())],
+        limits,
+    )
+}
+
+/// Short limits for hostile code: 2 s, 128 MiB, 32 processes.
+pub fn tight() -> Limits {
+    Limits {
+        timeout_ms: 2_000,
+        memory_mb: 128,
+        max_processes: 32,
+        ..Limits::default()
+    }
+}
+
+/// Invokes `f` with `input`, with the function's own timeout as the deadline.
+pub async fn call(exec: &dyn Executor, f: &TestFunction, input: Value) -> Result<Output> {
+    call_within(
+        exec,
+        f,
+        input,
+        Duration::from_millis(f.version.limits.timeout_ms),
+    )
+    .await
+}
+
+/// Invokes `f` with `input` and a deadline `within` from now.
+pub async fn call_within(
+    exec: &dyn Executor,
+    f: &TestFunction,
+    input: Value,
+    within: Duration,
+) -> Result<Output> {
+    exec.invoke(Invocation {
+        job_id: JobId::random(),
+        tenant: TenantId::default(),
+        target: Target::User(f.version.clone()),
+        input: Arc::new(input),
+        deadline: Instant::now() + within,
+    })
+    .await
+}
+
+/// Waits (up to 10 s) until the pool `{executor}/stem/{runner}` has `n` stem cells ready;
+/// panics otherwise.
+pub async fn wait_for_stem_cells(exec: &dyn Executor, runner: &str, n: u64) {
+    let pool = format!("{}/stem/{runner}", exec.name());
+    for _ in 0..400 {
+        let ready = exec
+            .pool_stats()
+            .iter()
+            .find(|s| s.pool == pool)
+            .map(|s| s.stem_cells)
+            .unwrap_or(0);
+        if ready >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no {runner} stem cell became ready");
+}
+
+/// A python hello world: `{"hello": event.get("name", "world")}`.
+pub const HELLO_PY: &str =
+    "def handle(event, context):\n    return {'hello': event.get('name', 'world')}\n";
+
+/// Checks that the executor still runs a normal function.
+pub async fn still_serves(exec: &dyn Executor) {
+    let f = python(HELLO_PY);
+    let out = call(exec, &f, json!({"name": "after"}))
+        .await
+        .expect("a normal function still runs");
+    assert_eq!(out.value, json!({"hello": "after"}));
+}
+
+/// A static hello-world binary (see [`Subject::hello_binary`]) built with the host's
+/// `cc -static`, or `None` (with the reason printed) if that cannot make one here.
+pub fn static_hello() -> Option<Vec<u8>> {
+    let src = tempfile::tempdir().expect("tempdir");
+    let c = src.path().join("hello.c");
+    std::fs::write(
+        &c,
+        b"#include <stdio.h>\nint main(void){size_t n=0;int ch;while((ch=getchar())!=EOF)n++;\nfprintf(stderr,\"binary log\\n\");printf(\"{\\\"binary\\\":true,\\\"input_bytes\\\":%zu}\\n\",n);return 0;}\n",
+    )
+    .expect("write hello.c");
+    let exe = src.path().join("hello");
+    let built = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&exe)
+        .arg(&c)
+        .output();
+    match built {
+        Ok(b) if b.status.success() => Some(std::fs::read(&exe).expect("read the binary")),
+        Ok(b) => {
+            eprintln!(
+                "no static binary: {}",
+                String::from_utf8_lossy(&b.stderr).trim()
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("no static binary: cannot run cc: {e}");
+            None
+        }
+    }
+}
+
+fn fn_stats(exec: &dyn Executor, f: &TestFunction) -> PoolStats {
+    exec.pool_stats()
+        .into_iter()
+        .find(|s| s.pool.contains(&f.version.function_id))
+        .expect("the function has a pool")
+}
+
+/// A python hello world runs, on a stem cell (no cold start), and its second call reuses
+/// the same instance.
+pub async fn python_hello_world_uses_a_stem_cell(s: &dyn Subject) {
+    let exec = s.executor();
+    s.start();
+    wait_for_stem_cells(exec, "python", 1).await;
+    let f = python(HELLO_PY);
+    let out = call(exec, &f, json!({"name": "sopm"})).await.unwrap();
+    assert_eq!(out.value, json!({"hello": "sopm"}));
+    let c = s.counters();
+    assert_eq!((c.stem_cells_used, c.cold_starts), (1, 0), "{c:?}");
+    call(exec, &f, json!({})).await.unwrap();
+    let c = s.counters();
+    assert_eq!((c.stem_cells_used, c.cold_starts), (1, 0), "{c:?}");
+    let st = fn_stats(exec, &f);
+    assert_eq!((st.started_total, st.idle), (1, 1));
+}
+
+/// A node function with an async handler returns its value and sees its context; its
+/// `console.log` and raw stdout writes are logs; a thrown error is a `function_error`
+/// with a traceback naming the file, and keeps the logs written before it.
+pub async fn node_hello_world_with_async_handler_and_logs(s: &dyn Subject) {
+    let exec = s.executor();
+    let f = function(
+        Runtime::Node,
+        "index.handle",
+        &[(
+            "index.js",
+            b"exports.handle = async (event, context) => {\n  console.log('hi from node');\n  process.stdout.write('raw write\\n');\n  await new Promise(r => setTimeout(r, 5));\n  return { hello: event.name, remaining: context.getRemainingTimeInMillis() > 0 };\n};\n",
+        )],
+    );
+    let out = call(exec, &f, json!({"name": "node"})).await.unwrap();
+    assert_eq!(out.value, json!({"hello": "node", "remaining": true}));
+    let logs = out.logs.unwrap();
+    assert!(logs.contains("hi from node"), "{logs}");
+    assert!(logs.contains("raw write"), "{logs}");
+    let out = call(exec, &f, json!({"name": "again"})).await.unwrap();
+    assert_eq!(out.value["hello"], json!("again"));
+
+    let err = function(
+        Runtime::Node,
+        "index.handle",
+        &[(
+            "index.js",
+            b"exports.handle = () => { console.log('about to fail'); throw new TypeError('bad thing'); };\n",
+        )],
+    );
+    let e = call(exec, &err, json!({})).await.unwrap_err();
+    assert_eq!(e.code(), "function_error");
+    assert!(e.to_string().contains("TypeError: bad thing"), "{e}");
+    let Error::Function {
+        traceback, logs, ..
+    } = e
+    else {
+        unreachable!()
+    };
+    assert!(traceback.unwrap().contains("index.js"));
+    let logs = logs.unwrap_or_default();
+    assert!(
+        logs.contains("about to fail"),
+        "a failed call keeps its logs: {logs}"
+    );
+}
+
+/// A shell function reads its input as JSON on stdin and answers on stdout, its stderr
+/// is logs; a non-zero exit is a `function_error` naming the status and the last stderr.
+pub async fn shell_hello_world_and_failure(s: &dyn Subject) {
+    let exec = s.executor();
+    let f = function(
+        Runtime::Shell,
+        "run.sh",
+        &[(
+            "run.sh",
+            b"#!/bin/sh\nread -r input\necho \"shell says hi\" >&2\nprintf '{\"got\": %s, \"shell\": true}\\n' \"$input\"\n",
+        )],
+    );
+    let out = call(exec, &f, json!({"n": 7})).await.unwrap();
+    assert_eq!(out.value, json!({"got": {"n": 7}, "shell": true}));
+    assert!(out.logs.unwrap().contains("shell says hi"));
+
+    let failing = function(
+        Runtime::Shell,
+        "run.sh",
+        &[(
+            "run.sh",
+            b"echo 'first line' >&2\necho 'it broke here' >&2\nexit 3\n",
+        )],
+    );
+    let e = call(exec, &failing, json!(null)).await.unwrap_err();
+    assert_eq!(e.code(), "function_error");
+    assert!(e.to_string().contains("exit status 3"), "{e}");
+    assert!(e.to_string().contains("it broke here"), "{e}");
+}
+
+/// A static binary ([`Subject::hello_binary`]) reads its input on stdin and answers on
+/// stdout; its stderr is logs.
+pub async fn binary_hello_world(s: &dyn Subject) {
+    let Some(body) = s.hello_binary() else {
+        skip("binary_hello_world", "no static binary can be built here");
+        return;
+    };
+    let f = function(Runtime::Binary, "bin/hello", &[("bin/hello", &body)]);
+    let out = call(s.executor(), &f, json!({"k": "v"})).await.unwrap();
+    assert_eq!(out.value, json!({"binary": true, "input_bytes": 9}));
+    assert!(out.logs.unwrap().contains("binary log"));
+}
+
+/// Megabytes of input with every kind of Unicode (NUL, quotes, emoji sequences) come
+/// back unchanged, and the warm instance then serves a small call.
+pub async fn large_and_unicode_payloads_round_trip(s: &dyn Subject) {
+    let exec = s.executor();
+    let limits = Limits {
+        max_output_bytes: 16 << 20,
+        ..Limits::default()
+    };
+    let f = python_limited("def handle(event, context):\n    return event\n", limits);
+    let text: String = "héllo wörld ✓ 日本語 🦀 \u{0} \"quoted\" \\ \n".repeat(40_000);
+    let input = json!({
+        "text": text,
+        "numbers": (0..20_000).collect::<Vec<u32>>(),
+        "nested": {"a": [{"b": [1.5, -2, null, true]}]},
+        "emoji": "👩‍👩‍👧‍👦",
+    });
+    let out = call(exec, &f, input.clone()).await.unwrap();
+    assert_eq!(out.value, input);
+    // And again on the same warm instance.
+    let out = call(exec, &f, json!("ünïcödé")).await.unwrap();
+    assert_eq!(out.value, json!("ünïcödé"));
+}
+
+/// A raised exception is a `function_error` with the exception as message and a
+/// traceback, and the instance is kept; a syntax error and an output that is not JSON
+/// are `function_error`s too.
+pub async fn function_errors_carry_tracebacks_and_keep_the_instance(s: &dyn Subject) {
+    let exec = s.executor();
+    let f = python(
+        "def helper(x):\n    raise ValueError('no good: %s' % x)\n\ndef handle(event, context):\n    if event.get('fail'):\n        helper(event['fail'])\n    return 'fine'\n",
+    );
+    let e = call(exec, &f, json!({"fail": "abc"})).await.unwrap_err();
+    assert_eq!(e.code(), "function_error");
+    assert_eq!(e.to_string(), "ValueError: no good: abc");
+    let Error::Function { traceback, .. } = e else {
+        unreachable!()
+    };
+    let tb = traceback.unwrap();
+    assert!(tb.contains("main.py") && tb.contains("helper"), "{tb}");
+    assert_eq!(
+        call(exec, &f, json!({})).await.unwrap().value,
+        json!("fine")
+    );
+    assert_eq!(s.counters().replaced, 0);
+
+    let broken = python("def handle(event, context)\n    return 1\n");
+    let e = call(exec, &broken, json!({})).await.unwrap_err();
+    assert_eq!(e.code(), "function_error");
+    assert!(e.to_string().contains("failed to load"), "{e}");
+    assert!(e.to_string().contains("SyntaxError"), "{e}");
+
+    let not_json = python("def handle(event, context):\n    return {1, 2}\n");
+    let e = call(exec, &not_json, json!({})).await.unwrap_err();
+    assert_eq!(e.code(), "function_error");
+    assert!(e.to_string().contains("not JSON"), "{e}");
+}
+
+/// Everything a function writes (print, stderr, raw fds 1 and 2, child processes, a last
+/// line without newline) is captured as that call's logs, never in the output, and never
+/// leaks into the next call's logs.
+pub async fn logs_are_captured_and_kept_out_of_the_output(s: &dyn Subject) {
+    let exec = s.executor();
+    let f = python(concat!(
+        "import os, sys, subprocess\n",
+        "def handle(event, context):\n",
+        "    print('via print')\n",
+        "    print('via stderr', file=sys.stderr)\n",
+        "    os.write(1, b'via fd 1\\n')\n",
+        "    os.write(2, b'via fd 2\\n')\n",
+        "    subprocess.run(['/bin/sh', '-c', 'echo from a child; echo child err >&2'])\n",
+        "    sys.stdout.write('no newline at the end')\n",
+        "    return {'n': event['n']}\n",
+    ));
+    for n in 0..3 {
+        let out = call(exec, &f, json!({"n": n})).await.unwrap();
+        assert_eq!(out.value, json!({"n": n}));
+        let logs = out.logs.unwrap();
+        for part in [
+            "via print",
+            "via stderr",
+            "via fd 1",
+            "via fd 2",
+            "from a child",
+            "child err",
+        ] {
+            assert!(logs.contains(part), "missing {part:?} in {logs:?}");
+        }
+        assert!(logs.ends_with("no newline at the end"), "{logs:?}");
+        assert_eq!(
+            logs.matches("via print").count(),
+            1,
+            "logs leak across calls"
+        );
+    }
+}
+
+/// A function spinning or sleeping past its 1 s timeout is a `timeout`, its instance is
+/// replaced, and the executor still serves.
+pub async fn spinning_and_sleeping_past_the_deadline_time_out(s: &dyn Subject) {
+    let exec = s.executor();
+    s.start();
+    wait_for_stem_cells(exec, "python", 1).await;
+    let limits = Limits {
+        timeout_ms: 1_000,
+        ..tight()
+    };
+    let spin = python_limited(
+        "def handle(event, context):\n    while True:\n        pass\n",
+        limits.clone(),
+    );
+    let e = call(exec, &spin, json!({})).await.unwrap_err();
+    assert_eq!(e.code(), "timeout", "{e:?}");
+    let sleep = python_limited(
+        "import time\ndef handle(event, context):\n    time.sleep(30)\n    return 'woke'\n",
+        limits,
+    );
+    let e = call(exec, &sleep, json!({})).await.unwrap_err();
+    assert_eq!(e.code(), "timeout", "{e:?}");
+    assert!(s.counters().replaced >= 2);
+    still_serves(exec).await;
+}
+
+/// Allocating without bound under a 64 MiB limit is `out_of_memory`, and the executor
+/// still serves.
+pub async fn unbounded_allocation_is_out_of_memory(s: &dyn Subject) {
+    let exec = s.executor();
+    let f = python_limited(
+        "def handle(event, context):\n    hoard = []\n    while True:\n        hoard.append(b'x' * (8 << 20))\n",
+        Limits {
+            memory_mb: 64,
+            ..tight()
+        },
+    );
+    let e = call(exec, &f, json!({})).await.unwrap_err();
+    assert_eq!(e.code(), "out_of_memory", "{e:?}");
+    still_serves(exec).await;
+}
+
+/// An output past `max_output_bytes` is `output_too_large`, and the instance is kept for
+/// the next call.
+pub async fn output_too_large_is_reported_and_the_instance_kept(s: &dyn Subject) {
+    let exec = s.executor();
+    let limits = Limits {
+        max_output_bytes: 1000,
+        ..Limits::default()
+    };
+    let f = python_limited(
+        "def handle(event, context):\n    return 'x' * event['n']\n",
+        limits,
+    );
+    let e = call(exec, &f, json!({"n": 5000})).await.unwrap_err();
+    assert_eq!(e.code(), "output_too_large");
+    assert_eq!(
+        call(exec, &f, json!({"n": 3})).await.unwrap().value,
+        json!("xxx")
+    );
+    assert_eq!(s.counters().replaced, 0);
+}
+
+/// A function asking for network, on an executor that does not allow it, cannot reach
+/// a port listening on the host's loopback.
+pub async fn no_network_to_the_host(s: &dyn Subject) {
+    let exec = s.executor();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let f = python_limited(
+        "import socket\ndef handle(event, context):\n    try:\n        s = socket.create_connection(('127.0.0.1', event['port']), timeout=1)\n        s.sendall(b'escaped')\n        return 'connected'\n    except OSError as e:\n        return 'refused: ' + type(e).__name__\n",
+        Limits {
+            network: true,
+            ..tight()
+        },
+    );
+    let out = call(exec, &f, json!({"port": port})).await.unwrap().value;
+    assert!(out.as_str().unwrap().starts_with("refused"), "{out}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(listener.accept().is_err(), "the sandbox reached the host");
+}
+
+/// A function cannot read `/etc/shadow`, root's files, or a file in a directory of the
+/// host outside `/tmp` (a stand-in for the server's data directory, made under the
+/// current directory).
+pub async fn secrets_of_the_host_are_not_visible(s: &dyn Subject) {
+    let exec = s.executor();
+    let here = std::env::current_dir().expect("current dir");
+    let data = tempfile::tempdir_in(here).unwrap();
+    std::fs::write(data.path().join("secret.db"), b"TOP SECRET").unwrap();
+    let secret = data.path().join("secret.db");
+    let f = python_limited(
+        concat!(
+            "def attempt(path):\n",
+            "    try:\n",
+            "        with open(path, 'rb') as fh:\n",
+            "            return fh.read(64).decode('latin-1')\n",
+            "    except Exception as e:\n",
+            "        return 'denied: ' + type(e).__name__\n",
+            "def handle(event, context):\n",
+            "    return {p: attempt(p) for p in event['paths']}\n",
+        ),
+        tight(),
+    );
+    let paths = [
+        "/etc/shadow".to_string(),
+        "/root/.bash_history".to_string(),
+        secret.to_string_lossy().into_owned(),
+    ];
+    let out = call(exec, &f, json!({"paths": paths})).await.unwrap().value;
+    for p in &paths {
+        assert!(out[p].as_str().unwrap().starts_with("denied"), "{p}: {out}");
+    }
+    assert!(!out.to_string().contains("TOP SECRET"));
+}
+
+/// Eight concurrent calls of one function all succeed, on 2 or 3 instances (the cap is 3),
+/// which are all idle afterwards.
+pub async fn concurrent_calls_grow_the_pool_up_to_the_cap(s: &dyn Subject) {
+    let exec = s.executor();
+    let f = python(
+        "import os, time\ndef handle(event, context):\n    time.sleep(0.2)\n    return {'i': event['i']}\n",
+    );
+    let calls = (0..8).map(|i| {
+        let f = &f;
+        async move { call_within(exec, f, json!({"i": i}), Duration::from_secs(30)).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.unwrap().value["i"], json!(i));
+    }
+    let st = fn_stats(exec, &f);
+    assert!((2..=3).contains(&st.started_total), "{st:?}");
+    assert_eq!(st.busy, 0);
+    assert_eq!(st.idle, st.started_total);
+}
+
+/// Two functions called in turn never see each other's memory, `/tmp` or code.
+pub async fn two_functions_never_share_an_instance(s: &dyn Subject) {
+    let exec = s.executor();
+    let body = |name: &str| {
+        format!(
+            "import os\nSEEN = []\ndef handle(event, context):\n    SEEN.append('{name}')\n    prev = open('/tmp/owner').read() if os.path.exists('/tmp/owner') else None\n    open('/tmp/owner', 'w').write('{name}')\n    return {{'seen': sorted(set(SEEN)), 'prev': prev, 'files': sorted(os.listdir('/fn'))}}\n"
+        )
+    };
+    let a = function(
+        Runtime::Python,
+        "main.handle",
+        &[("main.py", body("a").as_bytes()), ("a.txt", b"a")],
+    );
+    let b = function(
+        Runtime::Python,
+        "main.handle",
+        &[("main.py", body("b").as_bytes()), ("b.txt", b"b")],
+    );
+    for _ in 0..3 {
+        for (f, name, file) in [(&a, "a", "a.txt"), (&b, "b", "b.txt")] {
+            let out = call(exec, f, json!({})).await.unwrap().value;
+            assert_eq!(out["seen"], json!([name]));
+            assert!(out["prev"].is_null() || out["prev"] == json!(name), "{out}");
+            assert_eq!(out["files"], json!([file, "main.py"]), "{out}");
+        }
+    }
+}
+
+/// An instance that exits mid-call is `sandbox_crashed`, and the next call gets a new
+/// instance.
+pub async fn a_crashed_instance_is_replaced(s: &dyn Subject) {
+    let exec = s.executor();
+    let f = python(
+        "import os\ndef handle(event, context):\n    if event.get('crash'):\n        os._exit(3)\n    return os.getpid()\n",
+    );
+    call(exec, &f, json!({})).await.unwrap();
+    let e = call(exec, &f, json!({"crash": true})).await.unwrap_err();
+    assert_eq!(e.code(), "sandbox_crashed", "{e}");
+    call(exec, &f, json!({})).await.unwrap();
+    let st = fn_stats(exec, &f);
+    assert_eq!((st.replaced_total, st.started_total), (1, 2), "{st:?}");
+}
+
+/// An instance idle past the TTL (200 ms) is stopped, and the function still runs after.
+pub async fn idle_instances_are_reaped(s: &dyn Subject) {
+    let exec = s.executor();
+    let f = python(HELLO_PY);
+    call(exec, &f, json!({})).await.unwrap();
+    let mut reaped = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let st = fn_stats(exec, &f);
+        if st.reaped_total == 1 && st.idle == 0 {
+            reaped = true;
+            break;
+        }
+    }
+    assert!(reaped, "the idle instance was not reaped");
+    let out = call(exec, &f, json!({"name": "back"})).await.unwrap();
+    assert_eq!(out.value["hello"], json!("back"));
+}
+
+/// Runs `future` to completion on a fresh multi-threaded runtime with two workers (what
+/// each test of [`executor_conformance!`](crate::executor_conformance) runs on).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(future)
+}
+
+/// Builds the subject of one behaviour with `factory`; `None` when the factory gave none
+/// or the subject does not run a runtime the behaviour needs (the test is skipped).
+pub async fn subject<S, F, Fut>(needs: Needs, factory: F) -> Option<S>
+where
+    S: Subject,
+    F: FnOnce(Needs) -> Fut,
+    Fut: std::future::Future<Output = Option<S>>,
+{
+    let test = needs.test;
+    let runtimes = needs.runtimes;
+    let subject = factory(needs).await?;
+    if let Some(r) = runtimes.iter().find(|r| !subject.runtimes().contains(r)) {
+        eprintln!(
+            "skipping {test}: the {} executor does not run {r:?} functions",
+            subject.executor().name()
+        );
+        subject.finish().await;
+        return None;
+    }
+    Some(subject)
+}
+
+/// Expands to a module `executor_conformance` with one `#[test]` per behaviour of
+/// [`sopm_core::conformance::executor`](crate::conformance::executor), each running on
+/// its own runtime ([`block_on`]).
+///
+/// `$factory` is an async function (or closure) from [`Needs`] to `Option<S>` where
+/// `S: Subject`, in scope where the macro is called. It returns `None`, after calling
+/// [`skip`] with the reason, when the host lacks what the backend needs. After a
+/// behaviour passes, the test calls [`Subject::finish`].
+#[macro_export]
+macro_rules! executor_conformance {
+    ($factory:expr $(,)?) => {
+        /// The executor conformance suite (`sopm_core::conformance::executor`).
+        mod executor_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $crate::__executor_conformance_tests!(
+                ($factory)
+                python_hello_world_uses_a_stem_cell
+                node_hello_world_with_async_handler_and_logs
+                shell_hello_world_and_failure
+                binary_hello_world
+                large_and_unicode_payloads_round_trip
+                function_errors_carry_tracebacks_and_keep_the_instance
+                logs_are_captured_and_kept_out_of_the_output
+                spinning_and_sleeping_past_the_deadline_time_out
+                unbounded_allocation_is_out_of_memory
+                output_too_large_is_reported_and_the_instance_kept
+                no_network_to_the_host
+                secrets_of_the_host_are_not_visible
+                concurrent_calls_grow_the_pool_up_to_the_cap
+                two_functions_never_share_an_instance
+                a_crashed_instance_is_replaced
+                idle_instances_are_reaped
+            );
+        }
+    };
+}
+
+/// One `#[test]` per behaviour name; the implementation of
+/// [`executor_conformance!`](crate::executor_conformance).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __executor_conformance_tests {
+    (($factory:expr) $($name:ident)*) => {
+        $(
+            #[test]
+            fn $name() {
+                use $crate::conformance::executor as suite;
+                suite::block_on(async {
+                    let Some(subject) =
+                        suite::subject(suite::needs::$name(), $factory).await
+                    else {
+                        return;
+                    };
+                    suite::$name(&subject).await;
+                    suite::Subject::finish(&subject).await;
+                });
+            }
+        )*
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Output;
+
+    /// An executor that answers every call with its input and the files of the
+    /// function's artifact, and reports one stem cell per call made.
+    #[derive(Debug, Default)]
+    struct Echo {
+        calls: std::sync::atomic::AtomicU64,
+    }
+
+    #[async_trait]
+    impl Executor for Echo {
+        fn name(&self) -> &str {
+            "echo"
+        }
+        async fn invoke(&self, inv: Invocation) -> Result<Output> {
+            self.calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Target::User(v) = &inv.target else {
+                return Err(Error::invalid("a user function only"));
+            };
+            let Some(Artifact::Directory { path }) = &v.artifact else {
+                return Err(Error::invalid("a directory artifact only"));
+            };
+            let mut files: Vec<String> = std::fs::read_dir(path)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            files.sort();
+            let left = inv.deadline.saturating_duration_since(Instant::now());
+            Ok(Output {
+                value: json!({"input": *inv.input, "files": files, "left_ms": left.as_millis() as u64}),
+                logs: None,
+            })
+        }
+        fn pool_stats(&self) -> Vec<PoolStats> {
+            vec![PoolStats {
+                pool: "echo/stem/python".into(),
+                stem_cells: self.calls.load(std::sync::atomic::Ordering::Relaxed),
+                ..PoolStats::default()
+            }]
+        }
+    }
+
+    struct EchoSubject(Echo, &'static [Runtime]);
+
+    impl Subject for EchoSubject {
+        fn executor(&self) -> &dyn Executor {
+            &self.0
+        }
+        fn start(&self) {}
+        fn counters(&self) -> SandboxCounters {
+            SandboxCounters::default()
+        }
+        fn runtimes(&self) -> &[Runtime] {
+            self.1
+        }
+    }
+
+    #[tokio::test]
+    async fn a_test_function_is_a_ready_directory_artifact_of_its_files() {
+        let f = function_with(
+            Runtime::Shell,
+            "bin/run.sh",
+            &[("bin/run.sh", b"echo hi"), ("data/x.json", b"{}")],
+            tight(),
+        );
+        assert_eq!(f.version.status, BuildStatus::Ready);
+        assert_eq!(f.version.runtime, Runtime::Shell);
+        assert_eq!(f.version.limits, tight());
+        assert_eq!(
+            std::fs::read(f.dir.path().join("bin/run.sh")).unwrap(),
+            b"echo hi"
+        );
+        let Some(Artifact::Directory { path }) = &f.version.artifact else {
+            panic!("not a directory artifact: {:?}", f.version.artifact);
+        };
+        assert_eq!(Path::new(path), f.dir.path());
+        assert_ne!(python(HELLO_PY).version.function_id, f.version.function_id);
+    }
+
+    #[tokio::test]
+    async fn call_sends_the_input_with_the_functions_timeout_as_deadline() {
+        let exec = Echo::default();
+        let f = python_limited(HELLO_PY, tight());
+        let out = call(&exec, &f, json!({"x": 1})).await.unwrap().value;
+        assert_eq!(out["input"], json!({"x": 1}));
+        assert_eq!(out["files"], json!(["main.py"]));
+        let left = out["left_ms"].as_u64().unwrap();
+        assert!(left <= tight().timeout_ms && left > 0, "{out}");
+    }
+
+    #[tokio::test]
+    async fn waiting_for_stem_cells_reads_the_stem_pool_of_the_runner() {
+        let exec = Echo::default();
+        call(&exec, &python(HELLO_PY), json!({})).await.unwrap();
+        wait_for_stem_cells(&exec, "python", 1).await;
+    }
+
+    #[tokio::test]
+    async fn a_subject_without_a_needed_runtime_is_skipped() {
+        let needs = needs::node_hello_world_with_async_handler_and_logs();
+        let python_only = subject(needs.clone(), |_| async {
+            Some(EchoSubject(Echo::default(), &[Runtime::Python]))
+        })
+        .await;
+        assert!(python_only.is_none());
+        let all = subject(needs, |n| async move {
+            assert_eq!(n.test, "node_hello_world_with_async_handler_and_logs");
+            Some(EchoSubject(Echo::default(), ALL_RUNTIMES))
+        })
+        .await;
+        assert!(all.is_some());
+    }
+
+    #[test]
+    fn each_behaviour_names_its_own_needs() {
+        macro_rules! named {
+            ($($name:ident)*) => {
+                $(assert_eq!(needs::$name().test, stringify!($name));)*
+            };
+        }
+        named!(
+            python_hello_world_uses_a_stem_cell
+            node_hello_world_with_async_handler_and_logs
+            shell_hello_world_and_failure
+            binary_hello_world
+            large_and_unicode_payloads_round_trip
+            function_errors_carry_tracebacks_and_keep_the_instance
+            logs_are_captured_and_kept_out_of_the_output
+            spinning_and_sleeping_past_the_deadline_time_out
+            unbounded_allocation_is_out_of_memory
+            output_too_large_is_reported_and_the_instance_kept
+            no_network_to_the_host
+            secrets_of_the_host_are_not_visible
+            concurrent_calls_grow_the_pool_up_to_the_cap
+            two_functions_never_share_an_instance
+            a_crashed_instance_is_replaced
+            idle_instances_are_reaped
+        );
+        assert_eq!(
+            needs::idle_instances_are_reaped().idle_ttl,
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(
+            needs::concurrent_calls_grow_the_pool_up_to_the_cap().max_instances_per_function,
+            Some(3)
+        );
+        assert_eq!(needs::binary_hello_world().runtimes, &[Runtime::Binary]);
+    }
+}

@@ -4,10 +4,10 @@
 //!
 //! Each behaviour is an async function over a [`Subject`] (the executor plus what the
 //! suite reads of its pool) that panics naming the rule that was broken. A backend runs
-//! the whole suite, one `#[test]` per behaviour, with [`executor_conformance!`]
-//! (`crate::executor_conformance`) and a factory that builds a subject for the
-//! [`Needs`] of each behaviour, or returns `None` (after [`skip`]) when the host lacks
-//! what the backend needs:
+//! the whole suite, one `#[test]` per behaviour, with
+//! [`executor_conformance!`](crate::executor_conformance) and a factory that builds a
+//! subject for the [`Needs`] of each behaviour, or returns `None` (after [`skip`]) when
+//! the host lacks what the backend needs:
 //!
 //! ```no_run
 //! use sopm_core::conformance::executor::{skip, Needs, SandboxCounters, Subject};

@@ -2301,10 +2301,10 @@ pub async fn registry_unfinished_builds(registry: &dyn Registry) {
     );
 }
 
-/// [`KeyStore`]: a created key resolves to its tenant until revoked; secrets have the
-/// documented shape and stay out of records and `Debug`; listing and revoking are
-/// scoped to the tenant (another tenant's key is `not_found`); unknown and malformed
-/// secrets resolve to nothing.
+/// [`KeyStore`](crate::KeyStore): a created key resolves to its tenant until revoked;
+/// secrets have the documented shape and stay out of records and `Debug`; listing and
+/// revoking are scoped to the tenant (another tenant's key is `not_found`); unknown and
+/// malformed secrets resolve to nothing.
 pub async fn key_store_suite(keys: &dyn crate::keys::KeyStore) {
     use crate::keys::looks_like_secret;
     let alice = unique_tenant("alice");

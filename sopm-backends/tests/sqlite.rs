@@ -324,6 +324,7 @@ async fn everything_survives_a_reopen() {
             limits: Default::default(),
             env: Default::default(),
             source_digest: "d".into(),
+            executor: None,
         })
         .await
         .unwrap();
@@ -824,6 +825,7 @@ async fn a_failing_registry_write_does_not_undo_the_writes_batched_with_it() {
             limits: Default::default(),
             env: Default::default(),
             source_digest: "d".into(),
+            executor: None,
         })
         .await
         .unwrap();

@@ -1296,6 +1296,7 @@ async fn builds_a_stopped_server_left_running_become_failed() {
             limits: Default::default(),
             env: BTreeMap::new(),
             source_digest: "x".into(),
+            executor: None,
         })
         .await
         .unwrap();

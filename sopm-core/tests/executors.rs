@@ -406,8 +406,8 @@ async fn deletion_retires_and_removes_in_each_versions_backend() {
     let removed = p.delete_function(&t, "f").await.unwrap();
     assert_eq!(removed.versions.len(), 2);
     let id = v1.function_id.clone();
-    assert_eq!(*backends.executors["a"].retired.lock(), [id.clone()]);
-    assert_eq!(*backends.executors["c"].retired.lock(), [id]);
+    assert_eq!(*backends.executors["a"].retired.lock(), [id.as_str()]);
+    assert_eq!(*backends.executors["c"].retired.lock(), [id.as_str()]);
     assert!(backends.executors["b"].retired.lock().is_empty());
     assert_eq!(
         *backends.builders["a"].removed.lock(),

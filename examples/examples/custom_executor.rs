@@ -61,6 +61,7 @@ async fn main() -> Result<()> {
             limits: Limits::default(),
             env: BTreeMap::new(),
             source_digest: "example".into(),
+            executor: None,
         })
         .await?;
     platform

@@ -61,6 +61,7 @@ async fn exercise(registry: Arc<dyn Registry>, store: Arc<dyn JobStore>) {
             limits: Limits::default(),
             env: BTreeMap::new(),
             source_digest: "d".into(),
+            executor: None,
         })
         .await
         .unwrap();

@@ -89,6 +89,7 @@ fn version(function_id: &str, v: u32, runtime: Runtime, handler: &str) -> Functi
         limits: Limits::default(),
         env: BTreeMap::new(),
         source_digest: "test".to_string(),
+        executor: None,
         status: BuildStatus::Building,
         build_log: String::new(),
         artifact: None,

@@ -166,7 +166,7 @@ async fn open_creates_directories_and_a_wal_database() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2, "the schema version is recorded in user_version");
+    assert_eq!(version, 3, "the schema version is recorded in user_version");
     let plan: String = conn
         .query_row(
             "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_ms, rowid",
@@ -199,7 +199,8 @@ async fn a_version_1_database_is_migrated_and_its_jobs_found_by_function() {
     // Take the file back to schema 1, with one user-function job written by it.
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP INDEX jobs_by_function; ALTER TABLE jobs DROP COLUMN function_id;
+        "ALTER TABLE versions DROP COLUMN executor;
+         DROP INDEX jobs_by_function; ALTER TABLE jobs DROP COLUMN function_id;
          DROP TABLE api_keys; PRAGMA user_version = 1;",
     )
     .unwrap();
@@ -238,6 +239,66 @@ async fn a_version_1_database_is_migrated_and_its_jobs_found_by_function() {
             .unwrap(),
         Some(tenant)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_database_is_migrated_and_its_versions_load_without_an_executor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.db");
+    open(dir.path(), "v2.db").close().await.unwrap();
+    // Take the file back to schema 2, with one version written by it.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE versions DROP COLUMN executor; PRAGMA user_version = 2;
+         INSERT INTO functions (id, tenant, name, created_ms) VALUES ('fn_old', 'old', 'older', 1);
+         INSERT INTO versions (function_id, version, runtime, handler, limits, env, digest,
+                               status, build_log, artifact, created_ms)
+         VALUES ('fn_old', 1, 'python', 'main.handle', '{}', '{}', 'd', 'ready', 'built\n',
+                 '{\"kind\":\"directory\",\"path\":\"/a/fn_old/v1\"}', 1);",
+    )
+    .unwrap();
+    drop(conn);
+
+    let tenant = TenantId::new("old").unwrap();
+    let store = open(dir.path(), "v2.db");
+    let rec = Registry::get(&store, &tenant, "fn_old").await.unwrap();
+    assert_eq!(rec.versions.len(), 1);
+    assert_eq!(
+        rec.versions[0].executor, None,
+        "recorded before executors had names"
+    );
+    assert_eq!(rec.versions[0].build_log, "built\n");
+    assert_eq!(
+        rec.versions[0].artifact,
+        Some(sopm_core::Artifact::Directory {
+            path: "/a/fn_old/v1".into()
+        })
+    );
+    // The migrated table takes versions with an executor.
+    let v = store
+        .create_version(sopm_core::NewVersion {
+            tenant: tenant.clone(),
+            name: "older".into(),
+            runtime: sopm_core::Runtime::Python,
+            handler: "main.handle".into(),
+            limits: Default::default(),
+            env: Default::default(),
+            source_digest: "e".into(),
+            executor: Some("gvisor".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!((v.function_id.as_str(), v.version), ("fn_old", 2));
+    store.close().await.unwrap();
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
+    let store = open(dir.path(), "v2.db");
+    let rec = Registry::get(&store, &tenant, "fn_old").await.unwrap();
+    let executors: Vec<Option<&str>> = rec.versions.iter().map(|v| v.executor.as_deref()).collect();
+    assert_eq!(executors, [None, Some("gvisor")]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,6 +385,7 @@ async fn everything_survives_a_reopen() {
             limits: Default::default(),
             env: Default::default(),
             source_digest: "d".into(),
+            executor: Some("docker-runsc".into()),
         })
         .await
         .unwrap();
@@ -344,6 +406,12 @@ async fn everything_survives_a_reopen() {
         .await
         .unwrap();
     assert_eq!(rec.versions[0].build_log, "ok\n");
+    assert_eq!(rec.versions[0].executor.as_deref(), Some("docker-runsc"));
+    assert_eq!(rec.versions[0], {
+        let mut expected = v.clone();
+        expected.build_log = "ok\n".into();
+        expected
+    });
     assert_eq!(
         JobStore::get(&store, &done.id).await.unwrap(),
         Some(done),
@@ -824,6 +892,7 @@ async fn a_failing_registry_write_does_not_undo_the_writes_batched_with_it() {
             limits: Default::default(),
             env: Default::default(),
             source_digest: "d".into(),
+            executor: None,
         })
         .await
         .unwrap();

@@ -33,15 +33,15 @@ use crate::types::{
     truncate_for_message, FunctionRef, Job, JobId, Limits, Output, Runtime, Target, TenantId,
 };
 
-/// Resolves built-ins by name and user functions through the registry, with one
-/// executor per runtime.
+/// Resolves built-ins by name and user functions through the registry; a user
+/// function's version runs in the executor recorded on it (else its runtime's default).
 #[derive(Debug)]
 pub struct StandardRouter {
     builtin: Option<Arc<dyn Executor>>,
     builtin_names: FxHashMap<Box<str>, Arc<str>>,
     builtin_timeout: Duration,
     registry: Arc<dyn Registry>,
-    executors: HashMap<Runtime, Arc<dyn Executor>>,
+    sandboxes: Arc<Sandboxes>,
 }
 
 #[async_trait]
@@ -97,12 +97,7 @@ impl Router for StandardRouter {
                         )))
                     }
                 }
-                let exec = self.executors.get(&v.runtime).ok_or_else(|| {
-                    Error::Unavailable(format!(
-                        "no executor is configured for the {} runtime",
-                        v.runtime.as_str()
-                    ))
-                })?;
+                let exec = self.sandboxes.executor_of(v)?;
                 Ok(Route {
                     executor: exec.clone(),
                     timeout: Duration::from_millis(v.limits.timeout_ms),
@@ -124,8 +119,12 @@ pub struct PlatformBuilder {
     builtin_timeout: Option<Duration>,
     registry: Option<Arc<dyn Registry>>,
     store: Option<Arc<dyn JobStore>>,
-    executors: HashMap<Runtime, Arc<dyn Executor>>,
+    sandboxes: BTreeMap<String, Sandbox>,
+    runtime_executors: HashMap<Runtime, String>,
+    function_executors: BTreeMap<String, String>,
     builders: HashMap<Runtime, Arc<dyn Builder>>,
+    /// Names that two different executors were registered under (refused by `build`).
+    clashes: Vec<String>,
     limit_caps: Option<Limits>,
     max_concurrent_builds: Option<usize>,
     scheduler_config: LocalSchedulerConfig,
@@ -174,13 +173,72 @@ impl PlatformBuilder {
         self
     }
 
-    /// The executor for user functions of one runtime.
-    pub fn with_executor(mut self, runtime: Runtime, executor: Arc<dyn Executor>) -> Self {
-        self.executors.insert(runtime, executor);
+    /// Registers a named sandbox backend: the executor that runs user functions in it
+    /// and the builder whose artifacts that executor runs. Uploads choose a backend by
+    /// this name (see [`Platform::upload`]); registering a name again replaces it.
+    pub fn with_sandbox(
+        mut self,
+        name: impl Into<String>,
+        executor: Arc<dyn Executor>,
+        builder: Arc<dyn Builder>,
+    ) -> Self {
+        self.sandboxes.insert(
+            name.into(),
+            Sandbox {
+                executor,
+                builder: Some(builder),
+            },
+        );
         self
     }
 
-    /// The builder of user functions of one runtime.
+    /// Makes the backend registered as `name` the default of one runtime: versions of
+    /// that runtime that neither ask for a backend nor match a function rule are
+    /// built and run there.
+    pub fn with_runtime_executor(mut self, runtime: Runtime, name: impl Into<String>) -> Self {
+        self.runtime_executors.insert(runtime, name.into());
+        self
+    }
+
+    /// An operator rule: functions named `function_name` (of any tenant) are built and
+    /// run in the backend registered as `name`, unless an upload asks for another.
+    pub fn with_function_executor(
+        mut self,
+        function_name: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Self {
+        self.function_executors
+            .insert(function_name.into(), name.into());
+        self
+    }
+
+    /// The executor for user functions of one runtime: registers it as a backend
+    /// named after [`Executor::name`] (with no builder of its own: uploads use the
+    /// runtime's [`with_builder`](Self::with_builder)) and makes it the runtime's
+    /// default.
+    pub fn with_executor(mut self, runtime: Runtime, executor: Arc<dyn Executor>) -> Self {
+        let name = executor.name().to_string();
+        match self.sandboxes.get(&name) {
+            Some(known) if !Arc::ptr_eq(&known.executor, &executor) => {
+                self.clashes.push(name.clone());
+            }
+            Some(_) => {}
+            None => {
+                self.sandboxes.insert(
+                    name.clone(),
+                    Sandbox {
+                        executor,
+                        builder: None,
+                    },
+                );
+            }
+        }
+        self.runtime_executors.insert(runtime, name);
+        self
+    }
+
+    /// The builder of user functions of one runtime, used when the backend a version
+    /// runs in has no builder of its own (or when the runtime has no executor).
     pub fn with_builder(mut self, runtime: Runtime, builder: Arc<dyn Builder>) -> Self {
         self.builders.insert(runtime, builder);
         self
@@ -223,9 +281,20 @@ impl PlatformBuilder {
         if self.max_concurrent_builds == Some(0) {
             return Err(Error::invalid("max_concurrent_builds must be at least 1"));
         }
-        if self.builders.contains_key(&Runtime::Builtin) {
-            return Err(Error::invalid("built-in functions have no builder"));
+        if self.builders.contains_key(&Runtime::Builtin)
+            || self.runtime_executors.contains_key(&Runtime::Builtin)
+        {
+            return Err(Error::invalid(
+                "built-in functions have no builder or sandbox executor",
+            ));
         }
+        let sandboxes = Arc::new(Sandboxes::new(
+            self.sandboxes,
+            self.runtime_executors,
+            self.function_executors,
+            self.builders,
+            &self.clashes,
+        )?);
         let registry = self
             .registry
             .unwrap_or_else(|| Arc::new(MemoryRegistry::new()));
@@ -245,14 +314,13 @@ impl PlatformBuilder {
         if let Some(b) = &self.builtins {
             all_executors.push(b.clone());
         }
-        for e in self.executors.values() {
-            if !all_executors.iter().any(|x| Arc::ptr_eq(x, e)) {
-                all_executors.push(e.clone());
+        for s in sandboxes.named.values() {
+            if !all_executors.iter().any(|x| Arc::ptr_eq(x, &s.executor)) {
+                all_executors.push(s.executor.clone());
             }
         }
         let user = Arc::new(UserFunctions {
-            builders: self.builders,
-            executors: self.executors.clone(),
+            sandboxes: sandboxes.clone(),
             caps: self.limit_caps.unwrap_or_else(default_limit_caps),
             build_slots: Arc::new(Semaphore::new(self.max_concurrent_builds.unwrap_or(2))),
         });
@@ -261,7 +329,7 @@ impl PlatformBuilder {
             builtin_names,
             builtin_timeout: self.builtin_timeout.unwrap_or(Duration::from_secs(30)),
             registry: registry.clone(),
-            executors: self.executors,
+            sandboxes,
         });
         let scheduler = match self.scheduler {
             Some(SchedulerFactory(make)) => make(router.clone(), store.clone()),
@@ -312,6 +380,9 @@ pub struct UploadSpec {
     pub limits: Limits,
     /// Environment variables given to it.
     pub env: BTreeMap<String, String>,
+    /// The executor backend the client asks for, by name; `None` leaves the choice to
+    /// the operator's function rule, else the runtime's default.
+    pub executor: Option<String>,
 }
 
 /// Longest handler accepted, in bytes.
@@ -325,11 +396,160 @@ const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// A build log buffer this large is written at once.
 const LOG_FLUSH_BYTES: usize = 16 * 1024;
 
+/// A named sandbox backend: the executor that runs user functions in it and the
+/// builder of the artifacts it runs (`None` for a backend registered through
+/// [`PlatformBuilder::with_executor`], whose runtime's builder builds for it).
+#[derive(Debug, Clone)]
+struct Sandbox {
+    executor: Arc<dyn Executor>,
+    builder: Option<Arc<dyn Builder>>,
+}
+
+/// The sandbox backends by name, and the rules that pick one for a version.
+#[derive(Debug)]
+struct Sandboxes {
+    named: BTreeMap<String, Sandbox>,
+    by_runtime: HashMap<Runtime, String>,
+    by_function: BTreeMap<String, String>,
+    runtime_builders: HashMap<Runtime, Arc<dyn Builder>>,
+}
+
+/// Longest backend name accepted, in bytes.
+const MAX_SANDBOX_NAME_BYTES: usize = 64;
+
+impl Sandboxes {
+    /// Checks that every name is well formed and every rule names a registered backend.
+    fn new(
+        named: BTreeMap<String, Sandbox>,
+        by_runtime: HashMap<Runtime, String>,
+        by_function: BTreeMap<String, String>,
+        runtime_builders: HashMap<Runtime, Arc<dyn Builder>>,
+        clashes: &[String],
+    ) -> Result<Self> {
+        if let Some(name) = clashes.first() {
+            return Err(Error::invalid(format!(
+                "two different executors are registered as '{name}'; register each under its own name (with_sandbox)"
+            )));
+        }
+        for name in named.keys() {
+            let ok = !name.is_empty()
+                && name.len() <= MAX_SANDBOX_NAME_BYTES
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !ok {
+                return Err(Error::invalid(format!(
+                    "executor name '{}': expected 1 to {MAX_SANDBOX_NAME_BYTES} characters of letters, digits, '_', '-', '.'",
+                    truncate_for_message(name)
+                )));
+            }
+        }
+        let sandboxes = Sandboxes {
+            named,
+            by_runtime,
+            by_function,
+            runtime_builders,
+        };
+        let mut runtimes: Vec<_> = sandboxes.by_runtime.iter().collect();
+        runtimes.sort_by_key(|(r, _)| r.as_str());
+        for (runtime, name) in runtimes {
+            if !sandboxes.named.contains_key(name) {
+                return Err(Error::invalid(format!(
+                    "the {} runtime's executor '{}' is not registered; {}",
+                    runtime.as_str(),
+                    truncate_for_message(name),
+                    sandboxes.available()
+                )));
+            }
+        }
+        for (function, name) in &sandboxes.by_function {
+            validate_function_name(function).map_err(|e| {
+                Error::invalid(format!(
+                    "executor rule for '{}': {e}",
+                    truncate_for_message(function)
+                ))
+            })?;
+            if !sandboxes.named.contains_key(name) {
+                return Err(Error::invalid(format!(
+                    "the executor '{}' of functions named '{function}' is not registered; {}",
+                    truncate_for_message(name),
+                    sandboxes.available()
+                )));
+            }
+        }
+        Ok(sandboxes)
+    }
+
+    /// "available: a, b" (or "none is available"), for error messages.
+    fn available(&self) -> String {
+        if self.named.is_empty() {
+            "no executor is available".to_string()
+        } else {
+            let names: Vec<&str> = self.named.keys().map(String::as_str).collect();
+            format!("available: {}", names.join(", "))
+        }
+    }
+
+    /// The backend an upload goes to: the client's ask, else the operator's rule for
+    /// the function's name, else the runtime's default; `None` when none applies. An
+    /// ask for a backend that is not registered is `invalid_input`.
+    fn choose(&self, spec: &UploadSpec) -> Result<Option<&str>> {
+        if let Some(ask) = &spec.executor {
+            return match self.named.get_key_value(ask.as_str()) {
+                Some((name, _)) => Ok(Some(name.as_str())),
+                None => Err(Error::invalid(format!(
+                    "executor: '{}' is not available on this server; {}",
+                    truncate_for_message(ask),
+                    self.available()
+                ))),
+            };
+        }
+        Ok(self
+            .by_function
+            .get(&spec.name)
+            .or_else(|| self.by_runtime.get(&spec.runtime))
+            .map(String::as_str))
+    }
+
+    /// The name of the backend a version runs in: the one recorded on it, else its
+    /// runtime's default.
+    fn name_of<'a>(&'a self, v: &'a FunctionVersion) -> Option<&'a str> {
+        v.executor
+            .as_deref()
+            .or_else(|| self.by_runtime.get(&v.runtime).map(String::as_str))
+    }
+
+    /// The executor of a version (see [`name_of`](Self::name_of)).
+    fn executor_of(&self, v: &FunctionVersion) -> Result<&Arc<dyn Executor>> {
+        match self.name_of(v) {
+            Some(name) => self.named.get(name).map(|s| &s.executor).ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "version {} of '{}' runs in the '{}' executor, which is not configured on this server",
+                    v.version,
+                    v.function_id,
+                    truncate_for_message(name)
+                ))
+            }),
+            None => Err(Error::Unavailable(format!(
+                "no executor is configured for the {} runtime",
+                v.runtime.as_str()
+            ))),
+        }
+    }
+
+    /// The builder for a version of `runtime` that runs in the backend `name`: that
+    /// backend's own, else the runtime's.
+    fn builder(&self, runtime: Runtime, name: Option<&str>) -> Option<&Arc<dyn Builder>> {
+        name.and_then(|n| self.named.get(n))
+            .and_then(|s| s.builder.as_ref())
+            .or_else(|| self.runtime_builders.get(&runtime))
+    }
+}
+
 /// Builders, user-function executors and upload policy.
 #[derive(Debug)]
 struct UserFunctions {
-    builders: HashMap<Runtime, Arc<dyn Builder>>,
-    executors: HashMap<Runtime, Arc<dyn Executor>>,
+    sandboxes: Arc<Sandboxes>,
     caps: Limits,
     build_slots: Arc<Semaphore>,
 }
@@ -355,12 +575,6 @@ impl UserFunctions {
         check_env(&spec.env)?;
         if source.files.is_empty() {
             return Err(Error::invalid("the upload has no files"));
-        }
-        if !self.builders.contains_key(&spec.runtime) {
-            return Err(Error::Unavailable(format!(
-                "no builder is configured for the {} runtime",
-                spec.runtime.as_str()
-            )));
         }
         Ok(())
     }
@@ -734,6 +948,13 @@ impl Platform {
     /// Uploads a user function: checks the spec, records a new version as `building`
     /// and answers it at once; the build runs in the background (a few at a time) and
     /// ends `ready` or `failed` with its log in the registry.
+    ///
+    /// The version's executor backend is chosen here and recorded on it: the one the
+    /// spec asks for, else the operator's rule for the function's name
+    /// ([`PlatformBuilder::with_function_executor`]), else the runtime's default. That
+    /// backend's builder builds it and its executor runs it from then on, whatever the
+    /// defaults become. Asking for a backend that is not registered is
+    /// `invalid_input`, with the names that are.
     pub async fn upload(
         &self,
         tenant: &TenantId,
@@ -741,8 +962,26 @@ impl Platform {
         source: Source,
     ) -> Result<FunctionVersion> {
         self.user.check(&spec, &source)?;
-        let builder = self.user.builders[&spec.runtime].clone();
-        let executor = self.user.executors.get(&spec.runtime).cloned();
+        let sandboxes = &self.user.sandboxes;
+        let chosen = sandboxes.choose(&spec)?;
+        let builder = sandboxes
+            .builder(spec.runtime, chosen)
+            .ok_or_else(|| {
+                Error::Unavailable(match chosen {
+                    Some(name) => format!(
+                        "no builder is configured for the {} runtime in the '{name}' executor",
+                        spec.runtime.as_str()
+                    ),
+                    None => format!(
+                        "no builder is configured for the {} runtime",
+                        spec.runtime.as_str()
+                    ),
+                })
+            })?
+            .clone();
+        let executor = chosen
+            .and_then(|name| sandboxes.named.get(name))
+            .map(|s| s.executor.clone());
         let version = self
             .registry
             .create_version(NewVersion {
@@ -753,6 +992,7 @@ impl Platform {
                 limits: spec.limits,
                 env: spec.env,
                 source_digest: source_digest(&source),
+                executor: chosen.map(str::to_string),
             })
             .await?;
         let registry = self.registry.clone();
@@ -814,8 +1054,12 @@ impl Platform {
     ) -> Result<FunctionRecord> {
         let record = self.function(tenant, id_or_name).await?;
         let removed = self.registry.delete(tenant, &record.id).await?;
+        let sandboxes = &self.user.sandboxes;
         let mut retired: Vec<&Arc<dyn Executor>> = Vec::new();
-        for exec in self.user.executors.values() {
+        for v in &removed.versions {
+            let Ok(exec) = sandboxes.executor_of(v) else {
+                continue;
+            };
             if retired.iter().any(|e| Arc::ptr_eq(e, exec)) {
                 continue;
             }
@@ -826,8 +1070,8 @@ impl Platform {
             }
         }
         for v in &removed.versions {
-            let (Some(artifact), Some(builder)) = (&v.artifact, self.user.builders.get(&v.runtime))
-            else {
+            let builder = sandboxes.builder(v.runtime, sandboxes.name_of(v));
+            let (Some(artifact), Some(builder)) = (&v.artifact, builder) else {
                 continue;
             };
             if let Err(e) = builder.remove(artifact).await {
@@ -850,15 +1094,54 @@ impl Platform {
         self.store.recent(tenant, &record.id, limit).await
     }
 
-    /// The name of the executor that runs user functions of `runtime`, if one is
-    /// configured.
+    /// The name of the executor backend that runs user functions of `runtime` by
+    /// default, if one is configured.
     pub fn executor_for(&self, runtime: Runtime) -> Option<&str> {
-        self.user.executors.get(&runtime).map(|e| e.name())
+        self.user
+            .sandboxes
+            .by_runtime
+            .get(&runtime)
+            .map(String::as_str)
     }
 
-    /// The name of the builder of user functions of `runtime`, if one is configured.
+    /// The name of the builder of user functions of `runtime` in its default backend,
+    /// if one is configured.
     pub fn builder_for(&self, runtime: Runtime) -> Option<&str> {
-        self.user.builders.get(&runtime).map(|b| b.name())
+        let sandboxes = &self.user.sandboxes;
+        sandboxes
+            .builder(runtime, self.executor_for(runtime))
+            .map(|b| b.name())
+    }
+
+    /// The name of the executor backend a version runs in: the one recorded on it at
+    /// upload, else (a version recorded without one) its runtime's default. The name
+    /// may be one this platform does not configure (see
+    /// [`has_executor`](Self::has_executor)).
+    pub fn executor_of<'a>(&'a self, version: &'a FunctionVersion) -> Option<&'a str> {
+        self.user.sandboxes.name_of(version)
+    }
+
+    /// The name of the builder that builds (and removes) a version's artifact.
+    pub fn builder_of(&self, version: &FunctionVersion) -> Option<&str> {
+        let sandboxes = &self.user.sandboxes;
+        sandboxes
+            .builder(version.runtime, sandboxes.name_of(version))
+            .map(|b| b.name())
+    }
+
+    /// Whether an executor backend is registered under `name`.
+    pub fn has_executor(&self, name: &str) -> bool {
+        self.user.sandboxes.named.contains_key(name)
+    }
+
+    /// The names of the registered executor backends, sorted.
+    pub fn executor_names(&self) -> Vec<&str> {
+        self.user
+            .sandboxes
+            .named
+            .keys()
+            .map(String::as_str)
+            .collect()
     }
 
     /// The operator's caps on upload limits.

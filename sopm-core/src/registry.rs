@@ -79,6 +79,11 @@ pub struct NewVersion {
     pub env: BTreeMap<String, String>,
     /// A digest of the uploaded source.
     pub source_digest: String,
+    /// The named executor backend the version is to run in, if one is chosen
+    /// ([`Platform::upload`](crate::Platform::upload) records the one it resolved from
+    /// the client's ask, the operator's rules and the runtime's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<String>,
 }
 
 impl NewVersion {
@@ -99,6 +104,7 @@ impl NewVersion {
             limits: self.limits,
             env: self.env,
             source_digest: self.source_digest,
+            executor: self.executor,
             status: BuildStatus::Building,
             build_log: String::new(),
             artifact: None,
@@ -128,6 +134,10 @@ pub struct FunctionVersion {
     pub env: BTreeMap<String, String>,
     /// A digest of its source.
     pub source_digest: String,
+    /// The named executor backend it was built for and runs in; `None` for a version
+    /// recorded without one (it runs in its runtime's default executor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<String>,
     /// Build status.
     pub status: BuildStatus,
     /// The build log so far.

@@ -100,6 +100,7 @@ fn spec(name: &str) -> UploadSpec {
         handler: "main.handle".into(),
         limits: Limits::default(),
         env: BTreeMap::new(),
+        executor: None,
     }
 }
 
@@ -274,6 +275,7 @@ async fn recover_fails_the_builds_a_stopped_process_left() {
             limits: Limits::default(),
             env: BTreeMap::new(),
             source_digest: "d".into(),
+            executor: None,
         })
         .await
         .unwrap();

@@ -1,6 +1,7 @@
 //! Server settings: defaults, overridden by a TOML file, then by `SOPM_*`
 //! environment variables and command-line flags (clap reads both).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,6 +30,83 @@ pub enum AuthMode {
     /// OpenAPI document; the key names the tenant. Keys: `sopm keys create`.
     #[value(name = "api_key", alias = "api-key")]
     ApiKey,
+}
+
+/// The sandbox backends user functions may be built for and run in, by name. A
+/// backend is added here and in `server.rs`'s table of the backends this build makes.
+pub const EXECUTOR_NAMES: &[&str] = &["process", "gvisor"];
+
+/// The runtimes of user functions, as `[executors]` names them.
+const RUNTIME_NAMES: [&str; 4] = ["python", "node", "shell", "binary"];
+
+/// `[executors]`: which sandbox backend each user function is built for and runs in.
+/// An upload's own `executor` field comes first, then a rule for its name, then its
+/// runtime's default, then `process`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ExecutorSettings {
+    /// `[executors.functions]`: backend by function name (of any tenant).
+    #[serde(default)]
+    pub functions: BTreeMap<String, String>,
+    /// Backend by runtime (`python`, `node`, `shell`, `binary`): the keys of
+    /// `[executors]` other than `functions`.
+    #[serde(flatten)]
+    pub runtimes: BTreeMap<String, String>,
+}
+
+impl ExecutorSettings {
+    /// Adds one `--executors` / `SOPM_EXECUTORS` item: `RUNTIME=EXECUTOR` or
+    /// `function.NAME=EXECUTOR`.
+    pub fn add(&mut self, item: &str) -> Result<(), String> {
+        let (key, executor) = item.split_once('=').ok_or_else(|| {
+            format!(
+                "--executors: expected RUNTIME=EXECUTOR or function.NAME=EXECUTOR, got '{item}'"
+            )
+        })?;
+        let (key, executor) = (key.trim(), executor.trim().to_string());
+        match key.strip_prefix("function.") {
+            Some(function) => self.functions.insert(function.to_string(), executor),
+            None => self.runtimes.insert(key.to_string(), executor),
+        };
+        Ok(())
+    }
+
+    /// Checks every key and backend name.
+    pub fn validate(&self) -> Result<(), String> {
+        let known = |key: &str, executor: &str| {
+            if EXECUTOR_NAMES.contains(&executor) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "executors.{key}: '{executor}' is not an executor ({})",
+                    EXECUTOR_NAMES.join(", ")
+                ))
+            }
+        };
+        for (runtime, executor) in &self.runtimes {
+            if !RUNTIME_NAMES.contains(&runtime.as_str()) {
+                return Err(format!(
+                    "executors: '{runtime}' is not a runtime ({}) nor the functions table",
+                    RUNTIME_NAMES.join(", ")
+                ));
+            }
+            known(runtime, executor)?;
+        }
+        for (function, executor) in &self.functions {
+            sopm_core::registry::validate_function_name(function).map_err(|e| {
+                format!("executors.functions: '{function}' is not a function name: {e}")
+            })?;
+            known(&format!("functions.{function}"), executor)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a runtime default or a function rule names `executor`.
+    pub fn names(&self, executor: &str) -> bool {
+        self.runtimes
+            .values()
+            .chain(self.functions.values())
+            .any(|e| e == executor)
+    }
 }
 
 /// Every server setting, with its default.
@@ -82,8 +160,9 @@ pub struct ServerConfig {
     /// Largest single file of an upload, uncompressed, in bytes.
     pub max_upload_file_bytes: u64,
     /// The sandbox executor of each user-function runtime (`python`, `node`,
-    /// `shell`, `binary`): `process` (bubblewrap, the default) or `gvisor` (runsc).
-    pub executors: std::collections::BTreeMap<String, String>,
+    /// `shell`, `binary`) and of functions by name (`[executors.functions]`):
+    /// `process` (bubblewrap, the default) or `gvisor` (runsc).
+    pub executors: ExecutorSettings,
 }
 
 impl Default for ServerConfig {
@@ -149,7 +228,8 @@ pub struct ServeArgs {
     /// SQLite synchronous mode, full or normal [default: full].
     #[arg(long, env = "SOPM_SQLITE_SYNCHRONOUS")]
     pub sqlite_synchronous: Option<String>,
-    /// Sandbox per runtime, e.g. `python=gvisor,node=process` [default: process for all].
+    /// Sandbox per runtime and per function name, e.g.
+    /// `python=gvisor,node=process,function.resize=gvisor` [default: process for all].
     #[arg(long, env = "SOPM_EXECUTORS", value_delimiter = ',')]
     pub executors: Option<Vec<String>>,
     /// Worker threads (0: one per core) [default: 0].
@@ -205,12 +285,8 @@ impl ServerConfig {
         if args.allow_unauthenticated {
             c.allow_unauthenticated = true;
         }
-        for pair in args.executors.iter().flatten() {
-            let (runtime, executor) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("--executors: expected runtime=executor, got '{pair}'"))?;
-            c.executors
-                .insert(runtime.trim().to_string(), executor.trim().to_string());
+        for item in args.executors.iter().flatten() {
+            c.executors.add(item)?;
         }
         c.validate()?;
         Ok(c)
@@ -218,18 +294,7 @@ impl ServerConfig {
 
     /// Checks values that would make the server misbehave.
     pub fn validate(&self) -> Result<(), String> {
-        for (runtime, executor) in &self.executors {
-            if !matches!(runtime.as_str(), "python" | "node" | "shell" | "binary") {
-                return Err(format!(
-                    "executors: '{runtime}' is not a runtime (python, node, shell, binary)"
-                ));
-            }
-            if !matches!(executor.as_str(), "process" | "gvisor") {
-                return Err(format!(
-                    "executors.{runtime}: '{executor}' is not an executor (process, gvisor)"
-                ));
-            }
-        }
+        self.executors.validate()?;
         if self.max_concurrency == 0 {
             return Err("max_concurrency must be at least 1".into());
         }
@@ -300,6 +365,58 @@ mod tests {
             ..Default::default()
         };
         assert!(ServerConfig::resolve(&args).is_err());
+    }
+
+    #[test]
+    fn executors_come_by_runtime_and_by_function_from_the_file_and_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sopm.toml");
+        std::fs::write(
+            &file,
+            "[executors]\npython = \"gvisor\"\n\n[executors.functions]\nresize = \"gvisor\"\nthumbs = \"process\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            executors: Some(vec![
+                "node=gvisor".into(),
+                "function.thumbs=gvisor".into(),
+                " function.v1.2 = process ".into(),
+            ]),
+            ..Default::default()
+        };
+        let c = ServerConfig::resolve(&args).unwrap();
+        let pairs = |m: &BTreeMap<String, String>| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            pairs(&c.executors.runtimes),
+            ["node=gvisor", "python=gvisor"]
+        );
+        assert_eq!(
+            pairs(&c.executors.functions),
+            ["resize=gvisor", "thumbs=gvisor", "v1.2=process"],
+            "the flag overrides the file's rule for thumbs"
+        );
+        assert!(c.executors.names("gvisor") && c.executors.names("process"));
+
+        for (bad, says) in [
+            ("function.resize=vm", "'vm' is not an executor"),
+            ("function.../x=gvisor", "not a function name"),
+            ("cobol=process", "'cobol' is not a runtime"),
+            ("python", "expected RUNTIME=EXECUTOR"),
+        ] {
+            let args = ServeArgs {
+                executors: Some(vec![bad.into()]),
+                ..Default::default()
+            };
+            let e = ServerConfig::resolve(&args).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        std::fs::write(&file, "[executors.functions]\nresize = 3\n").unwrap();
+        assert!(ServerConfig::from_file(&file).is_err());
     }
 
     #[test]

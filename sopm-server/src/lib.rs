@@ -13,5 +13,5 @@ pub mod upload;
 pub mod user_functions;
 
 pub use api::{app, ApiConfig, AppState};
-pub use config::{AuthMode, ServerConfig, Storage};
+pub use config::{AuthMode, ExecutorSettings, ServerConfig, Storage};
 pub use upload::UploadLimits;

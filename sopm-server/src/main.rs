@@ -95,6 +95,10 @@ enum FnCommand {
         /// Limits as JSON, e.g. '{"timeout_ms": 5000}'.
         #[arg(long)]
         limits: Option<String>,
+        /// The sandbox executor to build for and run in (process, gvisor, ...)
+        /// [default: the server's choice for this name or runtime].
+        #[arg(long, value_name = "NAME")]
+        executor: Option<String>,
         /// Give up following the build after this many seconds.
         #[arg(long, default_value_t = 900)]
         timeout_s: u64,
@@ -462,6 +466,7 @@ async fn run_fn(cmd: FnCommand) -> Result<ExitCode, String> {
             handler,
             env,
             limits,
+            executor,
             timeout_s,
             client,
         } => {
@@ -474,6 +479,7 @@ async fn run_fn(cmd: FnCommand) -> Result<ExitCode, String> {
                     handler,
                     env,
                     limits,
+                    executor,
                     timeout: Duration::from_secs(timeout_s),
                 },
             )
@@ -641,6 +647,7 @@ struct DeployArgs {
     handler: Option<String>,
     env: Vec<String>,
     limits: Option<String>,
+    executor: Option<String>,
     timeout: Duration,
 }
 
@@ -695,6 +702,9 @@ async fn deploy(client: &ClientArgs, args: DeployArgs) -> Result<ExitCode, Strin
         metadata["limits"] =
             serde_json::from_str(l).map_err(|e| format!("--limits is not valid JSON: {e}"))?;
     }
+    if let Some(executor) = &args.executor {
+        metadata["executor"] = json!(executor);
+    }
     let (content_type, body) =
         sopm_server::pack::multipart_body(&metadata, &packed.archive, "function.tar.gz");
     let http = client.client()?;
@@ -711,7 +721,10 @@ async fn deploy(client: &ClientArgs, args: DeployArgs) -> Result<ExitCode, Strin
     }
     let id = a.body["id"].as_str().unwrap_or_default().to_string();
     let version = a.body["version"].as_u64().unwrap_or(0);
-    eprintln!("sopm: {name} v{version} ({id}): building");
+    match a.body["executor"].as_str() {
+        Some(executor) => eprintln!("sopm: {name} v{version} ({id}): building for {executor}"),
+        None => eprintln!("sopm: {name} v{version} ({id}): building"),
+    }
     let status_path = client.path(
         &format!("/api/user-functions/{id}"),
         &[("version", version.to_string())],

@@ -1,13 +1,11 @@
 //! Runs the server: builds the platform from the settings, recovers unfinished jobs,
 //! serves until SIGTERM or Ctrl-C, then shuts down gracefully.
 
-#[cfg(feature = "process")]
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 #[cfg(feature = "process")]
-use sopm_core::Executor;
+use sopm_core::{Builder, Executor};
 use sopm_core::{
     CachedKeyStore, JobStore, KeyStore, LocalSchedulerConfig, MemoryKeyStore, Platform, Registry,
     Runtime,
@@ -26,10 +24,9 @@ pub struct Services {
     pub keys: Arc<dyn KeyStore>,
     #[cfg(feature = "process")]
     local_builder: Option<Arc<sopm_backends::LocalBuilder>>,
+    /// The sandbox backends whose stem cells boot at start-up.
     #[cfg(feature = "process")]
-    process: Option<sopm_backends::ProcessExecutor>,
-    #[cfg(feature = "gvisor")]
-    gvisor: Option<sopm_backends::GvisorExecutor>,
+    early: Vec<Starter>,
 }
 
 /// The runtimes whose uploads are built into directory artifacts on this machine.
@@ -40,18 +37,45 @@ pub const LOCAL_RUNTIMES: [Runtime; 4] = [
     Runtime::Binary,
 ];
 
-/// Executors by runtime.
+/// Boots a backend's stem cells now instead of on its first use (needs a tokio runtime).
 #[cfg(feature = "process")]
-type Executors = HashMap<Runtime, Arc<dyn Executor>>;
+struct Starter(&'static str, Box<dyn Fn() + Send + Sync>);
 
-/// The sandboxes the server runs user functions in.
 #[cfg(feature = "process")]
-struct Sandboxes {
-    by_runtime: Executors,
-    process: sopm_backends::ProcessExecutor,
-    #[cfg(feature = "gvisor")]
-    gvisor: Option<sopm_backends::GvisorExecutor>,
+impl std::fmt::Debug for Starter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Starter({})", self.0)
+    }
 }
+
+/// One sandbox backend, made: its executor, the builder of the artifacts it runs, and
+/// how to boot it early.
+#[cfg(feature = "process")]
+struct Sandbox {
+    executor: Arc<dyn Executor>,
+    builder: Arc<dyn Builder>,
+    start: Box<dyn Fn() + Send + Sync>,
+}
+
+/// What a backend is made from: the settings, the shared local builder (directory
+/// artifacts), and whether the settings name the backend. `Ok(None)`: this host
+/// cannot offer it and nothing asks for it.
+#[cfg(feature = "process")]
+type MakeSandbox =
+    fn(&ServerConfig, &Arc<sopm_backends::LocalBuilder>, bool) -> Result<Option<Sandbox>, String>;
+
+/// The sandbox backends this build makes, by the name uploads and `[executors]` use
+/// (each name also in [`crate::config::EXECUTOR_NAMES`]).
+#[cfg(feature = "process")]
+const SANDBOXES: &[(&str, MakeSandbox)] = &[
+    ("process", process_sandbox),
+    #[cfg(feature = "gvisor")]
+    ("gvisor", gvisor_sandbox),
+];
+
+/// The backend of runtimes and functions the settings leave unassigned.
+#[cfg(feature = "process")]
+const DEFAULT_SANDBOX: &str = "process";
 
 /// A sandbox's state directory: from its `*_SCRATCH_DIR` variable, else under the
 /// data directory.
@@ -69,55 +93,102 @@ fn scratch_dir(
         .map_err(|e| format!("data directory {}: {e}", c.data_dir.display()))
 }
 
-/// The executors of user functions, by runtime: the process backend (bubblewrap
-/// sandboxes behind a warm pool) unless `[executors]` names `gvisor` for a runtime.
-/// Settings come from `SOPM_*` variables (`ProcessExecutorConfig::from_env`,
-/// `GvisorExecutorConfig::from_env`); state lives under `<data_dir>/sandboxes` and
-/// `<data_dir>/gvisor`. A gVisor executor is made only if a runtime uses it.
+/// The process backend: bubblewrap sandboxes behind a warm pool, settings from
+/// `SOPM_*` variables (`ProcessExecutorConfig::from_env`), state under
+/// `<data_dir>/sandboxes`. Always offered.
 #[cfg(feature = "process")]
-fn user_function_executors(c: &ServerConfig) -> Result<Sandboxes, String> {
+fn process_sandbox(
+    c: &ServerConfig,
+    local: &Arc<sopm_backends::LocalBuilder>,
+    _named: bool,
+) -> Result<Option<Sandbox>, String> {
     let mut config = sopm_backends::ProcessExecutorConfig::from_env().map_err(|e| e.to_string())?;
     if let Some(dir) = scratch_dir(c, "SOPM_SANDBOX_SCRATCH_DIR", "sandboxes")? {
         config = config.with_scratch_dir(dir);
     }
     let process = config.build().map_err(|e| e.to_string())?;
-    let process_shared: Arc<dyn Executor> = Arc::new(process.clone());
-    let wants = |runtime: Runtime| c.executors.get(runtime.as_str()).map(String::as_str);
-    #[cfg(feature = "gvisor")]
-    let gvisor = if LOCAL_RUNTIMES.iter().any(|r| wants(*r) == Some("gvisor")) {
-        let mut config =
-            sopm_backends::GvisorExecutorConfig::from_env().map_err(|e| e.to_string())?;
-        if let Some(dir) = scratch_dir(c, "SOPM_GVISOR_SCRATCH_DIR", "gvisor")? {
-            config = config.with_scratch_dir(dir);
-        }
-        Some(config.build().map_err(|e| e.to_string())?)
-    } else {
-        None
-    };
-    let mut by_runtime = Executors::new();
-    for runtime in LOCAL_RUNTIMES {
-        let executor = match wants(runtime) {
-            None | Some("process") => process_shared.clone(),
-            #[cfg(feature = "gvisor")]
-            Some("gvisor") => match &gvisor {
-                Some(g) => Arc::new(g.clone()) as Arc<dyn Executor>,
-                None => unreachable!("made above when a runtime wants it"),
-            },
-            Some(other) => {
-                return Err(format!(
-                    "executors.{}: '{other}' is not available in this build",
-                    runtime.as_str()
-                ))
-            }
-        };
-        by_runtime.insert(runtime, executor);
+    let started = process.clone();
+    Ok(Some(Sandbox {
+        executor: Arc::new(process),
+        builder: local.clone(),
+        start: Box::new(move || started.start()),
+    }))
+}
+
+/// The gVisor backend: `runsc` sandboxes, settings from `SOPM_*` variables
+/// (`GvisorExecutorConfig::from_env`), state under `<data_dir>/gvisor`. Offered when
+/// the settings name it or `runsc` is found (`SOPM_RUNSC`, or on `PATH`).
+#[cfg(feature = "gvisor")]
+fn gvisor_sandbox(
+    c: &ServerConfig,
+    local: &Arc<sopm_backends::LocalBuilder>,
+    named: bool,
+) -> Result<Option<Sandbox>, String> {
+    let found = std::env::var_os("SOPM_RUNSC").is_some()
+        || std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("runsc").is_file()));
+    if !named && !found {
+        return Ok(None);
     }
-    Ok(Sandboxes {
-        by_runtime,
-        process,
-        #[cfg(feature = "gvisor")]
-        gvisor,
-    })
+    let mut config = sopm_backends::GvisorExecutorConfig::from_env().map_err(|e| e.to_string())?;
+    if let Some(dir) = scratch_dir(c, "SOPM_GVISOR_SCRATCH_DIR", "gvisor")? {
+        config = config.with_scratch_dir(dir);
+    }
+    let gvisor = config.build().map_err(|e| e.to_string())?;
+    let started = gvisor.clone();
+    Ok(Some(Sandbox {
+        executor: Arc::new(gvisor),
+        builder: local.clone(),
+        start: Box::new(move || started.start()),
+    }))
+}
+
+/// Registers the sandbox backends this build and host offer, each runtime's default
+/// (`[executors]`, else `process`) and the rules by function name
+/// (`[executors.functions]`). Returns the starters of the backends the settings use,
+/// whose stem cells boot at start-up; the others start on first use.
+#[cfg(feature = "process")]
+fn add_sandboxes(
+    c: &ServerConfig,
+    mut builder: sopm_core::PlatformBuilder,
+    local: &Arc<sopm_backends::LocalBuilder>,
+) -> Result<(sopm_core::PlatformBuilder, Vec<Starter>), String> {
+    let settings = &c.executors;
+    let mut early = Vec::new();
+    let mut offered = Vec::new();
+    for (name, make) in SANDBOXES {
+        let used = *name == DEFAULT_SANDBOX || settings.names(name);
+        if let Some(sandbox) = make(c, local, used)? {
+            builder = builder.with_sandbox(*name, sandbox.executor, sandbox.builder);
+            offered.push(*name);
+            if used {
+                early.push(Starter(name, sandbox.start));
+            }
+        }
+    }
+    let check = |key: String, executor: &str| {
+        if offered.contains(&executor) {
+            Ok(())
+        } else {
+            Err(format!(
+                "executors.{key}: '{executor}' is not available in this build"
+            ))
+        }
+    };
+    for runtime in LOCAL_RUNTIMES {
+        let name = settings
+            .runtimes
+            .get(runtime.as_str())
+            .map(String::as_str)
+            .unwrap_or(DEFAULT_SANDBOX);
+        check(runtime.as_str().to_string(), name)?;
+        builder = builder.with_runtime_executor(runtime, name);
+    }
+    for (function, name) in &settings.functions {
+        check(format!("functions.{function}"), name)?;
+        builder = builder.with_function_executor(function, name);
+    }
+    Ok((builder, early))
 }
 
 /// Builds the platform the settings describe (opens the database).
@@ -145,22 +216,15 @@ pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
         }
     };
     #[cfg(feature = "process")]
-    let sandboxes = user_function_executors(c)?;
-    #[cfg(feature = "process")]
-    for (runtime, executor) in &sandboxes.by_runtime {
-        builder = builder.with_executor(*runtime, executor.clone());
-    }
-    #[cfg(feature = "process")]
-    let local_builder = {
+    let (local_builder, early) = {
         let local = Arc::new(
             sopm_backends::LocalBuilderConfig::new(c.data_dir.join("artifacts"))
                 .build()
                 .map_err(|e| format!("local builder: {e}"))?,
         );
-        for runtime in LOCAL_RUNTIMES {
-            builder = builder.with_builder(runtime, local.clone());
-        }
-        Some(local)
+        let (with_sandboxes, early) = add_sandboxes(c, builder, &local)?;
+        builder = with_sandboxes;
+        (Some(local), early)
     };
     let platform = builder.build().map_err(|e| e.to_string())?;
     let keys: Arc<dyn KeyStore> = Arc::new(CachedKeyStore::new(
@@ -173,9 +237,7 @@ pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
         #[cfg(feature = "process")]
         local_builder,
         #[cfg(feature = "process")]
-        process: Some(sandboxes.process),
-        #[cfg(feature = "gvisor")]
-        gvisor: sandboxes.gvisor,
+        early,
     })
 }
 
@@ -225,14 +287,10 @@ pub async fn serve(c: ServerConfig) -> Result<(), String> {
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    // Boot the stem cells now, so the first upload's first call is already warm.
     #[cfg(feature = "process")]
-    if let Some(process) = &services.process {
-        // Boot the stem cells now, so the first upload's first call is already warm.
-        process.start();
-    }
-    #[cfg(feature = "gvisor")]
-    if let Some(gvisor) = &services.gvisor {
-        gvisor.start();
+    for Starter(_, start) in &services.early {
+        start();
     }
     #[cfg(feature = "process")]
     if let Some(local) = &services.local_builder {

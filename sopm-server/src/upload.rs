@@ -380,6 +380,10 @@ pub struct UploadBody {
     /// The tenant, while auth is off.
     #[serde(default)]
     pub user_id: Option<String>,
+    /// The sandbox executor to build for and run in (`process`, `gvisor`, ...);
+    /// default: the operator's rule for this name, else the runtime's default.
+    #[serde(default)]
+    pub executor: Option<String>,
 }
 
 impl UploadBody {
@@ -425,6 +429,7 @@ impl UploadBody {
             handler: self.handler,
             limits: self.limits.unwrap_or_default(),
             env: self.env,
+            executor: self.executor,
         })
     }
 }

@@ -87,6 +87,7 @@ pub(crate) async fn upload(
             "name": v.name,
             "version": v.version,
             "status": v.status,
+            "executor": v.executor,
             "status_url": format!(
                 "/api/user-functions/{}{}",
                 v.function_id,
@@ -160,11 +161,16 @@ struct VersionView<'a> {
     env: Vec<&'a str>,
     source_digest: &'a str,
     created_ms: u64,
+    executor: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     build_log: Option<&'a str>,
 }
 
-fn version_view(v: &FunctionVersion, with_log: bool) -> VersionView<'_> {
+fn version_view<'a>(
+    platform: &'a sopm_core::Platform,
+    v: &'a FunctionVersion,
+    with_log: bool,
+) -> VersionView<'a> {
     VersionView {
         version: v.version,
         status: v.status,
@@ -174,15 +180,18 @@ fn version_view(v: &FunctionVersion, with_log: bool) -> VersionView<'_> {
         env: v.env.keys().map(String::as_str).collect(),
         source_digest: &v.source_digest,
         created_ms: v.created_ms,
+        executor: platform.executor_of(v),
         build_log: with_log.then_some(v.build_log.as_str()),
     }
 }
 
-/// The summary of a function: its newest version's status, and the version calls run.
+/// The summary of a function: its newest version's status and executor, and the
+/// version calls run.
 fn summary(s: &AppState, rec: &FunctionRecord) -> Value {
     let latest = rec.versions.last();
     let ready = rec.latest_ready();
     let runtime = latest.map(|v| v.runtime);
+    let platform = &s.inner().platform;
     json!({
         "id": rec.id,
         "name": rec.name,
@@ -192,7 +201,7 @@ fn summary(s: &AppState, rec: &FunctionRecord) -> Value {
         "version": latest.map(|v| v.version),
         "ready_version": ready.map(|v| v.version),
         "created_ms": rec.versions.first().map(|v| v.created_ms),
-        "executor": runtime.and_then(|r| s.inner().platform.executor_for(r)),
+        "executor": latest.and_then(|v| platform.executor_of(v)),
     })
 }
 
@@ -235,17 +244,26 @@ pub(crate) async fn show(
     if let Some(v) = focus {
         body["status"] = json!(v.status);
         body["build_log"] = json!(v.build_log);
-        body["builder"] = json!(platform.builder_for(v.runtime));
-        if platform.executor_for(v.runtime).is_none() {
-            body["executor_note"] = json!(format!(
-                "no executor is configured for the {} runtime; calls answer 503 until one is",
-                v.runtime.as_str()
-            ));
+        body["builder"] = json!(platform.builder_of(v));
+        body["executor"] = json!(platform.executor_of(v));
+        match platform.executor_of(v) {
+            None => {
+                body["executor_note"] = json!(format!(
+                    "no executor is configured for the {} runtime; calls answer 503 until one is",
+                    v.runtime.as_str()
+                ))
+            }
+            Some(name) if !platform.has_executor(name) => {
+                body["executor_note"] = json!(format!(
+                    "this version runs in the '{name}' executor, which this server does not configure; calls answer 503"
+                ))
+            }
+            Some(_) => {}
         }
     }
     body["versions"] = json!(shown
         .iter()
-        .map(|v| version_view(v, true))
+        .map(|v| version_view(platform, v, true))
         .collect::<Vec<_>>());
     Ok(json_response(StatusCode::OK, json_bytes(&body)))
 }

@@ -363,6 +363,52 @@ fn keys_then_fn_deploy_list_invoke_logs_rm_through_the_cli() {
     let out = as_user(&bob, &["fn", "invoke", "hello", "{}"]);
     assert!(stderr(&out).contains("not_found"), "{}", stderr(&out));
 
+    // An executor the server does not have is refused before anything is stored.
+    let out = as_user(
+        &alice,
+        &[
+            "fn",
+            "deploy",
+            src_dir,
+            "--runtime",
+            "python",
+            "--name",
+            "elsewhere",
+            "--executor",
+            "docker",
+        ],
+    );
+    assert!(!out.status.success());
+    let refused = stderr(&out);
+    assert!(
+        refused.contains("invalid_input")
+            && refused.contains("'docker'")
+            && refused.contains("process"),
+        "{refused}"
+    );
+    let out = as_user(
+        &alice,
+        &[
+            "fn",
+            "deploy",
+            src_dir,
+            "--runtime",
+            "python",
+            "--name",
+            "chosen",
+            "--executor",
+            "process",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("building for process"),
+        "{}",
+        stderr(&out)
+    );
+    let out = as_user(&alice, &["fn", "rm", "chosen"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
     // A build that fails shows its log and exits 1.
     let bad = tempfile::tempdir().unwrap();
     std::fs::write(bad.path().join("other.py"), "x = 1\n").unwrap();

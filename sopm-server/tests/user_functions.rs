@@ -1296,6 +1296,7 @@ async fn builds_a_stopped_server_left_running_become_failed() {
             limits: Default::default(),
             env: BTreeMap::new(),
             source_digest: "x".into(),
+            executor: None,
         })
         .await
         .unwrap();
@@ -1491,7 +1492,9 @@ async fn the_config_picks_the_executor_per_runtime() {
         data_dir: dir.path().to_path_buf(),
         ..Default::default()
     };
-    c.executors.insert("python".into(), "gvisor".into());
+    c.executors
+        .runtimes
+        .insert("python".into(), "gvisor".into());
     c.validate().unwrap();
     let services = sopm_server::server::build_services(&c).unwrap();
     let s = AppState::with_keys(services.platform, ApiConfig::from(&c), services.keys);
@@ -1518,14 +1521,199 @@ async fn the_config_picks_the_executor_per_runtime() {
         .unwrap();
 }
 
+/// What a function sees of its kernel: the process sandbox shares the host's, gVisor
+/// emulates its own (it reports release 4.4.0).
+const KERNEL: &str = "import os\ndef handle(event, context):\n    return {'release': os.uname().release, 'version': open('/proc/version').read()}\n";
+
+/// `[executors.functions]` and an upload's `executor` field choose gVisor for one
+/// function each while Python's default stays `process`; each call runs in the
+/// executor its version recorded, and a re-upload without the field goes back to the
+/// default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_rule_and_an_upload_field_choose_the_executor() {
+    if !tools_or_skip(
+        "a_function_rule_and_an_upload_field_choose_the_executor",
+        &["bwrap", "runsc"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = sopm_server::ServerConfig {
+        storage: sopm_server::Storage::Memory,
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    c.executors
+        .functions
+        .insert("ruled".into(), "gvisor".into());
+    c.validate().unwrap();
+    let services = sopm_server::server::build_services(&c).unwrap();
+    let s = AppState::with_keys(services.platform, ApiConfig::from(&c), services.keys);
+    s.set_ready(true);
+    let host_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_ne!(host_release, "4.4.0", "the host must not look like gVisor");
+
+    let (_, plain) = deploy(&s, hello("plain", KERNEL)).await;
+    let (_, ruled) = deploy(&s, hello("ruled", KERNEL)).await;
+    let mut body = hello("asked", KERNEL);
+    body["executor"] = json!("gvisor");
+    let (_, asked) = deploy(&s, body).await;
+    let a = upload_archive(
+        &s,
+        json!({"name": "packed", "runtime": "python", "handler": "main.handle",
+               "executor": "gvisor"}),
+        &tar_gz(&[("main.py", KERNEL.as_bytes())]),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+    assert_eq!(a.body["executor"], "gvisor", "{}", a.body);
+    let packed = settled(&s, a.body["id"].as_str().unwrap(), "").await;
+    for (f, expected) in [
+        (&plain, "process"),
+        (&ruled, "gvisor"),
+        (&asked, "gvisor"),
+        (&packed, "gvisor"),
+    ] {
+        assert_eq!(f["status"], "ready", "{f}");
+        assert_eq!(f["executor"], expected, "{f}");
+        assert_eq!(f["versions"][0]["executor"], expected, "{f}");
+        assert_eq!(f["builder"], "local", "{f}");
+        let name = f["name"].as_str().unwrap();
+        let a = post(
+            &s,
+            &format!("/api/user-functions/{name}/execute"),
+            json!({}),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{name}: {}", a.body);
+        let release = a.body["output"]["release"].as_str().unwrap();
+        let version = a.body["output"]["version"].as_str().unwrap();
+        match expected {
+            "gvisor" => assert_eq!(release, "4.4.0", "{name} runs in gVisor: {version}"),
+            _ => assert_eq!(
+                release, host_release,
+                "{name} runs on the host kernel: {version}"
+            ),
+        }
+    }
+
+    // A new version without the field takes the runtime default; the old one keeps gVisor.
+    let (_, again) = deploy(&s, hello("asked", KERNEL)).await;
+    assert_eq!(again["executor"], "process", "{again}");
+    assert_eq!(again["versions"][0]["executor"], "gvisor", "{again}");
+    assert_eq!(again["versions"][1]["executor"], "process", "{again}");
+    for (version, release) in [(1, "4.4.0"), (2, host_release.as_str())] {
+        let a = post(
+            &s,
+            "/api/user-functions/asked/execute",
+            json!({"version": version}),
+        )
+        .await;
+        assert_eq!(
+            a.body["output"]["release"], release,
+            "v{version}: {}",
+            a.body
+        );
+    }
+    let listed = get(&s, "/api/user-functions").await.body;
+    let by_name = |n: &str| {
+        listed["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == n)
+            .unwrap()["executor"]
+            .clone()
+    };
+    assert_eq!(by_name("ruled"), "gvisor", "{listed}");
+    assert_eq!(by_name("asked"), "process", "{listed}");
+
+    let mut body = hello("nowhere", KERNEL);
+    body["executor"] = json!("docker");
+    let a = post(&s, "/api/user-functions", body).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "invalid_input");
+    let message = a.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("'docker'") && message.contains("available: gvisor, process"),
+        "{message}"
+    );
+    s.platform()
+        .shutdown(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+}
+
+/// Over the fakes: the upload field picks a registered executor (even for a runtime
+/// with no default), an unknown one is 400 naming those there are, and the version
+/// records it.
+#[tokio::test]
+async fn an_upload_names_its_executor_or_gets_a_400() {
+    let w = world(AuthMode::Off);
+    let s = &w.state;
+    let mut body = hello("elsewhere", MAIN);
+    body["executor"] = json!("vm");
+    let a = post(s, "/api/user-functions", body).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "invalid_input");
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'vm' is not available on this server; available: fake"),
+        "{}",
+        a.body
+    );
+    let a = upload_archive(
+        s,
+        json!({"name": "packed", "runtime": "python", "handler": "main.handle", "executor": "vm"}),
+        &tar_gz(&[("main.py", MAIN.as_bytes())]),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert!(get(s, "/api/user-functions").await.body["functions"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // Node has a builder but no default executor; asking for `fake` runs it there.
+    let body = json!({"name": "nodey", "runtime": "node", "handler": "index.handle",
+                      "files": {"index.js": "exports.handle = (e) => e;"},
+                      "executor": "fake"});
+    let (id, f) = deploy(s, body).await;
+    assert_eq!(f["executor"], "fake", "{f}");
+    assert_eq!(f["versions"][0]["executor"], "fake", "{f}");
+    assert!(f.get("executor_note").is_none(), "{f}");
+    let a = post(
+        s,
+        &format!("/api/user-functions/{id}/execute"),
+        json!({"input": 5}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["output"]["input"], 5);
+    assert!(w.executor.ran.lock().contains(&(id, 1)));
+}
+
 #[test]
 fn unknown_runtimes_and_executors_are_refused() {
     let mut c = sopm_server::ServerConfig::default();
-    c.executors.insert("cobol".into(), "process".into());
+    c.executors
+        .runtimes
+        .insert("cobol".into(), "process".into());
     assert!(c.validate().unwrap_err().contains("cobol"));
     let mut c = sopm_server::ServerConfig::default();
-    c.executors.insert("python".into(), "vm".into());
+    c.executors.runtimes.insert("python".into(), "vm".into());
     assert!(c.validate().unwrap_err().contains("vm"));
+    let mut c = sopm_server::ServerConfig::default();
+    c.executors.functions.insert("resize".into(), "vm".into());
+    let e = c.validate().unwrap_err();
+    assert!(e.contains("functions.resize") && e.contains("vm"), "{e}");
 }
 
 /// Whether every tool is on `PATH`; if not, the test is skipped with a printed reason,

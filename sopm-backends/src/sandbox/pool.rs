@@ -1147,6 +1147,7 @@ mod tests {
             limits: Limits::default(),
             env: Default::default(),
             source_digest: String::new(),
+            executor: None,
             status: sopm_core::BuildStatus::Ready,
             build_log: String::new(),
             artifact: Some(sopm_core::Artifact::Directory {

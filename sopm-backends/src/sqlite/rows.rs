@@ -241,7 +241,8 @@ pub(crate) fn delete_expired_jobs(conn: &Connection, cutoff_ms: u64, limit: usiz
 // --- registry -------------------------------------------------------------------------
 
 const VERSION_COLUMNS: &str = "f.id, f.tenant, f.name, v.version, v.runtime, v.handler, v.limits, \
-                               v.env, v.digest, v.status, v.build_log, v.artifact, v.created_ms";
+                               v.env, v.digest, v.status, v.build_log, v.artifact, v.created_ms, \
+                               v.executor";
 
 fn decode_version(row: &Row<'_>) -> Result<FunctionVersion> {
     let text =
@@ -262,6 +263,9 @@ fn decode_version(row: &Row<'_>) -> Result<FunctionVersion> {
         env: serde_json::from_str::<BTreeMap<String, String>>(&text(7)?)
             .context("decoding a function's environment")?,
         source_digest: text(8)?,
+        executor: row
+            .get::<_, Option<String>>(13)
+            .context("reading a function")?,
         status: BuildStatus::parse(&status)
             .ok_or_else(|| corrupt("build status", status.clone()))?,
         build_log: text(10)?,
@@ -394,8 +398,8 @@ pub(crate) fn create_version(
     let v = new.into_version(function_id, version, now_ms);
     conn.prepare_cached(
         "INSERT INTO versions (function_id, version, runtime, handler, limits, env, digest,
-                               status, build_log, artifact, created_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '', NULL, ?9)",
+                               status, build_log, artifact, created_ms, executor)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '', NULL, ?9, ?10)",
     )
     .context("creating a version")?
     .execute(params![
@@ -408,6 +412,7 @@ pub(crate) fn create_version(
         v.source_digest,
         v.status.as_str(),
         to_sql_int(v.created_ms),
+        v.executor,
     ])
     .context("creating a version")?;
     Ok(v)

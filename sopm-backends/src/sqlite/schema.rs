@@ -83,6 +83,10 @@ const MIGRATIONS: &[&str] = &[
 
     CREATE INDEX api_keys_by_tenant ON api_keys (tenant, created_ms);
     "#,
+    // 3: the named executor backend each version was built for and runs in.
+    r#"
+    ALTER TABLE versions ADD COLUMN executor TEXT;   -- NULL: the runtime's default
+    "#,
 ];
 
 /// The schema version this build writes.

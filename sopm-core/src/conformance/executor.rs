@@ -305,6 +305,7 @@ pub fn function_with(
         limits,
         env: BTreeMap::new(),
         source_digest: String::new(),
+        executor: None,
         status: BuildStatus::Ready,
         build_log: String::new(),
         artifact: Some(Artifact::Directory {

@@ -110,6 +110,7 @@ fn new_version(tenant: &TenantId, name: &str, digest: &str) -> NewVersion {
         },
         env,
         source_digest: digest.to_string(),
+        executor: None,
     }
 }
 

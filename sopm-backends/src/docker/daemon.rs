@@ -21,6 +21,8 @@ use crate::sandbox::RunnerKind;
 pub(crate) const LABEL_EXECUTOR: &str = "sopm.executor";
 /// Label naming the server (host and pid) that made a container.
 pub(crate) const LABEL_OWNER: &str = "sopm.owner";
+/// Label naming the executor instance (one per executor value) that made a container.
+pub(crate) const LABEL_INSTANCE: &str = "sopm.instance";
 /// Label of a function image naming the artifact directory it was built from.
 pub(crate) const LABEL_FILES: &str = "sopm.files";
 /// Where runners live inside runner images.
@@ -34,6 +36,7 @@ pub(crate) struct Daemon {
     host: Option<String>,
     executor: String,
     owner: String,
+    instance: String,
     base_images: BTreeMap<RunnerKind, String>,
     static_runner: Option<PathBuf>,
     client: OnceCell<Docker>,
@@ -47,6 +50,7 @@ impl Daemon {
             host: config.host.clone(),
             executor: config.name.clone(),
             owner: owner_label(),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
             base_images: config.base_images.clone(),
             static_runner: config.static_runner.clone(),
             client: OnceCell::new(),
@@ -63,6 +67,11 @@ impl Daemon {
     /// The owner label of this server's containers.
     pub(crate) fn owner(&self) -> &str {
         &self.owner
+    }
+
+    /// The instance label of this executor's containers.
+    pub(crate) fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The client, connected and version-negotiated on first use; containers left by a
@@ -251,7 +260,8 @@ impl Daemon {
         }
     }
 
-    async fn list(&self, docker: &Docker) -> Result<Vec<(String, String)>> {
+    /// Containers of this executor's name: (id, owner, instance).
+    async fn list(&self, docker: &Docker) -> Result<Vec<(String, String, String)>> {
         let filters = HashMap::from([(
             "label".to_string(),
             vec![format!("{LABEL_EXECUTOR}={}", self.executor)],
@@ -267,25 +277,27 @@ impl Daemon {
         Ok(list
             .into_iter()
             .filter_map(|c| {
-                let owner = c.labels?.get(LABEL_OWNER)?.clone();
-                Some((c.id?, owner))
+                let labels = c.labels?;
+                let owner = labels.get(LABEL_OWNER)?.clone();
+                let instance = labels.get(LABEL_INSTANCE).cloned().unwrap_or_default();
+                Some((c.id?, owner, instance))
             })
             .collect())
     }
 
-    /// The ids of this server's containers.
+    /// The ids of this executor's containers.
     pub(crate) async fn own_containers(&self) -> Result<Vec<String>> {
         let docker = self.client().await?;
         Ok(self
             .list(&docker)
             .await?
             .into_iter()
-            .filter(|(_, owner)| *owner == self.owner)
-            .map(|(id, _)| id)
+            .filter(|(_, _, instance)| *instance == self.instance)
+            .map(|(id, _, _)| id)
             .collect())
     }
 
-    /// Removes every container of this server (shutdown).
+    /// Removes every container of this executor (shutdown).
     pub(crate) async fn remove_own_containers(&self) {
         let Some(docker) = self.client.get().cloned() else {
             return;
@@ -301,7 +313,7 @@ impl Daemon {
         let Ok(list) = self.list(docker).await else {
             return;
         };
-        for (id, owner) in list {
+        for (id, owner, _) in list {
             if owner != self.owner && owner_is_gone(&owner) {
                 tracing::info!(container = %id, owner = %owner, "removing a container left by a server that is gone");
                 remove_container(docker, &id).await;

@@ -16,7 +16,9 @@ use sopm_core::{Artifact, Error, Limits, Result, Runtime};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
-use super::daemon::{remove_container, Daemon, LABEL_EXECUTOR, LABEL_OWNER, RUNNER_DIR};
+use super::daemon::{
+    remove_container, Daemon, LABEL_EXECUTOR, LABEL_INSTANCE, LABEL_OWNER, RUNNER_DIR,
+};
 use super::DockerExecutorConfig;
 use crate::sandbox::protocol::{BoxRead, BoxWrite, RUNNER_PROLOGUE};
 use crate::sandbox::{
@@ -145,6 +147,7 @@ impl SandboxLauncher for DockerLauncher {
         let labels = HashMap::from([
             (LABEL_EXECUTOR.to_string(), self.daemon.executor().to_string()),
             (LABEL_OWNER.to_string(), self.daemon.owner().to_string()),
+            (LABEL_INSTANCE.to_string(), self.daemon.instance().to_string()),
         ]);
         let body = ContainerCreateBody {
             image: Some(image.clone()),
@@ -397,9 +400,6 @@ impl Sandbox for DockerSandbox {
             Some(s) if s.oom_killed == Some(true) => Death::OutOfMemory,
             Some(s) if s.running == Some(true) => Death::Killed,
             Some(s) => match s.exit_code {
-                // The runner died by the memory cgroup's SIGKILL while the container
-                // lived on under its init.
-                Some(137) if self.runner != RunnerKind::Static => Death::OutOfMemory,
                 Some(code) => Death::Exited(format!("exit code {code}")),
                 None => Death::Exited("gone".into()),
             },

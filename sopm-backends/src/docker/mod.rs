@@ -21,9 +21,10 @@
 //! the static runner (`sopm-runner`, `scripts/build-runner.sh`), python and node under
 //! their script runners. The client negotiates the API version (1.41 and newer).
 //!
-//! Every container carries the labels `sopm.executor` (the executor's name) and
-//! `sopm.owner` (host and pid of the server); containers of a server that is gone are
-//! removed at first use, and all of an executor's containers at shutdown.
+//! Every container carries the labels `sopm.executor` (the executor's name),
+//! `sopm.owner` (host, pid and start time of the server) and `sopm.instance` (the
+//! executor value); containers of a server that is gone are removed at first use, and
+//! all of an executor's own containers at shutdown.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

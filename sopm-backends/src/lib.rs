@@ -43,3 +43,9 @@ pub mod gvisor;
 
 #[cfg(feature = "gvisor")]
 pub use gvisor::{GvisorExecutor, GvisorExecutorConfig};
+
+/// Docker containers (runc or runsc) behind the warm pool, and the docker image builder.
+#[cfg(feature = "docker")]
+pub mod docker;
+#[cfg(feature = "docker")]
+pub use docker::{DockerBuilder, DockerExecutor, DockerExecutorConfig};

@@ -258,9 +258,10 @@ impl SandboxLauncher for GvisorLauncher {
     type Sandbox = GvisorSandbox;
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<GvisorSandbox> {
+        spec.check_host_backend("gvisor")?;
         let tools = self.tools().await?;
         let interpreter = match spec.runner {
-            RunnerKind::Python => &tools.python,
+            RunnerKind::Python | RunnerKind::Static => &tools.python,
             RunnerKind::Node => &tools.node,
         }
         .as_ref()

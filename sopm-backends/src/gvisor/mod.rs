@@ -117,7 +117,7 @@ impl GvisorExecutorConfig {
             python: None,
             node: None,
             stem_cells: 2,
-            stem_runners: RunnerKind::ALL.to_vec(),
+            stem_runners: RunnerKind::SCRIPTS.to_vec(),
             max_per_function: 8,
             max_instances: 64,
             idle_ttl: Duration::from_secs(300),

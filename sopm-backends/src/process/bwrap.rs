@@ -243,6 +243,7 @@ pub(crate) fn runner_command(
             let heap = limits.memory_mb.max(16);
             a.push(format!("--max-old-space-size={heap}").into());
         }
+        RunnerKind::Static => {}
     }
     a.push(format!("{RUNNER_DIR}/{}", runner.file_name()).into());
     a

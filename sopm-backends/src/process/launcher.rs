@@ -76,9 +76,10 @@ impl SandboxLauncher for ProcessLauncher {
     type Sandbox = ProcessSandbox;
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<ProcessSandbox> {
+        spec.check_host_backend("process")?;
         let tools = self.tools().await?;
         let interpreter = match spec.runner {
-            RunnerKind::Python => &tools.python,
+            RunnerKind::Python | RunnerKind::Static => &tools.python,
             RunnerKind::Node => &tools.node,
         }
         .as_ref()
@@ -543,8 +544,8 @@ pub(crate) fn interpreter_at(exe: &Path) -> Interpreter {
 pub(crate) fn write_runners(scratch: &Path) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for k in RunnerKind::ALL {
-        for b in k.source().bytes() {
+    for k in RunnerKind::SCRIPTS {
+        for b in k.source().unwrap_or_default().bytes() {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
     }
@@ -555,13 +556,14 @@ pub(crate) fn write_runners(scratch: &Path) -> std::io::Result<PathBuf> {
     let dir = scratch.join(format!("runners-{h:016x}"));
     std::fs::create_dir_all(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-    for k in RunnerKind::ALL {
+    for k in RunnerKind::SCRIPTS {
+        let source = k.source().unwrap_or_default();
         let dest = dir.join(k.file_name());
-        if std::fs::read_to_string(&dest).ok().as_deref() == Some(k.source()) {
+        if std::fs::read_to_string(&dest).ok().as_deref() == Some(source) {
             continue;
         }
         let tmp = dir.join(format!(".{}.{}", k.file_name(), std::process::id()));
-        std::fs::write(&tmp, k.source())?;
+        std::fs::write(&tmp, source)?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
         std::fs::rename(&tmp, &dest)?;
     }

@@ -22,6 +22,9 @@ pub enum FunctionCode {
     /// Too big for a frame: the backend mounts this directory read-only at the code dir
     /// of a dedicated sandbox.
     Mounted(PathBuf),
+    /// Too big for a frame, and built into this container image at the code dir: a
+    /// container backend boots a dedicated instance from it.
+    Image(String),
 }
 
 /// Loads `dir`. Files are read without following symbolic links; a link is kept only if

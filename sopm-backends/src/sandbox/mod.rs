@@ -7,17 +7,19 @@ use std::fmt::Debug;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use sopm_core::{Limits, Result};
+use sopm_core::{Artifact, Error, Limits, Result, Runtime};
 
 pub mod artifact;
 pub mod pool;
 pub mod protocol;
 pub mod runners;
+pub mod settings;
 
 pub use artifact::FunctionCode;
 pub use pool::{PoolConfig, PoolCounters, WarmPool};
 pub use protocol::RunnerChannel;
 pub use runners::RunnerKind;
+pub use settings::PoolSettings;
 
 /// Where a function's code lives inside every sandbox.
 pub const CODE_DIR: &str = "/fn";
@@ -36,6 +38,27 @@ pub struct LaunchSpec {
     /// too big for an init frame); `None` gives a small private writable code dir that
     /// the runner fills from the init frame.
     pub mount: Option<PathBuf>,
+    /// A container image holding the function's code at [`CODE_DIR`] (container
+    /// backends: a function too big for an init frame, built into an image).
+    pub image: Option<String>,
+}
+
+impl LaunchSpec {
+    /// Refuses what only container backends can boot (the static runner, an image), for
+    /// the host backend `backend`.
+    pub fn check_host_backend(&self, backend: &str) -> Result<()> {
+        if self.runner == RunnerKind::Static {
+            return Err(Error::invalid(format!(
+                "the {backend} backend runs shell and binary functions under the python runner, not the static runner"
+            )));
+        }
+        if let Some(image) = &self.image {
+            return Err(Error::invalid(format!(
+                "the {backend} backend cannot run the container image '{image}'"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// How a sandbox ended, as far as its backend can tell.
@@ -93,4 +116,29 @@ pub trait SandboxLauncher: Debug + Send + Sync + 'static {
 
     /// Boots a sandbox and waits until its runner says hello.
     async fn launch(&self, spec: &LaunchSpec) -> Result<Self::Sandbox>;
+
+    /// The runner that runs functions of `runtime` in this backend's sandboxes; `None`
+    /// for built-ins. Default: [`RunnerKind::for_runtime`].
+    fn runner_for(&self, runtime: Runtime) -> Option<RunnerKind> {
+        RunnerKind::for_runtime(runtime)
+    }
+
+    /// Loads a function's code from its artifact. Default: directory artifacts only,
+    /// inline up to `max_inline_bytes`, else mounted.
+    async fn load_code(&self, artifact: &Artifact, max_inline_bytes: u64) -> Result<FunctionCode> {
+        match artifact {
+            Artifact::Directory { path } => load_directory(PathBuf::from(path), max_inline_bytes).await,
+            other => Err(Error::invalid(format!(
+                "this executor runs directory artifacts, not {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Loads an artifact directory on the blocking pool (see [`artifact::load_code`]).
+pub async fn load_directory(dir: PathBuf, max_inline_bytes: u64) -> Result<FunctionCode> {
+    tokio::task::spawn_blocking(move || artifact::load_code(&dir, max_inline_bytes))
+        .await
+        .map_err(|e| Error::Internal(format!("artifact loader panicked: {e}")))?
+        .map_err(|e| Error::Internal(format!("cannot read the artifact: {e}")))
 }

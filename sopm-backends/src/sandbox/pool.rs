@@ -64,7 +64,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             name: "sandbox".into(),
-            stem_cells: RunnerKind::ALL.iter().map(|k| (*k, 2)).collect(),
+            stem_cells: RunnerKind::SCRIPTS.iter().map(|k| (*k, 2)).collect(),
             max_per_function: 8,
             max_instances: 64,
             idle_ttl: Duration::from_secs(300),
@@ -512,25 +512,14 @@ impl<L: SandboxLauncher> WarmPool<L> {
         {
             return Ok(code);
         }
-        let dir = match &version.artifact {
-            Some(sopm_core::Artifact::Directory { path }) => std::path::PathBuf::from(path),
-            Some(other) => {
-                return Err(Error::invalid(format!(
-                    "this executor runs directory artifacts, not {other:?}"
-                )))
-            }
-            None => {
-                return Err(Error::NotReady(format!(
-                    "function '{}' version {} has no artifact",
-                    version.name, version.version
-                )))
-            }
+        let Some(artifact) = &version.artifact else {
+            return Err(Error::NotReady(format!(
+                "function '{}' version {} has no artifact",
+                version.name, version.version
+            )));
         };
         let max = self.inner.config.max_inline_bytes;
-        let code = tokio::task::spawn_blocking(move || artifact::load_code(&dir, max))
-            .await
-            .map_err(|e| Error::Internal(format!("artifact loader panicked: {e}")))?
-            .map_err(|e| Error::Internal(format!("cannot read the artifact: {e}")))?;
+        let code = self.inner.launcher.load_code(artifact, max).await?;
         let code = Arc::new(code);
         if let Some(fp) = self.inner.state.lock().functions.get_mut(key) {
             fp.code = Some(code.clone());
@@ -544,7 +533,7 @@ impl<L: SandboxLauncher> WarmPool<L> {
         key: &FnKey,
         deadline: Instant,
     ) -> Result<L::Sandbox> {
-        let runner = RunnerKind::for_runtime(version.runtime).ok_or_else(|| {
+        let runner = self.inner.launcher.runner_for(version.runtime).ok_or_else(|| {
             Error::invalid("built-in functions do not run in sandboxes".to_string())
         })?;
         let code = self.code_of(version, key).await?;
@@ -553,12 +542,14 @@ impl<L: SandboxLauncher> WarmPool<L> {
         if version.limits.network && !config.allow_network {
             tracing::debug!(function = %version.name, "network requested but not allowed by the operator");
         }
-        let (files, mount) = match &*code {
-            FunctionCode::Inline(files) => (files.clone(), None),
-            FunctionCode::Mounted(dir) => (Default::default(), Some(dir.clone())),
+        let (files, mount, image) = match &*code {
+            FunctionCode::Inline(files) => (files.clone(), None, None),
+            FunctionCode::Mounted(dir) => (Default::default(), Some(dir.clone()), None),
+            FunctionCode::Image(image) => (Default::default(), None, Some(image.clone())),
         };
-        let stem_ok =
-            mount.is_none() && !network && version.limits.tmpfs_mb == config.stem_limits.tmpfs_mb;
+        let stem_ok = mount.is_none()
+            && image.is_none()
+            && !network && version.limits.tmpfs_mb == config.stem_limits.tmpfs_mb;
         if stem_ok {
             if let Some(mut stem) = self.take_stem(runner) {
                 let from = config.stem_limits.clone();
@@ -588,6 +579,7 @@ impl<L: SandboxLauncher> WarmPool<L> {
             limits: version.limits.clone(),
             network,
             mount: mount.clone(),
+            image: image.clone(),
         };
         self.inner.counters.cold.fetch_add(1, Ordering::Relaxed);
         if mount.is_some() {
@@ -947,6 +939,7 @@ async fn refill_loop<L: SandboxLauncher>(pool: Weak<Inner<L>>) {
             limits: inner.config.stem_limits.clone(),
             network: false,
             mount: None,
+            image: None,
         };
         let booted =
             tokio::time::timeout(inner.config.boot_timeout, inner.launcher.launch(&spec)).await;

@@ -1,6 +1,7 @@
 //! The runners shipped inside SOPM: one per language runtime, copied into each sandbox.
-//! Shell scripts and static binaries are supervised by the python runner, so a host
-//! running them needs `python3` too.
+//! On the host backends (process, gVisor) shell scripts and static binaries are supervised
+//! by the python runner, so a host running them needs `python3` too; container images
+//! without python use the static runner (`sopm-runner`, its own crate) instead.
 
 use sopm_core::Runtime;
 
@@ -19,13 +20,20 @@ pub enum RunnerKind {
     Python,
     /// `runner.js` under `node`.
     Node,
+    /// `sopm-runner`, a static executable for shell and binary functions (images that
+    /// hold no interpreter, such as busybox). Built separately (`scripts/build-runner.sh`).
+    Static,
 }
 
 impl RunnerKind {
     /// Every runner kind.
-    pub const ALL: [RunnerKind; 2] = [RunnerKind::Python, RunnerKind::Node];
+    pub const ALL: [RunnerKind; 3] = [RunnerKind::Python, RunnerKind::Node, RunnerKind::Static];
 
-    /// The runner that runs functions of `runtime`; `None` for built-ins.
+    /// The runners shipped as scripts inside SOPM (the host backends' runners).
+    pub const SCRIPTS: [RunnerKind; 2] = [RunnerKind::Python, RunnerKind::Node];
+
+    /// The runner that runs functions of `runtime` on a host backend (shell and binary
+    /// under the python runner); `None` for built-ins.
     pub fn for_runtime(runtime: Runtime) -> Option<Self> {
         match runtime {
             Runtime::Python | Runtime::Shell | Runtime::Binary => Some(RunnerKind::Python),
@@ -39,14 +47,16 @@ impl RunnerKind {
         match self {
             RunnerKind::Python => "python",
             RunnerKind::Node => "node",
+            RunnerKind::Static => "static",
         }
     }
 
-    /// The runner's source.
-    pub fn source(self) -> &'static str {
+    /// The runner's source (`None` for the static runner, a compiled program).
+    pub fn source(self) -> Option<&'static str> {
         match self {
-            RunnerKind::Python => PYTHON_RUNNER,
-            RunnerKind::Node => NODE_RUNNER,
+            RunnerKind::Python => Some(PYTHON_RUNNER),
+            RunnerKind::Node => Some(NODE_RUNNER),
+            RunnerKind::Static => None,
         }
     }
 
@@ -55,6 +65,7 @@ impl RunnerKind {
         match self {
             RunnerKind::Python => "runner.py",
             RunnerKind::Node => "runner.js",
+            RunnerKind::Static => "sopm-runner",
         }
     }
 }

@@ -62,9 +62,8 @@ impl Builder for DockerBuilder {
         source: &Source,
         log: &dyn BuildLog,
     ) -> Result<Artifact> {
-        let runner = docker_runner(version.runtime).ok_or_else(|| {
-            Error::invalid("built-in functions are not built".to_string())
-        })?;
+        let runner = docker_runner(version.runtime)
+            .ok_or_else(|| Error::invalid("built-in functions are not built".to_string()))?;
         let artifact = self.local.build(version, source, log).await?;
         let Artifact::Directory { path } = &artifact else {
             return Err(Error::Internal(

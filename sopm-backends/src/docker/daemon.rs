@@ -335,7 +335,10 @@ pub(crate) async fn remove_container(docker: &Docker, id: &str) {
         )
         .await;
     match r {
-        Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+        Ok(())
+        | Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => {}
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 409, ..
         }) => {} // removal already in progress

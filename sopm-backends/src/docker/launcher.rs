@@ -51,10 +51,7 @@ impl DockerLauncher {
         let pids = (limits.max_processes.max(4) + self.config.runtime_pids_overhead) as i64;
         let mut tmpfs = HashMap::from([(
             "/tmp".to_string(),
-            format!(
-                "rw,nosuid,nodev,size={}m,mode=1777",
-                limits.tmpfs_mb.max(1)
-            ),
+            format!("rw,nosuid,nodev,size={}m,mode=1777", limits.tmpfs_mb.max(1)),
         )]);
         let mut binds = Vec::new();
         if let Some(dir) = &spec.mount {
@@ -145,9 +142,15 @@ impl SandboxLauncher for DockerLauncher {
         };
         let name = container_name(self.daemon.executor());
         let labels = HashMap::from([
-            (LABEL_EXECUTOR.to_string(), self.daemon.executor().to_string()),
+            (
+                LABEL_EXECUTOR.to_string(),
+                self.daemon.executor().to_string(),
+            ),
             (LABEL_OWNER.to_string(), self.daemon.owner().to_string()),
-            (LABEL_INSTANCE.to_string(), self.daemon.instance().to_string()),
+            (
+                LABEL_INSTANCE.to_string(),
+                self.daemon.instance().to_string(),
+            ),
         ]);
         let body = ContainerCreateBody {
             image: Some(image.clone()),
@@ -320,7 +323,6 @@ impl DockerSandbox {
     pub fn id(&self) -> &str {
         &self.id
     }
-
 }
 
 async fn container_state(docker: &Docker, id: &str) -> Option<bollard::models::ContainerState> {
@@ -334,7 +336,9 @@ async fn container_state(docker: &Docker, id: &str) -> Option<bollard::models::C
 #[async_trait]
 impl Sandbox for DockerSandbox {
     fn channel(&mut self) -> &mut RunnerChannel {
-        self.channel.as_mut().expect("a launched container has a channel")
+        self.channel
+            .as_mut()
+            .expect("a launched container has a channel")
     }
 
     async fn set_limits(&mut self, from: &Limits, to: &Limits) -> Result<()> {
@@ -436,7 +440,9 @@ impl Drop for DockerSandbox {
             Ok(handle) => {
                 handle.spawn(async move { remove_container(&docker, &id).await });
             }
-            Err(_) => tracing::warn!(container = %id, "a container outlived the runtime; it is removed at the next start"),
+            Err(_) => {
+                tracing::warn!(container = %id, "a container outlived the runtime; it is removed at the next start")
+            }
         }
     }
 }
@@ -479,7 +485,10 @@ mod tests {
         assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
         let tmpfs = h.tmpfs.unwrap();
         assert!(tmpfs["/tmp"].contains("size=64m"));
-        assert!(tmpfs[CODE_DIR].ends_with(",uid=65534,gid=65534"), "{tmpfs:?}");
+        assert!(
+            tmpfs[CODE_DIR].ends_with(",uid=65534,gid=65534"),
+            "{tmpfs:?}"
+        );
         let mounted = LaunchSpec {
             mount: Some("/srv/artifact".into()),
             ..spec

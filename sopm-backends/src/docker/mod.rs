@@ -225,7 +225,11 @@ impl DockerExecutorConfig {
         if self.base_images.values().any(|i| i.trim().is_empty()) {
             return bad("base images must not be empty");
         }
-        if self.static_runner.as_ref().is_some_and(|p| !p.is_absolute()) {
+        if self
+            .static_runner
+            .as_ref()
+            .is_some_and(|p| !p.is_absolute())
+        {
             return bad("the static runner path must be absolute");
         }
         let pool_config = self.pool.pool_config(&self.name, false);

@@ -533,9 +533,13 @@ impl<L: SandboxLauncher> WarmPool<L> {
         key: &FnKey,
         deadline: Instant,
     ) -> Result<L::Sandbox> {
-        let runner = self.inner.launcher.runner_for(version.runtime).ok_or_else(|| {
-            Error::invalid("built-in functions do not run in sandboxes".to_string())
-        })?;
+        let runner = self
+            .inner
+            .launcher
+            .runner_for(version.runtime)
+            .ok_or_else(|| {
+                Error::invalid("built-in functions do not run in sandboxes".to_string())
+            })?;
         let code = self.code_of(version, key).await?;
         let config = &self.inner.config;
         let network = version.limits.network && config.allow_network;
@@ -549,7 +553,8 @@ impl<L: SandboxLauncher> WarmPool<L> {
         };
         let stem_ok = mount.is_none()
             && image.is_none()
-            && !network && version.limits.tmpfs_mb == config.stem_limits.tmpfs_mb;
+            && !network
+            && version.limits.tmpfs_mb == config.stem_limits.tmpfs_mb;
         if stem_ok {
             if let Some(mut stem) = self.take_stem(runner) {
                 let from = config.stem_limits.clone();

@@ -507,3 +507,29 @@ fn the_runner_exits_when_the_host_closes_the_frames() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_frame_past_64_mib_ends_the_runner() {
+    let mut host = Host::start();
+    let mut stdin = host.frames_in.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..65 {
+            if stdin.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let until = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = host.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < until, "the runner kept reading");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    writer.join().unwrap();
+    assert!(!status.success());
+    let logs = String::from_utf8_lossy(&host.logs.0.lock().unwrap()).into_owned();
+    assert!(logs.contains("a frame went past 67108864 bytes"), "{logs}");
+}

@@ -14,6 +14,9 @@
 //! call is `output_too_large`); its stderr is copied to the log channel, the last 2 KiB
 //! kept for the error message and traceback. When the child exits, or the deadline
 //! passes, the whole group is killed, so nothing an invocation started outlives it.
+//! (At the deadline the python runner waits for the host to stop the sandbox; this one
+//! stops the child itself and answers `timeout`, so a sleeping handler is not left
+//! running if the host is late.)
 //! After each `init` and `invoke` the log marker goes to the log channel, then the frame.
 //!
 //! # Starting

@@ -34,7 +34,7 @@ pub enum AuthMode {
 
 /// The sandbox backends user functions may be built for and run in, by name. A
 /// backend is added here and in `server.rs`'s table of the backends this build makes.
-pub const EXECUTOR_NAMES: &[&str] = &["process", "gvisor"];
+pub const EXECUTOR_NAMES: &[&str] = &["process", "gvisor", "docker", "docker-runsc"];
 
 /// The runtimes of user functions, as `[executors]` names them.
 const RUNTIME_NAMES: [&str; 4] = ["python", "node", "shell", "binary"];

@@ -71,6 +71,10 @@ const SANDBOXES: &[(&str, MakeSandbox)] = &[
     ("process", process_sandbox),
     #[cfg(feature = "gvisor")]
     ("gvisor", gvisor_sandbox),
+    #[cfg(feature = "docker")]
+    ("docker", docker_sandbox),
+    #[cfg(feature = "docker")]
+    ("docker-runsc", docker_runsc_sandbox),
 ];
 
 /// The backend of runtimes and functions the settings leave unassigned.
@@ -141,6 +145,66 @@ fn gvisor_sandbox(
         builder: local.clone(),
         start: Box::new(move || started.start()),
     }))
+}
+
+/// Whether a Docker daemon may be reachable: `SOPM_DOCKER_HOST` or `DOCKER_HOST` set, or
+/// the default socket present.
+#[cfg(feature = "docker")]
+fn docker_configured() -> bool {
+    std::env::var_os("SOPM_DOCKER_HOST").is_some()
+        || std::env::var_os("DOCKER_HOST").is_some()
+        || std::path::Path::new("/var/run/docker.sock").exists()
+}
+
+/// A docker backend named `name`, its containers under `runtime` (`None`: the daemon's
+/// default, or `SOPM_DOCKER_RUNTIME`); settings from `SOPM_*` variables
+/// (`DockerExecutorConfig::from_env`); its builder makes images over the local builder's
+/// artifacts. Offered when the settings name it or a daemon may be reachable.
+#[cfg(feature = "docker")]
+fn docker_backend(
+    local: &Arc<sopm_backends::LocalBuilder>,
+    named: bool,
+    name: &str,
+    runtime: Option<&str>,
+) -> Result<Option<Sandbox>, String> {
+    if !named && !docker_configured() {
+        return Ok(None);
+    }
+    let mut config = sopm_backends::DockerExecutorConfig::from_env()
+        .map_err(|e| e.to_string())?
+        .with_name(name);
+    if let Some(runtime) = runtime {
+        config = config.with_runtime(runtime);
+    }
+    let docker = config.build().map_err(|e| e.to_string())?;
+    let started = docker.clone();
+    Ok(Some(Sandbox {
+        builder: Arc::new(docker.builder(local.clone())),
+        executor: Arc::new(docker),
+        start: Box::new(move || started.start()),
+    }))
+}
+
+/// The docker backend under the daemon's default runtime (runc, or
+/// `SOPM_DOCKER_RUNTIME`).
+#[cfg(feature = "docker")]
+fn docker_sandbox(
+    _c: &ServerConfig,
+    local: &Arc<sopm_backends::LocalBuilder>,
+    named: bool,
+) -> Result<Option<Sandbox>, String> {
+    docker_backend(local, named, "docker", None)
+}
+
+/// The docker backend with gVisor: containers under the `runsc` runtime, which the
+/// daemon must have registered.
+#[cfg(feature = "docker")]
+fn docker_runsc_sandbox(
+    _c: &ServerConfig,
+    local: &Arc<sopm_backends::LocalBuilder>,
+    named: bool,
+) -> Result<Option<Sandbox>, String> {
+    docker_backend(local, named, "docker-runsc", Some("runsc"))
 }
 
 /// Registers the sandbox backends this build and host offer, each runtime's default

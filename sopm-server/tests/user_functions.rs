@@ -1633,15 +1633,144 @@ async fn a_function_rule_and_an_upload_field_choose_the_executor() {
     assert_eq!(by_name("asked"), "process", "{listed}");
 
     let mut body = hello("nowhere", KERNEL);
-    body["executor"] = json!("docker");
+    body["executor"] = json!("kubernetes");
     let a = post(&s, "/api/user-functions", body).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
     assert_eq!(a.body["error"]["code"], "invalid_input");
     let message = a.body["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("'docker'") && message.contains("available: gvisor, process"),
+        message.contains("'kubernetes'")
+            && message.contains("available: ")
+            && message.contains("gvisor")
+            && message.contains("process"),
         "{message}"
     );
+    s.platform()
+        .shutdown(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+}
+
+/// What a function sees of where it runs: kernel release, user, and whether it is in a
+/// Docker container.
+const WHERE: &str = "import os\ndef handle(event, context):\n    return {'release': os.uname().release, 'uid': os.getuid(), 'docker': os.path.exists('/.dockerenv'), 'input': event}\n";
+
+/// Whether a Docker daemon answers; if not, the test is skipped with a printed reason,
+/// or fails under `SOPM_REQUIRE_INTEGRATION=1`.
+fn docker_or_skip(test: &str) -> bool {
+    if !tools_or_skip(test, &["bwrap", "docker"]) {
+        return false;
+    }
+    let up = std::process::Command::new("docker")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if up {
+        return true;
+    }
+    assert!(
+        std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() != Ok("1"),
+        "{test}: no Docker daemon answers (SOPM_REQUIRE_INTEGRATION=1)"
+    );
+    eprintln!("skipped {test}: no Docker daemon answers");
+    false
+}
+
+/// Functions uploaded for `docker` and `docker-runsc` are built into images by the
+/// docker builder and run in containers (runc, and gVisor for `docker-runsc`), as
+/// `nobody`; shell functions run under the static runner in the busybox image; deleting
+/// a function removes its image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_functions_build_images_and_run_in_containers() {
+    let test = "docker_functions_build_images_and_run_in_containers";
+    if !docker_or_skip(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = sopm_server::ServerConfig {
+        storage: sopm_server::Storage::Memory,
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    c.executors.runtimes.insert("shell".into(), "docker".into());
+    c.validate().unwrap();
+    let services = sopm_server::server::build_services(&c).unwrap();
+    let s = AppState::with_keys(services.platform, ApiConfig::from(&c), services.keys);
+    s.set_ready(true);
+    let host_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string();
+
+    let mut images = Vec::new();
+    for (name, executor, release) in [
+        ("in-runc", "docker", host_release.as_str()),
+        ("in-runsc", "docker-runsc", "4.4.0"),
+    ] {
+        let mut body = hello(name, WHERE);
+        body["executor"] = json!(executor);
+        let (_, f) = deploy(&s, body).await;
+        assert_eq!(f["status"], "ready", "{f}");
+        assert_eq!(f["executor"], executor, "{f}");
+        assert_eq!(f["builder"], "docker", "{f}");
+        let log = f["versions"][0]["build_log"].as_str().unwrap_or_default();
+        assert!(log.contains("image sopm-fn-"), "{log}");
+        let a = post(
+            &s,
+            &format!("/api/user-functions/{name}/execute"),
+            json!({"input": {"n": 1}}),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{name}: {}", a.body);
+        let out = &a.body["output"];
+        assert_eq!(out["docker"], true, "{name}: {out}");
+        assert_eq!(out["uid"], 65534, "{name}: {out}");
+        assert_eq!(out["release"], release, "{name}: {out}");
+        assert_eq!(out["input"], json!({"n": 1}), "{name}: {out}");
+        let image = log
+            .lines()
+            .find_map(|l| l.strip_prefix("image ")?.strip_suffix(" ready"))
+            .unwrap_or_else(|| panic!("no image named in {log}"))
+            .to_string();
+        images.push((name, image));
+    }
+
+    let mut shell = hello("shelly", "");
+    shell["runtime"] = json!("shell");
+    shell["handler"] = json!("run.sh");
+    shell["files"] = json!({"run.sh": "#!/bin/sh\necho \"{\\\"uid\\\": $(id -u), \\\"python\\\": $(command -v python3 >/dev/null && echo true || echo false)}\"\n"});
+    let (_, f) = deploy(&s, shell).await;
+    assert_eq!(f["executor"], "docker", "{f}");
+    let a = post(&s, "/api/user-functions/shelly/execute", json!({})).await;
+    let static_runner = std::env::var_os("SOPM_STATIC_RUNNER").is_some();
+    if static_runner || std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() == Ok("1") {
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        // The busybox image: no python inside, the static runner supervises.
+        assert_eq!(a.body["output"], json!({"uid": 65534, "python": false}));
+    } else {
+        eprintln!("{test}: shell part skipped, SOPM_STATIC_RUNNER is not set");
+    }
+
+    for (name, image) in images {
+        let a = send(
+            &s,
+            "DELETE",
+            &format!("/api/user-functions/{name}"),
+            None,
+            "application/json",
+            Vec::new(),
+        )
+        .await;
+        assert!(a.status.is_success(), "{}", a.body);
+        let gone = std::process::Command::new("docker")
+            .args(["image", "inspect", &image])
+            .output()
+            .unwrap();
+        assert!(
+            !gone.status.success(),
+            "{image} should be removed with {name}"
+        );
+    }
     s.platform()
         .shutdown(std::time::Duration::from_secs(5))
         .await

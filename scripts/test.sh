@@ -18,6 +18,7 @@ declare -A want=(
   [npm]=npm
   [curl]=curl
   [runsc]=runsc
+  [dockerd]=docker.io
 )
 missing=()
 for cmd in "${!want[@]}"; do
@@ -48,6 +49,46 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends python3-pip
 fi
+
+# busybox-static: the base of the shell/binary Docker image (a dynamic busybox won't do).
+if ! command -v busybox >/dev/null 2>&1 || ldd "$(command -v busybox)" >/dev/null 2>&1; then
+  step "installing busybox-static"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends busybox-static
+fi
+
+# Docker with gVisor registered as the runtime `runsc` (the docker backend's tests run
+# containers under runc and under runsc).
+docker_up() { docker version --format '{{.Server.APIVersion}}' >/dev/null 2>&1; }
+if ! docker_up || ! docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q runsc; then
+  step "starting dockerd with the runsc runtime"
+  mkdir -p /etc/docker
+  if [ ! -f /etc/docker/daemon.json ] || ! grep -q runsc /etc/docker/daemon.json; then
+    [ -f /etc/docker/daemon.json ] && cp /etc/docker/daemon.json /etc/docker/daemon.json.before-sopm
+    echo '{"runtimes":{"runsc":{"path":"'"$(command -v runsc)"'","runtimeArgs":["--network=none"]}}}' >/etc/docker/daemon.json
+  fi
+  if docker_up; then
+    # A running daemon reloads its runtimes on SIGHUP.
+    pkill -HUP -x dockerd || true
+  else
+    nohup dockerd >/var/log/sopm-dockerd.log 2>&1 &
+  fi
+  for _ in $(seq 1 60); do
+    docker_up && docker info --format '{{json .Runtimes}}' | grep -q runsc && break
+    sleep 0.5
+  done
+  if ! docker_up; then
+    echo "dockerd did not start:" >&2
+    tail -20 /var/log/sopm-dockerd.log >&2 || true
+    exit 1
+  fi
+fi
+
+step "static runner and Docker base images"
+SOPM_STATIC_RUNNER=$(scripts/build-runner.sh | tail -1)
+export SOPM_STATIC_RUNNER
+scripts/docker-images.sh
 
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   step "installing rustfmt and clippy"

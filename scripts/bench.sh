@@ -111,3 +111,24 @@ if command -v runsc >/dev/null 2>&1; then
   SOPM_BENCH_EXECUTOR=gvisor SOPM_BENCH_FUNCTIONS=15 SOPM_BENCH_WARM_CALLS=500 SOPM_BENCH_COLD_CALLS=5 \
     python3 scripts/bench_user.py 127.0.0.1 "$port"
 fi
+
+if docker version >/dev/null 2>&1; then
+  SOPM_STATIC_RUNNER=${SOPM_STATIC_RUNNER:-$(scripts/build-runner.sh | tail -1)}
+  export SOPM_STATIC_RUNNER
+  scripts/docker-images.sh python >/dev/null
+  for executor in docker docker-runsc; do
+    echo
+    echo "==> user functions on $executor (server restarted with --executors python=$executor)"
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    SOPM_LOG=warn "$bin" serve --listen "127.0.0.1:${port}" --data-dir "$work/data-$executor" \
+      --executors "python=$executor" &
+    server_pid=$!
+    for _ in $(seq 1 100); do
+      curl -fsS "$url/readyz" >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+    SOPM_BENCH_EXECUTOR=$executor SOPM_BENCH_FUNCTIONS=15 SOPM_BENCH_WARM_CALLS=500 SOPM_BENCH_COLD_CALLS=5 \
+      python3 scripts/bench_user.py 127.0.0.1 "$port"
+  done
+fi

@@ -22,7 +22,8 @@ HOST, PORT = sys.argv[1], int(sys.argv[2])
 FUNCTIONS = int(os.environ.get("SOPM_BENCH_FUNCTIONS", "30"))
 WARM_CALLS = int(os.environ.get("SOPM_BENCH_WARM_CALLS", "2000"))
 COLD_CALLS = int(os.environ.get("SOPM_BENCH_COLD_CALLS", "20"))
-# The executor the server runs Python on (its --executors): process or gvisor.
+# The executor the server runs Python on (its --executors): process, gvisor, docker or
+# docker-runsc.
 EXECUTOR = os.environ.get("SOPM_BENCH_EXECUTOR", "process")
 
 HANDLER = "def handle(event, context):\n    return {'sum': event['a'] + event['b']}\n"
@@ -120,7 +121,16 @@ code = ("import sys, json; sys.path.insert(0, '/fn'); import main; "
 
 
 def cold_command(d):
-    """A plain sandbox per call, no pool: bwrap, or runsc do for gVisor."""
+    """A plain sandbox per call, no pool: bwrap, runsc do for gVisor, docker run for
+    the docker executors (same base image, same runtime)."""
+    if EXECUTOR.startswith("docker"):
+        docker = shutil.which("docker")
+        if not docker:
+            return None
+        runtime = "runsc" if EXECUTOR == "docker-runsc" else "runc"
+        image = os.environ.get("SOPM_DOCKER_IMAGE_PYTHON", "sopm/base-python:local")
+        return [docker, "run", "--rm", "-i", "--network", "none", "--runtime", runtime,
+                "-v", f"{d}:/fn:ro", image, "python3", "-c", code]
     if EXECUTOR == "gvisor":
         runsc = shutil.which("runsc")
         if not runsc:
@@ -153,7 +163,8 @@ with tempfile.TemporaryDirectory() as d:
             if json.loads(out.stdout)["sum"] != i + 1:
                 sys.exit(f"cold start gave {out.stdout!r} {out.stderr!r}")
 if cold:
-    name = "runsc do" if EXECUTOR == "gvisor" else "bwrap"
+    name = {"gvisor": "runsc do", "docker": "docker run (runc)",
+            "docker-runsc": "docker run (runsc)"}.get(EXECUTOR, "bwrap")
     print(f"plain cold start, new {name} + python3 per call ({COLD_CALLS}): p50 {ms(pct(cold, .5))}")
     print(f"first call vs cold start: {pct(cold, .5) / pct(first_calls, .5):.0f}x faster")
 else:

@@ -375,14 +375,14 @@ fn keys_then_fn_deploy_list_invoke_logs_rm_through_the_cli() {
             "--name",
             "elsewhere",
             "--executor",
-            "docker",
+            "kubernetes",
         ],
     );
     assert!(!out.status.success());
     let refused = stderr(&out);
     assert!(
         refused.contains("invalid_input")
-            && refused.contains("'docker'")
+            && refused.contains("'kubernetes'")
             && refused.contains("process"),
         "{refused}"
     );

@@ -1327,14 +1327,7 @@ async fn the_server_wiring_builds_with_the_local_builder() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let c = sopm_server::ServerConfig {
-        storage: sopm_server::Storage::Memory,
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    };
-    let services = sopm_server::server::build_services(&c).unwrap();
-    let s = AppState::with_keys(services.platform, ApiConfig::from(&c), services.keys);
-    s.set_ready(true);
+    let s = wired(dir.path(), |_| {});
     let (id, f) = deploy(&s, hello("local", MAIN)).await;
     assert_eq!(f["status"], "ready", "{f}");
     assert_eq!(f["builder"], "local");
@@ -1382,14 +1375,7 @@ async fn hostile_functions_do_not_stop_the_server() {
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret.txt"), "do not read").unwrap();
-    let c = sopm_server::ServerConfig {
-        storage: sopm_server::Storage::Memory,
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    };
-    let services = sopm_server::server::build_services(&c).unwrap();
-    let s = AppState::with_keys(services.platform, ApiConfig::from(&c), services.keys);
-    s.set_ready(true);
+    let s = wired(dir.path(), |_| {});
 
     let limits = json!({"timeout_ms": 1500, "memory_mb": 128, "max_processes": 16});
     let hostile = [
@@ -1487,18 +1473,11 @@ async fn the_config_picks_the_executor_per_runtime() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut c = sopm_server::ServerConfig {
-        storage: sopm_server::Storage::Memory,
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    };
-    c.executors
-        .runtimes
-        .insert("python".into(), "gvisor".into());
-    c.validate().unwrap();
-    let services = sopm_server::server::build_services(&c).unwrap();
-    let s = AppState::with_keys(services.platform, ApiConfig::from(&c), services.keys);
-    s.set_ready(true);
+    let s = wired(dir.path(), |c| {
+        c.executors
+            .runtimes
+            .insert("python".into(), "gvisor".into());
+    });
     let (_, f) = deploy(&s, hello("in-gvisor", MAIN)).await;
     assert_eq!(f["executor"], "gvisor", "{f}");
     let a = post(
@@ -1538,18 +1517,11 @@ async fn a_function_rule_and_an_upload_field_choose_the_executor() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut c = sopm_server::ServerConfig {
-        storage: sopm_server::Storage::Memory,
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    };
-    c.executors
-        .functions
-        .insert("ruled".into(), "gvisor".into());
-    c.validate().unwrap();
-    let services = sopm_server::server::build_services(&c).unwrap();
-    let s = AppState::with_keys(services.platform, ApiConfig::from(&c), services.keys);
-    s.set_ready(true);
+    let s = wired(dir.path(), |c| {
+        c.executors
+            .functions
+            .insert("ruled".into(), "gvisor".into());
+    });
     let host_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap()
         .trim()
@@ -1687,16 +1659,9 @@ async fn docker_functions_build_images_and_run_in_containers() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut c = sopm_server::ServerConfig {
-        storage: sopm_server::Storage::Memory,
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    };
-    c.executors.runtimes.insert("shell".into(), "docker".into());
-    c.validate().unwrap();
-    let services = sopm_server::server::build_services(&c).unwrap();
-    let s = AppState::with_keys(services.platform, ApiConfig::from(&c), services.keys);
-    s.set_ready(true);
+    let s = wired(dir.path(), |c| {
+        c.executors.runtimes.insert("shell".into(), "docker".into());
+    });
     let host_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap()
         .trim()
@@ -1843,6 +1808,22 @@ fn unknown_runtimes_and_executors_are_refused() {
     c.executors.functions.insert("resize".into(), "vm".into());
     let e = c.validate().unwrap_err();
     assert!(e.contains("functions.resize") && e.contains("vm"), "{e}");
+}
+
+/// A server state over the real wiring (`build_services`): memory storage, data under
+/// `dir`, settings adjusted by `tune` and validated, marked ready.
+fn wired(dir: &std::path::Path, tune: impl FnOnce(&mut sopm_server::ServerConfig)) -> AppState {
+    let mut c = sopm_server::ServerConfig {
+        storage: sopm_server::Storage::Memory,
+        data_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
+    tune(&mut c);
+    c.validate().unwrap();
+    let services = sopm_server::server::build_services(&c).unwrap();
+    let s = AppState::with_keys(services.platform, ApiConfig::from(&c), services.keys);
+    s.set_ready(true);
+    s
 }
 
 /// Whether every tool is on `PATH`; if not, the test is skipped with a printed reason,

@@ -1,7 +1,8 @@
 //! Hostile code in process sandboxes, for what is particular to bubblewrap: the few
 //! files of `/etc` it binds, the pids cgroup stopping a fork bomb (and the exact error a
 //! fork then gets), memory kills of a runner's child told apart through the memory
-//! cgroup, and memory bounded by rlimits alone without cgroups. What every backend must
+//! cgroup, `kill -9 -1` reaching the runner (bwrap's own process is the sandbox's init),
+//! and memory bounded by rlimits alone without cgroups. What every backend must
 //! show against hostile code (host secrets, writes outside `/tmp`, the host's network,
 //! fork bombs, unbounded allocation, deadlines, 100 MB of prints, closed frame pipes,
 //! `kill -9 -1`) is in the executor conformance suite, which `tests/process.rs` runs.
@@ -123,6 +124,27 @@ async fn a_killed_child_over_memory_is_out_of_memory_under_cgroups() {
             "{e:?}"
         );
     }
+    still_serves(&exec).await;
+    exec.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_minus_one_kills_the_runner_under_bwraps_init() {
+    let Some(exec) = ready("kill_minus_one_kills_the_runner") else {
+        return;
+    };
+    // bwrap's own process is the sandbox's init, so `kill -9 -1` reaches the runner.
+    let g = function_with(
+        Runtime::Shell,
+        "run.sh",
+        &[("run.sh", b"kill -9 -1\necho '\"unreachable?\"'\n")],
+        tight(),
+    );
+    let r = call(&exec, &g, json!({})).await;
+    assert!(
+        r.as_ref().is_err_and(|e| e.code() == "sandbox_crashed"),
+        "{r:?}"
+    );
     still_serves(&exec).await;
     exec.shutdown().await;
 }

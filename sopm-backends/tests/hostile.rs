@@ -1,12 +1,16 @@
-//! Hostile code in process sandboxes: each attack must be contained and reported with a
-//! clear error code (or fail inside the sandbox, as the function sees it), and the same
-//! executor must still run a normal function afterwards.
+//! Hostile code in process sandboxes, for what is particular to bubblewrap: the few
+//! files of `/etc` it binds, the pids cgroup stopping a fork bomb (and the exact error a
+//! fork then gets), memory kills of a runner's child told apart through the memory
+//! cgroup, `kill -9 -1` reaching the runner (bwrap's own process is the sandbox's init),
+//! and memory bounded by rlimits alone without cgroups. What every backend must
+//! show against hostile code (host secrets, writes outside `/tmp`, the host's network,
+//! fork bombs, unbounded allocation, deadlines, 100 MB of prints, closed frame pipes,
+//! `kill -9 -1`) is in the executor conformance suite, which `tests/process.rs` runs.
 #![cfg(feature = "process")]
 
 #[path = "process_support.rs"]
 mod support;
 
-use std::net::TcpListener;
 use std::time::Duration;
 
 use serde_json::json;
@@ -21,137 +25,27 @@ fn ready(test: &str) -> Option<sopm_backends::process::ProcessExecutor> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_of_the_host_are_not_visible() {
-    let Some(exec) = ready("secrets_of_the_host_are_not_visible") else {
+async fn etc_holds_no_account_files() {
+    let Some(exec) = ready("etc_holds_no_account_files") else {
         return;
     };
-    // A stand-in for the server's data directory, outside /tmp like a real one.
-    let data = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-    std::fs::write(data.path().join("secret.db"), b"TOP SECRET").unwrap();
-    let secret = data.path().join("secret.db");
     let f = python_limited(
-        concat!(
-            "import os\n",
-            "def attempt(path):\n",
-            "    try:\n",
-            "        with open(path, 'rb') as fh:\n",
-            "            return fh.read(64).decode('latin-1')\n",
-            "    except Exception as e:\n",
-            "        return 'denied: ' + type(e).__name__\n",
-            "def handle(event, context):\n",
-            "    out = {p: attempt(p) for p in event['paths']}\n",
-            "    out['root'] = sorted(os.listdir('/'))\n",
-            "    out['etc'] = sorted(os.listdir('/etc')) if os.path.isdir('/etc') else []\n",
-            "    return out\n",
-        ),
+        "import os\ndef handle(event, context):\n    return sorted(os.listdir('/etc'))\n",
         tight(),
     );
-    let paths = [
-        "/etc/shadow".to_string(),
-        "/root/.bash_history".to_string(),
-        "/proc/1/environ".to_string(),
-        secret.to_string_lossy().into_owned(),
-    ];
-    let out = call(&exec, &f, json!({"paths": paths}))
-        .await
-        .unwrap()
-        .value;
-    for p in &paths[..2] {
-        assert!(out[p].as_str().unwrap().starts_with("denied"), "{p}: {out}");
+    let etc = call(&exec, &f, json!({})).await.unwrap().value;
+    let etc = etc.as_array().unwrap();
+    for account in ["shadow", "passwd", "group", "gshadow"] {
+        assert!(!etc.contains(&json!(account)), "/etc/{account}: {etc:?}");
     }
-    assert!(
-        out[&paths[3]].as_str().unwrap().starts_with("denied"),
-        "the data dir is visible: {out}"
-    );
-    assert!(!out.to_string().contains("TOP SECRET"));
-    let etc = out["etc"].as_array().unwrap();
-    assert!(
-        !etc.contains(&json!("shadow")) && !etc.contains(&json!("passwd")),
-        "{out}"
-    );
-    let root = out["root"].as_array().unwrap();
-    assert!(
-        !root.contains(&json!("root")) || !root.contains(&json!("work")),
-        "{out}"
-    );
-    still_serves(&exec).await;
     exec.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_outside_tmp_fail() {
-    let Some(exec) = ready("writes_outside_tmp_fail") else {
+async fn a_fork_bomb_stops_at_the_pids_limit_and_leaves_no_process() {
+    let Some(exec) = ready("a_fork_bomb_stops_at_the_pids_limit") else {
         return;
     };
-    let f = python_limited(
-        "def handle(event, context):\n    out = {}\n    for p in event['paths']:\n        try:\n            open(p, 'w').write('x')\n            out[p] = 'written'\n        except Exception as e:\n            out[p] = type(e).__name__\n    return out\n",
-        tight(),
-    );
-    let out = call(
-        &exec,
-        &f,
-        json!({"paths": ["/x", "/usr/x", "/etc/x", "/run/sopm/runner.py", "/tmp/ok"]}),
-    )
-    .await
-    .unwrap()
-    .value;
-    assert_eq!(out["/tmp/ok"], json!("written"));
-    for p in ["/x", "/usr/x", "/etc/x", "/run/sopm/runner.py"] {
-        assert_ne!(out[p], json!("written"), "{p}: {out}");
-    }
-    // /tmp is capped: filling it fails inside the sandbox, not on the host.
-    let fill = python_limited(
-        "def handle(event, context):\n    try:\n        with open('/tmp/big', 'wb') as f:\n            for _ in range(200):\n                f.write(b'x' * (1 << 20))\n        return 'filled'\n    except OSError as e:\n        return 'stopped: ' + type(e).__name__\n",
-        Limits {
-            tmpfs_mb: 8,
-            ..tight()
-        },
-    );
-    let r = call(&exec, &fill, json!({})).await;
-    match r {
-        Ok(v) => assert!(v.value.as_str().unwrap().starts_with("stopped"), "{v:?}"),
-        Err(e) => assert!(
-            ["function_error", "sandbox_crashed"].contains(&e.code()),
-            "{e:?}"
-        ),
-    }
-    still_serves(&exec).await;
-    exec.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_network_to_the_host() {
-    let Some(exec) = ready("no_network_to_the_host") else {
-        return;
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    // Even a function asking for network gets none unless the operator allows it.
-    let f = python_limited(
-        "import socket\ndef handle(event, context):\n    try:\n        s = socket.create_connection(('127.0.0.1', event['port']), timeout=1)\n        s.sendall(b'escaped')\n        return 'connected'\n    except OSError as e:\n        return 'refused: ' + type(e).__name__\n",
-        Limits {
-            network: true,
-            ..tight()
-        },
-    );
-    let out = call(&exec, &f, json!({"port": port})).await.unwrap().value;
-    assert!(out.as_str().unwrap().starts_with("refused"), "{out}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(listener.accept().is_err(), "the sandbox reached the host");
-    still_serves(&exec).await;
-    exec.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fork_bomb_is_contained() {
-    let Some(exec) = ready("a_fork_bomb_is_contained") else {
-        return;
-    };
-    let f = python_limited(
-        "import os\ndef handle(event, context):\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n",
-        tight(),
-    );
     // Counting forks until the kernel refuses shows where the limit sits.
     let counter = python_limited(
         concat!(
@@ -181,8 +75,11 @@ async fn a_fork_bomb_is_contained() {
         // The sleeping children make the instance unfit for reuse.
         assert!(exec.counters().replaced >= 1);
     }
-    let e = call(&exec, &f, json!({})).await.unwrap_err();
-    eprintln!("fork bomb: {e:?}");
+    let bomb = python_limited(
+        "import os\ndef handle(event, context):\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n",
+        tight(),
+    );
+    let e = call(&exec, &bomb, json!({})).await.unwrap_err();
     assert!(
         ["timeout", "sandbox_crashed", "function_error"].contains(&e.code()),
         "{e:?}"
@@ -203,21 +100,11 @@ async fn a_fork_bomb_is_contained() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unbounded_allocation_is_out_of_memory() {
-    let Some(exec) = ready("unbounded_allocation_is_out_of_memory") else {
+async fn a_killed_child_over_memory_is_out_of_memory_under_cgroups() {
+    let Some(exec) = ready("a_killed_child_over_memory_is_out_of_memory") else {
         return;
     };
-    let f = python_limited(
-        "def handle(event, context):\n    hoard = []\n    while True:\n        hoard.append(b'x' * (8 << 20))\n",
-        Limits {
-            memory_mb: 64,
-            ..tight()
-        },
-    );
-    let e = call(&exec, &f, json!({})).await.unwrap_err();
-    eprintln!("python memory hog: {e:?}");
-    assert_eq!(e.code(), "out_of_memory", "{e:?}");
-    // Also when the kernel has to kill a child of the runner (no MemoryError to catch).
+    // The kernel kills the shell, a child of the runner: no MemoryError to catch.
     let g = function_with(
         Runtime::Shell,
         "run.sh",
@@ -242,129 +129,11 @@ async fn unbounded_allocation_is_out_of_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spinning_and_sleeping_past_the_deadline_time_out() {
-    let Some(exec) = ready("spinning_and_sleeping_time_out") else {
+async fn kill_minus_one_kills_the_runner_under_bwraps_init() {
+    let Some(exec) = ready("kill_minus_one_kills_the_runner") else {
         return;
     };
-    let limits = Limits {
-        timeout_ms: 1_000,
-        ..tight()
-    };
-    let spin = python_limited(
-        "def handle(event, context):\n    while True:\n        pass\n",
-        limits.clone(),
-    );
-    let e = call(&exec, &spin, json!({})).await.unwrap_err();
-    assert_eq!(e.code(), "timeout", "{e:?}");
-    let sleep = python_limited(
-        "import time\ndef handle(event, context):\n    time.sleep(30)\n    return 'woke'\n",
-        limits,
-    );
-    let e = call(&exec, &sleep, json!({})).await.unwrap_err();
-    assert_eq!(e.code(), "timeout", "{e:?}");
-    assert!(exec.counters().replaced >= 2);
-    still_serves(&exec).await;
-    exec.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn printing_100_mb_is_capped() {
-    let Some(exec) = ready("printing_100_mb_is_capped") else {
-        return;
-    };
-    let limits = Limits {
-        timeout_ms: 20_000,
-        max_output_bytes: 64 * 1024,
-        ..tight()
-    };
-    let f = python_limited(
-        "import sys\ndef handle(event, context):\n    chunk = 'y' * (1 << 20)\n    for _ in range(100):\n        sys.stdout.write(chunk)\n    return 'printed'\n",
-        limits.clone(),
-    );
-    let out = call(&exec, &f, json!({})).await.unwrap();
-    assert_eq!(out.value, json!("printed"));
-    let logs = out.logs.unwrap();
-    assert!(
-        logs.len() < 64 * 1024 + 200,
-        "{} bytes of logs kept",
-        logs.len()
-    );
-    assert!(
-        logs.contains("[sopm: logs truncated"),
-        "no truncation marker"
-    );
-    // 100 MB without a newline straight onto the frame channel.
-    let g = python_limited(
-        "import os\ndef handle(event, context):\n    chunk = b'z' * (1 << 20)\n    for _ in range(100):\n        os.write(4, chunk)\n    return 'done'\n",
-        limits,
-    );
-    let e = call(&exec, &g, json!({})).await.unwrap_err();
-    assert_eq!(e.code(), "output_too_large", "{e:?}");
-    still_serves(&exec).await;
-    exec.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closing_the_frame_pipes() {
-    let Some(exec) = ready("closing_the_frame_pipes") else {
-        return;
-    };
-    let f = python_limited(
-        "import os\ndef handle(event, context):\n    os.close(4)\n    return 'closed'\n",
-        tight(),
-    );
-    let e = call(&exec, &f, json!({})).await.unwrap_err();
-    assert_eq!(e.code(), "sandbox_crashed", "{e:?}");
-    // Closing sys.stdout only loses the function's own prints.
-    let g = python_limited(
-        "import sys\ndef handle(event, context):\n    sys.stdout.close()\n    return 'fine'\n",
-        tight(),
-    );
-    assert_eq!(
-        call(&exec, &g, json!({})).await.unwrap().value,
-        json!("fine")
-    );
-    // Closing the frame input answers once; the instance is then dead and replaced.
-    let h = python_limited(
-        "import os\ndef handle(event, context):\n    os.close(3)\n    return 'half'\n",
-        tight(),
-    );
-    let first = call(&exec, &h, json!({})).await;
-    eprintln!("closed frame input: {first:?}");
-    assert!(
-        matches!(&first, Ok(o) if o.value == json!("half"))
-            || first.as_ref().is_err_and(|e| e.code() == "sandbox_crashed"),
-        "{first:?}"
-    );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let second = call(&exec, &h, json!({})).await;
-    assert!(
-        matches!(&second, Ok(o) if o.value == json!("half"))
-            || second
-                .as_ref()
-                .is_err_and(|e| e.code() == "sandbox_crashed"),
-        "{second:?}"
-    );
-    still_serves(&exec).await;
-    exec.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_parent_and_everything() {
-    let Some(exec) = ready("killing_the_parent_and_everything") else {
-        return;
-    };
-    let f = python_limited(
-        "import os\ndef handle(event, context):\n    os.kill(os.getppid(), 9)\n    return 'still here'\n",
-        tight(),
-    );
-    let r = call(&exec, &f, json!({})).await;
-    eprintln!("kill parent: {r:?}");
-    assert!(
-        matches!(&r, Ok(o) if o.value == json!("still here"))
-            || r.as_ref().is_err_and(|e| e.code() == "sandbox_crashed"),
-        "{r:?}"
-    );
+    // bwrap's own process is the sandbox's init, so `kill -9 -1` reaches the runner.
     let g = function_with(
         Runtime::Shell,
         "run.sh",

@@ -1,5 +1,5 @@
 //! The process executor, for real under bubblewrap: the executor conformance suite of
-//! `sopm_core` (every runtime, payloads, errors, limits, logs, concurrency, isolation
+//! `sopm_core` (every runtime, payloads, errors, limits, logs, hostile code, concurrency, isolation
 //! between functions, replacement, reaping, stem cells), plus what is particular to it:
 //! retiring, mounted artifacts, the environment, the per-function cap, cancellation and
 //! opt-in network.

@@ -121,8 +121,11 @@ impl SandboxLauncher for ProcessLauncher {
         };
         let argv = bwrap::command_line(&plan);
         let mut cmd = Command::new(&argv[0]);
+        // bwrap's own process stays visible inside as pid 1, with the environment it was
+        // started with (the cgroup join's `sh` exports `PWD`): not the server's directory.
         cmd.args(&argv[1..])
             .env_clear()
+            .current_dir("/")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

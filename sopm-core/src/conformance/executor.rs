@@ -105,6 +105,15 @@ impl Needs {
     fn python(test: &'static str) -> Self {
         Needs::new(test, &[Runtime::Python])
     }
+
+    /// Stem cells booted with [`tight`] limits, for a behaviour whose functions all run
+    /// with them: hostile code gets its short deadline for itself, not for a boot.
+    fn tight_stems(runtimes: &'static [Runtime], test: &'static str) -> Self {
+        Needs {
+            stem_limits: Some(tight()),
+            ..Needs::new(test, runtimes)
+        }
+    }
 }
 
 /// The [`Needs`] of each behaviour, by the behaviour's name.
@@ -163,9 +172,13 @@ pub mod needs {
         }
     }
 
-    /// Needs of [`unbounded_allocation_is_out_of_memory`](super::unbounded_allocation_is_out_of_memory).
+    /// Needs of [`unbounded_allocation_is_out_of_memory`](super::unbounded_allocation_is_out_of_memory):
+    /// python and shell functions.
     pub fn unbounded_allocation_is_out_of_memory() -> Needs {
-        Needs::python("unbounded_allocation_is_out_of_memory")
+        Needs::new(
+            "unbounded_allocation_is_out_of_memory",
+            &[Runtime::Python, Runtime::Shell],
+        )
     }
 
     /// Needs of [`output_too_large_is_reported_and_the_instance_kept`](super::output_too_large_is_reported_and_the_instance_kept).
@@ -178,9 +191,43 @@ pub mod needs {
         Needs::python("no_network_to_the_host")
     }
 
-    /// Needs of [`secrets_of_the_host_are_not_visible`](super::secrets_of_the_host_are_not_visible).
+    /// Needs of [`secrets_of_the_host_are_not_visible`](super::secrets_of_the_host_are_not_visible):
+    /// stem cells booted with [`tight`] limits.
     pub fn secrets_of_the_host_are_not_visible() -> Needs {
-        Needs::python("secrets_of_the_host_are_not_visible")
+        Needs::tight_stems(&[Runtime::Python], "secrets_of_the_host_are_not_visible")
+    }
+
+    /// Needs of [`writes_outside_tmp_fail`](super::writes_outside_tmp_fail): stem cells
+    /// booted with [`tight`] limits.
+    pub fn writes_outside_tmp_fail() -> Needs {
+        Needs::tight_stems(&[Runtime::Python], "writes_outside_tmp_fail")
+    }
+
+    /// Needs of [`a_fork_bomb_is_contained`](super::a_fork_bomb_is_contained): stem
+    /// cells booted with [`tight`] limits.
+    pub fn a_fork_bomb_is_contained() -> Needs {
+        Needs::tight_stems(&[Runtime::Python], "a_fork_bomb_is_contained")
+    }
+
+    /// Needs of [`printing_100_mb_is_capped`](super::printing_100_mb_is_capped): stem
+    /// cells booted with [`tight`] limits.
+    pub fn printing_100_mb_is_capped() -> Needs {
+        Needs::tight_stems(&[Runtime::Python], "printing_100_mb_is_capped")
+    }
+
+    /// Needs of [`closing_the_frame_pipes`](super::closing_the_frame_pipes): stem cells
+    /// booted with [`tight`] limits.
+    pub fn closing_the_frame_pipes() -> Needs {
+        Needs::tight_stems(&[Runtime::Python], "closing_the_frame_pipes")
+    }
+
+    /// Needs of [`killing_the_parent_and_everything`](super::killing_the_parent_and_everything):
+    /// python and shell functions, stem cells booted with [`tight`] limits.
+    pub fn killing_the_parent_and_everything() -> Needs {
+        Needs::tight_stems(
+            &[Runtime::Python, Runtime::Shell],
+            "killing_the_parent_and_everything",
+        )
     }
 
     /// Needs of [`concurrent_calls_grow_the_pool_up_to_the_cap`](super::concurrent_calls_grow_the_pool_up_to_the_cap):
@@ -683,19 +730,36 @@ pub async fn spinning_and_sleeping_past_the_deadline_time_out(s: &dyn Subject) {
     still_serves(exec).await;
 }
 
-/// Allocating without bound under a 64 MiB limit is `out_of_memory`, and the executor
+/// Allocating without bound under a 64 MiB limit is `out_of_memory`, in python (the
+/// runner itself) and in a shell script (a child of the runner, which the kernel may have
+/// to kill: `out_of_memory`, or a `function_error` where only rlimits bound it), well
+/// before a 10 s timeout that leaves room to boot a sandbox for these limits; the executor
 /// still serves.
 pub async fn unbounded_allocation_is_out_of_memory(s: &dyn Subject) {
     let exec = s.executor();
+    let limits = Limits {
+        memory_mb: 64,
+        timeout_ms: 10_000,
+        ..tight()
+    };
     let f = python_limited(
         "def handle(event, context):\n    hoard = []\n    while True:\n        hoard.append(b'x' * (8 << 20))\n",
-        Limits {
-            memory_mb: 64,
-            ..tight()
-        },
+        limits.clone(),
     );
     let e = call(exec, &f, json!({})).await.unwrap_err();
     assert_eq!(e.code(), "out_of_memory", "{e:?}");
+    let g = function_with(
+        Runtime::Shell,
+        "run.sh",
+        &[("run.sh", b"x=a; while :; do x=$x$x; done\n")],
+        limits,
+    );
+    let e = call(exec, &g, json!({})).await.unwrap_err();
+    eprintln!("shell memory hog: {e:?}");
+    assert!(
+        ["out_of_memory", "function_error"].contains(&e.code()),
+        "{e:?}"
+    );
     still_serves(exec).await;
 }
 
@@ -721,7 +785,7 @@ pub async fn output_too_large_is_reported_and_the_instance_kept(s: &dyn Subject)
 }
 
 /// A function asking for network, on an executor that does not allow it, cannot reach
-/// a port listening on the host's loopback.
+/// a port listening on the host's loopback, and the executor still serves.
 pub async fn no_network_to_the_host(s: &dyn Subject) {
     let exec = s.executor();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -738,40 +802,311 @@ pub async fn no_network_to_the_host(s: &dyn Subject) {
     assert!(out.as_str().unwrap().starts_with("refused"), "{out}");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(listener.accept().is_err(), "the sandbox reached the host");
+    still_serves(exec).await;
 }
 
-/// A function cannot read `/etc/shadow`, root's files, or a file in a directory of the
-/// host outside `/tmp` (a stand-in for the server's data directory, made under the
-/// current directory).
+/// Nothing of the host is visible to a function: it cannot read `/etc/shadow` or root's
+/// files, the host's `/etc/passwd` is not its `/etc/passwd`, a directory of the host
+/// outside `/tmp` (a stand-in for the server's data directory, made under the current
+/// directory) does not exist for it, and no process it can see is a host process (none
+/// runs this test's program, none has this test's directory in its environment); the
+/// executor still serves.
 pub async fn secrets_of_the_host_are_not_visible(s: &dyn Subject) {
     let exec = s.executor();
     let here = std::env::current_dir().expect("current dir");
-    let data = tempfile::tempdir_in(here).unwrap();
+    let data = tempfile::tempdir_in(&here).unwrap();
     std::fs::write(data.path().join("secret.db"), b"TOP SECRET").unwrap();
     let secret = data.path().join("secret.db");
     let f = python_limited(
         concat!(
+            "import os\n",
             "def attempt(path):\n",
             "    try:\n",
             "        with open(path, 'rb') as fh:\n",
-            "            return fh.read(64).decode('latin-1')\n",
+            "            return fh.read(1 << 16).decode('latin-1')\n",
             "    except Exception as e:\n",
             "        return 'denied: ' + type(e).__name__\n",
+            "def processes():\n",
+            "    out = []\n",
+            "    for pid in os.listdir('/proc'):\n",
+            "        if pid.isdigit():\n",
+            "            seen = {'pid': pid}\n",
+            "            for part in ('cmdline', 'environ'):\n",
+            "                seen[part] = attempt('/proc/%s/%s' % (pid, part)).replace('\\0', ' ')\n",
+            "            out.append(seen)\n",
+            "    return out\n",
             "def handle(event, context):\n",
-            "    return {p: attempt(p) for p in event['paths']}\n",
+            "    return {\n",
+            "        'read': {p: attempt(p) for p in event['paths']},\n",
+            "        'exists': {p: os.path.exists(p) for p in event['dirs']},\n",
+            "        'processes': processes(),\n",
+            "    }\n",
         ),
         tight(),
     );
+    let secret = secret.to_string_lossy().into_owned();
     let paths = [
         "/etc/shadow".to_string(),
         "/root/.bash_history".to_string(),
-        secret.to_string_lossy().into_owned(),
+        secret.clone(),
+        "/etc/passwd".to_string(),
     ];
-    let out = call(exec, &f, json!({"paths": paths})).await.unwrap().value;
-    for p in &paths {
-        assert!(out[p].as_str().unwrap().starts_with("denied"), "{p}: {out}");
+    let dirs = [
+        data.path().to_string_lossy().into_owned(),
+        here.to_string_lossy().into_owned(),
+    ];
+    let out = call(exec, &f, json!({"paths": paths, "dirs": dirs}))
+        .await
+        .unwrap()
+        .value;
+    let read = &out["read"];
+    for p in &paths[..3] {
+        assert!(
+            read[p].as_str().unwrap().starts_with("denied"),
+            "{p}: {read}"
+        );
     }
-    assert!(!out.to_string().contains("TOP SECRET"));
+    assert!(!out.to_string().contains("TOP SECRET"), "{out}");
+    if let Ok(host_passwd) = std::fs::read_to_string("/etc/passwd") {
+        assert_ne!(
+            read["/etc/passwd"].as_str(),
+            Some(host_passwd.as_str()),
+            "the host's /etc/passwd is visible"
+        );
+    }
+    for d in &dirs {
+        assert_eq!(out["exists"][d], json!(false), "{d} is visible: {out}");
+    }
+    let program = std::env::current_exe().expect("the test program");
+    let program = program.to_string_lossy();
+    let here = here.to_string_lossy();
+    let processes = out["processes"].as_array().expect("a process list");
+    assert!(
+        !processes.is_empty(),
+        "the function sees not even itself in /proc: {out}"
+    );
+    for p in processes {
+        for part in ["cmdline", "environ"] {
+            let text = p[part].as_str().unwrap_or_default();
+            assert!(
+                !text.contains(&*program) && !text.contains(&*here),
+                "a host process is visible: {p}"
+            );
+        }
+    }
+    still_serves(exec).await;
+}
+
+/// Writes outside `/tmp` fail (the root, `/usr`, `/etc`, the runner's own file) and
+/// leave nothing on the host; `/tmp` is writable but capped at the function's `tmpfs_mb`:
+/// filling it fails inside the sandbox (or ends the call as a `function_error` or
+/// `sandbox_crashed`); the executor still serves.
+pub async fn writes_outside_tmp_fail(s: &dyn Subject) {
+    let exec = s.executor();
+    let f = python_limited(
+        concat!(
+            "import __main__\n",
+            "def handle(event, context):\n",
+            "    out = {}\n",
+            "    for p in event['paths'] + [__main__.__file__]:\n",
+            "        try:\n",
+            "            open(p, 'w').write('x')\n",
+            "            out[p] = 'written'\n",
+            "        except Exception as e:\n",
+            "            out[p] = type(e).__name__\n",
+            "    return {'runner': __main__.__file__, 'writes': out}\n",
+        ),
+        tight(),
+    );
+    let name = format!("sopm-write-{}", uuid::Uuid::new_v4().simple());
+    let outside = [
+        format!("/{name}"),
+        format!("/usr/{name}"),
+        format!("/etc/{name}"),
+    ];
+    let mut paths = outside.to_vec();
+    paths.push("/tmp/ok".into());
+    let out = call(exec, &f, json!({ "paths": paths }))
+        .await
+        .unwrap()
+        .value;
+    let writes = &out["writes"];
+    assert_eq!(writes["/tmp/ok"], json!("written"), "{out}");
+    let runner = out["runner"].as_str().expect("the runner's file");
+    for p in outside.iter().map(String::as_str).chain([runner]) {
+        assert!(
+            writes[p].is_string() && writes[p] != json!("written"),
+            "{p}: {out}"
+        );
+    }
+    for p in &outside {
+        assert!(!Path::new(p).exists(), "{p} was written on the host");
+    }
+    let fill = python_limited(
+        "def handle(event, context):\n    try:\n        with open('/tmp/big', 'wb') as f:\n            for _ in range(200):\n                f.write(b'x' * (1 << 20))\n        return 'filled'\n    except OSError as e:\n        return 'stopped: ' + type(e).__name__\n",
+        Limits {
+            tmpfs_mb: 8,
+            timeout_ms: 10_000,
+            ..tight()
+        },
+    );
+    match call(exec, &fill, json!({})).await {
+        Ok(v) => assert!(
+            v.value.as_str().is_some_and(|v| v.starts_with("stopped")),
+            "{v:?}"
+        ),
+        Err(e) => assert!(
+            ["function_error", "sandbox_crashed"].contains(&e.code()),
+            "{e:?}"
+        ),
+    }
+    still_serves(exec).await;
+}
+
+/// A fork bomb is contained: it ends as a `timeout`, `sandbox_crashed` or
+/// `function_error`, or as `out_of_memory` where its processes share the sandbox's memory
+/// limit and use it up before any process limit stops them (gVisor under Docker, whose
+/// pids limit has room for gVisor's own threads); the executor still serves.
+pub async fn a_fork_bomb_is_contained(s: &dyn Subject) {
+    let exec = s.executor();
+    let f = python_limited(
+        "import os\ndef handle(event, context):\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n",
+        tight(),
+    );
+    let e = call(exec, &f, json!({})).await.unwrap_err();
+    eprintln!("fork bomb: {e:?}");
+    assert!(
+        [
+            "timeout",
+            "sandbox_crashed",
+            "function_error",
+            "out_of_memory"
+        ]
+        .contains(&e.code()),
+        "{e:?}"
+    );
+    still_serves(exec).await;
+}
+
+/// 100 MB printed to stdout leave the call's logs capped at `max_output_bytes` (64 KiB)
+/// with a truncation marker, and the call succeeds; 100 MB without a newline written
+/// straight onto the runner's frame channel (fd 4) is `output_too_large`; the executor
+/// still serves.
+pub async fn printing_100_mb_is_capped(s: &dyn Subject) {
+    let exec = s.executor();
+    let limits = Limits {
+        timeout_ms: 20_000,
+        max_output_bytes: 64 * 1024,
+        ..tight()
+    };
+    let f = python_limited(
+        "import sys\ndef handle(event, context):\n    chunk = 'y' * (1 << 20)\n    for _ in range(100):\n        sys.stdout.write(chunk)\n    return 'printed'\n",
+        limits.clone(),
+    );
+    let out = call(exec, &f, json!({})).await.unwrap();
+    assert_eq!(out.value, json!("printed"));
+    let logs = out.logs.unwrap_or_default();
+    assert!(
+        logs.len() < 64 * 1024 + 200,
+        "{} bytes of logs kept",
+        logs.len()
+    );
+    assert!(
+        logs.contains("[sopm: logs truncated"),
+        "no truncation marker"
+    );
+    let g = python_limited(
+        "import os\ndef handle(event, context):\n    chunk = b'z' * (1 << 20)\n    for _ in range(100):\n        os.write(4, chunk)\n    return 'done'\n",
+        limits,
+    );
+    let e = call(exec, &g, json!({})).await.unwrap_err();
+    assert_eq!(e.code(), "output_too_large", "{e:?}");
+    still_serves(exec).await;
+}
+
+/// A function closing the runner's frame output (fd 4) is `sandbox_crashed`; closing its
+/// own `sys.stdout` only loses its prints; closing the frame input (fd 3) answers, or is
+/// `sandbox_crashed`, and the next call gets an instance that answers too; the executor
+/// still serves.
+pub async fn closing_the_frame_pipes(s: &dyn Subject) {
+    let exec = s.executor();
+    let f = python_limited(
+        "import os\ndef handle(event, context):\n    os.close(4)\n    return 'closed'\n",
+        tight(),
+    );
+    let e = call(exec, &f, json!({})).await.unwrap_err();
+    assert_eq!(e.code(), "sandbox_crashed", "{e:?}");
+    let g = python_limited(
+        "import sys\ndef handle(event, context):\n    sys.stdout.close()\n    return 'fine'\n",
+        tight(),
+    );
+    assert_eq!(
+        call(exec, &g, json!({})).await.unwrap().value,
+        json!("fine")
+    );
+    let h = python_limited(
+        "import os\ndef handle(event, context):\n    os.close(3)\n    return 'half'\n",
+        tight(),
+    );
+    for attempt in ["first", "second"] {
+        let r = call(exec, &h, json!({})).await;
+        eprintln!("closed frame input, {attempt} call: {r:?}");
+        assert!(
+            matches!(&r, Ok(o) if o.value == json!("half"))
+                || r.as_ref().is_err_and(|e| e.code() == "sandbox_crashed"),
+            "{attempt} call: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    still_serves(exec).await;
+}
+
+/// A function killing its parent process answers or is `sandbox_crashed`; a shell script
+/// running `kill -9 -1` kills at most what its sandbox holds: the call is
+/// `sandbox_crashed` (the runner was killed), or the script goes on (where the runner is
+/// the sandbox's init, which `kill -1` spares) and answers; a process of the host (started
+/// by the test) lives on, and the executor still serves.
+pub async fn killing_the_parent_and_everything(s: &dyn Subject) {
+    let exec = s.executor();
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .expect("start a host process");
+    let f = python_limited(
+        "import os\ndef handle(event, context):\n    os.kill(os.getppid(), 9)\n    return 'still here'\n",
+        tight(),
+    );
+    let r = call(exec, &f, json!({})).await;
+    eprintln!("kill parent: {r:?}");
+    assert!(
+        matches!(&r, Ok(o) if o.value == json!("still here"))
+            || r.as_ref().is_err_and(|e| e.code() == "sandbox_crashed"),
+        "{r:?}"
+    );
+    let g = function_with(
+        Runtime::Shell,
+        "run.sh",
+        &[("run.sh", b"kill -9 -1\necho '\"survived\"'\n")],
+        tight(),
+    );
+    let r = call(exec, &g, json!({})).await;
+    eprintln!("kill -9 -1: {r:?}");
+    let alive = bystander
+        .try_wait()
+        .expect("check the host process")
+        .is_none();
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    assert!(
+        matches!(&r, Ok(o) if o.value == json!("survived"))
+            || r.as_ref().is_err_and(|e| e.code() == "sandbox_crashed"),
+        "{r:?}"
+    );
+    assert!(
+        alive,
+        "kill -9 -1 in a sandbox killed a process of the host"
+    );
+    still_serves(exec).await;
 }
 
 /// Eight concurrent calls of one function all succeed, on 2 or 3 instances (the cap is 3),
@@ -920,6 +1255,11 @@ macro_rules! executor_conformance {
                 output_too_large_is_reported_and_the_instance_kept
                 no_network_to_the_host
                 secrets_of_the_host_are_not_visible
+                writes_outside_tmp_fail
+                a_fork_bomb_is_contained
+                printing_100_mb_is_capped
+                closing_the_frame_pipes
+                killing_the_parent_and_everything
                 concurrent_calls_grow_the_pool_up_to_the_cap
                 two_functions_never_share_an_instance
                 a_crashed_instance_is_replaced
@@ -1090,6 +1430,11 @@ mod tests {
             output_too_large_is_reported_and_the_instance_kept
             no_network_to_the_host
             secrets_of_the_host_are_not_visible
+            writes_outside_tmp_fail
+            a_fork_bomb_is_contained
+            printing_100_mb_is_capped
+            closing_the_frame_pipes
+            killing_the_parent_and_everything
             concurrent_calls_grow_the_pool_up_to_the_cap
             two_functions_never_share_an_instance
             a_crashed_instance_is_replaced

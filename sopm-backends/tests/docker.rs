@@ -130,3 +130,39 @@ mod runsc {
 
     sopm_core::executor_conformance!(docker);
 }
+
+/// Under runc the kernel's OOM killer may pick a child of the runner (a shell memory hog)
+/// while the runner lives on: the container's memory cgroup counts the kill, and the call
+/// is `out_of_memory`, not a plain failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_hog_child_under_runc_is_out_of_memory() {
+    use sopm_core::conformance::executor::{call, function_with, still_serves, tight};
+    let test = "a_memory_hog_child_under_runc_is_out_of_memory";
+    let Some(d) = ready(
+        test,
+        "runc",
+        &[RunnerKind::Static, RunnerKind::Python],
+        |p| p,
+    )
+    .await
+    else {
+        return;
+    };
+    let limits = sopm_core::Limits {
+        memory_mb: 64,
+        timeout_ms: 10_000,
+        ..tight()
+    };
+    let hog = function_with(
+        sopm_core::Runtime::Shell,
+        "run.sh",
+        &[("run.sh", b"x=a; while :; do x=$x$x; done\n")],
+        limits,
+    );
+    let e = call(&d.exec, &hog, serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "out_of_memory", "{e:?}");
+    still_serves(&d.exec).await;
+    d.finish().await;
+}

@@ -260,12 +260,9 @@ impl Daemon {
         }
     }
 
-    /// Containers of this executor's name: (id, owner, instance).
-    async fn list(&self, docker: &Docker) -> Result<Vec<(String, String, String)>> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{LABEL_EXECUTOR}={}", self.executor)],
-        )]);
+    /// Containers carrying `label` (`key` or `key=value`): (id, owner, instance).
+    async fn list(&self, docker: &Docker, label: String) -> Result<Vec<(String, String, String)>> {
+        let filters = HashMap::from([("label".to_string(), vec![label])]);
         let list = docker
             .list_containers(Some(ListContainersOptions {
                 all: true,
@@ -289,7 +286,7 @@ impl Daemon {
     pub(crate) async fn own_containers(&self) -> Result<Vec<String>> {
         let docker = self.client().await?;
         Ok(self
-            .list(&docker)
+            .list(&docker, format!("{LABEL_INSTANCE}={}", self.instance))
             .await?
             .into_iter()
             .filter(|(_, _, instance)| *instance == self.instance)
@@ -309,8 +306,10 @@ impl Daemon {
         }
     }
 
+    /// Removes the containers of every SOPM server on this host that is gone (whatever
+    /// its executors were named).
     async fn sweep_stale(&self, docker: &Docker) {
-        let Ok(list) = self.list(docker).await else {
+        let Ok(list) = self.list(docker, LABEL_OWNER.to_string()).await else {
             return;
         };
         for (id, owner, _) in list {

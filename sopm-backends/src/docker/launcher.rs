@@ -20,6 +20,7 @@ use super::daemon::{
     remove_container, Daemon, LABEL_EXECUTOR, LABEL_INSTANCE, LABEL_OWNER, RUNNER_DIR,
 };
 use super::DockerExecutorConfig;
+use crate::process::cgroup::oom_kills_in;
 use crate::sandbox::protocol::{BoxRead, BoxWrite, RUNNER_PROLOGUE};
 use crate::sandbox::{
     load_directory, Death, FunctionCode, LaunchSpec, RunnerChannel, RunnerKind, Sandbox,
@@ -194,6 +195,8 @@ impl SandboxLauncher for DockerLauncher {
             alive: Arc::new(AtomicBool::new(true)),
             pump: None,
             removed: false,
+            memory_cgroup: None,
+            oom_base: 0,
         };
         let attached = docker
             .attach_container(
@@ -235,6 +238,7 @@ impl SandboxLauncher for DockerLauncher {
                 "cannot start a container of '{image}': {e}"
             )));
         }
+        sandbox.memory_cgroup = memory_cgroup(&sandbox.id);
         if let Err(e) = sandbox.channel().hello().await {
             let death = sandbox.post_mortem().await;
             return Err(Error::Unavailable(format!(
@@ -316,6 +320,32 @@ pub struct DockerSandbox {
     alive: Arc<AtomicBool>,
     pump: Option<JoinHandle<()>>,
     removed: bool,
+    /// The container's memory cgroup on this host (v2 or not), when the daemon is
+    /// local and it is found: OOM kills of processes other than the runner are read
+    /// there.
+    memory_cgroup: Option<(std::path::PathBuf, bool)>,
+    oom_base: u64,
+}
+
+/// The memory cgroup directory of a container of the local daemon: cgroup v1
+/// (`memory/docker/<id>`), v2 with the cgroupfs driver (`docker/<id>`) or with the
+/// systemd driver (`system.slice/docker-<id>.scope`).
+fn memory_cgroup(id: &str) -> Option<(std::path::PathBuf, bool)> {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    [
+        (root.join("memory/docker").join(id), false),
+        (root.join("docker").join(id), true),
+        (root.join(format!("system.slice/docker-{id}.scope")), true),
+    ]
+    .into_iter()
+    .find(|(dir, v2)| {
+        dir.join(if *v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        })
+        .is_file()
+    })
 }
 
 impl DockerSandbox {
@@ -378,10 +408,16 @@ impl Sandbox for DockerSandbox {
         self.alive.load(Ordering::Acquire)
     }
 
-    fn mark_clean(&mut self) {}
+    fn mark_clean(&mut self) {
+        if let Some((dir, v2)) = &self.memory_cgroup {
+            self.oom_base = oom_kills_in(dir, *v2);
+        }
+    }
 
     fn memory_exceeded(&mut self) -> bool {
-        false
+        self.memory_cgroup
+            .as_ref()
+            .is_some_and(|(dir, v2)| oom_kills_in(dir, *v2) > self.oom_base)
     }
 
     fn is_clean(&mut self) -> bool {

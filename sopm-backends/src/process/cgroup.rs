@@ -219,28 +219,7 @@ impl SandboxCgroup {
 
     /// How many times the kernel's OOM killer killed a process in this cgroup.
     pub fn oom_kills(&self) -> u64 {
-        let file = if self.v2 {
-            "memory.events"
-        } else {
-            "memory.oom_control"
-        };
-        let text = std::fs::read_to_string(self.memory.join(file)).unwrap_or_default();
-        let kills = text
-            .lines()
-            .find_map(|l| l.strip_prefix("oom_kill "))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0);
-        if kills == 0 && !self.v2 {
-            // Kernels before 4.13 have no oom_kill line: a hit limit is the best clue.
-            let fails: u64 = std::fs::read_to_string(self.memory.join("memory.failcnt"))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0);
-            if fails > 0 && !text.contains("oom_kill") {
-                return 1;
-            }
-        }
-        kills
+        oom_kills_in(&self.memory, self.v2)
     }
 
     /// Processes in the sandbox now.
@@ -298,4 +277,32 @@ impl SandboxCgroup {
         }
         ok
     }
+}
+
+/// How many times the kernel's OOM killer killed a process in the memory cgroup `dir`
+/// (cgroup v2: `memory.events`; v1: `memory.oom_control`, or `memory.failcnt` on
+/// kernels before 4.13, which count no kills).
+pub(crate) fn oom_kills_in(dir: &Path, v2: bool) -> u64 {
+    let file = if v2 {
+        "memory.events"
+    } else {
+        "memory.oom_control"
+    };
+    let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+    let kills = text
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    if kills == 0 && !v2 {
+        // Kernels before 4.13 have no oom_kill line: a hit limit is the best clue.
+        let fails: u64 = std::fs::read_to_string(dir.join("memory.failcnt"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if fails > 0 && !text.contains("oom_kill") {
+            return 1;
+        }
+    }
+    kills
 }

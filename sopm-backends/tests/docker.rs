@@ -166,3 +166,78 @@ async fn a_memory_hog_child_under_runc_is_out_of_memory() {
     still_serves(&d.exec).await;
     d.finish().await;
 }
+
+/// Runner images are named by what went in: a changed runner makes a new image, the
+/// old one is removed, and the new one runs functions; an executor whose runner image
+/// was removed builds it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_runner_makes_a_new_runner_image_and_the_old_one_goes() {
+    use sopm_core::conformance::executor::{call, function};
+    let test = "a_changed_runner_makes_a_new_runner_image_and_the_old_one_goes";
+    let Some(d) = ready(test, "runc", &[RunnerKind::Static], |p| {
+        p.with_stem_cells(0)
+    })
+    .await
+    else {
+        return;
+    };
+    let original = std::env::var("SOPM_STATIC_RUNNER")
+        .map(std::path::PathBuf::from)
+        .expect("the static runner (checked by ready)");
+    // Two runners of this test's own (bytes after the end of an ELF file change its
+    // digest, not what it does), so no other test's containers hold their images.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("sopm-runner");
+    let padded = |pad: &str| {
+        let mut bytes = std::fs::read(&original).unwrap();
+        bytes.extend_from_slice(
+            format!("\nsopm test padding {pad} {}\n", uuid::Uuid::new_v4()).as_bytes(),
+        );
+        std::fs::write(&copy, bytes).unwrap();
+    };
+    padded("one");
+    let image = |path: &std::path::Path| {
+        DockerExecutorConfig::new()
+            .with_name(format!("test-prune-{}", uuid::Uuid::new_v4().simple()))
+            .with_static_runner(path)
+            .with_pool(PoolSettings::new([RunnerKind::Static]).with_stem_cells(0))
+            .build()
+            .unwrap()
+    };
+    let first = image(&copy);
+    let old = first.runner_image(RunnerKind::Static).await.unwrap();
+    padded("two");
+    let second = image(&copy);
+    let new = second.runner_image(RunnerKind::Static).await.unwrap();
+    assert_ne!(old, new);
+    let inspect = |tag: &str| {
+        std::process::Command::new("docker")
+            .args(["image", "inspect", tag])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(!inspect(&old), "{old} should be removed");
+    assert!(inspect(&new), "{new} should exist");
+    let f = function(
+        sopm_core::Runtime::Shell,
+        "run.sh",
+        &[("run.sh", b"echo '{\"ok\": true}'\n")],
+    );
+    let out = call(&second, &f, serde_json::json!({})).await.unwrap();
+    assert_eq!(out.value, serde_json::json!({"ok": true}));
+    // The first executor's image is gone: its next container builds the runner image
+    // again, from the runner file as it is now (the second one's).
+    let g = function(
+        sopm_core::Runtime::Shell,
+        "run.sh",
+        &[("run.sh", b"echo '{\"again\": true}'\n")],
+    );
+    let out = call(&first, &g, serde_json::json!({})).await.unwrap();
+    assert_eq!(out.value, serde_json::json!({"again": true}));
+    assert!(!inspect(&old) && inspect(&new), "{old} gone, {new} kept");
+    second.shutdown().await;
+    first.shutdown().await;
+    d.finish().await;
+}

@@ -21,7 +21,7 @@ use crate::LocalBuilder;
 /// ```
 ///
 /// The build output is streamed into the build log. The artifact is the image
-/// (`sopm-fn-<function id>:v<version>`); the directory is kept beside it, so stem cells
+/// (`sopm-fn-<function id>:v<version>`, the id without its `fn_`); the directory is kept beside it, so stem cells
 /// can take the code in an init frame, and both go when the function is deleted.
 #[derive(Debug, Clone)]
 pub struct DockerBuilder {
@@ -38,6 +38,8 @@ impl DockerBuilder {
 /// The image tag of a function version (lowercase, as image names must be).
 fn image_tag(function_id: &str, version: u32) -> String {
     let id: String = function_id
+        .strip_prefix("fn_")
+        .unwrap_or(function_id)
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -141,6 +143,7 @@ mod tests {
 
     #[test]
     fn image_tags_are_valid_docker_names() {
-        assert_eq!(image_tag("Fn_0192ABC", 3), "sopm-fn-fn-0192abc:v3");
+        assert_eq!(image_tag("fn_0192ABC", 3), "sopm-fn-0192abc:v3");
+        assert_eq!(image_tag("My.Func", 1), "sopm-fn-my-func:v1");
     }
 }

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use bollard::query_parameters::{
-    BuildImageOptions, ListContainersOptions, RemoveContainerOptions, RemoveImageOptions,
+    BuildImageOptions, ListContainersOptions, ListImagesOptions, RemoveContainerOptions,
+    RemoveImageOptions,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -155,9 +156,41 @@ impl Daemon {
                         runner.as_str()
                     ))
                 })?;
+            self.prune_runner_images(&docker, runner, &tag).await;
         }
         cache.insert(runner, tag.clone());
         Ok(tag)
+    }
+
+    /// Forgets the runner image of `runner`, so the next use checks it again (and builds
+    /// it when it is gone).
+    pub(crate) async fn forget_runner_image(&self, runner: RunnerKind) {
+        self.runner_images.lock().await.remove(&runner);
+    }
+
+    /// Removes the runner images of `runner` other than `keep` (an older base image or
+    /// runner); one still used by a container or a function image stays.
+    async fn prune_runner_images(&self, docker: &Docker, runner: RunnerKind, keep: &str) {
+        let filters = HashMap::from([(
+            "reference".to_string(),
+            vec![format!("sopm-runner-{}", runner.as_str())],
+        )]);
+        let Ok(images) = docker
+            .list_images(Some(ListImagesOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+        else {
+            return;
+        };
+        for tag in images.into_iter().flat_map(|i| i.repo_tags) {
+            if tag != keep {
+                let _ = docker
+                    .remove_image(&tag, None::<RemoveImageOptions>, None)
+                    .await;
+            }
+        }
     }
 
     async fn runner_program(&self, runner: RunnerKind) -> Result<Vec<u8>> {

@@ -175,18 +175,30 @@ impl SandboxLauncher for DockerLauncher {
             host_config: Some(self.host_config(spec)),
             ..Default::default()
         };
-        let created = docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                }),
-                body,
-            )
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        let created = match docker
+            .create_container(Some(options.clone()), body.clone())
             .await
-            .map_err(|e| {
-                Error::Unavailable(format!("cannot create a container of '{image}': {e}"))
-            })?;
+        {
+            // The runner image went away (another server on this host pruned it, or an
+            // operator): build it again, once.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) if spec.image.is_none() => {
+                self.daemon.forget_runner_image(spec.runner).await;
+                let image = self.daemon.runner_image(spec.runner).await?;
+                let body = ContainerCreateBody {
+                    image: Some(image),
+                    ..body
+                };
+                docker.create_container(Some(options), body).await
+            }
+            other => other,
+        }
+        .map_err(|e| Error::Unavailable(format!("cannot create a container of '{image}': {e}")))?;
         let mut sandbox = DockerSandbox {
             id: created.id,
             docker: docker.clone(),

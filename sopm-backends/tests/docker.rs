@@ -94,16 +94,7 @@ fn runners_of(needs: &Needs) -> Vec<RunnerKind> {
 
 async fn shaped(runtime: &str, needs: Needs) -> Option<Docker> {
     ready(needs.test, runtime, &runners_of(&needs), |mut p| {
-        p = p.with_stem_cells(needs.stem_cells);
-        if let Some(limits) = needs.stem_limits.clone() {
-            p = p.with_stem_limits(limits);
-        }
-        if let Some(n) = needs.max_instances_per_function {
-            p = p.with_max_instances_per_function(n);
-        }
-        if let Some(ttl) = needs.idle_ttl {
-            p = p.with_idle_ttl(ttl);
-        }
+        shape_pool(&mut p, &needs);
         p
     })
     .await

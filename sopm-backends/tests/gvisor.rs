@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sopm_backends::gvisor::{GvisorExecutor, GvisorExecutorConfig};
-use sopm_backends::sandbox::RunnerKind;
+use sopm_backends::sandbox::{PoolSettings, RunnerKind};
 use sopm_core::conformance::executor::{skip, Needs, SandboxCounters, Subject};
 use sopm_core::Executor;
 use support::*;
@@ -90,8 +90,7 @@ fn ready_with(
         .tempdir_in("/tmp")
         .expect("scratch dir");
     let config = GvisorExecutorConfig::new()
-        .with_stem_cells(1)
-        .with_stem_runners(runners.iter().copied())
+        .with_pool(PoolSettings::new(runners.iter().copied()).with_stem_cells(1))
         .with_scratch_dir(scratch.path());
     let exec = tune(config).build().expect("valid config");
     Some(Gvisor {
@@ -103,17 +102,8 @@ fn ready_with(
 /// A gVisor executor shaped for one conformance behaviour, or `None` (skipped) when the
 /// host cannot run `runsc` sandboxes or lacks a runtime the behaviour needs.
 async fn gvisor(needs: Needs) -> Option<Gvisor> {
-    ready_with(needs.test, &runners(needs.runtimes), |c| {
-        let mut c = c.with_stem_cells(needs.stem_cells);
-        if let Some(limits) = needs.stem_limits.clone() {
-            c = c.with_stem_limits(limits);
-        }
-        if let Some(n) = needs.max_instances_per_function {
-            c = c.with_max_instances_per_function(n);
-        }
-        if let Some(ttl) = needs.idle_ttl {
-            c = c.with_idle_ttl(ttl);
-        }
+    ready_with(needs.test, &runners(needs.runtimes), |mut c| {
+        shape_pool(c.pool_mut(), &needs);
         c
     })
 }

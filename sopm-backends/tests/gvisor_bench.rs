@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sopm_backends::gvisor::GvisorExecutorConfig;
-use sopm_backends::sandbox::RunnerKind;
+use sopm_backends::sandbox::{PoolSettings, RunnerKind};
 use sopm_core::Executor;
 use support::*;
 
@@ -39,8 +39,7 @@ async fn gvisor_executor_latency() {
         .tempdir_in("/tmp")
         .unwrap();
     let exec = GvisorExecutorConfig::new()
-        .with_stem_cells(1)
-        .with_stem_runners([RunnerKind::Python])
+        .with_pool(PoolSettings::new([RunnerKind::Python]).with_stem_cells(1))
         .with_scratch_dir(scratch.path())
         .build()
         .unwrap();

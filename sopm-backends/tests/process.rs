@@ -47,16 +47,8 @@ async fn process(needs: Needs) -> Option<Process> {
     if !integration_ready(needs.test, &tools) {
         return None;
     }
-    let mut config = config(&runners(needs.runtimes)).with_stem_cells(needs.stem_cells);
-    if let Some(limits) = needs.stem_limits {
-        config = config.with_stem_limits(limits);
-    }
-    if let Some(n) = needs.max_instances_per_function {
-        config = config.with_max_instances_per_function(n);
-    }
-    if let Some(ttl) = needs.idle_ttl {
-        config = config.with_idle_ttl(ttl);
-    }
+    let mut config = config(&runners(needs.runtimes));
+    shape_pool(config.pool_mut(), &needs);
     Some(Process(config.build().expect("valid config")))
 }
 
@@ -89,10 +81,9 @@ async fn big_artifacts_are_mounted_and_deps_are_importable() {
     if !integration_ready("big_artifacts_are_mounted", PY_TOOLS) {
         return;
     }
-    let exec = config(&[RunnerKind::Python])
-        .with_max_inline_bytes(4096)
-        .build()
-        .unwrap();
+    let mut config = config(&[RunnerKind::Python]);
+    config.pool_mut().max_inline_bytes = 4096;
+    let exec = config.build().unwrap();
     let blob = vec![b'z'; 64 * 1024];
     let f = function(
         Runtime::Python,
@@ -144,10 +135,9 @@ async fn past_the_per_function_cap_a_call_waits_then_is_overloaded() {
     if !integration_ready("per_function_cap", PY_TOOLS) {
         return;
     }
-    let exec = config(&[RunnerKind::Python])
-        .with_max_instances_per_function(1)
-        .build()
-        .unwrap();
+    let mut config = config(&[RunnerKind::Python]);
+    config.pool_mut().max_per_function = 1;
+    let exec = config.build().unwrap();
     let f = python(
         "import time\ndef handle(event, context):\n    time.sleep(event['s'])\n    return event['s']\n",
     );

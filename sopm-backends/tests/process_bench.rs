@@ -34,10 +34,9 @@ async fn process_executor_latency() {
         return;
     }
     // First call of a new function with a warm stem cell.
-    let exec = config(&[RunnerKind::Python])
-        .with_stem_cells(2)
-        .build()
-        .unwrap();
+    let mut warm_config = config(&[RunnerKind::Python]);
+    warm_config.pool_mut().stem_cells = 2;
+    let exec = warm_config.build().unwrap();
     exec.start();
     let mut first = Vec::new();
     let mut keep = Vec::new();
@@ -71,10 +70,9 @@ async fn process_executor_latency() {
     exec.shutdown().await;
 
     // Cold start: a new bwrap + python3 for every call.
-    let cold_exec = config(&[RunnerKind::Python])
-        .with_stem_cells(0)
-        .build()
-        .unwrap();
+    let mut cold_config = config(&[RunnerKind::Python]);
+    cold_config.pool_mut().stem_cells = 0;
+    let cold_exec = cold_config.build().unwrap();
     let mut cold = Vec::new();
     for _ in 0..30 {
         let f = python(HELLO_PY);

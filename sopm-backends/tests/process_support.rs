@@ -4,12 +4,12 @@
 #![allow(dead_code, missing_docs, unused_imports)]
 
 use sopm_backends::process::{ProcessExecutor, ProcessExecutorConfig};
-use sopm_backends::sandbox::{PoolCounters, RunnerKind};
-use sopm_core::conformance::executor::SandboxCounters;
+use sopm_backends::sandbox::{PoolCounters, PoolSettings, RunnerKind};
 pub use sopm_core::conformance::executor::{
     call, call_within, function, function_with, python, python_limited, still_serves, tight,
     wait_for_stem_cells, write_file, TestFunction, HELLO_PY,
 };
+use sopm_core::conformance::executor::{Needs, SandboxCounters};
 use sopm_core::Runtime;
 
 /// Whether the host has what these tests need. Missing tools skip the test with a
@@ -58,11 +58,26 @@ pub fn executor(runners: &[RunnerKind]) -> ProcessExecutor {
     config(runners).build().expect("valid config")
 }
 
+/// A process executor configuration with one stem cell for each of `runners`.
 pub fn config(runners: &[RunnerKind]) -> ProcessExecutorConfig {
     ProcessExecutorConfig::new()
-        .with_stem_cells(1)
-        .with_stem_runners(runners.iter().copied())
+        .with_pool(PoolSettings::new(runners.iter().copied()).with_stem_cells(1))
         .with_scratch_dir(std::env::temp_dir().join("sopm-sandbox-tests"))
+}
+
+/// Shapes a sandbox executor's pool for one conformance behaviour: its stem cells, stem
+/// limits, per-function cap and idle TTL.
+pub fn shape_pool(pool: &mut PoolSettings, needs: &Needs) {
+    pool.stem_cells = needs.stem_cells;
+    if let Some(limits) = needs.stem_limits.clone() {
+        pool.stem_limits = limits;
+    }
+    if let Some(n) = needs.max_instances_per_function {
+        pool.max_per_function = n;
+    }
+    if let Some(ttl) = needs.idle_ttl {
+        pool.idle_ttl = ttl;
+    }
 }
 
 /// The runners that serve functions of `runtimes`, each once.

@@ -29,12 +29,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use sopm_core::{
-    Error, Executor, FunctionVersion, Invocation, Output, PoolStats, Result, Runtime, Target,
-};
+use sopm_core::{Error, Executor, FunctionVersion, Invocation, Output, PoolStats, Result, Runtime};
 
 use crate::sandbox::pool::{PoolCounters, WarmPool};
 use crate::sandbox::settings::PoolSettings;
@@ -296,24 +293,7 @@ impl Executor for DockerExecutor {
     }
 
     async fn invoke(&self, invocation: Invocation) -> Result<Output> {
-        let version = match &invocation.target {
-            Target::User(v) => v,
-            Target::Builtin(name) => {
-                return Err(Error::invalid(format!(
-                    "the docker executor runs user functions, not the built-in '{name}'"
-                )))
-            }
-        };
-        let limit = tokio::time::Instant::now() + Duration::from_millis(version.limits.timeout_ms);
-        let deadline = tokio::time::Instant::from_std(invocation.deadline).min(limit);
-        self.pool
-            .invoke(
-                version,
-                invocation.job_id.as_str(),
-                &invocation.input,
-                deadline,
-            )
-            .await
+        self.pool.run(invocation).await
     }
 
     async fn prepare(&self, version: &FunctionVersion) -> Result<()> {

@@ -278,7 +278,12 @@ impl SandboxLauncher for GvisorLauncher {
             extra_binds: &self.config.extra_ro_binds,
             limits: &spec.limits,
             mount: spec.mount.as_deref(),
-            code_tmpfs_bytes: self.config.max_inline_bytes.saturating_mul(2).max(16 << 20),
+            code_tmpfs_bytes: self
+                .config
+                .pool
+                .max_inline_bytes
+                .saturating_mul(2)
+                .max(16 << 20),
             cgroups_path: self
                 .config
                 .cgroups

@@ -27,12 +27,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sopm_core::{
-    Error, Executor, FunctionVersion, Invocation, Limits, Output, PoolStats, Result, Target,
-};
+use sopm_core::{Error, Executor, FunctionVersion, Invocation, Output, PoolStats, Result};
 
-use crate::sandbox::pool::{PoolConfig, PoolCounters, WarmPool};
-use crate::sandbox::{artifact, RunnerKind};
+use crate::sandbox::pool::{PoolCounters, WarmPool};
+use crate::sandbox::settings::PoolSettings;
+use crate::sandbox::RunnerKind;
 
 pub mod bundle;
 mod launcher;
@@ -86,17 +85,10 @@ pub struct GvisorExecutorConfig {
     pub(crate) platform: GvisorPlatform,
     pub(crate) python: Option<PathBuf>,
     pub(crate) node: Option<PathBuf>,
-    pub(crate) stem_cells: usize,
-    pub(crate) stem_runners: Vec<RunnerKind>,
-    pub(crate) max_per_function: usize,
-    pub(crate) max_instances: usize,
-    pub(crate) idle_ttl: Duration,
+    pub(crate) pool: PoolSettings,
     pub(crate) scratch_dir: Option<PathBuf>,
-    pub(crate) stem_limits: Limits,
-    pub(crate) max_inline_bytes: u64,
     pub(crate) cgroups: bool,
     pub(crate) cgroup_parent: String,
-    pub(crate) boot_timeout: Duration,
     pub(crate) extra_ro_binds: Vec<PathBuf>,
 }
 
@@ -107,8 +99,8 @@ impl Default for GvisorExecutorConfig {
 }
 
 impl GvisorExecutorConfig {
-    /// Defaults: tools from `PATH`, the `ptrace` platform, 2 stem cells per runner, 8
-    /// instances per function, 64 in all, 5 minutes idle TTL, no host cgroups.
+    /// Defaults: tools from `PATH`, the `ptrace` platform, no host cgroups, and the
+    /// default pool settings with stem cells for python and node and 15 s per boot.
     pub fn new() -> Self {
         GvisorExecutorConfig {
             name: "gvisor".into(),
@@ -116,26 +108,18 @@ impl GvisorExecutorConfig {
             platform: GvisorPlatform::Ptrace,
             python: None,
             node: None,
-            stem_cells: 2,
-            stem_runners: RunnerKind::SCRIPTS.to_vec(),
-            max_per_function: 8,
-            max_instances: 64,
-            idle_ttl: Duration::from_secs(300),
+            pool: PoolSettings::new(RunnerKind::SCRIPTS).with_boot_timeout(Duration::from_secs(15)),
             scratch_dir: None,
-            stem_limits: Limits::default(),
-            max_inline_bytes: artifact::DEFAULT_MAX_INLINE_BYTES,
             cgroups: false,
             cgroup_parent: "sopm-gvisor".into(),
-            boot_timeout: Duration::from_secs(15),
             extra_ro_binds: Vec::new(),
         }
     }
 
     /// Defaults overridden by environment variables: `SOPM_RUNSC`, `SOPM_GVISOR_PLATFORM`
     /// (`ptrace`/`systrap`/`kvm`), `SOPM_PYTHON`, `SOPM_NODE`, `SOPM_GVISOR_SCRATCH_DIR`,
-    /// `SOPM_STEM_CELLS`, `SOPM_MAX_INSTANCES`, `SOPM_MAX_INSTANCES_PER_FUNCTION`,
-    /// `SOPM_IDLE_TTL_SECS`, `SOPM_GVISOR_CGROUPS` (`true`/`false`). An unparsable value is
-    /// `invalid_input`.
+    /// `SOPM_GVISOR_CGROUPS` (`true`/`false`), and the pool variables of
+    /// [`PoolSettings::with_vars`]. An unparsable value is `invalid_input`.
     pub fn from_env() -> Result<Self> {
         Self::from_vars(|k| std::env::var(k).ok())
     }
@@ -155,21 +139,10 @@ impl GvisorExecutorConfig {
         if let Some(v) = var("SOPM_GVISOR_PLATFORM") {
             c.platform = v.parse()?;
         }
-        if let Some(v) = var("SOPM_STEM_CELLS") {
-            c.stem_cells = parse("SOPM_STEM_CELLS", v)?;
-        }
-        if let Some(v) = var("SOPM_MAX_INSTANCES") {
-            c.max_instances = parse("SOPM_MAX_INSTANCES", v)?;
-        }
-        if let Some(v) = var("SOPM_MAX_INSTANCES_PER_FUNCTION") {
-            c.max_per_function = parse("SOPM_MAX_INSTANCES_PER_FUNCTION", v)?;
-        }
-        if let Some(v) = var("SOPM_IDLE_TTL_SECS") {
-            c.idle_ttl = Duration::from_secs(parse("SOPM_IDLE_TTL_SECS", v)?);
-        }
         if let Some(v) = var("SOPM_GVISOR_CGROUPS") {
             c.cgroups = parse("SOPM_GVISOR_CGROUPS", v)?;
         }
+        c.pool = c.pool.with_vars(var)?;
         Ok(c)
     }
 
@@ -203,54 +176,23 @@ impl GvisorExecutorConfig {
         self
     }
 
-    /// Stem cells kept ready per runner (python, node); 0 turns them off.
-    pub fn with_stem_cells(mut self, per_runner: usize) -> Self {
-        self.stem_cells = per_runner;
+    /// The warm-pool settings (stem cells, caps, idle TTL, stem limits, inline code size,
+    /// boot timeout). A function whose rlimits differ from the stem limits gets a dedicated
+    /// sandbox.
+    pub fn with_pool(mut self, pool: PoolSettings) -> Self {
+        self.pool = pool;
         self
     }
 
-    /// Which runners get stem cells (default: python and node).
-    pub fn with_stem_runners(mut self, runners: impl IntoIterator<Item = RunnerKind>) -> Self {
-        self.stem_runners = runners.into_iter().collect();
-        self
-    }
-
-    /// Most instances of one function version.
-    pub fn with_max_instances_per_function(mut self, n: usize) -> Self {
-        self.max_per_function = n;
-        self
-    }
-
-    /// Most function instances in all (stem cells not counted).
-    pub fn with_max_instances(mut self, n: usize) -> Self {
-        self.max_instances = n;
-        self
-    }
-
-    /// How long an instance may stay idle before it is stopped.
-    pub fn with_idle_ttl(mut self, ttl: Duration) -> Self {
-        self.idle_ttl = ttl;
-        self
+    /// The warm-pool settings, to adjust.
+    pub fn pool_mut(&mut self) -> &mut PoolSettings {
+        &mut self.pool
     }
 
     /// Where bundles, runsc state, the root skeleton and the runners go. Default:
     /// `$TMPDIR/sopm-gvisor`. Must not be the server's data directory.
     pub fn with_scratch_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.scratch_dir = Some(dir.into());
-        self
-    }
-
-    /// The limits stem cells boot with (a function whose rlimits differ gets a dedicated
-    /// sandbox).
-    pub fn with_stem_limits(mut self, limits: Limits) -> Self {
-        self.stem_limits = limits;
-        self
-    }
-
-    /// Largest artifact sent in an init frame; bigger ones get a dedicated sandbox with
-    /// the artifact mounted read-only.
-    pub fn with_max_inline_bytes(mut self, bytes: u64) -> Self {
-        self.max_inline_bytes = bytes;
         self
     }
 
@@ -264,12 +206,6 @@ impl GvisorExecutorConfig {
     /// The cgroup under which sandbox cgroups are made (default `sopm-gvisor`).
     pub fn with_cgroup_parent(mut self, name: impl Into<String>) -> Self {
         self.cgroup_parent = name.into();
-        self
-    }
-
-    /// How long one sandbox may take to boot.
-    pub fn with_boot_timeout(mut self, timeout: Duration) -> Self {
-        self.boot_timeout = timeout;
         self
     }
 
@@ -291,17 +227,8 @@ impl GvisorExecutorConfig {
         if self.name.is_empty() {
             return bad("name must not be empty");
         }
-        if self.max_per_function == 0 || self.max_instances == 0 {
-            return bad("instance caps must be at least 1");
-        }
-        if self.max_per_function > self.max_instances {
-            return bad("max_instances_per_function cannot exceed max_instances");
-        }
-        if self.idle_ttl.is_zero() || self.boot_timeout.is_zero() {
-            return bad("idle_ttl and boot_timeout must be positive");
-        }
-        if self.stem_limits.memory_mb < 16 || self.stem_limits.tmpfs_mb == 0 {
-            return bad("stem limits need at least 16 MiB of memory and 1 MiB of tmpfs");
+        if let Some(problem) = self.pool.problem() {
+            return bad(problem);
         }
         if self.cgroup_parent.is_empty()
             || self.cgroup_parent.contains('/')
@@ -315,21 +242,7 @@ impl GvisorExecutorConfig {
         {
             return bad("paths must be absolute");
         }
-        let pool_config = PoolConfig {
-            name: self.name.clone(),
-            stem_cells: self
-                .stem_runners
-                .iter()
-                .map(|k| (*k, self.stem_cells))
-                .collect(),
-            max_per_function: self.max_per_function,
-            max_instances: self.max_instances,
-            idle_ttl: self.idle_ttl,
-            max_inline_bytes: self.max_inline_bytes,
-            stem_limits: self.stem_limits.clone(),
-            allow_network: false,
-            boot_timeout: self.boot_timeout,
-        };
+        let pool_config = self.pool.pool_config(&self.name, false);
         let launcher = GvisorLauncher::new(self);
         Ok(GvisorExecutor {
             pool: WarmPool::new(launcher, pool_config),
@@ -373,24 +286,7 @@ impl Executor for GvisorExecutor {
     }
 
     async fn invoke(&self, invocation: Invocation) -> Result<Output> {
-        let version = match &invocation.target {
-            Target::User(v) => v,
-            Target::Builtin(name) => {
-                return Err(Error::invalid(format!(
-                    "the gvisor executor runs user functions, not the built-in '{name}'"
-                )))
-            }
-        };
-        let limit = tokio::time::Instant::now() + Duration::from_millis(version.limits.timeout_ms);
-        let deadline = tokio::time::Instant::from_std(invocation.deadline).min(limit);
-        self.pool
-            .invoke(
-                version,
-                invocation.job_id.as_str(),
-                &invocation.input,
-                deadline,
-            )
-            .await
+        self.pool.run(invocation).await
     }
 
     async fn prepare(&self, version: &FunctionVersion) -> Result<()> {
@@ -414,21 +310,45 @@ impl Executor for GvisorExecutor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sopm_core::Limits;
+
+    #[test]
+    fn defaults_boot_script_stem_cells_within_fifteen_seconds() {
+        let c = GvisorExecutorConfig::new();
+        assert_eq!(c.pool.stem_runners, RunnerKind::SCRIPTS);
+        assert_eq!(c.pool.boot_timeout, Duration::from_secs(15));
+        let pool = c.pool.pool_config(&c.name, false);
+        assert_eq!(pool.name, "gvisor");
+        assert_eq!(pool.stem_cells.get(&RunnerKind::Node), Some(&2));
+        assert_eq!(pool.stem_cells.get(&RunnerKind::Static), None);
+    }
 
     #[test]
     fn build_checks_the_values() {
         assert!(GvisorExecutorConfig::new().build().is_ok());
+        let tiny = Limits {
+            memory_mb: 8,
+            ..Limits::default()
+        };
+        let mut capless = GvisorExecutorConfig::new();
+        capless.pool_mut().max_instances = 0;
         let bad = [
-            GvisorExecutorConfig::new().with_max_instances(0),
+            capless,
+            GvisorExecutorConfig::new().with_pool(
+                PoolSettings::new(RunnerKind::SCRIPTS)
+                    .with_max_instances(2)
+                    .with_max_instances_per_function(3),
+            ),
             GvisorExecutorConfig::new()
-                .with_max_instances(2)
-                .with_max_instances_per_function(3),
-            GvisorExecutorConfig::new().with_idle_ttl(Duration::ZERO),
+                .with_pool(PoolSettings::new([]).with_idle_ttl(Duration::ZERO)),
+            GvisorExecutorConfig::new().with_pool(PoolSettings::new([]).with_stem_limits(tiny)),
             GvisorExecutorConfig::new().with_runsc("runsc"),
             GvisorExecutorConfig::new().with_cgroup_parent("../escape"),
         ];
         for c in bad {
-            assert_eq!(c.build().unwrap_err().code(), "invalid_input");
+            let e = c.build().unwrap_err();
+            assert_eq!(e.code(), "invalid_input");
+            assert!(e.to_string().contains("gvisor executor"), "{e}");
         }
     }
 
@@ -436,21 +356,27 @@ mod tests {
     fn from_env_reads_overrides() {
         let vars = |k: &str| match k {
             "SOPM_STEM_CELLS" => Some("5".to_string()),
+            "SOPM_MAX_INSTANCES" => Some("9".to_string()),
             "SOPM_GVISOR_PLATFORM" => Some("systrap".to_string()),
             "SOPM_RUNSC" => Some("/opt/gvisor/runsc".to_string()),
             _ => None,
         };
         let c = GvisorExecutorConfig::from_vars(vars).unwrap();
-        assert_eq!(c.stem_cells, 5);
+        assert_eq!(c.pool.stem_cells, 5);
+        assert_eq!(c.pool.max_instances, 9);
+        assert_eq!(c.pool.boot_timeout, Duration::from_secs(15));
         assert_eq!(c.platform, GvisorPlatform::Systrap);
         assert_eq!(
             c.runsc.as_deref(),
             Some(std::path::Path::new("/opt/gvisor/runsc"))
         );
-        let e = GvisorExecutorConfig::from_vars(|k| {
-            (k == "SOPM_GVISOR_PLATFORM").then(|| "vmware".to_string())
-        })
-        .unwrap_err();
-        assert_eq!(e.code(), "invalid_input");
+        for (key, value) in [
+            ("SOPM_GVISOR_PLATFORM", "vmware"),
+            ("SOPM_MAX_INSTANCES_PER_FUNCTION", "lots"),
+        ] {
+            let e = GvisorExecutorConfig::from_vars(|k| (k == key).then(|| value.to_string()))
+                .unwrap_err();
+            assert_eq!(e.code(), "invalid_input");
+        }
     }
 }

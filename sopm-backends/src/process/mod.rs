@@ -32,12 +32,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sopm_core::{
-    Error, Executor, FunctionVersion, Invocation, Limits, Output, PoolStats, Result, Target,
-};
+use sopm_core::{Error, Executor, FunctionVersion, Invocation, Output, PoolStats, Result};
 
-use crate::sandbox::pool::{PoolConfig, PoolCounters, WarmPool};
-use crate::sandbox::{artifact, RunnerKind};
+use crate::sandbox::pool::{PoolCounters, WarmPool};
+use crate::sandbox::settings::PoolSettings;
+use crate::sandbox::RunnerKind;
 
 pub mod bwrap;
 pub mod cgroup;
@@ -55,18 +54,11 @@ pub struct ProcessExecutorConfig {
     pub(crate) python: Option<PathBuf>,
     pub(crate) node: Option<PathBuf>,
     pub(crate) host_shell: Option<PathBuf>,
-    pub(crate) stem_cells: usize,
-    pub(crate) stem_runners: Vec<RunnerKind>,
-    pub(crate) max_per_function: usize,
-    pub(crate) max_instances: usize,
-    pub(crate) idle_ttl: Duration,
+    pub(crate) pool: PoolSettings,
     pub(crate) allow_network: bool,
     pub(crate) scratch_dir: Option<PathBuf>,
-    pub(crate) stem_limits: Limits,
-    pub(crate) max_inline_bytes: u64,
     pub(crate) cgroups: bool,
     pub(crate) cgroup_parent: String,
-    pub(crate) boot_timeout: Duration,
     pub(crate) extra_ro_binds: Vec<PathBuf>,
 }
 
@@ -77,8 +69,8 @@ impl Default for ProcessExecutorConfig {
 }
 
 impl ProcessExecutorConfig {
-    /// Defaults: tools from `PATH`, 2 stem cells per runner, 8 instances per function,
-    /// 64 in all, 5 minutes idle TTL, no network, cgroups where writable.
+    /// Defaults: tools from `PATH`, no network, cgroups where writable, and the default
+    /// pool settings with stem cells for python and node and 10 s per boot.
     pub fn new() -> Self {
         ProcessExecutorConfig {
             name: "process".into(),
@@ -87,27 +79,20 @@ impl ProcessExecutorConfig {
             python: None,
             node: None,
             host_shell: None,
-            stem_cells: 2,
-            stem_runners: RunnerKind::SCRIPTS.to_vec(),
-            max_per_function: 8,
-            max_instances: 64,
-            idle_ttl: Duration::from_secs(300),
+            pool: PoolSettings::new(RunnerKind::SCRIPTS).with_boot_timeout(Duration::from_secs(10)),
             allow_network: false,
             scratch_dir: None,
-            stem_limits: Limits::default(),
-            max_inline_bytes: artifact::DEFAULT_MAX_INLINE_BYTES,
             cgroups: true,
             cgroup_parent: "sopm".into(),
-            boot_timeout: Duration::from_secs(10),
             extra_ro_binds: Vec::new(),
         }
     }
 
     /// Defaults overridden by environment variables: `SOPM_BWRAP`, `SOPM_PRLIMIT`,
     /// `SOPM_PYTHON`, `SOPM_NODE` (tool paths), `SOPM_SANDBOX_SCRATCH_DIR`,
-    /// `SOPM_STEM_CELLS`, `SOPM_MAX_INSTANCES`, `SOPM_MAX_INSTANCES_PER_FUNCTION`,
-    /// `SOPM_IDLE_TTL_SECS`, `SOPM_ALLOW_NETWORK` (`true`/`false`), `SOPM_CGROUPS`
-    /// (`true`/`false`). An unparsable number or flag is `invalid_input`.
+    /// `SOPM_ALLOW_NETWORK` (`true`/`false`), `SOPM_CGROUPS` (`true`/`false`), and the
+    /// pool variables of [`PoolSettings::with_vars`]. An unparsable number or flag is
+    /// `invalid_input`.
     pub fn from_env() -> Result<Self> {
         Self::from_vars(|k| std::env::var(k).ok())
     }
@@ -125,24 +110,13 @@ impl ProcessExecutorConfig {
         c.python = path("SOPM_PYTHON").or(c.python);
         c.node = path("SOPM_NODE").or(c.node);
         c.scratch_dir = path("SOPM_SANDBOX_SCRATCH_DIR").or(c.scratch_dir);
-        if let Some(v) = var("SOPM_STEM_CELLS") {
-            c.stem_cells = parse("SOPM_STEM_CELLS", v)?;
-        }
-        if let Some(v) = var("SOPM_MAX_INSTANCES") {
-            c.max_instances = parse("SOPM_MAX_INSTANCES", v)?;
-        }
-        if let Some(v) = var("SOPM_MAX_INSTANCES_PER_FUNCTION") {
-            c.max_per_function = parse("SOPM_MAX_INSTANCES_PER_FUNCTION", v)?;
-        }
-        if let Some(v) = var("SOPM_IDLE_TTL_SECS") {
-            c.idle_ttl = Duration::from_secs(parse("SOPM_IDLE_TTL_SECS", v)?);
-        }
         if let Some(v) = var("SOPM_ALLOW_NETWORK") {
             c.allow_network = parse("SOPM_ALLOW_NETWORK", v)?;
         }
         if let Some(v) = var("SOPM_CGROUPS") {
             c.cgroups = parse("SOPM_CGROUPS", v)?;
         }
+        c.pool = c.pool.with_vars(var)?;
         Ok(c)
     }
 
@@ -182,34 +156,16 @@ impl ProcessExecutorConfig {
         self
     }
 
-    /// Stem cells kept ready per runner (python, node); 0 turns them off.
-    pub fn with_stem_cells(mut self, per_runner: usize) -> Self {
-        self.stem_cells = per_runner;
+    /// The warm-pool settings (stem cells, caps, idle TTL, stem limits, inline code size,
+    /// boot timeout).
+    pub fn with_pool(mut self, pool: PoolSettings) -> Self {
+        self.pool = pool;
         self
     }
 
-    /// Which runners get stem cells (default: python and node).
-    pub fn with_stem_runners(mut self, runners: impl IntoIterator<Item = RunnerKind>) -> Self {
-        self.stem_runners = runners.into_iter().collect();
-        self
-    }
-
-    /// Most instances of one function version.
-    pub fn with_max_instances_per_function(mut self, n: usize) -> Self {
-        self.max_per_function = n;
-        self
-    }
-
-    /// Most function instances in all (stem cells not counted).
-    pub fn with_max_instances(mut self, n: usize) -> Self {
-        self.max_instances = n;
-        self
-    }
-
-    /// How long an instance may stay idle before it is stopped.
-    pub fn with_idle_ttl(mut self, ttl: Duration) -> Self {
-        self.idle_ttl = ttl;
-        self
+    /// The warm-pool settings, to adjust.
+    pub fn pool_mut(&mut self) -> &mut PoolSettings {
+        &mut self.pool
     }
 
     /// Whether functions that ask for network get the host's network.
@@ -225,20 +181,6 @@ impl ProcessExecutorConfig {
         self
     }
 
-    /// The limits stem cells boot with (functions with other limits get theirs applied
-    /// at specialisation).
-    pub fn with_stem_limits(mut self, limits: Limits) -> Self {
-        self.stem_limits = limits;
-        self
-    }
-
-    /// Largest artifact sent in an init frame; bigger ones get a dedicated sandbox with
-    /// the artifact mounted read-only.
-    pub fn with_max_inline_bytes(mut self, bytes: u64) -> Self {
-        self.max_inline_bytes = bytes;
-        self
-    }
-
     /// Whether to try cgroups for memory and process limits (default true).
     pub fn with_cgroups(mut self, enabled: bool) -> Self {
         self.cgroups = enabled;
@@ -248,12 +190,6 @@ impl ProcessExecutorConfig {
     /// The cgroup under which sandbox cgroups are made (default `sopm`).
     pub fn with_cgroup_parent(mut self, name: impl Into<String>) -> Self {
         self.cgroup_parent = name.into();
-        self
-    }
-
-    /// How long one sandbox may take to boot.
-    pub fn with_boot_timeout(mut self, timeout: Duration) -> Self {
-        self.boot_timeout = timeout;
         self
     }
 
@@ -276,20 +212,8 @@ impl ProcessExecutorConfig {
         if self.name.is_empty() {
             return bad("name must not be empty");
         }
-        if self.max_per_function == 0 || self.max_instances == 0 {
-            return bad("instance caps must be at least 1");
-        }
-        if self.max_per_function > self.max_instances {
-            return bad("max_instances_per_function cannot exceed max_instances");
-        }
-        if self.idle_ttl.is_zero() {
-            return bad("idle_ttl must be positive");
-        }
-        if self.boot_timeout.is_zero() {
-            return bad("boot_timeout must be positive");
-        }
-        if self.stem_limits.memory_mb < 16 || self.stem_limits.tmpfs_mb == 0 {
-            return bad("stem limits need at least 16 MiB of memory and 1 MiB of tmpfs");
+        if let Some(problem) = self.pool.problem() {
+            return bad(problem);
         }
         if self.cgroup_parent.is_empty()
             || self.cgroup_parent.contains('/')
@@ -310,21 +234,7 @@ impl ProcessExecutorConfig {
         {
             return bad("paths must be absolute");
         }
-        let pool_config = PoolConfig {
-            name: self.name.clone(),
-            stem_cells: self
-                .stem_runners
-                .iter()
-                .map(|k| (*k, self.stem_cells))
-                .collect(),
-            max_per_function: self.max_per_function,
-            max_instances: self.max_instances,
-            idle_ttl: self.idle_ttl,
-            max_inline_bytes: self.max_inline_bytes,
-            stem_limits: self.stem_limits.clone(),
-            allow_network: self.allow_network,
-            boot_timeout: self.boot_timeout,
-        };
+        let pool_config = self.pool.pool_config(&self.name, self.allow_network);
         let launcher = ProcessLauncher::new(self);
         Ok(ProcessExecutor {
             pool: WarmPool::new(launcher, pool_config),
@@ -354,15 +264,6 @@ impl ProcessExecutor {
     pub fn cgroups_enabled(&self) -> Option<bool> {
         self.pool.launcher().cgroups_enabled()
     }
-
-    fn version_of<'a>(&self, invocation: &'a Invocation) -> Result<&'a FunctionVersion> {
-        match &invocation.target {
-            Target::User(v) => Ok(v),
-            Target::Builtin(name) => Err(Error::invalid(format!(
-                "the process executor runs user functions, not the built-in '{name}'"
-            ))),
-        }
-    }
 }
 
 #[async_trait]
@@ -372,17 +273,7 @@ impl Executor for ProcessExecutor {
     }
 
     async fn invoke(&self, invocation: Invocation) -> Result<Output> {
-        let version = self.version_of(&invocation)?;
-        let limit = tokio::time::Instant::now() + Duration::from_millis(version.limits.timeout_ms);
-        let deadline = tokio::time::Instant::from_std(invocation.deadline).min(limit);
-        self.pool
-            .invoke(
-                version,
-                invocation.job_id.as_str(),
-                &invocation.input,
-                deadline,
-            )
-            .await
+        self.pool.run(invocation).await
     }
 
     async fn prepare(&self, version: &FunctionVersion) -> Result<()> {
@@ -406,21 +297,45 @@ impl Executor for ProcessExecutor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sopm_core::Limits;
+
+    #[test]
+    fn defaults_boot_script_stem_cells_within_ten_seconds() {
+        let c = ProcessExecutorConfig::new();
+        assert_eq!(c.pool.stem_runners, RunnerKind::SCRIPTS);
+        assert_eq!(c.pool.boot_timeout, Duration::from_secs(10));
+        let pool = c.pool.pool_config(&c.name, c.allow_network);
+        assert_eq!(pool.name, "process");
+        assert_eq!(pool.stem_cells.get(&RunnerKind::Python), Some(&2));
+        assert_eq!(pool.stem_cells.get(&RunnerKind::Static), None);
+    }
 
     #[test]
     fn build_checks_the_values() {
         assert!(ProcessExecutorConfig::new().build().is_ok());
+        let tiny = Limits {
+            memory_mb: 8,
+            ..Limits::default()
+        };
+        let mut capless = ProcessExecutorConfig::new();
+        capless.pool_mut().max_instances = 0;
         let bad = [
-            ProcessExecutorConfig::new().with_max_instances(0),
+            capless,
+            ProcessExecutorConfig::new().with_pool(
+                PoolSettings::new(RunnerKind::SCRIPTS)
+                    .with_max_instances(2)
+                    .with_max_instances_per_function(3),
+            ),
             ProcessExecutorConfig::new()
-                .with_max_instances(2)
-                .with_max_instances_per_function(3),
-            ProcessExecutorConfig::new().with_idle_ttl(Duration::ZERO),
+                .with_pool(PoolSettings::new([]).with_boot_timeout(Duration::ZERO)),
+            ProcessExecutorConfig::new().with_pool(PoolSettings::new([]).with_stem_limits(tiny)),
             ProcessExecutorConfig::new().with_bwrap("bwrap"),
             ProcessExecutorConfig::new().with_cgroup_parent("../escape"),
         ];
         for c in bad {
-            assert_eq!(c.build().unwrap_err().code(), "invalid_input");
+            let e = c.build().unwrap_err();
+            assert_eq!(e.code(), "invalid_input");
+            assert!(e.to_string().contains("process executor"), "{e}");
         }
     }
 
@@ -428,21 +343,25 @@ mod tests {
     fn from_env_reads_overrides() {
         let vars = |k: &str| match k {
             "SOPM_STEM_CELLS" => Some("5".to_string()),
+            "SOPM_IDLE_TTL_SECS" => Some("7".to_string()),
             "SOPM_ALLOW_NETWORK" => Some("true".to_string()),
             "SOPM_PYTHON" => Some("/opt/py/bin/python3".to_string()),
             _ => None,
         };
         let c = ProcessExecutorConfig::from_vars(vars).unwrap();
-        assert_eq!(c.stem_cells, 5);
+        assert_eq!(c.pool.stem_cells, 5);
+        assert_eq!(c.pool.idle_ttl, Duration::from_secs(7));
+        assert_eq!(c.pool.boot_timeout, Duration::from_secs(10));
         assert!(c.allow_network);
+        assert!(c.pool.pool_config(&c.name, c.allow_network).allow_network);
         assert_eq!(
             c.python.as_deref(),
             Some(std::path::Path::new("/opt/py/bin/python3"))
         );
-        let e = ProcessExecutorConfig::from_vars(|k| {
-            (k == "SOPM_STEM_CELLS").then(|| "many".to_string())
-        })
-        .unwrap_err();
-        assert_eq!(e.code(), "invalid_input");
+        for (key, value) in [("SOPM_STEM_CELLS", "many"), ("SOPM_CGROUPS", "maybe")] {
+            let e = ProcessExecutorConfig::from_vars(|k| (k == key).then(|| value.to_string()))
+                .unwrap_err();
+            assert_eq!(e.code(), "invalid_input");
+        }
     }
 }

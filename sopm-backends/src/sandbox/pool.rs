@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde_json::Value;
-use sopm_core::{Error, FunctionVersion, Limits, Output, PoolStats, Result};
+use sopm_core::{Error, FunctionVersion, Invocation, Limits, Output, PoolStats, Result, Target};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -246,6 +246,31 @@ impl<L: SandboxLauncher> WarmPool<L> {
         let refill = tokio::spawn(refill_loop(weak.clone()));
         let reap = tokio::spawn(reap_loop(weak, self.inner.config.idle_ttl));
         self.inner.tasks.lock().extend([refill, reap]);
+    }
+
+    /// Runs one executor call: refuses built-ins (`invalid_input`; sandbox executors run
+    /// user functions only) and runs the function version on an instance of it, stopping
+    /// at the invocation's deadline or after the function's `timeout_ms`, whichever comes
+    /// first.
+    pub async fn run(&self, invocation: Invocation) -> Result<Output> {
+        let version = match &invocation.target {
+            Target::User(v) => v,
+            Target::Builtin(name) => {
+                return Err(Error::invalid(format!(
+                    "the {} executor runs user functions, not the built-in '{name}'",
+                    self.inner.config.name
+                )))
+            }
+        };
+        let limit = Instant::now() + Duration::from_millis(version.limits.timeout_ms);
+        let deadline = Instant::from_std(invocation.deadline).min(limit);
+        self.invoke(
+            version,
+            invocation.job_id.as_str(),
+            &invocation.input,
+            deadline,
+        )
+        .await
     }
 
     /// Runs one invocation of `version` on an instance of it.
@@ -1165,6 +1190,59 @@ mod tests {
             ..PoolConfig::default()
         };
         WarmPool::new(FakeLauncher::default(), config)
+    }
+
+    fn invocation(target: Target, input: Value, deadline: Duration) -> Invocation {
+        Invocation {
+            job_id: sopm_core::JobId::random(),
+            tenant: sopm_core::TenantId::default(),
+            target,
+            input: Arc::new(input),
+            deadline: std::time::Instant::now() + deadline,
+        }
+    }
+
+    #[tokio::test]
+    async fn run_refuses_built_ins_and_stops_at_the_function_timeout() {
+        let pool = fake_pool(2, 2);
+        let builtin = invocation(
+            Target::Builtin("echo".into()),
+            serde_json::json!({}),
+            Duration::from_secs(5),
+        );
+        let e = pool.run(builtin).await.unwrap_err();
+        assert_eq!(e.code(), "invalid_input");
+        assert!(e.to_string().contains("the fake executor"), "{e}");
+        assert!(e.to_string().contains("'echo'"), "{e}");
+
+        let (mut version, _dir) = function("run-timeout");
+        let quick = invocation(
+            Target::User(Arc::new(version.clone())),
+            serde_json::json!({"x": 1}),
+            Duration::from_secs(5),
+        );
+        assert_eq!(
+            pool.run(quick).await.unwrap().value,
+            serde_json::json!({"x": 1})
+        );
+        // The invocation could wait 30 s; the function's own 100 ms timeout stops it.
+        version.limits.timeout_ms = 100;
+        let slow = invocation(
+            Target::User(Arc::new(version.clone())),
+            serde_json::json!({"sleep_ms": 1_000}),
+            Duration::from_secs(30),
+        );
+        assert_eq!(pool.run(slow).await.unwrap_err().code(), "timeout");
+        // And the invocation's 100 ms deadline stops it under a 30 s timeout.
+        version.limits.timeout_ms = 30_000;
+        let late = invocation(
+            Target::User(Arc::new(version)),
+            serde_json::json!({"sleep_ms": 1_000}),
+            Duration::from_millis(100),
+        );
+        assert_eq!(pool.run(late).await.unwrap_err().code(), "timeout");
+        assert_eq!(pool.counters().replaced, 2);
+        pool.shutdown().await;
     }
 
     #[tokio::test]

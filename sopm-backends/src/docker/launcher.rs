@@ -60,7 +60,7 @@ impl DockerLauncher {
         } else if spec.image.is_none() {
             // The image's own /fn decides the mount's mode, so the runner's user gets
             // the mount instead.
-            let code_mb = (self.config.pool.max_inline_bytes.saturating_mul(2) >> 20).max(16);
+            let code_mb = self.config.pool.code_tmpfs_bytes() >> 20;
             let owner = numeric_ids(&self.config.user)
                 .map(|(u, g)| format!(",uid={u},gid={g}"))
                 .unwrap_or_default();

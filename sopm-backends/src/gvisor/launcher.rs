@@ -278,12 +278,7 @@ impl SandboxLauncher for GvisorLauncher {
             extra_binds: &self.config.extra_ro_binds,
             limits: &spec.limits,
             mount: spec.mount.as_deref(),
-            code_tmpfs_bytes: self
-                .config
-                .pool
-                .max_inline_bytes
-                .saturating_mul(2)
-                .max(16 << 20),
+            code_tmpfs_bytes: self.config.pool.code_tmpfs_bytes(),
             cgroups_path: self
                 .config
                 .cgroups

@@ -117,12 +117,7 @@ impl SandboxLauncher for ProcessLauncher {
             network: spec.network,
             mount: spec.mount.as_deref(),
             nproc_rlimit: cgroup.is_none(),
-            code_tmpfs_bytes: self
-                .config
-                .pool
-                .max_inline_bytes
-                .saturating_mul(2)
-                .max(16 << 20),
+            code_tmpfs_bytes: self.config.pool.code_tmpfs_bytes(),
         };
         let argv = bwrap::command_line(&plan);
         let mut cmd = Command::new(&argv[0]);

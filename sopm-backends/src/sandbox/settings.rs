@@ -121,6 +121,12 @@ impl PoolSettings {
         self
     }
 
+    /// The size of the tmpfs at `/fn` that receives code sent in an init frame: twice the
+    /// inline limit (room for the files and their unpacking), at least 16 MiB.
+    pub fn code_tmpfs_bytes(&self) -> u64 {
+        self.max_inline_bytes.saturating_mul(2).max(16 << 20)
+    }
+
     /// Why the settings cannot work, if they cannot.
     pub fn problem(&self) -> Option<&'static str> {
         if self.max_per_function == 0 || self.max_instances == 0 {
@@ -194,5 +200,19 @@ mod tests {
         let c = s.pool_config("x", false);
         assert_eq!(c.stem_cells.get(&RunnerKind::Node), Some(&5));
         assert_eq!(c.name, "x");
+    }
+
+    #[test]
+    fn the_code_tmpfs_holds_twice_the_inline_limit_and_at_least_16_mib() {
+        let s = PoolSettings::new([]);
+        assert_eq!(s.code_tmpfs_bytes(), 2 * DEFAULT_MAX_INLINE_BYTES);
+        assert_eq!(
+            s.clone().with_max_inline_bytes(4096).code_tmpfs_bytes(),
+            16 << 20
+        );
+        assert_eq!(
+            s.with_max_inline_bytes(u64::MAX).code_tmpfs_bytes(),
+            u64::MAX
+        );
     }
 }

@@ -1241,31 +1241,41 @@ macro_rules! executor_conformance {
             #[allow(unused_imports)]
             use super::*;
 
-            $crate::__executor_conformance_tests!(
-                ($factory)
-                python_hello_world_uses_a_stem_cell
-                node_hello_world_with_async_handler_and_logs
-                shell_hello_world_and_failure
-                binary_hello_world
-                large_and_unicode_payloads_round_trip
-                function_errors_carry_tracebacks_and_keep_the_instance
-                logs_are_captured_and_kept_out_of_the_output
-                spinning_and_sleeping_past_the_deadline_time_out
-                unbounded_allocation_is_out_of_memory
-                output_too_large_is_reported_and_the_instance_kept
-                no_network_to_the_host
-                secrets_of_the_host_are_not_visible
-                writes_outside_tmp_fail
-                a_fork_bomb_is_contained
-                printing_100_mb_is_capped
-                closing_the_frame_pipes
-                killing_the_parent_and_everything
-                concurrent_calls_grow_the_pool_up_to_the_cap
-                two_functions_never_share_an_instance
-                a_crashed_instance_is_replaced
-                idle_instances_are_reaped
-            );
+            $crate::__executor_behaviours!($crate::__executor_conformance_tests!(($factory)));
         }
+    };
+}
+
+/// Calls `callback!(prefix.. behaviour_names..)` with every behaviour of the suite, in
+/// order: the one list of them.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __executor_behaviours {
+    ($($callback:tt)::+ ! ($($prefix:tt)*)) => {
+        $($callback)::+!(
+            $($prefix)*
+            python_hello_world_uses_a_stem_cell
+            node_hello_world_with_async_handler_and_logs
+            shell_hello_world_and_failure
+            binary_hello_world
+            large_and_unicode_payloads_round_trip
+            function_errors_carry_tracebacks_and_keep_the_instance
+            logs_are_captured_and_kept_out_of_the_output
+            spinning_and_sleeping_past_the_deadline_time_out
+            unbounded_allocation_is_out_of_memory
+            output_too_large_is_reported_and_the_instance_kept
+            no_network_to_the_host
+            secrets_of_the_host_are_not_visible
+            writes_outside_tmp_fail
+            a_fork_bomb_is_contained
+            printing_100_mb_is_capped
+            closing_the_frame_pipes
+            killing_the_parent_and_everything
+            concurrent_calls_grow_the_pool_up_to_the_cap
+            two_functions_never_share_an_instance
+            a_crashed_instance_is_replaced
+            idle_instances_are_reaped
+        );
     };
 }
 
@@ -1417,29 +1427,7 @@ mod tests {
                 $(assert_eq!(needs::$name().test, stringify!($name));)*
             };
         }
-        named!(
-            python_hello_world_uses_a_stem_cell
-            node_hello_world_with_async_handler_and_logs
-            shell_hello_world_and_failure
-            binary_hello_world
-            large_and_unicode_payloads_round_trip
-            function_errors_carry_tracebacks_and_keep_the_instance
-            logs_are_captured_and_kept_out_of_the_output
-            spinning_and_sleeping_past_the_deadline_time_out
-            unbounded_allocation_is_out_of_memory
-            output_too_large_is_reported_and_the_instance_kept
-            no_network_to_the_host
-            secrets_of_the_host_are_not_visible
-            writes_outside_tmp_fail
-            a_fork_bomb_is_contained
-            printing_100_mb_is_capped
-            closing_the_frame_pipes
-            killing_the_parent_and_everything
-            concurrent_calls_grow_the_pool_up_to_the_cap
-            two_functions_never_share_an_instance
-            a_crashed_instance_is_replaced
-            idle_instances_are_reaped
-        );
+        crate::__executor_behaviours!(named!());
         assert_eq!(
             needs::idle_instances_are_reaped().idle_ttl,
             Some(Duration::from_millis(200))

@@ -261,6 +261,10 @@ impl SandboxLauncher for DockerLauncher {
         Ok(sandbox)
     }
 
+    async fn after_shutdown(&self) {
+        self.daemon.remove_own_containers().await;
+    }
+
     fn runner_for(&self, runtime: Runtime) -> Option<RunnerKind> {
         super::docker_runner(runtime)
     }

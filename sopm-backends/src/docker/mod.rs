@@ -4,7 +4,7 @@
 //! - [`DockerExecutor`]: each instance is one container of a *runner image* (the
 //!   runtime's base image plus SOPM's runner, derived once per base image and runner and
 //!   cached by content), started with stdin, stdout and stderr attached: the same frame
-//!   protocol and [`WarmPool`] as the process and gVisor backends. Containers run as
+//!   protocol and [`WarmPool`](crate::sandbox::WarmPool) as the process and gVisor backends. Containers run as
 //!   `nobody` with a read-only root, a size-capped tmpfs `/tmp` (and `/fn` for code sent in
 //!   the init frame), network `none`, no capabilities, `no-new-privileges`, an init process
 //!   reaping orphans, and memory (no swap), pids and CPU limits plus `nofile`/`fsize`/`core`
@@ -30,12 +30,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use sopm_core::{Error, Executor, FunctionVersion, Invocation, Output, PoolStats, Result, Runtime};
+use sopm_core::{Error, Result, Runtime};
 
-use crate::sandbox::pool::{PoolCounters, WarmPool};
+use crate::sandbox::pool::WarmPool;
 use crate::sandbox::settings::PoolSettings;
-use crate::sandbox::RunnerKind;
+use crate::sandbox::{RunnerKind, SandboxExecutor};
 
 mod builder;
 mod daemon;
@@ -232,9 +231,7 @@ impl DockerExecutorConfig {
         let pool_config = self.pool.pool_config(&self.name, false);
         let daemon = Arc::new(daemon::Daemon::new(&self));
         let launcher = DockerLauncher::new(self, daemon);
-        Ok(DockerExecutor {
-            pool: WarmPool::new(launcher, pool_config),
-        })
+        Ok(SandboxExecutor::new(WarmPool::new(launcher, pool_config)))
     }
 }
 
@@ -250,23 +247,9 @@ pub fn docker_runner(runtime: Runtime) -> Option<RunnerKind> {
 }
 
 /// Runs user functions in warm Docker containers.
-#[derive(Debug, Clone)]
-pub struct DockerExecutor {
-    pool: WarmPool<DockerLauncher>,
-}
+pub type DockerExecutor = SandboxExecutor<DockerLauncher>;
 
-impl DockerExecutor {
-    /// Starts the background work (stem cells, reaping) now instead of on the first call.
-    /// Needs a tokio runtime.
-    pub fn start(&self) {
-        self.pool.start();
-    }
-
-    /// Life counters of the pool (stem cells used, cold starts, ...).
-    pub fn counters(&self) -> PoolCounters {
-        self.pool.counters()
-    }
-
+impl SandboxExecutor<DockerLauncher> {
     /// A builder making images these containers run: dependencies installed by `local`
     /// (which keeps the artifact directories), the image built through this executor's
     /// daemon over its runner images.
@@ -283,35 +266,6 @@ impl DockerExecutor {
     /// the base image exists).
     pub async fn runner_image(&self, runner: RunnerKind) -> Result<String> {
         self.pool.launcher().daemon().runner_image(runner).await
-    }
-}
-
-#[async_trait]
-impl Executor for DockerExecutor {
-    fn name(&self) -> &str {
-        &self.pool.config().name
-    }
-
-    async fn invoke(&self, invocation: Invocation) -> Result<Output> {
-        self.pool.run(invocation).await
-    }
-
-    async fn prepare(&self, version: &FunctionVersion) -> Result<()> {
-        self.pool.prepare(version).await
-    }
-
-    async fn retire(&self, function_id: &str) -> Result<()> {
-        self.pool.retire(function_id).await;
-        Ok(())
-    }
-
-    fn pool_stats(&self) -> Vec<PoolStats> {
-        self.pool.stats()
-    }
-
-    async fn shutdown(&self) {
-        self.pool.shutdown().await;
-        self.pool.launcher().daemon().remove_own_containers().await;
     }
 }
 

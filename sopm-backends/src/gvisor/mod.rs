@@ -16,7 +16,7 @@
 //!
 //! The runner inside speaks the same protocol through the same pipes as in the process
 //! backend (stdin/stdout/stderr of `runsc run`, passed through to the sandbox), and the
-//! same [`WarmPool`] keeps stem cells. An instance is cleaned up (`runsc delete --force`,
+//! same [`WarmPool`](crate::sandbox::WarmPool) keeps stem cells. An instance is cleaned up (`runsc delete --force`,
 //! bundle removed) when it exits, crashes, times out, is retired or reaped, and at
 //! shutdown; sandboxes left by a dead server are swept at first use.
 //!
@@ -26,12 +26,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use sopm_core::{Error, Executor, FunctionVersion, Invocation, Output, PoolStats, Result};
+use sopm_core::{Error, Result};
 
-use crate::sandbox::pool::{PoolCounters, WarmPool};
+use crate::sandbox::pool::WarmPool;
 use crate::sandbox::settings::PoolSettings;
-use crate::sandbox::RunnerKind;
+use crate::sandbox::{RunnerKind, SandboxExecutor};
 
 pub mod bundle;
 mod launcher;
@@ -244,30 +243,14 @@ impl GvisorExecutorConfig {
         }
         let pool_config = self.pool.pool_config(&self.name, false);
         let launcher = GvisorLauncher::new(self);
-        Ok(GvisorExecutor {
-            pool: WarmPool::new(launcher, pool_config),
-        })
+        Ok(SandboxExecutor::new(WarmPool::new(launcher, pool_config)))
     }
 }
 
 /// Runs user functions in gVisor (`runsc`) sandboxes behind a warm pool.
-#[derive(Debug, Clone)]
-pub struct GvisorExecutor {
-    pool: WarmPool<GvisorLauncher>,
-}
+pub type GvisorExecutor = SandboxExecutor<GvisorLauncher>;
 
-impl GvisorExecutor {
-    /// Starts the background work (stem cells, reaping) now instead of on the first call.
-    /// Needs a tokio runtime.
-    pub fn start(&self) {
-        self.pool.start();
-    }
-
-    /// Life counters of the pool (stem cells used, cold starts, ...).
-    pub fn counters(&self) -> PoolCounters {
-        self.pool.counters()
-    }
-
+impl SandboxExecutor<GvisorLauncher> {
     /// The runsc state directory (`runsc --root`) of this executor's sandboxes.
     pub fn state_dir(&self) -> PathBuf {
         self.pool.launcher().state_dir()
@@ -276,34 +259,6 @@ impl GvisorExecutor {
     /// The directory holding one bundle directory per live sandbox.
     pub fn bundles_dir(&self) -> PathBuf {
         self.pool.launcher().bundles_dir()
-    }
-}
-
-#[async_trait]
-impl Executor for GvisorExecutor {
-    fn name(&self) -> &str {
-        &self.pool.config().name
-    }
-
-    async fn invoke(&self, invocation: Invocation) -> Result<Output> {
-        self.pool.run(invocation).await
-    }
-
-    async fn prepare(&self, version: &FunctionVersion) -> Result<()> {
-        self.pool.prepare(version).await
-    }
-
-    async fn retire(&self, function_id: &str) -> Result<()> {
-        self.pool.retire(function_id).await;
-        Ok(())
-    }
-
-    fn pool_stats(&self) -> Vec<PoolStats> {
-        self.pool.stats()
-    }
-
-    async fn shutdown(&self) {
-        self.pool.shutdown().await;
     }
 }
 

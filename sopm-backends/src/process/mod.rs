@@ -31,12 +31,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use sopm_core::{Error, Executor, FunctionVersion, Invocation, Output, PoolStats, Result};
+use sopm_core::{Error, Result};
 
-use crate::sandbox::pool::{PoolCounters, WarmPool};
+use crate::sandbox::pool::WarmPool;
 use crate::sandbox::settings::PoolSettings;
-use crate::sandbox::RunnerKind;
+use crate::sandbox::{RunnerKind, SandboxExecutor};
 
 pub mod bwrap;
 pub mod cgroup;
@@ -236,61 +235,17 @@ impl ProcessExecutorConfig {
         }
         let pool_config = self.pool.pool_config(&self.name, self.allow_network);
         let launcher = ProcessLauncher::new(self);
-        Ok(ProcessExecutor {
-            pool: WarmPool::new(launcher, pool_config),
-        })
+        Ok(SandboxExecutor::new(WarmPool::new(launcher, pool_config)))
     }
 }
 
 /// Runs user functions in bubblewrap sandboxes behind a warm pool.
-#[derive(Debug, Clone)]
-pub struct ProcessExecutor {
-    pool: WarmPool<ProcessLauncher>,
-}
+pub type ProcessExecutor = SandboxExecutor<ProcessLauncher>;
 
-impl ProcessExecutor {
-    /// Starts the background work (stem cells, reaping) now instead of on the first call.
-    /// Needs a tokio runtime.
-    pub fn start(&self) {
-        self.pool.start();
-    }
-
-    /// Life counters of the pool (stem cells used, cold starts, ...).
-    pub fn counters(&self) -> PoolCounters {
-        self.pool.counters()
-    }
-
+impl SandboxExecutor<ProcessLauncher> {
     /// Whether sandboxes get cgroup limits here (known after the first boot).
     pub fn cgroups_enabled(&self) -> Option<bool> {
         self.pool.launcher().cgroups_enabled()
-    }
-}
-
-#[async_trait]
-impl Executor for ProcessExecutor {
-    fn name(&self) -> &str {
-        &self.pool.config().name
-    }
-
-    async fn invoke(&self, invocation: Invocation) -> Result<Output> {
-        self.pool.run(invocation).await
-    }
-
-    async fn prepare(&self, version: &FunctionVersion) -> Result<()> {
-        self.pool.prepare(version).await
-    }
-
-    async fn retire(&self, function_id: &str) -> Result<()> {
-        self.pool.retire(function_id).await;
-        Ok(())
-    }
-
-    fn pool_stats(&self) -> Vec<PoolStats> {
-        self.pool.stats()
-    }
-
-    async fn shutdown(&self) {
-        self.pool.shutdown().await;
     }
 }
 

@@ -10,12 +10,14 @@ use async_trait::async_trait;
 use sopm_core::{Artifact, Error, Limits, Result, Runtime};
 
 pub mod artifact;
+pub mod executor;
 pub mod pool;
 pub mod protocol;
 pub mod runners;
 pub mod settings;
 
 pub use artifact::FunctionCode;
+pub use executor::SandboxExecutor;
 pub use pool::{PoolConfig, PoolCounters, WarmPool};
 pub use protocol::RunnerChannel;
 pub use runners::RunnerKind;
@@ -116,6 +118,10 @@ pub trait SandboxLauncher: Debug + Send + Sync + 'static {
 
     /// Boots a sandbox and waits until its runner says hello.
     async fn launch(&self, spec: &LaunchSpec) -> Result<Self::Sandbox>;
+
+    /// Called after the pool shut down (every instance terminated): releases what the
+    /// backend holds beyond its sandboxes. Default: nothing.
+    async fn after_shutdown(&self) {}
 
     /// The runner that runs functions of `runtime` in this backend's sandboxes; `None`
     /// for built-ins. Default: [`RunnerKind::for_runtime`].

@@ -10,7 +10,7 @@
 //!   done (a different tmpfs size, network access).
 //! - A function whose artifact is too big for an init frame (see
 //!   [`PoolConfig::max_inline_bytes`]) gets dedicated sandboxes booted with its artifact
-//!   mounted read-only at [`CODE_DIR`](super::CODE_DIR) instead of stem cells.
+//!   mounted read-only at [`CODE_DIR`] instead of stem cells.
 //! - A specialised instance serves one function version only, one invocation at a time,
 //!   and goes back to the idle list after each call. Past `max_per_function` instances of
 //!   one function, or `max_instances` in all (stem cells not counted), a call waits for a

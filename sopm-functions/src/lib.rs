@@ -71,8 +71,8 @@ pub struct Builtin {
 }
 
 impl Builtin {
-    /// Starts describing a function; finish with [`inline`](Self::inline),
-    /// [`blocking`](Self::blocking) or [`asynchronous`](Self::asynchronous).
+    /// Starts describing a function; finish with [`inline`](BuiltinSpec::inline),
+    /// [`blocking`](BuiltinSpec::blocking) or [`asynchronous`](BuiltinSpec::asynchronous).
     pub fn describe(name: &'static str, description: &'static str) -> BuiltinSpec {
         BuiltinSpec {
             name,

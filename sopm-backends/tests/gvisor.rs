@@ -203,3 +203,94 @@ async fn after_shutdown_no_sandbox_is_left() {
     g.exec.retire(&a.version.function_id).await.unwrap();
     g.finish().await;
 }
+
+/// The memory and pids directories of a cgroup `name` under `parent`, cgroup v1 or v2.
+fn cgroup_dirs(parent: &str) -> Vec<std::path::PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    [
+        root.join("memory").join(parent),
+        root.join("pids").join(parent),
+        root.join(parent),
+    ]
+    .into_iter()
+    .filter(|d| d.is_dir())
+    .collect()
+}
+
+fn children(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// With host cgroups on, each sandbox sits in a cgroup of its own under the configured
+/// parent holding a memory and a pids limit; a memory hog and a fork bomb are contained
+/// with them, and the cgroups go with the sandboxes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_cgroups_hold_the_limits_and_go_with_the_sandboxes() {
+    use sopm_core::conformance::executor as suite;
+    let test = "host_cgroups_hold_the_limits_and_go_with_the_sandboxes";
+    let parent = format!("sopm-gvtest-{}", uuid::Uuid::new_v4().simple());
+    let writable = Path::new("/sys/fs/cgroup/memory").is_dir()
+        || std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .is_ok_and(|c| c.contains("memory"));
+    if !writable {
+        skip(test, "no memory cgroup controller here");
+        return;
+    }
+    let Some(g) = ready_with(test, PY, |c| {
+        c.with_cgroups(true).with_cgroup_parent(&parent)
+    }) else {
+        return;
+    };
+    g.exec.start();
+    wait_for_stem_cells(&g.exec, "python", 1).await;
+    let f = python(HELLO_PY);
+    call(&g.exec, &f, serde_json::json!({})).await.unwrap();
+    let dirs = cgroup_dirs(&parent);
+    assert!(!dirs.is_empty(), "no cgroup under {parent}");
+    let mut limits = Vec::new();
+    for dir in &dirs {
+        for sandbox in children(dir) {
+            for file in ["memory.limit_in_bytes", "memory.max", "pids.max"] {
+                if let Ok(v) = std::fs::read_to_string(sandbox.join(file)) {
+                    limits.push((file, v.trim().to_string()));
+                }
+            }
+        }
+    }
+    let limited = |name: &str| {
+        limits
+            .iter()
+            .any(|(f, v)| *f == name && v.parse::<u64>().is_ok_and(|n| n < 1 << 40))
+    };
+    assert!(
+        limited("memory.limit_in_bytes") || limited("memory.max"),
+        "no memory limit: {limits:?}"
+    );
+    assert!(limited("pids.max"), "no pids limit: {limits:?}");
+    suite::unbounded_allocation_is_out_of_memory(&g).await;
+    suite::a_fork_bomb_is_contained(&g).await;
+    g.exec.shutdown().await;
+    assert_nothing_left(&g).await;
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        left = cgroup_dirs(&parent)
+            .iter()
+            .flat_map(|d| children(d))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for dir in cgroup_dirs(&parent) {
+        let _ = std::fs::remove_dir(&dir);
+    }
+    assert!(left.is_empty(), "cgroups left after shutdown: {left:?}");
+}

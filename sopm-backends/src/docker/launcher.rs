@@ -46,10 +46,17 @@ impl DockerLauncher {
         self.daemon.clone()
     }
 
+    /// The cgroup limits of a container for `limits`, with the runtime's overhead.
+    fn cgroup_limits(&self) -> CgroupLimits {
+        CgroupLimits {
+            memory_overhead_mb: self.config.runtime_memory_overhead_mb,
+            pids_overhead: self.config.runtime_pids_overhead,
+        }
+    }
+
     fn host_config(&self, spec: &LaunchSpec) -> HostConfig {
         let limits = &spec.limits;
-        let memory = ((limits.memory_mb + self.config.runtime_memory_overhead_mb) << 20) as i64;
-        let pids = (limits.max_processes.max(4) + self.config.runtime_pids_overhead) as i64;
+        let (memory, pids) = self.cgroup_limits().of(limits);
         let mut tmpfs = HashMap::from([(
             "/tmp".to_string(),
             format!("rw,nosuid,nodev,size={}m,mode=1777", limits.tmpfs_mb.max(1)),
@@ -86,6 +93,23 @@ impl DockerLauncher {
             auto_remove: Some(false),
             ..Default::default()
         }
+    }
+}
+
+/// The runtime's room on top of a function's memory and pids limits (gVisor's own kernel
+/// lives in the container's cgroup under runsc).
+#[derive(Debug, Clone, Copy)]
+struct CgroupLimits {
+    memory_overhead_mb: u64,
+    pids_overhead: u64,
+}
+
+impl CgroupLimits {
+    /// The container's memory limit in bytes (no swap beyond it) and pids limit.
+    fn of(self, limits: &Limits) -> (i64, i64) {
+        let memory = (limits.memory_mb + self.memory_overhead_mb) << 20;
+        let pids = limits.max_processes.max(4) + self.pids_overhead;
+        (memory as i64, pids as i64)
     }
 }
 
@@ -207,6 +231,7 @@ impl SandboxLauncher for DockerLauncher {
             alive: Arc::new(AtomicBool::new(true)),
             pump: None,
             removed: false,
+            cgroup_limits: self.cgroup_limits(),
             memory_cgroup: None,
             oom_base: 0,
         };
@@ -278,14 +303,14 @@ impl SandboxLauncher for DockerLauncher {
                 // Stem cells take the code in an init frame, read from the directory the
                 // image was built from; code too big for a frame (or an image built
                 // elsewhere) boots from the image itself.
-                let code = match self.daemon.image_files(reference).await? {
-                    Some(dir) => load_directory(dir, max_inline_bytes).await?,
-                    None => FunctionCode::Image(reference.clone()),
-                };
-                Ok(match code {
-                    FunctionCode::Inline(files) => FunctionCode::Inline(files),
-                    _ => FunctionCode::Image(reference.clone()),
-                })
+                if let Some(dir) = self.daemon.image_files(reference).await? {
+                    if let inline @ FunctionCode::Inline(_) =
+                        load_directory(dir, max_inline_bytes).await?
+                    {
+                        return Ok(inline);
+                    }
+                }
+                Ok(FunctionCode::Image(reference.clone()))
             }
         }
     }
@@ -336,6 +361,7 @@ pub struct DockerSandbox {
     alive: Arc<AtomicBool>,
     pump: Option<JoinHandle<()>>,
     removed: bool,
+    cgroup_limits: CgroupLimits,
     /// The container's memory cgroup on this host (v2 or not), when the daemon is
     /// local and it is found: OOM kills of processes other than the runner are read
     /// there.
@@ -399,19 +425,11 @@ impl Sandbox for DockerSandbox {
         if from.memory_mb == to.memory_mb && from.max_processes == to.max_processes {
             return Ok(());
         }
-        let inspect = self
-            .docker
-            .inspect_container(&self.id, None)
-            .await
-            .map_err(|e| Error::Unavailable(format!("cannot inspect a container: {e}")))?;
-        let host = inspect.host_config.unwrap_or_default();
-        let overhead_mem = host.memory.unwrap_or(0) - ((from.memory_mb << 20) as i64);
-        let overhead_pids = host.pids_limit.unwrap_or(0) - (from.max_processes.max(4) as i64);
-        let memory = ((to.memory_mb << 20) as i64) + overhead_mem.max(0);
+        let (memory, pids) = self.cgroup_limits.of(to);
         let update = ContainerUpdateBody {
             memory: Some(memory),
             memory_swap: Some(memory),
-            pids_limit: Some(to.max_processes.max(4) as i64 + overhead_pids.max(0)),
+            pids_limit: Some(pids),
             ..Default::default()
         };
         self.docker

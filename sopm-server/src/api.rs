@@ -216,7 +216,8 @@ async fn list_functions(State(s): State<AppState>) -> Response {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExecuteBody {
-    function: String,
+    /// Read straight into the `Arc` the job's [`FunctionRef`] keeps.
+    function: Arc<str>,
     #[serde(default = "empty_object")]
     input: Value,
     #[serde(default, rename = "async")]
@@ -231,6 +232,14 @@ struct ExecuteBody {
 
 pub(crate) fn empty_object() -> Value {
     Value::Object(Default::default())
+}
+
+/// A job that is still queued or running, as the execute call answers it (202).
+#[derive(Serialize)]
+struct PendingAnswer<'a> {
+    id: &'a JobId,
+    status: &'static str,
+    status_url: String,
 }
 
 /// A finished job as the execute call answers it.
@@ -258,7 +267,9 @@ async fn execute(
     let tenant = caller.tenant(body.user_id.as_deref().or(q.user_id.as_deref()))?;
     let request = JobRequest {
         tenant,
-        function: FunctionRef::builtin(&body.function),
+        function: FunctionRef::Builtin {
+            name: body.function,
+        },
         input: Arc::new(body.input),
         timeout: body.timeout_ms.map(Duration::from_millis),
     };
@@ -284,11 +295,11 @@ pub(crate) async fn submit(
     match s.inner.platform.submit(request, mode).await? {
         Submitted::Pending { id, status } => Ok(json_response(
             StatusCode::ACCEPTED,
-            json_bytes(&json!({
-                "id": id,
-                "status": status,
-                "status_url": format!("/api/status/{id}"),
-            })),
+            json_bytes(&PendingAnswer {
+                id: &id,
+                status: status.as_str(),
+                status_url: format!("/api/status/{id}"),
+            }),
         )),
         Submitted::Finished(job) => Ok(finished_answer(&job)),
     }

@@ -233,13 +233,6 @@ impl std::fmt::Debug for ClientArgs {
 }
 
 impl ClientArgs {
-    fn query(&self) -> String {
-        match &self.user_id {
-            Some(u) => format!("?user_id={}", percent_encode(u)),
-            None => String::new(),
-        }
-    }
-
     /// `path` with the tenant and `extra` as its query.
     fn path(&self, path: &str, extra: &[(&str, String)]) -> String {
         let mut q: Vec<String> = extra
@@ -368,17 +361,12 @@ async fn run_client(cmd: Command) -> Result<ExitCode, String> {
             full,
             client,
         } => {
-            let input: Value = match input.as_deref() {
-                None => Value::Object(Default::default()),
-                Some(text) => serde_json::from_str(text)
-                    .map_err(|e| format!("the input is not valid JSON: {e}"))?,
-            };
-            let mut body =
-                serde_json::json!({"function": function, "input": input, "async": is_async});
+            let input = parse_input(input.as_deref())?;
+            let mut body = json!({"function": function, "input": input, "async": is_async});
             if let Some(w) = wait_ms {
                 body["wait_ms"] = w.into();
             }
-            let path = format!("/api/execute{}", client.query());
+            let path = client.path("/api/execute", &[]);
             let a = client
                 .client()?
                 .call(Method::POST, &path, Some(body))
@@ -391,11 +379,11 @@ async fn run_client(cmd: Command) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { id, client } => {
-            let path = format!("/api/status/{}{}", percent_encode(&id), client.query());
+            let path = client.path(&format!("/api/status/{}", percent_encode(&id)), &[]);
             simple(&client, Method::GET, &path).await
         }
         Command::Cancel { id, client } => {
-            let path = format!("/api/jobs/{}/cancel{}", percent_encode(&id), client.query());
+            let path = client.path(&format!("/api/jobs/{}/cancel", percent_encode(&id)), &[]);
             simple(&client, Method::POST, &path).await
         }
         Command::Stats(c) => simple(&c, Method::GET, "/api/stats").await,
@@ -409,6 +397,16 @@ async fn simple(c: &ClientArgs, method: Method, path: &str) -> Result<ExitCode, 
     }
     print_json(&a.body);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A command's input argument as JSON; none is `{}`.
+fn parse_input(input: Option<&str>) -> Result<Value, String> {
+    match input {
+        None => Ok(Value::Object(Default::default())),
+        Some(text) => {
+            serde_json::from_str(text).map_err(|e| format!("the input is not valid JSON: {e}"))
+        }
+    }
 }
 
 fn print_json(v: &Value) {
@@ -525,11 +523,7 @@ async fn run_fn(cmd: FnCommand) -> Result<ExitCode, String> {
             full,
             client,
         } => {
-            let input: Value = match input.as_deref() {
-                None => Value::Object(Default::default()),
-                Some(text) => serde_json::from_str(text)
-                    .map_err(|e| format!("the input is not valid JSON: {e}"))?,
-            };
+            let input = parse_input(input.as_deref())?;
             let mut body = json!({"input": input, "async": is_async});
             if let Some(v) = version {
                 body["version"] = v.into();

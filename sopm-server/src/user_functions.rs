@@ -26,7 +26,8 @@ use crate::upload::{unpack_archive, SourceBuilder, UploadBody};
 /// Most jobs `GET /api/user-functions/{id}/logs` returns.
 const MAX_LOG_JOBS: usize = 200;
 
-/// `?user_id=` names the tenant, `?version=` picks one version of a function.
+/// `?user_id=` names the tenant, `?version=` picks one version of a function,
+/// `?limit=` caps the jobs `GET /api/user-functions/{id}/logs` returns.
 #[derive(Debug, Deserialize, Default)]
 pub(crate) struct FunctionQuery {
     user_id: Option<String>,
@@ -245,8 +246,9 @@ pub(crate) async fn show(
         body["status"] = json!(v.status);
         body["build_log"] = json!(v.build_log);
         body["builder"] = json!(platform.builder_of(v));
-        body["executor"] = json!(platform.executor_of(v));
-        match platform.executor_of(v) {
+        let executor = platform.executor_of(v);
+        body["executor"] = json!(executor);
+        match executor {
             None => {
                 body["executor_note"] = json!(format!(
                     "no executor is configured for the {} runtime; calls answer 503 until one is",

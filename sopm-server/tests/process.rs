@@ -295,6 +295,13 @@ fn keys_then_fn_deploy_list_invoke_logs_rm_through_the_cli() {
             .expect("run sopm")
     };
 
+    // Alice deploys a Python directory under a name, with `extra` flags.
+    let deploy = |dir: &str, name: &str, extra: &[&str]| -> Output {
+        let mut args = vec!["fn", "deploy", dir, "--runtime", "python", "--name", name];
+        args.extend_from_slice(extra);
+        as_user(&alice, &args)
+    };
+
     let src = tempfile::tempdir().unwrap();
     std::fs::write(
         src.path().join("main.py"),
@@ -305,18 +312,7 @@ fn keys_then_fn_deploy_list_invoke_logs_rm_through_the_cli() {
     std::fs::write(src.path().join("__pycache__/main.cpython-311.pyc"), "junk").unwrap();
     let src_dir = src.path().to_str().unwrap();
 
-    let out = as_user(
-        &alice,
-        &[
-            "fn",
-            "deploy",
-            src_dir,
-            "--runtime",
-            "python",
-            "--name",
-            "hello",
-        ],
-    );
+    let out = deploy(src_dir, "hello", &[]);
     assert!(
         out.status.success(),
         "deploy: {}\n{}",
@@ -364,20 +360,7 @@ fn keys_then_fn_deploy_list_invoke_logs_rm_through_the_cli() {
     assert!(stderr(&out).contains("not_found"), "{}", stderr(&out));
 
     // An executor the server does not have is refused before anything is stored.
-    let out = as_user(
-        &alice,
-        &[
-            "fn",
-            "deploy",
-            src_dir,
-            "--runtime",
-            "python",
-            "--name",
-            "elsewhere",
-            "--executor",
-            "kubernetes",
-        ],
-    );
+    let out = deploy(src_dir, "elsewhere", &["--executor", "kubernetes"]);
     assert!(!out.status.success());
     let refused = stderr(&out);
     assert!(
@@ -386,20 +369,7 @@ fn keys_then_fn_deploy_list_invoke_logs_rm_through_the_cli() {
             && refused.contains("process"),
         "{refused}"
     );
-    let out = as_user(
-        &alice,
-        &[
-            "fn",
-            "deploy",
-            src_dir,
-            "--runtime",
-            "python",
-            "--name",
-            "chosen",
-            "--executor",
-            "process",
-        ],
-    );
+    let out = deploy(src_dir, "chosen", &["--executor", "process"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("building for process"),
@@ -412,18 +382,7 @@ fn keys_then_fn_deploy_list_invoke_logs_rm_through_the_cli() {
     // A build that fails shows its log and exits 1.
     let bad = tempfile::tempdir().unwrap();
     std::fs::write(bad.path().join("other.py"), "x = 1\n").unwrap();
-    let out = as_user(
-        &alice,
-        &[
-            "fn",
-            "deploy",
-            bad.path().to_str().unwrap(),
-            "--runtime",
-            "python",
-            "--name",
-            "broken",
-        ],
-    );
+    let out = deploy(bad.path().to_str().unwrap(), "broken", &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("build failed"), "{}", stderr(&out));
     assert!(

@@ -227,6 +227,15 @@ async fn get(s: &AppState, uri: &str) -> Answer {
     send(s, "GET", uri, None, "application/json", Vec::new()).await
 }
 
+/// A GET with an API key.
+async fn get_as(s: &AppState, uri: &str, key: &str) -> Answer {
+    send(s, "GET", uri, Some(key), "", Vec::new()).await
+}
+
+async fn delete(s: &AppState, uri: &str) -> Answer {
+    send(s, "DELETE", uri, None, "application/json", Vec::new()).await
+}
+
 async fn post(s: &AppState, uri: &str, body: Value) -> Answer {
     send(
         s,
@@ -259,6 +268,19 @@ async fn settled(s: &AppState, id: &str, query: &str) -> Value {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("function {id} is still building");
+}
+
+/// Polls a job until it leaves `queued` and `running`.
+async fn finished(s: &AppState, job: &str) -> Value {
+    for _ in 0..500 {
+        let a = get(s, &format!("/api/status/{job}")).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        if !matches!(a.body["status"].as_str(), Some("queued" | "running")) {
+            return a.body;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("job {job} did not finish");
 }
 
 async fn deploy(s: &AppState, body: Value) -> (String, Value) {
@@ -419,15 +441,7 @@ async fn a_json_upload_builds_then_runs() {
     )
     .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
-    let job = a.body["id"].as_str().unwrap().to_string();
-    let mut done = Value::Null;
-    for _ in 0..200 {
-        done = get(s, &format!("/api/status/{job}")).await.body;
-        if done["status"] == "succeeded" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let done = finished(s, a.body["id"].as_str().unwrap()).await;
     assert_eq!(done["output"]["input"], 3, "{done}");
 }
 
@@ -634,15 +648,7 @@ async fn list_logs_and_delete() {
     assert_eq!(two["jobs"].as_array().unwrap().len(), 2);
     assert_eq!(two["jobs"][0]["id"], jobs[0]["id"]);
 
-    let a = send(
-        s,
-        "DELETE",
-        "/api/user-functions/zeta",
-        None,
-        "application/json",
-        vec![],
-    )
-    .await;
+    let a = delete(s, "/api/user-functions/zeta").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(a.body["deleted"], true);
     assert_eq!(a.body["versions"], 2);
@@ -655,15 +661,7 @@ async fn list_logs_and_delete() {
     let a = post(s, &format!("/api/user-functions/{id}/execute"), json!({})).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     assert_eq!(get(s, "/api/user-functions").await.body["count"], 1);
-    let a = send(
-        s,
-        "DELETE",
-        "/api/user-functions/zeta",
-        None,
-        "application/json",
-        vec![],
-    )
-    .await;
+    let a = delete(s, "/api/user-functions/zeta").await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
 
@@ -705,15 +703,7 @@ async fn tenants_see_run_and_delete_only_their_own_functions() {
             assert_eq!(a.status, StatusCode::NOT_FOUND);
             let a = get(s, &format!("/api/user-functions/{target}/logs{who}")).await;
             assert_eq!(a.status, StatusCode::NOT_FOUND);
-            let a = send(
-                s,
-                "DELETE",
-                &format!("/api/user-functions/{target}{who}"),
-                None,
-                "application/json",
-                vec![],
-            )
-            .await;
+            let a = delete(s, &format!("/api/user-functions/{target}{who}")).await;
             assert_eq!(a.status, StatusCode::NOT_FOUND);
         }
         assert_eq!(
@@ -843,15 +833,7 @@ async fn with_auth_on_keys_name_the_tenant() {
     assert_eq!(rec.tenant, alice);
     let mut ready = false;
     for _ in 0..300 {
-        let f = send(
-            s,
-            "GET",
-            &format!("/api/user-functions/{id}"),
-            Some(&ak),
-            "",
-            vec![],
-        )
-        .await;
+        let f = get_as(s, &format!("/api/user-functions/{id}"), &ak).await;
         assert_eq!(f.status, StatusCode::OK);
         if f.body["status"] == "ready" {
             ready = true;
@@ -884,30 +866,14 @@ async fn with_auth_on_keys_name_the_tenant() {
         let a = send(s, m, &uri, Some(&bk), "application/json", run.clone()).await;
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{m} {uri}: {}", a.body);
     }
-    let l = send(s, "GET", "/api/user-functions", Some(&bk), "", vec![]).await;
+    let l = get_as(s, "/api/user-functions", &bk).await;
     assert_eq!(l.body["count"], 0);
 
     // user_id may repeat the key's tenant, not name another.
-    let a = send(
-        s,
-        "GET",
-        "/api/user-functions?user_id=alice",
-        Some(&ak),
-        "",
-        vec![],
-    )
-    .await;
+    let a = get_as(s, "/api/user-functions?user_id=alice", &ak).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.body["count"], 1);
-    let a = send(
-        s,
-        "GET",
-        "/api/user-functions?user_id=bob",
-        Some(&ak),
-        "",
-        vec![],
-    )
-    .await;
+    let a = get_as(s, "/api/user-functions?user_id=bob", &ak).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
     assert!(a.body["error"]["message"]
         .as_str()
@@ -926,23 +892,15 @@ async fn with_auth_on_keys_name_the_tenant() {
     .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
 
-    let a = send(
-        s,
-        "GET",
-        &format!("/api/status/{job}"),
-        Some(&ak),
-        "",
-        vec![],
-    )
-    .await;
+    let a = get_as(s, &format!("/api/status/{job}"), &ak).await;
     assert_eq!(a.status, StatusCode::OK);
-    let a = send(s, "GET", "/api/stats", Some(&bk), "", vec![]).await;
+    let a = get_as(s, "/api/stats", &bk).await;
     assert_eq!(a.status, StatusCode::OK);
 
     // A revoked key stops working.
     let info = w.keys.list(&alice).await.unwrap();
     w.keys.revoke(&alice, &info[0].id).await.unwrap();
-    let a = send(s, "GET", "/api/user-functions", Some(&ak), "", vec![]).await;
+    let a = get_as(s, "/api/user-functions", &ak).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -1357,7 +1315,7 @@ async fn the_server_wiring_builds_with_the_local_builder() {
         stats.body
     );
     assert_eq!(get(&s, "/metrics").await.status, StatusCode::OK);
-    let a = send(&s, "DELETE", "/api/user-functions/local", None, "", vec![]).await;
+    let a = delete(&s, "/api/user-functions/local").await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(
         !dir.path().join("artifacts").join(&id).join("v1").exists(),
@@ -1447,14 +1405,7 @@ async fn hostile_functions_do_not_stop_the_server() {
     }
 
     for (id, (name, _, code)) in jobs.iter().zip(&hostile) {
-        let mut job = Value::Null;
-        for _ in 0..500 {
-            job = get(&s, &format!("/api/status/{id}")).await.body;
-            if !matches!(job["status"].as_str(), Some("queued" | "running")) {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        let job = finished(&s, id).await;
         assert_eq!(job["error"]["code"], *code, "{name}: {job}");
     }
     // And after all of it, the well-behaved function still runs.
@@ -1722,15 +1673,7 @@ async fn docker_functions_build_images_and_run_in_containers() {
     }
 
     for (name, image) in images {
-        let a = send(
-            &s,
-            "DELETE",
-            &format!("/api/user-functions/{name}"),
-            None,
-            "application/json",
-            Vec::new(),
-        )
-        .await;
+        let a = delete(&s, &format!("/api/user-functions/{name}")).await;
         assert!(a.status.is_success(), "{}", a.body);
         let gone = std::process::Command::new("docker")
             .args(["image", "inspect", &image])

@@ -3,12 +3,24 @@
 //!
 //! Run with: cargo run -p examples --example sqlite_store
 
+use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::json;
 use sopm_backends::sqlite::SqliteConfig;
 use sopm_core::{FunctionRef, JobRequest, Platform, SubmitMode, Submitted, TenantId};
 use sopm_functions::BuiltinExecutor;
+
+/// A platform with the built-ins whose registry and job store are the SQLite database
+/// at `path`.
+fn open(path: &Path) -> Result<Platform, Box<dyn std::error::Error>> {
+    let store = Arc::new(SqliteConfig::new(path).open()?);
+    Ok(Platform::builder()
+        .with_builtins(BuiltinExecutor::shared())
+        .with_registry(store.clone())
+        .with_job_store(store)
+        .build()?)
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,12 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let me = TenantId::default();
 
     let id = {
-        let store = Arc::new(SqliteConfig::new(&path).open()?);
-        let platform = Platform::builder()
-            .with_builtins(BuiltinExecutor::shared())
-            .with_registry(store.clone())
-            .with_job_store(store)
-            .build()?;
+        let platform = open(&path)?;
         let request = JobRequest::new(
             me.clone(),
             FunctionRef::builtin("math.fibonacci"),
@@ -36,12 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         job.id
     };
 
-    let store = Arc::new(SqliteConfig::new(&path).open()?);
-    let platform = Platform::builder()
-        .with_builtins(BuiltinExecutor::shared())
-        .with_registry(store.clone())
-        .with_job_store(store)
-        .build()?;
+    let platform = open(&path)?;
     let job = platform.status(&me, &id).await?;
     println!(
         "after reopening {}: job {id} is {} with output {}",

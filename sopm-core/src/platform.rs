@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use rustc_hash::FxHashMap;
+use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -38,7 +38,8 @@ use crate::types::{
 #[derive(Debug)]
 pub struct StandardRouter {
     builtin: Option<Arc<dyn Executor>>,
-    builtin_names: FxHashMap<Box<str>, Arc<str>>,
+    /// The catalog's names; a hit is the shared name the route carries.
+    builtin_names: FxHashSet<Arc<str>>,
     builtin_timeout: Duration,
     registry: Arc<dyn Registry>,
     sandboxes: Arc<Sandboxes>,
@@ -67,21 +68,32 @@ impl Router for StandardRouter {
                 })
             }
             FunctionRef::User { id, version } => {
-                let record = self.registry.get(tenant, id).await?;
-                let v = match version {
-                    Some(n) => record.version(*n).ok_or_else(|| {
-                        Error::not_found(format!("function '{id}' has no version {n}"))
-                    })?,
-                    None => record.latest_ready().ok_or_else(|| {
-                        let last = record.versions.last().map(|v| v.status);
-                        Error::NotReady(match last {
-                            Some(BuildStatus::Building) => {
-                                format!("function '{id}' is still building")
-                            }
-                            _ => format!("function '{id}' has no version that built"),
-                        })
-                    })?,
+                let mut record = self.registry.get(tenant, id).await?;
+                let index = match version {
+                    Some(n) => record
+                        .versions
+                        .iter()
+                        .position(|v| v.version == *n)
+                        .ok_or_else(|| {
+                            Error::not_found(format!("function '{id}' has no version {n}"))
+                        })?,
+                    None => record
+                        .versions
+                        .iter()
+                        .rposition(|v| v.status == BuildStatus::Ready)
+                        .ok_or_else(|| {
+                            let last = record.versions.last().map(|v| v.status);
+                            Error::NotReady(match last {
+                                Some(BuildStatus::Building) => {
+                                    format!("function '{id}' is still building")
+                                }
+                                _ => format!("function '{id}' has no version that built"),
+                            })
+                        })?,
                 };
+                // The record is ours: the version to run (build log and all) is moved
+                // out of it rather than copied on every call.
+                let v = record.versions.swap_remove(index);
                 match v.status {
                     BuildStatus::Ready => {}
                     BuildStatus::Building => {
@@ -97,15 +109,15 @@ impl Router for StandardRouter {
                         )))
                     }
                 }
-                let exec = self.sandboxes.executor_of(v)?;
+                let executor = self.sandboxes.executor_of(&v)?.clone();
                 Ok(Route {
-                    executor: exec.clone(),
+                    executor,
                     timeout: Duration::from_millis(v.limits.timeout_ms),
                     function: FunctionRef::User {
                         id: id.clone(),
                         version: Some(v.version),
                     },
-                    target: Target::User(Arc::new(v.clone())),
+                    target: Target::User(Arc::new(v)),
                 })
             }
         }
@@ -306,10 +318,7 @@ impl PlatformBuilder {
             .as_ref()
             .map(|b| Arc::from(b.catalog()))
             .unwrap_or_else(|| Arc::from(Vec::new()));
-        let builtin_names = catalog
-            .iter()
-            .map(|f| (Box::from(f.name.as_str()), Arc::from(f.name.as_str())))
-            .collect();
+        let builtin_names = catalog.iter().map(|f| Arc::from(f.name.as_str())).collect();
         let mut all_executors: Vec<Arc<dyn Executor>> = Vec::new();
         if let Some(b) = &self.builtins {
             all_executors.push(b.clone());

@@ -333,16 +333,16 @@ impl Inner {
     }
 
     fn counters_for(&self, function: &FunctionRef) -> Arc<FunctionCounters> {
-        let key: std::borrow::Cow<'_, str> = match function {
-            FunctionRef::Builtin { name } => std::borrow::Cow::Borrowed(name),
-            FunctionRef::User { id, .. } => std::borrow::Cow::Borrowed(id),
+        let key: &str = match function {
+            FunctionRef::Builtin { name } => name,
+            FunctionRef::User { id, .. } => id,
         };
-        if let Some(c) = self.per_function.read().get(key.as_ref()) {
+        if let Some(c) = self.per_function.read().get(key) {
             return c.clone();
         }
         self.per_function
             .write()
-            .entry(key.into_owned())
+            .entry(key.to_string())
             .or_default()
             .clone()
     }
@@ -479,21 +479,21 @@ async fn run_job(
 
     inner.running.fetch_add(1, Ordering::AcqRel);
     let started = Instant::now();
-    let invocation = {
+    let (invocation, timeout_ms) = {
         let mut job = live.job.lock();
         job.status = JobStatus::Running;
         job.started_ms = Some(live.wall_ms(job.created_ms, started));
         job.attempts += 1;
-        Invocation {
+        let invocation = Invocation {
             job_id: job.id.clone(),
             tenant: job.tenant.clone(),
-            target: route.target.clone(),
+            target: route.target,
             input: job.input.clone(),
             deadline: started + Duration::from_millis(job.timeout_ms),
-        }
+        };
+        (invocation, job.timeout_ms)
     };
     let deadline = invocation.deadline;
-    let timeout_ms = deadline.duration_since(started).as_millis();
     let past_deadline = |r: Result<Result<crate::types::Output>, tokio::time::error::Elapsed>| {
         r.unwrap_or_else(|_| {
             Err(Error::Timeout(format!(

@@ -93,6 +93,17 @@ impl Builder for ChattyBuilder {
     }
 }
 
+impl ChattyBuilder {
+    fn new(lines: usize) -> Arc<Self> {
+        Arc::new(ChattyBuilder {
+            lines,
+            gate: Semaphore::new(0),
+            running: AtomicUsize::new(0),
+            most_running: AtomicUsize::new(0),
+        })
+    }
+}
+
 fn spec(name: &str) -> UploadSpec {
     UploadSpec {
         name: name.into(),
@@ -114,12 +125,7 @@ fn source(files: &[&str]) -> Source {
 
 fn platform(lines: usize) -> (Platform, Arc<CountingRegistry>, Arc<ChattyBuilder>) {
     let registry = Arc::new(CountingRegistry::default());
-    let builder = Arc::new(ChattyBuilder {
-        lines,
-        gate: Semaphore::new(0),
-        running: AtomicUsize::new(0),
-        most_running: AtomicUsize::new(0),
-    });
+    let builder = ChattyBuilder::new(lines);
     let p = Platform::builder()
         .with_registry(registry.clone())
         .with_builder(Runtime::Python, builder.clone())
@@ -245,15 +251,7 @@ async fn uploads_are_checked_before_anything_is_stored() {
     let mut caps = sopm_core::default_limit_caps();
     caps.network = true;
     let p2 = Platform::builder()
-        .with_builder(
-            Runtime::Python,
-            Arc::new(ChattyBuilder {
-                lines: 0,
-                gate: Semaphore::new(0),
-                running: AtomicUsize::new(0),
-                most_running: AtomicUsize::new(0),
-            }),
-        )
+        .with_builder(Runtime::Python, ChattyBuilder::new(0))
         .with_limit_caps(caps)
         .build()
         .unwrap();

@@ -114,6 +114,22 @@ fn new_version(tenant: &TenantId, name: &str, digest: &str) -> NewVersion {
     }
 }
 
+/// Creates a version of `name` under `tenant` (see [`new_version`]), which must succeed.
+async fn create(
+    registry: &dyn Registry,
+    tenant: &TenantId,
+    name: &str,
+    digest: &str,
+    what: &str,
+) -> crate::registry::FunctionVersion {
+    expect_ok(
+        registry
+            .create_version(new_version(tenant, name, digest))
+            .await,
+        what,
+    )
+}
+
 /// Versions and tenants: the first upload of a name creates a function at version 1,
 /// the next upload of the same name by the same tenant is version 2 under the same id,
 /// the same name under another tenant is another function, and every read is scoped
@@ -136,12 +152,14 @@ pub async fn registry_versions_and_tenants(registry: &dyn Registry) {
         "create_version with an empty name",
     );
 
-    let v1 = expect_ok(
-        registry
-            .create_version(new_version(&alice, "resize", "digest-1"))
-            .await,
+    let v1 = create(
+        registry,
+        &alice,
+        "resize",
+        "digest-1",
         "create_version (first upload)",
-    );
+    )
+    .await;
     assert_eq!(v1.version, 1, "the first upload of a name is version 1");
     assert!(!v1.function_id.is_empty(), "a created function has an id");
     assert_eq!(v1.tenant, alice);
@@ -191,12 +209,14 @@ pub async fn registry_versions_and_tenants(registry: &dyn Registry) {
     assert_eq!(v2.runtime, Runtime::Node);
     assert!(v2.env.is_empty());
 
-    let bobs = expect_ok(
-        registry
-            .create_version(new_version(&bob, "resize", "digest-b"))
-            .await,
+    let bobs = create(
+        registry,
+        &bob,
+        "resize",
+        "digest-b",
         "create_version (same name, another tenant)",
-    );
+    )
+    .await;
     assert_eq!(
         bobs.version, 1,
         "the same name under another tenant is a new function"
@@ -206,12 +226,14 @@ pub async fn registry_versions_and_tenants(registry: &dyn Registry) {
         "tenants never share a function"
     );
 
-    let other = expect_ok(
-        registry
-            .create_version(new_version(&alice, "aa-first-by-name", "digest-a"))
-            .await,
+    let other = create(
+        registry,
+        &alice,
+        "aa-first-by-name",
+        "digest-a",
         "create_version (another name)",
-    );
+    )
+    .await;
     assert_eq!(other.version, 1);
     assert_ne!(other.function_id, v1.function_id);
 
@@ -293,12 +315,7 @@ pub async fn registry_versions_and_tenants(registry: &dyn Registry) {
 /// finish is `conflict`); `latest_ready` skips versions that are building or failed.
 pub async fn registry_builds(registry: &dyn Registry) {
     let tenant = unique_tenant("builder");
-    let v1 = expect_ok(
-        registry
-            .create_version(new_version(&tenant, "thumb", "d1"))
-            .await,
-        "create_version",
-    );
+    let v1 = create(registry, &tenant, "thumb", "d1", "create_version").await;
     let id = v1.function_id.clone();
 
     expect_ok(
@@ -442,12 +459,7 @@ pub async fn registry_builds(registry: &dyn Registry) {
         "a refused second finish changes nothing"
     );
 
-    let v2 = expect_ok(
-        registry
-            .create_version(new_version(&tenant, "thumb", "d2"))
-            .await,
-        "create_version v2",
-    );
+    let v2 = create(registry, &tenant, "thumb", "d2", "create_version v2").await;
     assert_eq!((v2.version, v2.function_id.as_str()), (2, id.as_str()));
     expect_ok(
         registry
@@ -461,12 +473,7 @@ pub async fn registry_builds(registry: &dyn Registry) {
             .await,
         "finish_build failed",
     );
-    let v3 = expect_ok(
-        registry
-            .create_version(new_version(&tenant, "thumb", "d3"))
-            .await,
-        "create_version v3",
-    );
+    let v3 = create(registry, &tenant, "thumb", "d3", "create_version v3").await;
     assert_eq!(v3.version, 3);
 
     let rec = expect_ok(registry.get(&tenant, &id).await, "get");
@@ -493,12 +500,7 @@ pub async fn registry_builds(registry: &dyn Registry) {
     let image = Artifact::Image {
         reference: "registry.local/thumb:4".to_string(),
     };
-    let v4 = expect_ok(
-        registry
-            .create_version(new_version(&tenant, "thumb", "d4"))
-            .await,
-        "create_version v4",
-    );
+    let v4 = create(registry, &tenant, "thumb", "d4", "create_version v4").await;
     expect_ok(
         registry
             .finish_build(&id, v4.version, BuildStatus::Ready, Some(image.clone()))
@@ -525,12 +527,7 @@ pub async fn registry_builds(registry: &dyn Registry) {
 pub async fn registry_delete(registry: &dyn Registry) {
     let owner = unique_tenant("owner");
     let stranger = unique_tenant("stranger");
-    let v1 = expect_ok(
-        registry
-            .create_version(new_version(&owner, "gone", "d1"))
-            .await,
-        "create_version",
-    );
+    let v1 = create(registry, &owner, "gone", "d1", "create_version").await;
     let id = v1.function_id.clone();
     expect_ok(
         registry.append_build_log(&id, 1, "built\n").await,
@@ -547,18 +544,8 @@ pub async fn registry_delete(registry: &dyn Registry) {
             .await,
         "finish_build",
     );
-    expect_ok(
-        registry
-            .create_version(new_version(&owner, "gone", "d2"))
-            .await,
-        "create_version v2",
-    );
-    let kept = expect_ok(
-        registry
-            .create_version(new_version(&owner, "kept", "k"))
-            .await,
-        "create_version (kept)",
-    );
+    create(registry, &owner, "gone", "d2", "create_version v2").await;
+    let kept = create(registry, &owner, "kept", "k", "create_version (kept)").await;
     let before = expect_ok(registry.get(&owner, &id).await, "get before delete");
 
     expect_code(
@@ -616,12 +603,14 @@ pub async fn registry_delete(registry: &dyn Registry) {
         "delete removes only that function"
     );
 
-    let again = expect_ok(
-        registry
-            .create_version(new_version(&owner, "gone", "d3"))
-            .await,
+    let again = create(
+        registry,
+        &owner,
+        "gone",
+        "d3",
         "create_version after delete",
-    );
+    )
+    .await;
     assert_eq!(again.version, 1, "a deleted name starts again at version 1");
     assert_ne!(again.function_id, id, "a re-created function gets a new id");
 }
@@ -1418,6 +1407,19 @@ impl Rig {
         .await
     }
 
+    /// Shuts the scheduler down with time for running jobs to finish; must succeed.
+    async fn shut_down(&self) {
+        self.scheduler
+            .shutdown(Duration::from_secs(5))
+            .await
+            .expect("shutdown");
+    }
+
+    /// The job store's record of a job, which must be there.
+    async fn stored(&self, id: &JobId) -> Job {
+        expect_ok(self.store.get(id).await, "store get").expect("recorded")
+    }
+
     /// Stops whatever a check left running.
     async fn stop(self) {
         let _ = self.scheduler.shutdown(Duration::ZERO).await;
@@ -1537,11 +1539,8 @@ pub async fn scheduler_wait_expires_then_finishes(harness: &SchedulerHarness) {
     );
     assert_eq!(job.output, Some(json!({"slept_ms": 300})));
     assert_eq!(rig.executor.invocations(&id), 1, "the job ran once");
-    rig.scheduler
-        .shutdown(Duration::from_secs(5))
-        .await
-        .expect("shutdown");
-    let stored = expect_ok(rig.store.get(&id).await, "store get").expect("recorded");
+    rig.shut_down().await;
+    let stored = rig.stored(&id).await;
     assert_eq!(
         stored.status,
         JobStatus::Succeeded,
@@ -1566,11 +1565,8 @@ pub async fn scheduler_detach(harness: &SchedulerHarness) {
     assert_eq!(job.status, JobStatus::Succeeded);
     assert_eq!(job.output, Some(json!({"detached": true})));
     assert_eq!(job.id, id);
-    rig.scheduler
-        .shutdown(Duration::from_secs(5))
-        .await
-        .expect("shutdown");
-    let stored = expect_ok(rig.store.get(&id).await, "store get").expect("recorded");
+    rig.shut_down().await;
+    let stored = rig.stored(&id).await;
     assert_eq!(
         stored.status,
         JobStatus::Succeeded,
@@ -1762,12 +1758,9 @@ pub async fn scheduler_cancel(harness: &SchedulerHarness) {
         "status of an unknown id",
     );
 
-    rig.scheduler
-        .shutdown(Duration::from_secs(5))
-        .await
-        .expect("shutdown");
+    rig.shut_down().await;
     for id in [&queued, &running] {
-        let stored = expect_ok(rig.store.get(id).await, "store get").expect("recorded");
+        let stored = rig.stored(id).await;
         assert_eq!(
             stored.status,
             JobStatus::Cancelled,
@@ -2110,16 +2103,13 @@ pub async fn scheduler_recover(harness: &SchedulerHarness) {
     );
     assert_eq!(d, done, "recover leaves finished jobs alone");
 
-    rig.scheduler
-        .shutdown(Duration::from_secs(5))
-        .await
-        .expect("shutdown");
+    rig.shut_down().await;
     let left = expect_ok(rig.store.unfinished().await, "unfinished");
     assert!(
         left.is_empty(),
         "after recovery and shutdown nothing is unfinished: {left:?}"
     );
-    let r = expect_ok(rig.store.get(&running.id).await, "store get").expect("recorded");
+    let r = rig.stored(&running.id).await;
     assert_eq!(
         r.status,
         JobStatus::Interrupted,
@@ -2234,24 +2224,9 @@ pub async fn job_store_recent(store: &dyn JobStore) {
 /// finished.
 pub async fn registry_unfinished_builds(registry: &dyn Registry) {
     let tenant = unique_tenant("unfinished");
-    let a1 = expect_ok(
-        registry
-            .create_version(new_version(&tenant, "alpha", "a1"))
-            .await,
-        "create_version",
-    );
-    let a2 = expect_ok(
-        registry
-            .create_version(new_version(&tenant, "alpha", "a2"))
-            .await,
-        "create_version",
-    );
-    let b1 = expect_ok(
-        registry
-            .create_version(new_version(&tenant, "beta", "b1"))
-            .await,
-        "create_version",
-    );
+    let a1 = create(registry, &tenant, "alpha", "a1", "create_version").await;
+    let a2 = create(registry, &tenant, "alpha", "a2", "create_version").await;
+    let b1 = create(registry, &tenant, "beta", "b1", "create_version").await;
     expect_ok(
         registry
             .finish_build(

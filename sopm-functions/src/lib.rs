@@ -58,8 +58,8 @@ pub struct Builtin {
     pub name: &'static str,
     /// One-line description.
     pub description: &'static str,
-    /// Its parameters.
-    pub params: Params,
+    /// Its parameters (shared, so a call on the blocking pool takes them without a copy).
+    pub params: Arc<Params>,
     /// Example input.
     pub example_input: Value,
     /// The output of the example input (for a non-deterministic function, a sample).
@@ -124,7 +124,7 @@ impl Builtin {
                 guarded(self.name, || f(&args))
             }
             Handler::Blocking(f) => {
-                let params = self.params.clone();
+                let params = Arc::clone(&self.params);
                 let name = self.name;
                 tokio::task::spawn_blocking(move || {
                     let args = params.validate(&input)?;
@@ -198,7 +198,7 @@ impl BuiltinSpec {
         Builtin {
             name: self.name,
             description: self.description,
-            params: Params(self.params),
+            params: Arc::new(Params(self.params)),
             example_input,
             example_output,
             deterministic: self.deterministic,

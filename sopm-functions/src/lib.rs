@@ -27,8 +27,11 @@ use schema::{Args, Param, Params, Ty};
 
 /// A synchronous function body.
 pub type SyncFn = fn(&Args<'_>) -> Result<Value>;
-/// An asynchronous function body (for the few that wait, such as `util.sleep`).
-pub type AsyncFn = fn(Value) -> Pin<Box<dyn Future<Output = Result<Value>> + Send>>;
+/// The waiting part of an asynchronous function body.
+pub type BoxFuture = Pin<Box<dyn Future<Output = Result<Value>> + Send>>;
+/// An asynchronous function body (for the few that wait, such as `util.sleep`): it
+/// reads its validated arguments, then returns the future that waits.
+pub type AsyncFn = fn(&Args<'_>) -> Result<BoxFuture>;
 
 /// How a function's body runs.
 #[derive(Clone, Copy)]
@@ -110,8 +113,9 @@ impl Builtin {
                 let args = self.params.validate(input)?;
                 guarded(self.name, || f(&args))
             }
+            Handler::Async(f) => f(&self.params.validate(input)?)?.await,
             // The blocking pool needs an owned input; `call_shared` avoids this copy.
-            _ => self.call_shared(Arc::new(input.clone())).await,
+            Handler::Blocking(_) => self.call_shared(Arc::new(input.clone())).await,
         }
     }
 
@@ -133,10 +137,7 @@ impl Builtin {
                 .await
                 .map_err(|e| Error::Internal(format!("{name} did not finish: {e}")))?
             }
-            Handler::Async(f) => {
-                self.params.validate(&input)?;
-                f((*input).clone()).await
-            }
+            Handler::Async(f) => f(&self.params.validate(&input)?)?.await,
         }
     }
 }

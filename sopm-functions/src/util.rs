@@ -9,8 +9,6 @@ mod cron;
 mod net;
 mod time;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
@@ -21,8 +19,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256, Sha512};
 use sopm_core::{Error, Result};
 
-use crate::schema::{as_integer, Args, Ty};
-use crate::Builtin;
+use crate::schema::{Args, Ty};
+use crate::{BoxFuture, Builtin};
 
 /// Largest strftime format string, in bytes (a format is short; this keeps the
 /// formatted output small too).
@@ -451,16 +449,14 @@ fn echo(args: &Args<'_>) -> Result<Value> {
 }
 
 /// Waits on tokio's timer, so no worker thread is held. Returns the requested time.
-fn sleep(input: Value) -> Pin<Box<dyn Future<Output = Result<Value>> + Send>> {
-    Box::pin(async move {
-        let ms = input
-            .get("ms")
-            .and_then(as_integer)
-            .and_then(|n| u64::try_from(n).ok())
-            .ok_or_else(|| Error::invalid("field 'ms': expected an integer from 0 to 10000"))?;
+fn sleep(args: &Args<'_>) -> Result<BoxFuture> {
+    // The spec bounds `ms` to 0..=10000, so it is never negative.
+    let ms = u64::try_from(args.i64("ms")?)
+        .map_err(|_| Error::invalid("field 'ms': expected an integer from 0 to 10000"))?;
+    Ok(Box::pin(async move {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Ok(json!({ "slept_ms": ms }))
-    })
+    }))
 }
 
 #[cfg(test)]

@@ -333,32 +333,6 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
     );
 }
 
-/// Calling the data built-ins in tests.
-#[cfg(test)]
-mod testing {
-    use serde_json::Value;
-    use sopm_core::Result;
-
-    use crate::BuiltinExecutor;
-
-    /// Runs one data built-in through validation and its body.
-    pub(super) async fn call(name: &str, input: Value) -> Result<Value> {
-        let mut builtins = Vec::new();
-        super::register(&mut builtins);
-        BuiltinExecutor::from_builtins(builtins)
-            .call(name, &input)
-            .await
-    }
-
-    /// The error code of a call that must fail.
-    pub(super) async fn code(name: &str, input: Value) -> &'static str {
-        match call(name, input).await {
-            Ok(v) => panic!("{name} succeeded with {v}"),
-            Err(e) => e.code(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,8 @@ use sopm_core::{Error, Example, Executor, FunctionInfo, Invocation, Output, Resu
 mod data;
 mod math;
 pub mod schema;
+#[cfg(test)]
+mod testing;
 mod text;
 mod util;
 

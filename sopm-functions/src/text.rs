@@ -543,31 +543,8 @@ fn wrap(args: &Args<'_>) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::BuiltinExecutor;
+    use crate::testing::{call, code, ok};
     use proptest::prelude::*;
-
-    fn executor() -> BuiltinExecutor {
-        let mut builtins = Vec::new();
-        register(&mut builtins);
-        BuiltinExecutor::from_builtins(builtins)
-    }
-
-    async fn call(name: &str, input: Value) -> Result<Value> {
-        executor().call(name, &input).await
-    }
-
-    async fn ok(name: &str, input: Value) -> Value {
-        call(name, input.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{name} {input}: {e}"))
-    }
-
-    async fn code(name: &str, input: Value) -> &'static str {
-        match call(name, input.clone()).await {
-            Ok(v) => panic!("{name} {input}: expected an error, got {v}"),
-            Err(e) => e.code(),
-        }
-    }
 
     /// The message of an error that must be `invalid_input`.
     async fn invalid(name: &str, input: Value) -> String {

@@ -460,29 +460,8 @@ fn sleep(args: &Args<'_>) -> Result<BoxFuture> {
 }
 
 #[cfg(test)]
-pub(crate) mod testing {
-    //! Helpers shared by the util test modules.
-
-    use serde_json::Value;
-    use sopm_core::Result;
-
-    /// Calls a built-in through the executor (validation included).
-    pub(crate) async fn call(name: &str, input: Value) -> Result<Value> {
-        crate::BuiltinExecutor::new().call(name, &input).await
-    }
-
-    /// The error code of a call that must fail.
-    pub(crate) async fn error_code(name: &str, input: Value) -> &'static str {
-        match call(name, input).await {
-            Ok(v) => panic!("{name} should have failed, gave {v}"),
-            Err(e) => e.code(),
-        }
-    }
-}
-
-#[cfg(test)]
 mod tests {
-    use super::testing::{call, error_code};
+    use crate::testing::{call, code};
     use serde_json::{json, Value};
 
     async fn text(name: &str, input: Value) -> String {
@@ -576,7 +555,7 @@ mod tests {
             json!({"version": "4"}),
             json!({"version": 4.5}),
         ] {
-            assert_eq!(error_code("util.uuid", bad).await, "invalid_input");
+            assert_eq!(code("util.uuid", bad).await, "invalid_input");
         }
     }
 
@@ -592,7 +571,7 @@ mod tests {
         let parsed = chrono::DateTime::parse_from_rfc3339(text).unwrap();
         assert_eq!(parsed.timestamp_millis(), ms);
         assert_eq!(
-            error_code("util.timestamp", json!({"x": 1})).await,
+            code("util.timestamp", json!({"x": 1})).await,
             "invalid_input"
         );
     }
@@ -635,7 +614,7 @@ mod tests {
             json!({"text": 1, "algorithm": "md5"}),
             json!({"algorithm": "md5"}),
         ] {
-            assert_eq!(error_code("util.hash", bad).await, "invalid_input");
+            assert_eq!(code("util.hash", bad).await, "invalid_input");
         }
     }
 
@@ -646,7 +625,7 @@ mod tests {
         assert_eq!(out, blake3::hash(big.as_bytes()).to_hex().to_string());
         let over = "a".repeat(crate::schema::MAX_TEXT_BYTES + 1);
         assert_eq!(
-            error_code("util.hash", json!({"text": over, "algorithm": "md5"})).await,
+            code("util.hash", json!({"text": over, "algorithm": "md5"})).await,
             "invalid_input"
         );
     }
@@ -682,7 +661,7 @@ mod tests {
             "b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad"
         );
         assert_eq!(
-            error_code(
+            code(
                 "util.hmac",
                 json!({"key": "k", "message": "m", "algorithm": "md5"})
             )
@@ -690,7 +669,7 @@ mod tests {
             "invalid_input"
         );
         assert_eq!(
-            error_code("util.hmac", json!({"key": "k", "algorithm": "sha256"})).await,
+            code("util.hmac", json!({"key": "k", "algorithm": "sha256"})).await,
             "invalid_input"
         );
     }
@@ -717,11 +696,11 @@ mod tests {
         let full = call("util.random_int", json!({"min": i64::MIN, "max": i64::MAX})).await;
         assert!(full.unwrap().is_i64());
         assert_eq!(
-            error_code("util.random_int", json!({"min": 2, "max": 1})).await,
+            code("util.random_int", json!({"min": 2, "max": 1})).await,
             "invalid_input"
         );
         assert_eq!(
-            error_code("util.random_int", json!({"min": 0.5, "max": 1})).await,
+            code("util.random_int", json!({"min": 0.5, "max": 1})).await,
             "invalid_input"
         );
     }
@@ -757,7 +736,7 @@ mod tests {
             json!({"length": -1}),
             json!({"length": 5, "charset": "binary"}),
         ] {
-            assert_eq!(error_code("util.random_string", bad).await, "invalid_input");
+            assert_eq!(code("util.random_string", bad).await, "invalid_input");
         }
     }
 
@@ -793,7 +772,7 @@ mod tests {
         assert_eq!(unicode["length"], json!(9));
         assert_eq!(unicode["classes"], json!(4));
         assert_eq!(
-            error_code("util.password_strength", json!({"password": 12345678})).await,
+            code("util.password_strength", json!({"password": 12345678})).await,
             "invalid_input"
         );
     }
@@ -820,7 +799,7 @@ mod tests {
         ] {
             assert_eq!(call("util.echo", json!({ "value": v })).await.unwrap(), v);
         }
-        assert_eq!(error_code("util.echo", json!({})).await, "invalid_input");
+        assert_eq!(code("util.echo", json!({})).await, "invalid_input");
     }
 
     #[tokio::test]
@@ -839,7 +818,7 @@ mod tests {
             json!({"ms": "5"}),
             json!({}),
         ] {
-            assert_eq!(error_code("util.sleep", bad).await, "invalid_input");
+            assert_eq!(code("util.sleep", bad).await, "invalid_input");
         }
     }
 

@@ -82,7 +82,7 @@ pub(super) fn binomial(args: &Args<'_>) -> Result<Value> {
 
 #[cfg(test)]
 mod tests {
-    use crate::math::test_util::{err, ok};
+    use crate::testing::{code, ok};
     use serde_json::{json, Value};
 
     fn digits(v: &Value) -> &str {
@@ -111,19 +111,19 @@ mod tests {
             json!("15511210043330985984000000")
         );
         assert_eq!(
-            err("math.factorial", json!({"n": -1})).await,
+            code("math.factorial", json!({"n": -1})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.factorial", json!({"n": 5001})).await,
+            code("math.factorial", json!({"n": 5001})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.factorial", json!({"n": 2.5})).await,
+            code("math.factorial", json!({"n": 2.5})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.factorial", json!({"n": "5"})).await,
+            code("math.factorial", json!({"n": "5"})).await,
             "invalid_input"
         );
     }
@@ -164,11 +164,11 @@ mod tests {
             json!("222232244629420445529739893461909967206666939096499764990979600")
         );
         assert_eq!(
-            err("math.fibonacci", json!({"n": 20001})).await,
+            code("math.fibonacci", json!({"n": 20001})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.fibonacci", json!({"n": -1})).await,
+            code("math.fibonacci", json!({"n": -1})).await,
             "invalid_input"
         );
     }
@@ -206,14 +206,17 @@ mod tests {
             );
         }
         assert_eq!(
-            err("math.binomial", json!({"n": 5001, "k": 1})).await,
+            code("math.binomial", json!({"n": 5001, "k": 1})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.binomial", json!({"n": 5, "k": -1})).await,
+            code("math.binomial", json!({"n": 5, "k": -1})).await,
             "invalid_input"
         );
-        assert_eq!(err("math.binomial", json!({"n": 5})).await, "invalid_input");
+        assert_eq!(
+            code("math.binomial", json!({"n": 5})).await,
+            "invalid_input"
+        );
     }
 
     #[tokio::test]

@@ -276,7 +276,7 @@ fn odd_primes_up_to(n: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::math::test_util::{err, ok};
+    use crate::testing::{code, ok};
     use serde_json::json;
 
     /// 2^63 − 1, the largest input.
@@ -326,15 +326,15 @@ mod tests {
         assert_eq!(is_prime((1 << 61) - 1).await, json!(true));
         assert_eq!(is_prime(2_147_483_647 * 2_147_483_647).await, json!(false));
         assert_eq!(
-            err("math.is_prime", json!({"n": -1})).await,
+            code("math.is_prime", json!({"n": -1})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.is_prime", json!({"n": MAX as f64 * 2.0})).await,
+            code("math.is_prime", json!({"n": MAX as f64 * 2.0})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.is_prime", json!({"n": 7.5})).await,
+            code("math.is_prime", json!({"n": 7.5})).await,
             "invalid_input"
         );
     }
@@ -348,15 +348,15 @@ mod tests {
         assert_eq!(factors(1024).await, json!([2, 2, 2, 2, 2, 2, 2, 2, 2, 2]));
         assert_eq!(factors(999_983 * 999_983).await, json!([999_983, 999_983]));
         assert_eq!(
-            err("math.prime_factors", json!({"n": 1})).await,
+            code("math.prime_factors", json!({"n": 1})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.prime_factors", json!({"n": 0})).await,
+            code("math.prime_factors", json!({"n": 0})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.prime_factors", json!({"n": -12})).await,
+            code("math.prime_factors", json!({"n": -12})).await,
             "invalid_input"
         );
     }
@@ -413,11 +413,11 @@ mod tests {
         assert_eq!(primes(20).await, json!([2, 3, 5, 7, 11, 13, 17, 19]));
         assert_eq!(primes(49).await.as_array().map(Vec::len), Some(15));
         assert_eq!(
-            err("math.primes_up_to", json!({"n": 1_000_001})).await,
+            code("math.primes_up_to", json!({"n": 1_000_001})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.primes_up_to", json!({"n": -5})).await,
+            code("math.primes_up_to", json!({"n": -5})).await,
             "invalid_input"
         );
     }
@@ -462,11 +462,11 @@ mod tests {
             );
         }
         assert_eq!(
-            err("math.nth_prime", json!({"n": 0})).await,
+            code("math.nth_prime", json!({"n": 0})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.nth_prime", json!({"n": 1_000_001})).await,
+            code("math.nth_prime", json!({"n": 1_000_001})).await,
             "invalid_input"
         );
     }

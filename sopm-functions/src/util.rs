@@ -473,53 +473,6 @@ mod tests {
             .to_string()
     }
 
-    #[test]
-    fn registers_the_table_in_order() {
-        let mut out = Vec::new();
-        super::register(&mut out);
-        let names: Vec<&str> = out.iter().map(|b| b.name).collect();
-        assert_eq!(
-            names,
-            [
-                "util.uuid",
-                "util.timestamp",
-                "util.format_date",
-                "util.parse_date",
-                "util.date_diff",
-                "util.hash",
-                "util.hmac",
-                "util.random_int",
-                "util.random_string",
-                "util.password_strength",
-                "util.validate_email",
-                "util.validate_url",
-                "util.parse_url",
-                "util.ip_info",
-                "util.cidr_contains",
-                "util.echo",
-                "util.sleep",
-                "util.cron_next",
-                "util.convert_units",
-                "util.color_convert",
-            ]
-        );
-        let nondeterministic: Vec<&str> = out
-            .iter()
-            .filter(|b| !b.deterministic)
-            .map(|b| b.name)
-            .collect();
-        assert_eq!(
-            nondeterministic,
-            [
-                "util.uuid",
-                "util.timestamp",
-                "util.random_int",
-                "util.random_string",
-                "util.sleep"
-            ]
-        );
-    }
-
     fn assert_uuid(s: &str, version: char) {
         assert_eq!(s.len(), 36, "{s}");
         for (i, c) in s.chars().enumerate() {

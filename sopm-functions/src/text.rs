@@ -508,8 +508,7 @@ fn truncate(args: &Args<'_>) -> Result<Value> {
 /// than `width` starts a new line and is cut every `width` characters.
 fn wrap(args: &Args<'_>) -> Result<Value> {
     let text = args.str("text")?;
-    let width = usize::try_from(args.i64("width")?)
-        .map_err(|_| Error::invalid("field 'width': must be between 1 and 1000"))?;
+    let width = args.usize("width")?;
     let mut lines: Vec<Value> = Vec::new();
     for paragraph in text.lines() {
         let mut line = String::new();

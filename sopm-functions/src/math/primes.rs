@@ -12,18 +12,12 @@ pub(super) const MAX_SIEVE_N: i64 = 1_000_000;
 /// Largest `n` of `math.nth_prime` (the millionth prime is 15,485,863).
 pub(super) const MAX_NTH: i64 = 1_000_000;
 
-/// A field the schema keeps non-negative, as a `u64`.
-fn natural(args: &Args<'_>, name: &str) -> Result<u64> {
-    u64::try_from(args.i64(name)?)
-        .map_err(|_| Error::invalid(format!("field '{name}': must be >= 0")))
-}
-
 pub(super) fn is_prime(args: &Args<'_>) -> Result<Value> {
-    Ok(Value::Bool(is_prime_u64(natural(args, "n")?)))
+    Ok(Value::Bool(is_prime_u64(args.u64("n")?)))
 }
 
 pub(super) fn prime_factors(args: &Args<'_>) -> Result<Value> {
-    let n = natural(args, "n")?;
+    let n = args.u64("n")?;
     if n < 2 {
         return Err(Error::invalid("field 'n': must be >= 2"));
     }
@@ -31,8 +25,7 @@ pub(super) fn prime_factors(args: &Args<'_>) -> Result<Value> {
 }
 
 pub(super) fn primes_up_to(args: &Args<'_>) -> Result<Value> {
-    let n =
-        usize::try_from(natural(args, "n")?).map_err(|_| Error::invalid("field 'n': too large"))?;
+    let n = args.usize("n")?;
     let mut out = Vec::new();
     if n >= 2 {
         out.push(Value::from(2));
@@ -45,8 +38,7 @@ pub(super) fn primes_up_to(args: &Args<'_>) -> Result<Value> {
 }
 
 pub(super) fn nth_prime(args: &Args<'_>) -> Result<Value> {
-    let n =
-        usize::try_from(natural(args, "n")?).map_err(|_| Error::invalid("field 'n': too large"))?;
+    let n = args.usize("n")?;
     if n <= 1 {
         return Ok(Value::from(2));
     }

@@ -20,6 +20,8 @@ use sopm_core::{Error, Example, Executor, FunctionInfo, Invocation, Output, Resu
 mod data;
 mod math;
 pub mod schema;
+#[cfg(test)]
+mod testing;
 mod text;
 mod util;
 
@@ -27,8 +29,11 @@ use schema::{Args, Param, Params, Ty};
 
 /// A synchronous function body.
 pub type SyncFn = fn(&Args<'_>) -> Result<Value>;
-/// An asynchronous function body (for the few that wait, such as `util.sleep`).
-pub type AsyncFn = fn(Value) -> Pin<Box<dyn Future<Output = Result<Value>> + Send>>;
+/// The waiting part of an asynchronous function body.
+pub type BoxFuture = Pin<Box<dyn Future<Output = Result<Value>> + Send>>;
+/// An asynchronous function body (for the few that wait, such as `util.sleep`): it
+/// reads its validated arguments, then returns the future that waits.
+pub type AsyncFn = fn(&Args<'_>) -> Result<BoxFuture>;
 
 /// How a function's body runs.
 #[derive(Clone, Copy)]
@@ -58,8 +63,8 @@ pub struct Builtin {
     pub name: &'static str,
     /// One-line description.
     pub description: &'static str,
-    /// Its parameters.
-    pub params: Params,
+    /// Its parameters (shared, so a call on the blocking pool takes them without a copy).
+    pub params: Arc<Params>,
     /// Example input.
     pub example_input: Value,
     /// The output of the example input (for a non-deterministic function, a sample).
@@ -110,8 +115,9 @@ impl Builtin {
                 let args = self.params.validate(input)?;
                 guarded(self.name, || f(&args))
             }
+            Handler::Async(f) => f(&self.params.validate(input)?)?.await,
             // The blocking pool needs an owned input; `call_shared` avoids this copy.
-            _ => self.call_shared(Arc::new(input.clone())).await,
+            Handler::Blocking(_) => self.call_shared(Arc::new(input.clone())).await,
         }
     }
 
@@ -124,7 +130,7 @@ impl Builtin {
                 guarded(self.name, || f(&args))
             }
             Handler::Blocking(f) => {
-                let params = self.params.clone();
+                let params = Arc::clone(&self.params);
                 let name = self.name;
                 tokio::task::spawn_blocking(move || {
                     let args = params.validate(&input)?;
@@ -133,10 +139,7 @@ impl Builtin {
                 .await
                 .map_err(|e| Error::Internal(format!("{name} did not finish: {e}")))?
             }
-            Handler::Async(f) => {
-                self.params.validate(&input)?;
-                f((*input).clone()).await
-            }
+            Handler::Async(f) => f(&self.params.validate(&input)?)?.await,
         }
     }
 }
@@ -198,7 +201,7 @@ impl BuiltinSpec {
         Builtin {
             name: self.name,
             description: self.description,
-            params: Params(self.params),
+            params: Arc::new(Params(self.params)),
             example_input,
             example_output,
             deterministic: self.deterministic,

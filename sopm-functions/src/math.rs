@@ -284,25 +284,3 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             .blocking(matrix::solve_linear),
     );
 }
-
-/// Helpers shared by the submodules' tests.
-#[cfg(test)]
-mod test_util {
-    use serde_json::Value;
-
-    /// Calls a built-in and returns its output, failing the test on an error.
-    pub(super) async fn ok(name: &str, input: Value) -> Value {
-        crate::BuiltinExecutor::new()
-            .call(name, &input)
-            .await
-            .unwrap_or_else(|e| panic!("{name} {input}: {e}"))
-    }
-
-    /// Calls a built-in that must fail and returns the error code.
-    pub(super) async fn err(name: &str, input: Value) -> &'static str {
-        match crate::BuiltinExecutor::new().call(name, &input).await {
-            Ok(v) => panic!("{name} {input}: expected an error, got {v}"),
-            Err(e) => e.code(),
-        }
-    }
-}

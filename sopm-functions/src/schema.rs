@@ -523,6 +523,21 @@ impl<'a> Args<'a> {
             .transpose()
     }
 
+    /// A non-negative integer field (a count, a size, a duration), for a spec whose
+    /// lower bound is at least 0.
+    pub fn u64(&self, name: &str) -> Result<u64> {
+        as_integer(self.value(name)?)
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| wrong(name, "a non-negative integer"))
+    }
+
+    /// A non-negative integer field used as a length or an index.
+    pub fn usize(&self, name: &str) -> Result<usize> {
+        as_integer(self.value(name)?)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| wrong(name, "a non-negative integer"))
+    }
+
     /// A string field.
     pub fn str(&self, name: &str) -> Result<&'a str> {
         self.value(name)?
@@ -692,6 +707,18 @@ mod tests {
         assert_eq!(args.f64("a").unwrap(), 1.5);
         assert_eq!(args.opt_i64("n").unwrap(), Some(3));
         assert_eq!(args.opt_i64("xs").unwrap(), None);
+        assert_eq!(args.u64("n").unwrap(), 3);
+        assert_eq!(args.usize("n").unwrap(), 3);
+    }
+
+    #[test]
+    fn unsigned_getters_refuse_negatives_and_fractions() {
+        let p = params();
+        for v in [json!({"a": -2}), json!({"a": 1.5})] {
+            let args = p.validate(&v).unwrap();
+            assert_eq!(args.u64("a").unwrap_err().code(), "invalid_input");
+            assert_eq!(args.usize("a").unwrap_err().code(), "invalid_input");
+        }
     }
 
     #[test]

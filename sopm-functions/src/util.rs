@@ -9,8 +9,6 @@ mod cron;
 mod net;
 mod time;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
@@ -21,8 +19,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256, Sha512};
 use sopm_core::{Error, Result};
 
-use crate::schema::{as_integer, Args, Ty};
-use crate::Builtin;
+use crate::schema::{Args, Ty};
+use crate::{BoxFuture, Builtin};
 
 /// Largest strftime format string, in bytes (a format is short; this keeps the
 /// formatted output small too).
@@ -377,8 +375,7 @@ fn random_int(args: &Args<'_>) -> Result<Value> {
 }
 
 fn random_string(args: &Args<'_>) -> Result<Value> {
-    let length = usize::try_from(args.i64("length")?)
-        .map_err(|_| Error::invalid("field 'length': expected a positive integer"))?;
+    let length = args.usize("length")?;
     let charset: &[u8] = match args.opt_str("charset")?.unwrap_or("alphanumeric") {
         "alphanumeric" => b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
         "alpha" => b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
@@ -451,42 +448,17 @@ fn echo(args: &Args<'_>) -> Result<Value> {
 }
 
 /// Waits on tokio's timer, so no worker thread is held. Returns the requested time.
-fn sleep(input: Value) -> Pin<Box<dyn Future<Output = Result<Value>> + Send>> {
-    Box::pin(async move {
-        let ms = input
-            .get("ms")
-            .and_then(as_integer)
-            .and_then(|n| u64::try_from(n).ok())
-            .ok_or_else(|| Error::invalid("field 'ms': expected an integer from 0 to 10000"))?;
+fn sleep(args: &Args<'_>) -> Result<BoxFuture> {
+    let ms = args.u64("ms")?;
+    Ok(Box::pin(async move {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Ok(json!({ "slept_ms": ms }))
-    })
-}
-
-#[cfg(test)]
-pub(crate) mod testing {
-    //! Helpers shared by the util test modules.
-
-    use serde_json::Value;
-    use sopm_core::Result;
-
-    /// Calls a built-in through the executor (validation included).
-    pub(crate) async fn call(name: &str, input: Value) -> Result<Value> {
-        crate::BuiltinExecutor::new().call(name, &input).await
-    }
-
-    /// The error code of a call that must fail.
-    pub(crate) async fn error_code(name: &str, input: Value) -> &'static str {
-        match call(name, input).await {
-            Ok(v) => panic!("{name} should have failed, gave {v}"),
-            Err(e) => e.code(),
-        }
-    }
+    }))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{call, error_code};
+    use crate::testing::{call, code};
     use serde_json::{json, Value};
 
     async fn text(name: &str, input: Value) -> String {
@@ -496,53 +468,6 @@ mod tests {
             .as_str()
             .expect("a string")
             .to_string()
-    }
-
-    #[test]
-    fn registers_the_table_in_order() {
-        let mut out = Vec::new();
-        super::register(&mut out);
-        let names: Vec<&str> = out.iter().map(|b| b.name).collect();
-        assert_eq!(
-            names,
-            [
-                "util.uuid",
-                "util.timestamp",
-                "util.format_date",
-                "util.parse_date",
-                "util.date_diff",
-                "util.hash",
-                "util.hmac",
-                "util.random_int",
-                "util.random_string",
-                "util.password_strength",
-                "util.validate_email",
-                "util.validate_url",
-                "util.parse_url",
-                "util.ip_info",
-                "util.cidr_contains",
-                "util.echo",
-                "util.sleep",
-                "util.cron_next",
-                "util.convert_units",
-                "util.color_convert",
-            ]
-        );
-        let nondeterministic: Vec<&str> = out
-            .iter()
-            .filter(|b| !b.deterministic)
-            .map(|b| b.name)
-            .collect();
-        assert_eq!(
-            nondeterministic,
-            [
-                "util.uuid",
-                "util.timestamp",
-                "util.random_int",
-                "util.random_string",
-                "util.sleep"
-            ]
-        );
     }
 
     fn assert_uuid(s: &str, version: char) {
@@ -580,7 +505,7 @@ mod tests {
             json!({"version": "4"}),
             json!({"version": 4.5}),
         ] {
-            assert_eq!(error_code("util.uuid", bad).await, "invalid_input");
+            assert_eq!(code("util.uuid", bad).await, "invalid_input");
         }
     }
 
@@ -596,7 +521,7 @@ mod tests {
         let parsed = chrono::DateTime::parse_from_rfc3339(text).unwrap();
         assert_eq!(parsed.timestamp_millis(), ms);
         assert_eq!(
-            error_code("util.timestamp", json!({"x": 1})).await,
+            code("util.timestamp", json!({"x": 1})).await,
             "invalid_input"
         );
     }
@@ -639,7 +564,7 @@ mod tests {
             json!({"text": 1, "algorithm": "md5"}),
             json!({"algorithm": "md5"}),
         ] {
-            assert_eq!(error_code("util.hash", bad).await, "invalid_input");
+            assert_eq!(code("util.hash", bad).await, "invalid_input");
         }
     }
 
@@ -650,7 +575,7 @@ mod tests {
         assert_eq!(out, blake3::hash(big.as_bytes()).to_hex().to_string());
         let over = "a".repeat(crate::schema::MAX_TEXT_BYTES + 1);
         assert_eq!(
-            error_code("util.hash", json!({"text": over, "algorithm": "md5"})).await,
+            code("util.hash", json!({"text": over, "algorithm": "md5"})).await,
             "invalid_input"
         );
     }
@@ -686,7 +611,7 @@ mod tests {
             "b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad"
         );
         assert_eq!(
-            error_code(
+            code(
                 "util.hmac",
                 json!({"key": "k", "message": "m", "algorithm": "md5"})
             )
@@ -694,7 +619,7 @@ mod tests {
             "invalid_input"
         );
         assert_eq!(
-            error_code("util.hmac", json!({"key": "k", "algorithm": "sha256"})).await,
+            code("util.hmac", json!({"key": "k", "algorithm": "sha256"})).await,
             "invalid_input"
         );
     }
@@ -721,11 +646,11 @@ mod tests {
         let full = call("util.random_int", json!({"min": i64::MIN, "max": i64::MAX})).await;
         assert!(full.unwrap().is_i64());
         assert_eq!(
-            error_code("util.random_int", json!({"min": 2, "max": 1})).await,
+            code("util.random_int", json!({"min": 2, "max": 1})).await,
             "invalid_input"
         );
         assert_eq!(
-            error_code("util.random_int", json!({"min": 0.5, "max": 1})).await,
+            code("util.random_int", json!({"min": 0.5, "max": 1})).await,
             "invalid_input"
         );
     }
@@ -761,7 +686,7 @@ mod tests {
             json!({"length": -1}),
             json!({"length": 5, "charset": "binary"}),
         ] {
-            assert_eq!(error_code("util.random_string", bad).await, "invalid_input");
+            assert_eq!(code("util.random_string", bad).await, "invalid_input");
         }
     }
 
@@ -797,7 +722,7 @@ mod tests {
         assert_eq!(unicode["length"], json!(9));
         assert_eq!(unicode["classes"], json!(4));
         assert_eq!(
-            error_code("util.password_strength", json!({"password": 12345678})).await,
+            code("util.password_strength", json!({"password": 12345678})).await,
             "invalid_input"
         );
     }
@@ -824,7 +749,7 @@ mod tests {
         ] {
             assert_eq!(call("util.echo", json!({ "value": v })).await.unwrap(), v);
         }
-        assert_eq!(error_code("util.echo", json!({})).await, "invalid_input");
+        assert_eq!(code("util.echo", json!({})).await, "invalid_input");
     }
 
     #[tokio::test]
@@ -843,7 +768,7 @@ mod tests {
             json!({"ms": "5"}),
             json!({}),
         ] {
-            assert_eq!(error_code("util.sleep", bad).await, "invalid_input");
+            assert_eq!(code("util.sleep", bad).await, "invalid_input");
         }
     }
 

@@ -1,5 +1,6 @@
-//! Catalog-wide checks: the exact 100 names, every example answers as listed and
-//! validates against its own schema, and hostile input never panics or hangs.
+//! Catalog-wide checks: the exact 100 names, which are not deterministic, every
+//! example answers as listed and validates against its own schema, and hostile input
+//! never panics or hangs.
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -114,6 +115,25 @@ const NAMES: [&str; 100] = [
 fn catalog_has_exactly_the_documented_names_in_order() {
     let names: Vec<&str> = catalog().iter().map(|b| b.name).collect();
     assert_eq!(names, NAMES.to_vec());
+}
+
+#[test]
+fn only_the_random_and_clock_functions_are_nondeterministic() {
+    let nondeterministic: Vec<&str> = catalog()
+        .iter()
+        .filter(|b| !b.deterministic)
+        .map(|b| b.name)
+        .collect();
+    assert_eq!(
+        nondeterministic,
+        [
+            "util.uuid",
+            "util.timestamp",
+            "util.random_int",
+            "util.random_string",
+            "util.sleep"
+        ]
+    );
 }
 
 #[test]

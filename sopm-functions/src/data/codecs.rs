@@ -202,7 +202,7 @@ pub(super) fn url_decode(args: &Args<'_>) -> Result<Value> {
 mod tests {
     use serde_json::{json, Value};
 
-    use crate::data::testing::{call, code};
+    use crate::testing::{call, code};
 
     async fn ok(name: &str, input: Value) -> Value {
         call(name, input).await.unwrap()

@@ -102,7 +102,7 @@ impl fmt::Write for Capped {
 mod tests {
     use serde_json::{json, Value};
 
-    use crate::data::testing::{call, code};
+    use crate::testing::{call, code};
 
     async fn check(document: Value, schema: Value) -> Value {
         call(

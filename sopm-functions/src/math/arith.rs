@@ -249,7 +249,7 @@ fn snap_to_exact_power(r: f64, x: f64, base: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::math::test_util::{err, ok};
+    use crate::testing::{code, ok};
     use serde_json::json;
 
     #[test]
@@ -291,11 +291,11 @@ mod tests {
             json!(-1)
         );
         assert_eq!(
-            err("math.add", json!({"a": i64::MAX, "b": 1})).await,
+            code("math.add", json!({"a": i64::MAX, "b": 1})).await,
             "domain_error"
         );
         assert_eq!(
-            err("math.add", json!({"a": 1.7e308, "b": 1.7e308})).await,
+            code("math.add", json!({"a": 1.7e308, "b": 1.7e308})).await,
             "domain_error"
         );
         assert_eq!(
@@ -307,7 +307,7 @@ mod tests {
             json!(-0.5)
         );
         assert_eq!(
-            err("math.subtract", json!({"a": i64::MIN, "b": 1})).await,
+            code("math.subtract", json!({"a": i64::MIN, "b": 1})).await,
             "domain_error"
         );
         assert_eq!(
@@ -323,24 +323,24 @@ mod tests {
             json!(6.0)
         );
         assert_eq!(
-            err("math.multiply", json!({"a": 1i64 << 32, "b": 1i64 << 31})).await,
+            code("math.multiply", json!({"a": 1i64 << 32, "b": 1i64 << 31})).await,
             "domain_error"
         );
     }
 
     #[tokio::test]
     async fn arithmetic_rejects_bad_input() {
-        assert_eq!(err("math.add", json!({"a": 1})).await, "invalid_input");
+        assert_eq!(code("math.add", json!({"a": 1})).await, "invalid_input");
         assert_eq!(
-            err("math.add", json!({"a": "1", "b": 2})).await,
+            code("math.add", json!({"a": "1", "b": 2})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.multiply", json!({"a": null, "b": 2})).await,
+            code("math.multiply", json!({"a": null, "b": 2})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.divide", json!({"a": 1, "b": true})).await,
+            code("math.divide", json!({"a": 1, "b": true})).await,
             "invalid_input"
         );
     }
@@ -358,15 +358,15 @@ mod tests {
             json!(-0.0)
         );
         assert_eq!(
-            err("math.divide", json!({"a": 1, "b": 0})).await,
+            code("math.divide", json!({"a": 1, "b": 0})).await,
             "domain_error"
         );
         assert_eq!(
-            err("math.divide", json!({"a": 1, "b": 0.0})).await,
+            code("math.divide", json!({"a": 1, "b": 0.0})).await,
             "domain_error"
         );
         assert_eq!(
-            err("math.divide", json!({"a": 1e308, "b": 1e-308})).await,
+            code("math.divide", json!({"a": 1e308, "b": 1e-308})).await,
             "domain_error"
         );
     }
@@ -388,11 +388,11 @@ mod tests {
         );
         assert_eq!(ok("math.modulo", json!({"a": 9.0, "b": 4})).await, json!(1));
         assert_eq!(
-            err("math.modulo", json!({"a": 7, "b": 0})).await,
+            code("math.modulo", json!({"a": 7, "b": 0})).await,
             "domain_error"
         );
         assert_eq!(
-            err("math.modulo", json!({"a": 7.5, "b": 2})).await,
+            code("math.modulo", json!({"a": 7.5, "b": 2})).await,
             "invalid_input"
         );
     }
@@ -453,22 +453,25 @@ mod tests {
             json!(2.25)
         );
         assert_eq!(
-            err("math.power", json!({"base": 10, "exponent": 400})).await,
+            code("math.power", json!({"base": 10, "exponent": 400})).await,
             "domain_error"
         );
         assert_eq!(
-            err("math.power", json!({"base": 2, "exponent": i64::MAX})).await,
+            code("math.power", json!({"base": 2, "exponent": i64::MAX})).await,
             "domain_error"
         );
         assert_eq!(
-            err("math.power", json!({"base": 0, "exponent": -1})).await,
+            code("math.power", json!({"base": 0, "exponent": -1})).await,
             "domain_error"
         );
         assert_eq!(
-            err("math.power", json!({"base": -8, "exponent": 0.5})).await,
+            code("math.power", json!({"base": -8, "exponent": 0.5})).await,
             "domain_error"
         );
-        assert_eq!(err("math.power", json!({"base": 2})).await, "invalid_input");
+        assert_eq!(
+            code("math.power", json!({"base": 2})).await,
+            "invalid_input"
+        );
     }
 
     #[tokio::test]
@@ -477,9 +480,9 @@ mod tests {
         assert_eq!(ok("math.sqrt", json!({"x": 0})).await, json!(0.0));
         assert_eq!(ok("math.sqrt", json!({"x": 0.25})).await, json!(0.5));
         assert_eq!(ok("math.sqrt", json!({"x": 1e308})).await, json!(1e154));
-        assert_eq!(err("math.sqrt", json!({"x": -1})).await, "domain_error");
+        assert_eq!(code("math.sqrt", json!({"x": -1})).await, "domain_error");
         assert_eq!(
-            err("math.sqrt", json!({"x": -1e-300})).await,
+            code("math.sqrt", json!({"x": -1e-300})).await,
             "domain_error"
         );
         assert_eq!(ok("math.abs", json!({"x": -4.5})).await, json!(4.5));
@@ -491,10 +494,10 @@ mod tests {
         );
         assert_eq!(ok("math.abs", json!({"x": -0.0})).await, json!(0.0));
         assert_eq!(
-            err("math.abs", json!({"x": i64::MIN})).await,
+            code("math.abs", json!({"x": i64::MIN})).await,
             "domain_error"
         );
-        assert_eq!(err("math.abs", json!({"x": "-1"})).await, "invalid_input");
+        assert_eq!(code("math.abs", json!({"x": "-1"})).await, "invalid_input");
     }
 
     #[tokio::test]
@@ -509,11 +512,11 @@ mod tests {
             json!(2)
         );
         assert_eq!(
-            err("math.gcd", json!({"a": i64::MIN, "b": 0})).await,
+            code("math.gcd", json!({"a": i64::MIN, "b": 0})).await,
             "domain_error"
         );
         assert_eq!(
-            err("math.gcd", json!({"a": 1.5, "b": 3})).await,
+            code("math.gcd", json!({"a": 1.5, "b": 3})).await,
             "invalid_input"
         );
         assert_eq!(ok("math.lcm", json!({"a": 4, "b": 6})).await, json!(12));
@@ -525,11 +528,11 @@ mod tests {
             json!(1i64 << 62)
         );
         assert_eq!(
-            err("math.lcm", json!({"a": i64::MAX, "b": i64::MAX - 1})).await,
+            code("math.lcm", json!({"a": i64::MAX, "b": i64::MAX - 1})).await,
             "domain_error"
         );
         assert_eq!(
-            err("math.lcm", json!({"a": i64::MIN, "b": 1})).await,
+            code("math.lcm", json!({"a": i64::MIN, "b": 1})).await,
             "domain_error"
         );
     }
@@ -570,15 +573,15 @@ mod tests {
             json!(-7)
         );
         assert_eq!(
-            err("math.round", json!({"x": 1.5, "digits": 16})).await,
+            code("math.round", json!({"x": 1.5, "digits": 16})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.round", json!({"x": 1.5, "digits": -1})).await,
+            code("math.round", json!({"x": 1.5, "digits": -1})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.round", json!({"x": 1.5, "digits": 1.5})).await,
+            code("math.round", json!({"x": 1.5, "digits": 1.5})).await,
             "invalid_input"
         );
     }
@@ -610,11 +613,11 @@ mod tests {
             json!(3)
         );
         assert_eq!(
-            err("math.clamp", json!({"x": 1, "min": 2, "max": 1})).await,
+            code("math.clamp", json!({"x": 1, "min": 2, "max": 1})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.clamp", json!({"x": 1, "min": 0})).await,
+            code("math.clamp", json!({"x": 1, "min": 0})).await,
             "invalid_input"
         );
     }
@@ -651,22 +654,22 @@ mod tests {
             ok("math.log", json!({"x": 0.001, "base": 10})).await,
             json!(-3.0)
         );
-        assert_eq!(err("math.log", json!({"x": 0})).await, "domain_error");
-        assert_eq!(err("math.log", json!({"x": -1})).await, "domain_error");
+        assert_eq!(code("math.log", json!({"x": 0})).await, "domain_error");
+        assert_eq!(code("math.log", json!({"x": -1})).await, "domain_error");
         assert_eq!(
-            err("math.log", json!({"x": 2, "base": 1})).await,
+            code("math.log", json!({"x": 2, "base": 1})).await,
             "domain_error"
         );
         assert_eq!(
-            err("math.log", json!({"x": 2, "base": 0})).await,
+            code("math.log", json!({"x": 2, "base": 0})).await,
             "domain_error"
         );
         assert_eq!(
-            err("math.log", json!({"x": 2, "base": -2})).await,
+            code("math.log", json!({"x": 2, "base": -2})).await,
             "domain_error"
         );
         assert_eq!(
-            err("math.log", json!({"x": 2, "base": "e"})).await,
+            code("math.log", json!({"x": 2, "base": "e"})).await,
             "invalid_input"
         );
     }

@@ -3,7 +3,7 @@
 use num_bigint::BigUint;
 use num_traits::{One, Zero};
 use serde_json::Value;
-use sopm_core::{Error, Result};
+use sopm_core::Result;
 
 use crate::schema::Args;
 
@@ -14,18 +14,12 @@ pub(super) const MAX_FIBONACCI: i64 = 20_000;
 /// Largest `n` and `k` of `math.binomial`.
 pub(super) const MAX_BINOMIAL: i64 = 5000;
 
-/// A non-negative integer field (the schema bounds it; this only guards the cast).
-fn natural(args: &Args<'_>, name: &str) -> Result<u64> {
-    u64::try_from(args.i64(name)?)
-        .map_err(|_| Error::invalid(format!("field '{name}': must be >= 0")))
-}
-
 fn decimal(n: &BigUint) -> Value {
     Value::String(n.to_string())
 }
 
 pub(super) fn factorial(args: &Args<'_>) -> Result<Value> {
-    let n = natural(args, "n")?;
+    let n = args.u64("n")?;
     // Small factors are multiplied together in one machine word before each big
     // multiplication, which needs a few times fewer passes over the big number.
     let mut acc = BigUint::one();
@@ -46,7 +40,7 @@ pub(super) fn factorial(args: &Args<'_>) -> Result<Value> {
 /// F(2k+1) = F(k)² + F(k+1)², walking the bits of `n` from the top, so only
 /// O(log n) big multiplications.
 pub(super) fn fibonacci(args: &Args<'_>) -> Result<Value> {
-    let n = natural(args, "n")?;
+    let n = args.u64("n")?;
     // (a, b) = (F(k), F(k+1)), starting at k = 0.
     let (mut a, mut b) = (BigUint::zero(), BigUint::one());
     for bit in (0..u64::BITS - n.leading_zeros()).rev() {
@@ -67,7 +61,7 @@ pub(super) fn fibonacci(args: &Args<'_>) -> Result<Value> {
 /// C(n, k) multiplicatively with k = min(k, n − k): after step i the running value is
 /// C(n − k + i, i), an integer, so each division is exact.
 pub(super) fn binomial(args: &Args<'_>) -> Result<Value> {
-    let (n, k) = (natural(args, "n")?, natural(args, "k")?);
+    let (n, k) = (args.u64("n")?, args.u64("k")?);
     if k > n {
         return Ok(decimal(&BigUint::zero()));
     }
@@ -82,7 +76,7 @@ pub(super) fn binomial(args: &Args<'_>) -> Result<Value> {
 
 #[cfg(test)]
 mod tests {
-    use crate::math::test_util::{err, ok};
+    use crate::testing::{code, ok};
     use serde_json::{json, Value};
 
     fn digits(v: &Value) -> &str {
@@ -111,19 +105,19 @@ mod tests {
             json!("15511210043330985984000000")
         );
         assert_eq!(
-            err("math.factorial", json!({"n": -1})).await,
+            code("math.factorial", json!({"n": -1})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.factorial", json!({"n": 5001})).await,
+            code("math.factorial", json!({"n": 5001})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.factorial", json!({"n": 2.5})).await,
+            code("math.factorial", json!({"n": 2.5})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.factorial", json!({"n": "5"})).await,
+            code("math.factorial", json!({"n": "5"})).await,
             "invalid_input"
         );
     }
@@ -164,11 +158,11 @@ mod tests {
             json!("222232244629420445529739893461909967206666939096499764990979600")
         );
         assert_eq!(
-            err("math.fibonacci", json!({"n": 20001})).await,
+            code("math.fibonacci", json!({"n": 20001})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.fibonacci", json!({"n": -1})).await,
+            code("math.fibonacci", json!({"n": -1})).await,
             "invalid_input"
         );
     }
@@ -206,14 +200,17 @@ mod tests {
             );
         }
         assert_eq!(
-            err("math.binomial", json!({"n": 5001, "k": 1})).await,
+            code("math.binomial", json!({"n": 5001, "k": 1})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.binomial", json!({"n": 5, "k": -1})).await,
+            code("math.binomial", json!({"n": 5, "k": -1})).await,
             "invalid_input"
         );
-        assert_eq!(err("math.binomial", json!({"n": 5})).await, "invalid_input");
+        assert_eq!(
+            code("math.binomial", json!({"n": 5})).await,
+            "invalid_input"
+        );
     }
 
     #[tokio::test]

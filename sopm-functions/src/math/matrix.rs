@@ -112,7 +112,7 @@ pub(super) fn solve_linear(args: &Args<'_>) -> Result<Value> {
 
 #[cfg(test)]
 mod tests {
-    use crate::math::test_util::{err, ok};
+    use crate::testing::{code, ok};
     use serde_json::{json, Value};
 
     /// The n×n matrix with entry f(i, j).
@@ -152,7 +152,7 @@ mod tests {
 
     #[tokio::test]
     async fn multiply_rejects_bad_shapes_and_overflow() {
-        let mm = |a: Value, b: Value| err("math.matrix_multiply", json!({"a": a, "b": b}));
+        let mm = |a: Value, b: Value| code("math.matrix_multiply", json!({"a": a, "b": b}));
         assert_eq!(mm(json!([[1, 2]]), json!([[1, 2]])).await, "invalid_input");
         assert_eq!(
             mm(json!([[1, 2], [3]]), json!([[1], [2]])).await,
@@ -217,7 +217,7 @@ mod tests {
 
     #[tokio::test]
     async fn solve_rejects_singular_and_bad_shapes() {
-        let solve = |a: Value, b: Value| err("math.solve_linear", json!({"a": a, "b": b}));
+        let solve = |a: Value, b: Value| code("math.solve_linear", json!({"a": a, "b": b}));
         assert_eq!(
             solve(json!([[1, 2], [2, 4]]), json!([1, 2])).await,
             "domain_error"
@@ -251,7 +251,7 @@ mod tests {
             "invalid_input"
         );
         assert_eq!(
-            err(
+            code(
                 "math.solve_linear",
                 json!({"a": vec![vec![1; 201]; 201], "b": vec![1; 201]})
             )

@@ -12,18 +12,12 @@ pub(super) const MAX_SIEVE_N: i64 = 1_000_000;
 /// Largest `n` of `math.nth_prime` (the millionth prime is 15,485,863).
 pub(super) const MAX_NTH: i64 = 1_000_000;
 
-/// A field the schema keeps non-negative, as a `u64`.
-fn natural(args: &Args<'_>, name: &str) -> Result<u64> {
-    u64::try_from(args.i64(name)?)
-        .map_err(|_| Error::invalid(format!("field '{name}': must be >= 0")))
-}
-
 pub(super) fn is_prime(args: &Args<'_>) -> Result<Value> {
-    Ok(Value::Bool(is_prime_u64(natural(args, "n")?)))
+    Ok(Value::Bool(is_prime_u64(args.u64("n")?)))
 }
 
 pub(super) fn prime_factors(args: &Args<'_>) -> Result<Value> {
-    let n = natural(args, "n")?;
+    let n = args.u64("n")?;
     if n < 2 {
         return Err(Error::invalid("field 'n': must be >= 2"));
     }
@@ -31,8 +25,7 @@ pub(super) fn prime_factors(args: &Args<'_>) -> Result<Value> {
 }
 
 pub(super) fn primes_up_to(args: &Args<'_>) -> Result<Value> {
-    let n =
-        usize::try_from(natural(args, "n")?).map_err(|_| Error::invalid("field 'n': too large"))?;
+    let n = args.usize("n")?;
     let mut out = Vec::new();
     if n >= 2 {
         out.push(Value::from(2));
@@ -45,8 +38,7 @@ pub(super) fn primes_up_to(args: &Args<'_>) -> Result<Value> {
 }
 
 pub(super) fn nth_prime(args: &Args<'_>) -> Result<Value> {
-    let n =
-        usize::try_from(natural(args, "n")?).map_err(|_| Error::invalid("field 'n': too large"))?;
+    let n = args.usize("n")?;
     if n <= 1 {
         return Ok(Value::from(2));
     }
@@ -276,7 +268,7 @@ fn odd_primes_up_to(n: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::math::test_util::{err, ok};
+    use crate::testing::{code, ok};
     use serde_json::json;
 
     /// 2^63 − 1, the largest input.
@@ -326,15 +318,15 @@ mod tests {
         assert_eq!(is_prime((1 << 61) - 1).await, json!(true));
         assert_eq!(is_prime(2_147_483_647 * 2_147_483_647).await, json!(false));
         assert_eq!(
-            err("math.is_prime", json!({"n": -1})).await,
+            code("math.is_prime", json!({"n": -1})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.is_prime", json!({"n": MAX as f64 * 2.0})).await,
+            code("math.is_prime", json!({"n": MAX as f64 * 2.0})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.is_prime", json!({"n": 7.5})).await,
+            code("math.is_prime", json!({"n": 7.5})).await,
             "invalid_input"
         );
     }
@@ -348,15 +340,15 @@ mod tests {
         assert_eq!(factors(1024).await, json!([2, 2, 2, 2, 2, 2, 2, 2, 2, 2]));
         assert_eq!(factors(999_983 * 999_983).await, json!([999_983, 999_983]));
         assert_eq!(
-            err("math.prime_factors", json!({"n": 1})).await,
+            code("math.prime_factors", json!({"n": 1})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.prime_factors", json!({"n": 0})).await,
+            code("math.prime_factors", json!({"n": 0})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.prime_factors", json!({"n": -12})).await,
+            code("math.prime_factors", json!({"n": -12})).await,
             "invalid_input"
         );
     }
@@ -413,11 +405,11 @@ mod tests {
         assert_eq!(primes(20).await, json!([2, 3, 5, 7, 11, 13, 17, 19]));
         assert_eq!(primes(49).await.as_array().map(Vec::len), Some(15));
         assert_eq!(
-            err("math.primes_up_to", json!({"n": 1_000_001})).await,
+            code("math.primes_up_to", json!({"n": 1_000_001})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.primes_up_to", json!({"n": -5})).await,
+            code("math.primes_up_to", json!({"n": -5})).await,
             "invalid_input"
         );
     }
@@ -462,11 +454,11 @@ mod tests {
             );
         }
         assert_eq!(
-            err("math.nth_prime", json!({"n": 0})).await,
+            code("math.nth_prime", json!({"n": 0})).await,
             "invalid_input"
         );
         assert_eq!(
-            err("math.nth_prime", json!({"n": 1_000_001})).await,
+            code("math.nth_prime", json!({"n": 1_000_001})).await,
             "invalid_input"
         );
     }

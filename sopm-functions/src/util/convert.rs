@@ -244,8 +244,8 @@ fn to_hsl(Rgb(r, g, b): Rgb) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{call, error_code};
     use super::{parse_color, to_hsl, Rgb};
+    use crate::testing::{call, code};
     use serde_json::{json, Value};
 
     async fn convert(value: Value, from: &str, to: &str) -> Value {
@@ -281,7 +281,7 @@ mod tests {
         assert_eq!(convert(json!(1e300), "mm", "km").await, json!(1e294));
         assert_eq!(convert(json!(1e305), "km", "m").await, json!(1e308));
         assert_eq!(
-            error_code(
+            code(
                 "util.convert_units",
                 json!({"value": 1e305, "from": "mi", "to": "mm"})
             )
@@ -314,7 +314,7 @@ mod tests {
             ("m", "meter"),
         ] {
             assert_eq!(
-                error_code(
+                code(
                     "util.convert_units",
                     json!({"value": 1, "from": from, "to": to})
                 )
@@ -324,7 +324,7 @@ mod tests {
             );
         }
         assert_eq!(
-            error_code(
+            code(
                 "util.convert_units",
                 json!({"value": "1", "from": "m", "to": "cm"})
             )
@@ -408,13 +408,13 @@ mod tests {
             "hsl(0, 50%)",
         ] {
             assert_eq!(
-                error_code("util.color_convert", json!({"color": bad, "to": "hex"})).await,
+                code("util.color_convert", json!({"color": bad, "to": "hex"})).await,
                 "invalid_input",
                 "{bad}"
             );
         }
         assert_eq!(
-            error_code("util.color_convert", json!({"color": "#fff", "to": "cmyk"})).await,
+            code("util.color_convert", json!({"color": "#fff", "to": "cmyk"})).await,
             "invalid_input"
         );
     }

@@ -213,8 +213,8 @@ fn number(text: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{call, error_code};
     use super::Schedule;
+    use crate::testing::{call, code};
     use serde_json::{json, Value};
 
     async fn next(expression: &str, from: &str, count: i64) -> Value {
@@ -332,7 +332,7 @@ mod tests {
     async fn gives_up_after_five_years() {
         for never in ["0 0 30 2 *", "0 0 31 4,6,9,11 *"] {
             assert_eq!(
-                error_code(
+                code(
                     "util.cron_next",
                     json!({"expression": never, "from": "2024-01-01T00:00:00Z"})
                 )
@@ -342,7 +342,7 @@ mod tests {
         }
         // 2100 is not a leap year: 2096-02-29 is followed by 2104-02-29, 8 years on.
         assert_eq!(
-            error_code(
+            code(
                 "util.cron_next",
                 json!({"expression": "0 0 29 2 *", "from": "2096-01-01T00:00:00Z", "count": 2})
             )
@@ -355,7 +355,7 @@ mod tests {
             json!(["9999-12-31T23:59:00Z"])
         );
         assert_eq!(
-            error_code(
+            code(
                 "util.cron_next",
                 json!({"expression": "* * * * *", "from": "9999-12-31T23:59:00Z"})
             )
@@ -388,7 +388,7 @@ mod tests {
             "* * * * FRI-SUN",
         ] {
             assert_eq!(
-                error_code("util.cron_next", json!({ "expression": bad })).await,
+                code("util.cron_next", json!({ "expression": bad })).await,
                 "invalid_input",
                 "{bad:?}"
             );
@@ -399,7 +399,7 @@ mod tests {
             json!({"expression": "* * * * *", "count": 101}),
             json!({"expression": "* ".repeat(600)}),
         ] {
-            assert_eq!(error_code("util.cron_next", bad).await, "invalid_input");
+            assert_eq!(code("util.cron_next", bad).await, "invalid_input");
         }
     }
 }

@@ -187,7 +187,7 @@ fn same_prefix(a: u128, b: u128, host_bits: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{call, error_code};
+    use crate::testing::{call, code};
     use serde_json::json;
 
     async fn email(address: &str) -> serde_json::Value {
@@ -245,7 +245,7 @@ mod tests {
             assert!(reason.contains(why), "{bad}: {reason}");
         }
         assert_eq!(
-            error_code("util.validate_email", json!({"email": null})).await,
+            code("util.validate_email", json!({"email": null})).await,
             "invalid_input"
         );
     }
@@ -323,7 +323,7 @@ mod tests {
         assert_eq!(v6["path"], json!("/"));
         for bad in ["", "example.com/path", "http://exa mple.com"] {
             assert_eq!(
-                error_code("util.parse_url", json!({ "url": bad })).await,
+                code("util.parse_url", json!({ "url": bad })).await,
                 "invalid_input"
             );
         }
@@ -343,10 +343,7 @@ mod tests {
             "a".repeat(super::super::MAX_URL_BYTES)
         );
         for name in ["util.parse_url", "util.validate_url"] {
-            assert_eq!(
-                error_code(name, json!({ "url": over })).await,
-                "invalid_input"
-            );
+            assert_eq!(code(name, json!({ "url": over })).await, "invalid_input");
         }
     }
 
@@ -404,7 +401,7 @@ mod tests {
             "1.2.3.4/8",
         ] {
             assert_eq!(
-                error_code("util.ip_info", json!({ "ip": bad })).await,
+                code("util.ip_info", json!({ "ip": bad })).await,
                 "invalid_input",
                 "{bad}"
             );
@@ -450,7 +447,7 @@ mod tests {
             ("10.0.0.0/8", "10.0.0"),
         ] {
             assert_eq!(
-                error_code("util.cidr_contains", json!({"cidr": cidr, "ip": ip})).await,
+                code("util.cidr_contains", json!({"cidr": cidr, "ip": ip})).await,
                 "invalid_input",
                 "{cidr} {ip}"
             );

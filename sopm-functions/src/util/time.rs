@@ -99,8 +99,8 @@ pub(super) fn date_diff(args: &Args<'_>) -> Result<Value> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{call, error_code};
     use super::{MAX_UNIX, MIN_UNIX};
+    use crate::testing::{call, code};
     use serde_json::json;
 
     async fn format(timestamp: i64, format: &str) -> String {
@@ -143,7 +143,7 @@ mod tests {
             json!({"timestamp": 0, "format": "x".repeat(257)}),
             json!({"timestamp": 0}),
         ] {
-            assert_eq!(error_code("util.format_date", bad).await, "invalid_input");
+            assert_eq!(code("util.format_date", bad).await, "invalid_input");
         }
     }
 
@@ -194,7 +194,7 @@ mod tests {
             json!({"text": "x".repeat(257)}),
         ] {
             assert_eq!(
-                error_code("util.parse_date", bad.clone()).await,
+                code("util.parse_date", bad.clone()).await,
                 "invalid_input",
                 "{bad}"
             );
@@ -234,7 +234,7 @@ mod tests {
             json!({"from": a, "to": b, "unit": "months"}),
             json!({"from": a, "unit": "days"}),
         ] {
-            assert_eq!(error_code("util.date_diff", bad).await, "invalid_input");
+            assert_eq!(code("util.date_diff", bad).await, "invalid_input");
         }
     }
 }

@@ -97,6 +97,11 @@ fn version(function_id: &str, v: u32, runtime: Runtime, handler: &str) -> Functi
     }
 }
 
+/// A Python version whose handler is `main.handle`.
+fn python(function_id: &str, v: u32) -> FunctionVersion {
+    version(function_id, v, Runtime::Python, "main.handle")
+}
+
 fn source(files: &[(&str, &[u8])]) -> Source {
     Source {
         files: files
@@ -137,14 +142,7 @@ async fn python_without_dependencies_is_just_its_files() {
     let b = builder(dir.path());
     let log = MemoryLog::default();
     let src = source(&[("main.py", PY_MAIN), ("lib/util.py", b"X = 1\n")]);
-    let artifact = b
-        .build(
-            &version("fn_py", 1, Runtime::Python, "main.handle"),
-            &src,
-            &log,
-        )
-        .await
-        .unwrap();
+    let artifact = b.build(&python("fn_py", 1), &src, &log).await.unwrap();
     let path = artifact_dir(&artifact);
     let root = std::fs::canonicalize(dir.path()).unwrap();
     assert_eq!(path, root.join("fn_py/v1"));
@@ -174,11 +172,7 @@ async fn python_requirements_are_installed_into_deps() {
     ]);
     let started = Instant::now();
     let artifact = b
-        .build(
-            &version("fn_six", 1, Runtime::Python, "main.handle"),
-            &src,
-            &log,
-        )
+        .build(&python("fn_six", 1), &src, &log)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", log.text()));
     eprintln!(
@@ -248,14 +242,7 @@ async fn a_failing_install_leaves_nothing_behind_but_the_log() {
         ("main.py", PY_MAIN),
         ("requirements.txt", b"sopm-no-such-package-xyz==1.0\n"),
     ]);
-    let e = b
-        .build(
-            &version("fn_bad", 1, Runtime::Python, "main.handle"),
-            &src,
-            &log,
-        )
-        .await
-        .unwrap_err();
+    let e = b.build(&python("fn_bad", 1), &src, &log).await.unwrap_err();
     assert_eq!(e.code(), "build_failed");
     assert!(e.to_string().contains("pip install failed"), "{e}");
     assert!(e.to_string().contains("sopm-no-such-package-xyz"), "{e}");
@@ -283,11 +270,7 @@ async fn an_install_past_the_deadline_is_stopped() {
     let log = MemoryLog::default();
     let src = source(&[("main.py", PY_MAIN), ("requirements.txt", b"six==1.16.0\n")]);
     let e = b
-        .build(
-            &version("fn_slow", 1, Runtime::Python, "main.handle"),
-            &src,
-            &log,
-        )
+        .build(&python("fn_slow", 1), &src, &log)
         .await
         .unwrap_err();
     assert_eq!(e.code(), "build_failed");
@@ -310,14 +293,7 @@ async fn requirements_that_leave_the_index_are_refused() {
     ] {
         let log = MemoryLog::default();
         let src = source(&[("main.py", PY_MAIN), ("requirements.txt", requirements)]);
-        let e = b
-            .build(
-                &version("fn_url", 1, Runtime::Python, "main.handle"),
-                &src,
-                &log,
-            )
-            .await
-            .unwrap_err();
+        let e = b.build(&python("fn_url", 1), &src, &log).await.unwrap_err();
         assert_eq!(e.code(), "invalid_input", "{e}");
         assert!(
             log.text()
@@ -381,11 +357,7 @@ async fn unsafe_file_paths_are_refused() {
         let log = MemoryLog::default();
         let src = source(&[("main.py", PY_MAIN), (bad, b"x")]);
         let e = b
-            .build(
-                &version("fn_path", 1, Runtime::Python, "main.handle"),
-                &src,
-                &log,
-            )
+            .build(&python("fn_path", 1), &src, &log)
             .await
             .unwrap_err();
         assert_eq!(e.code(), "invalid_input", "{bad:?}: {e}");
@@ -484,22 +456,8 @@ async fn remove_deletes_the_artifact_and_nothing_else() {
     let b = builder(dir.path());
     let log = MemoryLog::default();
     let src = source(&[("main.py", PY_MAIN)]);
-    let v1 = b
-        .build(
-            &version("fn_rm", 1, Runtime::Python, "main.handle"),
-            &src,
-            &log,
-        )
-        .await
-        .unwrap();
-    let v2 = b
-        .build(
-            &version("fn_rm", 2, Runtime::Python, "main.handle"),
-            &src,
-            &log,
-        )
-        .await
-        .unwrap();
+    let v1 = b.build(&python("fn_rm", 1), &src, &log).await.unwrap();
+    let v2 = b.build(&python("fn_rm", 2), &src, &log).await.unwrap();
     b.remove(&v1).await.unwrap();
     assert!(!artifact_dir(&v1).exists());
     assert!(artifact_dir(&v2).join("main.py").is_file());
@@ -539,7 +497,7 @@ async fn stale_staging_directories_are_swept() {
     let b = builder(dir.path());
     let log = MemoryLog::default();
     b.build(
-        &version("fn_sweep", 1, Runtime::Python, "main.handle"),
+        &python("fn_sweep", 1),
         &source(&[("main.py", PY_MAIN)]),
         &log,
     )

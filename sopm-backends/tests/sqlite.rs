@@ -18,13 +18,41 @@ use sopm_core::conformance::{self, ConformanceExecutor, ConformanceRouter, Sched
 use sopm_core::types::now_ms;
 use sopm_core::{
     Durability, FunctionRef, Job, JobId, JobStatus, JobStore, LocalScheduler, LocalSchedulerConfig,
-    Registry, Scheduler, TenantId,
+    NewVersion, Registry, Runtime, Scheduler, TenantId,
 };
 
 fn open(dir: &Path, name: &str) -> SqliteStore {
     SqliteConfig::new(dir.join(name))
         .open()
         .expect("open the store")
+}
+
+/// The first column of the first row of `sql`, read through a connection of its own.
+fn scalar<T: rusqlite::types::FromSql>(path: &Path, sql: &str) -> T {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
+/// A version to create: default limits, no environment.
+fn new_version(
+    tenant: &TenantId,
+    name: &str,
+    runtime: Runtime,
+    handler: &str,
+    executor: Option<&str>,
+) -> NewVersion {
+    NewVersion {
+        tenant: tenant.clone(),
+        name: name.into(),
+        runtime,
+        handler: handler.into(),
+        limits: Default::default(),
+        env: Default::default(),
+        source_digest: "d".into(),
+        executor: executor.map(str::to_string),
+    }
 }
 
 fn job(tenant: &str, status: JobStatus, input: serde_json::Value) -> Job {
@@ -276,25 +304,18 @@ async fn a_version_2_database_is_migrated_and_its_versions_load_without_an_execu
     );
     // The migrated table takes versions with an executor.
     let v = store
-        .create_version(sopm_core::NewVersion {
-            tenant: tenant.clone(),
-            name: "older".into(),
-            runtime: sopm_core::Runtime::Python,
-            handler: "main.handle".into(),
-            limits: Default::default(),
-            env: Default::default(),
-            source_digest: "e".into(),
-            executor: Some("gvisor".into()),
-        })
+        .create_version(new_version(
+            &tenant,
+            "older",
+            Runtime::Python,
+            "main.handle",
+            Some("gvisor"),
+        ))
         .await
         .unwrap();
     assert_eq!((v.function_id.as_str(), v.version), ("fn_old", 2));
     store.close().await.unwrap();
-    let version: i64 = rusqlite::Connection::open(&path)
-        .unwrap()
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 3);
     let store = open(dir.path(), "v2.db");
     let rec = Registry::get(&store, &tenant, "fn_old").await.unwrap();
     let executors: Vec<Option<&str>> = rec.versions.iter().map(|v| v.executor.as_deref()).collect();
@@ -377,16 +398,13 @@ async fn everything_survives_a_reopen() {
     let tenant = TenantId::new("reopen").unwrap();
     let store = open(dir.path(), "reopen.db");
     let v = store
-        .create_version(sopm_core::NewVersion {
-            tenant: tenant.clone(),
-            name: "kept".into(),
-            runtime: sopm_core::Runtime::Shell,
-            handler: "run.sh".into(),
-            limits: Default::default(),
-            env: Default::default(),
-            source_digest: "d".into(),
-            executor: Some("docker-runsc".into()),
-        })
+        .create_version(new_version(
+            &tenant,
+            "kept",
+            Runtime::Shell,
+            "run.sh",
+            Some("docker-runsc"),
+        ))
         .await
         .unwrap();
     store
@@ -574,12 +592,9 @@ async fn concurrent_durable_puts_are_all_there() {
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    let reader = rusqlite::Connection::open(store.path()).unwrap();
-    let count: i64 = reader
-        .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
-        .unwrap();
     assert_eq!(
-        count, 1_600,
+        scalar::<i64>(store.path(), "SELECT COUNT(*) FROM jobs"),
+        1_600,
         "every durable put is committed when it returns"
     );
     assert_eq!(all.iter().collect::<HashSet<_>>().len(), 1_600);
@@ -712,11 +727,11 @@ fn crash_recovery() {
                 .open()
                 .expect("reopen after the crash"),
         );
-        let check: String = rusqlite::Connection::open(&path)
-            .unwrap()
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok", "the database is intact after the crash");
+        assert_eq!(
+            scalar::<String>(&path, "PRAGMA integrity_check"),
+            "ok",
+            "the database is intact after the crash"
+        );
 
         for id in &queued {
             let j = JobStore::get(&*store, id)
@@ -884,16 +899,13 @@ async fn a_failing_registry_write_does_not_undo_the_writes_batched_with_it() {
     let store = Arc::new(open(dir.path(), "batch.db"));
     let tenant = TenantId::new("batch").unwrap();
     let v = store
-        .create_version(sopm_core::NewVersion {
-            tenant: tenant.clone(),
-            name: "f".into(),
-            runtime: sopm_core::Runtime::Python,
-            handler: "main.handle".into(),
-            limits: Default::default(),
-            env: Default::default(),
-            source_digest: "d".into(),
-            executor: None,
-        })
+        .create_version(new_version(
+            &tenant,
+            "f",
+            Runtime::Python,
+            "main.handle",
+            None,
+        ))
         .await
         .unwrap();
     store
@@ -927,12 +939,9 @@ async fn a_failing_registry_write_does_not_undo_the_writes_batched_with_it() {
         assert_eq!(f.await.unwrap(), (Err("conflict"), Err("not_found")));
     }
     store.flush().await.unwrap();
-    let reader = rusqlite::Connection::open(store.path()).unwrap();
-    let count: i64 = reader
-        .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
-        .unwrap();
     assert_eq!(
-        count, 200,
+        scalar::<i64>(store.path(), "SELECT COUNT(*) FROM jobs"),
+        200,
         "every put batched with a failed write is committed"
     );
     let rec = Registry::get(&*store, &tenant, &v.function_id)

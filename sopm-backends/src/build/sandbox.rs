@@ -429,13 +429,42 @@ mod tests {
         }
     }
 
-    fn shell(script: String) -> Install {
-        Install {
+    /// A sandbox with no tools, a 16 MiB tmpfs, and the network of `egress_dir`.
+    fn sandbox<'a>(
+        bwrap: &'a Bwrap,
+        staging: &'a Path,
+        egress_dir: Option<&'a Path>,
+    ) -> InstallSandbox<'a> {
+        InstallSandbox {
+            bwrap,
+            tool_dirs: vec![],
+            path_dirs: vec![],
+            staging,
+            ca_bundle: None,
+            tmpfs_bytes: 16 << 20,
+            egress_dir,
+        }
+    }
+
+    /// Runs `script` with `sh -c` in `sandbox` with `timeout` as its deadline; returns
+    /// the outcome and the log.
+    async fn run_shell(
+        sandbox: &InstallSandbox<'_>,
+        script: &str,
+        timeout: std::time::Duration,
+    ) -> (Result<()>, String) {
+        let install = Install {
             display: "sh -c ...".into(),
             what: "probe",
             argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
             env: vec![("PROBE", "1".into())],
-        }
+        };
+        let log = Log::default();
+        let result = sandbox
+            .run(&install, &log, Instant::now() + timeout, timeout)
+            .await;
+        let text = log.0.lock().unwrap().clone();
+        (result, text)
     }
 
     #[tokio::test]
@@ -446,15 +475,7 @@ mod tests {
         let secret = tempfile::tempdir().unwrap();
         std::fs::write(secret.path().join("key"), "secret").unwrap();
         let staging = tempfile::tempdir().unwrap();
-        let sandbox = InstallSandbox {
-            bwrap: &bwrap,
-            tool_dirs: vec![],
-            path_dirs: vec![],
-            staging: staging.path(),
-            ca_bundle: None,
-            tmpfs_bytes: 16 << 20,
-            egress_dir: None,
-        };
+        let sandbox = sandbox(&bwrap, staging.path(), None);
         let script = format!(
             "set -e; \
              [ \"$(id -u)\" = {SANDBOX_ID} ]; \
@@ -471,17 +492,7 @@ mod tests {
             secret = secret.path().display(),
             me = std::env::current_exe().unwrap().display(),
         );
-        let log = Log::default();
-        let deadline = Instant::now() + std::time::Duration::from_secs(30);
-        let result = sandbox
-            .run(
-                &shell(script),
-                &log,
-                deadline,
-                std::time::Duration::from_secs(30),
-            )
-            .await;
-        let text = log.0.lock().unwrap().clone();
+        let (result, text) = run_shell(&sandbox, &script, std::time::Duration::from_secs(30)).await;
         assert!(result.is_ok(), "{result:?}\n{text}");
         assert!(text.contains("all good"), "{text}");
         assert!(staging.path().join("written").is_file());
@@ -493,26 +504,14 @@ mod tests {
             return;
         };
         let staging = tempfile::tempdir().unwrap();
-        let sandbox = InstallSandbox {
-            bwrap: &bwrap,
-            tool_dirs: vec![],
-            path_dirs: vec![],
-            staging: staging.path(),
-            ca_bundle: None,
-            tmpfs_bytes: 16 << 20,
-            egress_dir: None,
-        };
-        let log = Log::default();
-        let far = Instant::now() + std::time::Duration::from_secs(30);
-        let e = sandbox
-            .run(
-                &shell("echo first; echo second >&2; exit 3".into()),
-                &log,
-                far,
-                std::time::Duration::from_secs(30),
-            )
-            .await
-            .unwrap_err();
+        let sandbox = sandbox(&bwrap, staging.path(), None);
+        let (result, _) = run_shell(
+            &sandbox,
+            "echo first; echo second >&2; exit 3",
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+        let e = result.unwrap_err();
         assert_eq!(e.code(), "build_failed");
         let message = e.to_string();
         assert!(
@@ -524,20 +523,15 @@ mod tests {
             "{message}"
         );
 
-        let log = Log::default();
-        let soon = Instant::now() + std::time::Duration::from_millis(300);
-        let e = sandbox
-            .run(
-                &shell("echo started; sleep 60".into()),
-                &log,
-                soon,
-                std::time::Duration::from_millis(300),
-            )
-            .await
-            .unwrap_err();
+        let (result, text) = run_shell(
+            &sandbox,
+            "echo started; sleep 60",
+            std::time::Duration::from_millis(300),
+        )
+        .await;
+        let e = result.unwrap_err();
         assert_eq!(e.code(), "build_failed");
         assert!(e.to_string().contains("timed out"), "{e}");
-        let text = log.0.lock().unwrap().clone();
         assert!(
             text.contains("started") && text.contains("timed out"),
             "{text}"
@@ -560,15 +554,7 @@ mod tests {
             vec!["registry.example:443".into()],
         )
         .unwrap();
-        let sandbox = InstallSandbox {
-            bwrap: &bwrap,
-            tool_dirs: vec![],
-            path_dirs: vec![],
-            staging: staging.path(),
-            ca_bundle: None,
-            tmpfs_bytes: 16 << 20,
-            egress_dir: Some(proxy.dir()),
-        };
+        let sandbox = sandbox(&bwrap, staging.path(), Some(proxy.dir()));
         // Python's socket module speaks both to the host port and to the proxy socket.
         let python = [
             "import os, socket".to_string(),
@@ -584,17 +570,7 @@ mod tests {
         ]
         .join("\n");
         let script = format!("python3 -c \"$(cat <<'PY'\n{python}\nPY\n)\"");
-        let log = Log::default();
-        let deadline = Instant::now() + std::time::Duration::from_secs(30);
-        let r = sandbox
-            .run(
-                &shell(script),
-                &log,
-                deadline,
-                std::time::Duration::from_secs(30),
-            )
-            .await;
-        let log = log.0.lock().unwrap().clone();
+        let (r, log) = run_shell(&sandbox, &script, std::time::Duration::from_secs(30)).await;
         assert!(r.is_ok(), "{r:?}: {log}");
         assert!(!log.contains("DIRECT-OPEN"), "{log}");
         assert!(log.contains("direct refused"), "{log}");

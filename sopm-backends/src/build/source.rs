@@ -23,16 +23,14 @@ pub(crate) fn check_paths(source: &Source) -> Result<()> {
                 truncate_for_message(path)
             )));
         }
-        let mut at = 0;
-        while let Some(i) = path[at..].find('/') {
-            let dir = &path[..at + i];
+        for (slash, _) in path.match_indices('/') {
+            let dir = &path[..slash];
             if source.files.contains_key(dir) {
                 return Err(Error::invalid(format!(
                     "'{}' is both a file and a directory",
                     truncate_for_message(dir)
                 )));
             }
-            at += i + 1;
         }
     }
     Ok(())

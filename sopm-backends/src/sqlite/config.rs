@@ -139,8 +139,9 @@ impl SqliteConfig {
     }
 
     /// Opens the database: creates the file and its directories if needed, switches it
-    /// to WAL, applies the schema migrations, and starts the writer thread. Blocks on
-    /// file I/O; call it at start-up (or from `spawn_blocking`).
+    /// to WAL, applies the schema migrations, opens one read connection, and starts the
+    /// writer and checkpointer threads. Blocks on file I/O; call it at start-up (or
+    /// from `spawn_blocking`).
     pub fn open(self) -> Result<SqliteStore> {
         SqliteStore::open(self)
     }

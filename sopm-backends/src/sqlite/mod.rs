@@ -239,7 +239,11 @@ impl SqliteStore {
 
     /// Queues a request for the writer.
     fn send(&self, request: Request) -> Result<()> {
-        let front = self.front.lock();
+        self.send_locked(&self.front.lock(), request)
+    }
+
+    /// Queues a request for the writer, under the lock of the channel's sending side.
+    fn send_locked(&self, front: &Front, request: Request) -> Result<()> {
         let sender = front.sender.as_ref().ok_or_else(closed)?;
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         sender.send(request).map_err(|_| {
@@ -380,11 +384,10 @@ impl JobStore for SqliteStore {
             (None, None)
         };
         {
-            let mut guard = self.front.lock();
-            let front = &mut *guard;
-            let Some(sender) = &front.sender else {
+            let mut front = self.front.lock();
+            if front.sender.is_none() {
                 return Err(closed());
-            };
+            }
             let seq = front.next_seq;
             front.next_seq += 1;
             match self.overlay.lock().entry(job.id.clone()) {
@@ -402,11 +405,9 @@ impl JobStore for SqliteStore {
                     });
                 }
             }
-            self.in_flight.fetch_add(1, Ordering::AcqRel);
-            if sender.send(Request::Put { seq, row, done }).is_err() {
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            if let Err(e) = self.send_locked(&front, Request::Put { seq, row, done }) {
                 self.overlay.lock().remove(&job.id);
-                return Err(closed());
+                return Err(e);
             }
         }
         match answer {

@@ -6,8 +6,9 @@ use std::fmt::Debug;
 
 use async_trait::async_trait;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::registry::{Artifact, FunctionVersion};
+use crate::types::truncate_for_message;
 
 /// An uploaded function's source, already checked (relative paths, size caps).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -46,6 +47,34 @@ pub trait Builder: Debug + Send + Sync + 'static {
     async fn remove(&self, _artifact: &Artifact) -> Result<()> {
         Ok(())
     }
+}
+
+/// Checks every path of `source`: at least one file, each path safe ([`path_problem`]),
+/// and no file that is also another file's directory. `invalid_input` otherwise. The
+/// one check the server (before anything is stored), the platform and the builders apply
+/// to a whole upload.
+pub fn check_source(source: &Source) -> Result<()> {
+    if source.files.is_empty() {
+        return Err(Error::invalid("the upload has no files"));
+    }
+    for path in source.files.keys() {
+        if let Some(why) = path_problem(path) {
+            return Err(Error::invalid(format!(
+                "file path '{}' {why}",
+                truncate_for_message(path)
+            )));
+        }
+        for (slash, _) in path.match_indices('/') {
+            let dir = &path[..slash];
+            if source.files.contains_key(dir) {
+                return Err(Error::invalid(format!(
+                    "'{}' is both a file and a directory",
+                    truncate_for_message(dir)
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Longest relative path accepted, in bytes.

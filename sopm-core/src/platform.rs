@@ -582,10 +582,7 @@ impl UserFunctions {
         }
         check_limits(&spec.limits, &self.caps)?;
         check_env(&spec.env)?;
-        if source.files.is_empty() {
-            return Err(Error::invalid("the upload has no files"));
-        }
-        Ok(())
+        crate::builder::check_source(source)
     }
 }
 

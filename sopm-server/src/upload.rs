@@ -142,23 +142,9 @@ impl<'a> SourceBuilder<'a> {
 
     /// The checked source: at least one file, and no file that is also a directory.
     pub fn finish(self) -> Result<Source> {
-        if self.files.is_empty() {
-            return Err(Error::invalid("the upload has no files"));
-        }
-        for path in self.files.keys() {
-            let mut at = 0;
-            while let Some(i) = path[at..].find('/') {
-                let dir = &path[..at + i];
-                if self.files.contains_key(dir) {
-                    return Err(Error::invalid(format!(
-                        "'{}' is both a file and a directory",
-                        truncate_for_message(dir)
-                    )));
-                }
-                at += i + 1;
-            }
-        }
-        Ok(Source { files: self.files })
+        let source = Source { files: self.files };
+        sopm_core::builder::check_source(&source)?;
+        Ok(source)
     }
 }
 

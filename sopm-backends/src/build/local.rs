@@ -159,7 +159,7 @@ impl LocalBuilder {
             version.runtime.as_str()
         ))
         .await;
-        source::check_paths(source)?;
+        sopm_core::builder::check_source(source)?;
         let handler = source::handler_file(version.runtime, &version.handler, source)?;
         if version.runtime == Runtime::Binary {
             check_binary(&handler.path, &source.files[&handler.path], log).await?;

@@ -10,32 +10,6 @@ use sopm_core::builder::path_problem;
 use sopm_core::types::truncate_for_message;
 use sopm_core::{Error, Result, Runtime, Source};
 
-/// Checks every path of `source`: relative, no `.`/`..`/empty components, no NUL, and
-/// no file that is also another file's directory. `invalid_input` otherwise.
-pub(crate) fn check_paths(source: &Source) -> Result<()> {
-    if source.files.is_empty() {
-        return Err(Error::invalid("the upload has no files"));
-    }
-    for path in source.files.keys() {
-        if let Some(why) = path_problem(path) {
-            return Err(Error::invalid(format!(
-                "file path '{}' {why}",
-                truncate_for_message(path)
-            )));
-        }
-        for (slash, _) in path.match_indices('/') {
-            let dir = &path[..slash];
-            if source.files.contains_key(dir) {
-                return Err(Error::invalid(format!(
-                    "'{}' is both a file and a directory",
-                    truncate_for_message(dir)
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The file a handler names, and whether it must be executable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct HandlerFile {
@@ -173,6 +147,7 @@ pub(crate) fn write_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sopm_core::builder::check_source;
 
     fn src(paths: &[&str]) -> Source {
         let mut s = Source::default();
@@ -197,16 +172,16 @@ mod tests {
             "a\nb",
             "..",
         ] {
-            let e = check_paths(&src(&[bad])).unwrap_err();
+            let e = check_source(&src(&[bad])).unwrap_err();
             assert_eq!(e.code(), "invalid_input", "{bad:?}");
         }
-        assert!(check_paths(&src(&["main.py", "pkg/mod.py", ".hidden", "a..b"])).is_ok());
-        assert!(check_paths(&Source::default()).is_err());
+        assert!(check_source(&src(&["main.py", "pkg/mod.py", ".hidden", "a..b"])).is_ok());
+        assert!(check_source(&Source::default()).is_err());
     }
 
     #[test]
     fn a_file_cannot_also_be_a_directory() {
-        let e = check_paths(&src(&["a", "a/b"])).unwrap_err();
+        let e = check_source(&src(&["a", "a/b"])).unwrap_err();
         assert!(e.to_string().contains("both a file and a directory"), "{e}");
     }
 

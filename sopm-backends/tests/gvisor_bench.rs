@@ -7,25 +7,13 @@
 #[path = "process_support.rs"]
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
 use sopm_backends::gvisor::GvisorExecutorConfig;
 use sopm_backends::sandbox::{PoolSettings, RunnerKind};
 use sopm_core::Executor;
 use support::*;
-
-fn summary(name: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    println!(
-        "{name}: n={} p50={:.2?} p99={:.2?} max={:.2?}",
-        samples.len(),
-        at(0.5),
-        at(0.99),
-        samples[samples.len() - 1]
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --release -- --ignored --nocapture"]

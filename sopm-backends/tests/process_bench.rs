@@ -6,26 +6,12 @@
 #[path = "process_support.rs"]
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
 use sopm_backends::sandbox::RunnerKind;
 use sopm_core::Executor;
 use support::*;
-
-fn summary(name: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
-    let total: Duration = samples.iter().sum();
-    println!(
-        "{name}: n={} p50={:.2?} p99={:.2?} max={:.2?} ({:.0} calls/s sequential)",
-        samples.len(),
-        pct(0.50),
-        pct(0.99),
-        samples[samples.len() - 1],
-        samples.len() as f64 / total.as_secs_f64()
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --release -- --ignored --nocapture"]

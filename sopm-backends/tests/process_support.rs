@@ -99,3 +99,19 @@ pub fn sandbox_counters(c: PoolCounters) -> SandboxCounters {
         replaced: c.replaced,
     }
 }
+
+/// Prints the percentiles of a benchmark's latency samples and the sequential call rate
+/// they give.
+pub fn summary(name: &str, mut samples: Vec<std::time::Duration>) {
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+    let total: std::time::Duration = samples.iter().sum();
+    println!(
+        "{name}: n={} p50={:.2?} p99={:.2?} max={:.2?} ({:.0} calls/s sequential)",
+        samples.len(),
+        pct(0.50),
+        pct(0.99),
+        samples[samples.len() - 1],
+        samples.len() as f64 / total.as_secs_f64()
+    );
+}

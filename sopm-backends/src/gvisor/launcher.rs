@@ -14,11 +14,11 @@ use tokio::sync::OnceCell;
 
 use super::bundle::{self, BundlePlan, HOST_FILES};
 use super::GvisorExecutorConfig;
-use crate::process::bwrap::{rlimit_args, Interpreter, TopLevel};
+use crate::process::bwrap::{rlimit_args, TopLevel};
 use crate::process::launcher::{
-    death_of, interpreter_at, probe_python, sandbox_name, tool, write_runners,
+    death_of, exit_soon, is_running, sandbox_name, tool, write_runners, Interpreters,
 };
-use crate::sandbox::protocol::{BoxRead, BoxWrite, RunnerChannel};
+use crate::sandbox::protocol::RunnerChannel;
 use crate::sandbox::{Death, LaunchSpec, RunnerKind, Sandbox, SandboxLauncher};
 
 /// Prefix of every sandbox id we make: `sopm-<server pid>-<n>`.
@@ -27,9 +27,8 @@ const ID_PREFIX: &str = "sopm-";
 /// What the host offers, found once on first use.
 #[derive(Debug)]
 struct HostTools {
-    runsc: PathBuf,
-    python: std::result::Result<Interpreter, String>,
-    node: std::result::Result<Interpreter, String>,
+    runsc: Runsc,
+    interpreters: Interpreters,
     runners_dir: PathBuf,
     rootfs: PathBuf,
     top_level: Vec<TopLevel>,
@@ -108,31 +107,26 @@ impl Runsc {
 #[derive(Debug)]
 pub struct GvisorLauncher {
     config: GvisorExecutorConfig,
-    runsc: Runsc,
+    /// The runsc state directory (`runsc --root`).
+    state_dir: PathBuf,
+    /// The global flags of every `runsc` command.
+    runsc_flags: Vec<String>,
     tools: OnceCell<Arc<HostTools>>,
 }
 
 impl GvisorLauncher {
     pub(crate) fn new(config: GvisorExecutorConfig) -> Self {
-        let scratch = config.scratch_dir();
-        let mut global = vec![
+        let mut runsc_flags = vec![
             "--network=none".to_string(),
             format!("--platform={}", config.platform.as_str()),
         ];
         if !config.cgroups {
-            global.push("--ignore-cgroups".into());
+            runsc_flags.push("--ignore-cgroups".into());
         }
-        let runsc = Runsc {
-            exe: config
-                .runsc
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("runsc")),
-            root: scratch.join("state"),
-            global,
-        };
         GvisorLauncher {
+            state_dir: config.scratch_dir().join("state"),
+            runsc_flags,
             config,
-            runsc,
             tools: OnceCell::new(),
         }
     }
@@ -146,7 +140,7 @@ impl GvisorLauncher {
 
     /// The runsc state directory (`runsc --root`).
     pub fn state_dir(&self) -> PathBuf {
-        self.runsc.root.clone()
+        self.state_dir.clone()
     }
 
     /// Where the per-sandbox bundle directories go.
@@ -157,19 +151,12 @@ impl GvisorLauncher {
     async fn probe(&self) -> Result<HostTools> {
         use std::os::unix::fs::PermissionsExt;
         let config = &self.config;
-        let runsc = tool(&config.runsc, "runsc", "the gvisor executor needs runsc")?;
-        let python = match tool(
-            &config.python,
-            "python3",
-            "python, shell and binary functions",
-        ) {
-            Ok(p) => probe_python(&p).await,
-            Err(e) => Err(e.to_string()),
+        let runsc = Runsc {
+            exe: tool(&config.runsc, "runsc", "the gvisor executor needs runsc")?,
+            root: self.state_dir.clone(),
+            global: self.runsc_flags.clone(),
         };
-        let node = match tool(&config.node, "node", "node functions") {
-            Ok(p) => Ok(interpreter_at(&p)),
-            Err(e) => Err(e.to_string()),
-        };
+        let interpreters = Interpreters::probe(&config.python, &config.node).await;
         let scratch = config.scratch_dir();
         let io = |what: &str, e: std::io::Error| {
             Error::Internal(format!(
@@ -178,45 +165,26 @@ impl GvisorLauncher {
             ))
         };
         let runners_dir = write_runners(&scratch).map_err(|e| io("the runners", e))?;
-        for d in [&self.runsc.root, &self.bundles_dir()] {
+        for d in [&self.state_dir, &self.bundles_dir()] {
             std::fs::create_dir_all(d).map_err(|e| io("the state dirs", e))?;
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| io("the state dirs", e))?;
         }
-        let mut top_level = Vec::new();
-        for d in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
-            let p = Path::new(d);
-            match std::fs::symlink_metadata(p) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    if let Ok(target) = std::fs::read_link(p) {
-                        top_level.push(TopLevel::Link(target, p.to_path_buf()));
-                    }
-                }
-                Ok(m) if m.is_dir() => top_level.push(TopLevel::Dir(p.to_path_buf())),
-                _ => {}
-            }
-        }
+        let top_level = TopLevel::of_host();
         let host_files: Vec<PathBuf> = HOST_FILES
             .iter()
             .map(PathBuf::from)
             .filter(|p| p.exists())
             .collect();
         let mut binds: Vec<PathBuf> = config.extra_ro_binds.clone();
-        for i in [&python, &node].into_iter().flatten() {
-            binds.extend(i.binds.iter().cloned());
-        }
+        binds.extend(interpreters.binds().cloned());
         let rootfs = scratch.join("rootfs");
         bundle::write_skeleton(&rootfs, &top_level, &host_files, &binds)
             .map_err(|e| io("the root skeleton", e))?;
-        let runsc_for_sweep = Runsc {
-            exe: runsc.clone(),
-            ..self.runsc.clone()
-        };
-        sweep_stale(&runsc_for_sweep, &self.bundles_dir()).await;
+        sweep_stale(&runsc, &self.bundles_dir()).await;
         Ok(HostTools {
             runsc,
-            python,
-            node,
+            interpreters,
             runners_dir,
             rootfs,
             top_level,
@@ -260,12 +228,7 @@ impl SandboxLauncher for GvisorLauncher {
     async fn launch(&self, spec: &LaunchSpec) -> Result<GvisorSandbox> {
         spec.check_host_backend("gvisor")?;
         let tools = self.tools().await?;
-        let interpreter = match spec.runner {
-            RunnerKind::Python | RunnerKind::Static => &tools.python,
-            RunnerKind::Node => &tools.node,
-        }
-        .as_ref()
-        .map_err(|why| Error::Unavailable(why.clone()))?;
+        let interpreter = tools.interpreters.for_runner(spec.runner)?;
         let id = format!("{ID_PREFIX}{}", sandbox_name());
         let bundle_dir = self.bundles_dir().join(&id);
         let plan = BundlePlan {
@@ -288,10 +251,7 @@ impl SandboxLauncher for GvisorLauncher {
         std::fs::create_dir_all(&bundle_dir)
             .and_then(|()| std::fs::write(bundle_dir.join("config.json"), config))
             .map_err(|e| Error::Internal(format!("cannot write a gVisor bundle: {e}")))?;
-        let runsc = Runsc {
-            exe: tools.runsc.clone(),
-            ..self.runsc.clone()
-        };
+        let runsc = tools.runsc.clone();
         let mut cmd = runsc.command();
         cmd.arg(format!("--log={}", bundle_dir.join("runsc.log").display()))
             .args(["run", "--bundle"])
@@ -317,11 +277,7 @@ impl SandboxLauncher for GvisorLauncher {
                 return Err(Error::Internal(format!("cannot start runsc: {e}")));
             }
         };
-        let stdin: BoxWrite = Box::new(child.stdin.take().expect("piped"));
-        let stdout: BoxRead = Box::new(child.stdout.take().expect("piped"));
-        let stderr: BoxRead = Box::new(child.stderr.take().expect("piped"));
-        let marker = format!("sopm-log-end-{}", uuid::Uuid::new_v4().simple());
-        sandbox.channel = Some(RunnerChannel::new(stdin, stdout, stderr, marker));
+        sandbox.channel = Some(RunnerChannel::of_child(&mut child));
         sandbox.child = Some(child);
         if let Err(e) = sandbox.channel().hello().await {
             let log = sandbox.runsc_log_tail();
@@ -399,10 +355,9 @@ impl Sandbox for GvisorSandbox {
     async fn set_limits(&mut self, from: &Limits, to: &Limits) -> Result<()> {
         // rlimits are fixed in the bundle and enforced by the gVisor kernel: a function
         // with other ones gets a dedicated sandbox.
-        let runner = RunnerKind::Python;
-        let same_rlimits = rlimit_args(runner, from, false) == rlimit_args(runner, to, false)
-            && rlimit_args(RunnerKind::Node, from, false)
-                == rlimit_args(RunnerKind::Node, to, false);
+        let same_rlimits = RunnerKind::SCRIPTS
+            .into_iter()
+            .all(|r| rlimit_args(r, from, false) == rlimit_args(r, to, false));
         let same_resources =
             from.memory_mb == to.memory_mb && from.max_processes == to.max_processes;
         if same_rlimits && same_resources {
@@ -415,9 +370,7 @@ impl Sandbox for GvisorSandbox {
     }
 
     fn is_alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        is_running(&mut self.child)
     }
 
     fn mark_clean(&mut self) {}
@@ -436,10 +389,7 @@ impl Sandbox for GvisorSandbox {
         let Some(child) = self.child.as_mut() else {
             return Death::Killed;
         };
-        let status = tokio::time::timeout(Duration::from_millis(300), child.wait())
-            .await
-            .ok()
-            .and_then(|r| r.ok());
+        let status = exit_soon(child).await;
         self.destroy().await;
         death_of(status)
     }

@@ -29,7 +29,7 @@ use std::time::Duration;
 use sopm_core::{Error, Result};
 
 use crate::sandbox::pool::WarmPool;
-use crate::sandbox::settings::PoolSettings;
+use crate::sandbox::settings::{host_config_problem, parse_var, path_var, PoolSettings};
 use crate::sandbox::{RunnerKind, SandboxExecutor};
 
 pub mod bundle;
@@ -124,22 +124,16 @@ impl GvisorExecutorConfig {
     }
 
     fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        fn parse<T: std::str::FromStr>(key: &str, v: String) -> Result<T> {
-            v.trim()
-                .parse()
-                .map_err(|_| Error::invalid(format!("{key}: cannot parse '{v}'")))
-        }
         let mut c = Self::new();
-        let path = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-        c.runsc = path("SOPM_RUNSC").or(c.runsc);
-        c.python = path("SOPM_PYTHON").or(c.python);
-        c.node = path("SOPM_NODE").or(c.node);
-        c.scratch_dir = path("SOPM_GVISOR_SCRATCH_DIR").or(c.scratch_dir);
+        c.runsc = path_var(&var, "SOPM_RUNSC").or(c.runsc);
+        c.python = path_var(&var, "SOPM_PYTHON").or(c.python);
+        c.node = path_var(&var, "SOPM_NODE").or(c.node);
+        c.scratch_dir = path_var(&var, "SOPM_GVISOR_SCRATCH_DIR").or(c.scratch_dir);
         if let Some(v) = var("SOPM_GVISOR_PLATFORM") {
             c.platform = v.parse()?;
         }
-        if let Some(v) = var("SOPM_GVISOR_CGROUPS") {
-            c.cgroups = parse("SOPM_GVISOR_CGROUPS", v)?;
+        if let Some(enabled) = parse_var(&var, "SOPM_GVISOR_CGROUPS")? {
+            c.cgroups = enabled;
         }
         c.pool = c.pool.with_vars(var)?;
         Ok(c)
@@ -222,24 +216,15 @@ impl GvisorExecutorConfig {
 
     /// Checks the configuration and makes the executor (no I/O).
     pub fn build(self) -> Result<GvisorExecutor> {
-        let bad = |m: &str| Err(Error::invalid(format!("gvisor executor: {m}")));
-        if self.name.is_empty() {
-            return bad("name must not be empty");
-        }
-        if let Some(problem) = self.pool.problem() {
-            return bad(problem);
-        }
-        if self.cgroup_parent.is_empty()
-            || self.cgroup_parent.contains('/')
-            || self.cgroup_parent.starts_with('.')
-        {
-            return bad("cgroup_parent must be a plain directory name");
-        }
         let paths = [&self.runsc, &self.python, &self.node, &self.scratch_dir];
-        if paths.into_iter().flatten().any(|p| !p.is_absolute())
-            || self.extra_ro_binds.iter().any(|p| !p.is_absolute())
-        {
-            return bad("paths must be absolute");
+        if let Some(problem) = host_config_problem(
+            &self.name,
+            &self.pool,
+            &self.cgroup_parent,
+            paths,
+            &self.extra_ro_binds,
+        ) {
+            return Err(Error::invalid(format!("gvisor executor: {problem}")));
         }
         let pool_config = self.pool.pool_config(&self.name, false);
         let launcher = GvisorLauncher::new(self);

@@ -30,6 +30,26 @@ pub enum TopLevel {
     Dir(PathBuf),
 }
 
+impl TopLevel {
+    /// The host's `/bin`, `/sbin` and `/lib*` entries, as they are (missing ones left out).
+    pub fn of_host() -> Vec<TopLevel> {
+        let mut out = Vec::new();
+        for d in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
+            let p = Path::new(d);
+            match std::fs::symlink_metadata(p) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    if let Ok(target) = std::fs::read_link(p) {
+                        out.push(TopLevel::Link(target, p.to_path_buf()));
+                    }
+                }
+                Ok(m) if m.is_dir() => out.push(TopLevel::Dir(p.to_path_buf())),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
 /// An interpreter and the host directories it needs beyond `/usr`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interpreter {

@@ -17,7 +17,7 @@ use tokio::sync::OnceCell;
 use super::bwrap::{self, Interpreter, SandboxPlan, TopLevel};
 use super::cgroup::{CgroupRoot, SandboxCgroup};
 use super::ProcessExecutorConfig;
-use crate::sandbox::protocol::{BoxRead, BoxWrite, RunnerChannel};
+use crate::sandbox::protocol::RunnerChannel;
 use crate::sandbox::{Death, LaunchSpec, RunnerKind, Sandbox, SandboxLauncher};
 
 /// What the host offers, found once on first use.
@@ -26,8 +26,7 @@ struct HostTools {
     bwrap: PathBuf,
     prlimit: PathBuf,
     sh: PathBuf,
-    python: std::result::Result<Interpreter, String>,
-    node: std::result::Result<Interpreter, String>,
+    interpreters: Interpreters,
     runners_dir: PathBuf,
     top_level: Vec<TopLevel>,
     cgroups: Option<CgroupRoot>,
@@ -78,12 +77,7 @@ impl SandboxLauncher for ProcessLauncher {
     async fn launch(&self, spec: &LaunchSpec) -> Result<ProcessSandbox> {
         spec.check_host_backend("process")?;
         let tools = self.tools().await?;
-        let interpreter = match spec.runner {
-            RunnerKind::Python | RunnerKind::Static => &tools.python,
-            RunnerKind::Node => &tools.node,
-        }
-        .as_ref()
-        .map_err(|why| Error::Unavailable(why.clone()))?;
+        let interpreter = tools.interpreters.for_runner(spec.runner)?;
         let name = sandbox_name();
         let cgroup = match &tools.cgroups {
             Some(root) => match root.create(&name) {
@@ -140,13 +134,9 @@ impl SandboxLauncher for ProcessLauncher {
                 return Err(Error::Internal(format!("cannot start bwrap: {e}")));
             }
         };
-        let stdin: BoxWrite = Box::new(child.stdin.take().expect("piped"));
-        let stdout: BoxRead = Box::new(child.stdout.take().expect("piped"));
-        let stderr: BoxRead = Box::new(child.stderr.take().expect("piped"));
-        let marker = format!("sopm-log-end-{}", uuid::Uuid::new_v4().simple());
         let mut sandbox = ProcessSandbox {
             name,
-            channel: RunnerChannel::new(stdin, stdout, stderr, marker),
+            channel: RunnerChannel::of_child(&mut child),
             child: Some(child),
             cgroup,
             prlimit: tools.prlimit.clone(),
@@ -261,9 +251,7 @@ impl Sandbox for ProcessSandbox {
     }
 
     fn is_alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        is_running(&mut self.child)
     }
 
     fn mark_clean(&mut self) {
@@ -288,10 +276,7 @@ impl Sandbox for ProcessSandbox {
         let Some(child) = self.child.as_mut() else {
             return Death::Killed;
         };
-        let status = tokio::time::timeout(Duration::from_millis(300), child.wait())
-            .await
-            .ok()
-            .and_then(|r| r.ok());
+        let status = exit_soon(child).await;
         let oom = self.memory_exceeded();
         self.reap().await;
         if oom {
@@ -353,6 +338,22 @@ pub(crate) fn death_of(status: Option<ExitStatus>) -> Death {
             None => Death::Exited(format!("{st}")),
         },
     }
+}
+
+/// Whether a sandbox's outer process is still running.
+pub(crate) fn is_running(child: &mut Option<Child>) -> bool {
+    child
+        .as_mut()
+        .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+}
+
+/// The exit status of a sandbox's outer process if it ends within a moment (after its
+/// runner's channel failed); `None` if it is still running.
+pub(crate) async fn exit_soon(child: &mut Child) -> Option<ExitStatus> {
+    tokio::time::timeout(Duration::from_millis(300), child.wait())
+        .await
+        .ok()
+        .and_then(|r| r.ok())
 }
 
 /// Child pids of `pid` (all its threads).
@@ -435,37 +436,15 @@ async fn probe(config: &ProcessExecutorConfig) -> Result<HostTools> {
         "util-linux prlimit applies rlimits",
     )?;
     let sh = tool(&config.host_shell, "sh", "joins sandbox cgroups")?;
-    let python = match tool(
-        &config.python,
-        "python3",
-        "python, shell and binary functions",
-    ) {
-        Ok(p) => probe_python(&p).await,
-        Err(e) => Err(e.to_string()),
-    };
-    let node = match tool(&config.node, "node", "node functions") {
-        Ok(p) => Ok(interpreter_at(&p)),
-        Err(e) => Err(e.to_string()),
-    };
-    let runners_dir = write_runners(&config.scratch_dir()).map_err(|e| {
+    let interpreters = Interpreters::probe(&config.python, &config.node).await;
+    let scratch = config.scratch_dir();
+    let runners_dir = write_runners(&scratch).map_err(|e| {
         Error::Internal(format!(
             "cannot write the runners to {}: {e}",
-            config.scratch_dir().display()
+            scratch.display()
         ))
     })?;
-    let mut top_level = Vec::new();
-    for d in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
-        let p = Path::new(d);
-        match std::fs::symlink_metadata(p) {
-            Ok(m) if m.file_type().is_symlink() => {
-                if let Ok(target) = std::fs::read_link(p) {
-                    top_level.push(TopLevel::Link(target, p.to_path_buf()));
-                }
-            }
-            Ok(m) if m.is_dir() => top_level.push(TopLevel::Dir(p.to_path_buf())),
-            _ => {}
-        }
-    }
+    let top_level = TopLevel::of_host();
     let cgroups = if config.cgroups {
         match CgroupRoot::detect(Path::new("/sys/fs/cgroup"), &config.cgroup_parent) {
             Ok(root) => {
@@ -488,16 +467,58 @@ async fn probe(config: &ProcessExecutorConfig) -> Result<HostTools> {
         bwrap,
         prlimit,
         sh,
-        python,
-        node,
+        interpreters,
         runners_dir,
         top_level,
         cgroups,
     })
 }
 
+/// The interpreters of the script runners on this host, each found or why not (a host
+/// without node still runs python functions).
+#[derive(Debug)]
+pub(crate) struct Interpreters {
+    python: std::result::Result<Interpreter, String>,
+    node: std::result::Result<Interpreter, String>,
+}
+
+impl Interpreters {
+    /// Finds `python3` and `node` (configured, else on `PATH`) and the host directories
+    /// each needs.
+    pub(crate) async fn probe(python: &Option<PathBuf>, node: &Option<PathBuf>) -> Self {
+        let python = match tool(python, "python3", "python, shell and binary functions") {
+            Ok(p) => probe_python(&p).await,
+            Err(e) => Err(e.to_string()),
+        };
+        let node = match tool(node, "node", "node functions") {
+            Ok(p) => Ok(interpreter_at(&p)),
+            Err(e) => Err(e.to_string()),
+        };
+        Interpreters { python, node }
+    }
+
+    /// The interpreter of `runner` (python supervises shell scripts and binaries), or
+    /// `unavailable` saying why the host has none.
+    pub(crate) fn for_runner(&self, runner: RunnerKind) -> Result<&Interpreter> {
+        match runner {
+            RunnerKind::Python | RunnerKind::Static => &self.python,
+            RunnerKind::Node => &self.node,
+        }
+        .as_ref()
+        .map_err(|why| Error::Unavailable(why.clone()))
+    }
+
+    /// The host directories the found interpreters need beyond `/usr`.
+    pub(crate) fn binds(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.python, &self.node]
+            .into_iter()
+            .flatten()
+            .flat_map(|i| &i.binds)
+    }
+}
+
 /// Resolves a python (a pyenv shim included) to its real executable and prefix.
-pub(crate) async fn probe_python(python: &Path) -> std::result::Result<Interpreter, String> {
+async fn probe_python(python: &Path) -> std::result::Result<Interpreter, String> {
     let out = Command::new(python)
         .args([
             "-c",
@@ -530,7 +551,7 @@ pub(crate) async fn probe_python(python: &Path) -> std::result::Result<Interpret
     Ok(Interpreter { exe, binds })
 }
 
-pub(crate) fn interpreter_at(exe: &Path) -> Interpreter {
+fn interpreter_at(exe: &Path) -> Interpreter {
     let real = std::fs::canonicalize(exe).unwrap_or_else(|_| exe.to_path_buf());
     let mut binds = Vec::new();
     if !real.starts_with("/usr") {

@@ -34,7 +34,7 @@ use std::time::Duration;
 use sopm_core::{Error, Result};
 
 use crate::sandbox::pool::WarmPool;
-use crate::sandbox::settings::PoolSettings;
+use crate::sandbox::settings::{host_config_problem, parse_var, path_var, PoolSettings};
 use crate::sandbox::{RunnerKind, SandboxExecutor};
 
 pub mod bwrap;
@@ -97,23 +97,17 @@ impl ProcessExecutorConfig {
     }
 
     fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        fn parse<T: std::str::FromStr>(key: &str, v: String) -> Result<T> {
-            v.trim()
-                .parse()
-                .map_err(|_| Error::invalid(format!("{key}: cannot parse '{v}'")))
-        }
         let mut c = Self::new();
-        let path = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-        c.bwrap = path("SOPM_BWRAP").or(c.bwrap);
-        c.prlimit = path("SOPM_PRLIMIT").or(c.prlimit);
-        c.python = path("SOPM_PYTHON").or(c.python);
-        c.node = path("SOPM_NODE").or(c.node);
-        c.scratch_dir = path("SOPM_SANDBOX_SCRATCH_DIR").or(c.scratch_dir);
-        if let Some(v) = var("SOPM_ALLOW_NETWORK") {
-            c.allow_network = parse("SOPM_ALLOW_NETWORK", v)?;
+        c.bwrap = path_var(&var, "SOPM_BWRAP").or(c.bwrap);
+        c.prlimit = path_var(&var, "SOPM_PRLIMIT").or(c.prlimit);
+        c.python = path_var(&var, "SOPM_PYTHON").or(c.python);
+        c.node = path_var(&var, "SOPM_NODE").or(c.node);
+        c.scratch_dir = path_var(&var, "SOPM_SANDBOX_SCRATCH_DIR").or(c.scratch_dir);
+        if let Some(allow) = parse_var(&var, "SOPM_ALLOW_NETWORK")? {
+            c.allow_network = allow;
         }
-        if let Some(v) = var("SOPM_CGROUPS") {
-            c.cgroups = parse("SOPM_CGROUPS", v)?;
+        if let Some(enabled) = parse_var(&var, "SOPM_CGROUPS")? {
+            c.cgroups = enabled;
         }
         c.pool = c.pool.with_vars(var)?;
         Ok(c)
@@ -207,19 +201,6 @@ impl ProcessExecutorConfig {
 
     /// Checks the configuration and makes the executor (no I/O).
     pub fn build(self) -> Result<ProcessExecutor> {
-        let bad = |m: &str| Err(Error::invalid(format!("process executor: {m}")));
-        if self.name.is_empty() {
-            return bad("name must not be empty");
-        }
-        if let Some(problem) = self.pool.problem() {
-            return bad(problem);
-        }
-        if self.cgroup_parent.is_empty()
-            || self.cgroup_parent.contains('/')
-            || self.cgroup_parent.starts_with('.')
-        {
-            return bad("cgroup_parent must be a plain directory name");
-        }
         let paths = [
             &self.bwrap,
             &self.prlimit,
@@ -228,10 +209,14 @@ impl ProcessExecutorConfig {
             &self.host_shell,
             &self.scratch_dir,
         ];
-        if paths.into_iter().flatten().any(|p| !p.is_absolute())
-            || self.extra_ro_binds.iter().any(|p| !p.is_absolute())
-        {
-            return bad("paths must be absolute");
+        if let Some(problem) = host_config_problem(
+            &self.name,
+            &self.pool,
+            &self.cgroup_parent,
+            paths,
+            &self.extra_ro_binds,
+        ) {
+            return Err(Error::invalid(format!("process executor: {problem}")));
         }
         let pool_config = self.pool.pool_config(&self.name, self.allow_network);
         let launcher = ProcessLauncher::new(self);

@@ -1,7 +1,7 @@
 //! Plumbing shared by every sandbox backend: the runner protocol, the runners shipped
-//! inside the binary, artifact loading, and the warm pool of instances. A backend
-//! (process now; gVisor and Docker later) only implements [`SandboxLauncher`] and
-//! [`Sandbox`]: how to boot an isolated runner and how to kill it.
+//! inside the binary, artifact loading, the warm pool of instances, the executor over it
+//! and the pool settings. A backend (process, gVisor, Docker) only implements
+//! [`SandboxLauncher`] and [`Sandbox`]: how to boot an isolated runner and how to kill it.
 
 use std::fmt::Debug;
 use std::path::PathBuf;

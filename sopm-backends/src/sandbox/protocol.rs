@@ -433,6 +433,16 @@ impl RunnerChannel {
         }
     }
 
+    /// Wraps the piped stdin, stdout and stderr of a runner's outer process, with a fresh
+    /// log marker. Panics if they are not piped or already taken.
+    pub fn of_child(child: &mut tokio::process::Child) -> Self {
+        let stdin: BoxWrite = Box::new(child.stdin.take().expect("piped stdin"));
+        let stdout: BoxRead = Box::new(child.stdout.take().expect("piped stdout"));
+        let stderr: BoxRead = Box::new(child.stderr.take().expect("piped stderr"));
+        let marker = format!("sopm-log-end-{}", uuid::Uuid::new_v4().simple());
+        RunnerChannel::new(stdin, stdout, stderr, marker)
+    }
+
     /// The log marker of this sandbox.
     pub fn marker(&self) -> &str {
         &self.marker

@@ -4,6 +4,8 @@
 //! instead of repeating the setters.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use sopm_core::{Error, Limits, Result};
@@ -53,22 +55,17 @@ impl PoolSettings {
     /// Applies `SOPM_STEM_CELLS`, `SOPM_MAX_INSTANCES`, `SOPM_MAX_INSTANCES_PER_FUNCTION`
     /// and `SOPM_IDLE_TTL_SECS` from `var`; an unparsable value is `invalid_input`.
     pub fn with_vars(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        fn parse<T: std::str::FromStr>(key: &str, v: String) -> Result<T> {
-            v.trim()
-                .parse()
-                .map_err(|_| Error::invalid(format!("{key}: cannot parse '{v}'")))
+        if let Some(n) = parse_var(&var, "SOPM_STEM_CELLS")? {
+            self.stem_cells = n;
         }
-        if let Some(v) = var("SOPM_STEM_CELLS") {
-            self.stem_cells = parse("SOPM_STEM_CELLS", v)?;
+        if let Some(n) = parse_var(&var, "SOPM_MAX_INSTANCES")? {
+            self.max_instances = n;
         }
-        if let Some(v) = var("SOPM_MAX_INSTANCES") {
-            self.max_instances = parse("SOPM_MAX_INSTANCES", v)?;
+        if let Some(n) = parse_var(&var, "SOPM_MAX_INSTANCES_PER_FUNCTION")? {
+            self.max_per_function = n;
         }
-        if let Some(v) = var("SOPM_MAX_INSTANCES_PER_FUNCTION") {
-            self.max_per_function = parse("SOPM_MAX_INSTANCES_PER_FUNCTION", v)?;
-        }
-        if let Some(v) = var("SOPM_IDLE_TTL_SECS") {
-            self.idle_ttl = Duration::from_secs(parse("SOPM_IDLE_TTL_SECS", v)?);
+        if let Some(secs) = parse_var(&var, "SOPM_IDLE_TTL_SECS")? {
+            self.idle_ttl = Duration::from_secs(secs);
         }
         Ok(self)
     }
@@ -162,6 +159,53 @@ impl PoolSettings {
             boot_timeout: self.boot_timeout,
         }
     }
+}
+
+/// The value of the variable `key` of `var`, parsed, if it is set; a value that does not
+/// parse is `invalid_input` naming the variable.
+pub(crate) fn parse_var<T: FromStr>(
+    var: impl Fn(&str) -> Option<String>,
+    key: &str,
+) -> Result<Option<T>> {
+    var(key)
+        .map(|v| {
+            v.trim()
+                .parse()
+                .map_err(|_| Error::invalid(format!("{key}: cannot parse '{v}'")))
+        })
+        .transpose()
+}
+
+/// The path in the variable `key` of `var`, if it is set and not empty.
+pub(crate) fn path_var(var: impl Fn(&str) -> Option<String>, key: &str) -> Option<PathBuf> {
+    var(key).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+/// Why the settings every host sandbox backend shares cannot work, if they cannot: an
+/// empty name, unworkable pool settings, a cgroup parent that is not a plain directory
+/// name, or a relative tool, scratch or bind path.
+pub(crate) fn host_config_problem<'a>(
+    name: &str,
+    pool: &PoolSettings,
+    cgroup_parent: &str,
+    paths: impl IntoIterator<Item = &'a Option<PathBuf>>,
+    extra_ro_binds: &[PathBuf],
+) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("name must not be empty");
+    }
+    if let Some(problem) = pool.problem() {
+        return Some(problem);
+    }
+    if cgroup_parent.is_empty() || cgroup_parent.contains('/') || cgroup_parent.starts_with('.') {
+        return Some("cgroup_parent must be a plain directory name");
+    }
+    if paths.into_iter().flatten().any(|p| !p.is_absolute())
+        || extra_ro_binds.iter().any(|p| !p.is_absolute())
+    {
+        return Some("paths must be absolute");
+    }
+    None
 }
 
 #[cfg(test)]

@@ -56,5 +56,7 @@ mod sandbox;
 mod source;
 mod toolchain;
 
+pub(crate) use toolchain::find_on_path;
+
 pub use config::LocalBuilderConfig;
 pub use local::LocalBuilder;

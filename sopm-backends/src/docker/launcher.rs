@@ -267,8 +267,12 @@ impl SandboxLauncher for DockerLauncher {
         let stdin: BoxWrite = Box::new(attached.input);
         let frames: BoxRead = Box::new(frames_r);
         let logs: BoxRead = Box::new(logs_r);
-        let marker = format!("sopm-log-end-{}", uuid::Uuid::new_v4().simple());
-        sandbox.channel = Some(RunnerChannel::new(stdin, frames, logs, marker));
+        sandbox.channel = Some(RunnerChannel::new(
+            stdin,
+            frames,
+            logs,
+            RunnerChannel::fresh_marker(),
+        ));
         if let Err(e) = docker.start_container(&sandbox.id, None).await {
             sandbox.terminate().await;
             return Err(Error::Unavailable(format!(

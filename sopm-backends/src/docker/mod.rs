@@ -33,7 +33,7 @@ use std::sync::Arc;
 use sopm_core::{Error, Result, Runtime};
 
 use crate::sandbox::pool::WarmPool;
-use crate::sandbox::settings::PoolSettings;
+use crate::sandbox::settings::{parse_var, path_var, PoolSettings};
 use crate::sandbox::{RunnerKind, SandboxExecutor};
 
 mod builder;
@@ -123,14 +123,11 @@ impl DockerExecutorConfig {
                 c.base_images.insert(kind, image);
             }
         }
-        if let Some(p) = set("SOPM_STATIC_RUNNER") {
-            c.static_runner = Some(PathBuf::from(p));
+        if let Some(p) = path_var(&var, "SOPM_STATIC_RUNNER") {
+            c.static_runner = Some(p);
         }
-        if let Some(v) = set("SOPM_DOCKER_CPUS") {
-            c.cpus = v
-                .trim()
-                .parse()
-                .map_err(|_| Error::invalid(format!("SOPM_DOCKER_CPUS: cannot parse '{v}'")))?;
+        if let Some(cpus) = parse_var(&var, "SOPM_DOCKER_CPUS")? {
+            c.cpus = cpus;
         }
         c.pool = c.pool.with_vars(var)?;
         Ok(c)

@@ -398,13 +398,6 @@ fn leaf_of(pid: u32) -> Option<u32> {
     None
 }
 
-pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
-}
-
 pub(crate) fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p)
@@ -419,7 +412,7 @@ pub(crate) fn tool(configured: &Option<PathBuf>, name: &str, why: &str) -> Resul
             "{} is not an executable ({why})",
             p.display()
         ))),
-        None => find_on_path(name)
+        None => crate::build::find_on_path(name)
             .ok_or_else(|| Error::Unavailable(format!("{name} not found on PATH ({why})"))),
     }
 }

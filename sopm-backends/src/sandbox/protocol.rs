@@ -439,8 +439,12 @@ impl RunnerChannel {
         let stdin: BoxWrite = Box::new(child.stdin.take().expect("piped stdin"));
         let stdout: BoxRead = Box::new(child.stdout.take().expect("piped stdout"));
         let stderr: BoxRead = Box::new(child.stderr.take().expect("piped stderr"));
-        let marker = format!("sopm-log-end-{}", uuid::Uuid::new_v4().simple());
-        RunnerChannel::new(stdin, stdout, stderr, marker)
+        RunnerChannel::new(stdin, stdout, stderr, Self::fresh_marker())
+    }
+
+    /// A new unguessable log marker for a sandbox's channel.
+    pub fn fresh_marker() -> String {
+        format!("sopm-log-end-{}", uuid::Uuid::new_v4().simple())
     }
 
     /// The log marker of this sandbox.

@@ -69,6 +69,27 @@ pub enum Error {
     /// Missing or invalid credentials.
     #[error("{0}")]
     Unauthorized(String),
+    /// The caller is known but may not do this (an operator-only endpoint, a sandbox
+    /// backend the operator's policy does not allow this tenant to ask for).
+    #[error("{message}")]
+    Forbidden {
+        /// The stable code: `forbidden`, or a narrower one such as `executor_not_allowed`.
+        code: &'static str,
+        /// What was refused and why.
+        message: String,
+    },
+    /// A tenant's quota is used up. Quotas on work in flight (queued or running jobs,
+    /// builds, warm instances) carry a `retry_after` and answer 429; standing quotas
+    /// (functions, versions, artifact bytes) answer 403.
+    #[error("quota exceeded: {message}")]
+    QuotaExceeded {
+        /// Which quota (`functions`, `queued_jobs`, ...), as named in the configuration.
+        quota: &'static str,
+        /// What was exceeded: the quota, its limit and the tenant's use.
+        message: String,
+        /// For quotas on work in flight: when a retry is likely to be accepted.
+        retry_after: Option<Duration>,
+    },
     /// The request conflicts with the current state (a job that already finished, a
     /// name that is taken).
     #[error("{0}")]
@@ -103,6 +124,8 @@ impl Error {
             Error::BuildFailed(_) => "build_failed",
             Error::NotReady(_) => "not_ready",
             Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden { code, .. } => *code,
+            Error::QuotaExceeded { .. } => "quota_exceeded",
             Error::Conflict(_) => "conflict",
             Error::Unavailable(_) => "unavailable",
             Error::Storage(_) => "storage_error",
@@ -136,6 +159,13 @@ impl Error {
             "build_failed" => Error::BuildFailed(m),
             "not_ready" => Error::NotReady(m),
             "unauthorized" => Error::Unauthorized(m),
+            "forbidden" => Error::forbidden("forbidden", m),
+            "executor_not_allowed" => Error::forbidden("executor_not_allowed", m),
+            "quota_exceeded" => Error::QuotaExceeded {
+                quota: "unknown",
+                message: m,
+                retry_after: None,
+            },
             "conflict" => Error::Conflict(m),
             "unavailable" => Error::Unavailable(m),
             "storage_error" => Error::Storage(m),
@@ -150,6 +180,7 @@ impl Error {
             Error::Internal(_) => "internal error (see the server log)".to_string(),
             Error::Storage(_) => "storage error (see the server log)".to_string(),
             Error::Overloaded { message, .. } => message.clone(),
+            Error::QuotaExceeded { message, .. } => format!("quota exceeded: {message}"),
             other => other.to_string(),
         }
     }
@@ -162,6 +193,14 @@ impl Error {
     /// Shorthand for [`Error::Domain`].
     pub fn domain(message: impl Into<String>) -> Self {
         Error::Domain(message.into())
+    }
+
+    /// Shorthand for [`Error::Forbidden`] with a stable `code`.
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Error::Forbidden {
+            code,
+            message: message.into(),
+        }
     }
 
     /// Shorthand for [`Error::NotFound`].
@@ -228,6 +267,13 @@ mod tests {
             Error::BuildFailed("x".into()),
             Error::NotReady("x".into()),
             Error::Unauthorized("x".into()),
+            Error::forbidden("forbidden", "x"),
+            Error::forbidden("executor_not_allowed", "x"),
+            Error::QuotaExceeded {
+                quota: "functions",
+                message: "x".into(),
+                retry_after: None,
+            },
             Error::Conflict("x".into()),
             Error::Unavailable("x".into()),
             Error::Storage("x".into()),

@@ -20,6 +20,12 @@ pub fn status_of(e: &Error) -> StatusCode {
     match e {
         Error::InvalidInput(_) | Error::Domain(_) => StatusCode::BAD_REQUEST,
         Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Error::Forbidden { .. } => StatusCode::FORBIDDEN,
+        Error::QuotaExceeded {
+            retry_after: Some(_),
+            ..
+        } => StatusCode::TOO_MANY_REQUESTS,
+        Error::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::Conflict(_) | Error::NotReady(_) | Error::Cancelled(_) | Error::Interrupted(_) => {
             StatusCode::CONFLICT
@@ -50,9 +56,14 @@ pub fn error_body(e: &Error) -> serde_json::Value {
     json!({ "error": inner })
 }
 
-/// Adds `Retry-After` to an overloaded answer.
+/// Adds `Retry-After` to an overloaded answer and to a quota on work in flight.
 pub fn with_retry_after(mut resp: Response, e: &Error) -> Response {
-    if let Error::Overloaded { retry_after, .. } = e {
+    let retry_after = match e {
+        Error::Overloaded { retry_after, .. } => Some(retry_after),
+        Error::QuotaExceeded { retry_after, .. } => retry_after.as_ref(),
+        _ => None,
+    };
+    if let Some(retry_after) = retry_after {
         let secs = retry_after.as_secs().max(1);
         if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
             resp.headers_mut().insert(header::RETRY_AFTER, v);

@@ -4,11 +4,26 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use serde::Deserialize;
 use sopm_core::{Error, TenantId};
 
-use crate::api::{tenant_of, AppState};
 use crate::config::AuthMode;
 use crate::error::ApiError;
+use crate::state::AppState;
+
+/// `?user_id=` names the tenant while auth is off.
+#[derive(Debug, Deserialize, Default)]
+pub(crate) struct TenantQuery {
+    pub(crate) user_id: Option<String>,
+}
+
+/// The tenant `user_id` names; none is the `default` tenant.
+fn tenant_of(user_id: Option<&str>) -> Result<TenantId, ApiError> {
+    match user_id {
+        None => Ok(TenantId::default()),
+        Some(u) => TenantId::new(u).map_err(ApiError),
+    }
+}
 
 /// The caller of a request, as its handler's first extractor. With auth on, a request
 /// without a valid key is answered 401 before its body is read.

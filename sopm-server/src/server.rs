@@ -12,8 +12,9 @@ use sopm_core::{
 };
 use sopm_functions::BuiltinExecutor;
 
-use crate::api::{app, ApiConfig, AppState};
+use crate::api::app;
 use crate::config::{ServerConfig, Storage};
+use crate::state::{ApiConfig, AppState};
 
 /// What the server runs on: the platform, and the API keys.
 #[derive(Debug)]

@@ -25,6 +25,10 @@ use sopm_server::{app, ApiConfig, AppState, AuthMode, UploadLimits};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+// What `sopm fn deploy` sends, built by the CLI's own code.
+#[path = "../src/cli/pack.rs"]
+mod pack;
+
 // --- fakes ----------------------------------------------------------------------------
 
 #[derive(Debug)]
@@ -353,7 +357,7 @@ fn zip_of(files: &[(&str, &[u8])], symlink: Option<(&str, &str)>) -> Vec<u8> {
 }
 
 async fn upload_archive(s: &AppState, meta: Value, archive: &[u8], key: Option<&str>) -> Answer {
-    let (ct, body) = sopm_server::pack::multipart_body(&meta, archive, "fn.tar.gz");
+    let (ct, body) = pack::multipart_body(&meta, archive, "fn.tar.gz");
     send(s, "POST", "/api/user-functions", key, &ct, body).await
 }
 
@@ -455,7 +459,7 @@ async fn multipart_uploads_of_tar_gz_and_zip() {
     std::fs::create_dir_all(dir.path().join("lib/__pycache__")).unwrap();
     std::fs::write(dir.path().join("lib/util.py"), "X = 1\n").unwrap();
     std::fs::write(dir.path().join("lib/__pycache__/x.pyc"), "junk").unwrap();
-    let packed = sopm_server::pack::pack_dir(dir.path()).unwrap();
+    let packed = pack::pack_dir(dir.path()).unwrap();
     let mut m = meta("from-tar");
     m["requirements"] = json!("six\n");
     let a = upload_archive(s, m, &packed.archive, None).await;
@@ -1171,7 +1175,7 @@ async fn archive_checks_refuse_and_the_server_keeps_serving() {
     );
 
     // Multipart shape errors.
-    let (ct, body) = sopm_server::pack::multipart_body(&json!({"name": "x"}), b"", "a");
+    let (ct, body) = pack::multipart_body(&json!({"name": "x"}), b"", "a");
     let a = send(s, "POST", "/api/user-functions", None, &ct, body).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
     let mut m = meta("files-in-meta");

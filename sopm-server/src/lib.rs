@@ -9,11 +9,13 @@ pub mod api;
 pub mod auth;
 pub mod body;
 pub mod config;
+mod cross_site;
 pub mod error;
 pub mod metrics;
 pub mod server;
 pub mod state;
 mod submit;
+pub mod tenant_stats;
 pub mod upload;
 pub mod user_functions;
 

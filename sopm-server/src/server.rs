@@ -345,13 +345,18 @@ fn open_sqlite(_: &ServerConfig) -> Result<Stores, String> {
 pub async fn serve(c: ServerConfig) -> Result<(), String> {
     let services = build_services(&c)?;
     let platform = services.platform.clone();
-    let state = AppState::with_keys(platform.clone(), ApiConfig::from(&c), services.keys.clone());
     let listener = tokio::net::TcpListener::bind(c.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", c.listen))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    // The bound address (a port of 0 is chosen now) is the one `Host` may name.
+    let api = ApiConfig {
+        listen: local,
+        ..ApiConfig::from(&c)
+    };
+    let state = AppState::with_keys(platform.clone(), api, services.keys.clone());
     // Boot the stem cells now, so the first upload's first call is already warm.
     #[cfg(feature = "process")]
     for Starter(_, start) in &services.early {

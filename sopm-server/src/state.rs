@@ -1,6 +1,7 @@
 //! What every handler shares: the platform, the API's limits, the key store and
 //! whether the server is ready.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use serde_json::json;
 use sopm_core::{KeyStore, Platform};
 
 use crate::body::json_bytes;
-use crate::config::{AuthMode, ServerConfig};
+use crate::config::{AuthMode, MetricsToken, ServerConfig};
 use crate::upload::UploadLimits;
 
 /// Limits and defaults of the API.
@@ -26,6 +27,11 @@ pub struct ApiConfig {
     pub auth: AuthMode,
     /// Caps on uploads.
     pub uploads: UploadLimits,
+    /// The address the server listens on: with auth off, the one `Host` besides the
+    /// loopback names that requests may carry.
+    pub listen: SocketAddr,
+    /// The bearer token `GET /metrics` needs.
+    pub metrics_token: Option<MetricsToken>,
 }
 
 impl Default for ApiConfig {
@@ -36,6 +42,8 @@ impl Default for ApiConfig {
             max_wait: Duration::from_secs(300),
             auth: AuthMode::Off,
             uploads: UploadLimits::default(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_token: None,
         }
     }
 }
@@ -54,6 +62,8 @@ impl From<&ServerConfig> for ApiConfig {
                 max_total_bytes: c.max_upload_total_bytes,
                 max_file_bytes: c.max_upload_file_bytes,
             },
+            listen: c.listen,
+            metrics_token: c.metrics_token.clone(),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 mod cross_site;
+pub mod data_dir;
 pub mod error;
 pub mod metrics;
 pub mod server;

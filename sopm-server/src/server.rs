@@ -263,6 +263,7 @@ pub fn build_platform(c: &ServerConfig) -> Result<Platform, String> {
 
 /// Builds the platform and the key store the settings describe (opens the database).
 pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
+    crate::data_dir::make_private(&c.data_dir)?;
     let mut builder = Platform::builder()
         .with_builtins(Arc::new(BuiltinExecutor::new()))
         .with_builtin_timeout(Duration::from_millis(c.builtin_timeout_ms))
@@ -311,6 +312,7 @@ type Stores = (Arc<dyn Registry>, Arc<dyn JobStore>, Arc<dyn KeyStore>);
 
 /// Opens the key store of the server's data directory (for `sopm keys`).
 pub fn open_key_store(c: &ServerConfig) -> Result<Arc<dyn KeyStore>, String> {
+    crate::data_dir::make_private(&c.data_dir)?;
     match c.storage {
         Storage::Memory => Err("keys need durable storage; --storage memory keeps none".into()),
         Storage::Sqlite => open_sqlite(c).map(|(_, _, keys)| keys),

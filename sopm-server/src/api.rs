@@ -21,6 +21,7 @@ use sopm_core::{Error, FunctionRef, Job, JobId, JobRequest};
 
 use crate::auth::{bearer_token, Caller, TenantQuery};
 use crate::body::{empty_object, json_bytes, json_response, parse_json, read_body};
+use crate::body_budget;
 use crate::config::AuthMode;
 use crate::cross_site;
 use crate::error::ApiError;
@@ -56,6 +57,11 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        // A POST waits here until the memory its body can take fits the budget.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            body_budget::admit,
+        ))
         // Before any handler: Host and Origin with auth off, Content-Type of POSTs.
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -207,6 +207,11 @@ pub struct ServerConfig {
     /// The bearer token `GET /metrics` needs. Unset: `/metrics` is open with auth off
     /// and refused (403 `metrics_token_required`) with auth on.
     pub metrics_token: Option<MetricsToken>,
+    /// Memory the bodies of requests in flight may take at once, in bytes: each POST
+    /// reserves what its body can cost parsed (32 × its length for JSON; twice its
+    /// length plus `max_upload_total_bytes` for a multipart upload) and waits while
+    /// the budget is spent.
+    pub max_body_memory_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -236,6 +241,7 @@ impl Default for ServerConfig {
             max_upload_file_bytes: 20 << 20,
             executors: Default::default(),
             metrics_token: None,
+            max_body_memory_bytes: 512 << 20,
         }
     }
 }
@@ -297,6 +303,9 @@ pub struct ServeArgs {
     /// without one).
     #[arg(long, env = "SOPM_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<MetricsToken>,
+    /// Memory request bodies in flight may take at once, in bytes [default: 536870912].
+    #[arg(long, env = "SOPM_MAX_BODY_MEMORY_BYTES")]
+    pub max_body_memory_bytes: Option<usize>,
 }
 
 impl ServerConfig {
@@ -331,6 +340,9 @@ impl ServerConfig {
             max_upload_json_bytes,
             max_upload_archive_bytes
         );
+        if let Some(bytes) = args.max_body_memory_bytes {
+            c.max_body_memory_bytes = bytes;
+        }
         if let Some(token) = &args.metrics_token {
             c.metrics_token = Some(token.clone());
         }

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod body_budget;
 pub mod config;
 mod cross_site;
 pub mod data_dir;

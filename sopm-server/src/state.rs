@@ -11,6 +11,7 @@ use serde_json::json;
 use sopm_core::{KeyStore, Platform};
 
 use crate::body::json_bytes;
+use crate::body_budget::BodyBudget;
 use crate::config::{AuthMode, MetricsToken, ServerConfig};
 use crate::upload::UploadLimits;
 
@@ -32,6 +33,9 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// The bearer token `GET /metrics` needs.
     pub metrics_token: Option<MetricsToken>,
+    /// Memory the bodies of requests in flight may take at once (see
+    /// [`crate::body_budget`]).
+    pub max_body_memory_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -44,6 +48,7 @@ impl Default for ApiConfig {
             uploads: UploadLimits::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             metrics_token: None,
+            max_body_memory_bytes: 512 << 20,
         }
     }
 }
@@ -64,6 +69,7 @@ impl From<&ServerConfig> for ApiConfig {
             },
             listen: c.listen,
             metrics_token: c.metrics_token.clone(),
+            max_body_memory_bytes: c.max_body_memory_bytes,
         }
     }
 }
@@ -82,6 +88,8 @@ pub(crate) struct StateInner {
     ready: AtomicBool,
     /// The answer of `GET /api/functions`, serialised once.
     pub(crate) functions_body: Bytes,
+    /// What request bodies in flight may hold.
+    pub(crate) body_budget: BodyBudget,
 }
 
 impl AppState {
@@ -102,8 +110,10 @@ impl AppState {
             "count": platform.list_functions().len(),
             "functions": platform.list_functions(),
         }));
+        let body_budget = BodyBudget::new(config.max_body_memory_bytes);
         AppState {
             inner: Arc::new(StateInner {
+                body_budget,
                 platform,
                 config,
                 keys,

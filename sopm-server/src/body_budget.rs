@@ -7,12 +7,13 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use tokio::sync::Semaphore;
 
+use crate::body::{media_type, MULTIPART_ROUTE};
 use crate::state::AppState;
 
 /// How much a JSON body can grow when parsed: serde_json's `Value` is 32 bytes, so
@@ -39,11 +40,6 @@ impl BodyBudget {
             total_units,
         }
     }
-
-    /// Bytes not reserved now.
-    pub fn available(&self) -> usize {
-        self.permits.available_permits() * UNIT
-    }
 }
 
 /// The most a POST's body can cost: its length (declared, or the route's limit when
@@ -51,20 +47,12 @@ impl BodyBudget {
 /// bytes (archive) plus the files it unpacks to.
 pub(crate) fn reservation(s: &AppState, req: &Request) -> usize {
     let config = &s.inner().config;
-    let multipart = req.uri().path() == "/api/user-functions"
-        && req
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| t.to_ascii_lowercase().starts_with("multipart/form-data"));
-    let limit = if req.uri().path() == "/api/user-functions" {
-        if multipart {
-            config.uploads.max_multipart_body
-        } else {
-            config.uploads.max_json_body
-        }
-    } else {
-        config.max_body_bytes
+    let upload = req.uri().path() == MULTIPART_ROUTE;
+    let multipart = upload && media_type(req.headers()).as_deref() == Some("multipart/form-data");
+    let limit = match (upload, multipart) {
+        (true, true) => config.uploads.max_multipart_body,
+        (true, false) => config.uploads.max_json_body,
+        (false, _) => config.max_body_bytes,
     };
     let declared = req
         .headers()

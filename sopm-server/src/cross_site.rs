@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{Request, State};
-use axum::http::header::{CONTENT_TYPE, HOST, ORIGIN};
+use axum::http::header::{HOST, ORIGIN};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -15,13 +15,10 @@ use serde_json::json;
 use sopm_core::types::truncate_for_message;
 use sopm_core::Error;
 
-use crate::body::{json_bytes, json_response};
+use crate::body::{json_bytes, json_response, media_type, MULTIPART_ROUTE};
 use crate::config::AuthMode;
 use crate::error::ApiError;
 use crate::state::AppState;
-
-/// The one route that also takes `multipart/form-data` (an upload with an archive).
-const MULTIPART_ROUTE: &str = "/api/user-functions";
 
 /// Checks every request before its handler: with auth off, `Host` then `Origin`; on
 /// every POST, its `Content-Type`.
@@ -53,21 +50,8 @@ fn unsupported_media_type(message: &str) -> Response {
     )
 }
 
-/// The media type of a `Content-Type` value, lowercased, without its parameters.
-fn essence(value: &str) -> String {
-    value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
-}
-
 fn check_content_type(headers: &HeaderMap, multipart_ok: bool) -> Result<(), String> {
-    let given = headers
-        .get(CONTENT_TYPE)
-        .map(|v| essence(v.to_str().unwrap_or("")));
-    match given.as_deref() {
+    match media_type(headers).as_deref() {
         Some("application/json") => Ok(()),
         Some("multipart/form-data") if multipart_ok => Ok(()),
         other => {
@@ -177,6 +161,7 @@ fn check_origin(headers: &HeaderMap) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::header::CONTENT_TYPE;
 
     #[test]
     fn hosts() {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
-use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -17,7 +16,7 @@ use sopm_core::{
 };
 
 use crate::auth::{Caller, TenantQuery};
-use crate::body::{empty_object, json_bytes, json_response, parse_json, read_body};
+use crate::body::{empty_object, json_bytes, json_response, media_type, parse_json, read_body};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::submit::submit;
@@ -52,13 +51,8 @@ pub(crate) async fn upload(
     req: Request,
 ) -> Result<Response, ApiError> {
     let limits = s.inner().config.uploads.clone();
-    let content_type = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let (body, archive) = if content_type.starts_with("multipart/form-data") {
+    let multipart = media_type(req.headers()).as_deref() == Some("multipart/form-data");
+    let (body, archive) = if multipart {
         read_multipart(req, limits.max_multipart_body).await?
     } else {
         let bytes = read_body(req.into_body(), limits.max_json_body).await?;

@@ -14,6 +14,7 @@ pub mod executor;
 pub mod pool;
 pub mod protocol;
 pub mod runners;
+pub mod seccomp;
 pub mod settings;
 
 pub use artifact::FunctionCode;

@@ -234,6 +234,11 @@ pub mod needs {
         Needs::python("output_too_large_is_reported_and_the_instance_kept")
     }
 
+    /// Needs of [`a_forged_result_past_the_output_cap_is_refused`](super::a_forged_result_past_the_output_cap_is_refused).
+    pub fn a_forged_result_past_the_output_cap_is_refused() -> Needs {
+        Needs::python("a_forged_result_past_the_output_cap_is_refused")
+    }
+
     /// Needs of [`no_network_to_the_host`](super::no_network_to_the_host).
     pub fn no_network_to_the_host() -> Needs {
         Needs::python("no_network_to_the_host")
@@ -860,6 +865,36 @@ pub async fn output_too_large_is_reported_and_the_instance_kept(s: &dyn Subject)
         json!("xxx")
     );
     assert_eq!(s.counters().replaced, 0);
+}
+
+/// A result frame written by the function itself straight onto the runner's frame
+/// channel (fd 4), well-formed and answering the call but with an output 100 times
+/// `max_output_bytes` (1000), is `output_too_large`: the host measures the output itself,
+/// whatever the runner checked; the executor still serves.
+pub async fn a_forged_result_past_the_output_cap_is_refused(s: &dyn Subject) {
+    let exec = s.executor();
+    let f = python_limited(
+        concat!(
+            "import json, os\n",
+            "def handle(event, context):\n",
+            "    frame = {'type': 'result', 'id': context.job_id, 'ok': True, 'output': 'x' * event['n']}\n",
+            "    data = json.dumps(frame).encode() + b'\\n'\n",
+            "    while data:\n",
+            "        data = data[os.write(4, data):]\n",
+            "    return 'small'\n",
+        ),
+        Limits {
+            max_output_bytes: 1000,
+            ..Limits::default()
+        },
+    );
+    let r = call(exec, &f, json!({"n": 100_000})).await;
+    assert!(
+        r.as_ref().is_err_and(|e| e.code() == "output_too_large"),
+        "{:?}",
+        r.map(|o| o.value.to_string().len())
+    );
+    still_serves(exec).await;
 }
 
 /// A function asking for network, on an executor that does not allow it, cannot reach
@@ -1628,6 +1663,7 @@ macro_rules! __executor_behaviours {
             spinning_and_sleeping_past_the_deadline_time_out
             unbounded_allocation_is_out_of_memory
             output_too_large_is_reported_and_the_instance_kept
+            a_forged_result_past_the_output_cap_is_refused
             no_network_to_the_host
             secrets_of_the_host_are_not_visible
             writes_outside_tmp_fail

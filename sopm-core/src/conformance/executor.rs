@@ -239,6 +239,15 @@ pub mod needs {
         Needs::python("a_forged_result_past_the_output_cap_is_refused")
     }
 
+    /// Needs of [`each_call_has_a_cpu_time_limit`](super::each_call_has_a_cpu_time_limit):
+    /// python and node functions.
+    pub fn each_call_has_a_cpu_time_limit() -> Needs {
+        Needs::new(
+            "each_call_has_a_cpu_time_limit",
+            &[Runtime::Python, Runtime::Node],
+        )
+    }
+
     /// Needs of [`no_network_to_the_host`](super::no_network_to_the_host).
     pub fn no_network_to_the_host() -> Needs {
         Needs::python("no_network_to_the_host")
@@ -895,6 +904,46 @@ pub async fn a_forged_result_past_the_output_cap_is_refused(s: &dyn Subject) {
         r.map(|o| o.value.to_string().len())
     );
     still_serves(exec).await;
+}
+
+/// Each call of a python or node function runs under a CPU-time rlimit (`RLIMIT_CPU`,
+/// read from `/proc/self/limits`) of at most the CPU its instance used so far plus about
+/// twice its 5 s budget, so a spinning call dies even where no cgroup bounds it; a second
+/// call is bounded too.
+pub async fn each_call_has_a_cpu_time_limit(s: &dyn Subject) {
+    let exec = s.executor();
+    let limits = Limits {
+        timeout_ms: 5_000,
+        ..Limits::default()
+    };
+    let py = python_limited(
+        concat!(
+            "import resource\n",
+            "def handle(event, context):\n",
+            "    line = [l for l in open('/proc/self/limits') if l.startswith('Max cpu time')][0]\n",
+            "    u = resource.getrusage(resource.RUSAGE_SELF)\n",
+            "    return {'soft': line.split()[3], 'used': u.ru_utime + u.ru_stime}\n",
+        ),
+        limits.clone(),
+    );
+    let node = function_with(
+        Runtime::Node,
+        "index.handle",
+        &[(
+            "index.js",
+            b"const fs = require('fs');\nexports.handle = () => {\n  const line = fs.readFileSync('/proc/self/limits', 'utf8').split('\\n').find((l) => l.startsWith('Max cpu time'));\n  const u = process.cpuUsage();\n  return { soft: line.split(/\\s+/)[3], used: (u.user + u.system) / 1e6 };\n};\n",
+        )],
+        limits,
+    );
+    for f in [&py, &node, &py, &node] {
+        let out = call(exec, f, json!({})).await.unwrap().value;
+        let soft = out["soft"].as_str().unwrap_or_default();
+        let soft: f64 = soft
+            .parse()
+            .unwrap_or_else(|_| panic!("no CPU-time limit in a call: {out}"));
+        let used = out["used"].as_f64().expect("the CPU used");
+        assert!(soft <= used + 2.0 * (5.0 + 2.0) + 1.0, "{out}");
+    }
 }
 
 /// A function asking for network, on an executor that does not allow it, cannot reach
@@ -1664,6 +1713,7 @@ macro_rules! __executor_behaviours {
             unbounded_allocation_is_out_of_memory
             output_too_large_is_reported_and_the_instance_kept
             a_forged_result_past_the_output_cap_is_refused
+            each_call_has_a_cpu_time_limit
             no_network_to_the_host
             secrets_of_the_host_are_not_visible
             writes_outside_tmp_fail

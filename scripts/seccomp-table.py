@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Writes sopm-backends/src/sandbox/seccomp/numbers.rs: the x86_64 and aarch64 numbers of
-every system call named in sopm-backends/src/sandbox/seccomp/lists.rs (plus clone and
+"""Writes sopm-backends/src/host/seccomp/numbers.rs: the x86_64 and aarch64 numbers of
+every system call named in sopm-backends/src/host/seccomp/lists.rs (plus clone and
 clone3), read from the kernel's uapi headers (Debian: linux-libc-dev).
 
 Run from the repository root: python3 scripts/seccomp-table.py
@@ -9,8 +9,8 @@ import re
 
 X86 = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h"
 GENERIC = "/usr/include/asm-generic/unistd.h"
-LISTS = "sopm-backends/src/sandbox/seccomp/lists.rs"
-OUT = "sopm-backends/src/sandbox/seccomp/numbers.rs"
+LISTS = "sopm-backends/src/host/seccomp/lists.rs"
+OUT = "sopm-backends/src/host/seccomp/numbers.rs"
 
 
 def x86_64():

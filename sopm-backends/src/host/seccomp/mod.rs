@@ -14,6 +14,8 @@ mod numbers;
 
 pub use lists::{ALLOWED, REFUSED};
 
+use std::path::{Path, PathBuf};
+
 use serde_json::{json, Value};
 
 /// The namespace flags of `clone` (`CLONE_NEWNS`, `NEWCGROUP`, `NEWUTS`, `NEWIPC`,
@@ -168,6 +170,34 @@ pub fn program_bytes(arch: Arch) -> Vec<u8> {
             b
         })
         .collect()
+}
+
+/// Writes this machine's seccomp program (see [`program_bytes`]) under `scratch` as a
+/// read-only file (mode 0444) named after its content, once, and returns its path. An
+/// architecture the profile does not know is an error: sandboxes never run unfiltered.
+pub fn write_program(scratch: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let arch = Arch::native().ok_or_else(|| {
+        std::io::Error::other(format!(
+            "no seccomp profile for {}: only x86_64 and aarch64",
+            std::env::consts::ARCH
+        ))
+    })?;
+    let bytes = program_bytes(arch);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in &bytes {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    std::fs::create_dir_all(scratch)?;
+    let path = scratch.join(format!("seccomp-{h:016x}.bpf"));
+    if std::fs::read(&path).ok().as_deref() == Some(&bytes[..]) {
+        return Ok(path);
+    }
+    let tmp = scratch.join(format!(".seccomp.{}", std::process::id()));
+    std::fs::write(&tmp, &bytes)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
 }
 
 /// The profile as an OCI runtime-spec `linux.seccomp` object (which Docker's

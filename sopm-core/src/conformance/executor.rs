@@ -430,6 +430,12 @@ pub fn function_with(
     limits: Limits,
 ) -> TestFunction {
     let dir = tempfile::tempdir().expect("tempdir");
+    // Readable by all, as a built artifact is: functions run as an unprivileged uid.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the artifact dir");
+    }
     for (name, body) in files {
         write_file(dir.path(), name, body);
     }

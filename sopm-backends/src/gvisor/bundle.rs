@@ -145,7 +145,7 @@ pub fn config_json(plan: &BundlePlan<'_>) -> Value {
         "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"],
     });
     if let Some(arch) = Arch::native() {
-        linux["seccomp"] = seccomp::oci(arch);
+        linux["seccomp"] = seccomp::oci_for_gvisor(arch);
     }
     if let Some(path) = &plan.cgroups_path {
         linux["cgroupsPath"] = json!(path);

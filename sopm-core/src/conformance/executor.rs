@@ -93,7 +93,8 @@ pub const HOST_ALLOW_LIST: &[&str] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Privileged {
-    /// `unshare(CLONE_NEWUSER)` (and `unshare -U`): a user namespace inside the sandbox.
+    /// `unshare(CLONE_NEWUSER)`, `clone3(CLONE_NEWUSER)` (and `unshare -U`): a user
+    /// namespace inside the sandbox.
     NestedUserNamespace,
     /// `mount(2)`.
     Mount,
@@ -913,7 +914,7 @@ pub async fn a_forged_result_past_the_output_cap_is_refused(s: &dyn Subject) {
 }
 
 /// Each call of a python or node function runs under a CPU-time rlimit (`RLIMIT_CPU`,
-/// read from `/proc/self/limits`) of at most the CPU its instance used so far plus about
+/// read with `getrlimit` and `prlimit`) of at most the CPU its instance used so far plus about
 /// twice its 5 s budget, so a spinning call dies even where no cgroup bounds it; a second
 /// call is bounded too.
 pub async fn each_call_has_a_cpu_time_limit(s: &dyn Subject) {
@@ -926,9 +927,9 @@ pub async fn each_call_has_a_cpu_time_limit(s: &dyn Subject) {
         concat!(
             "import resource\n",
             "def handle(event, context):\n",
-            "    line = [l for l in open('/proc/self/limits') if l.startswith('Max cpu time')][0]\n",
+            "    soft = resource.getrlimit(resource.RLIMIT_CPU)[0]\n",
             "    u = resource.getrusage(resource.RUSAGE_SELF)\n",
-            "    return {'soft': line.split()[3], 'used': u.ru_utime + u.ru_stime}\n",
+            "    return {'soft': str(soft) if soft >= 0 else 'unlimited', 'used': u.ru_utime + u.ru_stime}\n",
         ),
         limits.clone(),
     );
@@ -937,7 +938,7 @@ pub async fn each_call_has_a_cpu_time_limit(s: &dyn Subject) {
         "index.handle",
         &[(
             "index.js",
-            b"const fs = require('fs');\nexports.handle = () => {\n  const line = fs.readFileSync('/proc/self/limits', 'utf8').split('\\n').find((l) => l.startsWith('Max cpu time'));\n  const u = process.cpuUsage();\n  return { soft: line.split(/\\s+/)[3], used: (u.user + u.system) / 1e6 };\n};\n",
+            b"const { execFileSync } = require('child_process');\nexports.handle = () => {\n  const soft = execFileSync('prlimit', ['--pid', String(process.pid), '--cpu', '--raw', '--noheadings', '--output', 'SOFT']).toString().trim();\n  const u = process.cpuUsage();\n  return { soft, used: (u.user + u.system) / 1e6 };\n};\n",
         )],
         limits,
     );
@@ -1563,7 +1564,8 @@ pub async fn no_host_file_outside_the_allow_list_is_readable(s: &dyn Subject) {
 }
 
 /// Python source of a function that tries, each in a child process, to make a user
-/// namespace (`unshare(CLONE_NEWUSER)`, and `unshare -U` where the binary exists), to
+/// namespace (`unshare(CLONE_NEWUSER)`, `clone3(CLONE_NEWUSER)`, and `unshare -U` where
+/// the binary exists), to
 /// mount a tmpfs, to `ptrace(PTRACE_ATTACH)` a sibling process, and to make a BPF map,
 /// and answers `allowed` or the errno of each.
 const PRIVILEGED_PROBE_PY: &str = concat!(
@@ -1589,6 +1591,8 @@ const PRIVILEGED_PROBE_PY: &str = concat!(
     "def handle(event, context):\n",
     "    out = {}\n",
     "    out['unshare'] = in_child(lambda: libc.unshare(0x10000000))\n",
+    "    args = (ctypes.c_uint64 * 8)(0x10000000, 0, 0, 0, 17, 0, 0, 0)\n",
+    "    out['clone3'] = in_child(lambda: libc.syscall(435, ctypes.byref(args), 64))\n",
     "    tool = shutil.which('unshare')\n",
     "    if tool:\n",
     "        r = subprocess.run([tool, '-U', 'true'], capture_output=True)\n",
@@ -1632,8 +1636,11 @@ pub async fn no_nested_namespaces_or_privileged_syscalls(s: &dyn Subject) {
             continue;
         }
         let mut keys = vec![op.key()];
-        if op == Privileged::NestedUserNamespace && out.get("unshare_tool").is_some() {
-            keys.push("unshare_tool");
+        if op == Privileged::NestedUserNamespace {
+            keys.push("clone3");
+            if out.get("unshare_tool").is_some() {
+                keys.push("unshare_tool");
+            }
         }
         for key in keys {
             let seen = out[key].as_str().expect("an answer per operation");

@@ -109,7 +109,17 @@ impl LocalBuilder {
 
     /// Removes staging directories left by builds that were running when the process
     /// stopped, and returns how many. Call it at start-up, before any build.
+    /// Package-index proxy sockets left by a stopped server go too.
     pub async fn remove_stale_staging(&self) -> Result<usize> {
+        let sockets = blocking(|| Ok(egress::EgressProxy::remove_stale()))
+            .await
+            .unwrap_or(0);
+        if sockets > 0 {
+            tracing::info!(
+                sockets,
+                "removed package index proxy sockets of a stopped server"
+            );
+        }
         let root = self.root().await?.to_path_buf();
         blocking(move || {
             let mut removed = 0;
@@ -452,9 +462,18 @@ impl LocalBuilder {
 
         if let Some(prepared) = install {
             log.append(&prepared.progress).await;
-            let scratch = staging.parent().unwrap_or(staging);
-            let proxy = egress::EgressProxy::start(scratch, prepared.egress.clone())
-                .map_err(|e| io_error("starting the package index proxy", scratch, e))?;
+            let proxy = match egress::EgressProxy::start(prepared.egress.clone()) {
+                Ok(proxy) => proxy,
+                Err(e) => {
+                    // The build log says what broke; the message is the host's, not the
+                    // tenant's doing.
+                    log.append(&format!("==> cannot start the package index proxy: {e}\n"))
+                        .await;
+                    return Err(Error::Unavailable(format!(
+                        "cannot start the package index proxy for the install: {e}"
+                    )));
+                }
+            };
             log.append(&format!(
                 "==> network: only {} (through a proxy)\n",
                 prepared.egress.join(", ")

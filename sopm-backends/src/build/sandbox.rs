@@ -549,11 +549,8 @@ mod tests {
         let host_service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = host_service.local_addr().unwrap().port();
         let staging = tempfile::tempdir().unwrap();
-        let proxy = super::super::egress::EgressProxy::start(
-            staging.path(),
-            vec!["registry.example:443".into()],
-        )
-        .unwrap();
+        let proxy =
+            super::super::egress::EgressProxy::start(vec!["registry.example:443".into()]).unwrap();
         let sandbox = sandbox(&bwrap, staging.path(), Some(proxy.dir()));
         // Python's socket module speaks both to the host port and to the proxy socket.
         let python = [

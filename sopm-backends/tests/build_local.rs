@@ -160,8 +160,15 @@ async fn python_requirements_are_installed_into_deps() {
     if !have(&[Tool::Bwrap, Tool::Pip]) {
         return;
     }
+    // An artifacts directory far longer than a Unix socket path may be: nothing of the
+    // build (the package index proxy's socket) may live under it.
     let dir = tempfile::tempdir().unwrap();
-    let b = builder(dir.path());
+    let long = dir
+        .path()
+        .join("a-data-directory-with-a-long-name".repeat(4))
+        .join("artifacts");
+    assert!(long.as_os_str().len() > 150);
+    let b = builder(&long);
     let log = MemoryLog::default();
     let src = source(&[
         (

@@ -13,8 +13,8 @@ use tokio::sync::{OnceCell, Semaphore};
 use tokio::time::Instant;
 
 use super::config::{redact_url, LocalBuilderConfig};
-use super::sandbox::{Install, InstallSandbox, SANDBOX_WORKDIR};
-use super::toolchain::{system_ca_bundle, Bwrap, Npm, Python};
+use super::sandbox::{Install, InstallHost, InstallSandbox, SANDBOX_WORKDIR};
+use super::toolchain::{system_ca_bundle, Npm, Python};
 use super::{deps, egress, elf, source};
 
 /// Builds user functions into directories under an artifacts directory, installing
@@ -40,7 +40,7 @@ pub struct LocalBuilder {
     config: LocalBuilderConfig,
     slots: Semaphore,
     root: OnceCell<PathBuf>,
-    bwrap: OnceCell<Bwrap>,
+    host: OnceCell<InstallHost>,
     python: OnceCell<Python>,
     npm: OnceCell<Npm>,
 }
@@ -50,7 +50,7 @@ pub struct LocalBuilder {
 struct PreparedInstall {
     /// The progress line logged before it runs.
     progress: String,
-    bwrap: Bwrap,
+    host: InstallHost,
     install: Install,
     tool_dirs: Vec<PathBuf>,
     path_dirs: Vec<PathBuf>,
@@ -73,7 +73,7 @@ impl LocalBuilder {
             slots: Semaphore::new(config.max_concurrent_builds),
             config,
             root: OnceCell::new(),
-            bwrap: OnceCell::new(),
+            host: OnceCell::new(),
             python: OnceCell::new(),
             npm: OnceCell::new(),
         }
@@ -280,9 +280,9 @@ impl LocalBuilder {
         if dependencies == Dependencies::None {
             return Ok(None);
         }
-        let bwrap = self
-            .bwrap
-            .get_or_try_init(|| Bwrap::resolve(self.config.bwrap.as_deref()))
+        let host = self
+            .host
+            .get_or_try_init(|| InstallHost::resolve(self.config.bwrap.as_deref()))
             .await?
             .clone();
         let ca_bundle = self.config.ca_bundle.clone().or_else(system_ca_bundle);
@@ -358,7 +358,7 @@ impl LocalBuilder {
                 }
                 Ok(Some(PreparedInstall {
                     progress,
-                    bwrap,
+                    host,
                     install,
                     egress,
                     tool_dirs: python.dirs.clone(),
@@ -424,7 +424,7 @@ impl LocalBuilder {
                     .collect();
                 Ok(Some(PreparedInstall {
                     progress,
-                    bwrap,
+                    host,
                     install,
                     egress,
                     tool_dirs: npm.dirs.clone(),
@@ -480,12 +480,12 @@ impl LocalBuilder {
             ))
             .await;
             let sandbox = InstallSandbox {
-                bwrap: &prepared.bwrap,
+                host: &prepared.host,
                 tool_dirs: prepared.tool_dirs,
                 path_dirs: prepared.path_dirs,
                 staging,
                 ca_bundle: prepared.ca_bundle.as_deref(),
-                tmpfs_bytes: self.config.max_artifact_bytes,
+                limits: self.config.limits,
                 egress_dir: Some(proxy.dir()),
             };
             sandbox

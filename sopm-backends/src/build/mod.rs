@@ -51,6 +51,7 @@ mod config;
 mod deps;
 mod egress;
 mod elf;
+mod limits;
 mod local;
 mod sandbox;
 mod source;

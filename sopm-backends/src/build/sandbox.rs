@@ -212,9 +212,6 @@ impl InstallSandbox<'_> {
         for dir in outermost(self.tool_dirs.clone()) {
             push(&[&"--ro-bind", &dir, &dir]);
         }
-        if let Some(bundle) = self.ca_bundle {
-            push(&[&"--ro-bind-try", &bundle, &bundle]);
-        }
         push(&[&"--proc", &"/proc", &"--dev", &"/dev"]);
         let sized = self.host.bwrap.tmpfs_size;
         for (dir, bytes) in [
@@ -225,6 +222,10 @@ impl InstallSandbox<'_> {
                 push(&[&"--size", &bytes.to_string()]);
             }
             push(&[&"--tmpfs", &dir]);
+        }
+        // After the tmpfs mounts, which would hide a bundle under `/tmp`.
+        if let Some(bundle) = self.ca_bundle {
+            push(&[&"--ro-bind-try", &bundle, &bundle]);
         }
         if let Some(dir) = self.egress_dir {
             push(&[

@@ -3,8 +3,9 @@
 //! the generic helpers of `sopm_core::conformance::executor` (test functions, calls).
 #![allow(dead_code, missing_docs, unused_imports)]
 
+use sopm_backends::host::PoolSettings;
 use sopm_backends::process::{ProcessExecutor, ProcessExecutorConfig};
-use sopm_backends::sandbox::{PoolCounters, PoolSettings, RunnerKind};
+use sopm_backends::sandbox::{PoolCounters, RunnerKind};
 pub use sopm_core::conformance::executor::{
     call, call_within, function, function_with, python, python_limited, still_serves, tight,
     wait_for_stem_cells, write_file, TestFunction, HELLO_PY,

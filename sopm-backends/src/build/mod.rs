@@ -57,7 +57,5 @@ mod sandbox;
 mod source;
 mod toolchain;
 
-pub(crate) use toolchain::find_on_path;
-
 pub use config::LocalBuilderConfig;
 pub use local::LocalBuilder;

@@ -6,17 +6,11 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use sopm_core::Limits;
 
-use crate::process::bwrap::runner_command;
-use crate::process::bwrap::{rlimit_args, Interpreter, TopLevel, RUNNER_DIR, SANDBOX_ENV};
+use crate::host::interpreters::Interpreter;
+use crate::host::mounts::TopLevel;
+use crate::host::rlimits::rlimit_args;
+use crate::host::runner_files::{runner_command, RUNNER_DIR, SANDBOX_ENV};
 use crate::sandbox::{RunnerKind, CODE_DIR};
-
-/// Host files bound read-only into every sandbox when present.
-pub const HOST_FILES: [&str; 4] = [
-    "/etc/ld.so.cache",
-    "/etc/localtime",
-    "/etc/ssl",
-    "/etc/ca-certificates",
-];
 
 /// Room the sandbox's own processes (the gVisor kernel and its gofer) need beyond the
 /// function's memory, when the memory limit is a host cgroup on the whole sandbox.
@@ -38,7 +32,7 @@ pub struct BundlePlan<'a> {
     pub runners_dir: &'a Path,
     /// Real top-level directories of the host to bind (links live in the skeleton).
     pub top_level: &'a [TopLevel],
-    /// Host files of [`HOST_FILES`] that exist.
+    /// Host files of [`HOST_FILES`](crate::host::mounts::HOST_FILES) that exist.
     pub host_files: &'a [PathBuf],
     /// Operator-chosen extra read-only binds.
     pub extra_binds: &'a [PathBuf],
@@ -61,8 +55,8 @@ fn bind(src: &Path, dest: &Path) -> Value {
     })
 }
 
-/// The rlimits of a sandbox, as OCI `process.rlimits`: the process backend's, read off
-/// its `prlimit` options so both backends always agree.
+/// The rlimits of a sandbox, as OCI `process.rlimits`: the host layer's, read off its
+/// `prlimit` options so the host backends always agree.
 pub fn rlimits(runner: RunnerKind, limits: &Limits) -> Vec<Value> {
     rlimit_args(runner, limits, false)
         .iter()

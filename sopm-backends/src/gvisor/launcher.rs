@@ -12,12 +12,15 @@ use sopm_core::{Error, Limits, Result};
 use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 
-use super::bundle::{self, BundlePlan, HOST_FILES};
+use super::bundle::{self, BundlePlan};
 use super::GvisorExecutorConfig;
-use crate::process::bwrap::{rlimit_args, TopLevel};
-use crate::process::launcher::{
-    death_of, exit_soon, is_running, sandbox_name, tool, write_runners, Interpreters,
-};
+use crate::host::child::{death_of, exit_soon, is_running};
+use crate::host::interpreters::Interpreters;
+use crate::host::mounts::{TopLevel, HOST_FILES};
+use crate::host::rlimits::rlimit_args;
+use crate::host::runner_files::write_runners;
+use crate::host::sandbox_name;
+use crate::host::tools::tool;
 use crate::sandbox::protocol::RunnerChannel;
 use crate::sandbox::{Death, LaunchSpec, RunnerKind, Sandbox, SandboxLauncher};
 

@@ -7,57 +7,15 @@ use std::path::{Path, PathBuf};
 
 use sopm_core::Limits;
 
-use crate::sandbox::protocol::RUNNER_PROLOGUE;
+use crate::host::interpreters::Interpreter;
+use crate::host::mounts::{TopLevel, HOST_FILES, NETWORK_FILES};
+use crate::host::rlimits::rlimit_args;
+use crate::host::runner_files::{runner_command, RUNNER_DIR, SANDBOX_ENV};
 use crate::sandbox::{RunnerKind, CODE_DIR};
-
-/// Where the runners are mounted inside every sandbox.
-pub const RUNNER_DIR: &str = "/run/sopm";
 
 /// Joins the cgroups named by its arguments, then runs the rest of its arguments:
 /// `sh -c JOIN sopm-sandbox N dir1..dirN cmd args..`.
 pub const CGROUP_JOIN: &str = "n=$1; shift; while [ \"$n\" -gt 0 ]; do echo $$ > \"$1/cgroup.procs\" || exit 125; shift; n=$((n-1)); done; exec \"$@\"";
-
-/// Room an interpreter needs in its address space beyond the function's memory (its own
-/// mappings, thread stacks).
-pub const ADDRESS_SPACE_HEADROOM: u64 = 128 << 20;
-
-/// One of `/lib`, `/lib64`, `/bin`, `/sbin` on the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TopLevel {
-    /// A symlink (merged /usr): recreated as the same symlink.
-    Link(PathBuf, PathBuf),
-    /// A real directory: bound read-only.
-    Dir(PathBuf),
-}
-
-impl TopLevel {
-    /// The host's `/bin`, `/sbin` and `/lib*` entries, as they are (missing ones left out).
-    pub fn of_host() -> Vec<TopLevel> {
-        let mut out = Vec::new();
-        for d in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
-            let p = Path::new(d);
-            match std::fs::symlink_metadata(p) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    if let Ok(target) = std::fs::read_link(p) {
-                        out.push(TopLevel::Link(target, p.to_path_buf()));
-                    }
-                }
-                Ok(m) if m.is_dir() => out.push(TopLevel::Dir(p.to_path_buf())),
-                _ => {}
-            }
-        }
-        out
-    }
-}
-
-/// An interpreter and the host directories it needs beyond `/usr`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Interpreter {
-    /// The real executable.
-    pub exe: PathBuf,
-    /// Directories to bind read-only at the same path (a pyenv prefix, say).
-    pub binds: Vec<PathBuf>,
-}
 
 /// Everything that shapes one sandbox's command line.
 #[derive(Debug, Clone)]
@@ -90,28 +48,6 @@ pub struct SandboxPlan<'a> {
     pub nproc_rlimit: bool,
     /// Size of the private code dir when nothing is mounted.
     pub code_tmpfs_bytes: u64,
-}
-
-/// The rlimits of a sandbox, as `prlimit` options.
-pub fn rlimit_args(runner: RunnerKind, limits: &Limits, nproc: bool) -> Vec<String> {
-    let files = limits.max_open_files.max(16);
-    let fsize = limits.tmpfs_mb.max(1) << 20;
-    let mut args = vec![
-        format!("--nofile={files}:{files}"),
-        format!("--fsize={fsize}:{fsize}"),
-        "--core=0:0".to_string(),
-    ];
-    // V8 reserves gigabytes of address space up front, so node is bounded by its heap
-    // flag and the memory cgroup instead.
-    if runner == RunnerKind::Python {
-        let bytes = (limits.memory_mb << 20).saturating_add(ADDRESS_SPACE_HEADROOM);
-        args.push(format!("--as={bytes}:{bytes}"));
-    }
-    if nproc {
-        let n = limits.max_processes.max(4);
-        args.push(format!("--nproc={n}:{n}"));
-    }
-    args
 }
 
 /// The full argv (program first).
@@ -180,21 +116,11 @@ fn bwrap_args(plan: &SandboxPlan<'_>) -> Vec<OsString> {
         a.push(p.into());
         a.push(p.into());
     };
-    for p in [
-        "/etc/ld.so.cache",
-        "/etc/localtime",
-        "/etc/ssl",
-        "/etc/ca-certificates",
-    ] {
+    for p in HOST_FILES {
         ro_try(&mut a, p);
     }
     if plan.network {
-        for p in [
-            "/etc/resolv.conf",
-            "/etc/hosts",
-            "/etc/nsswitch.conf",
-            "/etc/gai.conf",
-        ] {
+        for p in NETWORK_FILES {
             ro_try(&mut a, p);
         }
     }
@@ -230,42 +156,6 @@ fn bwrap_args(plan: &SandboxPlan<'_>) -> Vec<OsString> {
     }
     a.push("--".into());
     a.extend(runner_command(plan.runner, plan.interpreter, plan.limits));
-    a
-}
-
-/// The environment every sandbox's runner starts with (plus the function's own variables,
-/// set by the runner).
-pub(crate) const SANDBOX_ENV: [(&str, &str); 6] = [
-    ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-    ("HOME", "/tmp"),
-    ("TMPDIR", "/tmp"),
-    ("LANG", "C.UTF-8"),
-    ("PYTHONUNBUFFERED", "1"),
-    ("PYTHONDONTWRITEBYTECODE", "1"),
-];
-
-/// The command run inside a sandbox: the runner prologue (frames on fds 3/4, logs on 5)
-/// then the interpreter on the runner file under [`RUNNER_DIR`].
-pub(crate) fn runner_command(
-    runner: RunnerKind,
-    interpreter: &Interpreter,
-    limits: &Limits,
-) -> Vec<OsString> {
-    let mut a: Vec<OsString> = ["/bin/sh", "-c", RUNNER_PROLOGUE, "sopm-runner"]
-        .map(OsString::from)
-        .to_vec();
-    a.push(interpreter.exe.clone().into());
-    match runner {
-        RunnerKind::Python => {
-            a.extend(["-I", "-S", "-B"].map(OsString::from));
-        }
-        RunnerKind::Node => {
-            let heap = limits.memory_mb.max(16);
-            a.push(format!("--max-old-space-size={heap}").into());
-        }
-        RunnerKind::Static => {}
-    }
-    a.push(format!("{RUNNER_DIR}/{}", runner.file_name()).into());
     a
 }
 

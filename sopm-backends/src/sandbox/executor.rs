@@ -23,7 +23,8 @@ impl<L: SandboxLauncher> Clone for SandboxExecutor<L> {
 }
 
 impl<L: SandboxLauncher> SandboxExecutor<L> {
-    pub(crate) fn new(pool: WarmPool<L>) -> Self {
+    /// The executor over `pool` (a backend's `build()` makes one).
+    pub fn new(pool: WarmPool<L>) -> Self {
         SandboxExecutor { pool }
     }
 

@@ -1,7 +1,7 @@
-//! [`PoolSettings`]: the warm-pool knobs an executor configuration exposes (stem cells,
-//! instance caps, idle TTL, stem limits, inline code size, boot timeout), with their
-//! environment overrides and checks, so each backend's configuration holds one value
-//! instead of repeating the setters.
+//! The settings every sandbox backend shares: [`PoolSettings`] (the warm-pool knobs: stem
+//! cells, instance caps, idle TTL, stem limits, inline code size, boot timeout) with their
+//! environment overrides, the variable parsers, and the checks of a host backend's paths
+//! and names.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use sopm_core::{Error, Limits, Result};
 
-use super::artifact::DEFAULT_MAX_INLINE_BYTES;
-use super::pool::PoolConfig;
-use super::RunnerKind;
+use crate::sandbox::artifact::DEFAULT_MAX_INLINE_BYTES;
+use crate::sandbox::pool::PoolConfig;
+use crate::sandbox::RunnerKind;
 
 /// Warm-pool settings of a sandbox executor. `new()` gives working defaults: 2 stem cells
 /// per runner, 8 instances per function, 64 in all, 5 minutes idle TTL, default limits
@@ -163,10 +163,7 @@ impl PoolSettings {
 
 /// The value of the variable `key` of `var`, parsed, if it is set; a value that does not
 /// parse is `invalid_input` naming the variable.
-pub(crate) fn parse_var<T: FromStr>(
-    var: impl Fn(&str) -> Option<String>,
-    key: &str,
-) -> Result<Option<T>> {
+pub fn parse_var<T: FromStr>(var: impl Fn(&str) -> Option<String>, key: &str) -> Result<Option<T>> {
     var(key)
         .map(|v| {
             v.trim()
@@ -177,14 +174,14 @@ pub(crate) fn parse_var<T: FromStr>(
 }
 
 /// The path in the variable `key` of `var`, if it is set and not empty.
-pub(crate) fn path_var(var: impl Fn(&str) -> Option<String>, key: &str) -> Option<PathBuf> {
+pub fn path_var(var: impl Fn(&str) -> Option<String>, key: &str) -> Option<PathBuf> {
     var(key).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 /// Why the settings every host sandbox backend shares cannot work, if they cannot: an
 /// empty name, unworkable pool settings, a cgroup parent that is not a plain directory
 /// name, or a relative tool, scratch or bind path.
-pub(crate) fn host_config_problem<'a>(
+pub fn host_config_problem<'a>(
     name: &str,
     pool: &PoolSettings,
     cgroup_parent: &str,

@@ -67,7 +67,7 @@ impl CgroupRoot {
     }
 
     fn probe(&self) -> Result<(), String> {
-        let name = format!("probe-{}", super::launcher::sandbox_name());
+        let name = format!("probe-{}", super::sandbox_name());
         let cg = self
             .create(&name)
             .map_err(|e| format!("cannot create a sandbox cgroup: {e}"))?;
@@ -282,7 +282,7 @@ impl SandboxCgroup {
 /// How many times the kernel's OOM killer killed a process in the memory cgroup `dir`
 /// (cgroup v2: `memory.events`; v1: `memory.oom_control`, or `memory.failcnt` on
 /// kernels before 4.13, which count no kills).
-pub(crate) fn oom_kills_in(dir: &Path, v2: bool) -> u64 {
+pub fn oom_kills_in(dir: &Path, v2: bool) -> u64 {
     let file = if v2 {
         "memory.events"
     } else {

@@ -20,8 +20,7 @@ use super::limits::{
     SANDBOX_OUTDIR, SANDBOX_TMPDIR, SMALL_TMP_BYTES,
 };
 use super::toolchain::{locate, Bwrap};
-use crate::process::bwrap::CGROUP_JOIN;
-use crate::process::cgroup::{CgroupRoot, SandboxCgroup};
+use crate::host::cgroup::{CgroupRoot, SandboxCgroup, CGROUP_JOIN};
 
 /// Where the staging directory appears inside the sandbox.
 pub(crate) const SANDBOX_WORKDIR: &str = "/build";
@@ -310,7 +309,7 @@ impl InstallSandbox<'_> {
         let Some(root) = &self.host.cgroups else {
             return Ok(None);
         };
-        let name = crate::process::launcher::sandbox_name();
+        let name = crate::host::sandbox_name();
         let cg = root.create(&name).map_err(|e| {
             Error::Unavailable(format!("cannot create a cgroup for the install: {e}"))
         })?;

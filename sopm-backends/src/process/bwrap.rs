@@ -13,9 +13,7 @@ use crate::host::rlimits::rlimit_args;
 use crate::host::runner_files::{runner_command, RUNNER_DIR, SANDBOX_ENV};
 use crate::sandbox::{RunnerKind, CODE_DIR};
 
-/// Joins the cgroups named by its arguments, then runs the rest of its arguments:
-/// `sh -c JOIN sopm-sandbox N dir1..dirN cmd args..`.
-pub const CGROUP_JOIN: &str = "n=$1; shift; while [ \"$n\" -gt 0 ]; do echo $$ > \"$1/cgroup.procs\" || exit 125; shift; n=$((n-1)); done; exec \"$@\"";
+pub use crate::host::cgroup::CGROUP_JOIN;
 
 /// Everything that shapes one sandbox's command line.
 #[derive(Debug, Clone)]

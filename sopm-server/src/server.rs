@@ -282,8 +282,8 @@ pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
     #[cfg(feature = "process")]
     let (local_builder, early) = {
         let local = Arc::new(
-            sopm_backends::LocalBuilderConfig::new(c.data_dir.join("artifacts"))
-                .build()
+            sopm_backends::LocalBuilderConfig::from_env(c.data_dir.join("artifacts"))
+                .and_then(|config| config.build())
                 .map_err(|e| format!("local builder: {e}"))?,
         );
         let (with_sandboxes, early) = add_sandboxes(c, builder, &local)?;

@@ -128,15 +128,29 @@ async fn every_check_on_one_shared_file() {
     conformance::job_store_unfinished(&store).await;
     conformance::job_store_buffered_then_flush(&store).await;
     conformance::job_store_reads_own_buffered_puts(&store).await;
-    conformance::job_store_recent(&store).await;
+    conformance::job_store_recent_logs(&store).await;
+    conformance::job_store_expire_finished(&store).await;
+    conformance::registry_resolve_version(&store).await;
     conformance::registry_unfinished_builds(&store).await;
     conformance::key_store_suite(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn job_store_recent() {
+async fn job_store_recent_logs() {
     let dir = tempfile::tempdir().unwrap();
-    conformance::job_store_recent(&open(dir.path(), "j.db")).await;
+    conformance::job_store_recent_logs(&open(dir.path(), "j.db")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_store_expire_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::job_store_expire_finished(&open(dir.path(), "j.db")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_resolve_version() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::registry_resolve_version(&open(dir.path(), "r.db")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,7 +269,7 @@ async fn a_version_1_database_is_migrated_and_its_jobs_found_by_function() {
     drop(conn);
 
     let store = open(dir.path(), "v1.db");
-    let found = store.recent(&tenant, "fn_old", 10).await.unwrap();
+    let found = store.recent_logs(&tenant, "fn_old", 10).await.unwrap();
     assert_eq!(found.len(), 1, "the old job is found by its function");
     assert_eq!(found[0].id, old.id);
     let (_, secret) = sopm_core::KeyStore::create(&store, &tenant, "after migration")

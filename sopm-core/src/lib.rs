@@ -25,13 +25,14 @@ pub mod keys;
 pub mod platform;
 pub mod registry;
 pub mod scheduler;
+mod slots;
 pub mod stats;
 pub mod types;
 
 pub use builder::{BuildLog, Builder, Source};
 pub use error::{Error, ErrorInfo, Result};
 pub use executor::{Example, Executor, FunctionInfo, PoolStats};
-pub use jobstore::{Durability, JobStore, MemoryJobStore};
+pub use jobstore::{Durability, JobLogEntry, JobStore, MemoryJobStore};
 pub use keys::{ApiKeyInfo, ApiKeySecret, CachedKeyStore, KeyStore, MemoryKeyStore};
 pub use platform::{
     default_limit_caps, job_output, source_digest, Platform, PlatformBuilder, PlatformStats,

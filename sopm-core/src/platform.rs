@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use crate::builder::{BuildLog, Builder, Source};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, FunctionInfo, PoolStats};
-use crate::jobstore::{JobStore, MemoryJobStore};
+use crate::jobstore::{JobLogEntry, JobStore, MemoryJobStore};
 use crate::registry::{
     append_capped, validate_function_name, BuildStatus, FunctionRecord, FunctionVersion,
     MemoryRegistry, NewVersion, Registry,
@@ -68,44 +68,32 @@ impl Router for StandardRouter {
                 })
             }
             FunctionRef::User { id, version } => {
-                let mut record = self.registry.get(tenant, id).await?;
-                let index = match version {
-                    Some(n) => record
-                        .versions
-                        .iter()
-                        .position(|v| v.version == *n)
-                        .ok_or_else(|| {
-                            Error::not_found(format!("function '{id}' has no version {n}"))
-                        })?,
-                    None => record
-                        .versions
-                        .iter()
-                        .rposition(|v| v.status == BuildStatus::Ready)
-                        .ok_or_else(|| {
-                            let last = record.versions.last().map(|v| v.status);
-                            Error::NotReady(match last {
-                                Some(BuildStatus::Building) => {
-                                    format!("function '{id}' is still building")
-                                }
-                                _ => format!("function '{id}' has no version that built"),
-                            })
-                        })?,
-                };
-                // The record is ours: the version to run (build log and all) is moved
-                // out of it rather than copied on every call.
-                let v = record.versions.swap_remove(index);
-                match v.status {
-                    BuildStatus::Ready => {}
-                    BuildStatus::Building => {
+                // One registry read, of one version, without its build log.
+                let v = self.registry.resolve_version(tenant, id, *version).await?;
+                match (v.status, version) {
+                    (BuildStatus::Ready, _) => {}
+                    (BuildStatus::Building, Some(_)) => {
                         return Err(Error::NotReady(format!(
-                            "version {} of '{id}' is still building",
-                            v.version
+                            "version {} of '{}' is still building",
+                            v.version, v.function_id
                         )))
                     }
-                    BuildStatus::Failed => {
+                    (BuildStatus::Failed, Some(_)) => {
                         return Err(Error::NotReady(format!(
-                            "version {} of '{id}' failed to build; see its build log",
-                            v.version
+                            "version {} of '{}' failed to build; see its build log",
+                            v.version, v.function_id
+                        )))
+                    }
+                    (BuildStatus::Building, None) => {
+                        return Err(Error::NotReady(format!(
+                            "function '{}' is still building",
+                            v.function_id
+                        )))
+                    }
+                    (BuildStatus::Failed, None) => {
+                        return Err(Error::NotReady(format!(
+                            "function '{}' has no version that built",
+                            v.function_id
                         )))
                     }
                 }
@@ -114,7 +102,11 @@ impl Router for StandardRouter {
                     executor,
                     timeout: Duration::from_millis(v.limits.timeout_ms),
                     function: FunctionRef::User {
-                        id: id.clone(),
+                        id: if id.as_ref() == v.function_id {
+                            id.clone()
+                        } else {
+                            Arc::from(v.function_id.as_str())
+                        },
                         version: Some(v.version),
                     },
                     target: Target::User(Arc::new(v)),
@@ -1089,15 +1081,58 @@ impl Platform {
     }
 
     /// The newest jobs of one of the tenant's user functions (by id or name), newest
-    /// first.
-    pub async fn recent_jobs(
+    /// first, as the log listing shows them (no inputs or outputs; logs cut to
+    /// [`LISTED_LOG_CHARS`](crate::jobstore::LISTED_LOG_CHARS)), with the function's
+    /// id and name. Reads one version row (no build log) and the listing.
+    pub async fn recent_logs(
         &self,
         tenant: &TenantId,
         id_or_name: &str,
         limit: usize,
-    ) -> Result<Vec<Job>> {
-        let record = self.function(tenant, id_or_name).await?;
-        self.store.recent(tenant, &record.id, limit).await
+    ) -> Result<(FunctionVersion, Vec<JobLogEntry>)> {
+        let v = self
+            .registry
+            .resolve_version(tenant, id_or_name, None)
+            .await?;
+        let entries = self
+            .store
+            .recent_logs(tenant, &v.function_id, limit)
+            .await?;
+        Ok((v, entries))
+    }
+
+    /// Deletes every finished job record that finished more than `retention` ago, in
+    /// batches of [`EXPIRY_BATCH`] (yielding between them, so a large backlog never
+    /// holds the store for long); returns how many went. Queued and running jobs are
+    /// never deleted.
+    pub async fn expire_jobs(&self, retention: Duration) -> Result<u64> {
+        expire_jobs(self.store.as_ref(), retention).await
+    }
+
+    /// Starts the background sweep of job records: every `interval`, finished jobs
+    /// older than `retention` are deleted ([`expire_jobs`](Self::expire_jobs)). A zero
+    /// `retention` keeps every record and starts nothing. Call from a tokio runtime;
+    /// abort the handle to stop it.
+    pub fn spawn_job_expiry(
+        &self,
+        retention: Duration,
+        interval: Duration,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        if retention.is_zero() {
+            return None;
+        }
+        let store = self.store.clone();
+        let interval = interval.max(Duration::from_millis(10));
+        Some(tokio::spawn(async move {
+            loop {
+                match expire_jobs(store.as_ref(), retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "expired finished job records"),
+                    Err(e) => tracing::warn!(error = %e, "the job expiry sweep failed"),
+                }
+                tokio::time::sleep(interval).await;
+            }
+        }))
     }
 
     /// The name of the executor backend that runs user functions of `runtime` by
@@ -1177,6 +1212,24 @@ impl Platform {
     /// The scheduler.
     pub fn scheduler(&self) -> &Arc<dyn Scheduler> {
         &self.scheduler
+    }
+}
+
+/// Finished job records deleted per [`JobStore::expire_finished`] call of the expiry
+/// sweep.
+pub const EXPIRY_BATCH: usize = 1000;
+
+async fn expire_jobs(store: &dyn JobStore, retention: Duration) -> Result<u64> {
+    let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+    let cutoff = crate::types::now_ms().saturating_sub(retention_ms);
+    let mut total = 0;
+    loop {
+        let n = store.expire_finished(cutoff, EXPIRY_BATCH).await?;
+        total += n;
+        if (n as usize) < EXPIRY_BATCH {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
     }
 }
 

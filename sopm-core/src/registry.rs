@@ -201,6 +201,20 @@ pub trait Registry: Debug + Send + Sync + 'static {
     /// A function by name, for its owner.
     async fn get_by_name(&self, tenant: &TenantId, name: &str) -> Result<FunctionRecord>;
 
+    /// The one version a call runs, in one read: the tenant's function `id_or_name`
+    /// (an id first, else a name), then `version` if pinned (whatever its build
+    /// status), else its newest `ready` version, else (none ready) its newest version,
+    /// so the caller can tell "still building" from "never built". The version comes
+    /// **without its build log** (`build_log` is empty): the execute path never reads
+    /// logs. An unknown function, another tenant's, or a pinned version that does not
+    /// exist is `not_found`.
+    async fn resolve_version(
+        &self,
+        tenant: &TenantId,
+        id_or_name: &str,
+        version: Option<u32>,
+    ) -> Result<FunctionVersion>;
+
     /// All of a tenant's functions, by name.
     async fn list(&self, tenant: &TenantId) -> Result<Vec<FunctionRecord>>;
 
@@ -234,6 +248,34 @@ pub fn append_capped(log: &mut String, chunk: &str) {
             cut += 1;
         }
         log.drain(..cut);
+    }
+}
+
+/// The `not_found` answer for a function asked for by id or name.
+pub fn no_function_named(id_or_name: &str) -> Error {
+    Error::not_found(format!(
+        "no function with id or name '{}'",
+        crate::types::truncate_for_message(id_or_name)
+    ))
+}
+
+/// A copy of `v` without its build log (what [`Registry::resolve_version`] returns).
+fn version_without_log(v: &FunctionVersion) -> FunctionVersion {
+    FunctionVersion {
+        function_id: v.function_id.clone(),
+        tenant: v.tenant.clone(),
+        name: v.name.clone(),
+        version: v.version,
+        runtime: v.runtime,
+        handler: v.handler.clone(),
+        limits: v.limits.clone(),
+        env: v.env.clone(),
+        source_digest: v.source_digest.clone(),
+        executor: v.executor.clone(),
+        status: v.status,
+        build_log: String::new(),
+        artifact: v.artifact.clone(),
+        created_ms: v.created_ms,
     }
 }
 
@@ -333,6 +375,33 @@ impl Registry for MemoryRegistry {
             .find(|r| &r.tenant == tenant && r.name == name)
             .cloned()
             .ok_or_else(|| Error::not_found(format!("no function named '{name}'")))
+    }
+
+    async fn resolve_version(
+        &self,
+        tenant: &TenantId,
+        id_or_name: &str,
+        version: Option<u32>,
+    ) -> Result<FunctionVersion> {
+        let map = self.inner.read();
+        let rec = map
+            .get(id_or_name)
+            .filter(|r| &r.tenant == tenant)
+            .or_else(|| {
+                map.values()
+                    .find(|r| &r.tenant == tenant && r.name == id_or_name)
+            })
+            .ok_or_else(|| no_function_named(id_or_name))?;
+        let v = match version {
+            Some(n) => rec.version(n).ok_or_else(|| {
+                Error::not_found(format!("function '{}' has no version {n}", rec.id))
+            })?,
+            None => rec
+                .latest_ready()
+                .or(rec.versions.last())
+                .ok_or_else(|| no_function_named(id_or_name))?,
+        };
+        Ok(version_without_log(v))
     }
 
     async fn list(&self, tenant: &TenantId) -> Result<Vec<FunctionRecord>> {

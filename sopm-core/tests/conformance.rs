@@ -32,6 +32,21 @@ async fn memory_registry_checks_share_one_registry() {
 }
 
 #[tokio::test]
+async fn memory_registry_resolve_version() {
+    conformance::registry_resolve_version(&MemoryRegistry::new()).await;
+}
+
+#[tokio::test]
+async fn memory_job_store_recent_logs() {
+    conformance::job_store_recent_logs(&MemoryJobStore::new()).await;
+}
+
+#[tokio::test]
+async fn memory_job_store_expire_finished() {
+    conformance::job_store_expire_finished(&MemoryJobStore::new()).await;
+}
+
+#[tokio::test]
 async fn memory_job_store_round_trip() {
     conformance::job_store_round_trip(&MemoryJobStore::new()).await;
 }
@@ -127,7 +142,7 @@ async fn local_scheduler_whole_suite_on_one_thread() {
 
 #[tokio::test]
 async fn memory_job_store_recent() {
-    conformance::job_store_recent(&MemoryJobStore::new()).await;
+    conformance::job_store_recent_logs(&MemoryJobStore::new()).await;
 }
 
 #[tokio::test]

@@ -33,6 +33,16 @@ impl Registry for CountingRegistry {
     async fn get_by_name(&self, tenant: &TenantId, name: &str) -> Result<FunctionRecord> {
         self.inner.get_by_name(tenant, name).await
     }
+    async fn resolve_version(
+        &self,
+        tenant: &TenantId,
+        id_or_name: &str,
+        version: Option<u32>,
+    ) -> Result<FunctionVersion> {
+        self.inner
+            .resolve_version(tenant, id_or_name, version)
+            .await
+    }
     async fn list(&self, tenant: &TenantId) -> Result<Vec<FunctionRecord>> {
         self.inner.list(tenant).await
     }

@@ -150,6 +150,41 @@ impl ExecutorSettings {
     }
 }
 
+/// The `[jobs]` table: what one tenant may hold in the scheduler, and how long
+/// finished job records are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobSettings {
+    /// Most jobs of one tenant running at once (default: three quarters of
+    /// `max_concurrency`). Past it the tenant's jobs wait, even with slots free.
+    pub max_running_per_tenant: Option<usize>,
+    /// Most jobs of one tenant waiting for a slot (default: half of `queue_capacity`).
+    /// Past it the tenant's submissions answer 429 `quota_exceeded`.
+    pub max_queued_per_tenant: Option<usize>,
+    /// How long finished job records are kept, in hours; 0 keeps them forever.
+    pub retention_hours: u64,
+    /// How often the expiry sweep runs, in seconds.
+    pub expiry_interval_s: u64,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            max_running_per_tenant: None,
+            max_queued_per_tenant: None,
+            retention_hours: 24 * 7,
+            expiry_interval_s: 60,
+        }
+    }
+}
+
+impl JobSettings {
+    /// How long finished job records are kept (zero: forever).
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_hours.saturating_mul(3600))
+    }
+}
+
 /// Every server setting, with its default.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -176,8 +211,8 @@ pub struct ServerConfig {
     pub max_timeout_ms: u64,
     /// How long shutdown lets running jobs finish, in ms.
     pub shutdown_grace_ms: u64,
-    /// How long finished jobs are kept, in hours.
-    pub job_retention_hours: u64,
+    /// Per-tenant job quotas and the expiry of job records (`[jobs]`).
+    pub jobs: JobSettings,
     /// SQLite `synchronous` mode: `full` (every acknowledged job survives power loss)
     /// or `normal` (survives a process crash; faster).
     pub sqlite_synchronous: String,
@@ -223,7 +258,7 @@ impl Default for ServerConfig {
             builtin_timeout_ms: 30_000,
             max_timeout_ms: 300_000,
             shutdown_grace_ms: 10_000,
-            job_retention_hours: 24 * 7,
+            jobs: JobSettings::default(),
             sqlite_synchronous: "full".into(),
             worker_threads: 0,
             auth: AuthMode::Off,

@@ -13,7 +13,8 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sopm_core::{
-    BuildStatus, Error, FunctionRecord, FunctionRef, FunctionVersion, Job, JobRequest, TenantId,
+    BuildStatus, Error, FunctionRecord, FunctionRef, FunctionVersion, JobLogEntry, JobRequest,
+    TenantId,
 };
 
 use crate::auth::{Caller, TenantQuery};
@@ -324,11 +325,11 @@ pub(crate) async fn execute(
         parse_json(&bytes)?
     };
     let tenant = caller.tenant(body.user_id.as_deref().or(q.user_id.as_deref()))?;
-    let rec = s.inner().platform.function(&tenant, &id).await?;
+    // The scheduler's router resolves the id or name (one registry read per call).
     let request = JobRequest {
         tenant,
         function: FunctionRef::User {
-            id: Arc::from(rec.id.as_str()),
+            id: Arc::from(id.as_str()),
             version: body.version,
         },
         input: Arc::new(body.input),
@@ -350,28 +351,29 @@ struct JobLog<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     duration_us: Option<u64>,
     logs: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    logs_truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a sopm_core::ErrorInfo>,
 }
 
-fn job_log(job: &Job) -> JobLog<'_> {
+fn job_log(entry: &JobLogEntry) -> JobLog<'_> {
     JobLog {
-        id: &job.id,
-        status: job.status.as_str(),
-        version: match &job.function {
-            FunctionRef::User { version, .. } => *version,
-            FunctionRef::Builtin { .. } => None,
-        },
-        created_ms: job.created_ms,
-        finished_ms: job.finished_ms,
-        duration_us: job.duration_us,
-        logs: job.logs.as_deref().unwrap_or(""),
-        error: job.error.as_ref(),
+        id: &entry.id,
+        status: entry.status.as_str(),
+        version: entry.version,
+        created_ms: entry.created_ms,
+        finished_ms: entry.finished_ms,
+        duration_us: entry.duration_us,
+        logs: &entry.logs,
+        logs_truncated: entry.logs_truncated,
+        error: entry.error.as_ref(),
     }
 }
 
 /// `GET /api/user-functions/{id}/logs?limit=N` (default 20, at most 200): the newest
-/// jobs of the function with their logs, newest first.
+/// jobs of the function with the last characters of their logs, newest first. Reads
+/// neither inputs, outputs nor build logs, so the answer is bounded.
 pub(crate) async fn logs(
     State(s): State<AppState>,
     caller: Caller,
@@ -381,13 +383,12 @@ pub(crate) async fn logs(
     let tenant = caller.tenant(q.user_id.as_deref())?;
     let limit = q.limit.unwrap_or(20).min(MAX_LOG_JOBS);
     let platform = &s.inner().platform;
-    let rec = platform.function(&tenant, &id).await?;
-    let jobs = platform.recent_jobs(&tenant, &rec.id, limit).await?;
+    let (v, jobs) = platform.recent_logs(&tenant, &id, limit).await?;
     Ok(json_response(
         StatusCode::OK,
         json_bytes(&json!({
-            "id": rec.id,
-            "name": rec.name,
+            "id": v.function_id,
+            "name": v.name,
             "jobs": jobs.iter().map(job_log).collect::<Vec<_>>(),
         })),
     ))

@@ -87,6 +87,12 @@ async fn registry_delete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_usage_and_version_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::registry_usage_and_version_delete(&open(dir.path(), "r.db")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_store_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     conformance::job_store_round_trip(&open(dir.path(), "j.db")).await;
@@ -123,6 +129,7 @@ async fn every_check_on_one_shared_file() {
     conformance::registry_versions_and_tenants(&store).await;
     conformance::registry_builds(&store).await;
     conformance::registry_delete(&store).await;
+    conformance::registry_usage_and_version_delete(&store).await;
     conformance::job_store_round_trip(&store).await;
     conformance::job_store_never_moves_back(&store).await;
     conformance::job_store_unfinished(&store).await;

@@ -124,7 +124,7 @@ impl Error {
             Error::BuildFailed(_) => "build_failed",
             Error::NotReady(_) => "not_ready",
             Error::Unauthorized(_) => "unauthorized",
-            Error::Forbidden { code, .. } => *code,
+            Error::Forbidden { code, .. } => code,
             Error::QuotaExceeded { .. } => "quota_exceeded",
             Error::Conflict(_) => "conflict",
             Error::Unavailable(_) => "unavailable",

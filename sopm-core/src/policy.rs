@@ -107,7 +107,7 @@ pub struct UploadQuotas {
     /// (`artifact_bytes`, 403); a build whose artifact would take the tenant past it
     /// fails with that message and its artifact is removed.
     pub max_artifact_bytes_per_tenant: u64,
-    /// Most builds per tenant running or waiting for a build slot (default 4). An upload
+    /// Most builds per tenant running or waiting for a build slot (default 8). An upload
     /// past it is `quota_exceeded` (`builds_in_flight`, 429 with Retry-After).
     pub max_builds_in_flight_per_tenant: usize,
     /// Most builds waiting for a build slot, all tenants together (default 16); each
@@ -122,7 +122,7 @@ impl Default for UploadQuotas {
             max_functions_per_tenant: 100,
             versions_kept: 10,
             max_artifact_bytes_per_tenant: 2 << 30,
-            max_builds_in_flight_per_tenant: 4,
+            max_builds_in_flight_per_tenant: 8,
             max_queued_builds: 16,
         }
     }

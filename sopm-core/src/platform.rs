@@ -217,7 +217,8 @@ impl PlatformBuilder {
     }
 
     /// An operator rule: functions named `function_name` (of any tenant) are built and
-    /// run in the backend registered as `name`, unless an upload asks for another.
+    /// run in the backend registered as `name`, unless an upload asks for another that
+    /// the [`ExecutorPolicy`] allows.
     pub fn with_function_executor(
         mut self,
         function_name: impl Into<String>,
@@ -1278,7 +1279,14 @@ impl Platform {
     /// ([`PlatformBuilder::with_function_executor`]), else the runtime's default. That
     /// backend's builder builds it and its executor runs it from then on, whatever the
     /// defaults become. Asking for a backend that is not registered is
-    /// `invalid_input`, with the names that are.
+    /// `invalid_input`, with the names that are; asking for one the
+    /// [`ExecutorPolicy`] does not allow this tenant is `forbidden`
+    /// (`executor_not_allowed`), with the names it allows.
+    ///
+    /// The tenant's [`UploadQuotas`] are checked before anything is stored: builds in
+    /// flight (`quota_exceeded`, with a retry delay), builds waiting server-wide
+    /// (`overloaded`), artifact bytes and, for a new name, functions (`quota_exceeded`,
+    /// standing). When the build ends, versions past `versions_kept` are pruned.
     pub async fn upload(
         &self,
         tenant: &TenantId,

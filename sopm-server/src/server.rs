@@ -274,7 +274,13 @@ pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
             retry_after: Duration::from_secs(1),
             max_running_per_tenant: c.jobs.max_running_per_tenant,
             max_queued_per_tenant: c.jobs.max_queued_per_tenant,
-        });
+        })
+        .with_executor_policy(c.policy.executor_policy()?)
+        .with_upload_quotas(c.uploads.clone());
+    if std::env::var("SOPM_DOCKER_RUNTIME").is_ok_and(|r| r == "runsc") {
+        // The `docker` backend's containers run under gVisor too.
+        builder = builder.with_isolation("docker", sopm_core::policy::Isolation::UserSpaceKernel);
+    }
     let keys: Arc<dyn KeyStore> = match c.storage {
         Storage::Memory => Arc::new(MemoryKeyStore::new()),
         Storage::Sqlite => {

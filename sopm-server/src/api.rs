@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -23,6 +23,7 @@ use sopm_core::{
 use crate::auth::Caller;
 use crate::config::{AuthMode, ServerConfig};
 use crate::error::{error_body, status_of, with_retry_after, ApiError};
+use crate::extract::{Path, Query};
 use crate::upload::UploadLimits;
 use crate::user_functions;
 

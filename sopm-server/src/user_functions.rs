@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -21,6 +21,7 @@ use crate::api::{
 };
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::extract::{Path, Query};
 use crate::upload::{unpack_archive, SourceBuilder, UploadBody};
 
 /// Most jobs `GET /api/user-functions/{id}/logs` returns.
@@ -370,8 +371,8 @@ fn job_log(job: &Job) -> JobLog<'_> {
     }
 }
 
-/// `GET /api/user-functions/{id}/logs?limit=N` (default 20, at most 200): the newest
-/// jobs of the function with their logs, newest first.
+/// `GET /api/user-functions/{id}/logs?limit=N` (1 to 200, default 20): the newest jobs
+/// of the function with their logs, newest first.
 pub(crate) async fn logs(
     State(s): State<AppState>,
     caller: Caller,
@@ -379,7 +380,15 @@ pub(crate) async fn logs(
     Query(q): Query<FunctionQuery>,
 ) -> Result<Response, ApiError> {
     let tenant = caller.tenant(q.user_id.as_deref())?;
-    let limit = q.limit.unwrap_or(20).min(MAX_LOG_JOBS);
+    let limit = match q.limit {
+        None => 20,
+        Some(n @ 1..=MAX_LOG_JOBS) => n,
+        Some(n) => {
+            return Err(ApiError(Error::invalid(format!(
+                "limit: expected 1 to {MAX_LOG_JOBS}, got {n}"
+            ))))
+        }
+    };
     let platform = &s.inner().platform;
     let rec = platform.function(&tenant, &id).await?;
     let jobs = platform.recent_jobs(&tenant, &rec.id, limit).await?;

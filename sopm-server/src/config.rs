@@ -32,6 +32,47 @@ pub enum AuthMode {
     ApiKey,
 }
 
+/// The bearer token `/metrics` asks for (`metrics_token`, `SOPM_METRICS_TOKEN`). Its
+/// `Debug` form is redacted.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct MetricsToken(String);
+
+impl MetricsToken {
+    /// A token; an empty one is no token.
+    pub fn new(token: impl Into<String>) -> Option<Self> {
+        let token = token.into();
+        (!token.is_empty()).then_some(MetricsToken(token))
+    }
+
+    /// Whether `given` is the token, compared in time that does not depend on where
+    /// they differ.
+    pub fn matches(&self, given: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        let (a, b) = (
+            Sha256::digest(self.0.as_bytes()),
+            Sha256::digest(given.as_bytes()),
+        );
+        a.iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsToken(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for MetricsToken {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        MetricsToken::new(s).ok_or_else(|| "the metrics token is empty".to_string())
+    }
+}
+
 /// The sandbox backends user functions may be built for and run in, by name. A
 /// backend is added here and in `server.rs`'s table of the backends this build makes.
 pub const EXECUTOR_NAMES: &[&str] = &["process", "gvisor", "docker", "docker-runsc"];
@@ -163,6 +204,9 @@ pub struct ServerConfig {
     /// `shell`, `binary`) and of functions by name (`[executors.functions]`):
     /// `process` (bubblewrap, the default) or `gvisor` (runsc).
     pub executors: ExecutorSettings,
+    /// The bearer token `GET /metrics` needs. Unset: `/metrics` is open with auth off
+    /// and refused (403 `metrics_token_required`) with auth on.
+    pub metrics_token: Option<MetricsToken>,
 }
 
 impl Default for ServerConfig {
@@ -191,6 +235,7 @@ impl Default for ServerConfig {
             max_upload_total_bytes: 50 << 20,
             max_upload_file_bytes: 20 << 20,
             executors: Default::default(),
+            metrics_token: None,
         }
     }
 }
@@ -248,6 +293,10 @@ pub struct ServeArgs {
     /// Largest multipart (archive) upload body in bytes [default: 67108864].
     #[arg(long, env = "SOPM_MAX_UPLOAD_ARCHIVE_BYTES")]
     pub max_upload_archive_bytes: Option<usize>,
+    /// The bearer token `GET /metrics` needs (with auth on, /metrics is refused
+    /// without one).
+    #[arg(long, env = "SOPM_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<MetricsToken>,
 }
 
 impl ServerConfig {
@@ -282,6 +331,9 @@ impl ServerConfig {
             max_upload_json_bytes,
             max_upload_archive_bytes
         );
+        if let Some(token) = &args.metrics_token {
+            c.metrics_token = Some(token.clone());
+        }
         if args.allow_unauthenticated {
             c.allow_unauthenticated = true;
         }

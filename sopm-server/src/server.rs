@@ -12,8 +12,9 @@ use sopm_core::{
 };
 use sopm_functions::BuiltinExecutor;
 
-use crate::api::{app, ApiConfig, AppState};
+use crate::api::app;
 use crate::config::{ServerConfig, Storage};
+use crate::state::{ApiConfig, AppState};
 
 /// What the server runs on: the platform, and the API keys.
 #[derive(Debug)]
@@ -262,6 +263,7 @@ pub fn build_platform(c: &ServerConfig) -> Result<Platform, String> {
 
 /// Builds the platform and the key store the settings describe (opens the database).
 pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
+    crate::data_dir::make_private(&c.data_dir)?;
     let mut builder = Platform::builder()
         .with_builtins(Arc::new(BuiltinExecutor::new()))
         .with_builtin_timeout(Duration::from_millis(c.builtin_timeout_ms))
@@ -310,6 +312,7 @@ type Stores = (Arc<dyn Registry>, Arc<dyn JobStore>, Arc<dyn KeyStore>);
 
 /// Opens the key store of the server's data directory (for `sopm keys`).
 pub fn open_key_store(c: &ServerConfig) -> Result<Arc<dyn KeyStore>, String> {
+    crate::data_dir::make_private(&c.data_dir)?;
     match c.storage {
         Storage::Memory => Err("keys need durable storage; --storage memory keeps none".into()),
         Storage::Sqlite => open_sqlite(c).map(|(_, _, keys)| keys),
@@ -344,13 +347,18 @@ fn open_sqlite(_: &ServerConfig) -> Result<Stores, String> {
 pub async fn serve(c: ServerConfig) -> Result<(), String> {
     let services = build_services(&c)?;
     let platform = services.platform.clone();
-    let state = AppState::with_keys(platform.clone(), ApiConfig::from(&c), services.keys.clone());
     let listener = tokio::net::TcpListener::bind(c.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", c.listen))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    // The bound address (a port of 0 is chosen now) is the one `Host` may name.
+    let api = ApiConfig {
+        listen: local,
+        ..ApiConfig::from(&c)
+    };
+    let state = AppState::with_keys(platform.clone(), api, services.keys.clone());
     // Boot the stem cells now, so the first upload's first call is already warm.
     #[cfg(feature = "process")]
     for Starter(_, start) in &services.early {

@@ -16,12 +16,12 @@ use sopm_core::{
     BuildStatus, Error, FunctionRecord, FunctionRef, FunctionVersion, Job, JobRequest, TenantId,
 };
 
-use crate::api::{
-    empty_object, json_bytes, json_response, parse_json, read_body, submit, AppState, TenantQuery,
-};
-use crate::auth::Caller;
+use crate::auth::{Caller, TenantQuery};
+use crate::body::{empty_object, json_bytes, json_response, parse_json, read_body};
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
+use crate::state::AppState;
+use crate::submit::submit;
 use crate::upload::{unpack_archive, SourceBuilder, UploadBody};
 
 /// Most jobs `GET /api/user-functions/{id}/logs` returns.

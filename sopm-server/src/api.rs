@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use std::collections::HashSet;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -25,6 +25,7 @@ use crate::body_budget;
 use crate::config::AuthMode;
 use crate::cross_site;
 use crate::error::ApiError;
+use crate::extract::{Path, Query};
 use crate::state::AppState;
 use crate::submit::submit;
 use crate::tenant_stats;

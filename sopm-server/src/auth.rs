@@ -80,15 +80,17 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError
 impl Caller {
     /// The tenant the request acts for. With auth off, `user_id` names it (default:
     /// `default`). With auth on it is the key's; a `user_id` naming the same tenant is
-    /// accepted, one naming another is `invalid_input`.
+    /// accepted, one naming another is 403 `tenant_mismatch` (a key acts for its own
+    /// tenant only).
     pub fn tenant(&self, user_id: Option<&str>) -> Result<TenantId, ApiError> {
         match &self.key_tenant {
             None => tenant_of(user_id),
             Some(t) => match user_id {
                 None => Ok(t.clone()),
                 Some(u) if u == t.as_str() => Ok(t.clone()),
-                Some(_) => Err(ApiError(Error::invalid(
-                    "user_id is not accepted with auth on: the tenant comes from the API key (leave user_id out)",
+                Some(_) => Err(ApiError(Error::forbidden(
+                    "tenant_mismatch",
+                    "user_id names another tenant: with auth on, the tenant comes from the API key (leave user_id out)",
                 ))),
             },
         }

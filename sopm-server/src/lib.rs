@@ -13,6 +13,7 @@ pub mod config;
 mod cross_site;
 pub mod data_dir;
 pub mod error;
+pub mod extract;
 pub mod metrics;
 pub mod server;
 pub mod state;

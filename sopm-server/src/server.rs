@@ -272,7 +272,15 @@ pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
             queue_capacity: c.queue_capacity,
             max_timeout: Duration::from_millis(c.max_timeout_ms),
             retry_after: Duration::from_secs(1),
-        });
+            max_running_per_tenant: c.jobs.max_running_per_tenant,
+            max_queued_per_tenant: c.jobs.max_queued_per_tenant,
+        })
+        .with_executor_policy(c.policy.executor_policy()?)
+        .with_upload_quotas(c.uploads.clone());
+    if std::env::var("SOPM_DOCKER_RUNTIME").is_ok_and(|r| r == "runsc") {
+        // The `docker` backend's containers run under gVisor too.
+        builder = builder.with_isolation("docker", sopm_core::policy::Isolation::UserSpaceKernel);
+    }
     let keys: Arc<dyn KeyStore> = match c.storage {
         Storage::Memory => Arc::new(MemoryKeyStore::new()),
         Storage::Sqlite => {
@@ -284,8 +292,8 @@ pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
     #[cfg(feature = "process")]
     let (local_builder, early) = {
         let local = Arc::new(
-            sopm_backends::LocalBuilderConfig::new(c.data_dir.join("artifacts"))
-                .build()
+            sopm_backends::LocalBuilderConfig::from_env(c.data_dir.join("artifacts"))
+                .and_then(|config| config.build())
                 .map_err(|e| format!("local builder: {e}"))?,
         );
         let (with_sandboxes, early) = add_sandboxes(c, builder, &local)?;
@@ -331,7 +339,9 @@ fn open_sqlite(c: &ServerConfig) -> Result<Stores, String> {
     };
     let store = SqliteConfig::new(c.data_dir.join("sopm.db"))
         .with_synchronous(sync)
-        .with_job_retention(Duration::from_secs(c.job_retention_hours * 3600))
+        // Job records expire through the platform's sweep (`[jobs] retention_hours`),
+        // for every job store alike; the store's own sweep stays off.
+        .with_job_retention(Duration::MAX)
         .open()
         .map_err(|e| format!("cannot open the database in {}: {e}", c.data_dir.display()))?;
     let store = Arc::new(store);
@@ -381,6 +391,10 @@ pub async fn serve(c: ServerConfig) -> Result<(), String> {
         interrupted = report.interrupted,
         "recovery done"
     );
+    let expiry = platform.spawn_job_expiry(
+        c.jobs.retention(),
+        Duration::from_secs(c.jobs.expiry_interval_s),
+    );
     state.set_ready(true);
     tracing::info!(
         listen = %local,
@@ -399,6 +413,9 @@ pub async fn serve(c: ServerConfig) -> Result<(), String> {
         })
         .await
         .map_err(|e| format!("server error: {e}"))?;
+    if let Some(expiry) = expiry {
+        expiry.abort();
+    }
     platform
         .shutdown(c.shutdown_grace())
         .await

@@ -879,7 +879,8 @@ async fn with_auth_on_keys_name_the_tenant() {
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.body["count"], 1);
     let a = get_as(s, "/api/user-functions?user_id=bob", &ak).await;
-    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "tenant_mismatch");
     assert!(a.body["error"]["message"]
         .as_str()
         .unwrap()
@@ -895,7 +896,8 @@ async fn with_auth_on_keys_name_the_tenant() {
         serde_json::to_vec(&other).unwrap(),
     )
     .await;
-    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "tenant_mismatch");
 
     let a = get_as(s, &format!("/api/status/{job}"), &ak).await;
     assert_eq!(a.status, StatusCode::OK);

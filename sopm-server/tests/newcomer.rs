@@ -549,3 +549,62 @@ fn a_relative_data_dir_works_from_any_working_directory() {
     assert_eq!(functions.len(), 1, "{}", artifacts.display());
     assert!(functions[0].path().join("v1/deps/six.py").is_file());
 }
+
+/// A package index proxy that cannot start (here: `TMPDIR` names a directory that does
+/// not exist) fails the build with a message that says so in the build log, never
+/// `internal error`.
+#[test]
+fn a_proxy_that_cannot_start_says_so_in_the_build_log() {
+    if !tools_present() {
+        return;
+    }
+    let base = tempfile::tempdir().unwrap();
+    let missing = base.path().join("no-such-temp-dir");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(BIN)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(base.path().join("data"))
+        .env("SOPM_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SOPM_LOG", "error")
+        .env("TMPDIR", &missing)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sopm serve");
+    let server = Server { child, port };
+    let until = Instant::now() + Duration::from_secs(60);
+    while !matches!(server.send(&Request::get("/readyz")), Ok((200, _))) {
+        assert!(Instant::now() < until, "the server did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let steps = readme_steps("## Your own functions", "The same from a directory");
+    let (status, _) = server.send(&steps[0].request).unwrap();
+    assert_eq!(status, 202);
+    let until = Instant::now() + Duration::from_secs(120);
+    let f = loop {
+        let (_, f) = server
+            .send(&Request::get("/api/user-functions/greet"))
+            .unwrap();
+        if f["status"] != "building" {
+            break f;
+        }
+        assert!(Instant::now() < until, "the build did not end: {f}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(f["status"], "failed", "{f}");
+    let log = f["build_log"].as_str().unwrap();
+    assert!(
+        log.contains("==> cannot start the package index proxy: "),
+        "{log}"
+    );
+    assert!(
+        log.contains("==> build failed: cannot start the package index proxy"),
+        "{log}"
+    );
+    assert!(!log.contains("internal error"), "{log}");
+}

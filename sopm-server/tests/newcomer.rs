@@ -1,4 +1,5 @@
-//! The newcomer path: the README's walk-through of a function with a dependency, run
+//! The newcomer path: the README's curl walk-through (built-ins, jobs, errors, and a
+//! function with a dependency), run
 //! against the real `sopm serve` started the README's way (no `--data-dir`: data in
 //! `./sopm-data`) from a working directory whose path is over 150 characters long and
 //! is not the repository. The requests are read from README.md (its `curl` lines, sent
@@ -392,26 +393,44 @@ fn holds(tree: &Value, key: &str, value: &Value) -> bool {
     }
 }
 
-/// Checks an answer against what the README shows: every whole pair it shows, and
-/// the status it names (`(422)`), else a success.
-fn check(step: &Step, status: u16, answer: &Value) {
-    let shown_status = step
-        .answer
-        .trim_end()
-        .strip_suffix(')')
-        .and_then(|s| s.rsplit_once('('))
-        .and_then(|(_, code)| code.parse::<u16>().ok());
+/// Checks an answer against what the README shows (`shown`, its placeholders for ids
+/// replaced): every whole pair it shows, and the status it names (`HTTP/1.1 400 ...` or
+/// `(422)`), else an error status for an error and a success for the rest.
+fn check(step: &Step, shown: &str, status: u16, answer: &Value) {
+    if shown.is_empty() {
+        // A step the README shows no answer for (it goes on to the next one).
+        assert!(
+            (200..300).contains(&status),
+            "{}\n-> {status} {answer}",
+            step.command
+        );
+        return;
+    }
+    let shown_status = shown
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .or_else(|| {
+            shown
+                .trim_end()
+                .strip_suffix(')')
+                .and_then(|s| s.rsplit_once('('))
+                .map(|(_, code)| code)
+        })
+        .and_then(|code| code.parse::<u16>().ok());
     match shown_status {
         Some(code) => assert_eq!(status, code, "{}\n-> {answer}", step.command),
+        None if shown.starts_with("{\"error\"") => {
+            assert!(status >= 400, "{}\n-> {status} {answer}", step.command)
+        }
         None => assert!(
             (200..300).contains(&status),
             "{}\n-> {status} {answer}",
             step.command
         ),
     }
-    let pairs = shown_pairs(&step.answer);
+    let pairs = shown_pairs(shown);
     assert!(
-        !step.answer.is_empty() && !pairs.is_empty(),
+        !pairs.is_empty(),
         "the README shows no answer for {}",
         step.command
     );
@@ -439,9 +458,50 @@ fn long_dir(base: &Path) -> PathBuf {
 /// while it builds, as the README says. `false` (after printing why) if the build
 /// failed and integration is not required.
 fn walk(server: &Server, steps: &[Step]) -> bool {
+    // The README's ids (`6f759e11-…`) stand for the ids the server gave.
+    let mut ids: Vec<(String, String)> = Vec::new();
+    let mut last_id = String::new();
+    let with_ids = |text: &str, ids: &[(String, String)]| {
+        ids.iter()
+            .fold(text.to_string(), |t, (shown, real)| t.replace(shown, real))
+    };
     for step in steps {
-        let mut answer = server.send(&step.request).expect("the request");
-        if step.request.method == "GET" && step.request.path == "/api/user-functions/greet" {
+        let mut request = step.request.clone();
+        request.path = with_ids(&request.path, &ids);
+        if let Some(at) = request.path.find('…') {
+            // An id the README did not show an answer for: the previous call's.
+            let start = request.path[..at].rfind('/').map_or(0, |i| i + 1);
+            let end = at + '…'.len_utf8();
+            ids.push((request.path[start..end].to_string(), last_id.clone()));
+            request.path = with_ids(&request.path, &ids);
+        }
+        let mut answer = server.send(&request).expect("the request");
+        if request.method == "GET" && request.path.starts_with("/api/status/") {
+            // "then follow the job": until it has finished.
+            let until = Instant::now() + Duration::from_secs(60);
+            while matches!(answer.1["status"].as_str(), Some("queued" | "running")) {
+                assert!(
+                    Instant::now() < until,
+                    "the job did not finish: {}",
+                    answer.1
+                );
+                std::thread::sleep(Duration::from_millis(50));
+                answer = server.send(&request).expect("the request");
+            }
+        }
+        if let Some(id) = answer.1["id"].as_str() {
+            last_id = id.to_string();
+            if let Some(shown) = step
+                .answer
+                .split_once("\"id\":\"")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map(|(shown, _)| shown)
+                .filter(|shown| shown.contains('…') && shown.len() > '…'.len_utf8())
+            {
+                ids.push((shown.to_string(), id.to_string()));
+            }
+        }
+        if request.method == "GET" && request.path == "/api/user-functions/greet" {
             let until = Instant::now() + Duration::from_secs(300);
             while answer.1["status"] == "building" {
                 assert!(
@@ -460,7 +520,7 @@ fn walk(server: &Server, steps: &[Step]) -> bool {
                 return false;
             }
         }
-        check(step, answer.0, &answer.1);
+        check(step, &with_ids(&step.answer, &ids), answer.0, &answer.1);
     }
     true
 }
@@ -522,11 +582,12 @@ fn the_readme_walk_through_works_from_a_long_path() {
     assert!(data.as_os_str().len() > 150);
 
     let mut steps = readme_steps("## Walk-through with curl", "List the catalog");
+    steps.extend(readme_steps("Run a function and wait", "Figures:"));
     steps.extend(readme_steps(
         "## Your own functions",
         "The same from a directory",
     ));
-    assert_eq!(steps.len(), 7, "{steps:#?}");
+    assert_eq!(steps.len(), 19, "{steps:#?}");
     walk(&server, &steps);
 }
 
@@ -548,4 +609,63 @@ fn a_relative_data_dir_works_from_any_working_directory() {
     let functions: Vec<_> = std::fs::read_dir(&artifacts).unwrap().flatten().collect();
     assert_eq!(functions.len(), 1, "{}", artifacts.display());
     assert!(functions[0].path().join("v1/deps/six.py").is_file());
+}
+
+/// A package index proxy that cannot start (here: `TMPDIR` names a directory that does
+/// not exist) fails the build with a message that says so in the build log, never
+/// `internal error`.
+#[test]
+fn a_proxy_that_cannot_start_says_so_in_the_build_log() {
+    if !tools_present() {
+        return;
+    }
+    let base = tempfile::tempdir().unwrap();
+    let missing = base.path().join("no-such-temp-dir");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(BIN)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(base.path().join("data"))
+        .env("SOPM_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SOPM_LOG", "error")
+        .env("TMPDIR", &missing)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sopm serve");
+    let server = Server { child, port };
+    let until = Instant::now() + Duration::from_secs(60);
+    while !matches!(server.send(&Request::get("/readyz")), Ok((200, _))) {
+        assert!(Instant::now() < until, "the server did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let steps = readme_steps("## Your own functions", "The same from a directory");
+    let (status, _) = server.send(&steps[0].request).unwrap();
+    assert_eq!(status, 202);
+    let until = Instant::now() + Duration::from_secs(120);
+    let f = loop {
+        let (_, f) = server
+            .send(&Request::get("/api/user-functions/greet"))
+            .unwrap();
+        if f["status"] != "building" {
+            break f;
+        }
+        assert!(Instant::now() < until, "the build did not end: {f}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(f["status"], "failed", "{f}");
+    let log = f["build_log"].as_str().unwrap();
+    assert!(
+        log.contains("==> cannot start the package index proxy: "),
+        "{log}"
+    );
+    assert!(
+        log.contains("==> build failed: cannot start the package index proxy"),
+        "{log}"
+    );
+    assert!(!log.contains("internal error"), "{log}");
 }

@@ -232,3 +232,35 @@ async fn network_only_when_asked_and_allowed() {
     );
     exec.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sandbox_gets_its_cpu_quota_where_the_cpu_controller_is_ours() {
+    if !integration_ready("cpu_quota", PY_TOOLS) {
+        return;
+    }
+    let cpu = std::path::Path::new("/sys/fs/cgroup/cpu");
+    if !cpu.join("cpu.cfs_quota_us").exists() {
+        sopm_core::conformance::executor::skip("cpu_quota", "no cgroup v1 cpu hierarchy here");
+        return;
+    }
+    let parent = format!("sopm-cpu-test-{}", uuid::Uuid::new_v4().simple());
+    let exec = config(&[RunnerKind::Python])
+        .with_cgroup_parent(&parent)
+        .with_cpu_millis(500)
+        .build()
+        .unwrap();
+    let f = python(HELLO_PY);
+    call(&exec, &f, json!({})).await.unwrap();
+    let quotas: Vec<String> = std::fs::read_dir(cpu.join(&parent))
+        .expect("the sandboxes' cpu cgroups")
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| std::fs::read_to_string(e.path().join("cpu.cfs_quota_us")).unwrap())
+        .collect();
+    exec.shutdown().await;
+    let _ = std::fs::remove_dir(cpu.join(&parent));
+    assert!(!quotas.is_empty(), "no sandbox has a cpu cgroup");
+    for q in quotas {
+        assert_eq!(q.trim(), "50000", "half a core is 50 ms per 100 ms period");
+    }
+}

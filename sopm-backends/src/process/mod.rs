@@ -58,6 +58,7 @@ pub struct ProcessExecutorConfig {
     pub(crate) cgroups: bool,
     pub(crate) cgroup_parent: String,
     pub(crate) extra_ro_binds: Vec<PathBuf>,
+    pub(crate) cpu_millis: u64,
 }
 
 impl Default for ProcessExecutorConfig {
@@ -83,12 +84,13 @@ impl ProcessExecutorConfig {
             cgroups: true,
             cgroup_parent: "sopm".into(),
             extra_ro_binds: Vec::new(),
+            cpu_millis: 1000,
         }
     }
 
     /// Defaults overridden by environment variables: `SOPM_BWRAP`, `SOPM_PRLIMIT`,
     /// `SOPM_PYTHON`, `SOPM_NODE` (tool paths), `SOPM_SANDBOX_SCRATCH_DIR`,
-    /// `SOPM_ALLOW_NETWORK` (`true`/`false`), `SOPM_CGROUPS` (`true`/`false`), and the
+    /// `SOPM_ALLOW_NETWORK` (`true`/`false`), `SOPM_CGROUPS` (`true`/`false`), `SOPM_SANDBOX_CPU_MILLIS`, and the
     /// pool variables of [`PoolSettings::with_vars`]. An unparsable number or flag is
     /// `invalid_input`.
     pub fn from_env() -> Result<Self> {
@@ -107,6 +109,9 @@ impl ProcessExecutorConfig {
         }
         if let Some(enabled) = parse_var(&var, "SOPM_CGROUPS")? {
             c.cgroups = enabled;
+        }
+        if let Some(millis) = parse_var(&var, "SOPM_SANDBOX_CPU_MILLIS")? {
+            c.cpu_millis = millis;
         }
         c.pool = c.pool.with_vars(var)?;
         Ok(c)
@@ -179,6 +184,13 @@ impl ProcessExecutorConfig {
         self
     }
 
+    /// The CPU share of each sandbox, in thousandths of one core (default 1000: one
+    /// core), applied as a cgroup CPU quota where the `cpu` controller is writable.
+    pub fn with_cpu_millis(mut self, millis: u64) -> Self {
+        self.cpu_millis = millis;
+        self
+    }
+
     /// The cgroup under which sandbox cgroups are made (default `sopm`).
     pub fn with_cgroup_parent(mut self, name: impl Into<String>) -> Self {
         self.cgroup_parent = name.into();
@@ -208,6 +220,11 @@ impl ProcessExecutorConfig {
             &self.host_shell,
             &self.scratch_dir,
         ];
+        if !(10..=1_024_000).contains(&self.cpu_millis) {
+            return Err(Error::invalid(
+                "process executor: cpu_millis must be between 10 and 1024000",
+            ));
+        }
         if let Some(problem) = host_config_problem(
             &self.name,
             &self.pool,

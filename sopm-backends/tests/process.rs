@@ -264,3 +264,38 @@ async fn each_sandbox_gets_its_cpu_quota_where_the_cpu_controller_is_ours() {
         assert_eq!(q.trim(), "50000", "half a core is 50 ms per 100 ms period");
     }
 }
+
+/// Without cgroups, node's buffers (outside the heap that `--max-old-space-size` bounds)
+/// are bounded by `RLIMIT_DATA`: allocating up to 1 GiB under a 64 MiB limit fails
+/// instead of taking the host's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_cgroups_node_memory_is_bounded_by_the_data_rlimit() {
+    if !integration_ready("node_data_rlimit", &["bwrap", "prlimit", "python3", "node"]) {
+        return;
+    }
+    let exec = config(&[RunnerKind::Node])
+        .with_cgroups(false)
+        .build()
+        .unwrap();
+    let f = function_with(
+        Runtime::Node,
+        "index.handle",
+        &[(
+            "index.js",
+            b"exports.handle = () => {\n  const hoard = [];\n  for (let i = 0; i < 1024; i++) hoard.push(Buffer.alloc(1 << 20, 1));\n  return 'allocated ' + hoard.length + ' MiB';\n};\n",
+        )],
+        Limits {
+            memory_mb: 64,
+            timeout_ms: 20_000,
+            ..Limits::default()
+        },
+    );
+    let r = call(&exec, &f, json!({})).await;
+    eprintln!("node allocating 1 GiB under 64 MiB without cgroups: {r:?}");
+    exec.shutdown().await;
+    let e = r.expect_err("node allocated 1 GiB under a 64 MiB limit");
+    assert!(
+        ["out_of_memory", "function_error", "sandbox_crashed"].contains(&e.code()),
+        "{e:?}"
+    );
+}

@@ -76,6 +76,7 @@ pub fn rlimits(runner: RunnerKind, limits: &Limits) -> Vec<Value> {
                 "fsize" => "RLIMIT_FSIZE",
                 "core" => "RLIMIT_CORE",
                 "as" => "RLIMIT_AS",
+                "data" => "RLIMIT_DATA",
                 "nproc" => "RLIMIT_NPROC",
                 _ => return None,
             };

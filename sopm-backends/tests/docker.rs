@@ -15,13 +15,15 @@ use async_trait::async_trait;
 use sopm_backends::docker::{docker_runner, DockerExecutor, DockerExecutorConfig};
 use sopm_backends::host::PoolSettings;
 use sopm_backends::sandbox::RunnerKind;
-use sopm_core::conformance::executor::{skip, Needs, SandboxCounters, Subject};
+use sopm_core::conformance::executor::{skip, Needs, Privileged, SandboxCounters, Subject};
 use sopm_core::Executor;
 use support::*;
 
-/// A docker executor of its own name (so its containers can be counted).
+/// A docker executor of its own name (so its containers can be counted), and its OCI
+/// runtime (`runc`, `runsc`).
 struct Docker {
     exec: DockerExecutor,
+    runtime: &'static str,
 }
 
 #[async_trait]
@@ -34,6 +36,23 @@ impl Subject for Docker {
     }
     fn counters(&self) -> SandboxCounters {
         sandbox_counters(self.exec.counters())
+    }
+    /// A container's root is its image: the image's own `/etc`, `/var` and interpreter
+    /// (which may match a host of the same distribution file for file), nothing of the
+    /// host's.
+    fn allowed_host_paths(&self) -> Vec<std::path::PathBuf> {
+        ["/etc", "/var", "/usr/local", "/opt"]
+            .map(std::path::PathBuf::from)
+            .to_vec()
+    }
+    /// Under gVisor as a Docker runtime, the daemon's `runsc` does not load the
+    /// container's seccomp profile (that takes `--oci-seccomp` in the daemon's runtime
+    /// flags): a user namespace can be made, inside gVisor's own kernel.
+    fn privileged_allowed(&self) -> &[Privileged] {
+        match self.runtime {
+            "runsc" => &[Privileged::NestedUserNamespace],
+            _ => &[],
+        }
     }
     /// Shuts the executor down and checks that none of its containers is left.
     async fn finish(&self) {
@@ -59,7 +78,7 @@ async fn assert_no_container_left(exec: &DockerExecutor) {
 /// `None` (skipped) when the daemon, a base image or the static runner is missing.
 async fn ready(
     test: &str,
-    runtime: &str,
+    runtime: &'static str,
     runners: &[RunnerKind],
     tune: impl FnOnce(PoolSettings) -> PoolSettings,
 ) -> Option<Docker> {
@@ -79,7 +98,7 @@ async fn ready(
             return None;
         }
     }
-    Some(Docker { exec })
+    Some(Docker { exec, runtime })
 }
 
 fn runners_of(needs: &Needs) -> Vec<RunnerKind> {
@@ -93,7 +112,7 @@ fn runners_of(needs: &Needs) -> Vec<RunnerKind> {
     out
 }
 
-async fn shaped(runtime: &str, needs: Needs) -> Option<Docker> {
+async fn shaped(runtime: &'static str, needs: Needs) -> Option<Docker> {
     ready(needs.test, runtime, &runners_of(&needs), |mut p| {
         shape_pool(&mut p, &needs);
         p

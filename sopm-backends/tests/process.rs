@@ -232,3 +232,70 @@ async fn network_only_when_asked_and_allowed() {
     );
     exec.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sandbox_gets_its_cpu_quota_where_the_cpu_controller_is_ours() {
+    if !integration_ready("cpu_quota", PY_TOOLS) {
+        return;
+    }
+    let cpu = std::path::Path::new("/sys/fs/cgroup/cpu");
+    if !cpu.join("cpu.cfs_quota_us").exists() {
+        sopm_core::conformance::executor::skip("cpu_quota", "no cgroup v1 cpu hierarchy here");
+        return;
+    }
+    let parent = format!("sopm-cpu-test-{}", uuid::Uuid::new_v4().simple());
+    let exec = config(&[RunnerKind::Python])
+        .with_cgroup_parent(&parent)
+        .with_cpu_millis(500)
+        .build()
+        .unwrap();
+    let f = python(HELLO_PY);
+    call(&exec, &f, json!({})).await.unwrap();
+    let quotas: Vec<String> = std::fs::read_dir(cpu.join(&parent))
+        .expect("the sandboxes' cpu cgroups")
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| std::fs::read_to_string(e.path().join("cpu.cfs_quota_us")).unwrap())
+        .collect();
+    exec.shutdown().await;
+    let _ = std::fs::remove_dir(cpu.join(&parent));
+    assert!(!quotas.is_empty(), "no sandbox has a cpu cgroup");
+    for q in quotas {
+        assert_eq!(q.trim(), "50000", "half a core is 50 ms per 100 ms period");
+    }
+}
+
+/// Without cgroups, node's buffers (outside the heap that `--max-old-space-size` bounds)
+/// are bounded by `RLIMIT_DATA`: allocating up to 1 GiB under a 64 MiB limit fails
+/// instead of taking the host's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_cgroups_node_memory_is_bounded_by_the_data_rlimit() {
+    if !integration_ready("node_data_rlimit", &["bwrap", "prlimit", "python3", "node"]) {
+        return;
+    }
+    let exec = config(&[RunnerKind::Node])
+        .with_cgroups(false)
+        .build()
+        .unwrap();
+    let f = function_with(
+        Runtime::Node,
+        "index.handle",
+        &[(
+            "index.js",
+            b"exports.handle = () => {\n  const hoard = [];\n  for (let i = 0; i < 1024; i++) hoard.push(Buffer.alloc(1 << 20, 1));\n  return 'allocated ' + hoard.length + ' MiB';\n};\n",
+        )],
+        Limits {
+            memory_mb: 64,
+            timeout_ms: 20_000,
+            ..Limits::default()
+        },
+    );
+    let r = call(&exec, &f, json!({})).await;
+    eprintln!("node allocating 1 GiB under 64 MiB without cgroups: {r:?}");
+    exec.shutdown().await;
+    let e = r.expect_err("node allocated 1 GiB under a 64 MiB limit");
+    assert!(
+        ["out_of_memory", "function_error", "sandbox_crashed"].contains(&e.code()),
+        "{e:?}"
+    );
+}

@@ -86,7 +86,7 @@ impl DockerLauncher {
             tmpfs: Some(tmpfs),
             binds: (!binds.is_empty()).then_some(binds),
             cap_drop: Some(vec!["ALL".into()]),
-            security_opt: Some(vec!["no-new-privileges".into()]),
+            security_opt: Some(security_opts()),
             network_mode: Some(if spec.network { "bridge" } else { "none" }.into()),
             init: Some(true),
             runtime: self.config.runtime.clone(),
@@ -94,6 +94,16 @@ impl DockerLauncher {
             ..Default::default()
         }
     }
+}
+
+/// `no-new-privileges`, and the host layer's seccomp profile in place of Docker's
+/// default (which allows `ptrace` on current kernels) where it knows this architecture.
+fn security_opts() -> Vec<String> {
+    let mut opts = vec!["no-new-privileges".to_string()];
+    if let Some(arch) = crate::host::seccomp::Arch::native() {
+        opts.push(format!("seccomp={}", crate::host::seccomp::oci(arch)));
+    }
+    opts
 }
 
 /// The runtime's room on top of a function's memory and pids limits (gVisor's own kernel

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use sopm_core::Limits;
 
+use crate::host::cgroup::CPU_PERIOD_US;
 use crate::host::interpreters::Interpreter;
 use crate::host::mounts::TopLevel;
 use crate::host::rlimits::rlimit_args;
@@ -47,8 +48,10 @@ pub struct BundlePlan<'a> {
     pub mount: Option<&'a Path>,
     /// Size of the private code dir when nothing is mounted.
     pub code_tmpfs_bytes: u64,
-    /// A host cgroup path for the whole sandbox (memory and pids), if cgroups are used.
+    /// A host cgroup path for the whole sandbox (memory, pids and CPU), if cgroups are used.
     pub cgroups_path: Option<String>,
+    /// The sandbox's CPU quota in thousandths of one core (applied with its cgroup).
+    pub cpu_millis: u64,
 }
 
 fn bind(src: &Path, dest: &Path) -> Value {
@@ -73,6 +76,7 @@ pub fn rlimits(runner: RunnerKind, limits: &Limits) -> Vec<Value> {
                 "fsize" => "RLIMIT_FSIZE",
                 "core" => "RLIMIT_CORE",
                 "as" => "RLIMIT_AS",
+                "data" => "RLIMIT_DATA",
                 "nproc" => "RLIMIT_NPROC",
                 _ => return None,
             };
@@ -140,6 +144,10 @@ pub fn config_json(plan: &BundlePlan<'_>) -> Value {
         "resources": {
             "memory": {"limit": (plan.limits.memory_mb.max(16) << 20) + SANDBOX_MEMORY_HEADROOM},
             "pids": {"limit": plan.limits.max_processes.max(1) + SANDBOX_PIDS_HEADROOM},
+            "cpu": {
+                "quota": (plan.cpu_millis.max(10) * CPU_PERIOD_US / 1000).max(1000),
+                "period": CPU_PERIOD_US,
+            },
         },
         "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
         "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"],
@@ -244,6 +252,7 @@ mod tests {
             mount: None,
             code_tmpfs_bytes: 1 << 20,
             cgroups_path: None,
+            cpu_millis: 500,
         };
         let c = config_json(&plan);
         assert_eq!(c["root"]["readonly"], json!(true));
@@ -265,5 +274,9 @@ mod tests {
             .all(|m| m["options"].as_array().unwrap().contains(&json!("ro")));
         assert!(ro_binds);
         assert!(c["linux"].get("cgroupsPath").is_none());
+        assert_eq!(
+            c["linux"]["resources"]["cpu"],
+            json!({"quota": 50000, "period": 100000})
+        );
     }
 }

@@ -247,6 +247,7 @@ impl SandboxLauncher for GvisorLauncher {
                 .config
                 .cgroups
                 .then(|| format!("/{}/{id}", self.config.cgroup_parent)),
+            cpu_millis: self.config.cpu_millis,
         };
         let config = bundle::config_json(&plan).to_string();
         std::fs::create_dir_all(&bundle_dir)

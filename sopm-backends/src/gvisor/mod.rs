@@ -89,6 +89,7 @@ pub struct GvisorExecutorConfig {
     pub(crate) cgroups: bool,
     pub(crate) cgroup_parent: String,
     pub(crate) extra_ro_binds: Vec<PathBuf>,
+    pub(crate) cpu_millis: u64,
 }
 
 impl Default for GvisorExecutorConfig {
@@ -112,12 +113,14 @@ impl GvisorExecutorConfig {
             cgroups: false,
             cgroup_parent: "sopm-gvisor".into(),
             extra_ro_binds: Vec::new(),
+            cpu_millis: 1000,
         }
     }
 
     /// Defaults overridden by environment variables: `SOPM_RUNSC`, `SOPM_GVISOR_PLATFORM`
     /// (`ptrace`/`systrap`/`kvm`), `SOPM_PYTHON`, `SOPM_NODE`, `SOPM_GVISOR_SCRATCH_DIR`,
-    /// `SOPM_GVISOR_CGROUPS` (`true`/`false`), and the pool variables of
+    /// `SOPM_GVISOR_CGROUPS` (`true`/`false`), `SOPM_GVISOR_CPU_MILLIS`, and the pool
+    /// variables of
     /// [`PoolSettings::with_vars`]. An unparsable value is `invalid_input`.
     pub fn from_env() -> Result<Self> {
         Self::from_vars(|k| std::env::var(k).ok())
@@ -131,6 +134,9 @@ impl GvisorExecutorConfig {
         c.scratch_dir = path_var(&var, "SOPM_GVISOR_SCRATCH_DIR").or(c.scratch_dir);
         if let Some(v) = var("SOPM_GVISOR_PLATFORM") {
             c.platform = v.parse()?;
+        }
+        if let Some(millis) = parse_var(&var, "SOPM_GVISOR_CPU_MILLIS")? {
+            c.cpu_millis = millis;
         }
         if let Some(enabled) = parse_var(&var, "SOPM_GVISOR_CGROUPS")? {
             c.cgroups = enabled;
@@ -189,8 +195,15 @@ impl GvisorExecutorConfig {
         self
     }
 
+    /// The CPU share of each sandbox, gVisor's own kernel included, in thousandths of one
+    /// core (default 1000), applied as a CPU quota of its host cgroup when cgroups are on.
+    pub fn with_cpu_millis(mut self, millis: u64) -> Self {
+        self.cpu_millis = millis;
+        self
+    }
+
     /// Whether runsc puts each sandbox in a host cgroup with its memory and pids limits
-    /// (plus room for gVisor's own kernel). Default false.
+    /// (plus room for gVisor's own kernel) and its CPU quota. Default false.
     pub fn with_cgroups(mut self, enabled: bool) -> Self {
         self.cgroups = enabled;
         self

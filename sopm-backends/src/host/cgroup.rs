@@ -1,8 +1,10 @@
-//! Per-sandbox cgroups for memory and process-count limits, where the host lets us make
-//! them: cgroup v1 (`/sys/fs/cgroup/{memory,pids}/<parent>/<instance>`) or a v2 subtree
+//! Per-sandbox cgroups for memory and process-count limits, and a CPU quota where the
+//! `cpu` controller is ours too, where the host lets us make them: cgroup v1
+//! (`/sys/fs/cgroup/{memory,pids,cpu}/<parent>/<instance>`) or a v2 subtree
 //! (`/sys/fs/cgroup/<our cgroup>/<parent>/<instance>`, which needs the `memory` and `pids`
-//! controllers delegated to us). Without either, the sandbox still runs, bounded by rlimits
-//! and its pid namespace, and a line in the log says so.
+//! controllers delegated to us, and `cpu` for the quota). Without either, the sandbox
+//! still runs, bounded by rlimits (CPU time per call included) and its pid namespace, and
+//! a line in the log says so.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -22,11 +24,15 @@ pub enum CgroupRoot {
         memory: PathBuf,
         /// `/sys/fs/cgroup/pids/<parent>`.
         pids: PathBuf,
+        /// `/sys/fs/cgroup/cpu/<parent>`, where that hierarchy is writable.
+        cpu: Option<PathBuf>,
     },
     /// cgroup v2: one subtree with `memory` and `pids` enabled for its children.
     V2 {
         /// `/sys/fs/cgroup/<ours>/<parent>`.
         base: PathBuf,
+        /// Whether the `cpu` controller is enabled for its children.
+        cpu: bool,
     },
 }
 
@@ -39,9 +45,13 @@ impl CgroupRoot {
         if v1_mem.join("cgroup.procs").exists() && v1_pids.join("cgroup.procs").exists() {
             let memory = v1_mem.join(parent);
             let pids = v1_pids.join(parent);
+            let cpu = mount.join("cpu");
+            let cpu = (cpu.join("cpu.cfs_quota_us").exists())
+                .then(|| cpu.join(parent))
+                .filter(|c| ensure_dir(c).is_ok());
             return match (ensure_dir(&memory), ensure_dir(&pids)) {
                 (Ok(()), Ok(())) => {
-                    let root = CgroupRoot::V1 { memory, pids };
+                    let root = CgroupRoot::V1 { memory, pids, cpu };
                     root.probe().map(|()| root)
                 }
                 (Err(e), _) | (_, Err(e)) => Err(format!("cgroup v1 not writable: {e}")),
@@ -65,7 +75,10 @@ impl CgroupRoot {
                 std::fs::write(base.join("cgroup.subtree_control"), ctl)
                     .map_err(|e| format!("cannot enable {ctl} for sandbox cgroups: {e}"))?;
             }
-            let root = CgroupRoot::V2 { base };
+            // The CPU quota is a bonus: without the controller, CPU time is bounded per call.
+            let _ = std::fs::write(ours.join("cgroup.subtree_control"), "+cpu");
+            let cpu = std::fs::write(base.join("cgroup.subtree_control"), "+cpu").is_ok();
+            let root = CgroupRoot::V2 { base, cpu };
             return root.probe().map(|()| root);
         }
         Err(format!("no cgroup hierarchy at {}", mount.display()))
@@ -78,6 +91,7 @@ impl CgroupRoot {
             .map_err(|e| format!("cannot create a sandbox cgroup: {e}"))?;
         let r = cg
             .set_limits(64 << 20, 16)
+            .and_then(|()| cg.set_cpu_millis(1000))
             .map_err(|e| format!("cannot set cgroup limits: {e}"));
         cg.remove_now();
         r
@@ -86,27 +100,32 @@ impl CgroupRoot {
     /// Makes the cgroup(s) of one sandbox.
     pub fn create(&self, name: &str) -> io::Result<SandboxCgroup> {
         match self {
-            CgroupRoot::V1 { memory, pids } => {
-                let m = memory.join(name);
-                let p = pids.join(name);
-                std::fs::create_dir(&m)?;
-                if let Err(e) = std::fs::create_dir(&p) {
-                    let _ = std::fs::remove_dir(&m);
-                    return Err(e);
-                }
-                Ok(SandboxCgroup {
+            CgroupRoot::V1 { memory, pids, cpu } => {
+                let cg = SandboxCgroup {
                     v2: false,
-                    memory: m,
-                    pids: p,
-                })
+                    memory: memory.join(name),
+                    pids: pids.join(name),
+                    cpu: cpu.as_ref().map(|c| c.join(name)),
+                };
+                for d in [Some(&cg.memory), Some(&cg.pids), cg.cpu.as_ref()]
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Err(e) = std::fs::create_dir(d) {
+                        cg.try_remove();
+                        return Err(e);
+                    }
+                }
+                Ok(cg)
             }
-            CgroupRoot::V2 { base } => {
+            CgroupRoot::V2 { base, cpu } => {
                 let d = base.join(name);
                 std::fs::create_dir(&d)?;
                 Ok(SandboxCgroup {
                     v2: true,
                     memory: d.clone(),
-                    pids: d,
+                    pids: d.clone(),
+                    cpu: cpu.then_some(d),
                 })
             }
         }
@@ -127,8 +146,12 @@ impl CgroupRoot {
     /// server that crashed mid-boot of a sandbox).
     pub async fn sweep_stale(&self, sh: &Path) {
         let bases: Vec<&Path> = match self {
-            CgroupRoot::V1 { memory, pids } => vec![pids.as_path(), memory.as_path()],
-            CgroupRoot::V2 { base } => vec![base.as_path()],
+            CgroupRoot::V1 { memory, pids, cpu } => {
+                let mut b = vec![pids.as_path(), memory.as_path()];
+                b.extend(cpu.as_deref());
+                b
+            }
+            CgroupRoot::V2 { base, .. } => vec![base.as_path()],
         };
         let mut stale = Vec::new();
         for base in &bases {
@@ -153,15 +176,17 @@ impl CgroupRoot {
         }
         for name in stale {
             let cg = match self {
-                CgroupRoot::V1 { memory, pids } => SandboxCgroup {
+                CgroupRoot::V1 { memory, pids, cpu } => SandboxCgroup {
                     v2: false,
                     memory: memory.join(&name),
                     pids: pids.join(&name),
+                    cpu: cpu.as_ref().map(|c| c.join(&name)),
                 },
-                CgroupRoot::V2 { base } => SandboxCgroup {
+                CgroupRoot::V2 { base, cpu } => SandboxCgroup {
                     v2: true,
                     memory: base.join(&name),
                     pids: base.join(&name),
+                    cpu: cpu.then(|| base.join(&name)),
                 },
             };
             if let Some(pids) = cg.pids() {
@@ -189,7 +214,11 @@ pub struct SandboxCgroup {
     v2: bool,
     memory: PathBuf,
     pids: PathBuf,
+    cpu: Option<PathBuf>,
 }
+
+/// The CFS period of a sandbox's CPU quota, in microseconds.
+pub const CPU_PERIOD_US: u64 = 100_000;
 
 impl SandboxCgroup {
     /// The directories whose `cgroup.procs` the sandbox's first process joins.
@@ -197,7 +226,29 @@ impl SandboxCgroup {
         if self.v2 {
             vec![&self.memory]
         } else {
-            vec![&self.memory, &self.pids]
+            let mut d = vec![self.memory.as_path(), self.pids.as_path()];
+            d.extend(self.cpu.as_deref());
+            d
+        }
+    }
+
+    /// Whether the sandbox gets a CPU quota ([`set_cpu_millis`](Self::set_cpu_millis)).
+    pub fn has_cpu_quota(&self) -> bool {
+        self.cpu.is_some()
+    }
+
+    /// Caps the sandbox at `millis` thousandths of one CPU (1000: one core), where the
+    /// `cpu` controller is ours; a no-op elsewhere.
+    pub fn set_cpu_millis(&self, millis: u64) -> io::Result<()> {
+        let Some(dir) = &self.cpu else {
+            return Ok(());
+        };
+        let quota = (millis.max(10) * CPU_PERIOD_US / 1000).max(1000);
+        if self.v2 {
+            std::fs::write(dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}"))
+        } else {
+            std::fs::write(dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?;
+            std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())
         }
     }
 
@@ -273,7 +324,10 @@ impl SandboxCgroup {
 
     fn try_remove(&self) -> bool {
         let mut ok = true;
-        for d in [&self.memory, &self.pids] {
+        for d in [Some(&self.memory), Some(&self.pids), self.cpu.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             match std::fs::remove_dir(d) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -1,5 +1,5 @@
-//! The rlimits of a sandbox (open files, file size, core dumps, address space, process
-//! count), written as `prlimit` options that every host backend reads.
+//! The rlimits of a sandbox (open files, file size, core dumps, address space or data
+//! size, process count), written as `prlimit` options that every host backend reads.
 
 use sopm_core::Limits;
 
@@ -18,11 +18,14 @@ pub fn rlimit_args(runner: RunnerKind, limits: &Limits, nproc: bool) -> Vec<Stri
         format!("--fsize={fsize}:{fsize}"),
         "--core=0:0".to_string(),
     ];
-    // V8 reserves gigabytes of address space up front, so node is bounded by its heap
-    // flag and the memory cgroup instead.
-    if runner == RunnerKind::Python {
-        let bytes = (limits.memory_mb << 20).saturating_add(ADDRESS_SPACE_HEADROOM);
-        args.push(format!("--as={bytes}:{bytes}"));
+    let bytes = (limits.memory_mb << 20).saturating_add(ADDRESS_SPACE_HEADROOM);
+    match runner {
+        RunnerKind::Python => args.push(format!("--as={bytes}:{bytes}")),
+        // V8 reserves gigabytes of address space up front (PROT_NONE), which RLIMIT_AS
+        // would count but RLIMIT_DATA does not: node's heap and buffers are bounded by
+        // the data limit (and its heap flag) even where no memory cgroup is.
+        RunnerKind::Node => args.push(format!("--data={bytes}:{bytes}")),
+        RunnerKind::Static => {}
     }
     if nproc {
         let n = limits.max_processes.max(4);

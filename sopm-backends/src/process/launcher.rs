@@ -79,7 +79,10 @@ impl SandboxLauncher for ProcessLauncher {
             Some(root) => match root.create(&name) {
                 Ok(cg) => {
                     let (mem, pids) = cgroup_limits(&spec.limits);
-                    if let Err(e) = cg.set_limits(mem, pids) {
+                    let set = cg
+                        .set_limits(mem, pids)
+                        .and_then(|()| cg.set_cpu_millis(self.config.cpu_millis));
+                    if let Err(e) = set {
                         cg.remove_now();
                         return Err(Error::Internal(format!("cannot set cgroup limits: {e}")));
                     }

@@ -1,24 +1,29 @@
 //! The process backend: user functions run in bubblewrap sandboxes on this machine.
 //!
-//! Each instance is `[sh ->] prlimit -> bwrap -> runner`:
-//! - `bwrap` gives it new user, pid, network, ipc, uts (and cgroup) namespaces, drops
-//!   every capability, dies with the server (`--die-with-parent`), runs in its own session,
-//!   and sees a read-only root with only `/usr` (plus the `/lib*` links), the dynamic
-//!   linker cache, time zone and CA certificates, the interpreter's own prefix if it lives
-//!   outside `/usr`, the runners, a size-capped private `/tmp` and `/dev/shm`, and the
-//!   function's code at `/fn`. Not `/etc/shadow`, not `/root`, not the server's data. The
+//! Each instance is `sh -> prlimit -> bwrap -> runner`:
+//! - `sh` opens the seccomp program on fd 9 and joins the sandbox's cgroups.
+//! - `bwrap` gives it new user, pid, network, ipc, uts (and cgroup) namespaces, forbids
+//!   nested user namespaces (`--disable-userns`), drops every capability, runs the
+//!   function as uid/gid 65534, applies the host layer's default-deny seccomp profile,
+//!   dies with the server (`--die-with-parent`), runs in its own session, and sees a
+//!   read-only root with only the allow-list of [`crate::host::mounts`]: `/usr` (plus the
+//!   `/lib*` links), the dynamic linker cache, time zone and `/etc/ssl/certs`, the
+//!   interpreter's own prefix if it lives outside `/usr`, the runners, a size-capped
+//!   private `/tmp` and `/dev/shm`, and the function's code at `/fn`. Not `/etc/shadow`,
+//!   not `/etc/ssl/private`, not `/root` or `/home`, not the server's data. The
 //!   environment is cleared to a minimal one plus the function's own variables. The host
 //!   network is shared only if the function asks for it *and* the executor allows it.
 //! - `prlimit` sets rlimits: open files, file size (the tmpfs size), no core dumps, and
-//!   for python-family runners the address space (memory + headroom). The python runner
-//!   also sets a CPU-seconds limit per invocation.
-//! - Where the host lets us, a cgroup per instance (v1 `memory` + `pids`, or a delegated v2
-//!   subtree) enforces memory and process count; a memory kill is read back from the
-//!   cgroup's OOM counter and reported as `out_of_memory`. The first `sh` joins that cgroup
-//!   before it execs, so nothing in the sandbox ever runs outside it.
+//!   for python-family runners the address space (memory + headroom), for node the data
+//!   size. The python and node runners also set a CPU-seconds limit per invocation.
+//! - Where the host lets us, a cgroup per instance (v1 `memory` + `pids`, and `cpu` where
+//!   writable, or a delegated v2 subtree) enforces memory, process count and a CPU quota
+//!   ([`ProcessExecutorConfig::with_cpu_millis`]); a memory kill is read back from the
+//!   cgroup's OOM counter and reported as `out_of_memory`. The first `sh` joins that
+//!   cgroup before it execs, so nothing in the sandbox ever runs outside it.
 //!
 //! Fork bombs: `RLIMIT_NPROC` does not bind for uid 0, and sandboxes map to the server's
-//! uid, so the pids cgroup is what stops them (`pids.max` = `max_processes` + the sandbox's
+//! uid (65534 exists only inside their user namespace), so the pids cgroup is what stops them (`pids.max` = `max_processes` + the sandbox's
 //! own 3 processes). Without a writable cgroup, `RLIMIT_NPROC` is set (binding for a
 //! non-root server) and the wall-clock timeout kills the pid namespace, taking every
 //! process with it. An instance left with more processes than it had when it loaded is
@@ -58,6 +63,7 @@ pub struct ProcessExecutorConfig {
     pub(crate) cgroups: bool,
     pub(crate) cgroup_parent: String,
     pub(crate) extra_ro_binds: Vec<PathBuf>,
+    pub(crate) cpu_millis: u64,
 }
 
 impl Default for ProcessExecutorConfig {
@@ -83,12 +89,13 @@ impl ProcessExecutorConfig {
             cgroups: true,
             cgroup_parent: "sopm".into(),
             extra_ro_binds: Vec::new(),
+            cpu_millis: 1000,
         }
     }
 
     /// Defaults overridden by environment variables: `SOPM_BWRAP`, `SOPM_PRLIMIT`,
     /// `SOPM_PYTHON`, `SOPM_NODE` (tool paths), `SOPM_SANDBOX_SCRATCH_DIR`,
-    /// `SOPM_ALLOW_NETWORK` (`true`/`false`), `SOPM_CGROUPS` (`true`/`false`), and the
+    /// `SOPM_ALLOW_NETWORK` (`true`/`false`), `SOPM_CGROUPS` (`true`/`false`), `SOPM_SANDBOX_CPU_MILLIS`, and the
     /// pool variables of [`PoolSettings::with_vars`]. An unparsable number or flag is
     /// `invalid_input`.
     pub fn from_env() -> Result<Self> {
@@ -107,6 +114,9 @@ impl ProcessExecutorConfig {
         }
         if let Some(enabled) = parse_var(&var, "SOPM_CGROUPS")? {
             c.cgroups = enabled;
+        }
+        if let Some(millis) = parse_var(&var, "SOPM_SANDBOX_CPU_MILLIS")? {
+            c.cpu_millis = millis;
         }
         c.pool = c.pool.with_vars(var)?;
         Ok(c)
@@ -179,6 +189,13 @@ impl ProcessExecutorConfig {
         self
     }
 
+    /// The CPU share of each sandbox, in thousandths of one core (default 1000: one
+    /// core), applied as a cgroup CPU quota where the `cpu` controller is writable.
+    pub fn with_cpu_millis(mut self, millis: u64) -> Self {
+        self.cpu_millis = millis;
+        self
+    }
+
     /// The cgroup under which sandbox cgroups are made (default `sopm`).
     pub fn with_cgroup_parent(mut self, name: impl Into<String>) -> Self {
         self.cgroup_parent = name.into();
@@ -208,6 +225,11 @@ impl ProcessExecutorConfig {
             &self.host_shell,
             &self.scratch_dir,
         ];
+        if !(10..=1_024_000).contains(&self.cpu_millis) {
+            return Err(Error::invalid(
+                "process executor: cpu_millis must be between 10 and 1024000",
+            ));
+        }
         if let Some(problem) = host_config_problem(
             &self.name,
             &self.pool,

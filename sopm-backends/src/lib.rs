@@ -5,14 +5,19 @@
 //! - `sqlite` (default): [`SqliteStore`], the function registry and job store in one
 //!   SQLite file (WAL, schema migrations, group commit). The embedded default.
 //! - `process` (default): [`ProcessExecutor`], user functions in bubblewrap sandboxes
-//!   with rlimits and cgroup limits, behind a warm pool of stem cells
-//!   ([`sandbox`] holds the runner protocol and the pool, shared by every sandbox
-//!   backend). Enables `local-build`.
+//!   with rlimits and cgroup limits, behind a warm pool of stem cells.
 //! - `gvisor`: [`GvisorExecutor`], user functions in gVisor (`runsc`) sandboxes booted
-//!   from generated OCI bundles, behind the same warm pool. Enables `process`.
+//!   from generated OCI bundles, behind the same warm pool.
+//! - `docker`: [`DockerExecutor`], user functions in warm Docker containers (`runc` or
+//!   `runsc`), and [`DockerBuilder`], which builds their images.
 //! - `local-build`: [`LocalBuilder`], which turns uploaded sources into artifact
 //!   directories, installing `requirements.txt` / `package.json` dependencies inside a
-//!   bubblewrap sandbox.
+//!   bubblewrap sandbox. Every sandbox backend enables it.
+//! - `sandbox-host` (internal, enabled by every sandbox backend): [`sandbox`], the runner
+//!   protocol, the warm pool and the executor over it, and [`host`], the host layer:
+//!   what every sandbox takes from the machine (mounts, interpreters, runner files,
+//!   rlimits, cgroups, tool lookup, shared settings). A backend uses these two and never
+//!   another backend.
 //!
 //! Each backend implements the traits of `sopm-core` and passes its conformance
 //! checks (`sopm_core::conformance`).
@@ -29,11 +34,14 @@ pub mod build;
 #[cfg(feature = "local-build")]
 pub use build::{LocalBuilder, LocalBuilderConfig};
 
-#[cfg(feature = "process")]
-pub mod process;
+#[cfg(feature = "sandbox-host")]
+pub mod sandbox;
+
+#[cfg(feature = "sandbox-host")]
+pub mod host;
 
 #[cfg(feature = "process")]
-pub mod sandbox;
+pub mod process;
 
 #[cfg(feature = "process")]
 pub use process::{ProcessExecutor, ProcessExecutorConfig};

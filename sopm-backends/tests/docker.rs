@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sopm_backends::docker::{docker_runner, DockerExecutor, DockerExecutorConfig};
-use sopm_backends::sandbox::{PoolSettings, RunnerKind};
+use sopm_backends::host::PoolSettings;
+use sopm_backends::sandbox::RunnerKind;
 use sopm_core::conformance::executor::{skip, Needs, SandboxCounters, Subject};
 use sopm_core::Executor;
 use support::*;

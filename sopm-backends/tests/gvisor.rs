@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sopm_backends::gvisor::{GvisorExecutor, GvisorExecutorConfig};
-use sopm_backends::sandbox::{PoolSettings, RunnerKind};
+use sopm_backends::host::PoolSettings;
+use sopm_backends::sandbox::RunnerKind;
 use sopm_core::conformance::executor::{skip, Needs, SandboxCounters, Subject};
 use sopm_core::Executor;
 use support::*;
@@ -20,7 +21,7 @@ use support::*;
 /// An executor with small stem pools and its own scratch dir (kept alive by the value).
 struct Gvisor {
     exec: GvisorExecutor,
-    _scratch: tempfile::TempDir,
+    scratch: tempfile::TempDir,
 }
 
 impl std::ops::Deref for Gvisor {
@@ -40,6 +41,12 @@ impl Subject for Gvisor {
     }
     fn counters(&self) -> SandboxCounters {
         sandbox_counters(self.exec.counters())
+    }
+    fn allowed_host_paths(&self) -> Vec<std::path::PathBuf> {
+        interpreter_prefixes()
+    }
+    fn host_dirs(&self) -> Vec<std::path::PathBuf> {
+        vec![self.scratch.path().to_path_buf()]
     }
     /// Shuts the executor down and checks that nothing of it is left: no sandbox in its
     /// runsc state dir, no bundle dir, no `runsc` process working on its state dir.
@@ -93,10 +100,7 @@ fn ready_with(
         .with_pool(PoolSettings::new(runners.iter().copied()).with_stem_cells(1))
         .with_scratch_dir(scratch.path());
     let exec = tune(config).build().expect("valid config");
-    Some(Gvisor {
-        exec,
-        _scratch: scratch,
-    })
+    Some(Gvisor { exec, scratch })
 }
 
 /// A gVisor executor shaped for one conformance behaviour, or `None` (skipped) when the

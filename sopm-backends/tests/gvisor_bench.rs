@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use serde_json::json;
 use sopm_backends::gvisor::GvisorExecutorConfig;
-use sopm_backends::sandbox::{PoolSettings, RunnerKind};
+use sopm_backends::host::PoolSettings;
+use sopm_backends::sandbox::RunnerKind;
 use sopm_core::Executor;
 use support::*;
 

@@ -23,6 +23,7 @@ pub mod executor;
 pub mod jobstore;
 pub mod keys;
 pub mod platform;
+pub mod policy;
 pub mod registry;
 pub mod scheduler;
 mod slots;
@@ -40,6 +41,7 @@ pub use platform::{
 };
 pub use registry::{
     Artifact, BuildStatus, FunctionRecord, FunctionVersion, MemoryRegistry, NewVersion, Registry,
+    TenantUsage,
 };
 pub use scheduler::{
     JobRequest, LocalScheduler, LocalSchedulerConfig, RecoveryReport, Route, Router, Scheduler,

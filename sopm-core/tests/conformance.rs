@@ -24,6 +24,11 @@ async fn memory_registry_delete() {
 }
 
 #[tokio::test]
+async fn memory_registry_usage_and_version_delete() {
+    conformance::registry_usage_and_version_delete(&MemoryRegistry::new()).await;
+}
+
+#[tokio::test]
 async fn memory_registry_checks_share_one_registry() {
     let registry = MemoryRegistry::new();
     conformance::registry_versions_and_tenants(&registry).await;

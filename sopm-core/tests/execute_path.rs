@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use sopm_core::{
     Artifact, BuildLog, BuildStatus, Builder, Durability, Executor, FunctionRecord, FunctionRef,
     FunctionVersion, Invocation, Job, JobStatus, MemoryRegistry, NewVersion, Output, Platform,
-    Registry, Result, Runtime, Source, Target, TenantId,
+    Registry, Result, Runtime, Source, Target, TenantId, TenantUsage,
 };
 
 /// A registry that counts every read.
@@ -72,6 +72,21 @@ impl Registry for ReadCountingRegistry {
     async fn unfinished_builds(&self) -> Result<Vec<FunctionVersion>> {
         self.read();
         self.inner.unfinished_builds().await
+    }
+    async fn tenant_usage(&self, tenant: &TenantId) -> Result<TenantUsage> {
+        self.read();
+        self.inner.tenant_usage(tenant).await
+    }
+    async fn record_artifact_bytes(&self, id: &str, version: u32, bytes: u64) -> Result<()> {
+        self.inner.record_artifact_bytes(id, version, bytes).await
+    }
+    async fn delete_version(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        version: u32,
+    ) -> Result<FunctionVersion> {
+        self.inner.delete_version(tenant, id, version).await
     }
 }
 

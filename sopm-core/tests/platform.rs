@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sopm_core::{
     Artifact, BuildLog, BuildStatus, Builder, FunctionRecord, FunctionVersion, Limits,
-    MemoryRegistry, NewVersion, Platform, Registry, Result, Runtime, Source, TenantId, UploadSpec,
+    MemoryRegistry, NewVersion, Platform, Registry, Result, Runtime, Source, TenantId, TenantUsage,
+    UploadSpec,
 };
 use tokio::sync::Semaphore;
 
@@ -64,6 +65,20 @@ impl Registry for CountingRegistry {
     }
     async fn unfinished_builds(&self) -> Result<Vec<FunctionVersion>> {
         self.inner.unfinished_builds().await
+    }
+    async fn tenant_usage(&self, tenant: &TenantId) -> Result<TenantUsage> {
+        self.inner.tenant_usage(tenant).await
+    }
+    async fn record_artifact_bytes(&self, id: &str, version: u32, bytes: u64) -> Result<()> {
+        self.inner.record_artifact_bytes(id, version, bytes).await
+    }
+    async fn delete_version(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        version: u32,
+    ) -> Result<FunctionVersion> {
+        self.inner.delete_version(tenant, id, version).await
     }
 }
 

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use std::collections::HashSet;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
@@ -16,11 +19,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sopm_core::{Error, FunctionRef, Job, JobId, JobRequest};
 
-use crate::auth::{Caller, TenantQuery};
+use crate::auth::{bearer_token, Caller, TenantQuery};
 use crate::body::{empty_object, json_bytes, json_response, parse_json, read_body};
+use crate::body_budget;
+use crate::config::AuthMode;
+use crate::cross_site;
 use crate::error::ApiError;
+use crate::extract::{Path, Query};
 use crate::state::AppState;
 use crate::submit::submit;
+use crate::tenant_stats;
 use crate::user_functions;
 
 /// The whole API.
@@ -50,6 +58,16 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        // A POST waits here until the memory its body can take fits the budget.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            body_budget::admit,
+        ))
+        // Before any handler: Host and Origin with auth off, Content-Type of POSTs.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            cross_site::guard,
+        ))
         // Bodies are read with our own limit, which answers 413 as JSON.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -163,8 +181,23 @@ async fn cancel(
     Ok(json_response(StatusCode::OK, json_bytes(&job_view(&job))))
 }
 
-async fn stats(State(s): State<AppState>, _caller: Caller) -> Response {
-    json_response(StatusCode::OK, json_bytes(&s.platform().stats()))
+/// `GET /api/stats`: server-wide totals, the built-ins' figures, and the caller's
+/// own user functions only.
+async fn stats(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<TenantQuery>,
+) -> Result<Response, ApiError> {
+    let tenant = caller.tenant(q.user_id.as_deref())?;
+    let own = s.platform().functions(&tenant).await?;
+    let builtins: HashSet<&str> = s
+        .platform()
+        .list_functions()
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    let stats = tenant_stats::for_tenant(s.platform().stats(), &builtins, &own);
+    Ok(json_response(StatusCode::OK, json_bytes(&stats)))
 }
 
 async fn openapi() -> Response {
@@ -189,14 +222,33 @@ async fn readyz(State(s): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+/// `GET /metrics`: every figure, every tenant's functions included, so with a
+/// `metrics_token` it needs that token, and with auth on and no token it is refused.
+async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let config = &s.inner().config;
+    let given = bearer_token(&headers)?;
+    match &config.metrics_token {
+        Some(token) if !given.is_some_and(|given| token.matches(given)) => {
+            return Err(ApiError(Error::Unauthorized(
+                "/metrics needs 'Authorization: Bearer <metrics_token>' (the server's metrics_token setting)".into(),
+            )));
+        }
+        Some(_) => {}
+        None if config.auth != AuthMode::Off => {
+            return Err(ApiError(Error::forbidden(
+                "metrics_token_required",
+                "/metrics shows every tenant's figures: with auth on it is served only with a metrics_token (set metrics_token or SOPM_METRICS_TOKEN, then send it as a Bearer token)",
+            )))
+        }
+        None => {}
+    }
     let body = crate::metrics::render(&s.platform().stats());
-    (
+    Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         body,
     )
-        .into_response()
+        .into_response())
 }
 
 async fn not_found(req: Request) -> ApiError {

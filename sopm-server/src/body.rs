@@ -1,12 +1,29 @@
 //! Request bodies read under a size limit and parsed as JSON, and JSON answers.
 
 use axum::body::{Body, Bytes};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sopm_core::{Error, Result};
+
+/// The one route whose body may also be `multipart/form-data` (an upload with an
+/// archive).
+pub(crate) const MULTIPART_ROUTE: &str = "/api/user-functions";
+
+/// The media type of a request's `Content-Type`, lowercased, without parameters.
+pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().unwrap_or("");
+    Some(
+        value
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
+}
 
 /// Serialises to bytes; serialising a `Value` or our own types cannot fail.
 pub fn json_bytes<T: Serialize + ?Sized>(v: &T) -> Bytes {

@@ -8,12 +8,17 @@
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod body_budget;
 pub mod config;
+mod cross_site;
+pub mod data_dir;
 pub mod error;
+pub mod extract;
 pub mod metrics;
 pub mod server;
 pub mod state;
 mod submit;
+pub mod tenant_stats;
 pub mod upload;
 pub mod user_functions;
 

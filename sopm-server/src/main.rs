@@ -194,6 +194,6 @@ async fn run_client(cmd: Command) -> Result<ExitCode, String> {
             let path = client.path(&format!("/api/jobs/{}/cancel", percent_encode(&id)), &[]);
             simple(&client, Method::POST, &path).await
         }
-        Command::Stats(c) => simple(&c, Method::GET, "/api/stats").await,
+        Command::Stats(c) => simple(&c, Method::GET, &c.path("/api/stats", &[])).await,
     }
 }

@@ -1,6 +1,7 @@
 //! What every handler shares: the platform, the API's limits, the key store and
 //! whether the server is ready.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,8 @@ use serde_json::json;
 use sopm_core::{KeyStore, Platform};
 
 use crate::body::json_bytes;
-use crate::config::{AuthMode, ServerConfig};
+use crate::body_budget::BodyBudget;
+use crate::config::{AuthMode, MetricsToken, ServerConfig};
 use crate::upload::UploadLimits;
 
 /// Limits and defaults of the API.
@@ -26,6 +28,14 @@ pub struct ApiConfig {
     pub auth: AuthMode,
     /// Caps on uploads.
     pub uploads: UploadLimits,
+    /// The address the server listens on: with auth off, the one `Host` besides the
+    /// loopback names that requests may carry.
+    pub listen: SocketAddr,
+    /// The bearer token `GET /metrics` needs.
+    pub metrics_token: Option<MetricsToken>,
+    /// Memory the bodies of requests in flight may take at once (see
+    /// [`crate::body_budget`]).
+    pub max_body_memory_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -36,6 +46,9 @@ impl Default for ApiConfig {
             max_wait: Duration::from_secs(300),
             auth: AuthMode::Off,
             uploads: UploadLimits::default(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_token: None,
+            max_body_memory_bytes: 512 << 20,
         }
     }
 }
@@ -54,6 +67,9 @@ impl From<&ServerConfig> for ApiConfig {
                 max_total_bytes: c.max_upload_total_bytes,
                 max_file_bytes: c.max_upload_file_bytes,
             },
+            listen: c.listen,
+            metrics_token: c.metrics_token.clone(),
+            max_body_memory_bytes: c.max_body_memory_bytes,
         }
     }
 }
@@ -72,6 +88,8 @@ pub(crate) struct StateInner {
     ready: AtomicBool,
     /// The answer of `GET /api/functions`, serialised once.
     pub(crate) functions_body: Bytes,
+    /// What request bodies in flight may hold.
+    pub(crate) body_budget: BodyBudget,
 }
 
 impl AppState {
@@ -92,8 +110,10 @@ impl AppState {
             "count": platform.list_functions().len(),
             "functions": platform.list_functions(),
         }));
+        let body_budget = BodyBudget::new(config.max_body_memory_bytes);
         AppState {
             inner: Arc::new(StateInner {
+                body_budget,
                 platform,
                 config,
                 keys,

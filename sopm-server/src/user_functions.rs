@@ -6,8 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
-use axum::http::header::CONTENT_TYPE;
+use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -18,8 +17,9 @@ use sopm_core::{
 };
 
 use crate::auth::{Caller, TenantQuery};
-use crate::body::{empty_object, json_bytes, json_response, parse_json, read_body};
+use crate::body::{empty_object, json_bytes, json_response, media_type, parse_json, read_body};
 use crate::error::ApiError;
+use crate::extract::{Path, Query};
 use crate::state::AppState;
 use crate::submit::submit;
 use crate::upload::{unpack_archive, SourceBuilder, UploadBody};
@@ -53,13 +53,8 @@ pub(crate) async fn upload(
     req: Request,
 ) -> Result<Response, ApiError> {
     let limits = s.inner().config.uploads.clone();
-    let content_type = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let (body, archive) = if content_type.starts_with("multipart/form-data") {
+    let multipart = media_type(req.headers()).as_deref() == Some("multipart/form-data");
+    let (body, archive) = if multipart {
         read_multipart(req, limits.max_multipart_body).await?
     } else {
         let bytes = read_body(req.into_body(), limits.max_json_body).await?;
@@ -371,8 +366,8 @@ fn job_log(entry: &JobLogEntry) -> JobLog<'_> {
     }
 }
 
-/// `GET /api/user-functions/{id}/logs?limit=N` (default 20, at most 200): the newest
-/// jobs of the function with the last characters of their logs, newest first. Reads
+/// `GET /api/user-functions/{id}/logs?limit=N` (1 to 200, default 20): the newest jobs
+/// of the function with the last characters of their logs, newest first. Reads
 /// neither inputs, outputs nor build logs, so the answer is bounded.
 pub(crate) async fn logs(
     State(s): State<AppState>,
@@ -381,7 +376,15 @@ pub(crate) async fn logs(
     Query(q): Query<FunctionQuery>,
 ) -> Result<Response, ApiError> {
     let tenant = caller.tenant(q.user_id.as_deref())?;
-    let limit = q.limit.unwrap_or(20).min(MAX_LOG_JOBS);
+    let limit = match q.limit {
+        None => 20,
+        Some(n @ 1..=MAX_LOG_JOBS) => n,
+        Some(n) => {
+            return Err(ApiError(Error::invalid(format!(
+                "limit: expected 1 to {MAX_LOG_JOBS}, got {n}"
+            ))))
+        }
+    };
     let platform = &s.inner().platform;
     let (v, jobs) = platform.recent_logs(&tenant, &id, limit).await?;
     Ok(json_response(

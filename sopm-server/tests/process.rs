@@ -172,15 +172,20 @@ fn accepted_jobs_survive_kill_9_and_reach_a_terminal_state() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &["--max-concurrency", "2"]);
     let mut ids = Vec::new();
-    // Two long jobs take both slots; everything after them waits in the queue.
-    for _ in 0..2 {
+    // Two long jobs take both slots (one tenant may hold only part of the slots, so
+    // they are two tenants'); everything after them waits in the queue.
+    for n in 0..2 {
         let (st, v) = server.http(
             "POST",
             "/api/execute",
-            Some(&json!({"function": "util.sleep", "input": {"ms": 10000}, "async": true})),
+            Some(
+                &json!({"function": "util.sleep", "input": {"ms": 10000}, "async": true,
+                         "user_id": format!("sleeper{n}")}),
+            ),
         );
         assert_eq!(st, 202, "{v}");
-        ids.push((v["id"].as_str().unwrap().to_string(), "sleep"));
+        let id = v["id"].as_str().unwrap();
+        ids.push((format!("{id}?user_id=sleeper{n}"), "sleep"));
     }
     for i in 0..20 {
         let (st, v) = server.http(

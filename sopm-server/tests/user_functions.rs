@@ -810,14 +810,15 @@ async fn with_auth_on_keys_name_the_tenant() {
     .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     // Open routes stay open.
-    for uri in [
-        "/api/functions",
-        "/api/openapi.json",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-    ] {
+    for uri in ["/api/functions", "/api/openapi.json", "/healthz", "/readyz"] {
         assert_eq!(get(s, uri).await.status, StatusCode::OK, "{uri}");
+    }
+    // /metrics names every tenant's functions: with auth on and no metrics_token it is
+    // refused, to anyone, key or not.
+    for key in [None, Some(ak.as_str())] {
+        let a = send(s, "GET", "/metrics", key, "", Vec::new()).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+        assert_eq!(a.body["error"]["code"], "metrics_token_required");
     }
 
     // Alice uploads with her key; the function is hers.
@@ -878,7 +879,8 @@ async fn with_auth_on_keys_name_the_tenant() {
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.body["count"], 1);
     let a = get_as(s, "/api/user-functions?user_id=bob", &ak).await;
-    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "tenant_mismatch");
     assert!(a.body["error"]["message"]
         .as_str()
         .unwrap()
@@ -894,12 +896,25 @@ async fn with_auth_on_keys_name_the_tenant() {
         serde_json::to_vec(&other).unwrap(),
     )
     .await;
-    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "tenant_mismatch");
 
     let a = get_as(s, &format!("/api/status/{job}"), &ak).await;
     assert_eq!(a.status, StatusCode::OK);
+    // Stats show each tenant its own functions and the built-ins, never another's.
     let a = get_as(s, "/api/stats", &bk).await;
     assert_eq!(a.status, StatusCode::OK);
+    assert!(!a.body.to_string().contains(&id), "{}", a.body);
+    let a = get_as(s, "/api/stats", &ak).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let functions = a.body["jobs"]["functions"].as_array().unwrap();
+    assert!(
+        functions
+            .iter()
+            .any(|f| f["function"].as_str().unwrap().starts_with(&id)),
+        "{}",
+        a.body
+    );
 
     // A revoked key stops working.
     let info = w.keys.list(&alice).await.unwrap();

@@ -10,22 +10,10 @@ use std::time::Duration;
 use sopm_core::{Error, Result};
 use tokio::process::Command;
 
+use crate::host::tools::find_on_path;
+
 /// How long probing a tool (`bwrap --help`, `python3 -c ...`) may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The first executable file named `name` on `PATH`.
-pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .filter(|dir| dir.is_absolute())
-        .map(|dir| dir.join(name))
-        .find(|p| {
-            std::fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
-}
 
 /// `configured`, else `name` found on `PATH`; `unavailable` when neither.
 pub(crate) fn locate(configured: Option<&Path>, name: &str, needed_for: &str) -> Result<PathBuf> {

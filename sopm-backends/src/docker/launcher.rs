@@ -20,7 +20,7 @@ use super::daemon::{
     remove_container, Daemon, LABEL_EXECUTOR, LABEL_INSTANCE, LABEL_OWNER, RUNNER_DIR,
 };
 use super::DockerExecutorConfig;
-use crate::process::cgroup::oom_kills_in;
+use crate::host::cgroup::oom_kills_in;
 use crate::sandbox::protocol::{BoxRead, BoxWrite, RUNNER_PROLOGUE};
 use crate::sandbox::{
     load_directory, Death, FunctionCode, LaunchSpec, RunnerChannel, RunnerKind, Sandbox,

@@ -32,8 +32,8 @@ use std::sync::Arc;
 
 use sopm_core::{Error, Result, Runtime};
 
+use crate::host::settings::{parse_var, path_var, PoolSettings};
 use crate::sandbox::pool::WarmPool;
-use crate::sandbox::settings::{parse_var, path_var, PoolSettings};
 use crate::sandbox::{RunnerKind, SandboxExecutor};
 
 mod builder;

@@ -12,12 +12,15 @@ use sopm_core::{Error, Limits, Result};
 use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 
-use super::bundle::{self, BundlePlan, HOST_FILES};
+use super::bundle::{self, BundlePlan};
 use super::GvisorExecutorConfig;
-use crate::process::bwrap::{rlimit_args, TopLevel};
-use crate::process::launcher::{
-    death_of, exit_soon, is_running, sandbox_name, tool, write_runners, Interpreters,
-};
+use crate::host::child::{death_of, exit_soon, is_running};
+use crate::host::interpreters::Interpreters;
+use crate::host::mounts::{host_binds, TopLevel, HOST_FILES};
+use crate::host::rlimits::rlimit_args;
+use crate::host::runner_files::write_runners;
+use crate::host::sandbox_name;
+use crate::host::tools::tool;
 use crate::sandbox::protocol::RunnerChannel;
 use crate::sandbox::{Death, LaunchSpec, RunnerKind, Sandbox, SandboxLauncher};
 
@@ -32,7 +35,7 @@ struct HostTools {
     runners_dir: PathBuf,
     rootfs: PathBuf,
     top_level: Vec<TopLevel>,
-    host_files: Vec<PathBuf>,
+    host_files: Vec<(PathBuf, PathBuf)>,
 }
 
 /// How to run `runsc` for one executor: the binary and its global flags.
@@ -119,6 +122,8 @@ impl GvisorLauncher {
         let mut runsc_flags = vec![
             "--network=none".to_string(),
             format!("--platform={}", config.platform.as_str()),
+            // Apply the bundle's seccomp profile inside the sandbox too.
+            "--oci-seccomp".to_string(),
         ];
         if !config.cgroups {
             runsc_flags.push("--ignore-cgroups".into());
@@ -171,11 +176,7 @@ impl GvisorLauncher {
                 .map_err(|e| io("the state dirs", e))?;
         }
         let top_level = TopLevel::of_host();
-        let host_files: Vec<PathBuf> = HOST_FILES
-            .iter()
-            .map(PathBuf::from)
-            .filter(|p| p.exists())
-            .collect();
+        let host_files = host_binds(&HOST_FILES);
         let mut binds: Vec<PathBuf> = config.extra_ro_binds.clone();
         binds.extend(interpreters.binds().cloned());
         let rootfs = scratch.join("rootfs");

@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use sopm_core::{Error, Result};
 
+use crate::host::settings::{host_config_problem, parse_var, path_var, PoolSettings};
 use crate::sandbox::pool::WarmPool;
-use crate::sandbox::settings::{host_config_problem, parse_var, path_var, PoolSettings};
 use crate::sandbox::{RunnerKind, SandboxExecutor};
 
 pub mod bundle;

@@ -1,63 +1,28 @@
-//! The command line of one process sandbox: an optional `sh` step that joins the
-//! sandbox's cgroups, `prlimit` for rlimits, `bwrap` for namespaces and mounts, and the
-//! runner prologue inside.
+//! The command line of one process sandbox: a `sh` step that opens the seccomp program
+//! and joins the sandbox's cgroups, `prlimit` for rlimits, `bwrap` for namespaces, mounts,
+//! the unprivileged uid and the seccomp filter, and the runner prologue inside.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use sopm_core::Limits;
 
-use crate::sandbox::protocol::RUNNER_PROLOGUE;
+use crate::host::interpreters::Interpreter;
+use crate::host::mounts::{host_binds, TopLevel, HOST_FILES, NETWORK_FILES};
+use crate::host::rlimits::rlimit_args;
+use crate::host::runner_files::{runner_command, RUNNER_DIR, SANDBOX_ENV};
 use crate::sandbox::{RunnerKind, CODE_DIR};
 
-/// Where the runners are mounted inside every sandbox.
-pub const RUNNER_DIR: &str = "/run/sopm";
+/// Opens the seccomp program named by its first argument on fd [`SECCOMP_FD`] (for
+/// `bwrap --seccomp`), joins the cgroups named by the next ones, then runs the rest:
+/// `sh -c STEP sopm-sandbox SECCOMP_FILE N dir1..dirN cmd args..`.
+pub const SANDBOX_STEP: &str = "exec 9<\"$1\" || exit 125; shift; n=$1; shift; while [ \"$n\" -gt 0 ]; do echo $$ > \"$1/cgroup.procs\" || exit 125; shift; n=$((n-1)); done; exec \"$@\"";
 
-/// Joins the cgroups named by its arguments, then runs the rest of its arguments:
-/// `sh -c JOIN sopm-sandbox N dir1..dirN cmd args..`.
-pub const CGROUP_JOIN: &str = "n=$1; shift; while [ \"$n\" -gt 0 ]; do echo $$ > \"$1/cgroup.procs\" || exit 125; shift; n=$((n-1)); done; exec \"$@\"";
+/// The fd on which `bwrap` reads the seccomp program ([`SANDBOX_STEP`] opens it).
+pub const SECCOMP_FD: &str = "9";
 
-/// Room an interpreter needs in its address space beyond the function's memory (its own
-/// mappings, thread stacks).
-pub const ADDRESS_SPACE_HEADROOM: u64 = 128 << 20;
-
-/// One of `/lib`, `/lib64`, `/bin`, `/sbin` on the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TopLevel {
-    /// A symlink (merged /usr): recreated as the same symlink.
-    Link(PathBuf, PathBuf),
-    /// A real directory: bound read-only.
-    Dir(PathBuf),
-}
-
-impl TopLevel {
-    /// The host's `/bin`, `/sbin` and `/lib*` entries, as they are (missing ones left out).
-    pub fn of_host() -> Vec<TopLevel> {
-        let mut out = Vec::new();
-        for d in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
-            let p = Path::new(d);
-            match std::fs::symlink_metadata(p) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    if let Ok(target) = std::fs::read_link(p) {
-                        out.push(TopLevel::Link(target, p.to_path_buf()));
-                    }
-                }
-                Ok(m) if m.is_dir() => out.push(TopLevel::Dir(p.to_path_buf())),
-                _ => {}
-            }
-        }
-        out
-    }
-}
-
-/// An interpreter and the host directories it needs beyond `/usr`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Interpreter {
-    /// The real executable.
-    pub exe: PathBuf,
-    /// Directories to bind read-only at the same path (a pyenv prefix, say).
-    pub binds: Vec<PathBuf>,
-}
+/// The uid and gid a function runs as inside its sandbox (`nobody`).
+pub const SANDBOX_UID: &str = "65534";
 
 /// Everything that shapes one sandbox's command line.
 #[derive(Debug, Clone)]
@@ -66,8 +31,10 @@ pub struct SandboxPlan<'a> {
     pub bwrap: &'a Path,
     /// `prlimit`.
     pub prlimit: &'a Path,
-    /// The host's `sh` (only used with cgroups).
+    /// The host's `sh` (the first step).
     pub sh: &'a Path,
+    /// The seccomp program (BPF bytes) to apply inside.
+    pub seccomp: &'a Path,
     /// Cgroup directories to join first.
     pub cgroup_dirs: Vec<&'a Path>,
     /// Which runner.
@@ -92,43 +59,20 @@ pub struct SandboxPlan<'a> {
     pub code_tmpfs_bytes: u64,
 }
 
-/// The rlimits of a sandbox, as `prlimit` options.
-pub fn rlimit_args(runner: RunnerKind, limits: &Limits, nproc: bool) -> Vec<String> {
-    let files = limits.max_open_files.max(16);
-    let fsize = limits.tmpfs_mb.max(1) << 20;
-    let mut args = vec![
-        format!("--nofile={files}:{files}"),
-        format!("--fsize={fsize}:{fsize}"),
-        "--core=0:0".to_string(),
-    ];
-    // V8 reserves gigabytes of address space up front, so node is bounded by its heap
-    // flag and the memory cgroup instead.
-    if runner == RunnerKind::Python {
-        let bytes = (limits.memory_mb << 20).saturating_add(ADDRESS_SPACE_HEADROOM);
-        args.push(format!("--as={bytes}:{bytes}"));
-    }
-    if nproc {
-        let n = limits.max_processes.max(4);
-        args.push(format!("--nproc={n}:{n}"));
-    }
-    args
-}
-
 /// The full argv (program first).
 pub fn command_line(plan: &SandboxPlan<'_>) -> Vec<OsString> {
     let mut argv: Vec<OsString> = Vec::with_capacity(96);
-    if !plan.cgroup_dirs.is_empty() {
-        argv.push(plan.sh.into());
-        argv.push("-c".into());
-        argv.push(CGROUP_JOIN.into());
-        argv.push("sopm-sandbox".into());
-        argv.push(plan.cgroup_dirs.len().to_string().into());
-        argv.extend(
-            plan.cgroup_dirs
-                .iter()
-                .map(|d| OsString::from(d.as_os_str())),
-        );
-    }
+    argv.push(plan.sh.into());
+    argv.push("-c".into());
+    argv.push(SANDBOX_STEP.into());
+    argv.push("sopm-sandbox".into());
+    argv.push(plan.seccomp.into());
+    argv.push(plan.cgroup_dirs.len().to_string().into());
+    argv.extend(
+        plan.cgroup_dirs
+            .iter()
+            .map(|d| OsString::from(d.as_os_str())),
+    );
     argv.push(plan.prlimit.into());
     argv.extend(
         rlimit_args(plan.runner, plan.limits, plan.nproc_rlimit)
@@ -152,8 +96,15 @@ fn bwrap_args(plan: &SandboxPlan<'_>) -> Vec<OsString> {
         "--unshare-cgroup-try",
         "--die-with-parent",
         "--new-session",
+        "--disable-userns",
+        "--uid",
+        SANDBOX_UID,
+        "--gid",
+        SANDBOX_UID,
         "--cap-drop",
         "ALL",
+        "--seccomp",
+        SECCOMP_FD,
         "--hostname",
         "sopm",
     ]);
@@ -175,28 +126,14 @@ fn bwrap_args(plan: &SandboxPlan<'_>) -> Vec<OsString> {
             }
         }
     }
-    let ro_try = |a: &mut Vec<OsString>, p: &str| {
-        a.push("--ro-bind-try".into());
-        a.push(p.into());
-        a.push(p.into());
-    };
-    for p in [
-        "/etc/ld.so.cache",
-        "/etc/localtime",
-        "/etc/ssl",
-        "/etc/ca-certificates",
-    ] {
-        ro_try(&mut a, p);
-    }
+    let mut files = host_binds(&HOST_FILES);
     if plan.network {
-        for p in [
-            "/etc/resolv.conf",
-            "/etc/hosts",
-            "/etc/nsswitch.conf",
-            "/etc/gai.conf",
-        ] {
-            ro_try(&mut a, p);
-        }
+        files.extend(host_binds(&NETWORK_FILES));
+    }
+    for (src, at) in files {
+        a.push("--ro-bind".into());
+        a.push(src.into());
+        a.push(at.into());
     }
     for d in plan.interpreter.binds.iter().chain(plan.extra_binds) {
         a.push("--ro-bind".into());
@@ -233,42 +170,6 @@ fn bwrap_args(plan: &SandboxPlan<'_>) -> Vec<OsString> {
     a
 }
 
-/// The environment every sandbox's runner starts with (plus the function's own variables,
-/// set by the runner).
-pub(crate) const SANDBOX_ENV: [(&str, &str); 6] = [
-    ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-    ("HOME", "/tmp"),
-    ("TMPDIR", "/tmp"),
-    ("LANG", "C.UTF-8"),
-    ("PYTHONUNBUFFERED", "1"),
-    ("PYTHONDONTWRITEBYTECODE", "1"),
-];
-
-/// The command run inside a sandbox: the runner prologue (frames on fds 3/4, logs on 5)
-/// then the interpreter on the runner file under [`RUNNER_DIR`].
-pub(crate) fn runner_command(
-    runner: RunnerKind,
-    interpreter: &Interpreter,
-    limits: &Limits,
-) -> Vec<OsString> {
-    let mut a: Vec<OsString> = ["/bin/sh", "-c", RUNNER_PROLOGUE, "sopm-runner"]
-        .map(OsString::from)
-        .to_vec();
-    a.push(interpreter.exe.clone().into());
-    match runner {
-        RunnerKind::Python => {
-            a.extend(["-I", "-S", "-B"].map(OsString::from));
-        }
-        RunnerKind::Node => {
-            let heap = limits.memory_mb.max(16);
-            a.push(format!("--max-old-space-size={heap}").into());
-        }
-        RunnerKind::Static => {}
-    }
-    a.push(format!("{RUNNER_DIR}/{}", runner.file_name()).into());
-    a
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +185,7 @@ mod tests {
             bwrap: Path::new("/usr/bin/bwrap"),
             prlimit: Path::new("/usr/bin/prlimit"),
             sh: Path::new("/bin/sh"),
+            seccomp: Path::new("/var/tmp/seccomp.bpf"),
             cgroup_dirs: vec![Path::new("/sys/fs/cgroup/pids/sopm/x")],
             runner: RunnerKind::Python,
             interpreter: &interp,
@@ -310,10 +212,15 @@ mod tests {
             "--remount-ro /",
             "--cap-drop ALL",
             "--as=",
+            "--disable-userns",
+            "--uid 65534 --gid 65534",
+            "--seccomp 9",
+            "/var/tmp/seccomp.bpf",
         ] {
             assert!(joined.contains(needed), "missing {needed}");
         }
         assert!(!joined.contains("/etc/shadow"));
+        assert!(!joined.contains("/etc/ssl/private") && !joined.contains("/etc/ssl /etc/ssl"));
         assert!(!joined.contains("resolv.conf"));
     }
 }

@@ -5,18 +5,23 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use sopm_core::{Error, Limits, Result};
 use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 
-use super::bwrap::{self, Interpreter, SandboxPlan, TopLevel};
-use super::cgroup::{CgroupRoot, SandboxCgroup};
+use super::bwrap::{self, SandboxPlan};
 use super::ProcessExecutorConfig;
+use crate::host::cgroup::{CgroupRoot, SandboxCgroup};
+use crate::host::child::{death_of, exit_soon, is_running};
+use crate::host::interpreters::Interpreters;
+use crate::host::mounts::TopLevel;
+use crate::host::rlimits::rlimit_args;
+use crate::host::runner_files::write_runners;
+use crate::host::sandbox_name;
+use crate::host::tools::tool;
 use crate::sandbox::protocol::RunnerChannel;
 use crate::sandbox::{Death, LaunchSpec, RunnerKind, Sandbox, SandboxLauncher};
 
@@ -28,6 +33,7 @@ struct HostTools {
     sh: PathBuf,
     interpreters: Interpreters,
     runners_dir: PathBuf,
+    seccomp: PathBuf,
     top_level: Vec<TopLevel>,
     cgroups: Option<CgroupRoot>,
 }
@@ -37,16 +43,6 @@ struct HostTools {
 pub struct ProcessLauncher {
     config: ProcessExecutorConfig,
     tools: OnceCell<Arc<HostTools>>,
-}
-
-/// A name unique on this host for as long as this process lives: `<pid>-<n>`.
-pub(crate) fn sandbox_name() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 impl ProcessLauncher {
@@ -101,6 +97,7 @@ impl SandboxLauncher for ProcessLauncher {
             bwrap: &tools.bwrap,
             prlimit: &tools.prlimit,
             sh: &tools.sh,
+            seccomp: &tools.seccomp,
             cgroup_dirs: cgroup.as_ref().map(|c| c.join_dirs()).unwrap_or_default(),
             runner: spec.runner,
             interpreter,
@@ -225,8 +222,8 @@ impl Sandbox for ProcessSandbox {
             }
         }
         let nproc = self.cgroup.is_none();
-        let old = bwrap::rlimit_args(self.runner, from, nproc);
-        let new = bwrap::rlimit_args(self.runner, to, nproc);
+        let old = rlimit_args(self.runner, from, nproc);
+        let new = rlimit_args(self.runner, to, nproc);
         if old == new {
             return Ok(());
         }
@@ -325,37 +322,6 @@ impl Drop for ProcessSandbox {
     }
 }
 
-/// How a sandbox ended, from the exit status of its outer process (`None`: still running
-/// when we gave up waiting). `bwrap` and `runsc run` both pass on the runner's fate as
-/// 128 + signal.
-pub(crate) fn death_of(status: Option<ExitStatus>) -> Death {
-    match status {
-        None => Death::Killed,
-        Some(st) => match st.code() {
-            Some(c) if c == 128 + 24 => Death::CpuLimit,
-            Some(c) if c > 128 => Death::Exited(format!("runner killed by signal {}", c - 128)),
-            Some(c) => Death::Exited(format!("exit status {c}")),
-            None => Death::Exited(format!("{st}")),
-        },
-    }
-}
-
-/// Whether a sandbox's outer process is still running.
-pub(crate) fn is_running(child: &mut Option<Child>) -> bool {
-    child
-        .as_mut()
-        .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-}
-
-/// The exit status of a sandbox's outer process if it ends within a moment (after its
-/// runner's channel failed); `None` if it is still running.
-pub(crate) async fn exit_soon(child: &mut Child) -> Option<ExitStatus> {
-    tokio::time::timeout(Duration::from_millis(300), child.wait())
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-}
-
 /// Child pids of `pid` (all its threads).
 fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
@@ -398,25 +364,6 @@ fn leaf_of(pid: u32) -> Option<u32> {
     None
 }
 
-pub(crate) fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
-pub(crate) fn tool(configured: &Option<PathBuf>, name: &str, why: &str) -> Result<PathBuf> {
-    match configured {
-        Some(p) if is_executable(p) => Ok(p.clone()),
-        Some(p) => Err(Error::Unavailable(format!(
-            "{} is not an executable ({why})",
-            p.display()
-        ))),
-        None => crate::build::find_on_path(name)
-            .ok_or_else(|| Error::Unavailable(format!("{name} not found on PATH ({why})"))),
-    }
-}
-
 async fn probe(config: &ProcessExecutorConfig) -> Result<HostTools> {
     let bwrap = tool(
         &config.bwrap,
@@ -434,6 +381,12 @@ async fn probe(config: &ProcessExecutorConfig) -> Result<HostTools> {
     let runners_dir = write_runners(&scratch).map_err(|e| {
         Error::Internal(format!(
             "cannot write the runners to {}: {e}",
+            scratch.display()
+        ))
+    })?;
+    let seccomp = crate::host::seccomp::write_program(&scratch).map_err(|e| {
+        Error::Internal(format!(
+            "cannot write the seccomp program to {}: {e}",
             scratch.display()
         ))
     })?;
@@ -462,127 +415,8 @@ async fn probe(config: &ProcessExecutorConfig) -> Result<HostTools> {
         sh,
         interpreters,
         runners_dir,
+        seccomp,
         top_level,
         cgroups,
     })
-}
-
-/// The interpreters of the script runners on this host, each found or why not (a host
-/// without node still runs python functions).
-#[derive(Debug)]
-pub(crate) struct Interpreters {
-    python: std::result::Result<Interpreter, String>,
-    node: std::result::Result<Interpreter, String>,
-}
-
-impl Interpreters {
-    /// Finds `python3` and `node` (configured, else on `PATH`) and the host directories
-    /// each needs.
-    pub(crate) async fn probe(python: &Option<PathBuf>, node: &Option<PathBuf>) -> Self {
-        let python = match tool(python, "python3", "python, shell and binary functions") {
-            Ok(p) => probe_python(&p).await,
-            Err(e) => Err(e.to_string()),
-        };
-        let node = match tool(node, "node", "node functions") {
-            Ok(p) => Ok(interpreter_at(&p)),
-            Err(e) => Err(e.to_string()),
-        };
-        Interpreters { python, node }
-    }
-
-    /// The interpreter of `runner` (python supervises shell scripts and binaries), or
-    /// `unavailable` saying why the host has none.
-    pub(crate) fn for_runner(&self, runner: RunnerKind) -> Result<&Interpreter> {
-        match runner {
-            RunnerKind::Python | RunnerKind::Static => &self.python,
-            RunnerKind::Node => &self.node,
-        }
-        .as_ref()
-        .map_err(|why| Error::Unavailable(why.clone()))
-    }
-
-    /// The host directories the found interpreters need beyond `/usr`.
-    pub(crate) fn binds(&self) -> impl Iterator<Item = &PathBuf> {
-        [&self.python, &self.node]
-            .into_iter()
-            .flatten()
-            .flat_map(|i| &i.binds)
-    }
-}
-
-/// Resolves a python (a pyenv shim included) to its real executable and prefix.
-async fn probe_python(python: &Path) -> std::result::Result<Interpreter, String> {
-    let out = Command::new(python)
-        .args([
-            "-c",
-            "import sys, os; print(os.path.realpath(sys.executable)); print(sys.base_prefix); print(sys.base_exec_prefix)",
-        ])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(20), out)
-        .await
-        .map_err(|_| format!("{} did not answer", python.display()))?
-        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-    if !out.status.success() {
-        return Err(format!("{} failed: {}", python.display(), out.status));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut lines = text.lines();
-    let exe = PathBuf::from(lines.next().ok_or("python printed nothing")?);
-    let mut binds = Vec::new();
-    for prefix in lines.map(PathBuf::from) {
-        if !prefix.starts_with("/usr") && prefix.is_dir() && !binds.contains(&prefix) {
-            binds.push(prefix);
-        }
-    }
-    if !exe.starts_with("/usr") && !binds.iter().any(|b| exe.starts_with(b)) {
-        if let Some(dir) = exe.parent() {
-            binds.push(dir.to_path_buf());
-        }
-    }
-    Ok(Interpreter { exe, binds })
-}
-
-fn interpreter_at(exe: &Path) -> Interpreter {
-    let real = std::fs::canonicalize(exe).unwrap_or_else(|_| exe.to_path_buf());
-    let mut binds = Vec::new();
-    if !real.starts_with("/usr") {
-        // A node installed under a prefix (nvm, a tarball): its bin/.. holds its libs.
-        if let Some(prefix) = real.parent().and_then(Path::parent) {
-            binds.push(prefix.to_path_buf());
-        }
-    }
-    Interpreter { exe: real, binds }
-}
-
-/// Writes the runners under `scratch/runners-<hash>`, read-only mounted in every sandbox
-/// (the sandbox runs as the server's uid, so owner-only permissions are enough).
-pub(crate) fn write_runners(scratch: &Path) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for k in RunnerKind::SCRIPTS {
-        for b in k.source().unwrap_or_default().bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    std::fs::create_dir_all(scratch)?;
-    // Only we may write here: the files become code inside every sandbox. chmod fails on
-    // a directory someone else owns (say, a /tmp path another user made first).
-    std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(0o700))?;
-    let dir = scratch.join(format!("runners-{h:016x}"));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-    for k in RunnerKind::SCRIPTS {
-        let source = k.source().unwrap_or_default();
-        let dest = dir.join(k.file_name());
-        if std::fs::read_to_string(&dest).ok().as_deref() == Some(source) {
-            continue;
-        }
-        let tmp = dir.join(format!(".{}.{}", k.file_name(), std::process::id()));
-        std::fs::write(&tmp, source)?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::rename(&tmp, &dest)?;
-    }
-    Ok(dir)
 }

@@ -33,12 +33,11 @@ use std::time::Duration;
 
 use sopm_core::{Error, Result};
 
+use crate::host::settings::{host_config_problem, parse_var, path_var, PoolSettings};
 use crate::sandbox::pool::WarmPool;
-use crate::sandbox::settings::{host_config_problem, parse_var, path_var, PoolSettings};
 use crate::sandbox::{RunnerKind, SandboxExecutor};
 
 pub mod bwrap;
-pub mod cgroup;
 pub(crate) mod launcher;
 
 pub use launcher::{ProcessLauncher, ProcessSandbox};

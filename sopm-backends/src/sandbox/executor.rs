@@ -23,7 +23,8 @@ impl<L: SandboxLauncher> Clone for SandboxExecutor<L> {
 }
 
 impl<L: SandboxLauncher> SandboxExecutor<L> {
-    pub(crate) fn new(pool: WarmPool<L>) -> Self {
+    /// The executor over `pool` (a backend's `build()` makes one).
+    pub fn new(pool: WarmPool<L>) -> Self {
         SandboxExecutor { pool }
     }
 
@@ -60,6 +61,11 @@ impl<L: SandboxLauncher> Executor for SandboxExecutor<L> {
 
     async fn retire(&self, function_id: &str) -> Result<()> {
         self.pool.retire(function_id).await;
+        Ok(())
+    }
+
+    async fn retire_version(&self, function_id: &str, version: u32) -> Result<()> {
+        self.pool.retire_version(function_id, version).await;
         Ok(())
     }
 

@@ -1,7 +1,9 @@
 //! Plumbing shared by every sandbox backend: the runner protocol, the runners shipped
-//! inside the binary, artifact loading, the warm pool of instances, the executor over it
-//! and the pool settings. A backend (process, gVisor, Docker) only implements
-//! [`SandboxLauncher`] and [`Sandbox`]: how to boot an isolated runner and how to kill it.
+//! inside the binary, artifact loading, the warm pool of instances and the executor over
+//! it. A backend (process, gVisor, Docker) only implements [`SandboxLauncher`] and
+//! [`Sandbox`]: how to boot an isolated runner and how to kill it; what it needs from the
+//! host machine (mounts, rlimits, cgroups, runner files, tools, settings) is in
+//! [`crate::host`].
 
 use std::fmt::Debug;
 use std::path::PathBuf;
@@ -14,14 +16,12 @@ pub mod executor;
 pub mod pool;
 pub mod protocol;
 pub mod runners;
-pub mod settings;
 
 pub use artifact::FunctionCode;
 pub use executor::SandboxExecutor;
 pub use pool::{PoolConfig, PoolCounters, WarmPool};
 pub use protocol::RunnerChannel;
 pub use runners::RunnerKind;
-pub use settings::PoolSettings;
 
 /// Where a function's code lives inside every sandbox.
 pub const CODE_DIR: &str = "/fn";

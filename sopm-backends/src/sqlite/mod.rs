@@ -46,6 +46,7 @@ use sopm_core::types::now_ms;
 use sopm_core::{
     ApiKeyInfo, ApiKeySecret, Artifact, BuildStatus, Durability, Error, FunctionRecord,
     FunctionVersion, Job, JobId, JobStore, KeyStore, NewVersion, Registry, Result, TenantId,
+    TenantUsage,
 };
 use tokio::sync::{oneshot, Semaphore};
 
@@ -556,6 +557,29 @@ impl Registry for SqliteStore {
     async fn unfinished_builds(&self) -> Result<Vec<FunctionVersion>> {
         // Through the writer, so every earlier registry write is seen.
         self.write(rows::unfinished_builds).await
+    }
+
+    async fn tenant_usage(&self, tenant: &TenantId) -> Result<TenantUsage> {
+        let tenant = tenant.clone();
+        self.read(move |conn| rows::tenant_usage(conn, &tenant))
+            .await
+    }
+
+    async fn record_artifact_bytes(&self, id: &str, version: u32, bytes: u64) -> Result<()> {
+        let id = id.to_string();
+        self.write(move |conn| rows::record_artifact_bytes(conn, &id, version, bytes))
+            .await
+    }
+
+    async fn delete_version(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        version: u32,
+    ) -> Result<FunctionVersion> {
+        let (tenant, id) = (tenant.clone(), id.to_string());
+        self.write(move |conn| rows::delete_version(conn, &tenant, &id, version))
+            .await
     }
 }
 

@@ -10,6 +10,7 @@ use sopm_core::registry::{append_capped, new_function_id, no_function_named};
 use sopm_core::{
     ApiKeyInfo, Artifact, BuildStatus, Error, ErrorInfo, FunctionRecord, FunctionRef,
     FunctionVersion, Job, JobId, JobStatus, Limits, NewVersion, Result, Runtime, TenantId,
+    TenantUsage,
 };
 
 use super::error::{corrupt, Context};
@@ -597,6 +598,69 @@ pub(crate) fn delete_function(
         .execute(params![id, tenant.as_str()])
         .context("deleting a function")?;
     Ok(record)
+}
+
+/// What a tenant holds: its functions and the recorded bytes of its artifacts.
+pub(crate) fn tenant_usage(conn: &Connection, tenant: &TenantId) -> Result<TenantUsage> {
+    let (functions, bytes): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT COUNT(DISTINCT f.id), COALESCE(SUM(v.artifact_bytes), 0)
+             FROM functions f LEFT JOIN versions v ON v.function_id = f.id
+             WHERE f.tenant = ?1",
+        )
+        .context("reading a tenant's usage")?
+        .query_row([tenant.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .context("reading a tenant's usage")?;
+    Ok(TenantUsage {
+        functions: from_sql_int(functions),
+        artifact_bytes: from_sql_int(bytes),
+    })
+}
+
+/// Records the size of a version's artifact.
+pub(crate) fn record_artifact_bytes(
+    conn: &Connection,
+    id: &str,
+    version: u32,
+    bytes: u64,
+) -> Result<()> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE versions SET artifact_bytes = ?3 WHERE function_id = ?1 AND version = ?2",
+        )
+        .context("recording an artifact's size")?
+        .execute(params![id, version, to_sql_int(bytes)])
+        .context("recording an artifact's size")?;
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(version_not_found(conn, id, version)?)
+    }
+}
+
+/// Deletes one version of a tenant's function (never its only one) and returns it.
+pub(crate) fn delete_version(
+    conn: &Connection,
+    tenant: &TenantId,
+    id: &str,
+    version: u32,
+) -> Result<FunctionVersion> {
+    let mut record = get_function(conn, tenant, id)?;
+    let index = record
+        .versions
+        .iter()
+        .position(|v| v.version == version)
+        .ok_or_else(|| Error::not_found(format!("function '{id}' has no version {version}")))?;
+    if record.versions.len() == 1 {
+        return Err(Error::Conflict(format!(
+            "version {version} is the only version of '{id}'; delete the function instead"
+        )));
+    }
+    conn.prepare_cached("DELETE FROM versions WHERE function_id = ?1 AND version = ?2")
+        .context("deleting a version")?
+        .execute(params![id, version])
+        .context("deleting a version")?;
+    Ok(record.versions.swap_remove(index))
 }
 
 // --- API keys -------------------------------------------------------------------------

@@ -615,6 +615,126 @@ pub async fn registry_delete(registry: &dyn Registry) {
     assert_ne!(again.function_id, id, "a re-created function gets a new id");
 }
 
+/// Quotas and retention: [`tenant_usage`](Registry::tenant_usage) counts a tenant's
+/// functions and sums the artifact sizes recorded on its versions (another tenant's do
+/// not count; a version without a record counts 0);
+/// [`delete_version`](Registry::delete_version) removes exactly one version of the
+/// owner's function (its size leaves the sum), is `not_found` for another tenant or an
+/// unknown version, `conflict` for the only version left, and later versions keep
+/// their numbers.
+pub async fn registry_usage_and_version_delete(registry: &dyn Registry) {
+    let owner = unique_tenant("usage");
+    let stranger = unique_tenant("usage-other");
+    let empty = expect_ok(registry.tenant_usage(&owner).await, "tenant_usage (empty)");
+    assert_eq!(
+        empty,
+        crate::registry::TenantUsage::default(),
+        "a tenant with nothing"
+    );
+    let v1 = create(registry, &owner, "sized", "s1", "create_version v1").await;
+    let id = v1.function_id.clone();
+    create(registry, &owner, "sized", "s2", "create_version v2").await;
+    create(registry, &owner, "sized", "s3", "create_version v3").await;
+    create(registry, &owner, "plain", "p1", "create_version (plain)").await;
+    create(
+        registry,
+        &stranger,
+        "theirs",
+        "t1",
+        "create_version (stranger)",
+    )
+    .await;
+    for (n, bytes) in [(1, 1_000u64), (2, 20_000), (3, 300_000)] {
+        expect_ok(
+            registry.record_artifact_bytes(&id, n, bytes).await,
+            "record_artifact_bytes",
+        );
+    }
+    expect_ok(
+        registry.record_artifact_bytes(&id, 3, 300_001).await,
+        "record_artifact_bytes again (replaces)",
+    );
+    expect_code(
+        registry.record_artifact_bytes(&id, 9, 1).await,
+        "not_found",
+        "record_artifact_bytes of an unknown version",
+    );
+    let theirs = expect_ok(
+        registry.get_by_name(&stranger, "theirs").await,
+        "get (stranger)",
+    );
+    expect_ok(
+        registry.record_artifact_bytes(&theirs.id, 1, 1 << 40).await,
+        "record_artifact_bytes (stranger)",
+    );
+    let usage = expect_ok(registry.tenant_usage(&owner).await, "tenant_usage");
+    assert_eq!(usage.functions, 2, "two functions: {usage:?}");
+    assert_eq!(
+        usage.artifact_bytes,
+        1_000 + 20_000 + 300_001,
+        "the owner's recorded sizes only, the latest record of each version"
+    );
+
+    expect_code(
+        registry.delete_version(&stranger, &id, 1).await,
+        "not_found",
+        "delete_version by another tenant",
+    );
+    expect_code(
+        registry.delete_version(&owner, &id, 7).await,
+        "not_found",
+        "delete_version of an unknown version",
+    );
+    expect_code(
+        registry.delete_version(&owner, "fn_doesnotexist", 1).await,
+        "not_found",
+        "delete_version of an unknown function",
+    );
+    let removed = expect_ok(
+        registry.delete_version(&owner, &id, 2).await,
+        "delete_version v2",
+    );
+    assert_eq!(
+        removed.version, 2,
+        "delete_version returns the removed version"
+    );
+    assert_eq!(removed.source_digest, "s2");
+    let rec = expect_ok(registry.get(&owner, &id).await, "get after delete_version");
+    assert_eq!(
+        rec.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [1, 3],
+        "exactly one version is gone and the others keep their numbers"
+    );
+    let usage = expect_ok(registry.tenant_usage(&owner).await, "tenant_usage after");
+    assert_eq!(
+        usage.artifact_bytes,
+        1_000 + 300_001,
+        "the size left with it"
+    );
+    assert_eq!(usage.functions, 2);
+    let v4 = create(
+        registry,
+        &owner,
+        "sized",
+        "s4",
+        "create_version after delete",
+    )
+    .await;
+    assert_eq!(
+        v4.version, 4,
+        "numbering continues past the highest version"
+    );
+    expect_ok(registry.delete_version(&owner, &id, 1).await, "delete v1");
+    expect_ok(registry.delete_version(&owner, &id, 3).await, "delete v3");
+    expect_code(
+        registry.delete_version(&owner, &id, 4).await,
+        "conflict",
+        "delete_version of the only version left",
+    );
+    let rec = expect_ok(registry.get(&owner, &id).await, "get after refused delete");
+    assert_eq!(rec.versions.len(), 1, "the last version stays");
+}
+
 // ---------------------------------------------------------------------------
 // JobStore
 // ---------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-//! [`PoolSettings`]: the warm-pool knobs an executor configuration exposes (stem cells,
-//! instance caps, idle TTL, stem limits, inline code size, boot timeout), with their
-//! environment overrides and checks, so each backend's configuration holds one value
-//! instead of repeating the setters.
+//! The settings every sandbox backend shares: [`PoolSettings`] (the warm-pool knobs: stem
+//! cells, instance caps, idle TTL, stem limits, inline code size, boot timeout) with their
+//! environment overrides, the variable parsers, and the checks of a host backend's paths
+//! and names.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use sopm_core::{Error, Limits, Result};
 
-use super::artifact::DEFAULT_MAX_INLINE_BYTES;
-use super::pool::PoolConfig;
-use super::RunnerKind;
+use crate::sandbox::artifact::DEFAULT_MAX_INLINE_BYTES;
+use crate::sandbox::pool::PoolConfig;
+use crate::sandbox::RunnerKind;
 
 /// Warm-pool settings of a sandbox executor. `new()` gives working defaults: 2 stem cells
-/// per runner, 8 instances per function, 64 in all, 5 minutes idle TTL, default limits
+/// per runner, 8 instances per function, 32 per tenant, 64 in all, 5 minutes idle TTL, default limits
 /// for stem cells, 8 MiB of code inline, 15 s per boot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolSettings {
@@ -27,6 +27,8 @@ pub struct PoolSettings {
     pub max_per_function: usize,
     /// Most function instances in all (stem cells not counted).
     pub max_instances: usize,
+    /// Most function instances of one tenant, all its functions together.
+    pub max_per_tenant: usize,
     /// How long an instance may stay idle before it is stopped.
     pub idle_ttl: Duration,
     /// The limits stem cells boot with.
@@ -45,6 +47,7 @@ impl PoolSettings {
             stem_runners: runners.into_iter().collect(),
             max_per_function: 8,
             max_instances: 64,
+            max_per_tenant: 32,
             idle_ttl: Duration::from_secs(300),
             stem_limits: Limits::default(),
             max_inline_bytes: DEFAULT_MAX_INLINE_BYTES,
@@ -52,8 +55,9 @@ impl PoolSettings {
         }
     }
 
-    /// Applies `SOPM_STEM_CELLS`, `SOPM_MAX_INSTANCES`, `SOPM_MAX_INSTANCES_PER_FUNCTION`
-    /// and `SOPM_IDLE_TTL_SECS` from `var`; an unparsable value is `invalid_input`.
+    /// Applies `SOPM_STEM_CELLS`, `SOPM_MAX_INSTANCES`, `SOPM_MAX_INSTANCES_PER_FUNCTION`,
+    /// `SOPM_MAX_INSTANCES_PER_TENANT` and `SOPM_IDLE_TTL_SECS` from `var`; an unparsable
+    /// value is `invalid_input`.
     pub fn with_vars(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self> {
         if let Some(n) = parse_var(&var, "SOPM_STEM_CELLS")? {
             self.stem_cells = n;
@@ -63,6 +67,9 @@ impl PoolSettings {
         }
         if let Some(n) = parse_var(&var, "SOPM_MAX_INSTANCES_PER_FUNCTION")? {
             self.max_per_function = n;
+        }
+        if let Some(n) = parse_var(&var, "SOPM_MAX_INSTANCES_PER_TENANT")? {
+            self.max_per_tenant = n;
         }
         if let Some(secs) = parse_var(&var, "SOPM_IDLE_TTL_SECS")? {
             self.idle_ttl = Duration::from_secs(secs);
@@ -91,6 +98,12 @@ impl PoolSettings {
     /// Most function instances in all (stem cells not counted).
     pub fn with_max_instances(mut self, n: usize) -> Self {
         self.max_instances = n;
+        self
+    }
+
+    /// Most function instances of one tenant, all its functions together.
+    pub fn with_max_instances_per_tenant(mut self, n: usize) -> Self {
+        self.max_per_tenant = n;
         self
     }
 
@@ -126,7 +139,7 @@ impl PoolSettings {
 
     /// Why the settings cannot work, if they cannot.
     pub fn problem(&self) -> Option<&'static str> {
-        if self.max_per_function == 0 || self.max_instances == 0 {
+        if self.max_per_function == 0 || self.max_instances == 0 || self.max_per_tenant == 0 {
             return Some("instance caps must be at least 1");
         }
         if self.max_per_function > self.max_instances {
@@ -152,6 +165,7 @@ impl PoolSettings {
                 .collect::<BTreeMap<_, _>>(),
             max_per_function: self.max_per_function,
             max_instances: self.max_instances,
+            max_per_tenant: self.max_per_tenant,
             idle_ttl: self.idle_ttl,
             max_inline_bytes: self.max_inline_bytes,
             stem_limits: self.stem_limits.clone(),
@@ -163,10 +177,7 @@ impl PoolSettings {
 
 /// The value of the variable `key` of `var`, parsed, if it is set; a value that does not
 /// parse is `invalid_input` naming the variable.
-pub(crate) fn parse_var<T: FromStr>(
-    var: impl Fn(&str) -> Option<String>,
-    key: &str,
-) -> Result<Option<T>> {
+pub fn parse_var<T: FromStr>(var: impl Fn(&str) -> Option<String>, key: &str) -> Result<Option<T>> {
     var(key)
         .map(|v| {
             v.trim()
@@ -177,14 +188,14 @@ pub(crate) fn parse_var<T: FromStr>(
 }
 
 /// The path in the variable `key` of `var`, if it is set and not empty.
-pub(crate) fn path_var(var: impl Fn(&str) -> Option<String>, key: &str) -> Option<PathBuf> {
+pub fn path_var(var: impl Fn(&str) -> Option<String>, key: &str) -> Option<PathBuf> {
     var(key).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 /// Why the settings every host sandbox backend shares cannot work, if they cannot: an
 /// empty name, unworkable pool settings, a cgroup parent that is not a plain directory
 /// name, or a relative tool, scratch or bind path.
-pub(crate) fn host_config_problem<'a>(
+pub fn host_config_problem<'a>(
     name: &str,
     pool: &PoolSettings,
     cgroup_parent: &str,

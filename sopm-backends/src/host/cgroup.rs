@@ -8,6 +8,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Joins the cgroups named by its arguments, then runs the rest of its arguments:
+/// `sh -c CGROUP_JOIN NAME N dir1..dirN cmd args..`, so a sandbox's first process is in
+/// its cgroups before it runs anything.
+pub const CGROUP_JOIN: &str = "n=$1; shift; while [ \"$n\" -gt 0 ]; do echo $$ > \"$1/cgroup.procs\" || exit 125; shift; n=$((n-1)); done; exec \"$@\"";
+
 /// Where this host lets us make cgroups.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CgroupRoot {
@@ -67,7 +72,7 @@ impl CgroupRoot {
     }
 
     fn probe(&self) -> Result<(), String> {
-        let name = format!("probe-{}", super::launcher::sandbox_name());
+        let name = format!("probe-{}", super::sandbox_name());
         let cg = self
             .create(&name)
             .map_err(|e| format!("cannot create a sandbox cgroup: {e}"))?;
@@ -282,7 +287,7 @@ impl SandboxCgroup {
 /// How many times the kernel's OOM killer killed a process in the memory cgroup `dir`
 /// (cgroup v2: `memory.events`; v1: `memory.oom_control`, or `memory.failcnt` on
 /// kernels before 4.13, which count no kills).
-pub(crate) fn oom_kills_in(dir: &Path, v2: bool) -> u64 {
+pub fn oom_kills_in(dir: &Path, v2: bool) -> u64 {
     let file = if v2 {
         "memory.events"
     } else {

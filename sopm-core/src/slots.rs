@@ -26,6 +26,9 @@ use crate::types::TenantId;
 /// Shards of the per-tenant running counts.
 const SHARDS: usize = 16;
 
+/// Entries a shard of running counts keeps before it drops the idle ones.
+const IDLE_ENTRIES: usize = 64;
+
 /// What one tenant may hold at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TenantCaps {
@@ -191,8 +194,11 @@ impl Slots {
         let mut shard = self.running[shard_of(tenant)].lock();
         if let Some(n) = shard.get_mut(tenant) {
             *n = n.saturating_sub(1);
-            if *n == 0 {
-                shard.remove(tenant);
+            // Idle tenants keep their entry (a busy tenant's next call then finds it
+            // without inserting) until the shard holds many; then the idle ones go, so
+            // tenants that come and go cannot grow the map.
+            if *n == 0 && shard.len() > IDLE_ENTRIES {
+                shard.retain(|_, n| *n > 0);
             }
         }
     }

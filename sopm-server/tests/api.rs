@@ -419,3 +419,33 @@ async fn metrics_need_the_metrics_token_when_one_is_set_or_auth_is_on() {
     };
     assert!(!format!("{c:?}").contains("m3tr1cs"));
 }
+
+#[tokio::test]
+async fn a_tenant_past_its_queue_share_gets_429_quota_exceeded_while_others_run() {
+    let s = state_with(|c| {
+        c.max_concurrency = 1;
+        c.queue_capacity = 10;
+        c.jobs.max_queued_per_tenant = Some(2);
+    });
+    let sleep = |user: &str, ms: u64| json!({"function": "util.sleep", "input": {"ms": ms}, "async": true, "user_id": user});
+    for _ in 0..3 {
+        let (st, v, _) = post(&s, "/api/execute", sleep("flooder", 300)).await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    }
+    let (st, v, headers) = post(&s, "/api/execute", sleep("flooder", 300)).await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(v["error"]["code"], "quota_exceeded");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("queued_jobs"),
+        "{v}"
+    );
+    assert_eq!(headers["retry-after"], "1");
+    // Another tenant is still accepted, and its job runs.
+    let (st, v, _) = post(&s, "/api/execute", sleep("neighbour", 0)).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let job = wait_terminal(&s, v["id"].as_str().unwrap(), Some("neighbour")).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+}

@@ -81,9 +81,16 @@ fn the_documented_paths_are_the_routers() {
     let documented: BTreeSet<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
     let mut routed = BTreeSet::new();
     for (_, text) in sources(&workspace().join("sopm-server/src")) {
-        routed.extend(literals_after(&text, ".route(").into_iter().map(String::from));
+        routed.extend(
+            literals_after(&text, ".route(")
+                .into_iter()
+                .map(String::from),
+        );
     }
-    assert!(!routed.is_empty(), "no .route(\"...\") found in sopm-server/src");
+    assert!(
+        !routed.is_empty(),
+        "no .route(\"...\") found in sopm-server/src"
+    );
     assert_eq!(
         documented, routed,
         "docs/openapi.json's paths (left) and the router's (right) differ"
@@ -142,9 +149,17 @@ fn every_error_code_the_server_emits_is_documented() {
         .into_iter()
         .map(String::from)
         .collect();
-    assert!(emitted.contains("invalid_input") && emitted.len() > 10, "{emitted:?}");
+    assert!(
+        emitted.contains("invalid_input") && emitted.len() > 10,
+        "{emitted:?}"
+    );
     // The codes of `Error::forbidden(code, ..)`, wherever they are raised.
-    for krate in ["sopm-core", "sopm-server", "sopm-backends", "sopm-functions"] {
+    for krate in [
+        "sopm-core",
+        "sopm-server",
+        "sopm-backends",
+        "sopm-functions",
+    ] {
         for (path, text) in sources(&workspace().join(krate).join("src")) {
             for code in literals_after(&text, "forbidden(") {
                 assert!(!code.is_empty(), "{}", path.display());

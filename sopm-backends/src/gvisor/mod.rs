@@ -16,9 +16,10 @@
 //!
 //! The runner inside speaks the same protocol through the same pipes as in the process
 //! backend (stdin/stdout/stderr of `runsc run`, passed through to the sandbox), and the
-//! same [`WarmPool`] keeps stem cells. An instance is cleaned up (`runsc delete --force`,
-//! bundle removed) when it exits, crashes, times out, is retired or reaped, and at
-//! shutdown; sandboxes left by a dead server are swept at first use.
+//! same [`WarmPool`](crate::sandbox::WarmPool) keeps stem cells. An instance is cleaned
+//! up (`runsc delete --force`, bundle removed) when it exits, crashes, times out, is
+//! retired or reaped, and at shutdown; sandboxes left by a dead server are swept at first
+//! use.
 //!
 //! Host needs: `runsc` (as root), `python3` (python, shell and binary functions) and
 //! `node` (node functions). Tools are found on `PATH` unless configured, on first use.

@@ -109,11 +109,24 @@ cargo test --workspace --all-features --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 
+# docs/openapi.json against the release server, fuzzed (docs/api.md).
+step "API contract (scripts/contract.sh)"
+set +e
+scripts/contract.sh
+contract=$?
+set -e
+if [ "$status" -eq 0 ] && [ "$contract" -ne 0 ]; then
+  status=$contract
+fi
+
 # One closing line over every test binary.
 sum() { grep -E '^test result:' "$log" | grep -Eo "[0-9]+ $1" | awk '{s+=$1} END {print s+0}'; }
 passed=$(sum passed)
 failed=$(sum failed)
 ignored=$(sum ignored)
+# The contract run counts as one test.
+if [ "$contract" -eq 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 echo
+[ "$contract" -eq 0 ] || echo "API contract: FAILED (exit $contract)"
 echo "total: ${passed} passed, ${failed} failed, ${ignored} skipped"
 exit "$status"

@@ -160,8 +160,15 @@ async fn python_requirements_are_installed_into_deps() {
     if !have(&[Tool::Bwrap, Tool::Pip]) {
         return;
     }
+    // An artifacts directory far longer than a Unix socket path may be: nothing of the
+    // build (the package index proxy's socket) may live under it.
     let dir = tempfile::tempdir().unwrap();
-    let b = builder(dir.path());
+    let long = dir
+        .path()
+        .join("a-data-directory-with-a-long-name".repeat(4))
+        .join("artifacts");
+    assert!(long.as_os_str().len() > 150);
+    let b = builder(&long);
     let log = MemoryLog::default();
     let src = source(&[
         (
@@ -507,4 +514,167 @@ async fn stale_staging_directories_are_swept() {
     std::fs::create_dir_all(function_dir.join(".v2.staging-abc/deps")).unwrap();
     assert_eq!(b.remove_stale_staging().await.unwrap(), 1);
     assert_eq!(entries(&function_dir), vec!["v1"]);
+}
+
+#[path = "support/hostile_index.rs"]
+mod hostile_index;
+
+use hostile_index::{Hostile, HostileIndex};
+
+/// Builds a Python function that requires `package` from `index` with `tune` applied to
+/// the builder's settings; returns the error, the log, and the most bytes the artifacts
+/// directory held while the build ran.
+async fn build_hostile(
+    index: &HostileIndex,
+    package: Hostile,
+    tune: impl FnOnce(LocalBuilderConfig) -> LocalBuilderConfig,
+) -> (sopm_core::Error, String, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LocalBuilderConfig::new(dir.path())
+        .with_pip_index_url(&index.url)
+        .with_ca_bundle(&index.ca_bundle)
+        .with_build_timeout(Duration::from_secs(120));
+    let b = tune(config).build().unwrap();
+    let log = MemoryLog::default();
+    let requirements = format!("{}==1.0\n", package.name);
+    let src = source(&[
+        ("main.py", PY_MAIN),
+        ("requirements.txt", requirements.as_bytes()),
+    ]);
+    // Samples the disk use of the artifacts directory while the build runs.
+    let watched = dir.path().to_path_buf();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(hostile_index::tree_bytes(&watched));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            most
+        })
+    };
+    let result = b.build(&python("fn_hostile", 1), &src, &log).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = watcher.join().unwrap();
+    let text = log.text();
+    let e = match result {
+        Ok(a) => panic!("the hostile build succeeded: {a:?}\n{text}"),
+        Err(e) => e,
+    };
+    assert_eq!(e.code(), "build_failed", "{e}\n{text}");
+    // Nothing of the install runs on, and nothing of it stays on disk.
+    assert_eq!(
+        hostile_index::survivors(package.comm),
+        Vec::<u32>::new(),
+        "processes of the install survived it\n{text}"
+    );
+    let left = hostile_index::tree_bytes(dir.path());
+    assert!(
+        left < 1 << 20,
+        "{left} bytes left in the artifacts directory"
+    );
+    assert_eq!(
+        entries(
+            &std::fs::canonicalize(dir.path())
+                .unwrap()
+                .join("fn_hostile")
+        ),
+        Vec::<String>::new()
+    );
+    (e, text, most)
+}
+
+fn hostile_index_or_skip() -> Option<HostileIndex> {
+    if !have(&[Tool::Bwrap, Tool::Pip]) {
+        return None;
+    }
+    if !HostileIndex::tools_present() {
+        let reason = "openssl or python3 is missing (the hostile package index needs them)";
+        if std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() == Ok("1") {
+            panic!("SOPM_REQUIRE_INTEGRATION=1 but {reason}");
+        }
+        eprintln!("skipped: {reason}");
+        return None;
+    }
+    Some(HostileIndex::start())
+}
+
+#[tokio::test]
+async fn a_fork_bomb_in_setup_stops_at_the_process_limit() {
+    let Some(index) = hostile_index_or_skip() else {
+        return;
+    };
+    let (e, text, _) = build_hostile(&index, hostile_index::FORK_BOMB, |c| {
+        c.with_build_max_processes(64)
+    })
+    .await;
+    assert!(
+        text.contains("==> limits: memory 1 GiB, 64 processes,"),
+        "{text}"
+    );
+    assert!(
+        text.contains("==> build stopped: process limit of 64 reached\n"),
+        "{text}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("build stopped: process limit of 64 reached during pip install"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_memory_hog_in_setup_stops_at_the_memory_limit() {
+    let Some(index) = hostile_index_or_skip() else {
+        return;
+    };
+    let (e, text, _) = build_hostile(&index, hostile_index::MEMORY_HOG, |c| {
+        c.with_build_memory_bytes(192 << 20)
+    })
+    .await;
+    assert!(
+        text.contains("==> build stopped: memory limit of 192 MiB reached\n"),
+        "{text}"
+    );
+    assert!(e.to_string().contains("memory limit of 192 MiB"), "{e}");
+}
+
+#[tokio::test]
+async fn a_disk_filler_in_setup_stops_at_the_disk_limit_without_touching_the_disk() {
+    let Some(index) = hostile_index_or_skip() else {
+        return;
+    };
+    let (e, text, most) = build_hostile(&index, hostile_index::DISK_FILLER, |c| {
+        c.with_build_disk_bytes(32 << 20)
+            .with_max_artifact_bytes(1 << 30)
+    })
+    .await;
+    assert!(
+        text.contains("==> build stopped: disk limit of 32 MiB reached\n"),
+        "{text}"
+    );
+    assert!(e.to_string().contains("disk limit of 32 MiB"), "{e}");
+    // The install wrote into its tmpfs: the data directory's disk never held it.
+    assert!(
+        most < 4 << 20,
+        "the artifacts directory held {most} bytes during the build"
+    );
+}
+
+#[tokio::test]
+async fn a_cpu_spinner_in_setup_stops_at_the_cpu_limit() {
+    let Some(index) = hostile_index_or_skip() else {
+        return;
+    };
+    let (e, text, _) = build_hostile(&index, hostile_index::CPU_SPINNER, |c| {
+        c.with_build_cpu_time(Duration::from_secs(5))
+    })
+    .await;
+    assert!(
+        text.contains("==> build stopped: CPU time limit of 5 s reached\n"),
+        "{text}"
+    );
+    assert!(e.to_string().contains("CPU time limit of 5 s"), "{e}");
 }

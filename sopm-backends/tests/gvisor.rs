@@ -22,7 +22,7 @@ use support::*;
 /// An executor with small stem pools and its own scratch dir (kept alive by the value).
 struct Gvisor {
     exec: GvisorExecutor,
-    _scratch: tempfile::TempDir,
+    scratch: tempfile::TempDir,
 }
 
 impl std::ops::Deref for Gvisor {
@@ -42,6 +42,12 @@ impl Subject for Gvisor {
     }
     fn counters(&self) -> SandboxCounters {
         sandbox_counters(self.exec.counters())
+    }
+    fn allowed_host_paths(&self) -> Vec<std::path::PathBuf> {
+        interpreter_prefixes()
+    }
+    fn host_dirs(&self) -> Vec<std::path::PathBuf> {
+        vec![self.scratch.path().to_path_buf()]
     }
     /// Shuts the executor down and checks that nothing of it is left: no sandbox in its
     /// runsc state dir, no bundle dir, no `runsc` process working on its state dir.
@@ -97,10 +103,7 @@ fn ready_with(
     let exec = tune(config)
         .build::<GvisorLauncher>()
         .expect("valid config");
-    Some(Gvisor {
-        exec,
-        _scratch: scratch,
-    })
+    Some(Gvisor { exec, scratch })
 }
 
 /// A gVisor executor shaped for one conformance behaviour, or `None` (skipped) when the

@@ -32,6 +32,12 @@ impl Subject for Process {
     fn counters(&self) -> SandboxCounters {
         sandbox_counters(self.0.counters())
     }
+    fn allowed_host_paths(&self) -> Vec<std::path::PathBuf> {
+        interpreter_prefixes()
+    }
+    fn host_dirs(&self) -> Vec<std::path::PathBuf> {
+        vec![test_scratch_dir()]
+    }
 }
 
 /// A process executor shaped for one conformance behaviour, or `None` (skipped) when the

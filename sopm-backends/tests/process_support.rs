@@ -66,7 +66,7 @@ pub fn executor(runners: &[RunnerKind]) -> ProcessExecutor {
 pub fn config(runners: &[RunnerKind]) -> SandboxSettings {
     SandboxSettings::new(SandboxKind::Process)
         .with_pool(PoolSettings::new(runners.iter().copied()).with_stem_cells(1))
-        .with_scratch_dir(std::env::temp_dir().join("sopm-sandbox-tests"))
+        .with_scratch_dir(test_scratch_dir())
 }
 
 /// Shapes a sandbox executor's pool for one conformance behaviour: its stem cells, stem
@@ -118,4 +118,37 @@ pub fn summary(name: &str, mut samples: Vec<std::time::Duration>) {
         samples[samples.len() - 1],
         samples.len() as f64 / total.as_secs_f64()
     );
+}
+
+/// The host prefixes of the `python3` and `node` on `PATH` that lie outside `/usr` (a
+/// pyenv install, say): a sandbox binds them, so their files are on its allow-list.
+pub fn interpreter_prefixes() -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let probe = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys; print(sys.base_prefix); print(sys.base_exec_prefix)",
+        ])
+        .output();
+    if let Ok(o) = probe {
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            let p = std::path::PathBuf::from(line.trim());
+            if !line.trim().is_empty() && !p.starts_with("/usr") && !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    if let Some(node) = which("node").and_then(|n| std::fs::canonicalize(n).ok()) {
+        if let Some(prefix) = node.parent().and_then(|bin| bin.parent()) {
+            if !prefix.starts_with("/usr") && !out.iter().any(|p| prefix.starts_with(p)) {
+                out.push(prefix.to_path_buf());
+            }
+        }
+    }
+    out
+}
+
+/// The scratch directory of the test executors of [`config`].
+pub fn test_scratch_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("sopm-sandbox-tests")
 }

@@ -87,6 +87,12 @@ async fn registry_delete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_usage_and_version_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::registry_usage_and_version_delete(&open(dir.path(), "r.db")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_store_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     conformance::job_store_round_trip(&open(dir.path(), "j.db")).await;
@@ -123,20 +129,35 @@ async fn every_check_on_one_shared_file() {
     conformance::registry_versions_and_tenants(&store).await;
     conformance::registry_builds(&store).await;
     conformance::registry_delete(&store).await;
+    conformance::registry_usage_and_version_delete(&store).await;
     conformance::job_store_round_trip(&store).await;
     conformance::job_store_never_moves_back(&store).await;
     conformance::job_store_unfinished(&store).await;
     conformance::job_store_buffered_then_flush(&store).await;
     conformance::job_store_reads_own_buffered_puts(&store).await;
-    conformance::job_store_recent(&store).await;
+    conformance::job_store_recent_logs(&store).await;
+    conformance::job_store_expire_finished(&store).await;
+    conformance::registry_resolve_version(&store).await;
     conformance::registry_unfinished_builds(&store).await;
     conformance::key_store_suite(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn job_store_recent() {
+async fn job_store_recent_logs() {
     let dir = tempfile::tempdir().unwrap();
-    conformance::job_store_recent(&open(dir.path(), "j.db")).await;
+    conformance::job_store_recent_logs(&open(dir.path(), "j.db")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_store_expire_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::job_store_expire_finished(&open(dir.path(), "j.db")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_resolve_version() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::registry_resolve_version(&open(dir.path(), "r.db")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +215,7 @@ async fn open_creates_directories_and_a_wal_database() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3, "the schema version is recorded in user_version");
+    assert_eq!(version, 4, "the schema version is recorded in user_version");
     let plan: String = conn
         .query_row(
             "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_ms, rowid",
@@ -227,7 +248,7 @@ async fn a_version_1_database_is_migrated_and_its_jobs_found_by_function() {
     // Take the file back to schema 1, with one user-function job written by it.
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "ALTER TABLE versions DROP COLUMN executor;
+        "ALTER TABLE versions DROP COLUMN artifact_bytes; ALTER TABLE versions DROP COLUMN executor;
          DROP INDEX jobs_by_function; ALTER TABLE jobs DROP COLUMN function_id;
          DROP TABLE api_keys; PRAGMA user_version = 1;",
     )
@@ -255,7 +276,7 @@ async fn a_version_1_database_is_migrated_and_its_jobs_found_by_function() {
     drop(conn);
 
     let store = open(dir.path(), "v1.db");
-    let found = store.recent(&tenant, "fn_old", 10).await.unwrap();
+    let found = store.recent_logs(&tenant, "fn_old", 10).await.unwrap();
     assert_eq!(found.len(), 1, "the old job is found by its function");
     assert_eq!(found[0].id, old.id);
     let (_, secret) = sopm_core::KeyStore::create(&store, &tenant, "after migration")
@@ -277,7 +298,8 @@ async fn a_version_2_database_is_migrated_and_its_versions_load_without_an_execu
     // Take the file back to schema 2, with one version written by it.
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "ALTER TABLE versions DROP COLUMN executor; PRAGMA user_version = 2;
+        "ALTER TABLE versions DROP COLUMN artifact_bytes;
+         ALTER TABLE versions DROP COLUMN executor; PRAGMA user_version = 2;
          INSERT INTO functions (id, tenant, name, created_ms) VALUES ('fn_old', 'old', 'older', 1);
          INSERT INTO versions (function_id, version, runtime, handler, limits, env, digest,
                                status, build_log, artifact, created_ms)
@@ -315,11 +337,14 @@ async fn a_version_2_database_is_migrated_and_its_versions_load_without_an_execu
         .unwrap();
     assert_eq!((v.function_id.as_str(), v.version), ("fn_old", 2));
     store.close().await.unwrap();
-    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 3);
+    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 4);
     let store = open(dir.path(), "v2.db");
     let rec = Registry::get(&store, &tenant, "fn_old").await.unwrap();
     let executors: Vec<Option<&str>> = rec.versions.iter().map(|v| v.executor.as_deref()).collect();
     assert_eq!(executors, [None, Some("gvisor")]);
+    // Versions recorded before artifact sizes count 0 until measured again.
+    let usage = store.tenant_usage(&tenant).await.unwrap();
+    assert_eq!((usage.functions, usage.artifact_bytes), (1, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

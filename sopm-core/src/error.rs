@@ -161,11 +161,7 @@ impl Error {
             "unauthorized" => Error::Unauthorized(m),
             "forbidden" => Error::forbidden("forbidden", m),
             "executor_not_allowed" => Error::forbidden("executor_not_allowed", m),
-            "quota_exceeded" => Error::QuotaExceeded {
-                quota: "unknown",
-                message: m,
-                retry_after: None,
-            },
+            "quota_exceeded" => quota_from_message(m),
             "conflict" => Error::Conflict(m),
             "unavailable" => Error::Unavailable(m),
             "storage_error" => Error::Storage(m),
@@ -206,6 +202,40 @@ impl Error {
     /// Shorthand for [`Error::NotFound`].
     pub fn not_found(message: impl Into<String>) -> Self {
         Error::NotFound(message.into())
+    }
+}
+
+/// Quotas on work in flight: rebuilt from a job record, they keep their retry delay.
+const IN_FLIGHT_QUOTAS: [&str; 4] = [
+    "builds_in_flight",
+    "warm_instances",
+    "queued_jobs",
+    "running_jobs",
+];
+/// Standing quotas.
+const STANDING_QUOTAS: [&str; 3] = ["functions", "versions", "artifact_bytes"];
+
+/// Rebuilds a [`Error::QuotaExceeded`] from its public message (`quota exceeded:
+/// NAME: …`): the quota is the name the message starts with, and a quota on work in
+/// flight gets a retry delay of one second, so it answers 429 again, not 403.
+fn quota_from_message(m: String) -> Error {
+    let message = match m.strip_prefix("quota exceeded: ") {
+        Some(rest) => rest.to_string(),
+        None => m,
+    };
+    let named = |q: &'static str| {
+        message
+            .strip_prefix(q)
+            .is_some_and(|rest| rest.starts_with(':'))
+    };
+    let in_flight = IN_FLIGHT_QUOTAS.into_iter().find(|q| named(q));
+    let quota = in_flight
+        .or_else(|| STANDING_QUOTAS.into_iter().find(|q| named(q)))
+        .unwrap_or("unknown");
+    Error::QuotaExceeded {
+        quota,
+        message,
+        retry_after: in_flight.map(|_| Duration::from_secs(1)),
     }
 }
 
@@ -282,6 +312,27 @@ mod tests {
         for e in all {
             assert_eq!(Error::from_code(e.code(), "x").code(), e.code());
         }
+    }
+
+    #[test]
+    fn quota_errors_survive_a_job_record() {
+        let busy = Error::QuotaExceeded {
+            quota: "warm_instances",
+            message: "warm_instances: tenant 'a' has 2 of 2 instances busy".into(),
+            retry_after: Some(Duration::from_secs(1)),
+        };
+        let back: Error = ErrorInfo::from(&busy).into();
+        assert_eq!(
+            back, busy,
+            "still in flight (429), message not prefixed twice"
+        );
+        let standing = Error::QuotaExceeded {
+            quota: "functions",
+            message: "functions: tenant 'a' has 1 functions, the limit is 1".into(),
+            retry_after: None,
+        };
+        let back: Error = ErrorInfo::from(&standing).into();
+        assert_eq!(back, standing);
     }
 
     #[test]

@@ -92,6 +92,12 @@ pub trait Executor: Debug + Send + Sync + 'static {
         Ok(())
     }
 
+    /// Stops and forgets the instances of one version of a function (retention pruned
+    /// it); the function's other versions keep theirs.
+    async fn retire_version(&self, _function_id: &str, _version: u32) -> Result<()> {
+        Ok(())
+    }
+
     /// Current pool figures.
     fn pool_stats(&self) -> Vec<PoolStats> {
         Vec::new()

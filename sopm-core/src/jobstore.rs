@@ -7,8 +7,77 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
-use crate::error::Result;
+use crate::error::{ErrorInfo, Result};
 use crate::types::{FunctionRef, Job, JobId, JobStatus, TenantId};
+
+/// Most characters of a job's logs (and of its error's traceback) that
+/// [`JobStore::recent_logs`] returns: the last ones, where the end of a run shows.
+pub const LISTED_LOG_CHARS: usize = 4096;
+
+/// One job as a function's log listing shows it: no input, no output, and its logs
+/// cut to their last [`LISTED_LOG_CHARS`] characters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobLogEntry {
+    /// The job's id.
+    pub id: JobId,
+    /// The version it ran, once resolved.
+    pub version: Option<u32>,
+    /// Its status.
+    pub status: JobStatus,
+    /// When it was accepted (ms since the epoch).
+    pub created_ms: u64,
+    /// When it finished (ms since the epoch), if it has.
+    pub finished_ms: Option<u64>,
+    /// How long it ran, in µs, if it ran.
+    pub duration_us: Option<u64>,
+    /// The last [`LISTED_LOG_CHARS`] characters of its logs (empty: none).
+    pub logs: String,
+    /// Whether `logs` was cut.
+    pub logs_truncated: bool,
+    /// Its error, the traceback cut to its last [`LISTED_LOG_CHARS`] characters.
+    pub error: Option<ErrorInfo>,
+}
+
+impl JobLogEntry {
+    /// The entry of a whole job record (for stores that hold records in memory).
+    pub fn of(job: &Job) -> Self {
+        let (logs, logs_truncated) =
+            tail_chars(job.logs.as_deref().unwrap_or(""), LISTED_LOG_CHARS);
+        JobLogEntry {
+            id: job.id.clone(),
+            version: match &job.function {
+                FunctionRef::User { version, .. } => *version,
+                FunctionRef::Builtin { .. } => None,
+            },
+            status: job.status,
+            created_ms: job.created_ms,
+            finished_ms: job.finished_ms,
+            duration_us: job.duration_us,
+            logs: logs.to_string(),
+            logs_truncated,
+            error: job.error.as_ref().map(|e| ErrorInfo {
+                code: e.code.clone(),
+                message: e.message.clone(),
+                traceback: e
+                    .traceback
+                    .as_deref()
+                    .map(|t| tail_chars(t, LISTED_LOG_CHARS).0.to_string()),
+            }),
+        }
+    }
+}
+
+/// The last `n` characters of `s`, and whether anything was cut.
+pub fn tail_chars(s: &str, n: usize) -> (&str, bool) {
+    if s.len() <= n {
+        return (s, false);
+    }
+    match s.char_indices().rev().nth(n.saturating_sub(1)) {
+        Some((at, _)) if n > 0 => (&s[at..], at > 0),
+        _ if n == 0 => ("", !s.is_empty()),
+        _ => (s, false),
+    }
+}
 
 /// How long a [`JobStore::put`] waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,9 +114,13 @@ pub fn status_rank(s: JobStatus) -> u8 {
 ///   answers a status right after recording a finish as buffered).
 /// - `unfinished` returns the jobs stored as queued or running (called at start-up to
 ///   recover from a crash).
-/// - `recent` returns the newest jobs of one user function (every version) of one
-///   tenant, newest first; another tenant's jobs are never included. It sees buffered
-///   puts like `get` does.
+/// - `recent_logs` returns the newest jobs of one user function (every version) of
+///   one tenant, newest first, as [`JobLogEntry`]s: it never reads inputs or outputs,
+///   and logs and tracebacks come cut to [`LISTED_LOG_CHARS`]. Another tenant's jobs
+///   are never included. It sees buffered puts like `get` does.
+/// - `expire_finished` deletes up to `max` finished jobs that finished before the
+///   cutoff (oldest first) and says how many went; a queued or running job is never
+///   deleted, however old.
 #[async_trait]
 pub trait JobStore: Debug + Send + Sync + 'static {
     /// Records a job's current state.
@@ -60,8 +133,17 @@ pub trait JobStore: Debug + Send + Sync + 'static {
     async fn unfinished(&self) -> Result<Vec<Job>>;
 
     /// The newest `limit` jobs of the user function `function_id` (all its versions)
-    /// owned by `tenant`, newest first.
-    async fn recent(&self, tenant: &TenantId, function_id: &str, limit: usize) -> Result<Vec<Job>>;
+    /// owned by `tenant`, newest first, with bounded logs and nothing else large.
+    async fn recent_logs(
+        &self,
+        tenant: &TenantId,
+        function_id: &str,
+        limit: usize,
+    ) -> Result<Vec<JobLogEntry>>;
+
+    /// Deletes up to `max` finished jobs whose `finished_ms` (else `created_ms`) is
+    /// before `cutoff_ms`, oldest first; returns how many were deleted.
+    async fn expire_finished(&self, cutoff_ms: u64, max: usize) -> Result<u64>;
 
     /// Waits until every buffered put is durable.
     async fn flush(&self) -> Result<()>;
@@ -150,18 +232,46 @@ impl JobStore for MemoryJobStore {
         Ok(v)
     }
 
-    async fn recent(&self, tenant: &TenantId, function_id: &str, limit: usize) -> Result<Vec<Job>> {
-        let mut v: Vec<Job> = self
-            .inner
-            .lock()
+    async fn recent_logs(
+        &self,
+        tenant: &TenantId,
+        function_id: &str,
+        limit: usize,
+    ) -> Result<Vec<JobLogEntry>> {
+        let guard = self.inner.lock();
+        let mut v: Vec<&Job> = guard
             .jobs
             .values()
+            .map(|j| &**j)
             .filter(|j| &j.tenant == tenant && is_job_of(j, function_id))
-            .map(|j| (**j).clone())
             .collect();
-        newest_first(&mut v);
-        v.truncate(limit);
-        Ok(v)
+        v.sort_by(|a, b| newer(a, b));
+        Ok(v.into_iter().take(limit).map(JobLogEntry::of).collect())
+    }
+
+    async fn expire_finished(&self, cutoff_ms: u64, max: usize) -> Result<u64> {
+        let mut guard = self.inner.lock();
+        let MemoryJobs {
+            jobs,
+            finished_order,
+        } = &mut *guard;
+        let expired: Vec<JobId> = finished_order
+            .iter()
+            .filter(|id| {
+                jobs.get(*id).is_some_and(|j| {
+                    j.status.is_terminal() && j.finished_ms.unwrap_or(j.created_ms) < cutoff_ms
+                })
+            })
+            .take(max)
+            .cloned()
+            .collect();
+        for id in &expired {
+            jobs.remove(id);
+        }
+        if !expired.is_empty() {
+            finished_order.retain(|id| jobs.contains_key(id));
+        }
+        Ok(expired.len() as u64)
     }
 
     async fn flush(&self) -> Result<()> {
@@ -176,7 +286,19 @@ pub fn is_job_of(job: &Job, function_id: &str) -> bool {
 
 /// Sorts jobs newest first: by creation time, then by id (ids are time-ordered).
 pub fn newest_first(jobs: &mut [Job]) {
-    jobs.sort_by(|a, b| {
+    jobs.sort_by(newer);
+}
+
+/// The order of [`newest_first`].
+fn newer(a: &Job, b: &Job) -> std::cmp::Ordering {
+    b.created_ms
+        .cmp(&a.created_ms)
+        .then_with(|| b.id.as_str().cmp(a.id.as_str()))
+}
+
+/// Sorts log entries newest first, like [`newest_first`].
+pub fn newest_entries_first(entries: &mut [JobLogEntry]) {
+    entries.sort_by(|a, b| {
         b.created_ms
             .cmp(&a.created_ms)
             .then_with(|| b.id.as_str().cmp(a.id.as_str()))

@@ -23,15 +23,17 @@ pub mod executor;
 pub mod jobstore;
 pub mod keys;
 pub mod platform;
+pub mod policy;
 pub mod registry;
 pub mod scheduler;
+mod slots;
 pub mod stats;
 pub mod types;
 
 pub use builder::{BuildLog, Builder, Source};
 pub use error::{Error, ErrorInfo, Result};
 pub use executor::{Example, Executor, FunctionInfo, PoolStats};
-pub use jobstore::{Durability, JobStore, MemoryJobStore};
+pub use jobstore::{Durability, JobLogEntry, JobStore, MemoryJobStore};
 pub use keys::{ApiKeyInfo, ApiKeySecret, CachedKeyStore, KeyStore, MemoryKeyStore};
 pub use platform::{
     default_limit_caps, job_output, source_digest, Platform, PlatformBuilder, PlatformStats,
@@ -39,6 +41,7 @@ pub use platform::{
 };
 pub use registry::{
     Artifact, BuildStatus, FunctionRecord, FunctionVersion, MemoryRegistry, NewVersion, Registry,
+    TenantUsage,
 };
 pub use scheduler::{
     JobRequest, LocalScheduler, LocalSchedulerConfig, RecoveryReport, Route, Router, Scheduler,

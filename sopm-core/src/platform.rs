@@ -19,9 +19,10 @@ use tokio::sync::Semaphore;
 use crate::builder::{BuildLog, Builder, Source};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, FunctionInfo, PoolStats};
-use crate::jobstore::{JobStore, MemoryJobStore};
+use crate::jobstore::{JobLogEntry, JobStore, MemoryJobStore};
+use crate::policy::{directory_bytes, ExecutorPolicy, Isolation, UploadQuotas, BUILD_RETRY_AFTER};
 use crate::registry::{
-    append_capped, validate_function_name, BuildStatus, FunctionRecord, FunctionVersion,
+    append_capped, validate_function_name, Artifact, BuildStatus, FunctionRecord, FunctionVersion,
     MemoryRegistry, NewVersion, Registry,
 };
 use crate::scheduler::{
@@ -68,44 +69,32 @@ impl Router for StandardRouter {
                 })
             }
             FunctionRef::User { id, version } => {
-                let mut record = self.registry.get(tenant, id).await?;
-                let index = match version {
-                    Some(n) => record
-                        .versions
-                        .iter()
-                        .position(|v| v.version == *n)
-                        .ok_or_else(|| {
-                            Error::not_found(format!("function '{id}' has no version {n}"))
-                        })?,
-                    None => record
-                        .versions
-                        .iter()
-                        .rposition(|v| v.status == BuildStatus::Ready)
-                        .ok_or_else(|| {
-                            let last = record.versions.last().map(|v| v.status);
-                            Error::NotReady(match last {
-                                Some(BuildStatus::Building) => {
-                                    format!("function '{id}' is still building")
-                                }
-                                _ => format!("function '{id}' has no version that built"),
-                            })
-                        })?,
-                };
-                // The record is ours: the version to run (build log and all) is moved
-                // out of it rather than copied on every call.
-                let v = record.versions.swap_remove(index);
-                match v.status {
-                    BuildStatus::Ready => {}
-                    BuildStatus::Building => {
+                // One registry read, of one version, without its build log.
+                let v = self.registry.resolve_version(tenant, id, *version).await?;
+                match (v.status, version) {
+                    (BuildStatus::Ready, _) => {}
+                    (BuildStatus::Building, Some(_)) => {
                         return Err(Error::NotReady(format!(
-                            "version {} of '{id}' is still building",
-                            v.version
+                            "version {} of '{}' is still building",
+                            v.version, v.function_id
                         )))
                     }
-                    BuildStatus::Failed => {
+                    (BuildStatus::Failed, Some(_)) => {
                         return Err(Error::NotReady(format!(
-                            "version {} of '{id}' failed to build; see its build log",
-                            v.version
+                            "version {} of '{}' failed to build; see its build log",
+                            v.version, v.function_id
+                        )))
+                    }
+                    (BuildStatus::Building, None) => {
+                        return Err(Error::NotReady(format!(
+                            "function '{}' is still building",
+                            v.function_id
+                        )))
+                    }
+                    (BuildStatus::Failed, None) => {
+                        return Err(Error::NotReady(format!(
+                            "function '{}' has no version that built",
+                            v.function_id
                         )))
                     }
                 }
@@ -114,7 +103,11 @@ impl Router for StandardRouter {
                     executor,
                     timeout: Duration::from_millis(v.limits.timeout_ms),
                     function: FunctionRef::User {
-                        id: id.clone(),
+                        id: if id.as_ref() == v.function_id {
+                            id.clone()
+                        } else {
+                            Arc::from(v.function_id.as_str())
+                        },
                         version: Some(v.version),
                     },
                     target: Target::User(Arc::new(v)),
@@ -139,6 +132,9 @@ pub struct PlatformBuilder {
     clashes: Vec<String>,
     limit_caps: Option<Limits>,
     max_concurrent_builds: Option<usize>,
+    executor_policy: ExecutorPolicy,
+    isolation: BTreeMap<String, Isolation>,
+    upload_quotas: Option<UploadQuotas>,
     scheduler_config: LocalSchedulerConfig,
     scheduler: Option<SchedulerFactory>,
 }
@@ -213,7 +209,8 @@ impl PlatformBuilder {
     }
 
     /// An operator rule: functions named `function_name` (of any tenant) are built and
-    /// run in the backend registered as `name`, unless an upload asks for another.
+    /// run in the backend registered as `name`, unless an upload asks for another that
+    /// the [`ExecutorPolicy`] allows.
     pub fn with_function_executor(
         mut self,
         function_name: impl Into<String>,
@@ -270,6 +267,28 @@ impl PlatformBuilder {
         self
     }
 
+    /// Which backends tenants may ask for in an upload (default: none weaker than the
+    /// backend the operator routes the upload to; see [`ExecutorPolicy`]).
+    pub fn with_executor_policy(mut self, policy: ExecutorPolicy) -> Self {
+        self.executor_policy = policy;
+        self
+    }
+
+    /// Declares how strongly the backend registered as `name` isolates (default:
+    /// [`Isolation::assumed_for`] its name). The [`ExecutorPolicy`]'s default rule
+    /// compares these.
+    pub fn with_isolation(mut self, name: impl Into<String>, isolation: Isolation) -> Self {
+        self.isolation.insert(name.into(), isolation);
+        self
+    }
+
+    /// Per-tenant upload quotas, version retention and the cap on builds waiting
+    /// (default [`UploadQuotas::default`]).
+    pub fn with_upload_quotas(mut self, quotas: UploadQuotas) -> Self {
+        self.upload_quotas = Some(quotas);
+        self
+    }
+
     /// Settings of the local scheduler.
     pub fn with_scheduler_config(mut self, config: LocalSchedulerConfig) -> Self {
         self.scheduler_config = config;
@@ -300,13 +319,20 @@ impl PlatformBuilder {
                 "built-in functions have no builder or sandbox executor",
             ));
         }
-        let sandboxes = Arc::new(Sandboxes::new(
+        let quotas = self.upload_quotas.unwrap_or_default();
+        if let Some(problem) = quotas.problem() {
+            return Err(Error::invalid(problem));
+        }
+        let mut sandboxes = Sandboxes::new(
             self.sandboxes,
             self.runtime_executors,
             self.function_executors,
             self.builders,
             &self.clashes,
-        )?);
+        )?;
+        sandboxes.policy = self.executor_policy;
+        sandboxes.isolation = self.isolation;
+        let sandboxes = Arc::new(sandboxes);
         let registry = self
             .registry
             .unwrap_or_else(|| Arc::new(MemoryRegistry::new()));
@@ -328,10 +354,15 @@ impl PlatformBuilder {
                 all_executors.push(s.executor.clone());
             }
         }
+        let build_capacity = self.max_concurrent_builds.unwrap_or(2);
         let user = Arc::new(UserFunctions {
             sandboxes: sandboxes.clone(),
             caps: self.limit_caps.unwrap_or_else(default_limit_caps),
-            build_slots: Arc::new(Semaphore::new(self.max_concurrent_builds.unwrap_or(2))),
+            build_slots: Arc::new(Semaphore::new(build_capacity)),
+            build_capacity,
+            quotas,
+            builds: Arc::new(parking_lot::Mutex::new(BuildCounts::default())),
+            admission: tokio::sync::Mutex::new(()),
         });
         let router: Arc<dyn Router> = Arc::new(StandardRouter {
             builtin: self.builtins,
@@ -421,6 +452,10 @@ struct Sandboxes {
     by_runtime: HashMap<Runtime, String>,
     by_function: BTreeMap<String, String>,
     runtime_builders: HashMap<Runtime, Arc<dyn Builder>>,
+    /// Which backends tenants may ask for.
+    policy: ExecutorPolicy,
+    /// Declared isolation of backends, by name (else assumed from the name).
+    isolation: BTreeMap<String, Isolation>,
 }
 
 /// Longest backend name accepted, in bytes.
@@ -458,6 +493,8 @@ impl Sandboxes {
             by_runtime,
             by_function,
             runtime_builders,
+            policy: ExecutorPolicy::default(),
+            isolation: BTreeMap::new(),
         };
         let mut runtimes: Vec<_> = sandboxes.by_runtime.iter().collect();
         runtimes.sort_by_key(|(r, _)| r.as_str());
@@ -499,25 +536,78 @@ impl Sandboxes {
         }
     }
 
-    /// The backend an upload goes to: the client's ask, else the operator's rule for
-    /// the function's name, else the runtime's default; `None` when none applies. An
-    /// ask for a backend that is not registered is `invalid_input`.
-    fn choose(&self, spec: &UploadSpec) -> Result<Option<&str>> {
-        if let Some(ask) = &spec.executor {
-            return match self.named.get_key_value(ask.as_str()) {
-                Some((name, _)) => Ok(Some(name.as_str())),
-                None => Err(Error::invalid(format!(
-                    "executor: '{}' is not available on this server; {}",
-                    truncate_for_message(ask),
-                    self.available()
-                ))),
-            };
-        }
-        Ok(self
+    /// The backend an upload goes to: the client's ask if the operator's policy allows
+    /// it to this tenant, else the operator's rule for the function's name, else the
+    /// runtime's default; `None` when none applies. An ask for a backend that is not
+    /// registered is `invalid_input`; one the policy does not allow is `forbidden`
+    /// (`executor_not_allowed`), naming the backends that are.
+    fn choose(&self, tenant: &TenantId, spec: &UploadSpec) -> Result<Option<&str>> {
+        let routed = self
             .by_function
             .get(&spec.name)
             .or_else(|| self.by_runtime.get(&spec.runtime))
-            .map(String::as_str))
+            .map(String::as_str);
+        let Some(ask) = &spec.executor else {
+            return Ok(routed);
+        };
+        let Some((name, _)) = self.named.get_key_value(ask.as_str()) else {
+            return Err(Error::invalid(format!(
+                "executor: '{}' is not available on this server; {}",
+                truncate_for_message(ask),
+                self.available()
+            )));
+        };
+        let allowed = self.allowed_asks(tenant, routed);
+        if Some(name.as_str()) == routed || allowed.contains(&name.as_str()) {
+            return Ok(Some(name.as_str()));
+        }
+        let why = match (self.policy.list_for(tenant), routed) {
+            (Some(_), _) => "the operator's policy lists the executors this tenant may ask for".to_string(),
+            (None, Some(r)) => format!(
+                "this function is routed to '{r}' ({}), and an upload may not ask for an executor that isolates less ('{name}' is {})",
+                self.isolation_of(r).as_str(),
+                self.isolation_of(name).as_str()
+            ),
+            (None, None) => "the operator's policy does not allow it".to_string(),
+        };
+        Err(Error::forbidden(
+            "executor_not_allowed",
+            format!(
+                "executor: '{name}' is not allowed for this tenant: {why}; allowed: {}",
+                if allowed.is_empty() {
+                    "none (leave executor out to use the operator's choice)".to_string()
+                } else {
+                    allowed.join(", ")
+                }
+            ),
+        ))
+    }
+
+    /// How strongly the backend `name` isolates: as declared, else as assumed from its
+    /// name.
+    fn isolation_of(&self, name: &str) -> Isolation {
+        self.isolation
+            .get(name)
+            .copied()
+            .unwrap_or_else(|| Isolation::assumed_for(name))
+    }
+
+    /// The registered backends `tenant` may ask for when the operator routes the upload
+    /// to `routed` (see [`ExecutorPolicy`]), sorted; the route itself is always allowed.
+    fn allowed_asks<'a>(&'a self, tenant: &TenantId, routed: Option<&'a str>) -> Vec<&'a str> {
+        let floor = routed.map(|r| self.isolation_of(r));
+        let list = self.policy.list_for(tenant);
+        self.named
+            .keys()
+            .map(String::as_str)
+            .filter(|n| {
+                Some(*n) == routed
+                    || match list {
+                        Some(list) => list.contains(*n),
+                        None => floor.is_none_or(|f| self.isolation_of(n) >= f),
+                    }
+            })
+            .collect()
     }
 
     /// The name of the backend a version runs in: the one recorded on it, else its
@@ -561,9 +651,117 @@ struct UserFunctions {
     sandboxes: Arc<Sandboxes>,
     caps: Limits,
     build_slots: Arc<Semaphore>,
+    /// The number of build slots (`build_slots`' permits when none is taken).
+    build_capacity: usize,
+    quotas: UploadQuotas,
+    /// Builds admitted and not yet ended, per tenant and in all.
+    builds: Arc<parking_lot::Mutex<BuildCounts>>,
+    /// Held from an upload's quota checks until its version is recorded, so two
+    /// uploads cannot both pass a check that only one of them fits.
+    admission: tokio::sync::Mutex<()>,
+}
+
+/// Builds admitted and not yet ended.
+#[derive(Debug, Default)]
+struct BuildCounts {
+    by_tenant: HashMap<TenantId, usize>,
+    total: usize,
+}
+
+/// One admitted build's place in [`BuildCounts`]; given back when dropped.
+struct BuildTicket {
+    builds: Arc<parking_lot::Mutex<BuildCounts>>,
+    tenant: TenantId,
+}
+
+impl Drop for BuildTicket {
+    fn drop(&mut self) {
+        let mut b = self.builds.lock();
+        b.total -= 1;
+        if let Some(n) = b.by_tenant.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                b.by_tenant.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 impl UserFunctions {
+    /// Admits one more build of `tenant`, or refuses it: past the tenant's builds in
+    /// flight (`quota_exceeded`, 429), or when it would wait behind
+    /// `max_queued_builds` others for a slot (`overloaded`, 429).
+    fn admit_build(&self, tenant: &TenantId) -> Result<BuildTicket> {
+        let q = &self.quotas;
+        let mut b = self.builds.lock();
+        let mine = b.by_tenant.get(tenant).copied().unwrap_or(0);
+        if mine >= q.max_builds_in_flight_per_tenant {
+            return Err(Error::QuotaExceeded {
+                quota: "builds_in_flight",
+                message: format!(
+                    "builds_in_flight: tenant '{tenant}' has {mine} builds running or waiting, the limit is {}; upload again when one has ended",
+                    q.max_builds_in_flight_per_tenant
+                ),
+                retry_after: Some(BUILD_RETRY_AFTER),
+            });
+        }
+        let waiting = b.total.saturating_sub(self.build_capacity);
+        if b.total >= self.build_capacity && waiting >= q.max_queued_builds {
+            return Err(Error::Overloaded {
+                message: format!(
+                    "{waiting} builds are waiting for a build slot, the most this server queues is {}",
+                    q.max_queued_builds
+                ),
+                retry_after: BUILD_RETRY_AFTER,
+            });
+        }
+        b.total += 1;
+        *b.by_tenant.entry(tenant.clone()).or_insert(0) += 1;
+        Ok(BuildTicket {
+            builds: self.builds.clone(),
+            tenant: tenant.clone(),
+        })
+    }
+
+    /// Refuses an upload by `tenant` of a function named `name` over a standing quota:
+    /// its artifact bytes already at the limit, or a new function past its count.
+    async fn check_standing_quotas(
+        &self,
+        registry: &dyn Registry,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<()> {
+        let q = &self.quotas;
+        let usage = registry.tenant_usage(tenant).await?;
+        if usage.artifact_bytes >= q.max_artifact_bytes_per_tenant {
+            return Err(Error::QuotaExceeded {
+                quota: "artifact_bytes",
+                message: format!(
+                    "artifact_bytes: tenant '{tenant}' holds {} bytes of artifacts, the limit is {}; delete functions to make room",
+                    usage.artifact_bytes, q.max_artifact_bytes_per_tenant
+                ),
+                retry_after: None,
+            });
+        }
+        if usage.functions >= q.max_functions_per_tenant {
+            match registry.get_by_name(tenant, name).await {
+                Ok(_) => {}
+                Err(Error::NotFound(_)) => {
+                    return Err(Error::QuotaExceeded {
+                        quota: "functions",
+                        message: format!(
+                            "functions: tenant '{tenant}' has {} functions, the limit is {}; delete one, or upload a new version of an existing one",
+                            usage.functions, q.max_functions_per_tenant
+                        ),
+                        retry_after: None,
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self, spec: &UploadSpec, source: &Source) -> Result<()> {
         validate_function_name(&spec.name)?;
         if spec.runtime == Runtime::Builtin {
@@ -735,13 +933,15 @@ impl BuildLog for RegistryBuildLog {
 
 /// Builds one version and records how it ended: `ready` with its artifact (then warms
 /// the executor), or `failed` with the error at the end of its log. A panicking
-/// builder counts as a failed build.
+/// builder counts as a failed build, and so does an artifact that would take its
+/// tenant past `max_artifact_bytes` (it is removed).
 async fn run_build(
     registry: Arc<dyn Registry>,
     builder: Arc<dyn Builder>,
     executor: Option<Arc<dyn Executor>>,
     version: FunctionVersion,
     source: Source,
+    max_artifact_bytes: u64,
 ) -> BuildStatus {
     let log = RegistryBuildLog::new(registry.clone(), &version);
     let outcome = {
@@ -768,6 +968,22 @@ async fn run_build(
     });
     let function_id = version.function_id.clone();
     let (id, n) = (function_id.as_str(), version.version);
+    let result = match result {
+        Ok(artifact) => {
+            match charge_artifact(registry.as_ref(), &version, &artifact, max_artifact_bytes).await
+            {
+                Ok(()) => Ok(artifact),
+                Err(e) => {
+                    if let Err(e) = builder.remove(&artifact).await {
+                        tracing::warn!(function_id = %id, version = n, error = %e,
+                            "could not remove an artifact over the tenant's quota");
+                    }
+                    Err(e)
+                }
+            }
+        }
+        Err(e) => Err(e),
+    };
     match result {
         Ok(artifact) => {
             log.flush().await;
@@ -831,6 +1047,101 @@ async fn run_build(
             }
             BuildStatus::Failed
         }
+    }
+}
+
+/// Measures a new artifact and records its size against its tenant's artifact bytes;
+/// `quota_exceeded` if it would take the tenant past `max_bytes`. Directory artifacts
+/// are measured on disk; images are not measured (they count 0).
+async fn charge_artifact(
+    registry: &dyn Registry,
+    version: &FunctionVersion,
+    artifact: &Artifact,
+    max_bytes: u64,
+) -> Result<()> {
+    let bytes = match artifact {
+        Artifact::Directory { path } => {
+            let path = std::path::PathBuf::from(path);
+            tokio::task::spawn_blocking(move || directory_bytes(&path))
+                .await
+                .map_err(|e| Error::Internal(format!("measuring an artifact: {e}")))?
+        }
+        Artifact::Image { .. } => 0,
+    };
+    let used = registry.tenant_usage(&version.tenant).await?.artifact_bytes;
+    if used.saturating_add(bytes) > max_bytes {
+        return Err(Error::QuotaExceeded {
+            quota: "artifact_bytes",
+            message: format!(
+                "artifact_bytes: this build's artifact is {bytes} bytes and tenant '{}' already holds {used}, the limit is {max_bytes}; delete functions to make room",
+                version.tenant
+            ),
+            retry_after: None,
+        });
+    }
+    registry
+        .record_artifact_bytes(&version.function_id, version.version, bytes)
+        .await
+}
+
+/// Retention: prunes the oldest versions of a function past `kept` — never its newest
+/// version, its newest ready one, nor one still building — with their warm instances
+/// and artifacts. Failures are logged.
+async fn prune_versions(
+    registry: &dyn Registry,
+    sandboxes: &Sandboxes,
+    tenant: &TenantId,
+    id: &str,
+    kept: u32,
+) {
+    let record = match registry.get(tenant, id).await {
+        Ok(r) => r,
+        Err(Error::NotFound(_)) => return,
+        Err(e) => {
+            tracing::warn!(function_id = %id, error = %e, "could not read a function to prune its versions");
+            return;
+        }
+    };
+    let excess = record.versions.len().saturating_sub(kept as usize);
+    if excess == 0 {
+        return;
+    }
+    let newest = record.versions.iter().map(|v| v.version).max();
+    let newest_ready = record.latest_ready().map(|v| v.version);
+    let doomed: Vec<u32> = record
+        .versions
+        .iter()
+        .filter(|v| {
+            Some(v.version) != newest
+                && Some(v.version) != newest_ready
+                && v.status != BuildStatus::Building
+        })
+        .take(excess)
+        .map(|v| v.version)
+        .collect();
+    for n in doomed {
+        let v = match registry.delete_version(tenant, id, n).await {
+            Ok(v) => v,
+            Err(Error::NotFound(_)) | Err(Error::Conflict(_)) => continue,
+            Err(e) => {
+                tracing::warn!(function_id = %id, version = n, error = %e, "could not prune a version");
+                continue;
+            }
+        };
+        if let Ok(exec) = sandboxes.executor_of(&v) {
+            if let Err(e) = exec.retire_version(id, n).await {
+                tracing::warn!(function_id = %id, version = n, error = %e,
+                    "could not stop the instances of a pruned version");
+            }
+        }
+        let builder = sandboxes.builder(v.runtime, sandboxes.name_of(&v));
+        if let (Some(artifact), Some(builder)) = (&v.artifact, builder) {
+            if let Err(e) = builder.remove(artifact).await {
+                tracing::warn!(function_id = %id, version = n, error = %e,
+                    "could not remove the artifact of a pruned version");
+            }
+        }
+        tracing::info!(function_id = %id, version = n, "pruned a version past the kept count");
     }
 }
 
@@ -960,7 +1271,14 @@ impl Platform {
     /// ([`PlatformBuilder::with_function_executor`]), else the runtime's default. That
     /// backend's builder builds it and its executor runs it from then on, whatever the
     /// defaults become. Asking for a backend that is not registered is
-    /// `invalid_input`, with the names that are.
+    /// `invalid_input`, with the names that are; asking for one the
+    /// [`ExecutorPolicy`] does not allow this tenant is `forbidden`
+    /// (`executor_not_allowed`), with the names it allows.
+    ///
+    /// The tenant's [`UploadQuotas`] are checked before anything is stored: builds in
+    /// flight (`quota_exceeded`, with a retry delay), builds waiting server-wide
+    /// (`overloaded`), artifact bytes and, for a new name, functions (`quota_exceeded`,
+    /// standing). When the build ends, versions past `versions_kept` are pruned.
     pub async fn upload(
         &self,
         tenant: &TenantId,
@@ -969,7 +1287,7 @@ impl Platform {
     ) -> Result<FunctionVersion> {
         self.user.check(&spec, &source)?;
         let sandboxes = &self.user.sandboxes;
-        let chosen = sandboxes.choose(&spec)?;
+        let chosen = sandboxes.choose(tenant, &spec)?;
         let builder = sandboxes
             .builder(spec.runtime, chosen)
             .ok_or_else(|| {
@@ -988,6 +1306,11 @@ impl Platform {
         let executor = chosen
             .and_then(|name| sandboxes.named.get(name))
             .map(|s| s.executor.clone());
+        let admission = self.user.admission.lock().await;
+        let ticket = self.user.admit_build(tenant)?;
+        self.user
+            .check_standing_quotas(self.registry.as_ref(), tenant, &spec.name)
+            .await?;
         let version = self
             .registry
             .create_version(NewVersion {
@@ -1001,9 +1324,11 @@ impl Platform {
                 executor: chosen.map(str::to_string),
             })
             .await?;
+        drop(admission);
         let registry = self.registry.clone();
         let slots = self.user.build_slots.clone();
         let building = version.clone();
+        let user = self.user.clone();
         tokio::spawn(async move {
             let slot = match slots.clone().try_acquire_owned() {
                 Ok(s) => Some(s),
@@ -1018,8 +1343,26 @@ impl Platform {
                     slots.acquire_owned().await.ok()
                 }
             };
-            let status = run_build(registry, builder, executor, building.clone(), source).await;
+            let budget = user.quotas.max_artifact_bytes_per_tenant;
+            let status = run_build(
+                registry.clone(),
+                builder,
+                executor,
+                building.clone(),
+                source,
+                budget,
+            )
+            .await;
             drop(slot);
+            drop(ticket);
+            prune_versions(
+                registry.as_ref(),
+                &user.sandboxes,
+                &building.tenant,
+                &building.function_id,
+                user.quotas.versions_kept,
+            )
+            .await;
             tracing::info!(
                 function_id = %building.function_id,
                 name = %building.name,
@@ -1089,15 +1432,58 @@ impl Platform {
     }
 
     /// The newest jobs of one of the tenant's user functions (by id or name), newest
-    /// first.
-    pub async fn recent_jobs(
+    /// first, as the log listing shows them (no inputs or outputs; logs cut to
+    /// [`LISTED_LOG_CHARS`](crate::jobstore::LISTED_LOG_CHARS)), with the function's
+    /// id and name. Reads one version row (no build log) and the listing.
+    pub async fn recent_logs(
         &self,
         tenant: &TenantId,
         id_or_name: &str,
         limit: usize,
-    ) -> Result<Vec<Job>> {
-        let record = self.function(tenant, id_or_name).await?;
-        self.store.recent(tenant, &record.id, limit).await
+    ) -> Result<(FunctionVersion, Vec<JobLogEntry>)> {
+        let v = self
+            .registry
+            .resolve_version(tenant, id_or_name, None)
+            .await?;
+        let entries = self
+            .store
+            .recent_logs(tenant, &v.function_id, limit)
+            .await?;
+        Ok((v, entries))
+    }
+
+    /// Deletes every finished job record that finished more than `retention` ago, in
+    /// batches of [`EXPIRY_BATCH`] (yielding between them, so a large backlog never
+    /// holds the store for long); returns how many went. Queued and running jobs are
+    /// never deleted.
+    pub async fn expire_jobs(&self, retention: Duration) -> Result<u64> {
+        expire_jobs(self.store.as_ref(), retention).await
+    }
+
+    /// Starts the background sweep of job records: every `interval`, finished jobs
+    /// older than `retention` are deleted ([`expire_jobs`](Self::expire_jobs)). A zero
+    /// `retention` keeps every record and starts nothing. Call from a tokio runtime;
+    /// abort the handle to stop it.
+    pub fn spawn_job_expiry(
+        &self,
+        retention: Duration,
+        interval: Duration,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        if retention.is_zero() {
+            return None;
+        }
+        let store = self.store.clone();
+        let interval = interval.max(Duration::from_millis(10));
+        Some(tokio::spawn(async move {
+            loop {
+                match expire_jobs(store.as_ref(), retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "expired finished job records"),
+                    Err(e) => tracing::warn!(error = %e, "the job expiry sweep failed"),
+                }
+                tokio::time::sleep(interval).await;
+            }
+        }))
     }
 
     /// The name of the executor backend that runs user functions of `runtime` by
@@ -1177,6 +1563,24 @@ impl Platform {
     /// The scheduler.
     pub fn scheduler(&self) -> &Arc<dyn Scheduler> {
         &self.scheduler
+    }
+}
+
+/// Finished job records deleted per [`JobStore::expire_finished`] call of the expiry
+/// sweep.
+pub const EXPIRY_BATCH: usize = 1000;
+
+async fn expire_jobs(store: &dyn JobStore, retention: Duration) -> Result<u64> {
+    let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+    let cutoff = crate::types::now_ms().saturating_sub(retention_ms);
+    let mut total = 0;
+    loop {
+        let n = store.expire_finished(cutoff, EXPIRY_BATCH).await?;
+        total += n;
+        if (n as usize) < EXPIRY_BATCH {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
     }
 }
 

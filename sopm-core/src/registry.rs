@@ -201,6 +201,20 @@ pub trait Registry: Debug + Send + Sync + 'static {
     /// A function by name, for its owner.
     async fn get_by_name(&self, tenant: &TenantId, name: &str) -> Result<FunctionRecord>;
 
+    /// The one version a call runs, in one read: the tenant's function `id_or_name`
+    /// (an id first, else a name), then `version` if pinned (whatever its build
+    /// status), else its newest `ready` version, else (none ready) its newest version,
+    /// so the caller can tell "still building" from "never built". The version comes
+    /// **without its build log** (`build_log` is empty): the execute path never reads
+    /// logs. An unknown function, another tenant's, or a pinned version that does not
+    /// exist is `not_found`.
+    async fn resolve_version(
+        &self,
+        tenant: &TenantId,
+        id_or_name: &str,
+        version: Option<u32>,
+    ) -> Result<FunctionVersion>;
+
     /// All of a tenant's functions, by name.
     async fn list(&self, tenant: &TenantId) -> Result<Vec<FunctionRecord>>;
 
@@ -222,6 +236,36 @@ pub trait Registry: Debug + Send + Sync + 'static {
     /// Every version of every tenant still `building`, oldest first. Called at
     /// start-up: a build that was running when the process stopped never finishes.
     async fn unfinished_builds(&self) -> Result<Vec<FunctionVersion>>;
+
+    /// What a tenant holds, for its quotas: how many functions, and the bytes of its
+    /// versions' artifacts as recorded by
+    /// [`record_artifact_bytes`](Registry::record_artifact_bytes) (a version with no
+    /// recorded size counts 0). A tenant with nothing has zero of both.
+    async fn tenant_usage(&self, tenant: &TenantId) -> Result<TenantUsage>;
+
+    /// Records the size in bytes of a version's artifact (replacing an earlier record).
+    /// An unknown function or version is `not_found`.
+    async fn record_artifact_bytes(&self, id: &str, version: u32, bytes: u64) -> Result<()>;
+
+    /// Removes one version of the tenant's function and returns it (retention). Another
+    /// tenant's function, or an unknown one or version, is `not_found`; the function's
+    /// only remaining version is `conflict` (delete the function instead). The numbers
+    /// of later versions do not change.
+    async fn delete_version(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        version: u32,
+    ) -> Result<FunctionVersion>;
+}
+
+/// What a tenant holds in a registry (see [`Registry::tenant_usage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantUsage {
+    /// Its user functions.
+    pub functions: u64,
+    /// The recorded bytes of all its versions' artifacts.
+    pub artifact_bytes: u64,
 }
 
 /// Appends `chunk` to `log`, keeping at most [`MAX_BUILD_LOG_BYTES`] (drops whole
@@ -234,6 +278,34 @@ pub fn append_capped(log: &mut String, chunk: &str) {
             cut += 1;
         }
         log.drain(..cut);
+    }
+}
+
+/// The `not_found` answer for a function asked for by id or name.
+pub fn no_function_named(id_or_name: &str) -> Error {
+    Error::not_found(format!(
+        "no function with id or name '{}'",
+        crate::types::truncate_for_message(id_or_name)
+    ))
+}
+
+/// A copy of `v` without its build log (what [`Registry::resolve_version`] returns).
+fn version_without_log(v: &FunctionVersion) -> FunctionVersion {
+    FunctionVersion {
+        function_id: v.function_id.clone(),
+        tenant: v.tenant.clone(),
+        name: v.name.clone(),
+        version: v.version,
+        runtime: v.runtime,
+        handler: v.handler.clone(),
+        limits: v.limits.clone(),
+        env: v.env.clone(),
+        source_digest: v.source_digest.clone(),
+        executor: v.executor.clone(),
+        status: v.status,
+        build_log: String::new(),
+        artifact: v.artifact.clone(),
+        created_ms: v.created_ms,
     }
 }
 
@@ -264,6 +336,8 @@ pub fn new_function_id() -> String {
 #[derive(Debug, Default)]
 pub struct MemoryRegistry {
     inner: RwLock<HashMap<String, FunctionRecord>>,
+    /// Recorded artifact sizes, by function id and version.
+    artifact_bytes: RwLock<HashMap<(String, u32), u64>>,
 }
 
 impl MemoryRegistry {
@@ -335,6 +409,33 @@ impl Registry for MemoryRegistry {
             .ok_or_else(|| Error::not_found(format!("no function named '{name}'")))
     }
 
+    async fn resolve_version(
+        &self,
+        tenant: &TenantId,
+        id_or_name: &str,
+        version: Option<u32>,
+    ) -> Result<FunctionVersion> {
+        let map = self.inner.read();
+        let rec = map
+            .get(id_or_name)
+            .filter(|r| &r.tenant == tenant)
+            .or_else(|| {
+                map.values()
+                    .find(|r| &r.tenant == tenant && r.name == id_or_name)
+            })
+            .ok_or_else(|| no_function_named(id_or_name))?;
+        let v = match version {
+            Some(n) => rec.version(n).ok_or_else(|| {
+                Error::not_found(format!("function '{}' has no version {n}", rec.id))
+            })?,
+            None => rec
+                .latest_ready()
+                .or(rec.versions.last())
+                .ok_or_else(|| no_function_named(id_or_name))?,
+        };
+        Ok(version_without_log(v))
+    }
+
     async fn list(&self, tenant: &TenantId) -> Result<Vec<FunctionRecord>> {
         let mut out: Vec<_> = self
             .inner
@@ -378,7 +479,10 @@ impl Registry for MemoryRegistry {
     async fn delete(&self, tenant: &TenantId, id: &str) -> Result<FunctionRecord> {
         let mut map = self.inner.write();
         match map.get(id) {
-            Some(r) if &r.tenant == tenant => Ok(map.remove(id).expect("present")),
+            Some(r) if &r.tenant == tenant => {
+                self.artifact_bytes.write().retain(|(f, _), _| f != id);
+                Ok(map.remove(id).expect("present"))
+            }
             _ => Err(Error::not_found(format!("no function with id '{id}'"))),
         }
     }
@@ -400,6 +504,55 @@ impl Registry for MemoryRegistry {
             ))
         });
         Ok(out)
+    }
+
+    async fn tenant_usage(&self, tenant: &TenantId) -> Result<TenantUsage> {
+        let map = self.inner.read();
+        let sizes = self.artifact_bytes.read();
+        let mut usage = TenantUsage::default();
+        for r in map.values().filter(|r| &r.tenant == tenant) {
+            usage.functions += 1;
+            for v in &r.versions {
+                let size = sizes.get(&(r.id.clone(), v.version)).copied().unwrap_or(0);
+                usage.artifact_bytes = usage.artifact_bytes.saturating_add(size);
+            }
+        }
+        Ok(usage)
+    }
+
+    async fn record_artifact_bytes(&self, id: &str, version: u32, bytes: u64) -> Result<()> {
+        self.with_version(id, version, |_| Ok(()))?;
+        self.artifact_bytes
+            .write()
+            .insert((id.to_string(), version), bytes);
+        Ok(())
+    }
+
+    async fn delete_version(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        version: u32,
+    ) -> Result<FunctionVersion> {
+        let mut map = self.inner.write();
+        let rec = map
+            .get_mut(id)
+            .filter(|r| &r.tenant == tenant)
+            .ok_or_else(|| Error::not_found(format!("no function with id '{id}'")))?;
+        let index = rec
+            .versions
+            .iter()
+            .position(|v| v.version == version)
+            .ok_or_else(|| Error::not_found(format!("function '{id}' has no version {version}")))?;
+        if rec.versions.len() == 1 {
+            return Err(Error::Conflict(format!(
+                "version {version} is the only version of '{id}'; delete the function instead"
+            )));
+        }
+        self.artifact_bytes
+            .write()
+            .remove(&(id.to_string(), version));
+        Ok(rec.versions.remove(index))
     }
 }
 

@@ -1,6 +1,6 @@
 //! The `Scheduler` trait and `LocalScheduler`, the in-process scheduler: a bounded
-//! queue, a concurrency limit, per-job deadlines, waiting and fire-and-forget modes,
-//! job records and stats.
+//! queue, a concurrency limit shared fairly between tenants (see `slots`), per-job
+//! deadlines, waiting and fire-and-forget modes, job records and stats.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -13,11 +13,12 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use serde_json::Value;
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify};
 
 use crate::error::{Error, ErrorInfo, Result};
 use crate::executor::Executor;
 use crate::jobstore::{Durability, JobStore};
+use crate::slots::{Admission, Slot, Slots, TenantCaps};
 use crate::stats::{FunctionCounters, FunctionStats, LatencyHistogram, SchedulerStats};
 use crate::types::{now_ms, FunctionRef, Invocation, Job, JobId, JobStatus, Target, TenantId};
 
@@ -111,7 +112,8 @@ pub struct RecoveryReport {
 ///
 /// Contract:
 /// - `submit` either refuses the job with an error (unknown function: `not_found`; queue
-///   full: `overloaded` with a retry delay; shutting down: `unavailable`) or accepts
+///   full: `overloaded` with a retry delay; the tenant's share of the queue full:
+///   `quota_exceeded` with a retry delay; shutting down: `unavailable`) or accepts
 ///   it. An accepted job always reaches a terminal state and is recorded in the job
 ///   store; a job answered as [`Submitted::Pending`] is durable before the answer.
 /// - `status` and `cancel` only see the tenant's own jobs: another tenant's id is
@@ -153,6 +155,30 @@ pub struct LocalSchedulerConfig {
     pub max_timeout: Duration,
     /// The delay suggested to refused callers.
     pub retry_after: Duration,
+    /// Most jobs of one tenant running at once (`None`: three quarters of
+    /// `max_concurrency`, at least 1). A tenant at its cap waits even if slots are
+    /// free, so others always find some.
+    pub max_running_per_tenant: Option<usize>,
+    /// Most jobs of one tenant waiting for a slot (`None`: half of `queue_capacity`,
+    /// at least 1); past it, that tenant's submissions are `quota_exceeded` while
+    /// others' are still accepted.
+    pub max_queued_per_tenant: Option<usize>,
+}
+
+impl LocalSchedulerConfig {
+    /// The per-tenant caps in force, `(running, queued)`: the configured ones, else
+    /// the defaults.
+    pub fn tenant_caps(&self) -> (usize, usize) {
+        let running = self
+            .max_running_per_tenant
+            .unwrap_or(self.max_concurrency.saturating_mul(3) / 4)
+            .max(1);
+        let queued = self
+            .max_queued_per_tenant
+            .unwrap_or(self.queue_capacity / 2)
+            .max(1);
+        (running, queued)
+    }
 }
 
 impl Default for LocalSchedulerConfig {
@@ -162,6 +188,8 @@ impl Default for LocalSchedulerConfig {
             queue_capacity: 10_000,
             max_timeout: Duration::from_secs(300),
             retry_after: Duration::from_secs(1),
+            max_running_per_tenant: None,
+            max_queued_per_tenant: None,
         }
     }
 }
@@ -213,8 +241,7 @@ struct Inner {
     config: LocalSchedulerConfig,
     router: Arc<dyn Router>,
     store: Arc<dyn JobStore>,
-    permits: Arc<Semaphore>,
-    queued: AtomicU64,
+    slots: Arc<Slots>,
     running: AtomicU64,
     closed: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
@@ -265,14 +292,22 @@ impl LocalScheduler {
         store: Arc<dyn JobStore>,
     ) -> Self {
         let (shutdown_tx, _) = watch::channel(false);
-        let permits = Arc::new(Semaphore::new(config.max_concurrency.max(1)));
+        let (max_running, max_queued) = config.tenant_caps();
+        let slots = Slots::new(
+            config.max_concurrency,
+            config.queue_capacity,
+            TenantCaps {
+                max_running,
+                max_queued,
+            },
+            config.retry_after,
+        );
         LocalScheduler {
             inner: Arc::new(Inner {
                 config,
                 router,
                 store,
-                permits,
-                queued: AtomicU64::new(0),
+                slots,
                 running: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 shutdown_tx,
@@ -312,24 +347,12 @@ impl Inner {
         self.live[shard_of(id)].lock().get(id).cloned()
     }
 
-    /// Takes a slot if one is free, else a place in the queue, else refuses.
-    fn admit(&self) -> Result<Option<OwnedSemaphorePermit>> {
-        if let Ok(p) = self.permits.clone().try_acquire_owned() {
-            return Ok(Some(p));
-        }
-        let before = self.queued.fetch_add(1, Ordering::AcqRel);
-        if before >= self.config.queue_capacity as u64 {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+    /// Takes a slot if one is free (and the tenant is under its running cap), else a
+    /// place in the tenant's queue, else refuses.
+    fn admit(&self, tenant: &TenantId) -> Result<Admission> {
+        self.slots.admit(tenant, false).inspect_err(|_| {
             self.rejected.fetch_add(1, Ordering::Relaxed);
-            return Err(Error::Overloaded {
-                message: format!(
-                    "the job queue is full ({} jobs waiting); retry later",
-                    self.config.queue_capacity
-                ),
-                retry_after: self.config.retry_after,
-            });
-        }
-        Ok(None)
+        })
     }
 
     fn counters_for(&self, function: &FunctionRef) -> Arc<FunctionCounters> {
@@ -433,19 +456,14 @@ impl Inner {
 }
 
 /// Runs one job from acceptance to its end.
-async fn run_job(
-    inner: Arc<Inner>,
-    live: Arc<LiveJob>,
-    route: Route,
-    permit: Option<OwnedSemaphorePermit>,
-) -> Job {
+async fn run_job(inner: Arc<Inner>, live: Arc<LiveJob>, route: Route, admission: Admission) -> Job {
     let mut shutdown = inner.shutdown_tx.subscribe();
-    let permit = match permit {
-        Some(p) => p,
-        None => {
-            let acquired = tokio::select! {
+    let slot: Slot = match admission {
+        Admission::Started(slot) => slot,
+        Admission::Queued(mut ticket) => {
+            let granted = tokio::select! {
                 biased;
-                p = inner.permits.clone().acquire_owned() => p.ok(),
+                slot = ticket.granted() => slot,
                 _ = live.cancel.notified() => None,
                 _ = shutdown.wait_for(|v| *v) => None,
             };
@@ -454,10 +472,19 @@ async fn run_job(
             // so the job does not start (a durable one stays queued for the next start).
             let stopping =
                 live.cancel_reason.load(Ordering::Acquire) != CANCEL_NONE || *shutdown.borrow();
-            let acquired = acquired.filter(|_| !stopping);
-            inner.queued.fetch_sub(1, Ordering::AcqRel);
-            match acquired {
-                Some(p) => p,
+            let granted = match granted {
+                Some(slot) if !stopping => Some(slot),
+                Some(slot) => {
+                    drop(slot);
+                    None
+                }
+                None => {
+                    ticket.withdraw();
+                    None
+                }
+            };
+            match granted {
+                Some(slot) => slot,
                 None => {
                     let reason = live.cancel_reason.load(Ordering::Acquire);
                     if reason != CANCEL_USER && live.persisted.load(Ordering::Acquire) {
@@ -524,7 +551,7 @@ async fn run_job(
     };
     let job = inner.finish(&live, outcome, Some(started)).await;
     inner.running.fetch_sub(1, Ordering::AcqRel);
-    drop(permit);
+    drop(slot);
     job
 }
 
@@ -543,7 +570,7 @@ impl Scheduler for LocalScheduler {
             .timeout
             .map_or(route.timeout, |t| t.min(route.timeout))
             .min(inner.config.max_timeout);
-        let permit = inner.admit()?;
+        let admission = inner.admit(&request.tenant)?;
         inner.submitted.fetch_add(1, Ordering::Relaxed);
         let job = Job::new(
             request.tenant,
@@ -561,13 +588,13 @@ impl Scheduler for LocalScheduler {
                 let snapshot = live.snapshot();
                 if let Err(e) = inner.store.put(&snapshot, Durability::Durable).await {
                     inner.unregister(&id);
-                    if permit.is_none() {
-                        inner.queued.fetch_sub(1, Ordering::AcqRel);
+                    if let Admission::Queued(ticket) = admission {
+                        ticket.withdraw();
                     }
                     tracing::error!(error = %e, "could not record a submitted job");
                     return Err(e);
                 }
-                tokio::spawn(run_job(inner.clone(), live, route, permit));
+                tokio::spawn(run_job(inner.clone(), live, route, admission));
                 Ok(Submitted::Pending {
                     id,
                     status: JobStatus::Queued,
@@ -578,7 +605,7 @@ impl Scheduler for LocalScheduler {
                     inner.clone(),
                     live.clone(),
                     route,
-                    permit,
+                    admission,
                 ))));
                 let fut = guard.0.as_mut().expect("set above");
                 let finished = match wait {
@@ -684,7 +711,7 @@ impl Scheduler for LocalScheduler {
             failed: i.failed.load(Ordering::Relaxed),
             timed_out: i.timed_out.load(Ordering::Relaxed),
             cancelled: i.cancelled.load(Ordering::Relaxed),
-            queue_depth: i.queued.load(Ordering::Relaxed),
+            queue_depth: i.slots.waiting(),
             queue_capacity: i.config.queue_capacity as u64,
             running: i.running.load(Ordering::Relaxed),
             max_concurrency: i.config.max_concurrency as u64,
@@ -709,14 +736,11 @@ impl Scheduler for LocalScheduler {
                 }
                 _ => match inner.router.route(&job.tenant, &job.function).await {
                     Ok(route) => {
-                        let permit = inner.permits.clone().try_acquire_owned().ok();
-                        if permit.is_none() {
-                            inner.queued.fetch_add(1, Ordering::AcqRel);
-                        }
+                        let admission = inner.slots.admit(&job.tenant, true)?;
                         let id = job.id.clone();
                         let live = Arc::new(LiveJob::new(job, true));
                         inner.register(&live, &id);
-                        tokio::spawn(run_job(inner.clone(), live, route, permit));
+                        tokio::spawn(run_job(inner.clone(), live, route, admission));
                         report.requeued += 1;
                     }
                     Err(e) => {
@@ -744,7 +768,7 @@ impl Scheduler for LocalScheduler {
     async fn shutdown(&self, grace: Duration) -> Result<()> {
         let inner = &self.inner;
         inner.closed.store(true, Ordering::Release);
-        let busy = || inner.running.load(Ordering::Acquire) + inner.queued.load(Ordering::Acquire);
+        let busy = || inner.running.load(Ordering::Acquire) + inner.slots.waiting();
         let until = Instant::now() + grace;
         while busy() > 0 && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -24,11 +24,31 @@ async fn memory_registry_delete() {
 }
 
 #[tokio::test]
+async fn memory_registry_usage_and_version_delete() {
+    conformance::registry_usage_and_version_delete(&MemoryRegistry::new()).await;
+}
+
+#[tokio::test]
 async fn memory_registry_checks_share_one_registry() {
     let registry = MemoryRegistry::new();
     conformance::registry_versions_and_tenants(&registry).await;
     conformance::registry_builds(&registry).await;
     conformance::registry_delete(&registry).await;
+}
+
+#[tokio::test]
+async fn memory_registry_resolve_version() {
+    conformance::registry_resolve_version(&MemoryRegistry::new()).await;
+}
+
+#[tokio::test]
+async fn memory_job_store_recent_logs() {
+    conformance::job_store_recent_logs(&MemoryJobStore::new()).await;
+}
+
+#[tokio::test]
+async fn memory_job_store_expire_finished() {
+    conformance::job_store_expire_finished(&MemoryJobStore::new()).await;
 }
 
 #[tokio::test]
@@ -127,7 +147,7 @@ async fn local_scheduler_whole_suite_on_one_thread() {
 
 #[tokio::test]
 async fn memory_job_store_recent() {
-    conformance::job_store_recent(&MemoryJobStore::new()).await;
+    conformance::job_store_recent_logs(&MemoryJobStore::new()).await;
 }
 
 #[tokio::test]

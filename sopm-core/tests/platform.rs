@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sopm_core::{
     Artifact, BuildLog, BuildStatus, Builder, FunctionRecord, FunctionVersion, Limits,
-    MemoryRegistry, NewVersion, Platform, Registry, Result, Runtime, Source, TenantId, UploadSpec,
+    MemoryRegistry, NewVersion, Platform, Registry, Result, Runtime, Source, TenantId, TenantUsage,
+    UploadSpec,
 };
 use tokio::sync::Semaphore;
 
@@ -32,6 +33,16 @@ impl Registry for CountingRegistry {
     }
     async fn get_by_name(&self, tenant: &TenantId, name: &str) -> Result<FunctionRecord> {
         self.inner.get_by_name(tenant, name).await
+    }
+    async fn resolve_version(
+        &self,
+        tenant: &TenantId,
+        id_or_name: &str,
+        version: Option<u32>,
+    ) -> Result<FunctionVersion> {
+        self.inner
+            .resolve_version(tenant, id_or_name, version)
+            .await
     }
     async fn list(&self, tenant: &TenantId) -> Result<Vec<FunctionRecord>> {
         self.inner.list(tenant).await
@@ -54,6 +65,20 @@ impl Registry for CountingRegistry {
     }
     async fn unfinished_builds(&self) -> Result<Vec<FunctionVersion>> {
         self.inner.unfinished_builds().await
+    }
+    async fn tenant_usage(&self, tenant: &TenantId) -> Result<TenantUsage> {
+        self.inner.tenant_usage(tenant).await
+    }
+    async fn record_artifact_bytes(&self, id: &str, version: u32, bytes: u64) -> Result<()> {
+        self.inner.record_artifact_bytes(id, version, bytes).await
+    }
+    async fn delete_version(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        version: u32,
+    ) -> Result<FunctionVersion> {
+        self.inner.delete_version(tenant, id, version).await
     }
 }
 

@@ -4,11 +4,27 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use serde::Deserialize;
 use sopm_core::{Error, TenantId};
 
-use crate::api::{tenant_of, AppState};
 use crate::config::AuthMode;
 use crate::error::ApiError;
+use crate::state::AppState;
+
+/// `?user_id=` names the tenant while auth is off.
+#[derive(Debug, Deserialize, Default)]
+pub(crate) struct TenantQuery {
+    pub(crate) user_id: Option<String>,
+}
+
+/// The tenant `user_id` names; none is the `default` tenant.
+fn tenant_of(user_id: Option<&str>) -> Result<TenantId, ApiError> {
+    match user_id {
+        None => Ok(TenantId::default()),
+        Some(u) => TenantId::new(u).map_err(ApiError),
+    }
+}
 
 /// The caller of a request, as its handler's first extractor. With auth on, a request
 /// without a valid key is answered 401 before its body is read.
@@ -29,17 +45,10 @@ impl FromRequestParts<AppState> for Caller {
         if inner.config.auth == AuthMode::Off {
             return Ok(Caller { key_tenant: None });
         }
-        let Some(header) = parts.headers.get(AUTHORIZATION) else {
+        let Some(secret) = bearer_token(&parts.headers)? else {
             return Err(unauthorized(
                 "this server needs an API key: send 'Authorization: Bearer <key>' (keys come from `sopm keys create`)",
             ));
-        };
-        let value = header
-            .to_str()
-            .map_err(|_| unauthorized("the Authorization header is not valid text"))?;
-        let secret = match value.split_once(' ') {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-            _ => return Err(unauthorized("expected 'Authorization: Bearer <key>'")),
         };
         let keys = inner
             .keys
@@ -54,18 +63,34 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header; none without the header.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(header) = headers.get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = header
+        .to_str()
+        .map_err(|_| unauthorized("the Authorization header is not valid text"))?;
+    match value.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => Ok(Some(rest.trim())),
+        _ => Err(unauthorized("expected 'Authorization: Bearer <key>'")),
+    }
+}
+
 impl Caller {
     /// The tenant the request acts for. With auth off, `user_id` names it (default:
     /// `default`). With auth on it is the key's; a `user_id` naming the same tenant is
-    /// accepted, one naming another is `invalid_input`.
+    /// accepted, one naming another is 403 `tenant_mismatch` (a key acts for its own
+    /// tenant only).
     pub fn tenant(&self, user_id: Option<&str>) -> Result<TenantId, ApiError> {
         match &self.key_tenant {
             None => tenant_of(user_id),
             Some(t) => match user_id {
                 None => Ok(t.clone()),
                 Some(u) if u == t.as_str() => Ok(t.clone()),
-                Some(_) => Err(ApiError(Error::invalid(
-                    "user_id is not accepted with auth on: the tenant comes from the API key (leave user_id out)",
+                Some(_) => Err(ApiError(Error::forbidden(
+                    "tenant_mismatch",
+                    "user_id names another tenant: with auth on, the tenant comes from the API key (leave user_id out)",
                 ))),
             },
         }

@@ -32,6 +32,47 @@ pub enum AuthMode {
     ApiKey,
 }
 
+/// The bearer token `/metrics` asks for (`metrics_token`, `SOPM_METRICS_TOKEN`). Its
+/// `Debug` form is redacted.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct MetricsToken(String);
+
+impl MetricsToken {
+    /// A token; an empty one is no token.
+    pub fn new(token: impl Into<String>) -> Option<Self> {
+        let token = token.into();
+        (!token.is_empty()).then_some(MetricsToken(token))
+    }
+
+    /// Whether `given` is the token, compared in time that does not depend on where
+    /// they differ.
+    pub fn matches(&self, given: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        let (a, b) = (
+            Sha256::digest(self.0.as_bytes()),
+            Sha256::digest(given.as_bytes()),
+        );
+        a.iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsToken(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for MetricsToken {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        MetricsToken::new(s).ok_or_else(|| "the metrics token is empty".to_string())
+    }
+}
+
 /// The sandbox backends user functions may be built for and run in, by name (the
 /// backend table of `sopm_backends::backends`).
 pub const EXECUTOR_NAMES: &[&str] = sopm_backends::backends::BACKEND_NAMES;
@@ -109,6 +150,110 @@ impl ExecutorSettings {
     }
 }
 
+/// The `[jobs]` table: what one tenant may hold in the scheduler, and how long
+/// finished job records are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobSettings {
+    /// Most jobs of one tenant running at once (default: three quarters of
+    /// `max_concurrency`). Past it the tenant's jobs wait, even with slots free.
+    pub max_running_per_tenant: Option<usize>,
+    /// Most jobs of one tenant waiting for a slot (default: half of `queue_capacity`).
+    /// Past it the tenant's submissions answer 429 `quota_exceeded`.
+    pub max_queued_per_tenant: Option<usize>,
+    /// How long finished job records are kept, in hours; 0 keeps them forever.
+    pub retention_hours: u64,
+    /// How often the expiry sweep runs, in seconds.
+    pub expiry_interval_s: u64,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            max_running_per_tenant: None,
+            max_queued_per_tenant: None,
+            retention_hours: 24 * 7,
+            expiry_interval_s: 60,
+        }
+    }
+}
+
+impl JobSettings {
+    /// How long finished job records are kept (zero: forever).
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_hours.saturating_mul(3600))
+    }
+}
+
+/// `[policy]`: which sandbox backends tenants may ask for in an upload (its `executor`
+/// field). Without a list, a tenant may ask only for a backend at least as isolating as
+/// the one `[executors]` routes the upload to (`process` and `docker` share the host
+/// kernel; `gvisor` and `docker-runsc` put a user-space kernel between).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    /// Backends any tenant may ask for (an explicit grant, replacing the default rule).
+    #[serde(default)]
+    pub allowed_executors: Option<Vec<String>>,
+    /// `[policy.tenants.NAME]`: one tenant's own list, replacing the server-wide one.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantPolicySettings>,
+}
+
+/// `[policy.tenants.NAME]`: what one tenant may ask for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPolicySettings {
+    /// Backends this tenant may ask for.
+    pub allowed_executors: Vec<String>,
+}
+
+impl PolicySettings {
+    /// Checks tenant names and backend names.
+    pub fn validate(&self) -> Result<(), String> {
+        let known = |key: &str, names: &[String]| {
+            for n in names {
+                if !EXECUTOR_NAMES.contains(&n.as_str()) {
+                    return Err(format!(
+                        "{key}: '{n}' is not an executor ({})",
+                        EXECUTOR_NAMES.join(", ")
+                    ));
+                }
+            }
+            Ok(())
+        };
+        if let Some(all) = &self.allowed_executors {
+            known("policy.allowed_executors", all)?;
+        }
+        for (tenant, t) in &self.tenants {
+            sopm_core::TenantId::new(tenant)
+                .map_err(|e| format!("policy.tenants: '{tenant}' is not a tenant name: {e}"))?;
+            known(
+                &format!("policy.tenants.{tenant}.allowed_executors"),
+                &t.allowed_executors,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The platform's policy (call [`validate`](Self::validate) first).
+    pub fn executor_policy(&self) -> Result<sopm_core::policy::ExecutorPolicy, String> {
+        let mut tenants = BTreeMap::new();
+        for (tenant, t) in &self.tenants {
+            let id = sopm_core::TenantId::new(tenant)
+                .map_err(|e| format!("policy.tenants: '{tenant}': {e}"))?;
+            tenants.insert(id, t.allowed_executors.iter().cloned().collect());
+        }
+        Ok(sopm_core::policy::ExecutorPolicy {
+            allowed: self
+                .allowed_executors
+                .as_ref()
+                .map(|v| v.iter().cloned().collect()),
+            tenants,
+        })
+    }
+}
+
 /// Every server setting, with its default.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -135,8 +280,8 @@ pub struct ServerConfig {
     pub max_timeout_ms: u64,
     /// How long shutdown lets running jobs finish, in ms.
     pub shutdown_grace_ms: u64,
-    /// How long finished jobs are kept, in hours.
-    pub job_retention_hours: u64,
+    /// Per-tenant job quotas and the expiry of job records (`[jobs]`).
+    pub jobs: JobSettings,
     /// SQLite `synchronous` mode: `full` (every acknowledged job survives power loss)
     /// or `normal` (survives a process crash; faster).
     pub sqlite_synchronous: String,
@@ -163,6 +308,13 @@ pub struct ServerConfig {
     /// `shell`, `binary`) and of functions by name (`[executors.functions]`):
     /// `process` (bubblewrap, the default) or `gvisor` (runsc).
     pub executors: ExecutorSettings,
+    /// The bearer token `GET /metrics` needs. Unset: `/metrics` is open with auth off
+    /// and refused (403 `metrics_token_required`) with auth on.
+    pub metrics_token: Option<MetricsToken>,
+    /// Which backends tenants may ask for (`[policy]`).
+    pub policy: PolicySettings,
+    /// Per-tenant upload quotas and version retention (`[uploads]`).
+    pub uploads: sopm_core::policy::UploadQuotas,
 }
 
 impl Default for ServerConfig {
@@ -179,7 +331,7 @@ impl Default for ServerConfig {
             builtin_timeout_ms: 30_000,
             max_timeout_ms: 300_000,
             shutdown_grace_ms: 10_000,
-            job_retention_hours: 24 * 7,
+            jobs: JobSettings::default(),
             sqlite_synchronous: "full".into(),
             worker_threads: 0,
             auth: AuthMode::Off,
@@ -191,6 +343,9 @@ impl Default for ServerConfig {
             max_upload_total_bytes: 50 << 20,
             max_upload_file_bytes: 20 << 20,
             executors: Default::default(),
+            metrics_token: None,
+            policy: Default::default(),
+            uploads: Default::default(),
         }
     }
 }
@@ -232,6 +387,13 @@ pub struct ServeArgs {
     /// `python=gvisor,node=process,function.resize=gvisor` [default: process for all].
     #[arg(long, env = "SOPM_EXECUTORS", value_delimiter = ',')]
     pub executors: Option<Vec<String>>,
+    /// Backends any tenant may ask for in an upload, e.g. `gvisor,docker-runsc`
+    /// [default: none weaker than the runtime's or function's executor].
+    #[arg(long, env = "SOPM_ALLOWED_EXECUTORS", value_delimiter = ',')]
+    pub allowed_executors: Option<Vec<String>>,
+    /// Versions kept per user function; older ones are pruned [default: 10].
+    #[arg(long, env = "SOPM_VERSIONS_KEPT")]
+    pub versions_kept: Option<u32>,
     /// Worker threads (0: one per core) [default: 0].
     #[arg(long, env = "SOPM_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -248,6 +410,10 @@ pub struct ServeArgs {
     /// Largest multipart (archive) upload body in bytes [default: 67108864].
     #[arg(long, env = "SOPM_MAX_UPLOAD_ARCHIVE_BYTES")]
     pub max_upload_archive_bytes: Option<usize>,
+    /// The bearer token `GET /metrics` needs (with auth on, /metrics is refused
+    /// without one).
+    #[arg(long, env = "SOPM_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<MetricsToken>,
 }
 
 impl ServerConfig {
@@ -282,11 +448,20 @@ impl ServerConfig {
             max_upload_json_bytes,
             max_upload_archive_bytes
         );
+        if let Some(token) = &args.metrics_token {
+            c.metrics_token = Some(token.clone());
+        }
         if args.allow_unauthenticated {
             c.allow_unauthenticated = true;
         }
         for item in args.executors.iter().flatten() {
             c.executors.add(item)?;
+        }
+        if let Some(list) = &args.allowed_executors {
+            c.policy.allowed_executors = Some(list.iter().map(|n| n.trim().to_string()).collect());
+        }
+        if let Some(n) = args.versions_kept {
+            c.uploads.versions_kept = n;
         }
         c.validate()?;
         Ok(c)
@@ -295,6 +470,10 @@ impl ServerConfig {
     /// Checks values that would make the server misbehave.
     pub fn validate(&self) -> Result<(), String> {
         self.executors.validate()?;
+        self.policy.validate()?;
+        if let Some(problem) = self.uploads.problem() {
+            return Err(format!("uploads: {problem}"));
+        }
         if self.max_concurrency == 0 {
             return Err("max_concurrency must be at least 1".into());
         }
@@ -417,6 +596,67 @@ mod tests {
         }
         std::fs::write(&file, "[executors.functions]\nresize = 3\n").unwrap();
         assert!(ServerConfig::from_file(&file).is_err());
+    }
+
+    #[test]
+    fn policy_and_upload_quotas_come_from_the_file_and_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sopm.toml");
+        std::fs::write(
+            &file,
+            "[policy]\nallowed_executors = [\"gvisor\"]\n\n[policy.tenants.ops]\nallowed_executors = [\"process\", \"gvisor\"]\n\n[uploads]\nmax_functions_per_tenant = 5\nversions_kept = 3\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            versions_kept: Some(2),
+            ..Default::default()
+        };
+        let c = ServerConfig::resolve(&args).unwrap();
+        assert_eq!(c.uploads.max_functions_per_tenant, 5);
+        assert_eq!(c.uploads.versions_kept, 2, "the flag beats the file");
+        assert_eq!(
+            c.uploads.max_builds_in_flight_per_tenant,
+            sopm_core::policy::UploadQuotas::default().max_builds_in_flight_per_tenant
+        );
+        let p = c.policy.executor_policy().unwrap();
+        let ops = sopm_core::TenantId::new("ops").unwrap();
+        assert!(p.list_for(&ops).unwrap().contains("process"));
+        assert_eq!(
+            p.allowed.unwrap().into_iter().collect::<Vec<_>>(),
+            ["gvisor"]
+        );
+        let flagged = ServeArgs {
+            allowed_executors: Some(vec!["docker-runsc".into(), " gvisor".into()]),
+            ..Default::default()
+        };
+        let c = ServerConfig::resolve(&flagged).unwrap();
+        assert_eq!(
+            c.policy.allowed_executors.unwrap(),
+            ["docker-runsc", "gvisor"]
+        );
+
+        for (bad, says) in [
+            (
+                "[policy]\nallowed_executors = [\"vm\"]\n",
+                "'vm' is not an executor",
+            ),
+            (
+                "[policy.tenants.\"bad tenant!\"]\nallowed_executors = []\n",
+                "not a tenant name",
+            ),
+            ("[uploads]\nversions_kept = 0\n", "at least 1"),
+            ("[uploads]\nversions_kep = 3\n", "versions_kep"),
+            ("[policy]\nallowed = []\n", "allowed"),
+        ] {
+            std::fs::write(&file, bad).unwrap();
+            let args = ServeArgs {
+                config: Some(file.clone()),
+                ..Default::default()
+            };
+            let e = ServerConfig::resolve(&args).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl IntoResponse for ApiError {
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(code = self.0.code(), error = %self.0, "request failed");
         }
-        let body = crate::api::json_bytes(&error_body(&self.0));
+        let body = crate::body::json_bytes(&error_body(&self.0));
         let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(

@@ -12,8 +12,9 @@ use sopm_core::{
 };
 use sopm_functions::BuiltinExecutor;
 
-use crate::api::{app, ApiConfig, AppState};
+use crate::api::app;
 use crate::config::{ServerConfig, Storage};
+use crate::state::{ApiConfig, AppState};
 
 /// What the server runs on: the platform, and the API keys.
 #[derive(Debug)]
@@ -100,6 +101,7 @@ pub fn build_platform(c: &ServerConfig) -> Result<Platform, String> {
 
 /// Builds the platform and the key store the settings describe (opens the database).
 pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
+    crate::data_dir::make_private(&c.data_dir)?;
     let mut builder = Platform::builder()
         .with_builtins(Arc::new(BuiltinExecutor::new()))
         .with_builtin_timeout(Duration::from_millis(c.builtin_timeout_ms))
@@ -108,7 +110,15 @@ pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
             queue_capacity: c.queue_capacity,
             max_timeout: Duration::from_millis(c.max_timeout_ms),
             retry_after: Duration::from_secs(1),
-        });
+            max_running_per_tenant: c.jobs.max_running_per_tenant,
+            max_queued_per_tenant: c.jobs.max_queued_per_tenant,
+        })
+        .with_executor_policy(c.policy.executor_policy()?)
+        .with_upload_quotas(c.uploads.clone());
+    if std::env::var("SOPM_DOCKER_RUNTIME").is_ok_and(|r| r == "runsc") {
+        // The `docker` backend's containers run under gVisor too.
+        builder = builder.with_isolation("docker", sopm_core::policy::Isolation::UserSpaceKernel);
+    }
     let keys: Arc<dyn KeyStore> = match c.storage {
         Storage::Memory => Arc::new(MemoryKeyStore::new()),
         Storage::Sqlite => {
@@ -120,8 +130,8 @@ pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
     #[cfg(feature = "process")]
     let (local_builder, early) = {
         let local = Arc::new(
-            sopm_backends::LocalBuilderConfig::new(c.data_dir.join("artifacts"))
-                .build()
+            sopm_backends::LocalBuilderConfig::from_env(c.data_dir.join("artifacts"))
+                .and_then(|config| config.build())
                 .map_err(|e| format!("local builder: {e}"))?,
         );
         let (with_sandboxes, early) = add_sandboxes(c, builder, &local)?;
@@ -148,6 +158,7 @@ type Stores = (Arc<dyn Registry>, Arc<dyn JobStore>, Arc<dyn KeyStore>);
 
 /// Opens the key store of the server's data directory (for `sopm keys`).
 pub fn open_key_store(c: &ServerConfig) -> Result<Arc<dyn KeyStore>, String> {
+    crate::data_dir::make_private(&c.data_dir)?;
     match c.storage {
         Storage::Memory => Err("keys need durable storage; --storage memory keeps none".into()),
         Storage::Sqlite => open_sqlite(c).map(|(_, _, keys)| keys),
@@ -166,7 +177,9 @@ fn open_sqlite(c: &ServerConfig) -> Result<Stores, String> {
     };
     let store = SqliteConfig::new(c.data_dir.join("sopm.db"))
         .with_synchronous(sync)
-        .with_job_retention(Duration::from_secs(c.job_retention_hours * 3600))
+        // Job records expire through the platform's sweep (`[jobs] retention_hours`),
+        // for every job store alike; the store's own sweep stays off.
+        .with_job_retention(Duration::MAX)
         .open()
         .map_err(|e| format!("cannot open the database in {}: {e}", c.data_dir.display()))?;
     let store = Arc::new(store);
@@ -182,13 +195,18 @@ fn open_sqlite(_: &ServerConfig) -> Result<Stores, String> {
 pub async fn serve(c: ServerConfig) -> Result<(), String> {
     let services = build_services(&c)?;
     let platform = services.platform.clone();
-    let state = AppState::with_keys(platform.clone(), ApiConfig::from(&c), services.keys.clone());
     let listener = tokio::net::TcpListener::bind(c.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", c.listen))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    // The bound address (a port of 0 is chosen now) is the one `Host` may name.
+    let api = ApiConfig {
+        listen: local,
+        ..ApiConfig::from(&c)
+    };
+    let state = AppState::with_keys(platform.clone(), api, services.keys.clone());
     // Boot the stem cells now, so the first upload's first call is already warm.
     #[cfg(feature = "process")]
     for backend in &services.early {
@@ -211,6 +229,10 @@ pub async fn serve(c: ServerConfig) -> Result<(), String> {
         interrupted = report.interrupted,
         "recovery done"
     );
+    let expiry = platform.spawn_job_expiry(
+        c.jobs.retention(),
+        Duration::from_secs(c.jobs.expiry_interval_s),
+    );
     state.set_ready(true);
     tracing::info!(
         listen = %local,
@@ -229,6 +251,9 @@ pub async fn serve(c: ServerConfig) -> Result<(), String> {
         })
         .await
         .map_err(|e| format!("server error: {e}"))?;
+    if let Some(expiry) = expiry {
+        expiry.abort();
+    }
     platform
         .shutdown(c.shutdown_grace())
         .await

@@ -6,21 +6,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sopm_core::{
-    BuildStatus, Error, FunctionRecord, FunctionRef, FunctionVersion, Job, JobRequest, TenantId,
+    BuildStatus, Error, FunctionRecord, FunctionRef, FunctionVersion, JobLogEntry, JobRequest,
+    TenantId,
 };
 
-use crate::api::{
-    empty_object, json_bytes, json_response, parse_json, read_body, submit, AppState, TenantQuery,
-};
-use crate::auth::Caller;
+use crate::auth::{Caller, TenantQuery};
+use crate::body::{empty_object, json_bytes, json_response, parse_json, read_body};
 use crate::error::ApiError;
+use crate::extract::{Path, Query};
+use crate::state::AppState;
+use crate::submit::submit;
 use crate::upload::{unpack_archive, SourceBuilder, UploadBody};
 
 /// Most jobs `GET /api/user-functions/{id}/logs` returns.
@@ -324,11 +326,11 @@ pub(crate) async fn execute(
         parse_json(&bytes)?
     };
     let tenant = caller.tenant(body.user_id.as_deref().or(q.user_id.as_deref()))?;
-    let rec = s.inner().platform.function(&tenant, &id).await?;
+    // The scheduler's router resolves the id or name (one registry read per call).
     let request = JobRequest {
         tenant,
         function: FunctionRef::User {
-            id: Arc::from(rec.id.as_str()),
+            id: Arc::from(id.as_str()),
             version: body.version,
         },
         input: Arc::new(body.input),
@@ -350,28 +352,29 @@ struct JobLog<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     duration_us: Option<u64>,
     logs: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    logs_truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a sopm_core::ErrorInfo>,
 }
 
-fn job_log(job: &Job) -> JobLog<'_> {
+fn job_log(entry: &JobLogEntry) -> JobLog<'_> {
     JobLog {
-        id: &job.id,
-        status: job.status.as_str(),
-        version: match &job.function {
-            FunctionRef::User { version, .. } => *version,
-            FunctionRef::Builtin { .. } => None,
-        },
-        created_ms: job.created_ms,
-        finished_ms: job.finished_ms,
-        duration_us: job.duration_us,
-        logs: job.logs.as_deref().unwrap_or(""),
-        error: job.error.as_ref(),
+        id: &entry.id,
+        status: entry.status.as_str(),
+        version: entry.version,
+        created_ms: entry.created_ms,
+        finished_ms: entry.finished_ms,
+        duration_us: entry.duration_us,
+        logs: &entry.logs,
+        logs_truncated: entry.logs_truncated,
+        error: entry.error.as_ref(),
     }
 }
 
-/// `GET /api/user-functions/{id}/logs?limit=N` (default 20, at most 200): the newest
-/// jobs of the function with their logs, newest first.
+/// `GET /api/user-functions/{id}/logs?limit=N` (1 to 200, default 20): the newest jobs
+/// of the function with the last characters of their logs, newest first. Reads
+/// neither inputs, outputs nor build logs, so the answer is bounded.
 pub(crate) async fn logs(
     State(s): State<AppState>,
     caller: Caller,
@@ -379,15 +382,22 @@ pub(crate) async fn logs(
     Query(q): Query<FunctionQuery>,
 ) -> Result<Response, ApiError> {
     let tenant = caller.tenant(q.user_id.as_deref())?;
-    let limit = q.limit.unwrap_or(20).min(MAX_LOG_JOBS);
+    let limit = match q.limit {
+        None => 20,
+        Some(n @ 1..=MAX_LOG_JOBS) => n,
+        Some(n) => {
+            return Err(ApiError(Error::invalid(format!(
+                "limit: expected 1 to {MAX_LOG_JOBS}, got {n}"
+            ))))
+        }
+    };
     let platform = &s.inner().platform;
-    let rec = platform.function(&tenant, &id).await?;
-    let jobs = platform.recent_jobs(&tenant, &rec.id, limit).await?;
+    let (v, jobs) = platform.recent_logs(&tenant, &id, limit).await?;
     Ok(json_response(
         StatusCode::OK,
         json_bytes(&json!({
-            "id": rec.id,
-            "name": rec.name,
+            "id": v.function_id,
+            "name": v.name,
             "jobs": jobs.iter().map(job_log).collect::<Vec<_>>(),
         })),
     ))

@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use sopm_server::config::{ServerConfig, Storage};
+use sopm_server::config::{AuthMode, ServerConfig, Storage};
 use sopm_server::{app, server::build_platform, ApiConfig, AppState};
 use tower::ServiceExt;
 
@@ -374,4 +374,48 @@ async fn every_listed_example_answers_through_http() {
             assert_eq!(v["output"], f["example"]["output"], "{}", f["name"]);
         }
     }
+}
+
+/// A GET with an `Authorization` header.
+async fn get_with(s: &AppState, uri: &str, authorization: &str) -> StatusCode {
+    let req = Request::builder()
+        .uri(uri)
+        .header("authorization", authorization)
+        .body(Body::empty())
+        .unwrap();
+    app(s.clone()).oneshot(req).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn metrics_need_the_metrics_token_when_one_is_set_or_auth_is_on() {
+    let token = sopm_server::config::MetricsToken::new("m3tr1cs-s3cret");
+    // A token set: without it or with another, 401; with it, the figures.
+    for auth in [AuthMode::Off, AuthMode::ApiKey] {
+        let s = state_with(|c| {
+            c.auth = auth;
+            c.metrics_token = token.clone();
+        });
+        let (st, v) = get(&s, "/metrics").await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{auth:?}: {v}");
+        assert_eq!(v["error"]["code"], "unauthorized");
+        assert_eq!(
+            get_with(&s, "/metrics", "Bearer not-the-token").await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            get_with(&s, "/metrics", "Bearer m3tr1cs-s3cret").await,
+            StatusCode::OK
+        );
+    }
+    // Auth on and no token: nobody gets them.
+    let s = state_with(|c| c.auth = AuthMode::ApiKey);
+    let (st, v) = get(&s, "/metrics").await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(v["error"]["code"], "metrics_token_required");
+    // The token never shows in the settings' Debug form.
+    let c = ServerConfig {
+        metrics_token: token,
+        ..Default::default()
+    };
+    assert!(!format!("{c:?}").contains("m3tr1cs"));
 }

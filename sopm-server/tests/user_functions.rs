@@ -25,6 +25,10 @@ use sopm_server::{app, ApiConfig, AppState, AuthMode, UploadLimits};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+// What `sopm fn deploy` sends, built by the CLI's own code.
+#[path = "../src/cli/pack.rs"]
+mod pack;
+
 // --- fakes ----------------------------------------------------------------------------
 
 #[derive(Debug)]
@@ -353,7 +357,7 @@ fn zip_of(files: &[(&str, &[u8])], symlink: Option<(&str, &str)>) -> Vec<u8> {
 }
 
 async fn upload_archive(s: &AppState, meta: Value, archive: &[u8], key: Option<&str>) -> Answer {
-    let (ct, body) = sopm_server::pack::multipart_body(&meta, archive, "fn.tar.gz");
+    let (ct, body) = pack::multipart_body(&meta, archive, "fn.tar.gz");
     send(s, "POST", "/api/user-functions", key, &ct, body).await
 }
 
@@ -455,7 +459,7 @@ async fn multipart_uploads_of_tar_gz_and_zip() {
     std::fs::create_dir_all(dir.path().join("lib/__pycache__")).unwrap();
     std::fs::write(dir.path().join("lib/util.py"), "X = 1\n").unwrap();
     std::fs::write(dir.path().join("lib/__pycache__/x.pyc"), "junk").unwrap();
-    let packed = sopm_server::pack::pack_dir(dir.path()).unwrap();
+    let packed = pack::pack_dir(dir.path()).unwrap();
     let mut m = meta("from-tar");
     m["requirements"] = json!("six\n");
     let a = upload_archive(s, m, &packed.archive, None).await;
@@ -806,14 +810,15 @@ async fn with_auth_on_keys_name_the_tenant() {
     .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     // Open routes stay open.
-    for uri in [
-        "/api/functions",
-        "/api/openapi.json",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-    ] {
+    for uri in ["/api/functions", "/api/openapi.json", "/healthz", "/readyz"] {
         assert_eq!(get(s, uri).await.status, StatusCode::OK, "{uri}");
+    }
+    // /metrics names every tenant's functions: with auth on and no metrics_token it is
+    // refused, to anyone, key or not.
+    for key in [None, Some(ak.as_str())] {
+        let a = send(s, "GET", "/metrics", key, "", Vec::new()).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+        assert_eq!(a.body["error"]["code"], "metrics_token_required");
     }
 
     // Alice uploads with her key; the function is hers.
@@ -874,7 +879,8 @@ async fn with_auth_on_keys_name_the_tenant() {
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.body["count"], 1);
     let a = get_as(s, "/api/user-functions?user_id=bob", &ak).await;
-    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "tenant_mismatch");
     assert!(a.body["error"]["message"]
         .as_str()
         .unwrap()
@@ -890,12 +896,25 @@ async fn with_auth_on_keys_name_the_tenant() {
         serde_json::to_vec(&other).unwrap(),
     )
     .await;
-    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "tenant_mismatch");
 
     let a = get_as(s, &format!("/api/status/{job}"), &ak).await;
     assert_eq!(a.status, StatusCode::OK);
+    // Stats show each tenant its own functions and the built-ins, never another's.
     let a = get_as(s, "/api/stats", &bk).await;
     assert_eq!(a.status, StatusCode::OK);
+    assert!(!a.body.to_string().contains(&id), "{}", a.body);
+    let a = get_as(s, "/api/stats", &ak).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let functions = a.body["jobs"]["functions"].as_array().unwrap();
+    assert!(
+        functions
+            .iter()
+            .any(|f| f["function"].as_str().unwrap().starts_with(&id)),
+        "{}",
+        a.body
+    );
 
     // A revoked key stops working.
     let info = w.keys.list(&alice).await.unwrap();
@@ -1171,7 +1190,7 @@ async fn archive_checks_refuse_and_the_server_keeps_serving() {
     );
 
     // Multipart shape errors.
-    let (ct, body) = sopm_server::pack::multipart_body(&json!({"name": "x"}), b"", "a");
+    let (ct, body) = pack::multipart_body(&json!({"name": "x"}), b"", "a");
     let a = send(s, "POST", "/api/user-functions", None, &ct, body).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
     let mut m = meta("files-in-meta");

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use sopm_core::{Error, Result};
 
+use super::limits::BuildLimits;
 use super::LocalBuilder;
+use crate::host::settings::{parse_var, path_var};
 
 /// The default package index of npm, against which lockfiles are checked.
 pub(crate) const NPM_DEFAULT_REGISTRY: &str = "https://registry.npmjs.org/";
@@ -40,6 +42,7 @@ pub struct LocalBuilderConfig {
     pub(crate) npm_registry: Option<String>,
     pub(crate) ca_bundle: Option<PathBuf>,
     pub(crate) max_concurrent_builds: usize,
+    pub(crate) limits: BuildLimits,
 }
 
 impl LocalBuilderConfig {
@@ -48,7 +51,8 @@ impl LocalBuilderConfig {
     /// first needs them (pip runs as `python3 -m pip`), a 10 minute limit per build,
     /// artifacts of at most 512 MiB, dependency installs allowed to reach the package
     /// indexes, pip's and npm's default indexes, the system CA bundle when one is
-    /// found, and 2 builds at once.
+    /// found, 2 builds at once, and installs bounded to 1 GiB of memory, 256
+    /// processes, 300 s of CPU time per process and 512 MiB written.
     pub fn new(artifacts_dir: impl AsRef<Path>) -> Self {
         LocalBuilderConfig {
             artifacts_dir: artifacts_dir.as_ref().to_path_buf(),
@@ -64,7 +68,62 @@ impl LocalBuilderConfig {
             npm_registry: None,
             ca_bundle: None,
             max_concurrent_builds: 2,
+            limits: BuildLimits {
+                memory_bytes: 1 << 30,
+                max_processes: 256,
+                cpu_time: Duration::from_secs(300),
+                disk_bytes: 512 << 20,
+            },
         }
+    }
+
+    /// [`new`](Self::new) with defaults overridden by environment variables:
+    /// `SOPM_BUILD_TIMEOUT_SECS`, `SOPM_BUILD_MEMORY_MB`, `SOPM_BUILD_MAX_PROCESSES`,
+    /// `SOPM_BUILD_CPU_SECS`, `SOPM_BUILD_DISK_MB`, `SOPM_BUILD_MAX_ARTIFACT_MB`,
+    /// `SOPM_BUILD_CONCURRENCY`, `SOPM_BUILD_PIP_INDEX_URL`, `SOPM_BUILD_NPM_REGISTRY`,
+    /// `SOPM_BUILD_CA_BUNDLE` and `SOPM_BUILD_PIP_ONLY_BINARY` (`true`/`false`). An
+    /// unparsable value is `invalid_input` naming the variable.
+    pub fn from_env(artifacts_dir: impl AsRef<Path>) -> Result<Self> {
+        Self::from_vars(artifacts_dir, |k| std::env::var(k).ok())
+    }
+
+    fn from_vars(
+        artifacts_dir: impl AsRef<Path>,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        let mut c = Self::new(artifacts_dir);
+        if let Some(secs) = parse_var::<u64>(&var, "SOPM_BUILD_TIMEOUT_SECS")? {
+            c.build_timeout = Duration::from_secs(secs);
+        }
+        if let Some(mb) = parse_var::<u64>(&var, "SOPM_BUILD_MEMORY_MB")? {
+            c.limits.memory_bytes = mb << 20;
+        }
+        if let Some(n) = parse_var(&var, "SOPM_BUILD_MAX_PROCESSES")? {
+            c.limits.max_processes = n;
+        }
+        if let Some(secs) = parse_var::<u64>(&var, "SOPM_BUILD_CPU_SECS")? {
+            c.limits.cpu_time = Duration::from_secs(secs);
+        }
+        if let Some(mb) = parse_var::<u64>(&var, "SOPM_BUILD_DISK_MB")? {
+            c.limits.disk_bytes = mb << 20;
+        }
+        if let Some(mb) = parse_var::<u64>(&var, "SOPM_BUILD_MAX_ARTIFACT_MB")? {
+            c.max_artifact_bytes = mb << 20;
+        }
+        if let Some(n) = parse_var(&var, "SOPM_BUILD_CONCURRENCY")? {
+            c.max_concurrent_builds = n;
+        }
+        if let Some(only) = parse_var(&var, "SOPM_BUILD_PIP_ONLY_BINARY")? {
+            c.pip_only_binary = only;
+        }
+        c.pip_index_url = var("SOPM_BUILD_PIP_INDEX_URL")
+            .filter(|v| !v.is_empty())
+            .or(c.pip_index_url);
+        c.npm_registry = var("SOPM_BUILD_NPM_REGISTRY")
+            .filter(|v| !v.is_empty())
+            .or(c.npm_registry);
+        c.ca_bundle = path_var(&var, "SOPM_BUILD_CA_BUNDLE").or(c.ca_bundle);
+        Ok(c)
     }
 
     /// The `bwrap` executable that sandboxes dependency installs.
@@ -101,7 +160,7 @@ impl LocalBuilderConfig {
     }
 
     /// Largest artifact, in bytes, files and installed dependencies together (default
-    /// 512 MiB). Also the size of the install sandbox's `/tmp` and home tmpfs.
+    /// 512 MiB), checked after the install.
     pub fn with_max_artifact_bytes(mut self, bytes: u64) -> Self {
         self.max_artifact_bytes = bytes;
         self
@@ -144,6 +203,37 @@ impl LocalBuilderConfig {
         self
     }
 
+    /// Most memory a dependency install may use, its tmpfs included (default 1 GiB).
+    /// Enforced with a cgroup where the host has a writable one; an install that
+    /// reaches it is stopped and the build fails saying so.
+    pub fn with_build_memory_bytes(mut self, bytes: u64) -> Self {
+        self.limits.memory_bytes = bytes;
+        self
+    }
+
+    /// Most processes and threads a dependency install may run at once (default 256).
+    /// Enforced with a cgroup where the host has a writable one (`RLIMIT_NPROC` does
+    /// not bind root); an install that reaches it is stopped.
+    pub fn with_build_max_processes(mut self, processes: u64) -> Self {
+        self.limits.max_processes = processes;
+        self
+    }
+
+    /// CPU time each process of a dependency install may use (default 300 s,
+    /// `RLIMIT_CPU`); a process past it is killed and the build fails saying so.
+    pub fn with_build_cpu_time(mut self, cpu: Duration) -> Self {
+        self.limits.cpu_time = cpu;
+        self
+    }
+
+    /// Bytes a dependency install may write (default 512 MiB): it works in a tmpfs of
+    /// this size (its directory, `TMPDIR` and home), copied to the artifact only when
+    /// it succeeds, so the host's disk is never filled by an install.
+    pub fn with_build_disk_bytes(mut self, bytes: u64) -> Self {
+        self.limits.disk_bytes = bytes;
+        self
+    }
+
     /// Most builds running at once (default 2); further builds wait for a slot.
     pub fn with_max_concurrent_builds(mut self, builds: usize) -> Self {
         self.max_concurrent_builds = builds;
@@ -179,6 +269,26 @@ impl LocalBuilderConfig {
         if self.max_artifact_bytes == 0 {
             return Err(Error::invalid(
                 "local builder: max_artifact_bytes must be above zero",
+            ));
+        }
+        if self.limits.memory_bytes < 16 << 20 {
+            return Err(Error::invalid(
+                "local builder: build memory must be at least 16 MiB",
+            ));
+        }
+        if self.limits.max_processes < 4 {
+            return Err(Error::invalid(
+                "local builder: build max_processes must be at least 4",
+            ));
+        }
+        if self.limits.cpu_time < Duration::from_secs(1) {
+            return Err(Error::invalid(
+                "local builder: build CPU time must be at least 1 s",
+            ));
+        }
+        if self.limits.disk_bytes < 1 << 20 {
+            return Err(Error::invalid(
+                "local builder: build disk must be at least 1 MiB",
             ));
         }
         if self.max_concurrent_builds == 0 {
@@ -266,6 +376,7 @@ impl fmt::Debug for LocalBuilderConfig {
             )
             .field("ca_bundle", &self.ca_bundle)
             .field("max_concurrent_builds", &self.max_concurrent_builds)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -296,6 +407,44 @@ mod tests {
             .with_pip_index_url("https://u:p@pypi.example/simple")
             .validate()
             .is_ok());
+    }
+
+    #[test]
+    fn variables_override_the_defaults() {
+        let c = LocalBuilderConfig::from_vars("/a", |k| {
+            match k {
+                "SOPM_BUILD_MEMORY_MB" => Some("256"),
+                "SOPM_BUILD_MAX_PROCESSES" => Some("32"),
+                "SOPM_BUILD_CPU_SECS" => Some("20"),
+                "SOPM_BUILD_DISK_MB" => Some("64"),
+                "SOPM_BUILD_TIMEOUT_SECS" => Some("90"),
+                "SOPM_BUILD_PIP_INDEX_URL" => Some("https://pypi.example/simple"),
+                "SOPM_BUILD_CA_BUNDLE" => Some("/etc/ca.pem"),
+                _ => None,
+            }
+            .map(String::from)
+        })
+        .unwrap();
+        assert_eq!(c.limits.memory_bytes, 256 << 20);
+        assert_eq!(c.limits.max_processes, 32);
+        assert_eq!(c.limits.cpu_time, Duration::from_secs(20));
+        assert_eq!(c.limits.disk_bytes, 64 << 20);
+        assert_eq!(c.build_timeout, Duration::from_secs(90));
+        assert_eq!(
+            c.pip_index_url.as_deref(),
+            Some("https://pypi.example/simple")
+        );
+        assert_eq!(c.ca_bundle.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert!(c.validate().is_ok());
+        let e = LocalBuilderConfig::from_vars("/a", |k| {
+            (k == "SOPM_BUILD_MEMORY_MB").then(|| "lots".to_string())
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("SOPM_BUILD_MEMORY_MB"), "{e}");
+        assert!(LocalBuilderConfig::new("/a")
+            .with_build_max_processes(1)
+            .validate()
+            .is_err());
     }
 
     #[test]

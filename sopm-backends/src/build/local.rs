@@ -13,8 +13,8 @@ use tokio::sync::{OnceCell, Semaphore};
 use tokio::time::Instant;
 
 use super::config::{redact_url, LocalBuilderConfig};
-use super::sandbox::{Install, InstallSandbox, SANDBOX_WORKDIR};
-use super::toolchain::{system_ca_bundle, Bwrap, Npm, Python};
+use super::sandbox::{Install, InstallHost, InstallSandbox, SANDBOX_WORKDIR};
+use super::toolchain::{system_ca_bundle, Npm, Python};
 use super::{deps, egress, elf, source};
 
 /// Builds user functions into directories under an artifacts directory, installing
@@ -40,7 +40,7 @@ pub struct LocalBuilder {
     config: LocalBuilderConfig,
     slots: Semaphore,
     root: OnceCell<PathBuf>,
-    bwrap: OnceCell<Bwrap>,
+    host: OnceCell<InstallHost>,
     python: OnceCell<Python>,
     npm: OnceCell<Npm>,
 }
@@ -50,7 +50,7 @@ pub struct LocalBuilder {
 struct PreparedInstall {
     /// The progress line logged before it runs.
     progress: String,
-    bwrap: Bwrap,
+    host: InstallHost,
     install: Install,
     tool_dirs: Vec<PathBuf>,
     path_dirs: Vec<PathBuf>,
@@ -73,7 +73,7 @@ impl LocalBuilder {
             slots: Semaphore::new(config.max_concurrent_builds),
             config,
             root: OnceCell::new(),
-            bwrap: OnceCell::new(),
+            host: OnceCell::new(),
             python: OnceCell::new(),
             npm: OnceCell::new(),
         }
@@ -109,7 +109,17 @@ impl LocalBuilder {
 
     /// Removes staging directories left by builds that were running when the process
     /// stopped, and returns how many. Call it at start-up, before any build.
+    /// Package-index proxy sockets left by a stopped server go too.
     pub async fn remove_stale_staging(&self) -> Result<usize> {
+        let sockets = blocking(|| Ok(egress::EgressProxy::remove_stale()))
+            .await
+            .unwrap_or(0);
+        if sockets > 0 {
+            tracing::info!(
+                sockets,
+                "removed package index proxy sockets of a stopped server"
+            );
+        }
         let root = self.root().await?.to_path_buf();
         blocking(move || {
             let mut removed = 0;
@@ -270,9 +280,9 @@ impl LocalBuilder {
         if dependencies == Dependencies::None {
             return Ok(None);
         }
-        let bwrap = self
-            .bwrap
-            .get_or_try_init(|| Bwrap::resolve(self.config.bwrap.as_deref()))
+        let host = self
+            .host
+            .get_or_try_init(|| InstallHost::resolve(self.config.bwrap.as_deref()))
             .await?
             .clone();
         let ca_bundle = self.config.ca_bundle.clone().or_else(system_ca_bundle);
@@ -348,7 +358,7 @@ impl LocalBuilder {
                 }
                 Ok(Some(PreparedInstall {
                     progress,
-                    bwrap,
+                    host,
                     install,
                     egress,
                     tool_dirs: python.dirs.clone(),
@@ -414,7 +424,7 @@ impl LocalBuilder {
                     .collect();
                 Ok(Some(PreparedInstall {
                     progress,
-                    bwrap,
+                    host,
                     install,
                     egress,
                     tool_dirs: npm.dirs.clone(),
@@ -452,21 +462,30 @@ impl LocalBuilder {
 
         if let Some(prepared) = install {
             log.append(&prepared.progress).await;
-            let scratch = staging.parent().unwrap_or(staging);
-            let proxy = egress::EgressProxy::start(scratch, prepared.egress.clone())
-                .map_err(|e| io_error("starting the package index proxy", scratch, e))?;
+            let proxy = match egress::EgressProxy::start(prepared.egress.clone()) {
+                Ok(proxy) => proxy,
+                Err(e) => {
+                    // The build log says what broke; the message is the host's, not the
+                    // tenant's doing.
+                    log.append(&format!("==> cannot start the package index proxy: {e}\n"))
+                        .await;
+                    return Err(Error::Unavailable(format!(
+                        "cannot start the package index proxy for the install: {e}"
+                    )));
+                }
+            };
             log.append(&format!(
                 "==> network: only {} (through a proxy)\n",
                 prepared.egress.join(", ")
             ))
             .await;
             let sandbox = InstallSandbox {
-                bwrap: &prepared.bwrap,
+                host: &prepared.host,
                 tool_dirs: prepared.tool_dirs,
                 path_dirs: prepared.path_dirs,
                 staging,
                 ca_bundle: prepared.ca_bundle.as_deref(),
-                tmpfs_bytes: self.config.max_artifact_bytes,
+                limits: self.config.limits,
                 egress_dir: Some(proxy.dir()),
             };
             sandbox

@@ -32,9 +32,10 @@
 //! possible) cgroup namespaces, as an unprivileged id with no capabilities, a cleared
 //! environment (`HOME`, `PATH`, `LANG`, `TMPDIR` and the tool's own settings only),
 //! read-only views of `/usr`, the library directories, the few files of `/etc` that
-//! name resolution and TLS need, and the tools' own installs, fresh tmpfs `/tmp` and
-//! home, and the staging directory read-write at `/build`. It dies with the builder,
-//! and is killed at the build's deadline.
+//! name resolution and TLS need, and the tools' own installs, a small fresh `/tmp`,
+//! and a size-capped tmpfs at `/build` (with `TMPDIR` and home inside it) into which
+//! the staging directory (bound at `/out`) is copied. It dies with the builder, and is
+//! killed at the build's deadline.
 //!
 //! Network: the sandbox has a network namespace of its own. Its only way out is the
 //! egress proxy (see `egress.rs`): a `CONNECT`-only HTTPS proxy on a Unix socket bound
@@ -44,13 +45,18 @@
 //! install scripts (`--ignore-scripts`); pip runs the build step of source
 //! distributions, which [`with_pip_only_binary`](LocalBuilderConfig::with_pip_only_binary)
 //! turns off.
-//! Disk use during the install is bounded only afterwards (the artifact size check),
-//! and the install has no memory or process limits beyond the build's deadline.
+//!
+//! Limits (see `limits.rs`): the install runs in a cgroup of its own (memory and
+//! processes, watched, the sandbox killed on a hit), under `RLIMIT_CPU` and
+//! `RLIMIT_FSIZE`, writing into a size-capped tmpfs that is copied to the staging
+//! directory only when the install succeeds, and is killed at the build's deadline.
+//! The build log lists the limits and names the one that stopped an install.
 
 mod config;
 mod deps;
 mod egress;
 mod elf;
+mod limits;
 mod local;
 mod sandbox;
 mod source;

@@ -1,6 +1,7 @@
-//! The install sandbox: one bubblewrap invocation per dependency install, its output
-//! streamed into the build log, with a deadline. What it isolates, and what it does
-//! not, is described in the [module documentation](super).
+//! The install sandbox: one bubblewrap invocation per dependency install, in a cgroup
+//! of its own under rlimits, its output streamed into the build log, watched for its
+//! limits and its deadline. What it isolates, and what it does not, is described in the
+//! [module documentation](super); its limits in [`BuildLimits`].
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -14,13 +15,24 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::toolchain::Bwrap;
+use super::limits::{
+    BuildLimits, LimitHit, COPY_FAILED_STATUS, DISK_FULL_STATUS, INSTALL_WRAPPER, SANDBOX_HOME,
+    SANDBOX_OUTDIR, SANDBOX_TMPDIR, SMALL_TMP_BYTES,
+};
+use super::toolchain::{locate, Bwrap};
+use crate::host::cgroup::{CgroupRoot, SandboxCgroup, CGROUP_JOIN};
 
 /// Where the staging directory appears inside the sandbox.
 pub(crate) const SANDBOX_WORKDIR: &str = "/build";
 
-/// The sandbox's home directory (a tmpfs).
-const SANDBOX_HOME: &str = "/home/sopm";
+/// The parent of the install sandboxes' cgroups (`/sys/fs/cgroup/{memory,pids}/...`).
+const CGROUP_PARENT: &str = "sopm-build";
+
+/// How often a running install's cgroup is read for a hit limit.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Linux reports process times in `/proc/<pid>/stat` in these ticks per second.
+const USER_HZ: u64 = 100;
 
 /// The unprivileged ids the install runs as inside its user namespace.
 const SANDBOX_ID: &str = "1000";
@@ -68,20 +80,62 @@ pub(crate) struct Install {
     pub env: Vec<(&'static str, OsString)>,
 }
 
+/// What the host offers install sandboxes, found once per builder: bwrap, `prlimit`,
+/// the `sh` that joins cgroups, and where cgroups can be made.
+#[derive(Debug, Clone)]
+pub(crate) struct InstallHost {
+    pub bwrap: Bwrap,
+    pub prlimit: PathBuf,
+    pub sh: PathBuf,
+    /// `None` where no cgroup is writable (then memory and processes are unbounded
+    /// but for the deadline, and the build log says so).
+    pub cgroups: Option<CgroupRoot>,
+}
+
+impl InstallHost {
+    /// Finds the tools and the cgroup hierarchy, and kills and removes install cgroups
+    /// a stopped server left.
+    pub(crate) async fn resolve(bwrap: Option<&Path>) -> Result<Self> {
+        let bwrap = Bwrap::resolve(bwrap).await?;
+        let prlimit = locate(None, "prlimit", "installing dependencies")?;
+        let sh = locate(None, "sh", "installing dependencies")?;
+        let cgroups = match CgroupRoot::detect(Path::new("/sys/fs/cgroup"), CGROUP_PARENT) {
+            Ok(root) => {
+                root.sweep_stale(&sh).await;
+                Some(root)
+            }
+            Err(why) => {
+                tracing::warn!(
+                    "no writable cgroup for dependency installs ({why}): their memory and \
+                     process count are bounded only by the build's time limit"
+                );
+                None
+            }
+        };
+        Ok(InstallHost {
+            bwrap,
+            prlimit,
+            sh,
+            cgroups,
+        })
+    }
+}
+
 /// The host side of an install sandbox.
 #[derive(Debug, Clone)]
 pub(crate) struct InstallSandbox<'a> {
-    pub bwrap: &'a Bwrap,
+    pub host: &'a InstallHost,
     /// Host directories of the tools, shown read-only at the same paths.
     pub tool_dirs: Vec<PathBuf>,
     /// Directories put first on the sandbox's `PATH`.
     pub path_dirs: Vec<PathBuf>,
-    /// The staging directory, shown read-write at [`SANDBOX_WORKDIR`].
+    /// The staging directory: copied into the install's tmpfs at [`SANDBOX_WORKDIR`]
+    /// before the install, and the tmpfs copied back into it after a successful one.
     pub staging: &'a Path,
     /// A CA bundle to show at its own path.
     pub ca_bundle: Option<&'a Path>,
-    /// Size of each tmpfs (`/tmp`, home).
-    pub tmpfs_bytes: u64,
+    /// What the install may use.
+    pub limits: BuildLimits,
     /// The egress proxy's socket directory: with one, the sandbox gets a network
     /// namespace of its own and reaches the outside only through the proxy.
     pub egress_dir: Option<&'a Path>,
@@ -120,7 +174,7 @@ impl InstallSandbox<'_> {
             &"--gid",
             &SANDBOX_ID,
         ]);
-        if self.bwrap.disable_userns {
+        if self.host.bwrap.disable_userns {
             push(&[&"--disable-userns"]);
         }
         push(&[
@@ -157,16 +211,20 @@ impl InstallSandbox<'_> {
         for dir in outermost(self.tool_dirs.clone()) {
             push(&[&"--ro-bind", &dir, &dir]);
         }
-        if let Some(bundle) = self.ca_bundle {
-            push(&[&"--ro-bind-try", &bundle, &bundle]);
-        }
         push(&[&"--proc", &"/proc", &"--dev", &"/dev"]);
-        let size = self.tmpfs_bytes.to_string();
-        for dir in ["/tmp", SANDBOX_HOME] {
-            if self.bwrap.tmpfs_size {
-                push(&[&"--size", &size]);
+        let sized = self.host.bwrap.tmpfs_size;
+        for (dir, bytes) in [
+            ("/tmp", SMALL_TMP_BYTES),
+            (SANDBOX_WORKDIR, self.limits.disk_bytes),
+        ] {
+            if sized {
+                push(&[&"--size", &bytes.to_string()]);
             }
             push(&[&"--tmpfs", &dir]);
+        }
+        // After the tmpfs mounts, which would hide a bundle under `/tmp`.
+        if let Some(bundle) = self.ca_bundle {
+            push(&[&"--ro-bind-try", &bundle, &bundle]);
         }
         if let Some(dir) = self.egress_dir {
             push(&[
@@ -182,7 +240,7 @@ impl InstallSandbox<'_> {
         push(&[
             &"--bind",
             &self.staging,
-            &SANDBOX_WORKDIR,
+            &SANDBOX_OUTDIR,
             &"--remount-ro",
             &"/",
             &"--chdir",
@@ -206,7 +264,7 @@ impl InstallSandbox<'_> {
             &"C.UTF-8",
             &"--setenv",
             &"TMPDIR",
-            &"/tmp",
+            &SANDBOX_TMPDIR,
         ]);
         for (key, value) in &install.env {
             push(&[&"--setenv", key, value]);
@@ -215,9 +273,59 @@ impl InstallSandbox<'_> {
         a
     }
 
+    /// The full command line: `[sh JOIN cgroups..] prlimit RLIMITS -- bwrap ARGS --
+    /// sh WRAPPER installer..`.
+    fn command_line(&self, install: &Install, cgroup: Option<&SandboxCgroup>) -> Vec<OsString> {
+        let mut argv: Vec<OsString> = Vec::with_capacity(128);
+        if let Some(cg) = cgroup {
+            let dirs = cg.join_dirs();
+            argv.extend([
+                self.host.sh.clone().into_os_string(),
+                "-c".into(),
+                CGROUP_JOIN.into(),
+                "sopm-build".into(),
+                dirs.len().to_string().into(),
+            ]);
+            argv.extend(dirs.iter().map(|d| d.as_os_str().to_os_string()));
+        }
+        argv.push(self.host.prlimit.clone().into_os_string());
+        argv.extend(self.limits.rlimit_args().into_iter().map(OsString::from));
+        argv.push("--".into());
+        argv.push(self.host.bwrap.path.clone().into_os_string());
+        argv.extend(self.arguments(install));
+        argv.extend([
+            "/bin/sh".into(),
+            "-c".into(),
+            INSTALL_WRAPPER.into(),
+            "sopm-install".into(),
+        ]);
+        argv.extend(install.argv.iter().cloned());
+        argv
+    }
+
+    /// A cgroup for one install with the memory and process limits set, where the host
+    /// has cgroups.
+    fn cgroup(&self) -> Result<Option<SandboxCgroup>> {
+        let Some(root) = &self.host.cgroups else {
+            return Ok(None);
+        };
+        let name = crate::host::sandbox_name();
+        let cg = root.create(&name).map_err(|e| {
+            Error::Unavailable(format!("cannot create a cgroup for the install: {e}"))
+        })?;
+        if let Err(e) = cg.set_limits(self.limits.memory_bytes, self.limits.max_processes) {
+            cg.remove_now();
+            return Err(Error::Unavailable(format!(
+                "cannot set the install's cgroup limits: {e}"
+            )));
+        }
+        Ok(Some(cg))
+    }
+
     /// Runs `install`, appending its output to `log` line by line as it comes, until
-    /// it exits or `deadline` passes (then the sandbox is killed). `build_failed` on
-    /// a non-zero exit (with the last lines of output) or a timeout.
+    /// it exits, a limit is hit or `deadline` passes (then the whole sandbox is killed).
+    /// `build_failed` on a non-zero exit (with the last lines of output), a hit limit
+    /// (saying which) or a timeout. Nothing of the sandbox runs once this returns.
     pub(crate) async fn run(
         &self,
         install: &Install,
@@ -225,17 +333,43 @@ impl InstallSandbox<'_> {
         deadline: Instant,
         timeout_for_message: std::time::Duration,
     ) -> Result<()> {
+        log.append(
+            &self
+                .limits
+                .describe(self.host.cgroups.is_some(), self.host.bwrap.tmpfs_size),
+        )
+        .await;
         log.append(&format!("$ {}\n", install.display)).await;
-        let mut cmd = Command::new(&self.bwrap.path);
-        cmd.args(self.arguments(install))
-            .args(&install.argv)
+        let cgroup = self.cgroup()?;
+        let result = self
+            .run_in(install, log, deadline, timeout_for_message, cgroup.as_ref())
+            .await;
+        if let Some(cg) = cgroup {
+            // Kills whatever is still in it (a process caught mid-fork), then removes it.
+            cg.remove(&self.host.sh).await;
+        }
+        result
+    }
+
+    async fn run_in(
+        &self,
+        install: &Install,
+        log: &dyn BuildLog,
+        deadline: Instant,
+        timeout_for_message: std::time::Duration,
+        cgroup: Option<&SandboxCgroup>,
+    ) -> Result<()> {
+        let argv = self.command_line(install, cgroup);
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
             .env_clear()
+            .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| {
-            Error::Unavailable(format!("cannot start {}: {e}", self.bwrap.path.display()))
+            Error::Unavailable(format!("cannot start {}: {e}", argv[0].to_string_lossy()))
         })?;
         let (tx, mut rx) = mpsc::channel::<String>(64);
         let pumps = [
@@ -246,38 +380,49 @@ impl InstallSandbox<'_> {
             child.stderr.take().map(|err| tokio::spawn(pump(err, tx))),
         ];
         let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
-        let outcome = tokio::time::timeout_at(deadline, async {
-            while let Some(line) = rx.recv().await {
-                let mut chunk = String::new();
-                let mut next = Some(line);
-                // Whatever else is already waiting goes into the same append.
-                while let Some(line) = next {
-                    if tail.len() == TAIL_LINES {
-                        tail.pop_front();
+        let mut watch = tokio::time::interval(WATCH_EVERY);
+        let mut usage = Usage::default();
+        let mut output_open = true;
+        let ended = loop {
+            tokio::select! {
+                line = rx.recv(), if output_open => match line {
+                    Some(line) => forward(line, &mut rx, &mut tail, log).await,
+                    None => output_open = false,
+                },
+                status = child.wait() => break Ended::Exited(status),
+                _ = tokio::time::sleep_until(deadline) => break Ended::TimedOut,
+                _ = watch.tick(), if cgroup.is_some() => {
+                    if let Some(hit) = cgroup.and_then(|cg| usage.update(cg)) {
+                        break Ended::Limit(hit);
                     }
-                    tail.push_back(line.clone());
-                    chunk.push_str(&line);
-                    chunk.push('\n');
-                    next = rx.try_recv().ok();
                 }
-                log.append(&chunk).await;
             }
-            child.wait().await
+        };
+        if !matches!(ended, Ended::Exited(_)) {
+            // bwrap takes the whole sandbox (pid namespace) down with it; the cgroup
+            // is emptied after.
+            let _ = child.kill().await;
+        }
+        // The rest of the output, which the sandbox's end closes.
+        let drained = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while let Some(line) = rx.recv().await {
+                forward(line, &mut rx, &mut tail, log).await;
+            }
         })
         .await;
-        let status = match outcome {
-            Ok(Ok(status)) => status,
-            Ok(Err(e)) => {
+        if drained.is_err() {
+            for handle in pumps.into_iter().flatten() {
+                handle.abort();
+            }
+        }
+        let status = match ended {
+            Ended::Exited(Ok(status)) => status,
+            Ended::Exited(Err(e)) => {
                 return Err(Error::Internal(format!(
                     "waiting for the install sandbox: {e}"
                 )))
             }
-            Err(_) => {
-                // bwrap takes the whole sandbox (pid namespace) down with it.
-                let _ = child.kill().await;
-                for handle in pumps.into_iter().flatten() {
-                    handle.abort();
-                }
+            Ended::TimedOut => {
                 let secs = timeout_for_message.as_secs();
                 log.append(&format!(
                     "==> {} timed out (the build may take {secs} s); stopped\n",
@@ -289,9 +434,29 @@ impl InstallSandbox<'_> {
                     install.what
                 )));
             }
+            Ended::Limit(hit) => return Err(self.stopped(hit, install, log).await),
         };
         if status.success() {
             return Ok(());
+        }
+        // A limit the kernel enforced ends the install as an ordinary failure: the
+        // cgroup's counters, the CPU time seen and the wrapper's exit say which.
+        let hit = cgroup
+            .and_then(|cg| usage.update(cg))
+            .or_else(|| {
+                usage
+                    .cpu_limit_reached(&self.limits)
+                    .then_some(LimitHit::CpuTime)
+            })
+            .or_else(|| (status.code() == Some(DISK_FULL_STATUS)).then_some(LimitHit::Disk));
+        if let Some(hit) = hit {
+            return Err(self.stopped(hit, install, log).await);
+        }
+        if status.code() == Some(COPY_FAILED_STATUS) {
+            return Err(Error::BuildFailed(format!(
+                "{}: copying the files into or out of the install's space failed",
+                install.what
+            )));
         }
         // The first line says what failed; the log line of the failure shows only it.
         let mut message = format!("{} failed ({})", install.what, describe(status));
@@ -301,6 +466,110 @@ impl InstallSandbox<'_> {
         }
         Err(Error::BuildFailed(message))
     }
+
+    /// Logs which limit stopped the install and makes the build's error.
+    async fn stopped(&self, hit: LimitHit, install: &Install, log: &dyn BuildLog) -> Error {
+        let why = self.limits.stopped_by(hit);
+        log.append(&format!("==> {why}\n")).await;
+        Error::BuildFailed(format!("{why} during {}", install.what))
+    }
+}
+
+/// How an install's wait ended.
+enum Ended {
+    Exited(std::io::Result<ExitStatus>),
+    TimedOut,
+    Limit(LimitHit),
+}
+
+/// Appends `line` and whatever else is already waiting in one go, keeping the tail.
+async fn forward(
+    line: String,
+    rx: &mut mpsc::Receiver<String>,
+    tail: &mut VecDeque<String>,
+    log: &dyn BuildLog,
+) {
+    let mut chunk = String::new();
+    let mut next = Some(line);
+    while let Some(line) = next {
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line.clone());
+        chunk.push_str(&line);
+        chunk.push('\n');
+        next = rx.try_recv().ok();
+    }
+    log.append(&chunk).await;
+}
+
+/// What the watch has seen of a running install.
+#[derive(Debug, Default)]
+struct Usage {
+    /// The most CPU time any one process of the install was seen to have used.
+    max_process_cpu: std::time::Duration,
+}
+
+impl Usage {
+    /// Reads the cgroup: a limit hit, if one is; remembers CPU times on the way.
+    fn update(&mut self, cg: &SandboxCgroup) -> Option<LimitHit> {
+        if cg.oom_kills() > 0 {
+            return Some(LimitHit::Memory);
+        }
+        if pids_limit_hits(cg) > 0 {
+            return Some(LimitHit::Processes);
+        }
+        for pid in cgroup_pids(cg) {
+            if let Some(cpu) = process_cpu(pid) {
+                self.max_process_cpu = self.max_process_cpu.max(cpu);
+            }
+        }
+        None
+    }
+
+    /// Whether a process was seen within one watch period (and a second of slack) of
+    /// the CPU limit, which the kernel then enforced.
+    fn cpu_limit_reached(&self, limits: &BuildLimits) -> bool {
+        self.max_process_cpu + WATCH_EVERY + std::time::Duration::from_secs(1) >= limits.cpu_time
+    }
+}
+
+/// How many forks the pids cgroup refused (`pids.events`, `max N`).
+fn pids_limit_hits(cg: &SandboxCgroup) -> u64 {
+    cg.join_dirs()
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("pids.events")).ok())
+        .filter_map(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("max "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The processes in the cgroup now.
+fn cgroup_pids(cg: &SandboxCgroup) -> Vec<u32> {
+    cg.join_dirs()
+        .iter()
+        .find_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The CPU time (user and system) process `pid` has used, from `/proc/<pid>/stat`.
+fn process_cpu(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses; the fields follow its last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(std::time::Duration::from_millis(ticks * 1000 / USER_HZ))
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -402,7 +671,7 @@ mod tests {
 
     /// bwrap, when it works here; `None` (printed) when it does not, a panic under
     /// `SOPM_REQUIRE_INTEGRATION=1`.
-    async fn bwrap_or_skip() -> Option<Bwrap> {
+    async fn bwrap_or_skip() -> Option<InstallHost> {
         let works = std::process::Command::new("bwrap")
             .args(["--unshare-user", "--ro-bind", "/", "/", "--", "true"])
             .stdout(Stdio::null())
@@ -416,7 +685,7 @@ mod tests {
             eprintln!("skipped: bwrap is missing or does not work here");
             return None;
         }
-        Some(Bwrap::resolve(None).await.unwrap())
+        Some(InstallHost::resolve(None).await.unwrap())
     }
 
     #[derive(Default)]
@@ -431,17 +700,22 @@ mod tests {
 
     /// A sandbox with no tools, a 16 MiB tmpfs, and the network of `egress_dir`.
     fn sandbox<'a>(
-        bwrap: &'a Bwrap,
+        host: &'a InstallHost,
         staging: &'a Path,
         egress_dir: Option<&'a Path>,
     ) -> InstallSandbox<'a> {
         InstallSandbox {
-            bwrap,
+            host,
             tool_dirs: vec![],
             path_dirs: vec![],
             staging,
             ca_bundle: None,
-            tmpfs_bytes: 16 << 20,
+            limits: BuildLimits {
+                memory_bytes: 256 << 20,
+                max_processes: 64,
+                cpu_time: std::time::Duration::from_secs(60),
+                disk_bytes: 16 << 20,
+            },
             egress_dir,
         }
     }
@@ -549,11 +823,8 @@ mod tests {
         let host_service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = host_service.local_addr().unwrap().port();
         let staging = tempfile::tempdir().unwrap();
-        let proxy = super::super::egress::EgressProxy::start(
-            staging.path(),
-            vec!["registry.example:443".into()],
-        )
-        .unwrap();
+        let proxy =
+            super::super::egress::EgressProxy::start(vec!["registry.example:443".into()]).unwrap();
         let sandbox = sandbox(&bwrap, staging.path(), Some(proxy.dir()));
         // Python's socket module speaks both to the host port and to the proxy socket.
         let python = [

@@ -10,7 +10,11 @@ use crate::host::interpreters::Interpreter;
 use crate::host::mounts::TopLevel;
 use crate::host::rlimits::rlimit_args;
 use crate::host::runner_files::{runner_command, RUNNER_DIR, SANDBOX_ENV};
+use crate::host::seccomp::{self, Arch};
 use crate::sandbox::{RunnerKind, CODE_DIR};
+
+/// The uid and gid a function runs as inside its sandbox (`nobody`).
+pub const SANDBOX_UID: u32 = 65534;
 
 /// Room the sandbox's own processes (the gVisor kernel and its gofer) need beyond the
 /// function's memory, when the memory limit is a host cgroup on the whole sandbox.
@@ -32,8 +36,9 @@ pub struct BundlePlan<'a> {
     pub runners_dir: &'a Path,
     /// Real top-level directories of the host to bind (links live in the skeleton).
     pub top_level: &'a [TopLevel],
-    /// Host files of [`HOST_FILES`](crate::host::mounts::HOST_FILES) that exist.
-    pub host_files: &'a [PathBuf],
+    /// Host files of [`HOST_FILES`](crate::host::mounts::HOST_FILES) that exist, as
+    /// `(resolved source, destination)` (see [`host_binds`](crate::host::mounts::host_binds)).
+    pub host_files: &'a [(PathBuf, PathBuf)],
     /// Operator-chosen extra read-only binds.
     pub extra_binds: &'a [PathBuf],
     /// The limits it boots with.
@@ -91,8 +96,8 @@ pub fn config_json(plan: &BundlePlan<'_>) -> Value {
             mounts.push(bind(d, d));
         }
     }
-    for f in plan.host_files {
-        mounts.push(bind(f, f));
+    for (src, at) in plan.host_files {
+        mounts.push(bind(src, at));
     }
     for d in plan.interpreter.binds.iter().chain(plan.extra_binds) {
         mounts.push(bind(d, d));
@@ -111,7 +116,11 @@ pub fn config_json(plan: &BundlePlan<'_>) -> Value {
             "destination": CODE_DIR,
             "type": "tmpfs",
             "source": "tmpfs",
-            "options": ["nosuid", "nodev", "mode=755", format!("size={}", plan.code_tmpfs_bytes)],
+            "options": [
+                "nosuid", "nodev", "mode=755",
+                format!("uid={SANDBOX_UID}"), format!("gid={SANDBOX_UID}"),
+                format!("size={}", plan.code_tmpfs_bytes),
+            ],
         })),
     }
     let args: Vec<String> = runner_command(plan.runner, plan.interpreter, plan.limits)
@@ -135,6 +144,9 @@ pub fn config_json(plan: &BundlePlan<'_>) -> Value {
         "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
         "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"],
     });
+    if let Some(arch) = Arch::native() {
+        linux["seccomp"] = seccomp::oci_for_gvisor(arch);
+    }
     if let Some(path) = &plan.cgroups_path {
         linux["cgroupsPath"] = json!(path);
     }
@@ -142,7 +154,7 @@ pub fn config_json(plan: &BundlePlan<'_>) -> Value {
         "ociVersion": "1.0.0",
         "process": {
             "terminal": false,
-            "user": {"uid": 0, "gid": 0},
+            "user": {"uid": SANDBOX_UID, "gid": SANDBOX_UID},
             "args": args,
             "env": env,
             "cwd": "/tmp",
@@ -166,7 +178,7 @@ pub fn config_json(plan: &BundlePlan<'_>) -> Value {
 pub fn write_skeleton(
     dir: &Path,
     top_level: &[TopLevel],
-    host_files: &[PathBuf],
+    host_files: &[(PathBuf, PathBuf)],
     binds: &[PathBuf],
 ) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -189,9 +201,9 @@ pub fn write_skeleton(
             TopLevel::Dir(d) => std::fs::create_dir_all(inside(d))?,
         }
     }
-    for f in host_files {
+    for (src, f) in host_files {
         let at = inside(f);
-        if f.is_dir() {
+        if src.is_dir() {
             std::fs::create_dir_all(&at)?;
         } else if std::fs::symlink_metadata(&at).is_err() {
             if let Some(parent) = at.parent() {
@@ -223,7 +235,10 @@ mod tests {
             interpreter: &interp,
             runners_dir: Path::new("/var/tmp/r"),
             top_level: &[TopLevel::Link("usr/lib".into(), "/lib".into())],
-            host_files: &[PathBuf::from("/etc/ssl")],
+            host_files: &[(
+                PathBuf::from("/etc/ssl/certs"),
+                PathBuf::from("/etc/ssl/certs"),
+            )],
             extra_binds: &[],
             limits: &limits,
             mount: None,
@@ -233,6 +248,11 @@ mod tests {
         let c = config_json(&plan);
         assert_eq!(c["root"]["readonly"], json!(true));
         assert_eq!(c["process"]["noNewPrivileges"], json!(true));
+        assert_eq!(c["process"]["user"], json!({"uid": 65534, "gid": 65534}));
+        assert_eq!(
+            c["linux"]["seccomp"]["defaultAction"],
+            json!("SCMP_ACT_ERRNO")
+        );
         assert_eq!(c["process"]["capabilities"]["bounding"], json!([]));
         let text = c.to_string();
         assert!(!text.contains("/etc/shadow"));

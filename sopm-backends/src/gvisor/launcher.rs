@@ -15,7 +15,7 @@ use tokio::sync::OnceCell;
 use super::bundle::{self, BundlePlan};
 use crate::host::child::{death_of, exit_soon, is_running};
 use crate::host::interpreters::Interpreters;
-use crate::host::mounts::{TopLevel, HOST_FILES};
+use crate::host::mounts::{host_binds, TopLevel, HOST_FILES};
 use crate::host::rlimits::rlimit_args;
 use crate::host::runner_files::write_runners;
 use crate::host::sandbox_name;
@@ -35,7 +35,7 @@ struct HostTools {
     runners_dir: PathBuf,
     rootfs: PathBuf,
     top_level: Vec<TopLevel>,
-    host_files: Vec<PathBuf>,
+    host_files: Vec<(PathBuf, PathBuf)>,
 }
 
 /// How to run `runsc` for one executor: the binary and its global flags.
@@ -122,6 +122,8 @@ impl GvisorLauncher {
         let mut runsc_flags = vec![
             "--network=none".to_string(),
             format!("--platform={}", settings.gvisor_platform.as_str()),
+            // Apply the bundle's seccomp profile inside the sandbox too.
+            "--oci-seccomp".to_string(),
         ];
         if !settings.cgroups {
             runsc_flags.push("--ignore-cgroups".into());
@@ -174,11 +176,7 @@ impl GvisorLauncher {
                 .map_err(|e| io("the state dirs", e))?;
         }
         let top_level = TopLevel::of_host();
-        let host_files: Vec<PathBuf> = HOST_FILES
-            .iter()
-            .map(PathBuf::from)
-            .filter(|p| p.exists())
-            .collect();
+        let host_files = host_binds(&HOST_FILES);
         let mut binds: Vec<PathBuf> = settings.extra_ro_binds.clone();
         binds.extend(interpreters.binds().cloned());
         let rootfs = scratch.join("rootfs");

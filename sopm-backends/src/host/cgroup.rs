@@ -8,6 +8,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Joins the cgroups named by its arguments, then runs the rest of its arguments:
+/// `sh -c CGROUP_JOIN NAME N dir1..dirN cmd args..`, so a sandbox's first process is in
+/// its cgroups before it runs anything.
+pub const CGROUP_JOIN: &str = "n=$1; shift; while [ \"$n\" -gt 0 ]; do echo $$ > \"$1/cgroup.procs\" || exit 125; shift; n=$((n-1)); done; exec \"$@\"";
+
 /// Where this host lets us make cgroups.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CgroupRoot {

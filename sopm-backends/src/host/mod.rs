@@ -6,6 +6,7 @@
 //! - [`interpreters`]: the script runners' interpreters and the host directories they need.
 //! - [`runner_files`]: the runner files on disk and the command that starts a runner.
 //! - [`rlimits`]: a sandbox's rlimits.
+//! - [`seccomp`]: the system calls a sandbox may make.
 //! - [`cgroup`]: per-sandbox cgroups for memory and process limits, and OOM-kill counts.
 //! - [`child`]: the host process a sandbox runs under, and how it ended.
 //! - [`tools`]: finding host programs (configured, else on `PATH`).
@@ -21,6 +22,7 @@ pub mod mounts;
 pub mod pool_settings;
 pub mod rlimits;
 pub mod runner_files;
+pub mod seccomp;
 pub mod settings;
 pub mod tools;
 

@@ -13,7 +13,7 @@ use crate::sandbox::pool::PoolConfig;
 use crate::sandbox::RunnerKind;
 
 /// Warm-pool settings of a sandbox executor. `new()` gives working defaults: 2 stem cells
-/// per runner, 8 instances per function, 64 in all, 5 minutes idle TTL, default limits
+/// per runner, 8 instances per function, 32 per tenant, 64 in all, 5 minutes idle TTL, default limits
 /// for stem cells, 8 MiB of code inline, 15 s per boot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolSettings {
@@ -25,6 +25,8 @@ pub struct PoolSettings {
     pub max_per_function: usize,
     /// Most function instances in all (stem cells not counted).
     pub max_instances: usize,
+    /// Most function instances of one tenant, all its functions together.
+    pub max_per_tenant: usize,
     /// How long an instance may stay idle before it is stopped.
     pub idle_ttl: Duration,
     /// The limits stem cells boot with.
@@ -43,6 +45,7 @@ impl PoolSettings {
             stem_runners: runners.into_iter().collect(),
             max_per_function: 8,
             max_instances: 64,
+            max_per_tenant: 32,
             idle_ttl: Duration::from_secs(300),
             stem_limits: Limits::default(),
             max_inline_bytes: DEFAULT_MAX_INLINE_BYTES,
@@ -50,8 +53,9 @@ impl PoolSettings {
         }
     }
 
-    /// Applies `SOPM_STEM_CELLS`, `SOPM_MAX_INSTANCES`, `SOPM_MAX_INSTANCES_PER_FUNCTION`
-    /// and `SOPM_IDLE_TTL_SECS` from `var`; an unparsable value is `invalid_input`.
+    /// Applies `SOPM_STEM_CELLS`, `SOPM_MAX_INSTANCES`, `SOPM_MAX_INSTANCES_PER_FUNCTION`,
+    /// `SOPM_MAX_INSTANCES_PER_TENANT` and `SOPM_IDLE_TTL_SECS` from `var`; an unparsable
+    /// value is `invalid_input`.
     pub fn with_vars(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self> {
         if let Some(n) = parse_var(&var, "SOPM_STEM_CELLS")? {
             self.stem_cells = n;
@@ -61,6 +65,9 @@ impl PoolSettings {
         }
         if let Some(n) = parse_var(&var, "SOPM_MAX_INSTANCES_PER_FUNCTION")? {
             self.max_per_function = n;
+        }
+        if let Some(n) = parse_var(&var, "SOPM_MAX_INSTANCES_PER_TENANT")? {
+            self.max_per_tenant = n;
         }
         if let Some(secs) = parse_var(&var, "SOPM_IDLE_TTL_SECS")? {
             self.idle_ttl = Duration::from_secs(secs);
@@ -89,6 +96,12 @@ impl PoolSettings {
     /// Most function instances in all (stem cells not counted).
     pub fn with_max_instances(mut self, n: usize) -> Self {
         self.max_instances = n;
+        self
+    }
+
+    /// Most function instances of one tenant, all its functions together.
+    pub fn with_max_instances_per_tenant(mut self, n: usize) -> Self {
+        self.max_per_tenant = n;
         self
     }
 
@@ -124,7 +137,7 @@ impl PoolSettings {
 
     /// Why the settings cannot work, if they cannot.
     pub fn problem(&self) -> Option<&'static str> {
-        if self.max_per_function == 0 || self.max_instances == 0 {
+        if self.max_per_function == 0 || self.max_instances == 0 || self.max_per_tenant == 0 {
             return Some("instance caps must be at least 1");
         }
         if self.max_per_function > self.max_instances {
@@ -150,6 +163,7 @@ impl PoolSettings {
                 .collect::<BTreeMap<_, _>>(),
             max_per_function: self.max_per_function,
             max_instances: self.max_instances,
+            max_per_tenant: self.max_per_tenant,
             idle_ttl: self.idle_ttl,
             max_inline_bytes: self.max_inline_bytes,
             stem_limits: self.stem_limits.clone(),

@@ -49,8 +49,9 @@ pub fn runner_command(
     a
 }
 
-/// Writes the runners under `scratch/runners-<hash>`, read-only mounted in every sandbox
-/// (the sandbox runs as the server's uid, so owner-only permissions are enough).
+/// Writes the runners under `scratch/runners-<hash>`, read-only mounted in every sandbox.
+/// The scratch dir is the server's alone (0700); the runners dir and files are readable
+/// by all (0755, 0644), since functions run as an unprivileged uid inside (public code).
 pub fn write_runners(scratch: &Path) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -65,16 +66,17 @@ pub fn write_runners(scratch: &Path) -> std::io::Result<PathBuf> {
     std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(0o700))?;
     let dir = scratch.join(format!("runners-{h:016x}"));
     std::fs::create_dir_all(&dir)?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     for k in RunnerKind::SCRIPTS {
         let source = k.source().unwrap_or_default();
         let dest = dir.join(k.file_name());
-        if std::fs::read_to_string(&dest).ok().as_deref() == Some(source) {
+        let same = std::fs::read_to_string(&dest).ok().as_deref() == Some(source);
+        if same && std::fs::metadata(&dest).is_ok_and(|m| m.permissions().mode() & 0o777 == 0o644) {
             continue;
         }
         let tmp = dir.join(format!(".{}.{}", k.file_name(), std::process::id()));
         std::fs::write(&tmp, source)?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
         std::fs::rename(&tmp, &dest)?;
     }
     Ok(dir)

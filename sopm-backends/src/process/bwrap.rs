@@ -1,6 +1,6 @@
-//! The command line of one process sandbox: an optional `sh` step that joins the
-//! sandbox's cgroups, `prlimit` for rlimits, `bwrap` for namespaces and mounts, and the
-//! runner prologue inside.
+//! The command line of one process sandbox: a `sh` step that opens the seccomp program
+//! and joins the sandbox's cgroups, `prlimit` for rlimits, `bwrap` for namespaces, mounts,
+//! the unprivileged uid and the seccomp filter, and the runner prologue inside.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -8,14 +8,21 @@ use std::path::{Path, PathBuf};
 use sopm_core::Limits;
 
 use crate::host::interpreters::Interpreter;
-use crate::host::mounts::{TopLevel, HOST_FILES, NETWORK_FILES};
+use crate::host::mounts::{host_binds, TopLevel, HOST_FILES, NETWORK_FILES};
 use crate::host::rlimits::rlimit_args;
 use crate::host::runner_files::{runner_command, RUNNER_DIR, SANDBOX_ENV};
 use crate::sandbox::{RunnerKind, CODE_DIR};
 
-/// Joins the cgroups named by its arguments, then runs the rest of its arguments:
-/// `sh -c JOIN sopm-sandbox N dir1..dirN cmd args..`.
-pub const CGROUP_JOIN: &str = "n=$1; shift; while [ \"$n\" -gt 0 ]; do echo $$ > \"$1/cgroup.procs\" || exit 125; shift; n=$((n-1)); done; exec \"$@\"";
+/// Opens the seccomp program named by its first argument on fd [`SECCOMP_FD`] (for
+/// `bwrap --seccomp`), joins the cgroups named by the next ones, then runs the rest:
+/// `sh -c STEP sopm-sandbox SECCOMP_FILE N dir1..dirN cmd args..`.
+pub const SANDBOX_STEP: &str = "exec 9<\"$1\" || exit 125; shift; n=$1; shift; while [ \"$n\" -gt 0 ]; do echo $$ > \"$1/cgroup.procs\" || exit 125; shift; n=$((n-1)); done; exec \"$@\"";
+
+/// The fd on which `bwrap` reads the seccomp program ([`SANDBOX_STEP`] opens it).
+pub const SECCOMP_FD: &str = "9";
+
+/// The uid and gid a function runs as inside its sandbox (`nobody`).
+pub const SANDBOX_UID: &str = "65534";
 
 /// Everything that shapes one sandbox's command line.
 #[derive(Debug, Clone)]
@@ -24,8 +31,10 @@ pub struct SandboxPlan<'a> {
     pub bwrap: &'a Path,
     /// `prlimit`.
     pub prlimit: &'a Path,
-    /// The host's `sh` (only used with cgroups).
+    /// The host's `sh` (the first step).
     pub sh: &'a Path,
+    /// The seccomp program (BPF bytes) to apply inside.
+    pub seccomp: &'a Path,
     /// Cgroup directories to join first.
     pub cgroup_dirs: Vec<&'a Path>,
     /// Which runner.
@@ -53,18 +62,17 @@ pub struct SandboxPlan<'a> {
 /// The full argv (program first).
 pub fn command_line(plan: &SandboxPlan<'_>) -> Vec<OsString> {
     let mut argv: Vec<OsString> = Vec::with_capacity(96);
-    if !plan.cgroup_dirs.is_empty() {
-        argv.push(plan.sh.into());
-        argv.push("-c".into());
-        argv.push(CGROUP_JOIN.into());
-        argv.push("sopm-sandbox".into());
-        argv.push(plan.cgroup_dirs.len().to_string().into());
-        argv.extend(
-            plan.cgroup_dirs
-                .iter()
-                .map(|d| OsString::from(d.as_os_str())),
-        );
-    }
+    argv.push(plan.sh.into());
+    argv.push("-c".into());
+    argv.push(SANDBOX_STEP.into());
+    argv.push("sopm-sandbox".into());
+    argv.push(plan.seccomp.into());
+    argv.push(plan.cgroup_dirs.len().to_string().into());
+    argv.extend(
+        plan.cgroup_dirs
+            .iter()
+            .map(|d| OsString::from(d.as_os_str())),
+    );
     argv.push(plan.prlimit.into());
     argv.extend(
         rlimit_args(plan.runner, plan.limits, plan.nproc_rlimit)
@@ -88,8 +96,15 @@ fn bwrap_args(plan: &SandboxPlan<'_>) -> Vec<OsString> {
         "--unshare-cgroup-try",
         "--die-with-parent",
         "--new-session",
+        "--disable-userns",
+        "--uid",
+        SANDBOX_UID,
+        "--gid",
+        SANDBOX_UID,
         "--cap-drop",
         "ALL",
+        "--seccomp",
+        SECCOMP_FD,
         "--hostname",
         "sopm",
     ]);
@@ -111,18 +126,14 @@ fn bwrap_args(plan: &SandboxPlan<'_>) -> Vec<OsString> {
             }
         }
     }
-    let ro_try = |a: &mut Vec<OsString>, p: &str| {
-        a.push("--ro-bind-try".into());
-        a.push(p.into());
-        a.push(p.into());
-    };
-    for p in HOST_FILES {
-        ro_try(&mut a, p);
-    }
+    let mut files = host_binds(&HOST_FILES);
     if plan.network {
-        for p in NETWORK_FILES {
-            ro_try(&mut a, p);
-        }
+        files.extend(host_binds(&NETWORK_FILES));
+    }
+    for (src, at) in files {
+        a.push("--ro-bind".into());
+        a.push(src.into());
+        a.push(at.into());
     }
     for d in plan.interpreter.binds.iter().chain(plan.extra_binds) {
         a.push("--ro-bind".into());
@@ -174,6 +185,7 @@ mod tests {
             bwrap: Path::new("/usr/bin/bwrap"),
             prlimit: Path::new("/usr/bin/prlimit"),
             sh: Path::new("/bin/sh"),
+            seccomp: Path::new("/var/tmp/seccomp.bpf"),
             cgroup_dirs: vec![Path::new("/sys/fs/cgroup/pids/sopm/x")],
             runner: RunnerKind::Python,
             interpreter: &interp,
@@ -200,10 +212,15 @@ mod tests {
             "--remount-ro /",
             "--cap-drop ALL",
             "--as=",
+            "--disable-userns",
+            "--uid 65534 --gid 65534",
+            "--seccomp 9",
+            "/var/tmp/seccomp.bpf",
         ] {
             assert!(joined.contains(needed), "missing {needed}");
         }
         assert!(!joined.contains("/etc/shadow"));
+        assert!(!joined.contains("/etc/ssl/private") && !joined.contains("/etc/ssl /etc/ssl"));
         assert!(!joined.contains("resolv.conf"));
     }
 }

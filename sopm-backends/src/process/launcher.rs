@@ -33,6 +33,7 @@ struct HostTools {
     sh: PathBuf,
     interpreters: Interpreters,
     runners_dir: PathBuf,
+    seccomp: PathBuf,
     top_level: Vec<TopLevel>,
     cgroups: Option<CgroupRoot>,
 }
@@ -96,6 +97,7 @@ impl SandboxLauncher for ProcessLauncher {
             bwrap: &tools.bwrap,
             prlimit: &tools.prlimit,
             sh: &tools.sh,
+            seccomp: &tools.seccomp,
             cgroup_dirs: cgroup.as_ref().map(|c| c.join_dirs()).unwrap_or_default(),
             runner: spec.runner,
             interpreter,
@@ -382,6 +384,12 @@ async fn probe(settings: &SandboxSettings) -> Result<HostTools> {
             scratch.display()
         ))
     })?;
+    let seccomp = crate::host::seccomp::write_program(&scratch).map_err(|e| {
+        Error::Internal(format!(
+            "cannot write the seccomp program to {}: {e}",
+            scratch.display()
+        ))
+    })?;
     let top_level = TopLevel::of_host();
     let cgroups = if settings.cgroups {
         match CgroupRoot::detect(Path::new("/sys/fs/cgroup"), &settings.cgroup_parent) {
@@ -407,6 +415,7 @@ async fn probe(settings: &SandboxSettings) -> Result<HostTools> {
         sh,
         interpreters,
         runners_dir,
+        seccomp,
         top_level,
         cgroups,
     })

@@ -64,6 +64,11 @@ impl<L: SandboxLauncher> Executor for SandboxExecutor<L> {
         Ok(())
     }
 
+    async fn retire_version(&self, function_id: &str, version: u32) -> Result<()> {
+        self.pool.retire_version(function_id, version).await;
+        Ok(())
+    }
+
     fn pool_stats(&self) -> Vec<PoolStats> {
         self.pool.stats()
     }

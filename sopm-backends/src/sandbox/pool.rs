@@ -16,6 +16,11 @@
 //!   one function, or `max_instances` in all (stem cells not counted), a call waits for a
 //!   free instance until its deadline (then `overloaded`); at the global cap an idle
 //!   instance of another function is evicted first.
+//! - One tenant holds at most `max_per_tenant` instances (idle or busy, all its functions
+//!   together), so it cannot take every slot while others wait. A tenant at its cap makes
+//!   room by evicting its own longest-idle instance of another function; when all of its
+//!   instances are busy its call waits for one of them until its deadline, then fails
+//!   with `quota_exceeded` (`warm_instances`, retry after 1 s).
 //! - Instances idle past `idle_ttl` are stopped (scale to zero). An instance that
 //!   crashed, broke a limit, timed out or left processes behind is killed; the next call
 //!   specialises a replacement.
@@ -48,6 +53,8 @@ pub struct PoolConfig {
     pub max_per_function: usize,
     /// Most specialised instances in all.
     pub max_instances: usize,
+    /// Most specialised instances of one tenant (all its functions together).
+    pub max_per_tenant: usize,
     /// Idle instances older than this are stopped.
     pub idle_ttl: Duration,
     /// Largest artifact sent in an init frame; bigger ones are mounted.
@@ -67,6 +74,7 @@ impl Default for PoolConfig {
             stem_cells: RunnerKind::SCRIPTS.iter().map(|k| (*k, 2)).collect(),
             max_per_function: 8,
             max_instances: 64,
+            max_per_tenant: 32,
             idle_ttl: Duration::from_secs(300),
             max_inline_bytes: artifact::DEFAULT_MAX_INLINE_BYTES,
             stem_limits: Limits::default(),
@@ -113,6 +121,8 @@ struct StemPool<S> {
 
 struct FunctionPool<S> {
     slot: u64,
+    /// The owner of the function: instances count against its `max_per_tenant`.
+    tenant: Arc<str>,
     idle: Vec<Idle<S>>,
     busy: usize,
     code: Option<Arc<FunctionCode>>,
@@ -122,9 +132,10 @@ struct FunctionPool<S> {
 }
 
 impl<S> FunctionPool<S> {
-    fn new(slot: u64) -> Self {
+    fn new(slot: u64, tenant: Arc<str>) -> Self {
         FunctionPool {
             slot,
+            tenant,
             idle: Vec::new(),
             busy: 0,
             code: None,
@@ -326,6 +337,24 @@ impl<L: SandboxLauncher> WarmPool<L> {
         self.inner.freed.notify_waiters();
     }
 
+    /// Stops every instance of one version of a function (it was pruned); the function's
+    /// other versions keep theirs. Busy instances are killed when their invocation ends.
+    pub async fn retire_version(&self, function_id: &str, version: u32) {
+        let doomed: Vec<L::Sandbox> = {
+            let mut st = self.inner.state.lock();
+            let key: FnKey = (Arc::from(function_id), version);
+            match st.functions.remove(&key) {
+                Some(fp) => {
+                    st.total -= fp.idle.len();
+                    fp.idle.into_iter().map(|i| i.sandbox).collect()
+                }
+                None => Vec::new(),
+            }
+        };
+        kill_all(doomed).await;
+        self.inner.freed.notify_waiters();
+    }
+
     /// Stops everything: stem cells, idle instances, background tasks. Busy instances are
     /// killed when their invocation ends; no new invocation starts.
     pub async fn shutdown(&self) {
@@ -433,6 +462,7 @@ impl<L: SandboxLauncher> WarmPool<L> {
     pub async fn acquire(&self, version: &FunctionVersion, deadline: Instant) -> Result<Lease<L>> {
         self.start();
         let key = key_of(version);
+        let mut tenant_capped;
         loop {
             let notified = self.inner.freed.notified();
             tokio::pin!(notified);
@@ -445,7 +475,9 @@ impl<L: SandboxLauncher> WarmPool<L> {
                 if !st.functions.contains_key(&key) {
                     let slot = st.next_slot;
                     st.next_slot += 1;
-                    st.functions.insert(key.clone(), FunctionPool::new(slot));
+                    let tenant = Arc::from(version.tenant.as_str());
+                    st.functions
+                        .insert(key.clone(), FunctionPool::new(slot, tenant));
                 }
                 let fp = st.functions.get_mut(&key).expect("just inserted");
                 let mut dead = Vec::new();
@@ -480,12 +512,27 @@ impl<L: SandboxLauncher> WarmPool<L> {
                 }
                 let slot = fp.slot;
                 let room_here = fp.busy + fp.idle.len() < self.inner.config.max_per_function;
+                let tenant = fp.tenant.clone();
+                let room_for_tenant =
+                    tenant_instances(&st, &tenant) < self.inner.config.max_per_tenant;
+                tenant_capped = room_here && !room_for_tenant;
                 if !room_here {
                     (None, None)
+                } else if !room_for_tenant {
+                    // The tenant's own idle instance of another function makes room;
+                    // another tenant's never does.
+                    match evict_one(&mut st, &key, Some(&tenant)) {
+                        Some(victim) => {
+                            self.inner.counters.evicted.fetch_add(1, Ordering::Relaxed);
+                            reserve(&mut st, &key);
+                            (Some(slot), Some(victim))
+                        }
+                        None => (None, None),
+                    }
                 } else if st.total < self.inner.config.max_instances {
                     reserve(&mut st, &key);
                     (Some(slot), None)
-                } else if let Some(victim) = evict_one(&mut st, &key) {
+                } else if let Some(victim) = evict_one(&mut st, &key, None) {
                     self.inner.counters.evicted.fetch_add(1, Ordering::Relaxed);
                     reserve(&mut st, &key);
                     (Some(slot), Some(victim))
@@ -515,6 +562,17 @@ impl<L: SandboxLauncher> WarmPool<L> {
                 return Ok(lease);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                if tenant_capped {
+                    let cap = self.inner.config.max_per_tenant;
+                    return Err(Error::QuotaExceeded {
+                        quota: "warm_instances",
+                        message: format!(
+                            "warm_instances: tenant '{}' has {cap} of {cap} instances busy in the {} executor; no free one before the deadline of '{}'",
+                            version.tenant, self.inner.config.name, version.name
+                        ),
+                        retry_after: Some(Duration::from_secs(1)),
+                    });
+                }
                 return Err(Error::Overloaded {
                     message: format!(
                         "no free instance of function '{}' before its deadline",
@@ -719,12 +777,23 @@ fn reserve<S>(st: &mut State<S>, key: &FnKey) {
     }
 }
 
-/// Removes the longest-idle instance of another function, to make room.
-fn evict_one<S>(st: &mut State<S>, except: &FnKey) -> Option<S> {
+/// How many instances (idle or reserved/busy) the functions of `tenant` hold.
+fn tenant_instances<S>(st: &State<S>, tenant: &str) -> usize {
+    st.functions
+        .values()
+        .filter(|fp| &*fp.tenant == tenant)
+        .map(|fp| fp.busy + fp.idle.len())
+        .sum()
+}
+
+/// Removes the longest-idle instance of another function (of `tenant` only, if given),
+/// to make room.
+fn evict_one<S>(st: &mut State<S>, except: &FnKey, tenant: Option<&str>) -> Option<S> {
     let victim_key = st
         .functions
         .iter()
         .filter(|(k, fp)| *k != except && !fp.idle.is_empty())
+        .filter(|(_, fp)| tenant.is_none_or(|t| &*fp.tenant == t))
         .min_by_key(|(_, fp)| fp.idle.iter().map(|i| i.since).min())
         .map(|(k, _)| k.clone())?;
     let fp = st.functions.get_mut(&victim_key)?;
@@ -1265,6 +1334,144 @@ mod tests {
         assert_eq!(pool.launcher().alive.load(Ordering::SeqCst), 1);
         pool.shutdown().await;
         assert_eq!(pool.launcher().alive.load(Ordering::SeqCst), 0);
+    }
+
+    /// `function(id)` owned by `tenant`.
+    fn function_of(id: &str, tenant: &str) -> (FunctionVersion, tempfile::TempDir) {
+        let (mut v, dir) = function(id);
+        v.tenant = sopm_core::TenantId::new(tenant).unwrap();
+        (v, dir)
+    }
+
+    fn tenant_capped_pool(max_total: usize, per_tenant: usize) -> WarmPool<FakeLauncher> {
+        let config = PoolConfig {
+            name: "fake".into(),
+            stem_cells: BTreeMap::new(),
+            max_per_function: 2,
+            max_instances: max_total,
+            max_per_tenant: per_tenant,
+            ..PoolConfig::default()
+        };
+        WarmPool::new(FakeLauncher::default(), config)
+    }
+
+    /// Idle plus busy instances of each function, by `id@version`.
+    fn held(pool: &WarmPool<FakeLauncher>) -> BTreeMap<String, u64> {
+        pool.stats()
+            .into_iter()
+            .filter_map(|s| {
+                let f = s.pool.strip_prefix("fake/fn/")?.to_string();
+                Some((f, s.idle + s.busy))
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_tenant_at_its_cap_evicts_its_own_idle_instance_never_another_tenants() {
+        let pool = tenant_capped_pool(8, 2);
+        let (a1, _a1) = function_of("cap-a1", "alice");
+        let (a2, _a2) = function_of("cap-a2", "alice");
+        let (a3, _a3) = function_of("cap-a3", "alice");
+        let (b1, _b1) = function_of("cap-b1", "bob");
+        let soon = || Instant::now() + Duration::from_secs(5);
+        for v in [&a1, &b1, &a2] {
+            pool.invoke(v, "j", &serde_json::json!({}), soon())
+                .await
+                .unwrap();
+        }
+        // The global cap (8) has room; alice's own cap (2) does not.
+        pool.invoke(&a3, "j", &serde_json::json!({}), soon())
+            .await
+            .unwrap();
+        let held = held(&pool);
+        assert_eq!(
+            held.get("cap-b1@1"),
+            Some(&1),
+            "bob's idle instance stays: {held:?}"
+        );
+        assert_eq!(
+            held.get("cap-a1@1").copied().unwrap_or(0),
+            0,
+            "alice's longest-idle instance made room: {held:?}"
+        );
+        let alice: u64 = held
+            .iter()
+            .filter(|(k, _)| k.starts_with("cap-a"))
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(alice, 2, "alice holds her cap, no more: {held:?}");
+        assert_eq!(pool.counters().evicted, 1);
+        assert_eq!(pool.launcher().alive.load(Ordering::SeqCst), 3);
+        pool.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_tenant_with_every_instance_busy_waits_then_quota_exceeded_while_others_run() {
+        let pool = tenant_capped_pool(8, 1);
+        let (a1, _a1) = function_of("busy-cap-a1", "alice");
+        let (a2, _a2) = function_of("busy-cap-a2", "alice");
+        let (b1, _b1) = function_of("busy-cap-b1", "bob");
+        let input = serde_json::json!({"sleep_ms": 400});
+        let slow = pool.invoke(&a1, "j1", &input, Instant::now() + Duration::from_secs(5));
+        let others = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let alice = pool
+                .invoke(
+                    &a2,
+                    "j2",
+                    &serde_json::json!({}),
+                    Instant::now() + Duration::from_millis(100),
+                )
+                .await;
+            let bob = pool
+                .invoke(
+                    &b1,
+                    "j3",
+                    &serde_json::json!({}),
+                    Instant::now() + Duration::from_secs(5),
+                )
+                .await;
+            (alice, bob)
+        };
+        let (slow, (alice, bob)) = tokio::join!(slow, others);
+        slow.unwrap();
+        bob.expect("another tenant is not held back by alice's cap");
+        match alice.unwrap_err() {
+            Error::QuotaExceeded {
+                quota,
+                message,
+                retry_after,
+            } => {
+                assert_eq!(quota, "warm_instances");
+                assert!(retry_after.is_some());
+                assert!(
+                    message.contains("alice") && message.contains('1'),
+                    "{message}"
+                );
+            }
+            e => panic!("expected quota_exceeded, got {e:?}"),
+        }
+        pool.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn retire_version_stops_one_version_and_keeps_the_others() {
+        let pool = tenant_capped_pool(8, 8);
+        let (v1, _d1) = function("retire-v");
+        let mut v2 = v1.clone();
+        v2.version = 2;
+        let soon = || Instant::now() + Duration::from_secs(5);
+        for v in [&v1, &v2] {
+            pool.invoke(v, "j", &serde_json::json!({}), soon())
+                .await
+                .unwrap();
+        }
+        pool.retire_version("retire-v", 1).await;
+        let held = held(&pool);
+        assert_eq!(held.get("retire-v@1"), None, "{held:?}");
+        assert_eq!(held.get("retire-v@2"), Some(&1), "{held:?}");
+        assert_eq!(pool.launcher().alive.load(Ordering::SeqCst), 1);
+        pool.shutdown().await;
     }
 
     #[tokio::test]

@@ -217,6 +217,15 @@ pub enum ChannelError {
     Protocol(String),
 }
 
+/// What is read of a frame before it is parsed: its type, and its output as raw text.
+#[derive(Deserialize)]
+struct FrameHead<'a> {
+    #[serde(rename = "type", default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    output: Option<&'a serde_json::value::RawValue>,
+}
+
 /// Reads newline-terminated frames, never holding more than `max` bytes of one line.
 /// Cancel-safe: a partial line stays buffered if the read future is dropped.
 #[derive(Debug)]
@@ -226,6 +235,7 @@ pub struct FrameReader<R> {
     chunk: Vec<u8>,
     scanned: usize,
     max: usize,
+    max_output: Option<usize>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -237,12 +247,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             chunk: vec![0; 64 * 1024],
             scanned: 0,
             max,
+            max_output: None,
         }
     }
 
     /// Changes the line limit (for the next lines).
     pub fn set_max(&mut self, max: usize) {
         self.max = max;
+    }
+
+    /// Caps the `output` of the next frames at `max` bytes of JSON text (`None`: no cap
+    /// beyond the line limit). A frame past it is [`ChannelError::FrameTooLong`], found
+    /// before the output is parsed.
+    pub fn set_max_output(&mut self, max: Option<usize>) {
+        self.max_output = max;
     }
 
     /// The next line without its newline; `Ok(None)` at end of stream.
@@ -275,13 +293,27 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// The next frame; end of stream is [`ChannelError::Closed`].
+    /// The next frame; end of stream is [`ChannelError::Closed`]. A frame's `output` is
+    /// measured as raw JSON text against the output cap before anything is parsed into a
+    /// value, and a result frame is parsed straight into its type.
     pub async fn next_frame(&mut self) -> Result<RunnerFrame, ChannelError> {
         let line = self.next_line().await?.ok_or(ChannelError::Closed)?;
-        serde_json::from_slice(&line).map_err(|e| {
+        let bad = |e: serde_json::Error| {
             let shown = String::from_utf8_lossy(&line[..line.len().min(120)]).into_owned();
             ChannelError::Protocol(format!("bad frame ({e}): {shown}"))
-        })
+        };
+        let head: FrameHead<'_> = serde_json::from_slice(&line).map_err(bad)?;
+        if let (Some(max), Some(output)) = (self.max_output, head.output) {
+            if output.get().len() > max {
+                return Err(ChannelError::FrameTooLong { limit: max });
+            }
+        }
+        if head.kind.as_deref() == Some("result") {
+            return serde_json::from_slice(&line)
+                .map(RunnerFrame::Result)
+                .map_err(bad);
+        }
+        serde_json::from_slice(&line).map_err(bad)
     }
 }
 
@@ -521,6 +553,7 @@ impl RunnerChannel {
         .await?;
         self.frames
             .set_max(max_output_bytes.saturating_add(FRAME_OVERHEAD_BYTES));
+        self.frames.set_max_output(Some(max_output_bytes));
         let mut capture = LogCapture::new(&self.marker, max_output_bytes);
         let frame = self.await_frame(&mut capture).await?;
         let result = match frame {
@@ -715,5 +748,22 @@ mod tests {
             r.next_frame().await,
             Err(ChannelError::FrameTooLong { limit: 20 })
         ));
+    }
+
+    #[tokio::test]
+    async fn an_output_past_its_cap_is_refused_before_it_is_parsed() {
+        let data: &[u8] =
+            b"{\"type\":\"result\",\"id\":\"a\",\"ok\":true,\"output\":\"xxxxxxxxxx\"}\n\
+            {\"ok\":true,\"id\":\"b\",\"output\":[1,2],\"type\":\"result\"}\n";
+        let mut r = FrameReader::new(data, 1000);
+        r.set_max_output(Some(8));
+        assert!(matches!(
+            r.next_frame().await,
+            Err(ChannelError::FrameTooLong { limit: 8 })
+        ));
+        let RunnerFrame::Result(b) = r.next_frame().await.unwrap() else {
+            panic!("not a result")
+        };
+        assert_eq!((b.id.as_str(), b.output), ("b", serde_json::json!([1, 2])));
     }
 }

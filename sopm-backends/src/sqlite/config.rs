@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sopm_core::{Error, Result};
 
+use super::error::SqliteError;
 use super::SqliteStore;
 
 /// How hard SQLite works to make each commit durable (`PRAGMA synchronous`).
@@ -142,7 +143,56 @@ impl SqliteConfig {
     /// to WAL, applies the schema migrations, opens one read connection, and starts the
     /// writer and checkpointer threads. Blocks on file I/O; call it at start-up (or
     /// from `spawn_blocking`).
+    ///
+    /// The database is private to its owner: a missing directory is created `0700`, the
+    /// file `0600`, and an existing file (with its `-wal` and `-shm`, which SQLite
+    /// creates with the file's mode) is narrowed to `0600`.
     pub fn open(self) -> Result<SqliteStore> {
+        self.validate()?;
+        self.make_files_private()?;
         SqliteStore::open(self)
+    }
+
+    #[cfg(unix)]
+    fn make_files_private(&self) -> Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        let io = |context: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SqliteError::Io {
+                context,
+                path,
+                source,
+            }
+        };
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(io("creating the directory", dir))?;
+            }
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)
+            .map_err(io("creating the database file", &self.path))?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = self.path.clone().into_os_string();
+            name.push(suffix);
+            let file = PathBuf::from(name);
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other.map_err(io("making the database private", &file))?,
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(not(unix))]
+    fn make_files_private(&self) -> Result<()> {
+        Ok(())
     }
 }

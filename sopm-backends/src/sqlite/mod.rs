@@ -39,13 +39,14 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 use sopm_core::jobstore::status_rank;
-use sopm_core::jobstore::{is_job_of, newest_first};
+use sopm_core::jobstore::{is_job_of, newest_entries_first, JobLogEntry};
 use sopm_core::keys::{looks_like_secret, new_key, secret_digest};
 use sopm_core::registry::{check_finish, validate_function_name};
 use sopm_core::types::now_ms;
 use sopm_core::{
     ApiKeyInfo, ApiKeySecret, Artifact, BuildStatus, Durability, Error, FunctionRecord,
     FunctionVersion, Job, JobId, JobStore, KeyStore, NewVersion, Registry, Result, TenantId,
+    TenantUsage,
 };
 use tokio::sync::{oneshot, Semaphore};
 
@@ -438,7 +439,12 @@ impl JobStore for SqliteStore {
         self.read(rows::unfinished_jobs).await
     }
 
-    async fn recent(&self, tenant: &TenantId, function_id: &str, limit: usize) -> Result<Vec<Job>> {
+    async fn recent_logs(
+        &self,
+        tenant: &TenantId,
+        function_id: &str,
+        limit: usize,
+    ) -> Result<Vec<JobLogEntry>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -452,22 +458,31 @@ impl JobStore for SqliteStore {
             .map(|p| p.job.clone())
             .collect();
         let (t, f) = (tenant.clone(), function_id.to_string());
-        let mut jobs = self
-            .read(move |conn| rows::recent_jobs(conn, &t, &f, limit))
+        let mut entries = self
+            .read(move |conn| rows::recent_job_logs(conn, &t, &f, limit))
             .await?;
         for p in pending {
-            match jobs.iter_mut().find(|j| j.id == p.id) {
+            let entry = JobLogEntry::of(&p);
+            match entries.iter_mut().find(|e| e.id == p.id) {
                 Some(stored) => {
-                    if replaces(stored, &p) {
-                        *stored = (*p).clone();
+                    let (old, new) = (stored.status, entry.status);
+                    if !(status_rank(new) < status_rank(old)
+                        || (old.is_terminal() && new.is_terminal()))
+                    {
+                        *stored = entry;
                     }
                 }
-                None => jobs.push((*p).clone()),
+                None => entries.push(entry),
             }
         }
-        newest_first(&mut jobs);
-        jobs.truncate(limit);
-        Ok(jobs)
+        newest_entries_first(&mut entries);
+        entries.truncate(limit);
+        Ok(entries)
+    }
+
+    async fn expire_finished(&self, cutoff_ms: u64, max: usize) -> Result<u64> {
+        self.write(move |conn| rows::delete_expired_jobs(conn, cutoff_ms, max))
+            .await
     }
 
     async fn flush(&self) -> Result<()> {
@@ -494,6 +509,17 @@ impl Registry for SqliteStore {
     async fn get_by_name(&self, tenant: &TenantId, name: &str) -> Result<FunctionRecord> {
         let (tenant, name) = (tenant.clone(), name.to_string());
         self.read(move |conn| rows::get_function_by_name(conn, &tenant, &name))
+            .await
+    }
+
+    async fn resolve_version(
+        &self,
+        tenant: &TenantId,
+        id_or_name: &str,
+        version: Option<u32>,
+    ) -> Result<FunctionVersion> {
+        let (tenant, id_or_name) = (tenant.clone(), id_or_name.to_string());
+        self.read(move |conn| rows::resolve_version(conn, &tenant, &id_or_name, version))
             .await
     }
 
@@ -531,6 +557,29 @@ impl Registry for SqliteStore {
     async fn unfinished_builds(&self) -> Result<Vec<FunctionVersion>> {
         // Through the writer, so every earlier registry write is seen.
         self.write(rows::unfinished_builds).await
+    }
+
+    async fn tenant_usage(&self, tenant: &TenantId) -> Result<TenantUsage> {
+        let tenant = tenant.clone();
+        self.read(move |conn| rows::tenant_usage(conn, &tenant))
+            .await
+    }
+
+    async fn record_artifact_bytes(&self, id: &str, version: u32, bytes: u64) -> Result<()> {
+        let id = id.to_string();
+        self.write(move |conn| rows::record_artifact_bytes(conn, &id, version, bytes))
+            .await
+    }
+
+    async fn delete_version(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        version: u32,
+    ) -> Result<FunctionVersion> {
+        let (tenant, id) = (tenant.clone(), id.to_string());
+        self.write(move |conn| rows::delete_version(conn, &tenant, &id, version))
+            .await
     }
 }
 

@@ -4,11 +4,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension, Row, Statement};
+use sopm_core::jobstore::{JobLogEntry, LISTED_LOG_CHARS};
 use sopm_core::keys::no_key;
-use sopm_core::registry::{append_capped, new_function_id};
+use sopm_core::registry::{append_capped, new_function_id, no_function_named};
 use sopm_core::{
     ApiKeyInfo, Artifact, BuildStatus, Error, ErrorInfo, FunctionRecord, FunctionRef,
     FunctionVersion, Job, JobId, JobStatus, Limits, NewVersion, Result, Runtime, TenantId,
+    TenantUsage,
 };
 
 use super::error::{corrupt, Context};
@@ -197,26 +199,68 @@ pub(crate) fn unfinished_jobs(conn: &Connection) -> Result<Vec<Job>> {
     Ok(out)
 }
 
-/// The newest `limit` jobs of one user function of one tenant, newest first.
-pub(crate) fn recent_jobs(
+/// The SQL of [`recent_job_logs`]: only what a log listing shows, with the logs and
+/// the traceback cut in SQL to their last `LISTED_LOG_CHARS` characters; `input` and
+/// `output` are never read.
+pub(crate) const RECENT_JOB_LOGS_SQL: &str = "SELECT id, json_extract(function, '$.version'), \
+     status, created_ms, finished_ms, duration_us, substr(logs, -?4), length(logs) > ?4, \
+     json_extract(error, '$.code'), json_extract(error, '$.message'), \
+     substr(json_extract(error, '$.traceback'), -?4) \
+     FROM jobs WHERE function_id = ?1 AND tenant = ?2 ORDER BY created_ms DESC LIMIT ?3";
+
+/// The newest `limit` jobs of one user function of one tenant, newest first, as log
+/// listing entries.
+pub(crate) fn recent_job_logs(
     conn: &Connection,
     tenant: &TenantId,
     function_id: &str,
     limit: usize,
-) -> Result<Vec<Job>> {
+) -> Result<Vec<JobLogEntry>> {
     let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE function_id = ?1 AND tenant = ?2 \
-             ORDER BY created_ms DESC LIMIT ?3"
-        ))
-        .context("reading a function's jobs")?;
+        .prepare_cached(RECENT_JOB_LOGS_SQL)
+        .context("reading a function's job logs")?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let chars = LISTED_LOG_CHARS as i64;
     let mut rows = stmt
-        .query(params![function_id, tenant.as_str(), limit])
-        .context("reading a function's jobs")?;
+        .query(params![function_id, tenant.as_str(), limit, chars])
+        .context("reading a function's job logs")?;
     let mut out = Vec::new();
-    while let Some(row) = rows.next().context("reading a function's jobs")? {
-        out.push(decode_job(row)?);
+    while let Some(row) = rows.next().context("reading a function's job logs")? {
+        let get = |i: usize| -> Result<Option<String>> {
+            row.get::<_, Option<String>>(i)
+                .context("reading a function's job logs")
+        };
+        let opt_int = |i: usize| -> Result<Option<u64>> {
+            Ok(row
+                .get::<_, Option<i64>>(i)
+                .context("reading a function's job logs")?
+                .map(from_sql_int))
+        };
+        let id = get(0)?.unwrap_or_default();
+        let status = get(2)?.unwrap_or_default();
+        let code = get(8)?;
+        out.push(JobLogEntry {
+            id: JobId::parse(&id).map_err(|_| corrupt("job id", id.clone()))?,
+            version: opt_int(1)?.map(|v| v as u32),
+            status: JobStatus::parse(&status)
+                .ok_or_else(|| corrupt("job status", status.clone()))?,
+            created_ms: opt_int(3)?.unwrap_or(0),
+            finished_ms: opt_int(4)?,
+            duration_us: opt_int(5)?,
+            logs: get(6)?.unwrap_or_default(),
+            logs_truncated: row
+                .get::<_, Option<bool>>(7)
+                .context("reading a function's job logs")?
+                .unwrap_or(false),
+            error: match code {
+                Some(code) => Some(ErrorInfo {
+                    code,
+                    message: get(9)?.unwrap_or_default(),
+                    traceback: get(10)?,
+                }),
+                None => None,
+            },
+        });
     }
     Ok(out)
 }
@@ -276,6 +320,53 @@ fn decode_version(row: &Row<'_>) -> Result<FunctionVersion> {
             .transpose()
             .context("decoding a function's artifact")?,
         created_ms: from_sql_int(row.get::<_, i64>(12).context("reading a function")?),
+    })
+}
+
+/// The columns [`decode_version`] reads, with an empty string where the build log
+/// goes: the execute path's read never loads a log.
+const VERSION_COLUMNS_WITHOUT_LOG: &str =
+    "f.id, f.tenant, f.name, v.version, v.runtime, v.handler, \
+                                           v.limits, v.env, v.digest, v.status, '', v.artifact, \
+                                           v.created_ms, v.executor";
+
+/// The SQL of [`resolve_version`]: one row, the function by id (preferred) or name,
+/// then the pinned version, else the newest ready one, else the newest.
+pub(crate) const RESOLVE_VERSION_SQL: &str = "SELECT {COLUMNS} \
+     FROM functions f JOIN versions v ON v.function_id = f.id \
+     WHERE f.tenant = ?1 AND (f.id = ?2 OR f.name = ?2) AND (?3 IS NULL OR v.version = ?3) \
+     ORDER BY f.id = ?2 DESC, v.status = 'ready' DESC, v.version DESC LIMIT 1";
+
+/// The one version a call runs, without its build log (see
+/// [`Registry::resolve_version`](sopm_core::Registry::resolve_version)).
+pub(crate) fn resolve_version(
+    conn: &Connection,
+    tenant: &TenantId,
+    id_or_name: &str,
+    version: Option<u32>,
+) -> Result<FunctionVersion> {
+    let mut stmt = conn
+        .prepare_cached(&RESOLVE_VERSION_SQL.replace("{COLUMNS}", VERSION_COLUMNS_WITHOUT_LOG))
+        .context("resolving a function")?;
+    let mut rows = stmt
+        .query(params![tenant.as_str(), id_or_name, version])
+        .context("resolving a function")?;
+    if let Some(row) = rows.next().context("resolving a function")? {
+        return decode_version(row);
+    }
+    // Nothing matched: say whether the function or only the pinned version is missing.
+    let id: Option<String> = conn
+        .prepare_cached(
+            "SELECT id FROM functions WHERE tenant = ?1 AND (id = ?2 OR name = ?2) \
+             ORDER BY id = ?2 DESC LIMIT 1",
+        )
+        .context("resolving a function")?
+        .query_row(params![tenant.as_str(), id_or_name], |r| r.get(0))
+        .optional()
+        .context("resolving a function")?;
+    Err(match (id, version) {
+        (Some(id), Some(n)) => Error::not_found(format!("function '{id}' has no version {n}")),
+        _ => no_function_named(id_or_name),
     })
 }
 
@@ -507,6 +598,69 @@ pub(crate) fn delete_function(
         .execute(params![id, tenant.as_str()])
         .context("deleting a function")?;
     Ok(record)
+}
+
+/// What a tenant holds: its functions and the recorded bytes of its artifacts.
+pub(crate) fn tenant_usage(conn: &Connection, tenant: &TenantId) -> Result<TenantUsage> {
+    let (functions, bytes): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT COUNT(DISTINCT f.id), COALESCE(SUM(v.artifact_bytes), 0)
+             FROM functions f LEFT JOIN versions v ON v.function_id = f.id
+             WHERE f.tenant = ?1",
+        )
+        .context("reading a tenant's usage")?
+        .query_row([tenant.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .context("reading a tenant's usage")?;
+    Ok(TenantUsage {
+        functions: from_sql_int(functions),
+        artifact_bytes: from_sql_int(bytes),
+    })
+}
+
+/// Records the size of a version's artifact.
+pub(crate) fn record_artifact_bytes(
+    conn: &Connection,
+    id: &str,
+    version: u32,
+    bytes: u64,
+) -> Result<()> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE versions SET artifact_bytes = ?3 WHERE function_id = ?1 AND version = ?2",
+        )
+        .context("recording an artifact's size")?
+        .execute(params![id, version, to_sql_int(bytes)])
+        .context("recording an artifact's size")?;
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(version_not_found(conn, id, version)?)
+    }
+}
+
+/// Deletes one version of a tenant's function (never its only one) and returns it.
+pub(crate) fn delete_version(
+    conn: &Connection,
+    tenant: &TenantId,
+    id: &str,
+    version: u32,
+) -> Result<FunctionVersion> {
+    let mut record = get_function(conn, tenant, id)?;
+    let index = record
+        .versions
+        .iter()
+        .position(|v| v.version == version)
+        .ok_or_else(|| Error::not_found(format!("function '{id}' has no version {version}")))?;
+    if record.versions.len() == 1 {
+        return Err(Error::Conflict(format!(
+            "version {version} is the only version of '{id}'; delete the function instead"
+        )));
+    }
+    conn.prepare_cached("DELETE FROM versions WHERE function_id = ?1 AND version = ?2")
+        .context("deleting a version")?
+        .execute(params![id, version])
+        .context("deleting a version")?;
+    Ok(record.versions.swap_remove(index))
 }
 
 // --- API keys -------------------------------------------------------------------------

@@ -87,6 +87,10 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE versions ADD COLUMN executor TEXT;   -- NULL: the runtime's default
     "#,
+    // 4: the size of each version's artifact, for the per-tenant artifact-bytes quota.
+    r#"
+    ALTER TABLE versions ADD COLUMN artifact_bytes INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

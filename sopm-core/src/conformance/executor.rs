@@ -47,7 +47,7 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,55 @@ pub const ALL_RUNTIMES: &[Runtime] = &[
     Runtime::Shell,
     Runtime::Binary,
 ];
+
+/// Host paths whose files a sandbox may show, whatever the backend: the system's
+/// programs and libraries, the dynamic linker cache, the time zone, the CA certificates,
+/// and paths that exist only inside a sandbox (the runners, the code, its private `/tmp`).
+/// A backend adds its own with [`Subject::allowed_host_paths`].
+pub const HOST_ALLOW_LIST: &[&str] = &[
+    "/usr",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/bin",
+    "/sbin",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/ssl/certs",
+    "/usr/share/ca-certificates",
+    "/run/sopm",
+    "/fn",
+    "/tmp",
+];
+
+/// A privileged operation that [`no_nested_namespaces_or_privileged_syscalls`] expects a
+/// sandbox to refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Privileged {
+    /// `unshare(CLONE_NEWUSER)`, `clone3(CLONE_NEWUSER)` (and `unshare -U`): a user
+    /// namespace inside the sandbox.
+    NestedUserNamespace,
+    /// `mount(2)`.
+    Mount,
+    /// `ptrace(PTRACE_ATTACH)` of another process of the sandbox.
+    Ptrace,
+    /// `bpf(BPF_MAP_CREATE)`.
+    Bpf,
+}
+
+impl Privileged {
+    /// The key of the operation in the probe's answer.
+    pub fn key(self) -> &'static str {
+        match self {
+            Privileged::NestedUserNamespace => "unshare",
+            Privileged::Mount => "mount",
+            Privileged::Ptrace => "ptrace",
+            Privileged::Bpf => "bpf",
+        }
+    }
+}
 
 /// What one behaviour needs of the executor it runs against; the factory given to
 /// [`executor_conformance!`](crate::executor_conformance) builds the executor to match.
@@ -186,6 +235,20 @@ pub mod needs {
         Needs::python("output_too_large_is_reported_and_the_instance_kept")
     }
 
+    /// Needs of [`a_forged_result_past_the_output_cap_is_refused`](super::a_forged_result_past_the_output_cap_is_refused).
+    pub fn a_forged_result_past_the_output_cap_is_refused() -> Needs {
+        Needs::python("a_forged_result_past_the_output_cap_is_refused")
+    }
+
+    /// Needs of [`each_call_has_a_cpu_time_limit`](super::each_call_has_a_cpu_time_limit):
+    /// python and node functions.
+    pub fn each_call_has_a_cpu_time_limit() -> Needs {
+        Needs::new(
+            "each_call_has_a_cpu_time_limit",
+            &[Runtime::Python, Runtime::Node],
+        )
+    }
+
     /// Needs of [`no_network_to_the_host`](super::no_network_to_the_host).
     pub fn no_network_to_the_host() -> Needs {
         Needs::python("no_network_to_the_host")
@@ -249,6 +312,16 @@ pub mod needs {
         Needs::python("a_crashed_instance_is_replaced")
     }
 
+    /// Needs of [`no_host_file_outside_the_allow_list_is_readable`](super::no_host_file_outside_the_allow_list_is_readable).
+    pub fn no_host_file_outside_the_allow_list_is_readable() -> Needs {
+        Needs::python("no_host_file_outside_the_allow_list_is_readable")
+    }
+
+    /// Needs of [`no_nested_namespaces_or_privileged_syscalls`](super::no_nested_namespaces_or_privileged_syscalls).
+    pub fn no_nested_namespaces_or_privileged_syscalls() -> Needs {
+        Needs::python("no_nested_namespaces_or_privileged_syscalls")
+    }
+
     /// Needs of [`idle_instances_are_reaped`](super::idle_instances_are_reaped): an idle
     /// TTL of 200 ms.
     pub fn idle_instances_are_reaped() -> Needs {
@@ -298,6 +371,26 @@ pub trait Subject: Send + Sync {
         static_hello()
     }
 
+    /// Host paths, beyond [`HOST_ALLOW_LIST`], whose files a sandbox of this executor may
+    /// show (the interpreter's prefix where it lies outside `/usr`, an image's own `/etc`).
+    /// None by default.
+    fn allowed_host_paths(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// Host directories of the executor (its scratch directory) where
+    /// [`no_host_file_outside_the_allow_list_is_readable`] plants a secret. None by default.
+    fn host_dirs(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// The privileged operations a sandbox of this executor does not refuse, each for a
+    /// reason its backend documents (a guest kernel that implements user namespaces
+    /// itself, say). None by default: every one is refused.
+    fn privileged_allowed(&self) -> &[Privileged] {
+        &[]
+    }
+
     /// Called after a behaviour passed: shuts the executor down (and may check that
     /// nothing of it is left).
     async fn finish(&self) {
@@ -338,6 +431,12 @@ pub fn function_with(
     limits: Limits,
 ) -> TestFunction {
     let dir = tempfile::tempdir().expect("tempdir");
+    // Readable by all, as a built artifact is: functions run as an unprivileged uid.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the artifact dir");
+    }
     for (name, body) in files {
         write_file(dir.path(), name, body);
     }
@@ -784,6 +883,76 @@ pub async fn output_too_large_is_reported_and_the_instance_kept(s: &dyn Subject)
     assert_eq!(s.counters().replaced, 0);
 }
 
+/// A result frame written by the function itself straight onto the runner's frame
+/// channel (fd 4), well-formed and answering the call but with an output 100 times
+/// `max_output_bytes` (1000), is `output_too_large`: the host measures the output itself,
+/// whatever the runner checked; the executor still serves.
+pub async fn a_forged_result_past_the_output_cap_is_refused(s: &dyn Subject) {
+    let exec = s.executor();
+    let f = python_limited(
+        concat!(
+            "import json, os\n",
+            "def handle(event, context):\n",
+            "    frame = {'type': 'result', 'id': context.job_id, 'ok': True, 'output': 'x' * event['n']}\n",
+            "    data = json.dumps(frame).encode() + b'\\n'\n",
+            "    while data:\n",
+            "        data = data[os.write(4, data):]\n",
+            "    return 'small'\n",
+        ),
+        Limits {
+            max_output_bytes: 1000,
+            ..Limits::default()
+        },
+    );
+    let r = call(exec, &f, json!({"n": 100_000})).await;
+    assert!(
+        r.as_ref().is_err_and(|e| e.code() == "output_too_large"),
+        "{:?}",
+        r.map(|o| o.value.to_string().len())
+    );
+    still_serves(exec).await;
+}
+
+/// Each call of a python or node function runs under a CPU-time rlimit (`RLIMIT_CPU`,
+/// read with `getrlimit` and `prlimit`) of at most the CPU its instance used so far plus about
+/// twice its 5 s budget, so a spinning call dies even where no cgroup bounds it; a second
+/// call is bounded too.
+pub async fn each_call_has_a_cpu_time_limit(s: &dyn Subject) {
+    let exec = s.executor();
+    let limits = Limits {
+        timeout_ms: 5_000,
+        ..Limits::default()
+    };
+    let py = python_limited(
+        concat!(
+            "import resource\n",
+            "def handle(event, context):\n",
+            "    soft = resource.getrlimit(resource.RLIMIT_CPU)[0]\n",
+            "    u = resource.getrusage(resource.RUSAGE_SELF)\n",
+            "    return {'soft': str(soft) if soft >= 0 else 'unlimited', 'used': u.ru_utime + u.ru_stime}\n",
+        ),
+        limits.clone(),
+    );
+    let node = function_with(
+        Runtime::Node,
+        "index.handle",
+        &[(
+            "index.js",
+            b"const { execFileSync } = require('child_process');\nexports.handle = () => {\n  const soft = execFileSync('prlimit', ['--pid', String(process.pid), '--cpu', '--raw', '--noheadings', '--output', 'SOFT']).toString().trim();\n  const u = process.cpuUsage();\n  return { soft, used: (u.user + u.system) / 1e6 };\n};\n",
+        )],
+        limits,
+    );
+    for f in [&py, &node, &py, &node] {
+        let out = call(exec, f, json!({})).await.unwrap().value;
+        let soft = out["soft"].as_str().unwrap_or_default();
+        let soft: f64 = soft
+            .parse()
+            .unwrap_or_else(|_| panic!("no CPU-time limit in a call: {out}"));
+        let used = out["used"].as_f64().expect("the CPU used");
+        assert!(soft <= used + 2.0 * (5.0 + 2.0) + 1.0, "{out}");
+    }
+}
+
 /// A function asking for network, on an executor that does not allow it, cannot reach
 /// a port listening on the host's loopback, and the executor still serves.
 pub async fn no_network_to_the_host(s: &dyn Subject) {
@@ -1192,6 +1361,298 @@ pub async fn idle_instances_are_reaped(s: &dyn Subject) {
     assert_eq!(out.value["hello"], json!("back"));
 }
 
+/// Python source of a function that walks every readable regular file from `/` (not
+/// descending into `event['pruned']`), and answers its uid, gid and the SHA-256 of the
+/// first 64 KiB of each file, by path.
+const FILE_WALKER_PY: &str = concat!(
+    "import hashlib, os, stat\n",
+    "def handle(event, context):\n",
+    "    pruned = set(event['pruned'])\n",
+    "    files = {}\n",
+    "    for root, dirs, names in os.walk('/'):\n",
+    "        dirs[:] = [d for d in dirs if os.path.join(root, d) not in pruned]\n",
+    "        for name in names:\n",
+    "            p = os.path.join(root, name)\n",
+    "            try:\n",
+    "                if not stat.S_ISREG(os.lstat(p).st_mode):\n",
+    "                    continue\n",
+    "                with open(p, 'rb') as fh:\n",
+    "                    files[p] = hashlib.sha256(fh.read(65536)).hexdigest()\n",
+    "            except OSError:\n",
+    "                pass\n",
+    "    return {'uid': os.getuid(), 'euid': os.geteuid(), 'gid': os.getgid(), 'files': files}\n",
+);
+
+/// The SHA-256 (hex) of the first 64 KiB of a host file, if it is a readable regular file.
+fn host_file_digest(path: &Path) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    if !std::fs::symlink_metadata(path).ok()?.is_file() {
+        return None;
+    }
+    let mut head = Vec::with_capacity(1 << 16);
+    std::fs::File::open(path)
+        .ok()?
+        .take(1 << 16)
+        .read_to_end(&mut head)
+        .ok()?;
+    Some(format!("{:x}", Sha256::digest(&head)))
+}
+
+/// Secret files planted on the host for one test, removed (with the directories made for
+/// them) when dropped.
+#[derive(Default)]
+struct PlantedSecrets {
+    files: Vec<(PathBuf, String)>,
+    dirs: Vec<PathBuf>,
+}
+
+impl PlantedSecrets {
+    /// Writes a world-readable secret at `path` (so only the sandbox's mounts keep it
+    /// out), making its directory if `make_dir`; prints and skips a place this host does
+    /// not let the test write.
+    fn plant(&mut self, path: PathBuf, make_dir: bool) {
+        use std::os::unix::fs::PermissionsExt;
+        let body = format!("SOPM-SECRET-{}\n", uuid::Uuid::new_v4().simple());
+        if make_dir {
+            let dir = path
+                .parent()
+                .expect("a secret has a directory")
+                .to_path_buf();
+            if let Err(e) = std::fs::create_dir(&dir) {
+                eprintln!("not planting {}: {e}", path.display());
+                return;
+            }
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755));
+            self.dirs.push(dir);
+        }
+        match std::fs::write(&path, &body) {
+            Ok(()) => {
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644));
+                self.files.push((path, body));
+            }
+            Err(e) => eprintln!("not planting {}: {e}", path.display()),
+        }
+    }
+}
+
+impl Drop for PlantedSecrets {
+    fn drop(&mut self) {
+        for (f, _) in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+fn under(path: &str, prefix: &Path) -> bool {
+    Path::new(path).starts_with(prefix)
+}
+
+/// No host file outside the runtime's allow-list is readable, and the function does not
+/// run as root. The test plants world-readable secrets on the host (under
+/// `/etc/ssl/private`, `/root`, `/home`, a data directory under the current directory,
+/// the executor's own directories, and in another function's code, which it calls
+/// first), then a function walks every readable regular file of its sandbox (not `/proc`,
+/// `/sys`, `/dev`; nor the large system directories of the allow-list, which hold no
+/// secret) and answers a digest of each. It fails if a secret's content is readable
+/// anywhere, or if a file that is also on the host (same path, same content) lies outside
+/// [`HOST_ALLOW_LIST`] and the backend's [`Subject::allowed_host_paths`]; and if the
+/// function's uid, effective uid or gid is 0. The executor still serves.
+pub async fn no_host_file_outside_the_allow_list_is_readable(s: &dyn Subject) {
+    let exec = s.executor();
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let other_secret = format!("SOPM-SECRET-{}\n", uuid::Uuid::new_v4().simple());
+    let other = function(
+        Runtime::Python,
+        "main.handle",
+        &[
+            ("main.py", HELLO_PY.as_bytes()),
+            ("secret.txt", other_secret.as_bytes()),
+        ],
+    );
+    call(exec, &other, json!({}))
+        .await
+        .expect("another function runs");
+
+    let here = std::env::current_dir().expect("current dir");
+    let data = tempfile::tempdir_in(&here).unwrap();
+    let mut planted = PlantedSecrets::default();
+    planted.plant(format!("/etc/ssl/private/sopm-{tag}.key").into(), false);
+    planted.plant(format!("/root/sopm-{tag}.secret").into(), false);
+    planted.plant(format!("/home/sopm-{tag}/secret").into(), true);
+    planted.plant(data.path().join("sopm.db"), false);
+    for dir in s.host_dirs() {
+        planted.plant(dir.join(format!("sopm-{tag}.secret")), false);
+    }
+    let mut secrets: Vec<(String, String)> = planted
+        .files
+        .iter()
+        .map(|(p, body)| (p.to_string_lossy().into_owned(), body.clone()))
+        .collect();
+    secrets.push((
+        other
+            .dir
+            .path()
+            .join("secret.txt")
+            .to_string_lossy()
+            .into_owned(),
+        other_secret,
+    ));
+
+    let mut allowed: Vec<PathBuf> = HOST_ALLOW_LIST.iter().map(PathBuf::from).collect();
+    allowed.extend(s.allowed_host_paths());
+    // Not descended into: the allowed directories that hold no planted secret (the walk
+    // of `/usr` alone would take minutes), but always `/tmp`, where a bound host `/tmp`
+    // would show secrets, and the function's own code, which the walk must find.
+    let mut pruned: Vec<String> = ["/proc", "/sys", "/dev"].map(String::from).to_vec();
+    pruned.extend(
+        allowed
+            .iter()
+            .filter(|a| !["/tmp", "/fn"].map(Path::new).contains(&a.as_path()))
+            .filter(|a| !secrets.iter().any(|(p, _)| under(p, a)))
+            .map(|a| a.to_string_lossy().into_owned()),
+    );
+    let walker = python_limited(
+        FILE_WALKER_PY,
+        Limits {
+            timeout_ms: 120_000,
+            max_output_bytes: 32 << 20,
+            ..Limits::default()
+        },
+    );
+    let out = call(exec, &walker, json!({ "pruned": pruned }))
+        .await
+        .expect("the file walk runs")
+        .value;
+
+    let files = out["files"].as_object().expect("the files seen");
+    assert!(
+        files.keys().any(|p| p.starts_with("/fn/")),
+        "the walk did not see the function's own code: {:?}",
+        files.keys().take(20).collect::<Vec<_>>()
+    );
+    let secret_digests: BTreeMap<String, &str> = secrets
+        .iter()
+        .map(|(p, body)| {
+            use sha2::{Digest, Sha256};
+            (format!("{:x}", Sha256::digest(body.as_bytes())), p.as_str())
+        })
+        .collect();
+    let mut leaks = Vec::new();
+    for (path, digest) in files {
+        let digest = digest.as_str().unwrap_or_default();
+        if let Some(secret) = secret_digests.get(digest) {
+            leaks.push(format!("{path} holds the secret planted at {secret}"));
+            continue;
+        }
+        if allowed.iter().any(|a| under(path, a)) {
+            continue;
+        }
+        if host_file_digest(Path::new(path)).as_deref() == Some(digest) {
+            leaks.push(format!("{path} is the host's file, outside the allow-list"));
+        }
+    }
+    assert!(
+        leaks.is_empty(),
+        "host files readable in the sandbox: {leaks:#?}"
+    );
+    drop(planted);
+    still_serves(exec).await;
+}
+
+/// Python source of a function that tries, each in a child process, to make a user
+/// namespace (`unshare(CLONE_NEWUSER)`, `clone3(CLONE_NEWUSER)`, and `unshare -U` where
+/// the binary exists), to
+/// mount a tmpfs, to `ptrace(PTRACE_ATTACH)` a sibling process, and to make a BPF map,
+/// and answers `allowed` or the errno of each.
+const PRIVILEGED_PROBE_PY: &str = concat!(
+    "import ctypes, os, platform, shutil, subprocess\n",
+    "libc = ctypes.CDLL(None, use_errno=True)\n",
+    "BPF = {'x86_64': 321, 'aarch64': 280}\n",
+    "def in_child(attempt):\n",
+    "    pid = os.fork()\n",
+    "    if pid == 0:\n",
+    "        try:\n",
+    "            rc = attempt()\n",
+    "            code = 0 if rc != -1 else min(ctypes.get_errno(), 250) or 251\n",
+    "        except BaseException:\n",
+    "            code = 252\n",
+    "        os._exit(code)\n",
+    "    _, status = os.waitpid(pid, 0)\n",
+    "    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:\n",
+    "        return 'allowed'\n",
+    "    return 'refused (%s)' % (os.WEXITSTATUS(status) if os.WIFEXITED(status) else 'signal')\n",
+    "def bpf():\n",
+    "    attr = (ctypes.c_uint32 * 5)(2, 4, 4, 1, 0)\n",
+    "    return libc.syscall(BPF.get(platform.machine(), -1), 0, ctypes.byref(attr), ctypes.sizeof(attr))\n",
+    "def handle(event, context):\n",
+    "    out = {}\n",
+    "    out['unshare'] = in_child(lambda: libc.unshare(0x10000000))\n",
+    "    args = (ctypes.c_uint64 * 8)(0x10000000, 0, 0, 0, 17, 0, 0, 0)\n",
+    "    out['clone3'] = in_child(lambda: libc.syscall(435, ctypes.byref(args), 64))\n",
+    "    tool = shutil.which('unshare')\n",
+    "    if tool:\n",
+    "        r = subprocess.run([tool, '-U', 'true'], capture_output=True)\n",
+    "        out['unshare_tool'] = 'allowed' if r.returncode == 0 else 'refused (%d)' % r.returncode\n",
+    "    out['mount'] = in_child(lambda: libc.mount(b'none', b'/tmp', b'tmpfs', 0, None))\n",
+    "    sibling = subprocess.Popen(['sleep', '30'])\n",
+    "    try:\n",
+    "        out['ptrace'] = in_child(lambda: libc.ptrace(16, sibling.pid, None, None))\n",
+    "    finally:\n",
+    "        sibling.kill()\n",
+    "        sibling.wait()\n",
+    "    out['bpf'] = in_child(bpf)\n",
+    "    return out\n",
+);
+
+/// From inside the sandbox, `unshare(CLONE_NEWUSER)` (and `unshare -U`), `mount`,
+/// `ptrace(PTRACE_ATTACH)` of another process and `bpf` all fail, but for the operations
+/// the backend names in [`Subject::privileged_allowed`]; the executor still serves.
+pub async fn no_nested_namespaces_or_privileged_syscalls(s: &dyn Subject) {
+    let exec = s.executor();
+    let f = python_limited(
+        PRIVILEGED_PROBE_PY,
+        Limits {
+            timeout_ms: 20_000,
+            ..tight()
+        },
+    );
+    let out = call(exec, &f, json!({}))
+        .await
+        .expect("the probe runs")
+        .value;
+    eprintln!("privileged operations: {out}");
+    let tolerated = s.privileged_allowed();
+    for op in [
+        Privileged::NestedUserNamespace,
+        Privileged::Mount,
+        Privileged::Ptrace,
+        Privileged::Bpf,
+    ] {
+        if tolerated.contains(&op) {
+            continue;
+        }
+        let mut keys = vec![op.key()];
+        if op == Privileged::NestedUserNamespace {
+            keys.push("clone3");
+            if out.get("unshare_tool").is_some() {
+                keys.push("unshare_tool");
+            }
+        }
+        for key in keys {
+            let seen = out[key].as_str().expect("an answer per operation");
+            assert!(
+                seen.starts_with("refused"),
+                "{key} is allowed inside the sandbox: {out}"
+            );
+        }
+    }
+    still_serves(exec).await;
+}
+
 /// Runs `future` to completion on a fresh multi-threaded runtime with two workers (what
 /// each test of [`executor_conformance!`](crate::executor_conformance) runs on).
 pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
@@ -1264,6 +1725,8 @@ macro_rules! __executor_behaviours {
             spinning_and_sleeping_past_the_deadline_time_out
             unbounded_allocation_is_out_of_memory
             output_too_large_is_reported_and_the_instance_kept
+            a_forged_result_past_the_output_cap_is_refused
+            each_call_has_a_cpu_time_limit
             no_network_to_the_host
             secrets_of_the_host_are_not_visible
             writes_outside_tmp_fail
@@ -1275,6 +1738,8 @@ macro_rules! __executor_behaviours {
             two_functions_never_share_an_instance
             a_crashed_instance_is_replaced
             idle_instances_are_reaped
+            no_host_file_outside_the_allow_list_is_readable
+            no_nested_namespaces_or_privileged_syscalls
         );
     };
 }

@@ -39,7 +39,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, ErrorInfo, Result};
 use crate::executor::Executor;
-use crate::jobstore::{status_rank, Durability, JobStore};
+use crate::jobstore::{status_rank, Durability, JobStore, LISTED_LOG_CHARS};
 use crate::registry::{
     append_capped, Artifact, BuildStatus, NewVersion, Registry, MAX_BUILD_LOG_BYTES,
 };
@@ -613,6 +613,126 @@ pub async fn registry_delete(registry: &dyn Registry) {
     .await;
     assert_eq!(again.version, 1, "a deleted name starts again at version 1");
     assert_ne!(again.function_id, id, "a re-created function gets a new id");
+}
+
+/// Quotas and retention: [`tenant_usage`](Registry::tenant_usage) counts a tenant's
+/// functions and sums the artifact sizes recorded on its versions (another tenant's do
+/// not count; a version without a record counts 0);
+/// [`delete_version`](Registry::delete_version) removes exactly one version of the
+/// owner's function (its size leaves the sum), is `not_found` for another tenant or an
+/// unknown version, `conflict` for the only version left, and later versions keep
+/// their numbers.
+pub async fn registry_usage_and_version_delete(registry: &dyn Registry) {
+    let owner = unique_tenant("usage");
+    let stranger = unique_tenant("usage-other");
+    let empty = expect_ok(registry.tenant_usage(&owner).await, "tenant_usage (empty)");
+    assert_eq!(
+        empty,
+        crate::registry::TenantUsage::default(),
+        "a tenant with nothing"
+    );
+    let v1 = create(registry, &owner, "sized", "s1", "create_version v1").await;
+    let id = v1.function_id.clone();
+    create(registry, &owner, "sized", "s2", "create_version v2").await;
+    create(registry, &owner, "sized", "s3", "create_version v3").await;
+    create(registry, &owner, "plain", "p1", "create_version (plain)").await;
+    create(
+        registry,
+        &stranger,
+        "theirs",
+        "t1",
+        "create_version (stranger)",
+    )
+    .await;
+    for (n, bytes) in [(1, 1_000u64), (2, 20_000), (3, 300_000)] {
+        expect_ok(
+            registry.record_artifact_bytes(&id, n, bytes).await,
+            "record_artifact_bytes",
+        );
+    }
+    expect_ok(
+        registry.record_artifact_bytes(&id, 3, 300_001).await,
+        "record_artifact_bytes again (replaces)",
+    );
+    expect_code(
+        registry.record_artifact_bytes(&id, 9, 1).await,
+        "not_found",
+        "record_artifact_bytes of an unknown version",
+    );
+    let theirs = expect_ok(
+        registry.get_by_name(&stranger, "theirs").await,
+        "get (stranger)",
+    );
+    expect_ok(
+        registry.record_artifact_bytes(&theirs.id, 1, 1 << 40).await,
+        "record_artifact_bytes (stranger)",
+    );
+    let usage = expect_ok(registry.tenant_usage(&owner).await, "tenant_usage");
+    assert_eq!(usage.functions, 2, "two functions: {usage:?}");
+    assert_eq!(
+        usage.artifact_bytes,
+        1_000 + 20_000 + 300_001,
+        "the owner's recorded sizes only, the latest record of each version"
+    );
+
+    expect_code(
+        registry.delete_version(&stranger, &id, 1).await,
+        "not_found",
+        "delete_version by another tenant",
+    );
+    expect_code(
+        registry.delete_version(&owner, &id, 7).await,
+        "not_found",
+        "delete_version of an unknown version",
+    );
+    expect_code(
+        registry.delete_version(&owner, "fn_doesnotexist", 1).await,
+        "not_found",
+        "delete_version of an unknown function",
+    );
+    let removed = expect_ok(
+        registry.delete_version(&owner, &id, 2).await,
+        "delete_version v2",
+    );
+    assert_eq!(
+        removed.version, 2,
+        "delete_version returns the removed version"
+    );
+    assert_eq!(removed.source_digest, "s2");
+    let rec = expect_ok(registry.get(&owner, &id).await, "get after delete_version");
+    assert_eq!(
+        rec.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [1, 3],
+        "exactly one version is gone and the others keep their numbers"
+    );
+    let usage = expect_ok(registry.tenant_usage(&owner).await, "tenant_usage after");
+    assert_eq!(
+        usage.artifact_bytes,
+        1_000 + 300_001,
+        "the size left with it"
+    );
+    assert_eq!(usage.functions, 2);
+    let v4 = create(
+        registry,
+        &owner,
+        "sized",
+        "s4",
+        "create_version after delete",
+    )
+    .await;
+    assert_eq!(
+        v4.version, 4,
+        "numbering continues past the highest version"
+    );
+    expect_ok(registry.delete_version(&owner, &id, 1).await, "delete v1");
+    expect_ok(registry.delete_version(&owner, &id, 3).await, "delete v3");
+    expect_code(
+        registry.delete_version(&owner, &id, 4).await,
+        "conflict",
+        "delete_version of the only version left",
+    );
+    let rec = expect_ok(registry.get(&owner, &id).await, "get after refused delete");
+    assert_eq!(rec.versions.len(), 1, "the last version stays");
 }
 
 // ---------------------------------------------------------------------------
@@ -1283,6 +1403,9 @@ impl SchedulerHarness {
                 LocalSchedulerConfig {
                     max_concurrency: setup.max_concurrency,
                     queue_capacity: setup.queue_capacity,
+                    // The checks use one tenant at a time: its share is everything.
+                    max_running_per_tenant: Some(setup.max_concurrency),
+                    max_queued_per_tenant: Some(setup.queue_capacity),
                     ..LocalSchedulerConfig::default()
                 },
                 setup.router,
@@ -2135,10 +2258,11 @@ fn user_job(tenant: &TenantId, function_id: &str, version: Option<u32>, created_
     j
 }
 
-/// [`JobStore::recent`]: the jobs of one user function (every version) of one tenant,
-/// newest first, at most `limit`, each once with its latest state, buffered puts
-/// included; other functions, built-ins and other tenants' jobs are left out.
-pub async fn job_store_recent(store: &dyn JobStore) {
+/// [`JobStore::recent_logs`]: the jobs of one user function (every version) of one
+/// tenant, newest first, at most `limit`, each once with its latest state, buffered
+/// puts included; other functions, built-ins and other tenants' jobs are left out;
+/// logs and tracebacks come cut to their last [`LISTED_LOG_CHARS`] characters.
+pub async fn job_store_recent_logs(store: &dyn JobStore) {
     let tenant = unique_tenant("recent");
     let other_tenant = unique_tenant("recent-other");
     let function_id = format!("fn_{}", unique("r").replace('-', ""));
@@ -2175,7 +2299,7 @@ pub async fn job_store_recent(store: &dyn JobStore) {
     expect_ok(store.put(&done, Durability::Buffered).await, "finish a job");
     mine[0] = done;
 
-    let got = expect_ok(store.recent(&tenant, &function_id, 10).await, "recent");
+    let got = expect_ok(store.recent_logs(&tenant, &function_id, 10).await, "recent");
     let want: Vec<&JobId> = mine.iter().rev().map(|j| &j.id).collect();
     let ids: Vec<&JobId> = got.iter().map(|j| &j.id).collect();
     assert_eq!(
@@ -2188,17 +2312,20 @@ pub async fn job_store_recent(store: &dyn JobStore) {
         "recent: a job's latest state"
     );
     assert_eq!(
-        got.last().and_then(|j| j.logs.clone()).as_deref(),
+        got.last().map(|j| j.logs.as_str()),
         Some("hello from the function\n"),
         "recent: jobs carry their logs"
     );
 
-    let two = expect_ok(store.recent(&tenant, &function_id, 2).await, "recent 2");
+    let two = expect_ok(
+        store.recent_logs(&tenant, &function_id, 2).await,
+        "recent 2",
+    );
     let ids: Vec<&JobId> = two.iter().map(|j| &j.id).collect();
     assert_eq!(ids, want[..2].to_vec(), "recent: limit keeps the newest");
 
     let theirs = expect_ok(
-        store.recent(&other_tenant, &function_id, 10).await,
+        store.recent_logs(&other_tenant, &function_id, 10).await,
         "recent other tenant",
     );
     assert_eq!(
@@ -2208,15 +2335,264 @@ pub async fn job_store_recent(store: &dyn JobStore) {
     );
     assert!(
         expect_ok(
-            store.recent(&tenant, "fn_unknown", 10).await,
+            store.recent_logs(&tenant, "fn_unknown", 10).await,
             "recent unknown"
         )
         .is_empty(),
         "recent: an unknown function has no jobs"
     );
     assert!(
-        expect_ok(store.recent(&tenant, &function_id, 0).await, "recent 0").is_empty(),
+        expect_ok(
+            store.recent_logs(&tenant, &function_id, 0).await,
+            "recent 0"
+        )
+        .is_empty(),
         "recent: limit 0 is empty"
+    );
+    assert_eq!(
+        got.last().map(|j| (j.version, j.logs_truncated)),
+        Some((Some(1), false)),
+        "recent: the version run, short logs whole"
+    );
+
+    // Long logs and tracebacks are cut to their last characters (multi-byte ones too).
+    let chatty_fn = format!("fn_{}", unique("l").replace('-', ""));
+    let mut chatty = user_job(&tenant, &chatty_fn, Some(3), base);
+    chatty.status = JobStatus::Failed;
+    chatty.finished_ms = Some(base + 5);
+    let long = format!("{}<the end>", "é".repeat(LISTED_LOG_CHARS * 2));
+    chatty.logs = Some(long.clone());
+    chatty.error = Some(ErrorInfo {
+        code: "function_error".into(),
+        message: "boom".into(),
+        traceback: Some(long.clone()),
+    });
+    chatty.input = Arc::new(json!({"big": "x".repeat(100_000)}));
+    expect_ok(
+        store.put(&chatty, Durability::Durable).await,
+        "put a chatty job",
+    );
+    for (what, durability) in [("stored", None), ("buffered", Some(Durability::Buffered))] {
+        if let Some(d) = durability {
+            // A buffered copy of the same record (ignored by the rank rule) must not
+            // bring the whole log back either.
+            expect_ok(store.put(&chatty, d).await, "put it again");
+        }
+        let got = expect_ok(
+            store.recent_logs(&tenant, &chatty_fn, 5).await,
+            "recent chatty",
+        );
+        assert_eq!(got.len(), 1, "recent ({what}): one job");
+        let e = &got[0];
+        let want_tail: String = long
+            .chars()
+            .skip(long.chars().count() - LISTED_LOG_CHARS)
+            .collect();
+        assert_eq!(
+            e.logs.chars().count(),
+            LISTED_LOG_CHARS,
+            "recent ({what}): logs cut to LISTED_LOG_CHARS characters"
+        );
+        assert_eq!(
+            e.logs, want_tail,
+            "recent ({what}): the last characters are kept"
+        );
+        assert!(e.logs_truncated, "recent ({what}): a cut log says so");
+        let err = e.error.as_ref().expect("the error is listed");
+        assert_eq!(
+            (err.code.as_str(), err.message.as_str()),
+            ("function_error", "boom")
+        );
+        assert_eq!(
+            err.traceback.as_deref(),
+            Some(want_tail.as_str()),
+            "recent ({what}): the traceback is cut too"
+        );
+        assert_eq!(
+            (e.status, e.version, e.finished_ms),
+            (JobStatus::Failed, Some(3), Some(base + 5))
+        );
+    }
+}
+
+/// [`JobStore::expire_finished`]: deletes finished jobs that finished before the
+/// cutoff, at most `max` per call, and never a queued or running job however old.
+pub async fn job_store_expire_finished(store: &dyn JobStore) {
+    let tenant = unique_tenant("expire");
+    // Timestamps in 1970, so no other check's jobs are old enough to be touched.
+    let finished_at = |status: JobStatus, created: u64, finished: Option<u64>| {
+        let mut j = job(&tenant, status, json!({}));
+        j.created_ms = created;
+        j.finished_ms = finished;
+        j
+    };
+    let old: Vec<Job> = (0..3)
+        .map(|i| finished_at(JobStatus::Succeeded, 1_000 + i, Some(2_000 + i)))
+        .collect();
+    let recent = finished_at(JobStatus::Failed, 1_000, Some(20_000));
+    let queued = finished_at(JobStatus::Queued, 500, None);
+    let running = finished_at(JobStatus::Running, 600, None);
+    for j in old.iter().chain([&recent, &queued, &running]) {
+        expect_ok(store.put(j, Durability::Durable).await, "put a job");
+    }
+    let cutoff = 10_000;
+    assert_eq!(
+        expect_ok(store.expire_finished(cutoff, 2).await, "expire 2"),
+        2,
+        "expire: at most `max` per call"
+    );
+    assert_eq!(
+        expect_ok(store.expire_finished(cutoff, 100).await, "expire the rest"),
+        1,
+        "expire: the rest of the old finished jobs"
+    );
+    assert_eq!(
+        expect_ok(store.expire_finished(cutoff, 100).await, "expire again"),
+        0,
+        "expire: nothing left to expire"
+    );
+    for j in &old {
+        assert!(
+            expect_ok(store.get(&j.id).await, "get").is_none(),
+            "expire: an old finished job is gone"
+        );
+    }
+    for (j, what) in [
+        (&recent, "a job that finished after the cutoff"),
+        (&queued, "an old queued job"),
+        (&running, "an old running job"),
+    ] {
+        assert!(
+            expect_ok(store.get(&j.id).await, "get").is_some(),
+            "expire: {what} is kept"
+        );
+    }
+}
+
+/// [`Registry::resolve_version`]: one version by id or name (the id wins), pinned or
+/// the newest ready one (else the newest), never with its build log, scoped to the
+/// tenant.
+pub async fn registry_resolve_version(registry: &dyn Registry) {
+    let tenant = unique_tenant("resolve");
+    let other = unique_tenant("resolve-other");
+    let name = unique("fn");
+    let v1 = create(registry, &tenant, &name, "d1", "create v1").await;
+    let id = v1.function_id.clone();
+    expect_ok(
+        registry
+            .append_build_log(&id, 1, &"pip says hi\n".repeat(1000))
+            .await,
+        "log v1",
+    );
+    let art = Artifact::Directory {
+        path: "/artifacts/v1".into(),
+    };
+    expect_ok(
+        registry
+            .finish_build(&id, 1, BuildStatus::Ready, Some(art.clone()))
+            .await,
+        "finish v1",
+    );
+    create(registry, &tenant, &name, "d2", "create v2").await;
+    expect_ok(
+        registry.append_build_log(&id, 2, "building v2\n").await,
+        "log v2",
+    );
+
+    for key in [id.as_str(), name.as_str()] {
+        let v = expect_ok(
+            registry.resolve_version(&tenant, key, None).await,
+            "resolve",
+        );
+        assert_eq!(
+            (v.function_id.as_str(), v.version, v.status),
+            (id.as_str(), 1, BuildStatus::Ready),
+            "resolve '{key}': the newest ready version"
+        );
+        assert_eq!(
+            v.artifact.as_ref(),
+            Some(&art),
+            "resolve: with its artifact"
+        );
+        assert_eq!((v.name.as_str(), &v.tenant), (name.as_str(), &tenant));
+        assert_eq!(v.limits.timeout_ms, 1_234, "resolve: with its limits");
+        assert_eq!(
+            v.env.get("GREETING").map(String::as_str),
+            Some("héllo wörld")
+        );
+        assert!(v.build_log.is_empty(), "resolve: never the build log");
+    }
+    let v2 = expect_ok(
+        registry.resolve_version(&tenant, &id, Some(2)).await,
+        "resolve v2",
+    );
+    assert_eq!(
+        (v2.version, v2.status, v2.build_log.as_str()),
+        (2, BuildStatus::Building, ""),
+        "resolve: a pinned version whatever its status, without its log"
+    );
+    expect_code(
+        registry.resolve_version(&tenant, &id, Some(9)).await,
+        "not_found",
+        "resolve a version that does not exist",
+    );
+    expect_code(
+        registry.resolve_version(&other, &id, None).await,
+        "not_found",
+        "resolve another tenant's function by id",
+    );
+    expect_code(
+        registry.resolve_version(&other, &name, None).await,
+        "not_found",
+        "resolve another tenant's function by name",
+    );
+    expect_code(
+        registry
+            .resolve_version(&tenant, "fn_nothing_here", None)
+            .await,
+        "not_found",
+        "resolve an unknown function",
+    );
+
+    // Nothing ready: the newest version, so the caller can say why.
+    let fresh = create(registry, &tenant, &unique("fresh"), "d", "create fresh").await;
+    let got = expect_ok(
+        registry
+            .resolve_version(&tenant, &fresh.function_id, None)
+            .await,
+        "resolve fresh",
+    );
+    assert_eq!((got.version, got.status), (1, BuildStatus::Building));
+    expect_ok(
+        registry
+            .finish_build(&fresh.function_id, 1, BuildStatus::Failed, None)
+            .await,
+        "fail fresh",
+    );
+    let got = expect_ok(
+        registry
+            .resolve_version(&tenant, &fresh.function_id, None)
+            .await,
+        "resolve failed",
+    );
+    assert_eq!((got.version, got.status), (1, BuildStatus::Failed));
+
+    // A function named like another function's id: the id wins.
+    create(
+        registry,
+        &tenant,
+        &id,
+        "d",
+        "create a function named like an id",
+    )
+    .await;
+    let by_id = expect_ok(
+        registry.resolve_version(&tenant, &id, None).await,
+        "resolve id",
+    );
+    assert_eq!(
+        by_id.function_id, id,
+        "resolve: an id is looked up before a name"
     );
 }
 

@@ -1,0 +1,48 @@
+//! Request bodies read under a size limit and parsed as JSON, and JSON answers.
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sopm_core::{Error, Result};
+
+/// Serialises to bytes; serialising a `Value` or our own types cannot fail.
+pub fn json_bytes<T: Serialize + ?Sized>(v: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec()))
+}
+
+/// A JSON answer with its status.
+pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Reads a body up to the limit; past it, `payload_too_large`.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::PayloadTooLarge(
+            format!("request body is larger than {limit} bytes"),
+        )),
+        Err(e) => Err(Error::invalid(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
+
+/// Parses a JSON body, with messages that say where it went wrong.
+pub(crate) fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
+    if bytes.is_empty() {
+        return Err(Error::invalid(
+            "request body is empty; expected a JSON object",
+        ));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::invalid(format!("request body is not valid: {e}")))
+}
+
+/// `{}`, the input of a call that gives none.
+pub(crate) fn empty_object() -> Value {
+    Value::Object(Default::default())
+}

@@ -16,11 +16,17 @@
 //! - `sandbox-host` (internal, enabled by every sandbox backend): [`sandbox`], the runner
 //!   protocol, the warm pool and the executor over it, and [`host`], the host layer:
 //!   what every sandbox takes from the machine (mounts, interpreters, runner files,
-//!   rlimits, cgroups, tool lookup, shared settings). A backend uses these two and never
-//!   another backend.
+//!   rlimits, cgroups, tool lookup, and [`SandboxSettings`], the one settings type of
+//!   every sandbox backend). A backend uses these two and never another backend.
+//!
+//! [`backends`] is the table of named sandbox backends (`process`, `gvisor`, `docker`,
+//! `docker-runsc`): for each, how this host makes its executor, the builder of its
+//! artifacts, and how it starts. Adding a backend is its module plus one entry there.
 //!
 //! Each backend implements the traits of `sopm-core` and passes its conformance
 //! checks (`sopm_core::conformance`).
+
+pub mod backends;
 
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -40,20 +46,23 @@ pub mod sandbox;
 #[cfg(feature = "sandbox-host")]
 pub mod host;
 
+#[cfg(feature = "sandbox-host")]
+pub use host::{SandboxKind, SandboxSettings};
+
 #[cfg(feature = "process")]
 pub mod process;
 
 #[cfg(feature = "process")]
-pub use process::{ProcessExecutor, ProcessExecutorConfig};
+pub use process::ProcessExecutor;
 
 #[cfg(feature = "gvisor")]
 pub mod gvisor;
 
 #[cfg(feature = "gvisor")]
-pub use gvisor::{GvisorExecutor, GvisorExecutorConfig};
+pub use gvisor::GvisorExecutor;
 
 /// Docker containers (runc or runsc) behind the warm pool, and the docker image builder.
 #[cfg(feature = "docker")]
 pub mod docker;
 #[cfg(feature = "docker")]
-pub use docker::{DockerBuilder, DockerExecutor, DockerExecutorConfig};
+pub use docker::{DockerBuilder, DockerExecutor};

@@ -12,9 +12,10 @@ mod support;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sopm_backends::docker::{docker_runner, DockerExecutor, DockerExecutorConfig};
+use sopm_backends::docker::{docker_runner, DockerExecutor, DockerLauncher};
 use sopm_backends::host::PoolSettings;
 use sopm_backends::sandbox::RunnerKind;
+use sopm_backends::{SandboxKind, SandboxSettings};
 use sopm_core::conformance::executor::{skip, Needs, Privileged, SandboxCounters, Subject};
 use sopm_core::Executor;
 use support::*;
@@ -82,16 +83,16 @@ async fn ready(
     runners: &[RunnerKind],
     tune: impl FnOnce(PoolSettings) -> PoolSettings,
 ) -> Option<Docker> {
-    let mut config = DockerExecutorConfig::new()
+    let mut config = SandboxSettings::new(SandboxKind::Docker)
         .with_name(format!("test-{runtime}-{}", uuid::Uuid::new_v4().simple()))
-        .with_runtime(runtime)
+        .with_docker_runtime(runtime)
         .with_pool(tune(
             PoolSettings::new(runners.iter().copied()).with_stem_cells(1),
         ));
     if let Ok(path) = std::env::var("SOPM_STATIC_RUNNER") {
         config = config.with_static_runner(path);
     }
-    let exec = config.build().expect("valid config");
+    let exec = config.build::<DockerLauncher>().expect("valid config");
     for runner in runners {
         if let Err(e) = exec.runner_image(*runner).await {
             skip(test, &e.to_string());
@@ -208,11 +209,11 @@ async fn a_changed_runner_makes_a_new_runner_image_and_the_old_one_goes() {
     };
     padded("one");
     let image = |path: &std::path::Path| {
-        DockerExecutorConfig::new()
+        SandboxSettings::new(SandboxKind::Docker)
             .with_name(format!("test-prune-{}", uuid::Uuid::new_v4().simple()))
             .with_static_runner(path)
             .with_pool(PoolSettings::new([RunnerKind::Static]).with_stem_cells(0))
-            .build()
+            .build::<DockerLauncher>()
             .unwrap()
     };
     let first = image(&copy);

@@ -10,9 +10,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sopm_backends::docker::DockerExecutorConfig;
+use sopm_backends::docker::DockerLauncher;
 use sopm_backends::host::PoolSettings;
 use sopm_backends::sandbox::RunnerKind;
+use sopm_backends::{SandboxKind, SandboxSettings};
 use sopm_core::Executor;
 use support::*;
 
@@ -29,11 +30,11 @@ fn summary(name: &str, mut samples: Vec<Duration>) {
 }
 
 async fn measure(runtime: &str) {
-    let exec = DockerExecutorConfig::new()
+    let exec = SandboxSettings::new(SandboxKind::Docker)
         .with_name(format!("bench-{runtime}"))
-        .with_runtime(runtime)
+        .with_docker_runtime(runtime)
         .with_pool(PoolSettings::new([RunnerKind::Python]).with_stem_cells(1))
-        .build()
+        .build::<DockerLauncher>()
         .unwrap();
     exec.start();
     let mut first = Vec::new();

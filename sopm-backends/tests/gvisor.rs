@@ -11,9 +11,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sopm_backends::gvisor::{GvisorExecutor, GvisorExecutorConfig};
+use sopm_backends::gvisor::{GvisorExecutor, GvisorLauncher};
 use sopm_backends::host::PoolSettings;
 use sopm_backends::sandbox::RunnerKind;
+use sopm_backends::{SandboxKind, SandboxSettings};
 use sopm_core::conformance::executor::{skip, Needs, SandboxCounters, Subject};
 use sopm_core::Executor;
 use support::*;
@@ -81,7 +82,7 @@ fn ready(test: &str, runners: &[RunnerKind]) -> Option<Gvisor> {
 fn ready_with(
     test: &str,
     runners: &[RunnerKind],
-    tune: impl FnOnce(GvisorExecutorConfig) -> GvisorExecutorConfig,
+    tune: impl FnOnce(SandboxSettings) -> SandboxSettings,
 ) -> Option<Gvisor> {
     let mut why = runsc_works().err();
     if why.is_none() && runners.contains(&RunnerKind::Node) && which("node").is_none() {
@@ -96,10 +97,12 @@ fn ready_with(
         .prefix("sopm-gv-")
         .tempdir_in("/tmp")
         .expect("scratch dir");
-    let config = GvisorExecutorConfig::new()
+    let config = SandboxSettings::new(SandboxKind::Gvisor)
         .with_pool(PoolSettings::new(runners.iter().copied()).with_stem_cells(1))
         .with_scratch_dir(scratch.path());
-    let exec = tune(config).build().expect("valid config");
+    let exec = tune(config)
+        .build::<GvisorLauncher>()
+        .expect("valid config");
     Some(Gvisor { exec, scratch })
 }
 

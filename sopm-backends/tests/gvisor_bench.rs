@@ -10,9 +10,10 @@ mod support;
 use std::time::Instant;
 
 use serde_json::json;
-use sopm_backends::gvisor::GvisorExecutorConfig;
+use sopm_backends::gvisor::GvisorLauncher;
 use sopm_backends::host::PoolSettings;
 use sopm_backends::sandbox::RunnerKind;
+use sopm_backends::{SandboxKind, SandboxSettings};
 use sopm_core::Executor;
 use support::*;
 
@@ -27,10 +28,10 @@ async fn gvisor_executor_latency() {
         .prefix("sopm-gvb-")
         .tempdir_in("/tmp")
         .unwrap();
-    let exec = GvisorExecutorConfig::new()
+    let exec = SandboxSettings::new(SandboxKind::Gvisor)
         .with_pool(PoolSettings::new([RunnerKind::Python]).with_stem_cells(1))
         .with_scratch_dir(scratch.path())
-        .build()
+        .build::<GvisorLauncher>()
         .unwrap();
     exec.start();
     let mut first = Vec::new();

@@ -156,7 +156,7 @@ async fn without_cgroups_memory_is_still_bounded() {
     }
     let exec = config(&[RunnerKind::Python])
         .with_cgroups(false)
-        .build()
+        .build::<ProcessLauncher>()
         .unwrap();
     let f = python_limited(
         "def handle(event, context):\n    hoard = []\n    while True:\n        hoard.append(b'x' * (8 << 20))\n",

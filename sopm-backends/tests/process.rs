@@ -55,7 +55,9 @@ async fn process(needs: Needs) -> Option<Process> {
     }
     let mut config = config(&runners(needs.runtimes));
     shape_pool(config.pool_mut(), &needs);
-    Some(Process(config.build().expect("valid config")))
+    Some(Process(
+        config.build::<ProcessLauncher>().expect("valid config"),
+    ))
 }
 
 sopm_core::executor_conformance!(process);
@@ -89,7 +91,7 @@ async fn big_artifacts_are_mounted_and_deps_are_importable() {
     }
     let mut config = config(&[RunnerKind::Python]);
     config.pool_mut().max_inline_bytes = 4096;
-    let exec = config.build().unwrap();
+    let exec = config.build::<ProcessLauncher>().unwrap();
     let blob = vec![b'z'; 64 * 1024];
     let f = function(
         Runtime::Python,
@@ -143,7 +145,7 @@ async fn past_the_per_function_cap_a_call_waits_then_is_overloaded() {
     }
     let mut config = config(&[RunnerKind::Python]);
     config.pool_mut().max_per_function = 1;
-    let exec = config.build().unwrap();
+    let exec = config.build::<ProcessLauncher>().unwrap();
     let f = python(
         "import time\ndef handle(event, context):\n    time.sleep(event['s'])\n    return event['s']\n",
     );
@@ -206,7 +208,7 @@ async fn network_only_when_asked_and_allowed() {
     let source = "import socket\ndef handle(event, context):\n    try:\n        socket.create_connection(('127.0.0.1', event['port']), timeout=2).close()\n        return 'connected'\n    except OSError as e:\n        return 'refused'\n";
     let exec = config(&[RunnerKind::Python])
         .with_allow_network(true)
-        .build()
+        .build::<ProcessLauncher>()
         .unwrap();
     let asks = python_limited(
         source,
@@ -247,7 +249,7 @@ async fn each_sandbox_gets_its_cpu_quota_where_the_cpu_controller_is_ours() {
     let exec = config(&[RunnerKind::Python])
         .with_cgroup_parent(&parent)
         .with_cpu_millis(500)
-        .build()
+        .build::<ProcessLauncher>()
         .unwrap();
     let f = python(HELLO_PY);
     call(&exec, &f, json!({})).await.unwrap();
@@ -275,7 +277,7 @@ async fn without_cgroups_node_memory_is_bounded_by_the_data_rlimit() {
     }
     let exec = config(&[RunnerKind::Node])
         .with_cgroups(false)
-        .build()
+        .build::<ProcessLauncher>()
         .unwrap();
     let f = function_with(
         Runtime::Node,

@@ -22,7 +22,7 @@ async fn process_executor_latency() {
     // First call of a new function with a warm stem cell.
     let mut warm_config = config(&[RunnerKind::Python]);
     warm_config.pool_mut().stem_cells = 2;
-    let exec = warm_config.build().unwrap();
+    let exec = warm_config.build::<ProcessLauncher>().unwrap();
     exec.start();
     let mut first = Vec::new();
     let mut keep = Vec::new();
@@ -58,7 +58,7 @@ async fn process_executor_latency() {
     // Cold start: a new bwrap + python3 for every call.
     let mut cold_config = config(&[RunnerKind::Python]);
     cold_config.pool_mut().stem_cells = 0;
-    let cold_exec = cold_config.build().unwrap();
+    let cold_exec = cold_config.build::<ProcessLauncher>().unwrap();
     let mut cold = Vec::new();
     for _ in 0..30 {
         let f = python(HELLO_PY);

@@ -4,8 +4,9 @@
 #![allow(dead_code, missing_docs, unused_imports)]
 
 use sopm_backends::host::PoolSettings;
-use sopm_backends::process::{ProcessExecutor, ProcessExecutorConfig};
+pub use sopm_backends::process::{ProcessExecutor, ProcessLauncher};
 use sopm_backends::sandbox::{PoolCounters, RunnerKind};
+use sopm_backends::{SandboxKind, SandboxSettings};
 pub use sopm_core::conformance::executor::{
     call, call_within, function, function_with, python, python_limited, still_serves, tight,
     wait_for_stem_cells, write_file, TestFunction, HELLO_PY,
@@ -56,12 +57,14 @@ pub fn which(tool: &str) -> Option<std::path::PathBuf> {
 
 /// An executor with small stem pools for tests.
 pub fn executor(runners: &[RunnerKind]) -> ProcessExecutor {
-    config(runners).build().expect("valid config")
+    config(runners)
+        .build::<ProcessLauncher>()
+        .expect("valid config")
 }
 
-/// A process executor configuration with one stem cell for each of `runners`.
-pub fn config(runners: &[RunnerKind]) -> ProcessExecutorConfig {
-    ProcessExecutorConfig::new()
+/// Process sandbox settings with one stem cell for each of `runners`.
+pub fn config(runners: &[RunnerKind]) -> SandboxSettings {
+    SandboxSettings::new(SandboxKind::Process)
         .with_pool(PoolSettings::new(runners.iter().copied()).with_stem_cells(1))
         .with_scratch_dir(test_scratch_dir())
 }

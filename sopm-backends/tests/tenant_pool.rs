@@ -36,7 +36,7 @@ async fn a_tenant_at_its_warm_cap_waits_then_quota_exceeded_while_another_runs()
     }
     let mut config = config(&[RunnerKind::Python]);
     config.pool_mut().max_per_tenant = 1;
-    let exec = config.build().unwrap();
+    let exec = config.build::<ProcessLauncher>().unwrap();
     let a1 = owned("alice", SLEEPY);
     let a2 = owned("alice", SLEEPY);
     let b1 = owned("bob", SLEEPY);

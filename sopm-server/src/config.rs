@@ -73,9 +73,9 @@ impl std::str::FromStr for MetricsToken {
     }
 }
 
-/// The sandbox backends user functions may be built for and run in, by name. A
-/// backend is added here and in `server.rs`'s table of the backends this build makes.
-pub const EXECUTOR_NAMES: &[&str] = &["process", "gvisor", "docker", "docker-runsc"];
+/// The sandbox backends user functions may be built for and run in, by name (the
+/// backend table of `sopm_backends::backends`).
+pub const EXECUTOR_NAMES: &[&str] = sopm_backends::backends::BACKEND_NAMES;
 
 /// The runtimes of user functions, as `[executors]` names them.
 const RUNTIME_NAMES: [&str; 4] = ["python", "node", "shell", "binary"];

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[cfg(feature = "process")]
-use sopm_core::{Builder, Executor};
+use sopm_backends::backends::{self, Backend, BackendContext, DEFAULT_BACKEND};
 use sopm_core::{
     CachedKeyStore, JobStore, KeyStore, LocalSchedulerConfig, MemoryKeyStore, Platform, Registry,
     Runtime,
@@ -27,7 +27,7 @@ pub struct Services {
     local_builder: Option<Arc<sopm_backends::LocalBuilder>>,
     /// The sandbox backends whose stem cells boot at start-up.
     #[cfg(feature = "process")]
-    early: Vec<Starter>,
+    early: Vec<Backend>,
 }
 
 /// The runtimes whose uploads are built into directory artifacts on this machine.
@@ -38,176 +38,6 @@ pub const LOCAL_RUNTIMES: [Runtime; 4] = [
     Runtime::Binary,
 ];
 
-/// Boots a backend's stem cells now instead of on its first use (needs a tokio runtime).
-#[cfg(feature = "process")]
-struct Starter(&'static str, Box<dyn Fn() + Send + Sync>);
-
-#[cfg(feature = "process")]
-impl std::fmt::Debug for Starter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Starter({})", self.0)
-    }
-}
-
-/// One sandbox backend, made: its executor, the builder of the artifacts it runs, and
-/// how to boot it early.
-#[cfg(feature = "process")]
-struct Sandbox {
-    executor: Arc<dyn Executor>,
-    builder: Arc<dyn Builder>,
-    start: Box<dyn Fn() + Send + Sync>,
-}
-
-/// What a backend is made from: the settings, the shared local builder (directory
-/// artifacts), and whether the settings name the backend. `Ok(None)`: this host
-/// cannot offer it and nothing asks for it.
-#[cfg(feature = "process")]
-type MakeSandbox =
-    fn(&ServerConfig, &Arc<sopm_backends::LocalBuilder>, bool) -> Result<Option<Sandbox>, String>;
-
-/// The sandbox backends this build makes, by the name uploads and `[executors]` use
-/// (each name also in [`crate::config::EXECUTOR_NAMES`]).
-#[cfg(feature = "process")]
-const SANDBOXES: &[(&str, MakeSandbox)] = &[
-    ("process", process_sandbox),
-    #[cfg(feature = "gvisor")]
-    ("gvisor", gvisor_sandbox),
-    #[cfg(feature = "docker")]
-    ("docker", docker_sandbox),
-    #[cfg(feature = "docker")]
-    ("docker-runsc", docker_runsc_sandbox),
-];
-
-/// The backend of runtimes and functions the settings leave unassigned.
-#[cfg(feature = "process")]
-const DEFAULT_SANDBOX: &str = "process";
-
-/// A sandbox's state directory: from its `*_SCRATCH_DIR` variable, else under the
-/// data directory.
-#[cfg(feature = "process")]
-fn scratch_dir(
-    c: &ServerConfig,
-    var: &str,
-    name: &str,
-) -> Result<Option<std::path::PathBuf>, String> {
-    if std::env::var_os(var).is_some() {
-        return Ok(None);
-    }
-    std::path::absolute(c.data_dir.join(name))
-        .map(Some)
-        .map_err(|e| format!("data directory {}: {e}", c.data_dir.display()))
-}
-
-/// The process backend: bubblewrap sandboxes behind a warm pool, settings from
-/// `SOPM_*` variables (`ProcessExecutorConfig::from_env`), state under
-/// `<data_dir>/sandboxes`. Always offered.
-#[cfg(feature = "process")]
-fn process_sandbox(
-    c: &ServerConfig,
-    local: &Arc<sopm_backends::LocalBuilder>,
-    _named: bool,
-) -> Result<Option<Sandbox>, String> {
-    let mut config = sopm_backends::ProcessExecutorConfig::from_env().map_err(|e| e.to_string())?;
-    if let Some(dir) = scratch_dir(c, "SOPM_SANDBOX_SCRATCH_DIR", "sandboxes")? {
-        config = config.with_scratch_dir(dir);
-    }
-    let process = config.build().map_err(|e| e.to_string())?;
-    let started = process.clone();
-    Ok(Some(Sandbox {
-        executor: Arc::new(process),
-        builder: local.clone(),
-        start: Box::new(move || started.start()),
-    }))
-}
-
-/// The gVisor backend: `runsc` sandboxes, settings from `SOPM_*` variables
-/// (`GvisorExecutorConfig::from_env`), state under `<data_dir>/gvisor`. Offered when
-/// the settings name it or `runsc` is found (`SOPM_RUNSC`, or on `PATH`).
-#[cfg(feature = "gvisor")]
-fn gvisor_sandbox(
-    c: &ServerConfig,
-    local: &Arc<sopm_backends::LocalBuilder>,
-    named: bool,
-) -> Result<Option<Sandbox>, String> {
-    let found = std::env::var_os("SOPM_RUNSC").is_some()
-        || std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("runsc").is_file()));
-    if !named && !found {
-        return Ok(None);
-    }
-    let mut config = sopm_backends::GvisorExecutorConfig::from_env().map_err(|e| e.to_string())?;
-    if let Some(dir) = scratch_dir(c, "SOPM_GVISOR_SCRATCH_DIR", "gvisor")? {
-        config = config.with_scratch_dir(dir);
-    }
-    let gvisor = config.build().map_err(|e| e.to_string())?;
-    let started = gvisor.clone();
-    Ok(Some(Sandbox {
-        executor: Arc::new(gvisor),
-        builder: local.clone(),
-        start: Box::new(move || started.start()),
-    }))
-}
-
-/// Whether a Docker daemon may be reachable: `SOPM_DOCKER_HOST` or `DOCKER_HOST` set, or
-/// the default socket present.
-#[cfg(feature = "docker")]
-fn docker_configured() -> bool {
-    std::env::var_os("SOPM_DOCKER_HOST").is_some()
-        || std::env::var_os("DOCKER_HOST").is_some()
-        || std::path::Path::new("/var/run/docker.sock").exists()
-}
-
-/// A docker backend named `name`, its containers under `runtime` (`None`: the daemon's
-/// default, or `SOPM_DOCKER_RUNTIME`); settings from `SOPM_*` variables
-/// (`DockerExecutorConfig::from_env`); its builder makes images over the local builder's
-/// artifacts. Offered when the settings name it or a daemon may be reachable.
-#[cfg(feature = "docker")]
-fn docker_backend(
-    local: &Arc<sopm_backends::LocalBuilder>,
-    named: bool,
-    name: &str,
-    runtime: Option<&str>,
-) -> Result<Option<Sandbox>, String> {
-    if !named && !docker_configured() {
-        return Ok(None);
-    }
-    let mut config = sopm_backends::DockerExecutorConfig::from_env()
-        .map_err(|e| e.to_string())?
-        .with_name(name);
-    if let Some(runtime) = runtime {
-        config = config.with_runtime(runtime);
-    }
-    let docker = config.build().map_err(|e| e.to_string())?;
-    let started = docker.clone();
-    Ok(Some(Sandbox {
-        builder: Arc::new(docker.builder(local.clone())),
-        executor: Arc::new(docker),
-        start: Box::new(move || started.start()),
-    }))
-}
-
-/// The docker backend under the daemon's default runtime (runc, or
-/// `SOPM_DOCKER_RUNTIME`).
-#[cfg(feature = "docker")]
-fn docker_sandbox(
-    _c: &ServerConfig,
-    local: &Arc<sopm_backends::LocalBuilder>,
-    named: bool,
-) -> Result<Option<Sandbox>, String> {
-    docker_backend(local, named, "docker", None)
-}
-
-/// The docker backend with gVisor: containers under the `runsc` runtime, which the
-/// daemon must have registered.
-#[cfg(feature = "docker")]
-fn docker_runsc_sandbox(
-    _c: &ServerConfig,
-    local: &Arc<sopm_backends::LocalBuilder>,
-    named: bool,
-) -> Result<Option<Sandbox>, String> {
-    docker_backend(local, named, "docker-runsc", Some("runsc"))
-}
-
 /// Registers the sandbox backends this build and host offer, each runtime's default
 /// (`[executors]`, else `process`) and the rules by function name
 /// (`[executors.functions]`). Returns the starters of the backends the settings use,
@@ -217,17 +47,25 @@ fn add_sandboxes(
     c: &ServerConfig,
     mut builder: sopm_core::PlatformBuilder,
     local: &Arc<sopm_backends::LocalBuilder>,
-) -> Result<(sopm_core::PlatformBuilder, Vec<Starter>), String> {
+) -> Result<(sopm_core::PlatformBuilder, Vec<Backend>), String> {
     let settings = &c.executors;
+    let context = BackendContext {
+        data_dir: c.data_dir.clone(),
+        local_builder: local.clone(),
+    };
     let mut early = Vec::new();
     let mut offered = Vec::new();
-    for (name, make) in SANDBOXES {
-        let used = *name == DEFAULT_SANDBOX || settings.names(name);
-        if let Some(sandbox) = make(c, local, used)? {
-            builder = builder.with_sandbox(*name, sandbox.executor, sandbox.builder);
-            offered.push(*name);
+    for entry in backends::backends() {
+        let used = entry.name == DEFAULT_BACKEND || settings.names(entry.name);
+        if let Some(backend) = (entry.make)(&context, used).map_err(|e| e.to_string())? {
+            builder = builder.with_sandbox(
+                backend.name,
+                backend.executor.clone(),
+                backend.builder.clone(),
+            );
+            offered.push(entry.name);
             if used {
-                early.push(Starter(name, sandbox.start));
+                early.push(backend);
             }
         }
     }
@@ -245,7 +83,7 @@ fn add_sandboxes(
             .runtimes
             .get(runtime.as_str())
             .map(String::as_str)
-            .unwrap_or(DEFAULT_SANDBOX);
+            .unwrap_or(DEFAULT_BACKEND);
         check(runtime.as_str().to_string(), name)?;
         builder = builder.with_runtime_executor(runtime, name);
     }
@@ -371,8 +209,8 @@ pub async fn serve(c: ServerConfig) -> Result<(), String> {
     let state = AppState::with_keys(platform.clone(), api, services.keys.clone());
     // Boot the stem cells now, so the first upload's first call is already warm.
     #[cfg(feature = "process")]
-    for Starter(_, start) in &services.early {
-        start();
+    for backend in &services.early {
+        backend.start();
     }
     #[cfg(feature = "process")]
     if let Some(local) = &services.local_builder {

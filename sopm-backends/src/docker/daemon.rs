@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use sopm_core::{Error, Result};
 use tokio::sync::{Mutex, OnceCell};
 
-use super::DockerExecutorConfig;
+use crate::host::settings::SandboxSettings;
 use crate::sandbox::RunnerKind;
 
 /// Label naming the executor that made a container.
@@ -46,9 +46,9 @@ pub(crate) struct Daemon {
 }
 
 impl Daemon {
-    pub(crate) fn new(config: &DockerExecutorConfig) -> Self {
+    pub(crate) fn new(config: &SandboxSettings) -> Self {
         Daemon {
-            host: config.host.clone(),
+            host: config.docker_host.clone(),
             executor: config.name.clone(),
             owner: owner_label(),
             instance: uuid::Uuid::new_v4().simple().to_string(),

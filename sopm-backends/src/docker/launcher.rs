@@ -19,8 +19,8 @@ use tokio::task::JoinHandle;
 use super::daemon::{
     remove_container, Daemon, LABEL_EXECUTOR, LABEL_INSTANCE, LABEL_OWNER, RUNNER_DIR,
 };
-use super::DockerExecutorConfig;
 use crate::host::cgroup::oom_kills_in;
+use crate::host::settings::SandboxSettings;
 use crate::sandbox::protocol::{BoxRead, BoxWrite, RUNNER_PROLOGUE};
 use crate::sandbox::{
     load_directory, Death, FunctionCode, LaunchSpec, RunnerChannel, RunnerKind, Sandbox,
@@ -33,12 +33,12 @@ const PIPE_BYTES: usize = 256 * 1024;
 /// Boots the Docker backend's containers.
 #[derive(Debug)]
 pub struct DockerLauncher {
-    config: DockerExecutorConfig,
+    config: SandboxSettings,
     daemon: Arc<Daemon>,
 }
 
 impl DockerLauncher {
-    pub(crate) fn new(config: DockerExecutorConfig, daemon: Arc<Daemon>) -> Self {
+    pub(crate) fn new(config: SandboxSettings, daemon: Arc<Daemon>) -> Self {
         DockerLauncher { config, daemon }
     }
 
@@ -80,7 +80,7 @@ impl DockerLauncher {
             memory: Some(memory),
             memory_swap: Some(memory),
             pids_limit: Some(pids),
-            nano_cpus: Some((self.config.cpus * 1e9) as i64),
+            nano_cpus: Some(self.config.cpu_millis as i64 * 1_000_000),
             ulimits: Some(ulimits(limits)),
             readonly_rootfs: Some(true),
             tmpfs: Some(tmpfs),
@@ -89,7 +89,7 @@ impl DockerLauncher {
             security_opt: Some(security_opts()),
             network_mode: Some(if spec.network { "bridge" } else { "none" }.into()),
             init: Some(true),
-            runtime: self.config.runtime.clone(),
+            runtime: self.config.docker_runtime.clone(),
             auto_remove: Some(false),
             ..Default::default()
         }
@@ -534,6 +534,7 @@ impl Drop for DockerSandbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::SandboxKind;
 
     #[test]
     fn commands_start_the_runner_behind_the_prologue() {
@@ -550,7 +551,7 @@ mod tests {
 
     #[test]
     fn host_config_isolates_and_limits() {
-        let config = DockerExecutorConfig::new().with_runtime("runsc");
+        let config = SandboxSettings::new(SandboxKind::Docker).with_docker_runtime("runsc");
         let daemon = Arc::new(Daemon::new(&config));
         let launcher = DockerLauncher::new(config, daemon);
         let spec = LaunchSpec {

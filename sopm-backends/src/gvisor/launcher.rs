@@ -13,13 +13,13 @@ use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 
 use super::bundle::{self, BundlePlan};
-use super::GvisorExecutorConfig;
 use crate::host::child::{death_of, exit_soon, is_running};
 use crate::host::interpreters::Interpreters;
 use crate::host::mounts::{host_binds, TopLevel, HOST_FILES};
 use crate::host::rlimits::rlimit_args;
 use crate::host::runner_files::write_runners;
 use crate::host::sandbox_name;
+use crate::host::settings::SandboxSettings;
 use crate::host::tools::tool;
 use crate::sandbox::protocol::RunnerChannel;
 use crate::sandbox::{Death, LaunchSpec, RunnerKind, Sandbox, SandboxLauncher};
@@ -109,7 +109,7 @@ impl Runsc {
 /// Boots sandboxes under gVisor.
 #[derive(Debug)]
 pub struct GvisorLauncher {
-    config: GvisorExecutorConfig,
+    settings: SandboxSettings,
     /// The runsc state directory (`runsc --root`).
     state_dir: PathBuf,
     /// The global flags of every `runsc` command.
@@ -118,20 +118,20 @@ pub struct GvisorLauncher {
 }
 
 impl GvisorLauncher {
-    pub(crate) fn new(config: GvisorExecutorConfig) -> Self {
+    pub(crate) fn new(settings: SandboxSettings) -> Self {
         let mut runsc_flags = vec![
             "--network=none".to_string(),
-            format!("--platform={}", config.platform.as_str()),
+            format!("--platform={}", settings.gvisor_platform.as_str()),
             // Apply the bundle's seccomp profile inside the sandbox too.
             "--oci-seccomp".to_string(),
         ];
-        if !config.cgroups {
+        if !settings.cgroups {
             runsc_flags.push("--ignore-cgroups".into());
         }
         GvisorLauncher {
-            state_dir: config.scratch_dir().join("state"),
+            state_dir: settings.scratch_dir().join("state"),
             runsc_flags,
-            config,
+            settings,
             tools: OnceCell::new(),
         }
     }
@@ -150,19 +150,19 @@ impl GvisorLauncher {
 
     /// Where the per-sandbox bundle directories go.
     pub fn bundles_dir(&self) -> PathBuf {
-        self.config.scratch_dir().join("bundles")
+        self.settings.scratch_dir().join("bundles")
     }
 
     async fn probe(&self) -> Result<HostTools> {
         use std::os::unix::fs::PermissionsExt;
-        let config = &self.config;
+        let settings = &self.settings;
         let runsc = Runsc {
-            exe: tool(&config.runsc, "runsc", "the gvisor executor needs runsc")?,
+            exe: tool(&settings.runsc, "runsc", "the gvisor executor needs runsc")?,
             root: self.state_dir.clone(),
             global: self.runsc_flags.clone(),
         };
-        let interpreters = Interpreters::probe(&config.python, &config.node).await;
-        let scratch = config.scratch_dir();
+        let interpreters = Interpreters::probe(&settings.python, &settings.node).await;
+        let scratch = settings.scratch_dir();
         let io = |what: &str, e: std::io::Error| {
             Error::Internal(format!(
                 "cannot prepare {what} in {}: {e}",
@@ -177,7 +177,7 @@ impl GvisorLauncher {
         }
         let top_level = TopLevel::of_host();
         let host_files = host_binds(&HOST_FILES);
-        let mut binds: Vec<PathBuf> = config.extra_ro_binds.clone();
+        let mut binds: Vec<PathBuf> = settings.extra_ro_binds.clone();
         binds.extend(interpreters.binds().cloned());
         let rootfs = scratch.join("rootfs");
         bundle::write_skeleton(&rootfs, &top_level, &host_files, &binds)
@@ -239,15 +239,15 @@ impl SandboxLauncher for GvisorLauncher {
             runners_dir: &tools.runners_dir,
             top_level: &tools.top_level,
             host_files: &tools.host_files,
-            extra_binds: &self.config.extra_ro_binds,
+            extra_binds: &self.settings.extra_ro_binds,
             limits: &spec.limits,
             mount: spec.mount.as_deref(),
-            code_tmpfs_bytes: self.config.pool.code_tmpfs_bytes(),
+            code_tmpfs_bytes: self.settings.pool.code_tmpfs_bytes(),
             cgroups_path: self
-                .config
+                .settings
                 .cgroups
-                .then(|| format!("/{}/{id}", self.config.cgroup_parent)),
-            cpu_millis: self.config.cpu_millis,
+                .then(|| format!("/{}/{id}", self.settings.cgroup_parent)),
+            cpu_millis: self.settings.cpu_millis,
         };
         let config = bundle::config_json(&plan).to_string();
         std::fs::create_dir_all(&bundle_dir)

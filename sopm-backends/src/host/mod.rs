@@ -10,7 +10,8 @@
 //! - [`cgroup`]: per-sandbox cgroups for memory and process limits, and OOM-kill counts.
 //! - [`child`]: the host process a sandbox runs under, and how it ended.
 //! - [`tools`]: finding host programs (configured, else on `PATH`).
-//! - [`settings`]: the settings every sandbox backend shares and their checks.
+//! - [`settings`]: [`SandboxSettings`], the one settings type of every sandbox backend.
+//! - [`pool_settings`]: [`PoolSettings`], the warm-pool knobs inside it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,13 +19,15 @@ pub mod cgroup;
 pub mod child;
 pub mod interpreters;
 pub mod mounts;
+pub mod pool_settings;
 pub mod rlimits;
 pub mod runner_files;
 pub mod seccomp;
 pub mod settings;
 pub mod tools;
 
-pub use settings::PoolSettings;
+pub use pool_settings::PoolSettings;
+pub use settings::{GvisorPlatform, SandboxBackend, SandboxKind, SandboxSettings};
 
 /// A name unique on this host for as long as this process lives: `<pid>-<n>` (sandbox
 /// names, cgroup names and gVisor sandbox ids start with the server's pid, so what a dead

@@ -13,7 +13,6 @@ use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 
 use super::bwrap::{self, SandboxPlan};
-use super::ProcessExecutorConfig;
 use crate::host::cgroup::{CgroupRoot, SandboxCgroup};
 use crate::host::child::{death_of, exit_soon, is_running};
 use crate::host::interpreters::Interpreters;
@@ -21,6 +20,7 @@ use crate::host::mounts::TopLevel;
 use crate::host::rlimits::rlimit_args;
 use crate::host::runner_files::write_runners;
 use crate::host::sandbox_name;
+use crate::host::settings::SandboxSettings;
 use crate::host::tools::tool;
 use crate::sandbox::protocol::RunnerChannel;
 use crate::sandbox::{Death, LaunchSpec, RunnerKind, Sandbox, SandboxLauncher};
@@ -41,21 +41,21 @@ struct HostTools {
 /// Boots sandboxes under bubblewrap.
 #[derive(Debug)]
 pub struct ProcessLauncher {
-    config: ProcessExecutorConfig,
+    settings: SandboxSettings,
     tools: OnceCell<Arc<HostTools>>,
 }
 
 impl ProcessLauncher {
-    pub(crate) fn new(config: ProcessExecutorConfig) -> Self {
+    pub(crate) fn new(settings: SandboxSettings) -> Self {
         ProcessLauncher {
-            config,
+            settings,
             tools: OnceCell::new(),
         }
     }
 
     async fn tools(&self) -> Result<Arc<HostTools>> {
         self.tools
-            .get_or_try_init(|| async { probe(&self.config).await.map(Arc::new) })
+            .get_or_try_init(|| async { probe(&self.settings).await.map(Arc::new) })
             .await
             .cloned()
     }
@@ -81,7 +81,7 @@ impl SandboxLauncher for ProcessLauncher {
                     let (mem, pids) = cgroup_limits(&spec.limits);
                     let set = cg
                         .set_limits(mem, pids)
-                        .and_then(|()| cg.set_cpu_millis(self.config.cpu_millis));
+                        .and_then(|()| cg.set_cpu_millis(self.settings.cpu_millis));
                     if let Err(e) = set {
                         cg.remove_now();
                         return Err(Error::Internal(format!("cannot set cgroup limits: {e}")));
@@ -106,12 +106,12 @@ impl SandboxLauncher for ProcessLauncher {
             interpreter,
             runners_dir: &tools.runners_dir,
             top_level: &tools.top_level,
-            extra_binds: &self.config.extra_ro_binds,
+            extra_binds: &self.settings.extra_ro_binds,
             limits: &spec.limits,
             network: spec.network,
             mount: spec.mount.as_deref(),
             nproc_rlimit: cgroup.is_none(),
-            code_tmpfs_bytes: self.config.pool.code_tmpfs_bytes(),
+            code_tmpfs_bytes: self.settings.pool.code_tmpfs_bytes(),
         };
         let argv = bwrap::command_line(&plan);
         let mut cmd = Command::new(&argv[0]);
@@ -367,20 +367,20 @@ fn leaf_of(pid: u32) -> Option<u32> {
     None
 }
 
-async fn probe(config: &ProcessExecutorConfig) -> Result<HostTools> {
+async fn probe(settings: &SandboxSettings) -> Result<HostTools> {
     let bwrap = tool(
-        &config.bwrap,
+        &settings.bwrap,
         "bwrap",
         "the process executor needs bubblewrap",
     )?;
     let prlimit = tool(
-        &config.prlimit,
+        &settings.prlimit,
         "prlimit",
         "util-linux prlimit applies rlimits",
     )?;
-    let sh = tool(&config.host_shell, "sh", "joins sandbox cgroups")?;
-    let interpreters = Interpreters::probe(&config.python, &config.node).await;
-    let scratch = config.scratch_dir();
+    let sh = tool(&settings.host_shell, "sh", "joins sandbox cgroups")?;
+    let interpreters = Interpreters::probe(&settings.python, &settings.node).await;
+    let scratch = settings.scratch_dir();
     let runners_dir = write_runners(&scratch).map_err(|e| {
         Error::Internal(format!(
             "cannot write the runners to {}: {e}",
@@ -394,8 +394,8 @@ async fn probe(config: &ProcessExecutorConfig) -> Result<HostTools> {
         ))
     })?;
     let top_level = TopLevel::of_host();
-    let cgroups = if config.cgroups {
-        match CgroupRoot::detect(Path::new("/sys/fs/cgroup"), &config.cgroup_parent) {
+    let cgroups = if settings.cgroups {
+        match CgroupRoot::detect(Path::new("/sys/fs/cgroup"), &settings.cgroup_parent) {
             Ok(root) => {
                 tracing::info!(?root, "sandbox memory and process limits use cgroups");
                 root.sweep_stale(&sh).await;

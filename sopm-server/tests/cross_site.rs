@@ -72,6 +72,11 @@ async fn send(
 
 const ADD: &str = r#"{"function": "math.add", "input": {"a": 2, "b": 3}}"#;
 
+/// `POST /api/execute` of [`ADD`] with `headers`.
+async fn execute(s: &Server, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+    send(s, "POST", "/api/execute", headers, ADD).await
+}
+
 fn upload_body() -> String {
     json!({
         "name": "planted",
@@ -120,14 +125,7 @@ async fn a_text_plain_execute_is_refused_with_or_without_auth() {
     for auth in [AuthMode::Off, AuthMode::ApiKey] {
         let s = server(auth).await;
         for content_type in ["text/plain", "multipart/form-data; boundary=x"] {
-            let (st, v) = send(
-                &s,
-                "POST",
-                "/api/execute",
-                &[("content-type", content_type)],
-                ADD,
-            )
-            .await;
+            let (st, v) = execute(&s, &[("content-type", content_type)]).await;
             assert_eq!(st, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{auth:?}: {v}");
             assert_eq!(v["error"]["code"], "unsupported_media_type");
         }
@@ -140,14 +138,7 @@ async fn a_text_plain_execute_is_refused_with_or_without_auth() {
         }
         // JSON, with parameters or not, still runs.
         for content_type in ["application/json", "application/json; charset=utf-8"] {
-            let (st, v) = send(
-                &s,
-                "POST",
-                "/api/execute",
-                &[("content-type", content_type)],
-                ADD,
-            )
-            .await;
+            let (st, v) = execute(&s, &[("content-type", content_type)]).await;
             assert_eq!(st, StatusCode::OK, "{auth:?} {content_type}: {v}");
             assert_eq!(v["output"], 5, "{v}");
         }
@@ -166,14 +157,7 @@ async fn a_rebinding_host_is_refused_without_auth() {
         let (st, v) = send(&s, "GET", "/api/functions", &[("host", host)], "").await;
         assert_eq!(st, StatusCode::FORBIDDEN, "{host}: {v}");
         assert_eq!(v["error"]["code"], "host_not_allowed", "{v}");
-        let (st, v) = send(
-            &s,
-            "POST",
-            "/api/execute",
-            &[("host", host), ("content-type", "application/json")],
-            ADD,
-        )
-        .await;
+        let (st, v) = execute(&s, &[("host", host), ("content-type", "application/json")]).await;
         assert_eq!(st, StatusCode::FORBIDDEN, "{host}: {v}");
     }
     // With auth on the page has no key, so Host is not checked.
@@ -238,7 +222,7 @@ async fn same_origin_and_curl_style_requests_still_work() {
     ] {
         let mut with_type = headers.clone();
         with_type.push(("content-type", "application/json"));
-        let (st, v) = send(&s, "POST", "/api/execute", &with_type, ADD).await;
+        let (st, v) = execute(&s, &with_type).await;
         assert_eq!(st, StatusCode::OK, "{headers:?}: {v}");
         assert_eq!(v["output"], 5, "{v}");
         let (st, _) = send(&s, "GET", "/api/functions", &headers, "").await;

@@ -9,168 +9,27 @@
 //! Needs bubblewrap and pip, and PyPI for `six`: without them the test skips with a
 //! printed reason, unless `SOPM_REQUIRE_INTEGRATION=1`, where it fails instead.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+use support::http::Request;
+use support::server::{Server, ServerOptions};
+use support::skip::{bwrap_missing, pip_missing, skipped};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sopm");
 const README: &str = include_str!("../../README.md");
 
-fn require_integration() -> bool {
-    std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() == Ok("1")
-}
-
-fn skip(reason: &str) {
-    if require_integration() {
-        panic!("SOPM_REQUIRE_INTEGRATION=1 but {reason}");
-    }
-    eprintln!("skipped: {reason}");
-}
-
-fn works(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
+/// Whether bubblewrap and pip are here; if not the test skips (or fails).
 fn tools_present() -> bool {
-    if !works(
-        "bwrap",
-        &["--unshare-user", "--ro-bind", "/", "/", "--", "true"],
-    ) {
-        skip("bwrap is missing or does not work here");
-        return false;
-    }
-    if !works("python3", &["-m", "pip", "--version"]) {
-        skip("python3 with pip is missing");
-        return false;
-    }
-    true
+    !skipped(bwrap_missing().or_else(pip_missing))
 }
 
-/// `sopm serve` started from `cwd` with `args`, on a free loopback port.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(cwd: &Path, args: &[&str]) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(BIN)
-            .arg("serve")
-            .args(args)
-            .current_dir(cwd)
-            .env("SOPM_LISTEN", format!("127.0.0.1:{port}"))
-            .env("SOPM_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start sopm serve");
-        let mut server = Server { child, port };
-        let until = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok((200, _)) = server.send(&Request::get("/readyz")) {
-                return server;
-            }
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("sopm serve exited before it was ready: {status}");
-            }
-            assert!(Instant::now() < until, "the server did not become ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Sends `req` as curl would (its method, headers and body) and reads the answer.
-    fn send(&self, req: &Request) -> std::io::Result<(u16, Value)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
-        let mut head = format!(
-            "{} {} HTTP/1.1\r\nHost: localhost:{}\r\nUser-Agent: curl/8.0\r\nAccept: */*\r\nConnection: close\r\n",
-            req.method, req.path, self.port
-        );
-        for (name, value) in &req.headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        if let Some(body) = &req.body {
-            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        head.push_str("\r\n");
-        s.write_all(head.as_bytes())?;
-        if let Some(body) = &req.body {
-            s.write_all(body.as_bytes())?;
-        }
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let raw = String::from_utf8_lossy(&raw);
-        let status = raw.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let (head, payload) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        let payload = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            unchunk(payload)
-        } else {
-            payload.to_string()
-        };
-        Ok((
-            status,
-            serde_json::from_str(&payload).unwrap_or(Value::Null),
-        ))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn unchunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// One `curl` command of the README.
-#[derive(Debug, Clone)]
-struct Request {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Option<String>,
-}
-
-impl Request {
-    fn get(path: &str) -> Request {
-        Request {
-            method: "GET".into(),
-            path: path.into(),
-            headers: vec![],
-            body: None,
-        }
-    }
+/// `sopm serve` run from `cwd` with `args`, its address in `SOPM_LISTEN`, as the
+/// README starts it.
+fn start(cwd: &Path, args: &[&str]) -> Server {
+    Server::start(ServerOptions::new().cwd(cwd).listen_via_env().args(args))
 }
 
 /// A README step: the request and the answer the README shows after it.
@@ -280,12 +139,34 @@ fn curl_request(command: &str) -> Request {
         ));
     }
     let method = method.unwrap_or_else(|| if body.is_some() { "POST" } else { "GET" }.into());
-    Request {
-        method,
-        path,
-        headers,
-        body,
-    }
+    // What curl sends of its own, then the command's headers.
+    let mut request = Request::new(&method, &path)
+        .header("User-Agent", "curl/8.0")
+        .header("Accept", "*/*");
+    request.headers.extend(headers);
+    request.body = body.map(String::into_bytes);
+    request
+}
+
+/// `first`, the answer to `request`, or while `pending` holds for the latest answer,
+/// the answer to sending it again; gives up after `limit` saying `what`.
+fn follow(
+    server: &Server,
+    request: &Request,
+    first: (u16, Value),
+    limit: Duration,
+    pending: fn(&Value) -> bool,
+    what: &str,
+) -> (u16, Value) {
+    let mut first = Some(first);
+    support::poll(limit, Duration::from_millis(50), || {
+        let answer = first.take().unwrap_or_else(|| server.request(request));
+        if pending(&answer.1) {
+            Err(format!("{what}: {}", answer.1))
+        } else {
+            Ok(answer)
+        }
+    })
 }
 
 /// The `curl` steps of the README between the heading `from` and the line starting
@@ -475,19 +356,17 @@ fn walk(server: &Server, steps: &[Step]) -> bool {
             ids.push((request.path[start..end].to_string(), last_id.clone()));
             request.path = with_ids(&request.path, &ids);
         }
-        let mut answer = server.send(&request).expect("the request");
+        let mut answer = server.request(&request);
         if request.method == "GET" && request.path.starts_with("/api/status/") {
             // "then follow the job": until it has finished.
-            let until = Instant::now() + Duration::from_secs(60);
-            while matches!(answer.1["status"].as_str(), Some("queued" | "running")) {
-                assert!(
-                    Instant::now() < until,
-                    "the job did not finish: {}",
-                    answer.1
-                );
-                std::thread::sleep(Duration::from_millis(50));
-                answer = server.send(&request).expect("the request");
-            }
+            answer = follow(
+                server,
+                &request,
+                answer,
+                Duration::from_secs(60),
+                |job| matches!(job["status"].as_str(), Some("queued" | "running")),
+                "the job did not finish",
+            );
         }
         if let Some(id) = answer.1["id"].as_str() {
             last_id = id.to_string();
@@ -502,21 +381,19 @@ fn walk(server: &Server, steps: &[Step]) -> bool {
             }
         }
         if request.method == "GET" && request.path == "/api/user-functions/greet" {
-            let until = Instant::now() + Duration::from_secs(300);
-            while answer.1["status"] == "building" {
-                assert!(
-                    Instant::now() < until,
-                    "the build did not finish: {}",
-                    answer.1
-                );
-                std::thread::sleep(Duration::from_millis(200));
-                answer = server.send(&step.request).expect("the request");
-            }
+            answer = follow(
+                server,
+                &step.request,
+                answer,
+                Duration::from_secs(300),
+                |function| function["status"] == "building",
+                "the build did not finish",
+            );
             if answer.1["status"] == "failed" {
                 let log = answer.1["build_log"].as_str().unwrap_or_default();
-                skip(&format!(
+                skipped(Some(&format!(
                     "the README's build failed (is PyPI reachable?):\n{log}"
-                ));
+                )));
                 return false;
             }
         }
@@ -542,7 +419,7 @@ fn the_readme_reads_as_requests_and_answers() {
             ("POST", "/api/user-functions/greet/execute"),
         ]
     );
-    let upload: Value = serde_json::from_str(steps[0].request.body.as_deref().unwrap()).unwrap();
+    let upload: Value = serde_json::from_slice(steps[0].request.body.as_deref().unwrap()).unwrap();
     assert_eq!(upload["requirements"], "six==1.16.0\n");
     assert!(shown_pairs(&steps[2].answer)
         .iter()
@@ -564,15 +441,24 @@ fn the_readme_reads_as_requests_and_answers() {
     ));
 }
 
-#[test]
-fn the_readme_walk_through_works_from_a_long_path() {
+/// A server started with `args` from a [`long_dir`] in a new temporary directory
+/// (returned first, to outlive the server); `None` when the tools are missing.
+fn from_a_long_path(args: &[&str]) -> Option<(tempfile::TempDir, PathBuf, Server)> {
     if !tools_present() {
-        return;
+        return None;
     }
     let base = tempfile::tempdir().unwrap();
-    let clone = long_dir(base.path());
+    let cwd = long_dir(base.path());
+    let server = start(&cwd, args);
+    Some((base, cwd, server))
+}
+
+#[test]
+fn the_readme_walk_through_works_from_a_long_path() {
     // The README's way: `serve` with no data directory, so data goes to ./sopm-data.
-    let server = Server::start(&clone, &[]);
+    let Some((_base, clone, server)) = from_a_long_path(&[]) else {
+        return;
+    };
     let data = clone.join("sopm-data");
     assert!(
         data.join("sopm.db").is_file(),
@@ -593,12 +479,9 @@ fn the_readme_walk_through_works_from_a_long_path() {
 
 #[test]
 fn a_relative_data_dir_works_from_any_working_directory() {
-    if !tools_present() {
+    let Some((_base, cwd, server)) = from_a_long_path(&["--data-dir", "relative/../data"]) else {
         return;
-    }
-    let base = tempfile::tempdir().unwrap();
-    let cwd = long_dir(base.path());
-    let server = Server::start(&cwd, &["--data-dir", "relative/../data"]);
+    };
     assert!(cwd.join("data/sopm.db").is_file());
     let steps = readme_steps("## Your own functions", "The same from a directory");
     if !walk(&server, &steps[..3]) {
@@ -621,42 +504,18 @@ fn a_proxy_that_cannot_start_says_so_in_the_build_log() {
     }
     let base = tempfile::tempdir().unwrap();
     let missing = base.path().join("no-such-temp-dir");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(BIN)
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(base.path().join("data"))
-        .env("SOPM_LISTEN", format!("127.0.0.1:{port}"))
-        .env("SOPM_LOG", "error")
-        .env("TMPDIR", &missing)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sopm serve");
-    let server = Server { child, port };
-    let until = Instant::now() + Duration::from_secs(60);
-    while !matches!(server.send(&Request::get("/readyz")), Ok((200, _))) {
-        assert!(Instant::now() < until, "the server did not become ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = Server::start(
+        ServerOptions::new()
+            .data_dir(base.path().join("data"))
+            .listen_via_env()
+            .log("error")
+            .env("TMPDIR", &missing)
+            .quiet(),
+    );
     let steps = readme_steps("## Your own functions", "The same from a directory");
-    let (status, _) = server.send(&steps[0].request).unwrap();
+    let (status, _) = server.request(&steps[0].request);
     assert_eq!(status, 202);
-    let until = Instant::now() + Duration::from_secs(120);
-    let f = loop {
-        let (_, f) = server
-            .send(&Request::get("/api/user-functions/greet"))
-            .unwrap();
-        if f["status"] != "building" {
-            break f;
-        }
-        assert!(Instant::now() < until, "the build did not end: {f}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let f = server.built_function("/api/user-functions/greet");
     assert_eq!(f["status"], "failed", "{f}");
     let log = f["build_log"].as_str().unwrap();
     assert!(

@@ -8,15 +8,15 @@
 
 #![cfg(target_os = "linux")]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::http::Request;
+use support::server::{Server, ServerOptions};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sopm");
 const MIB: usize = 1 << 20;
 /// The settings under test: every body limit 1 MiB, a 64 MiB budget for bodies.
 const BODY_LIMIT: usize = MIB;
@@ -27,122 +27,47 @@ const CONNECTION_BUFFER: usize = 512 * 1024;
 const LISTINGS: usize = 4;
 const LISTED_JOBS: usize = 8;
 
-struct Server {
-    child: Child,
-    port: u16,
+/// A server whose body limits are [`BODY_LIMIT`] and budget [`BUDGET`] (in a config
+/// file under `dir`), data in `dir/data`.
+fn start(dir: &std::path::Path) -> Server {
+    let config = dir.join("sopm.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "max_body_bytes = {BODY_LIMIT}\nmax_upload_json_bytes = {BODY_LIMIT}\n\
+             max_upload_archive_bytes = {BODY_LIMIT}\nmax_upload_total_bytes = {}\n\
+             max_upload_file_bytes = {}\nmax_body_memory_bytes = {BUDGET}\n",
+            2 * BODY_LIMIT,
+            2 * BODY_LIMIT
+        ),
+    )
+    .unwrap();
+    Server::start(
+        ServerOptions::new()
+            .args([std::ffi::OsStr::new("--config"), config.as_os_str()])
+            .data_dir(dir.join("data"))
+            .timeout(Duration::from_secs(300)),
+    )
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `POST path` with `body` of `content_type`, answered.
+fn post(server: &Server, path: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
+    server.request(&Request::new("POST", path).body(content_type, body))
 }
 
-impl Server {
-    fn start(dir: &std::path::Path) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.join("sopm.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "max_body_bytes = {BODY_LIMIT}\nmax_upload_json_bytes = {BODY_LIMIT}\n\
-                 max_upload_archive_bytes = {BODY_LIMIT}\nmax_upload_total_bytes = {}\n\
-                 max_upload_file_bytes = {}\nmax_body_memory_bytes = {BUDGET}\n",
-                2 * BODY_LIMIT,
-                2 * BODY_LIMIT
-            ),
-        )
+/// The peak resident set of the server so far, in bytes.
+fn peak_rss(server: &Server) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/PID/status");
+    let kib: usize = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
         .unwrap();
-        let child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--config",
-            ])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .env("SOPM_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start sopm serve");
-        let s = Server { child, port };
-        let until = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < until {
-            if let Ok((200, _)) = s.try_send("GET", "/readyz", "application/json", b"") {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("server did not become ready");
-    }
-
-    fn try_send(
-        &self,
-        method: &str,
-        path: &str,
-        content_type: &str,
-        body: &[u8],
-    ) -> std::io::Result<(u16, Value)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(300)))?;
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )?;
-        s.write_all(body)?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let raw = String::from_utf8_lossy(&raw);
-        let status = raw.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let payload = raw.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-        Ok((status, serde_json::from_str(payload).unwrap_or(Value::Null)))
-    }
-
-    fn send(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
-        self.try_send(method, path, content_type, body)
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-    }
-
-    /// The peak resident set of the server so far, in bytes.
-    fn peak_rss(&self) -> usize {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .expect("VmHWM in /proc/PID/status");
-        let kib: usize = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .unwrap();
-        kib * 1024
-    }
-}
-
-fn bwrap_or_skip(test: &str) -> bool {
-    let found = Command::new("bwrap")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if found {
-        return true;
-    }
-    let reason = "bubblewrap (bwrap) is not installed";
-    if std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() == Ok("1") {
-        panic!("{test}: {reason}, and SOPM_REQUIRE_INTEGRATION=1");
-    }
-    eprintln!("skipping {test}: {reason}");
-    false
+    kib * 1024
 }
 
 /// Bytes that do not compress, so an archive's size is its content's.
@@ -222,33 +147,23 @@ fn multipart_upload(name: &str, len: usize) -> (String, Vec<u8>) {
 }
 
 fn wait_ready(server: &Server, name: &str) {
-    let until = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (st, v) = server.send("GET", &format!("/api/user-functions/{name}"), "", b"");
-        assert_eq!(st, 200, "{v}");
-        match v["status"].as_str() {
-            Some("ready") => return,
-            Some("failed") => panic!("the build of {name} failed: {v}"),
-            _ => {}
-        }
-        assert!(Instant::now() < until, "{name} is still building");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let f = server.built_function(&format!("/api/user-functions/{name}"));
+    assert_eq!(f["status"], "ready", "the build of {name} failed: {f}");
 }
 
 #[test]
 fn peak_rss_stays_within_the_body_budget_under_the_largest_requests() {
-    if !bwrap_or_skip("peak_rss_stays_within_the_body_budget_under_the_largest_requests") {
+    if support::skip::skipped(support::skip::bwrap_missing()) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let server = Arc::new(Server::start(dir.path()));
+    let server = Arc::new(start(dir.path()));
     let json = "application/json";
 
     // One request of each kind first: allocator arenas, thread caches, SQLite pages
     // and a function whose jobs carry large inputs (for the log listings).
-    let (st, v) = server.send(
-        "POST",
+    let (st, v) = post(
+        &server,
         "/api/user-functions",
         json,
         &json_upload("echo", 4096),
@@ -258,82 +173,76 @@ fn peak_rss_stays_within_the_body_budget_under_the_largest_requests() {
     let big_input =
         serde_json::to_vec(&json!({"input": {"blob": "y".repeat(BODY_LIMIT - 1024)}})).unwrap();
     for _ in 0..LISTED_JOBS {
-        let (st, v) = server.send("POST", "/api/user-functions/echo/execute", json, &big_input);
+        let (st, v) = post(
+            &server,
+            "/api/user-functions/echo/execute",
+            json,
+            &big_input,
+        );
         assert_eq!(st, 200, "{v}");
     }
-    let (st, v) = server.send("POST", "/api/execute", json, &long_string_call(BODY_LIMIT));
+    let (st, v) = post(&server, "/api/execute", json, &long_string_call(BODY_LIMIT));
     assert_eq!(st, 200, "{v}");
     // Past math.sum's count of values: parsed whole, then refused.
-    let (st, v) = server.send("POST", "/api/execute", json, &number_array_call(BODY_LIMIT));
+    let (st, v) = post(
+        &server,
+        "/api/execute",
+        json,
+        &number_array_call(BODY_LIMIT),
+    );
     assert!(st == 200 || st == 400, "{v}");
-    let (st, v) = server.send(
-        "POST",
+    let (st, v) = post(
+        &server,
         "/api/user-functions",
         json,
         &json_upload("warm-json", BODY_LIMIT),
     );
     assert_eq!(st, 202, "{v}");
     let (ct, body) = multipart_upload("warm-multipart", BODY_LIMIT);
-    let (st, v) = server.send("POST", "/api/user-functions", &ct, &body);
+    let (st, v) = post(&server, "/api/user-functions", &ct, &body);
     assert_eq!(st, 202, "{v}");
-    let (st, v) = server.send("GET", "/api/user-functions/echo/logs?limit=200", "", b"");
+    let (st, v) = server.get("/api/user-functions/echo/logs?limit=200");
     assert_eq!(st, 200, "{v}");
-    let base = server.peak_rss();
+    let base = peak_rss(&server);
 
     // Then all at once.
-    // Method, path, content type, body, the statuses it may answer.
-    type Request = (&'static str, String, String, Vec<u8>, &'static [u16]);
-    let mut requests: Vec<Request> = Vec::new();
+    // Each request with the statuses it may answer.
+    let mut requests: Vec<(Request, &'static [u16])> = Vec::new();
+    let execute = |body: Vec<u8>| Request::new("POST", "/api/execute").body(json, body);
+    let upload =
+        |ct: &str, body: Vec<u8>| Request::new("POST", "/api/user-functions").body(ct, body);
     for _ in 0..48 {
-        requests.push((
-            "POST",
-            "/api/execute".into(),
-            json.into(),
-            long_string_call(BODY_LIMIT),
-            &[200],
-        ));
+        requests.push((execute(long_string_call(BODY_LIMIT)), &[200]));
     }
     for _ in 0..16 {
-        requests.push((
-            "POST",
-            "/api/execute".into(),
-            json.into(),
-            number_array_call(BODY_LIMIT),
-            &[200, 400],
-        ));
+        requests.push((execute(number_array_call(BODY_LIMIT)), &[200, 400]));
     }
     for i in 0..6 {
         let name = format!("big-json-{i}");
-        requests.push((
-            "POST",
-            "/api/user-functions".into(),
-            json.into(),
-            json_upload(&name, BODY_LIMIT),
-            &[202],
-        ));
+        requests.push((upload(json, json_upload(&name, BODY_LIMIT)), &[202]));
         let (ct, body) = multipart_upload(&format!("big-multipart-{i}"), BODY_LIMIT);
-        requests.push(("POST", "/api/user-functions".into(), ct, body, &[202]));
+        requests.push((upload(&ct, body), &[202]));
     }
     for _ in 0..LISTINGS {
         requests.push((
-            "GET",
-            "/api/user-functions/echo/logs?limit=200".into(),
-            json.into(),
-            Vec::new(),
+            Request::json("GET", "/api/user-functions/echo/logs?limit=200", None),
             &[200],
         ));
     }
     let connections = requests.len();
-    let jobs = requests.iter().filter(|r| r.1 == "/api/execute").count();
+    let jobs = requests
+        .iter()
+        .filter(|(r, _)| r.path == "/api/execute")
+        .count();
     let start = Arc::new(Barrier::new(requests.len()));
     let threads: Vec<_> = requests
         .into_iter()
-        .map(|(method, path, ct, body, ok)| {
+        .map(|(req, ok)| {
             let (server, start) = (server.clone(), start.clone());
             std::thread::spawn(move || {
                 start.wait();
-                let (st, v) = server.send(method, &path, &ct, &body);
-                assert!(ok.contains(&st), "{method} {path}: {st} {v}");
+                let (st, v) = server.request(&req);
+                assert!(ok.contains(&st), "{} {}: {st} {v}", req.method, req.path);
             })
         })
         .collect();
@@ -341,10 +250,10 @@ fn peak_rss_stays_within_the_body_budget_under_the_largest_requests() {
         t.join().expect("a request failed");
     }
     // The server still answers.
-    let (st, _) = server.send("GET", "/healthz", "", b"");
+    let (st, _) = server.get("/healthz");
     assert_eq!(st, 200);
 
-    let peak = server.peak_rss();
+    let peak = peak_rss(&server);
     // docs/operations.md: base + max_body_memory_bytes + a read buffer per connection
     // + the record (input) of each job finished but not yet committed to the store
     // + the job rows each log listing reads.

@@ -62,7 +62,27 @@ async fn send(s: &AppState, method: &str, uri: &str, body: Option<Value>) -> Ans
     }
 }
 
-fn upload(name: &str, runtime: &str, executor: Option<&str>, user: &str) -> Value {
+/// Asserts that the error message of `a` contains each of `parts`.
+fn assert_message_names(a: &Answer, parts: &[&str]) {
+    let message = a.body["error"]["message"].as_str().unwrap();
+    for part in parts {
+        assert!(
+            message.contains(part),
+            "no {part:?} in the message: {}",
+            a.body
+        );
+    }
+}
+
+/// `user` uploads the function `name` of `runtime` (one placeholder file), asking for
+/// `executor` if given.
+async fn upload(
+    s: &AppState,
+    name: &str,
+    runtime: &str,
+    executor: Option<&str>,
+    user: &str,
+) -> Answer {
     let (handler, file) = match runtime {
         "node" => ("index.handle", "index.js"),
         _ => ("main.handle", "main.py"),
@@ -77,7 +97,7 @@ fn upload(name: &str, runtime: &str, executor: Option<&str>, user: &str) -> Valu
     if let Some(e) = executor {
         body["executor"] = json!(e);
     }
-    body
+    send(s, "POST", "/api/user-functions", Some(body)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,26 +111,15 @@ async fn asking_for_a_weaker_sandbox_is_403_executor_not_allowed_unless_granted(
             },
         );
     });
-    let a = send(
-        &s,
-        "POST",
-        "/api/user-functions",
-        Some(upload("weak", "python", Some("process"), "alice")),
-    )
-    .await;
+    let a = upload(&s, "weak", "python", Some("process"), "alice").await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
     assert_eq!(
         a.body["error"]["code"], "executor_not_allowed",
         "{}",
         a.body
     );
-    let message = a.body["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("'process'")
-            && message.contains("allowed: ")
-            && message.contains("gvisor"),
-        "the message names what is allowed: {message}"
-    );
+    // The message names what is allowed.
+    assert_message_names(&a, &["'process'", "allowed: ", "gvisor"]);
     let listed = send(&s, "GET", "/api/user-functions?user_id=alice", None).await;
     assert_eq!(listed.status, StatusCode::OK);
     assert!(
@@ -119,13 +128,7 @@ async fn asking_for_a_weaker_sandbox_is_403_executor_not_allowed_unless_granted(
         listed.body
     );
 
-    let a = send(
-        &s,
-        "POST",
-        "/api/user-functions",
-        Some(upload("weak", "python", Some("process"), "ops")),
-    )
-    .await;
+    let a = upload(&s, "weak", "python", Some("process"), "ops").await;
     assert_eq!(
         a.status,
         StatusCode::ACCEPTED,
@@ -148,23 +151,11 @@ async fn quotas_answer_403_for_standing_ones_and_429_with_retry_after_for_builds
         c.uploads.max_queued_builds = 64;
     });
     // A node build on the process backend's local builder: writes files, no sandbox.
-    let a = send(
-        &s,
-        "POST",
-        "/api/user-functions",
-        Some(upload("first", "node", None, "alice")),
-    )
-    .await;
+    let a = upload(&s, "first", "node", None, "alice").await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
     // While it may still be building, a second build is over builds_in_flight (1), or,
     // once it ended, a second function is over functions (1): both are quota_exceeded.
-    let a = send(
-        &s,
-        "POST",
-        "/api/user-functions",
-        Some(upload("second", "node", None, "alice")),
-    )
-    .await;
+    let a = upload(&s, "second", "node", None, "alice").await;
     assert_eq!(a.body["error"]["code"], "quota_exceeded", "{}", a.body);
     match a.status {
         StatusCode::TOO_MANY_REQUESTS => assert!(a.retry_after.is_some(), "429 has Retry-After"),
@@ -174,44 +165,19 @@ async fn quotas_answer_403_for_standing_ones_and_429_with_retry_after_for_builds
     // Once the first build ended the answer is the standing quota.
     let mut standing = None;
     for _ in 0..500 {
-        let a = send(
-            &s,
-            "POST",
-            "/api/user-functions",
-            Some(upload("second", "node", None, "alice")),
-        )
-        .await;
+        let a = upload(&s, "second", "node", None, "alice").await;
         if a.status == StatusCode::FORBIDDEN {
             standing = Some(a);
             break;
         }
         assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.body);
-        assert!(
-            a.body["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("builds_in_flight"),
-            "{}",
-            a.body
-        );
+        assert_message_names(&a, &["builds_in_flight"]);
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let a = standing.expect("the first build ends");
     assert_eq!(a.body["error"]["code"], "quota_exceeded");
-    let message = a.body["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("functions")
-            && message.contains("limit is 1")
-            && message.contains("has 1"),
-        "{message}"
-    );
-    let a = send(
-        &s,
-        "POST",
-        "/api/user-functions",
-        Some(upload("second", "node", None, "bob")),
-    )
-    .await;
+    assert_message_names(&a, &["functions", "limit is 1", "has 1"]);
+    let a = upload(&s, "second", "node", None, "bob").await;
     assert_eq!(
         a.status,
         StatusCode::ACCEPTED,

@@ -2,139 +2,24 @@
 //! graceful SIGTERM. Each test runs its own server on a free loopback port with
 //! SQLite in a temporary directory.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod support;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use serde_json::{json, Value};
+use support::server::{stderr, stdout, Server, ServerOptions};
+use support::BIN;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sopm");
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(data: &Path, extra: &[&str]) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(data)
-            .args(extra)
-            .env("SOPM_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start sopm serve");
-        let s = Server { child, port };
-        let until = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < until {
-            if let Ok((200, _)) = s.try_http("GET", "/readyz", None) {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("server did not become ready");
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn try_http(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> std::io::Result<(u16, Value)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw)?;
-        let status = raw.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let payload = raw.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-        Ok((status, serde_json::from_str(payload).unwrap_or(Value::Null)))
-    }
-
-    fn http(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        self.try_http(method, path, body).expect("http request")
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env("SOPM_URL", self.url())
-            .output()
-            .expect("run sopm")
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} failed");
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < until, "server did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait_terminal(&self, id: &str) -> Value {
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (st, v) = self.http("GET", &format!("/api/status/{id}"), None);
-            assert_eq!(st, 200, "status of {id}: {v}");
-            if !matches!(v["status"].as_str(), Some("queued" | "running")) {
-                return v;
-            }
-            assert!(Instant::now() < until, "job {id} did not finish: {v}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+/// A server with SQLite in `data` and `extra` arguments after `serve`.
+fn start(data: &Path, extra: &[&str]) -> Server {
+    Server::start(ServerOptions::new().data_dir(data).args(extra))
 }
 
 #[test]
 fn cli_walkthrough() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = start(dir.path(), &[]);
 
     let out = server.cli(&["functions"]);
     assert!(out.status.success());
@@ -149,7 +34,7 @@ fn cli_walkthrough() {
     assert!(out.status.success(), "{out:?}");
     let answer: Value = serde_json::from_str(&stdout(&out)).unwrap();
     let id = answer["id"].as_str().unwrap().to_string();
-    server.wait_terminal(&id);
+    server.finished_job(&id);
     let out = server.cli(&["status", &id]);
     let job: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(job["output"], "HÉLLO");
@@ -170,28 +55,24 @@ fn cli_walkthrough() {
 #[test]
 fn accepted_jobs_survive_kill_9_and_reach_a_terminal_state() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), &["--max-concurrency", "2"]);
+    let mut server = start(dir.path(), &["--max-concurrency", "2"]);
     let mut ids = Vec::new();
     // Two long jobs take both slots (one tenant may hold only part of the slots, so
     // they are two tenants'); everything after them waits in the queue.
     for n in 0..2 {
-        let (st, v) = server.http(
-            "POST",
+        let (st, v) = server.post_json(
             "/api/execute",
-            Some(
-                &json!({"function": "util.sleep", "input": {"ms": 10000}, "async": true,
-                         "user_id": format!("sleeper{n}")}),
-            ),
+            &json!({"function": "util.sleep", "input": {"ms": 10000}, "async": true,
+                     "user_id": format!("sleeper{n}")}),
         );
         assert_eq!(st, 202, "{v}");
         let id = v["id"].as_str().unwrap();
         ids.push((format!("{id}?user_id=sleeper{n}"), "sleep"));
     }
     for i in 0..20 {
-        let (st, v) = server.http(
-            "POST",
+        let (st, v) = server.post_json(
             "/api/execute",
-            Some(&json!({"function": "math.add", "input": {"a": i, "b": 1}, "async": true})),
+            &json!({"function": "math.add", "input": {"a": i, "b": 1}, "async": true}),
         );
         assert_eq!(st, 202, "{v}");
         ids.push((v["id"].as_str().unwrap().to_string(), "add"));
@@ -199,9 +80,9 @@ fn accepted_jobs_survive_kill_9_and_reach_a_terminal_state() {
     server.signal("-KILL");
     server.wait_exit();
 
-    let server = Server::start(dir.path(), &[]);
+    let server = start(dir.path(), &[]);
     for (i, (id, kind)) in ids.iter().enumerate() {
-        let job = server.wait_terminal(id);
+        let job = server.finished_job(id);
         match *kind {
             "sleep" => {
                 assert_eq!(job["status"], "interrupted", "{job}");
@@ -219,11 +100,10 @@ fn accepted_jobs_survive_kill_9_and_reach_a_terminal_state() {
 #[test]
 fn sigterm_lets_running_jobs_finish() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), &[]);
-    let (st, v) = server.http(
-        "POST",
+    let mut server = start(dir.path(), &[]);
+    let (st, v) = server.post_json(
         "/api/execute",
-        Some(&json!({"function": "util.sleep", "input": {"ms": 700}, "async": true})),
+        &json!({"function": "util.sleep", "input": {"ms": 700}, "async": true}),
     );
     assert_eq!(st, 202);
     let id = v["id"].as_str().unwrap().to_string();
@@ -231,30 +111,13 @@ fn sigterm_lets_running_jobs_finish() {
     let status = server.wait_exit();
     assert!(status.success(), "exit status {status:?}");
 
-    let server = Server::start(dir.path(), &[]);
-    let job = server.wait_terminal(&id);
+    let server = start(dir.path(), &[]);
+    let job = server.finished_job(&id);
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["output"]["slept_ms"], 700);
 }
 
-/// Whether `bwrap` is here; the LocalBuilder sandboxes dependency installs with it.
-fn bwrap_or_skip(test: &str) -> bool {
-    let found = Command::new("bwrap")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if found {
-        return true;
-    }
-    let reason = "bubblewrap (bwrap) is not installed";
-    if std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() == Ok("1") {
-        panic!("{test}: {reason}, and SOPM_REQUIRE_INTEGRATION=1");
-    }
-    eprintln!("skipping {test}: {reason}");
-    false
-}
-
+/// The CLI's offline commands (`keys`) on the database in `data`, no server.
 fn sopm(data: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
@@ -265,13 +128,9 @@ fn sopm(data: &Path, args: &[&str]) -> Output {
         .expect("run sopm")
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 #[test]
 fn keys_then_fn_deploy_list_invoke_logs_rm_through_the_cli() {
-    if !bwrap_or_skip("keys_then_fn_deploy_list_invoke_logs_rm_through_the_cli") {
+    if support::skip::skipped(support::skip::bwrap_missing()) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -285,20 +144,13 @@ fn keys_then_fn_deploy_list_invoke_logs_rm_through_the_cli() {
     assert!(alice.starts_with("sopm_") && alice.len() == 69, "{alice}");
     assert!(stderr(&out).contains("shown only once"));
 
-    let server = Server::start(dir.path(), &["--auth", "api_key"]);
+    let server = start(dir.path(), &["--auth", "api_key"]);
     // A key made while the server runs works at once.
     let out = sopm(dir.path(), &["keys", "create", "--tenant", "bob"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let bob = stdout(&out).trim().to_string();
 
-    let as_user = |key: &str, args: &[&str]| -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env("SOPM_URL", server.url())
-            .env("SOPM_API_KEY", key)
-            .output()
-            .expect("run sopm")
-    };
+    let as_user = |key: &str, args: &[&str]| server.cli_as(key, args);
 
     // Alice deploys a Python directory under a name, with `extra` flags.
     let deploy = |dir: &str, name: &str, extra: &[&str]| -> Output {

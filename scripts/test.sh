@@ -19,6 +19,7 @@ declare -A want=(
   [curl]=curl
   [runsc]=runsc
   [dockerd]=docker.io
+  [openssl]=openssl
 )
 missing=()
 for cmd in "${!want[@]}"; do

@@ -25,6 +25,7 @@ use crate::config::AuthMode;
 use crate::cross_site;
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
+use crate::numbers::whole;
 use crate::state::AppState;
 use crate::submit::submit;
 use crate::tenant_stats;
@@ -32,16 +33,24 @@ use crate::user_functions;
 
 /// The whole API.
 pub fn app(state: AppState) -> Router {
+    // The Content-Type of POSTs, checked on the POST routes only (a POST elsewhere
+    // is 405).
+    let json = middleware::from_fn(cross_site::json_posts);
     Router::new()
         .route("/api/functions", get(list_functions))
-        .route("/api/execute", post(execute))
+        .route("/api/execute", post(execute).route_layer(json.clone()))
         .route("/api/status/{id}", get(status))
         .route("/api/jobs/{id}", get(status))
-        .route("/api/jobs/{id}/cancel", post(cancel))
+        .route(
+            "/api/jobs/{id}/cancel",
+            post(cancel).route_layer(json.clone()),
+        )
         .route("/api/stats", get(stats))
         .route(
             "/api/user-functions",
-            get(user_functions::list).post(user_functions::upload),
+            get(user_functions::list)
+                .post(user_functions::upload)
+                .route_layer(json.clone()),
         )
         .route(
             "/api/user-functions/{id}",
@@ -49,7 +58,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             "/api/user-functions/{id}/execute",
-            post(user_functions::execute),
+            post(user_functions::execute).route_layer(json),
         )
         .route("/api/user-functions/{id}/logs", get(user_functions::logs))
         .route("/api/openapi.json", get(openapi))
@@ -57,7 +66,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        // Before any handler: Host and Origin with auth off, Content-Type of POSTs.
+        // Before any handler: Host and Origin with auth off.
         .layer(middleware::from_fn_with_state(
             state.clone(),
             cross_site::guard,
@@ -81,9 +90,9 @@ struct ExecuteBody {
     input: Value,
     #[serde(default, rename = "async")]
     is_async: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     wait_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     timeout_ms: Option<u64>,
     #[serde(default)]
     user_id: Option<String>,

@@ -20,6 +20,7 @@ use crate::auth::{Caller, TenantQuery};
 use crate::body::{empty_object, json_bytes, json_response, parse_json, read_body};
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
+use crate::numbers::whole;
 use crate::state::AppState;
 use crate::submit::submit;
 use crate::upload::{unpack_archive, SourceBuilder, UploadBody};
@@ -299,11 +300,11 @@ struct UserExecuteBody {
     input: Value,
     #[serde(default, rename = "async")]
     is_async: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     wait_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     timeout_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     version: Option<u32>,
     #[serde(default)]
     user_id: Option<String>,

@@ -241,3 +241,26 @@ fn every_operation_lists_the_answers_of_its_kind() {
         }
     }
 }
+
+#[tokio::test]
+async fn query_values_outside_the_documented_ranges_are_json_400s() {
+    let s = state();
+    for uri in [
+        "/api/user-functions/hello/logs?limit=0",
+        "/api/user-functions/hello/logs?limit=201",
+        "/api/user-functions/hello/logs?limit=abc",
+        "/api/user-functions/hello?version=abc",
+        "/api/user-functions?user_id=a%20b",
+    ] {
+        let (status, body) = call(&s, "get", uri, false).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{uri}: {body}"));
+        assert_eq!(v["error"]["code"], "invalid_input", "{uri}: {body}");
+    }
+    let (status, _) = call(&s, "get", "/api/user-functions/hello/logs?limit=200", false).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "in range, the function is looked up"
+    );
+}

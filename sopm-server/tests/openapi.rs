@@ -264,3 +264,18 @@ async fn query_values_outside_the_documented_ranges_are_json_400s() {
         "in range, the function is looked up"
     );
 }
+
+#[tokio::test]
+async fn a_user_id_in_the_body_does_not_hide_a_bad_one_in_the_query() {
+    let s = state();
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/execute?user_id=a%20b")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            r#"{"function": "math.add", "input": {"a": 1, "b": 2}, "user_id": "alice"}"#,
+        ))
+        .unwrap();
+    let resp = app(s.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}

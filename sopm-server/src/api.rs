@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sopm_core::{Error, FunctionRef, Job, JobId, JobRequest};
 
-use crate::auth::{bearer_token, one_user_id, Caller, TenantQuery};
+use crate::auth::{bearer_token, Caller, TenantQuery};
 use crate::body::{empty_object, json_bytes, json_response, parse_json, read_body};
 use crate::config::AuthMode;
 use crate::cross_site;
@@ -106,7 +106,7 @@ async fn execute(
 ) -> Result<Response, ApiError> {
     let bytes = read_body(req.into_body(), s.inner().config.max_body_bytes).await?;
     let body: ExecuteBody = parse_json(&bytes)?;
-    let tenant = caller.tenant(one_user_id(body.user_id.as_deref(), q.user_id.as_deref())?)?;
+    let tenant = caller.tenant_of(body.user_id.as_deref(), q.user_id.as_deref())?;
     let request = JobRequest {
         tenant,
         function: FunctionRef::Builtin {

@@ -77,21 +77,6 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError
     }
 }
 
-/// The `user_id` of a request that may name it in its body and in its query string:
-/// either, or both alike; two different ones are `invalid_input`, so neither is
-/// silently ignored.
-pub(crate) fn one_user_id<'a>(
-    body: Option<&'a str>,
-    query: Option<&'a str>,
-) -> Result<Option<&'a str>, ApiError> {
-    match (body, query) {
-        (Some(b), Some(q)) if b != q => Err(ApiError(Error::invalid(
-            "user_id is given in the body and in the query string with different values; give it once",
-        ))),
-        (b, q) => Ok(b.or(q)),
-    }
-}
-
 impl Caller {
     /// The tenant the request acts for. With auth off, `user_id` names it (default:
     /// `default`). With auth on it is the key's; a `user_id` naming the same tenant is
@@ -108,6 +93,25 @@ impl Caller {
                     "user_id names another tenant: with auth on, the tenant comes from the API key (leave user_id out)",
                 ))),
             },
+        }
+    }
+
+    /// The tenant of a request that may name it in its body and in its query string:
+    /// each one given is checked as [`tenant`](Self::tenant) checks it, and two that
+    /// name different tenants are `invalid_input`, so neither is silently ignored.
+    pub fn tenant_of(&self, body: Option<&str>, query: Option<&str>) -> Result<TenantId, ApiError> {
+        let from_query = self.tenant(query)?;
+        match body {
+            None => Ok(from_query),
+            Some(b) => {
+                let from_body = self.tenant(Some(b))?;
+                if query.is_some() && from_body != from_query {
+                    return Err(ApiError(Error::invalid(
+                        "user_id is given in the body and in the query string with different values; give it once",
+                    )));
+                }
+                Ok(from_body)
+            }
         }
     }
 

@@ -16,7 +16,7 @@ use sopm_core::{
     BuildStatus, Error, FunctionRecord, FunctionRef, FunctionVersion, Job, JobRequest, TenantId,
 };
 
-use crate::auth::{one_user_id, Caller, TenantQuery};
+use crate::auth::{Caller, TenantQuery};
 use crate::body::{empty_object, json_bytes, json_response, parse_json, read_body};
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
@@ -71,7 +71,7 @@ pub(crate) async fn upload(
             "metadata: the files come from the archive part; leave 'files' out",
         )));
     }
-    let tenant = caller.tenant(one_user_id(body.user_id.as_deref(), q.user_id.as_deref())?)?;
+    let tenant = caller.tenant_of(body.user_id.as_deref(), q.user_id.as_deref())?;
     let (spec, source) = tokio::task::spawn_blocking(move || {
         let mut files = SourceBuilder::new(&limits);
         if let Some(archive) = archive {
@@ -325,7 +325,7 @@ pub(crate) async fn execute(
     } else {
         parse_json(&bytes)?
     };
-    let tenant = caller.tenant(one_user_id(body.user_id.as_deref(), q.user_id.as_deref())?)?;
+    let tenant = caller.tenant_of(body.user_id.as_deref(), q.user_id.as_deref())?;
     let rec = s.inner().platform.function(&tenant, &id).await?;
     let request = JobRequest {
         tenant,

@@ -26,6 +26,7 @@ use crate::config::AuthMode;
 use crate::cross_site;
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
+use crate::numbers::whole;
 use crate::state::AppState;
 use crate::submit::submit;
 use crate::tenant_stats;
@@ -33,16 +34,24 @@ use crate::user_functions;
 
 /// The whole API.
 pub fn app(state: AppState) -> Router {
+    // The Content-Type of POSTs, checked on the POST routes only (a POST elsewhere
+    // is 405).
+    let json = middleware::from_fn(cross_site::json_posts);
     Router::new()
         .route("/api/functions", get(list_functions))
-        .route("/api/execute", post(execute))
+        .route("/api/execute", post(execute).route_layer(json.clone()))
         .route("/api/status/{id}", get(status))
         .route("/api/jobs/{id}", get(status))
-        .route("/api/jobs/{id}/cancel", post(cancel))
+        .route(
+            "/api/jobs/{id}/cancel",
+            post(cancel).route_layer(json.clone()),
+        )
         .route("/api/stats", get(stats))
         .route(
             "/api/user-functions",
-            get(user_functions::list).post(user_functions::upload),
+            get(user_functions::list)
+                .post(user_functions::upload)
+                .route_layer(json.clone()),
         )
         .route(
             "/api/user-functions/{id}",
@@ -50,7 +59,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             "/api/user-functions/{id}/execute",
-            post(user_functions::execute),
+            post(user_functions::execute).route_layer(json),
         )
         .route("/api/user-functions/{id}/logs", get(user_functions::logs))
         .route("/api/openapi.json", get(openapi))
@@ -63,7 +72,7 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             body_budget::admit,
         ))
-        // Before any handler: Host and Origin with auth off, Content-Type of POSTs.
+        // Before any handler: Host and Origin with auth off.
         .layer(middleware::from_fn_with_state(
             state.clone(),
             cross_site::guard,
@@ -87,9 +96,9 @@ struct ExecuteBody {
     input: Value,
     #[serde(default, rename = "async")]
     is_async: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     wait_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     timeout_ms: Option<u64>,
     #[serde(default)]
     user_id: Option<String>,
@@ -103,7 +112,7 @@ async fn execute(
 ) -> Result<Response, ApiError> {
     let bytes = read_body(req.into_body(), s.inner().config.max_body_bytes).await?;
     let body: ExecuteBody = parse_json(&bytes)?;
-    let tenant = caller.tenant(body.user_id.as_deref().or(q.user_id.as_deref()))?;
+    let tenant = caller.tenant_of(body.user_id.as_deref(), q.user_id.as_deref())?;
     let request = JobRequest {
         tenant,
         function: FunctionRef::Builtin {

@@ -96,6 +96,25 @@ impl Caller {
         }
     }
 
+    /// The tenant of a request that may name it in its body and in its query string:
+    /// each one given is checked as [`tenant`](Self::tenant) checks it, and two that
+    /// name different tenants are `invalid_input`, so neither is silently ignored.
+    pub fn tenant_of(&self, body: Option<&str>, query: Option<&str>) -> Result<TenantId, ApiError> {
+        let from_query = self.tenant(query)?;
+        match body {
+            None => Ok(from_query),
+            Some(b) => {
+                let from_body = self.tenant(Some(b))?;
+                if query.is_some() && from_body != from_query {
+                    return Err(ApiError(Error::invalid(
+                        "user_id is given in the body and in the query string with different values; give it once",
+                    )));
+                }
+                Ok(from_body)
+            }
+        }
+    }
+
     /// Whether the tenant came from an API key.
     pub fn authenticated(&self) -> bool {
         self.key_tenant.is_some()

@@ -15,6 +15,7 @@ pub mod data_dir;
 pub mod error;
 pub mod extract;
 pub mod metrics;
+pub mod numbers;
 pub mod server;
 pub mod state;
 mod submit;

@@ -358,7 +358,7 @@ pub struct UploadBody {
     #[serde(default, alias = "package.json")]
     pub package_json: Option<Value>,
     /// Limits; missing fields take their defaults.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::numbers::whole")]
     pub limits: Option<Limits>,
     /// Environment variables.
     #[serde(default)]

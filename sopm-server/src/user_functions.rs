@@ -20,6 +20,7 @@ use crate::auth::{Caller, TenantQuery};
 use crate::body::{empty_object, json_bytes, json_response, media_type, parse_json, read_body};
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
+use crate::numbers::whole;
 use crate::state::AppState;
 use crate::submit::submit;
 use crate::upload::{unpack_archive, SourceBuilder, UploadBody};
@@ -65,7 +66,7 @@ pub(crate) async fn upload(
             "metadata: the files come from the archive part; leave 'files' out",
         )));
     }
-    let tenant = caller.tenant(body.user_id.as_deref().or(q.user_id.as_deref()))?;
+    let tenant = caller.tenant_of(body.user_id.as_deref(), q.user_id.as_deref())?;
     let (spec, source) = tokio::task::spawn_blocking(move || {
         let mut files = SourceBuilder::new(&limits);
         if let Some(archive) = archive {
@@ -294,11 +295,11 @@ struct UserExecuteBody {
     input: Value,
     #[serde(default, rename = "async")]
     is_async: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     wait_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     timeout_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     version: Option<u32>,
     #[serde(default)]
     user_id: Option<String>,
@@ -319,7 +320,7 @@ pub(crate) async fn execute(
     } else {
         parse_json(&bytes)?
     };
-    let tenant = caller.tenant(body.user_id.as_deref().or(q.user_id.as_deref()))?;
+    let tenant = caller.tenant_of(body.user_id.as_deref(), q.user_id.as_deref())?;
     // The scheduler's router resolves the id or name (one registry read per call).
     let request = JobRequest {
         tenant,

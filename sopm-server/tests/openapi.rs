@@ -62,13 +62,18 @@ fn state() -> AppState {
     s
 }
 
-async fn call(s: &AppState, method: &str, uri: &str) -> (StatusCode, String) {
+/// Sends `method uri`, with a JSON body `{}` or with no body and no Content-Type.
+async fn call(s: &AppState, method: &str, uri: &str, json: bool) -> (StatusCode, String) {
     let req = Request::builder()
         .method(method.to_ascii_uppercase().as_str())
-        .uri(uri)
-        .header("content-type", "application/json")
-        .body(Body::from("{}"))
-        .unwrap();
+        .uri(uri);
+    let req = if json {
+        req.header("content-type", "application/json")
+            .body(Body::from("{}"))
+    } else {
+        req.body(Body::empty())
+    }
+    .unwrap();
     let resp = app(s.clone()).oneshot(req).await.unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
@@ -105,8 +110,8 @@ async fn each_documented_method_is_routed_and_each_other_is_405() {
         // A UUID is a well-formed job id and function name alike.
         let uri = path.replace("{id}", "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b");
         for method in METHODS {
-            let (status, body) = call(&s, method, &uri).await;
             if ops.get(method).is_some() {
+                let (status, body) = call(&s, method, &uri, true).await;
                 assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
                 assert!(
                     !body.contains("no route for"),
@@ -118,6 +123,9 @@ async fn each_documented_method_is_routed_and_each_other_is_405() {
                     "{method} {path} answered {status}, which the document does not list: {body}"
                 );
             } else {
+                // No Content-Type: a method the path lacks is 405 before any check
+                // of how the body is sent.
+                let (status, body) = call(&s, method, &uri, false).await;
                 assert_eq!(
                     status,
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -153,7 +161,8 @@ fn every_error_code_the_server_emits_is_documented() {
         emitted.contains("invalid_input") && emitted.len() > 10,
         "{emitted:?}"
     );
-    // The codes of `Error::forbidden(code, ..)`, wherever they are raised.
+    // The codes of `Error::forbidden(code, ..)` wherever they are raised, and those
+    // written straight into an error body (`"code": "..."`).
     for krate in [
         "sopm-core",
         "sopm-server",
@@ -161,7 +170,9 @@ fn every_error_code_the_server_emits_is_documented() {
         "sopm-functions",
     ] {
         for (path, text) in sources(&workspace().join(krate).join("src")) {
-            for code in literals_after(&text, "forbidden(") {
+            let raised = literals_after(&text, "forbidden(");
+            let written = literals_after(&text, "{\"code\": ");
+            for code in raised.into_iter().chain(written) {
                 assert!(!code.is_empty(), "{}", path.display());
                 emitted.insert(code.to_string());
             }
@@ -229,4 +240,42 @@ fn every_operation_lists_the_answers_of_its_kind() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn query_values_outside_the_documented_ranges_are_json_400s() {
+    let s = state();
+    for uri in [
+        "/api/user-functions/hello/logs?limit=0",
+        "/api/user-functions/hello/logs?limit=201",
+        "/api/user-functions/hello/logs?limit=abc",
+        "/api/user-functions/hello?version=abc",
+        "/api/user-functions?user_id=a%20b",
+    ] {
+        let (status, body) = call(&s, "get", uri, false).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{uri}: {body}"));
+        assert_eq!(v["error"]["code"], "invalid_input", "{uri}: {body}");
+    }
+    let (status, _) = call(&s, "get", "/api/user-functions/hello/logs?limit=200", false).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "in range, the function is looked up"
+    );
+}
+
+#[tokio::test]
+async fn a_user_id_in_the_body_does_not_hide_a_bad_one_in_the_query() {
+    let s = state();
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/execute?user_id=a%20b")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            r#"{"function": "math.add", "input": {"a": 1, "b": 2}, "user_id": "alice"}"#,
+        ))
+        .unwrap();
+    let resp = app(s.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 }

@@ -36,8 +36,9 @@
 //! # fn main() {}
 //! ```
 //!
-//! What the suite reads besides [`Executor::invoke`]: [`Executor::pool_stats`] has one
-//! entry per function whose `pool` contains the function id, and one per stem-cell pool
+//! What the suite uses besides [`Executor::invoke`] and [`Executor::retire_version`]:
+//! [`Executor::pool_stats`] has one entry per function version whose `pool` contains the
+//! function id and ends with `@{version}`, and one per stem-cell pool
 //! named `{executor name}/stem/{runner}` (`python` for python, shell and binary
 //! functions, `node` for node functions); [`Subject::counters`] counts stem cells used,
 //! cold starts and replaced instances since the executor was built.
@@ -1468,8 +1469,8 @@ pub async fn retiring_a_version_stops_only_its_instances(s: &dyn Subject) {
 /// With one instance per tenant: bob's idle instance stays while alice, at her cap, makes
 /// room for her second function by evicting her own idle instance (not bob's, idle
 /// longer); while her only instance is busy her other function's call ends
-/// `quota_exceeded` (`warm_instances`, with a retry delay), and bob's call still runs on
-/// his instance.
+/// `quota_exceeded` (`warm_instances`, with a retry delay), bob's call still runs on his
+/// instance, and once hers is idle again the refused function takes its place.
 pub async fn a_tenant_at_its_cap_evicts_its_own_idle_instances_then_is_refused(s: &dyn Subject) {
     let exec = s.executor();
     let sleepy = "import time\ndef handle(event, context):\n    time.sleep(event.get('s', 0))\n    return event.get('s', 0)\n";
@@ -1527,6 +1528,15 @@ pub async fn a_tenant_at_its_cap_evicts_its_own_idle_instances_then_is_refused(s
         "{:?}",
         exec.pool_stats()
     );
+    // Her instance idle again, her refused function takes its place.
+    assert_eq!(
+        call_within(exec, &a1, json!({}), within)
+            .await
+            .unwrap()
+            .value,
+        json!(0)
+    );
+    assert_eq!((idle(&b1), idle(&a1), idle(&a2)), (1, 1, 0));
 }
 
 /// Python source of a function that walks every readable regular file from `/` (not

@@ -79,6 +79,9 @@ pub fn shape_pool(pool: &mut PoolSettings, needs: &Needs) {
     if let Some(n) = needs.max_instances_per_function {
         pool.max_per_function = n;
     }
+    if let Some(n) = needs.max_instances_per_tenant {
+        pool.max_per_tenant = n;
+    }
     if let Some(ttl) = needs.idle_ttl {
         pool.idle_ttl = ttl;
     }

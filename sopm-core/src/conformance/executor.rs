@@ -36,8 +36,9 @@
 //! # fn main() {}
 //! ```
 //!
-//! What the suite reads besides [`Executor::invoke`]: [`Executor::pool_stats`] has one
-//! entry per function whose `pool` contains the function id, and one per stem-cell pool
+//! What the suite uses besides [`Executor::invoke`] and [`Executor::retire_version`]:
+//! [`Executor::pool_stats`] has one entry per function version whose `pool` contains the
+//! function id and ends with `@{version}`, and one per stem-cell pool
 //! named `{executor name}/stem/{runner}` (`python` for python, shell and binary
 //! functions, `node` for node functions); [`Subject::counters`] counts stem cells used,
 //! cold starts and replaced instances since the executor was built.
@@ -134,6 +135,9 @@ pub struct Needs {
     pub stem_limits: Option<Limits>,
     /// Most instances of one function, when the behaviour depends on it.
     pub max_instances_per_function: Option<usize>,
+    /// Most instances of one tenant (all its functions together), when the behaviour
+    /// depends on it.
+    pub max_instances_per_tenant: Option<usize>,
     /// How long an instance may stay idle before it is stopped, when the behaviour
     /// depends on it.
     pub idle_ttl: Option<Duration>,
@@ -147,6 +151,7 @@ impl Needs {
             stem_cells: 1,
             stem_limits: None,
             max_instances_per_function: None,
+            max_instances_per_tenant: None,
             idle_ttl: None,
         }
     }
@@ -330,6 +335,25 @@ pub mod needs {
             ..Needs::python("idle_instances_are_reaped")
         }
     }
+
+    /// Needs of [`retiring_a_version_stops_only_its_instances`](super::retiring_a_version_stops_only_its_instances):
+    /// no stem cells (each version boots its one instance).
+    pub fn retiring_a_version_stops_only_its_instances() -> Needs {
+        Needs {
+            stem_cells: 0,
+            ..Needs::python("retiring_a_version_stops_only_its_instances")
+        }
+    }
+
+    /// Needs of [`a_tenant_at_its_cap_evicts_its_own_idle_instances_then_is_refused`](super::a_tenant_at_its_cap_evicts_its_own_idle_instances_then_is_refused):
+    /// at most 1 instance per tenant, no stem cells.
+    pub fn a_tenant_at_its_cap_evicts_its_own_idle_instances_then_is_refused() -> Needs {
+        Needs {
+            stem_cells: 0,
+            max_instances_per_tenant: Some(1),
+            ..Needs::python("a_tenant_at_its_cap_evicts_its_own_idle_instances_then_is_refused")
+        }
+    }
 }
 
 /// Pool counters the suite asserts on, since the executor was built.
@@ -465,6 +489,27 @@ pub fn function_with(
     }
 }
 
+/// `f` owned by `tenant` (a valid tenant id): its instances count against that
+/// tenant's cap, and [`call`] invokes it as that tenant.
+pub fn owned_by(mut f: TestFunction, tenant: &str) -> TestFunction {
+    let mut v = (*f.version).clone();
+    v.tenant = TenantId::new(tenant).expect("a valid tenant id");
+    f.version = Arc::new(v);
+    f
+}
+
+/// `f` as version `version` of the function `of` (same id, tenant and name; `f`'s own
+/// code and limits).
+pub fn as_version_of(mut f: TestFunction, of: &TestFunction, version: u32) -> TestFunction {
+    let mut v = (*f.version).clone();
+    v.function_id = of.version.function_id.clone();
+    v.tenant = of.version.tenant.clone();
+    v.name = of.version.name.clone();
+    v.version = version;
+    f.version = Arc::new(v);
+    f
+}
+
 /// Writes `body` to `root/name`, creating parent directories.
 pub fn write_file(root: &Path, name: &str, body: &[u8]) {
     let p = root.join(name);
@@ -521,7 +566,7 @@ pub async fn call_within(
 ) -> Result<Output> {
     exec.invoke(Invocation {
         job_id: JobId::random(),
-        tenant: TenantId::default(),
+        tenant: f.version.tenant.clone(),
         target: Target::User(f.version.clone()),
         input: Arc::new(input),
         deadline: Instant::now() + within,
@@ -1368,6 +1413,132 @@ pub async fn idle_instances_are_reaped(s: &dyn Subject) {
     assert_eq!(out.value["hello"], json!("back"));
 }
 
+/// The pool of version `version` of `f`'s function (`…@{version}`), if it has one.
+fn version_stats(exec: &dyn Executor, f: &TestFunction, version: u32) -> Option<PoolStats> {
+    let suffix = format!("@{version}");
+    exec.pool_stats()
+        .into_iter()
+        .find(|s| s.pool.contains(&f.version.function_id) && s.pool.ends_with(&suffix))
+}
+
+/// Instances (idle or busy) of version `version` of `f`'s function.
+fn version_instances(exec: &dyn Executor, f: &TestFunction, version: u32) -> u64 {
+    version_stats(exec, f, version).map_or(0, |s| s.idle + s.busy)
+}
+
+/// Two versions of one function each keep a warm instance; retiring version 1 (it was
+/// pruned) stops its instance, and version 2 keeps its own and serves from it.
+pub async fn retiring_a_version_stops_only_its_instances(s: &dyn Subject) {
+    let exec = s.executor();
+    let src = |tag: &str| format!("def handle(event, context):\n    return '{tag}'\n");
+    let v1 = python(&src("v1"));
+    let v2 = as_version_of(python(&src("v2")), &v1, 2);
+    assert_eq!(call(exec, &v1, json!({})).await.unwrap().value, json!("v1"));
+    assert_eq!(call(exec, &v2, json!({})).await.unwrap().value, json!("v2"));
+    assert_eq!(
+        version_instances(exec, &v1, 1),
+        1,
+        "{:?}",
+        exec.pool_stats()
+    );
+    assert_eq!(
+        version_instances(exec, &v1, 2),
+        1,
+        "{:?}",
+        exec.pool_stats()
+    );
+    let id = v1.version.function_id.clone();
+    exec.retire_version(&id, 1).await.unwrap();
+    assert_eq!(
+        version_instances(exec, &v1, 1),
+        0,
+        "version 1 kept an instance: {:?}",
+        exec.pool_stats()
+    );
+    assert_eq!(
+        version_instances(exec, &v1, 2),
+        1,
+        "version 2 lost its instance: {:?}",
+        exec.pool_stats()
+    );
+    assert_eq!(call(exec, &v2, json!({})).await.unwrap().value, json!("v2"));
+    let st = version_stats(exec, &v1, 2).expect("version 2 has a pool");
+    assert_eq!(st.started_total, 1, "version 2 was not served warm: {st:?}");
+}
+
+/// With one instance per tenant: bob's idle instance stays while alice, at her cap, makes
+/// room for her second function by evicting her own idle instance (not bob's, idle
+/// longer); while her only instance is busy her other function's call ends
+/// `quota_exceeded` (`warm_instances`, with a retry delay), bob's call still runs on his
+/// instance, and once hers is idle again the refused function takes its place.
+pub async fn a_tenant_at_its_cap_evicts_its_own_idle_instances_then_is_refused(s: &dyn Subject) {
+    let exec = s.executor();
+    let sleepy = "import time\ndef handle(event, context):\n    time.sleep(event.get('s', 0))\n    return event.get('s', 0)\n";
+    let b1 = owned_by(python(sleepy), "bob");
+    let a1 = owned_by(python(sleepy), "alice");
+    let a2 = owned_by(python(sleepy), "alice");
+    let within = Duration::from_secs(30);
+    for f in [&b1, &a1, &a2] {
+        assert_eq!(
+            call_within(exec, f, json!({}), within).await.unwrap().value,
+            json!(0)
+        );
+    }
+    let idle = |f: &TestFunction| fn_stats(exec, f).idle;
+    assert_eq!(
+        (idle(&b1), idle(&a1), idle(&a2)),
+        (1, 0, 1),
+        "alice at her cap evicts her own idle instance, never bob's: {:?}",
+        exec.pool_stats()
+    );
+    // a2's instance busy for 2 s: alice holds her cap, all of it busy.
+    let slow = call_within(exec, &a2, json!({"s": 2}), within);
+    let others = async {
+        let mut busy = false;
+        for _ in 0..1000 {
+            if fn_stats(exec, &a2).busy == 1 {
+                busy = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(busy, "the slow call never took alice's instance");
+        let alice = call_within(exec, &a1, json!({}), Duration::from_millis(300)).await;
+        let bob = call_within(exec, &b1, json!({}), within).await;
+        (alice, bob)
+    };
+    let (slow, (alice, bob)) = tokio::join!(slow, others);
+    assert_eq!(slow.unwrap().value, json!(2));
+    match alice {
+        Err(Error::QuotaExceeded {
+            quota, retry_after, ..
+        }) => {
+            assert_eq!(quota, "warm_instances");
+            assert!(retry_after.is_some(), "no retry delay");
+        }
+        other => panic!("alice at her cap, all busy: expected quota_exceeded, got {other:?}"),
+    }
+    assert_eq!(
+        bob.expect("bob is not held back by alice's cap").value,
+        json!(0)
+    );
+    assert_eq!(
+        fn_stats(exec, &b1).started_total,
+        1,
+        "{:?}",
+        exec.pool_stats()
+    );
+    // Her instance idle again, her refused function takes its place.
+    assert_eq!(
+        call_within(exec, &a1, json!({}), within)
+            .await
+            .unwrap()
+            .value,
+        json!(0)
+    );
+    assert_eq!((idle(&b1), idle(&a1), idle(&a2)), (1, 1, 0));
+}
+
 /// Python source of a function that walks every readable regular file from `/` (not
 /// descending into `event['pruned']`), and answers its uid, gid and the SHA-256 of the
 /// first 64 KiB of each file, by path.
@@ -1749,6 +1920,8 @@ macro_rules! __executor_behaviours {
             two_functions_never_share_an_instance
             a_crashed_instance_is_replaced
             idle_instances_are_reaped
+            retiring_a_version_stops_only_its_instances
+            a_tenant_at_its_cap_evicts_its_own_idle_instances_then_is_refused
             no_host_file_outside_the_allow_list_is_readable
             no_nested_namespaces_or_privileged_syscalls
         );
@@ -1913,5 +2086,10 @@ mod tests {
             Some(3)
         );
         assert_eq!(needs::binary_hello_world().runtimes, &[Runtime::Binary]);
+        assert_eq!(
+            needs::a_tenant_at_its_cap_evicts_its_own_idle_instances_then_is_refused()
+                .max_instances_per_tenant,
+            Some(1)
+        );
     }
 }

@@ -1,94 +1,19 @@
 //! The execute path of user functions: one registry read per call, of one version,
 //! without its build log; and the platform's expiry of old job records.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use sopm_core::{
-    Artifact, BuildLog, BuildStatus, Builder, Durability, Executor, FunctionRecord, FunctionRef,
-    FunctionVersion, Invocation, Job, JobStatus, MemoryRegistry, NewVersion, Output, Platform,
-    Registry, Result, Runtime, Source, Target, TenantId, TenantUsage,
+    Artifact, BuildLog, BuildStatus, Builder, Durability, Executor, FunctionRef, FunctionVersion,
+    Invocation, Job, JobStatus, NewVersion, Output, Platform, Registry, Result, Runtime, Source,
+    Target, TenantId,
 };
 
-/// A registry that counts every read.
-#[derive(Debug, Default)]
-struct ReadCountingRegistry {
-    inner: MemoryRegistry,
-    reads: AtomicUsize,
-}
-
-impl ReadCountingRegistry {
-    fn read(&self) {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-#[async_trait]
-impl Registry for ReadCountingRegistry {
-    async fn create_version(&self, new: NewVersion) -> Result<FunctionVersion> {
-        self.inner.create_version(new).await
-    }
-    async fn get(&self, tenant: &TenantId, id: &str) -> Result<FunctionRecord> {
-        self.read();
-        self.inner.get(tenant, id).await
-    }
-    async fn get_by_name(&self, tenant: &TenantId, name: &str) -> Result<FunctionRecord> {
-        self.read();
-        self.inner.get_by_name(tenant, name).await
-    }
-    async fn resolve_version(
-        &self,
-        tenant: &TenantId,
-        id_or_name: &str,
-        version: Option<u32>,
-    ) -> Result<FunctionVersion> {
-        self.read();
-        self.inner
-            .resolve_version(tenant, id_or_name, version)
-            .await
-    }
-    async fn list(&self, tenant: &TenantId) -> Result<Vec<FunctionRecord>> {
-        self.read();
-        self.inner.list(tenant).await
-    }
-    async fn append_build_log(&self, id: &str, version: u32, chunk: &str) -> Result<()> {
-        self.inner.append_build_log(id, version, chunk).await
-    }
-    async fn finish_build(
-        &self,
-        id: &str,
-        version: u32,
-        status: BuildStatus,
-        artifact: Option<Artifact>,
-    ) -> Result<()> {
-        self.inner.finish_build(id, version, status, artifact).await
-    }
-    async fn delete(&self, tenant: &TenantId, id: &str) -> Result<FunctionRecord> {
-        self.inner.delete(tenant, id).await
-    }
-    async fn unfinished_builds(&self) -> Result<Vec<FunctionVersion>> {
-        self.read();
-        self.inner.unfinished_builds().await
-    }
-    async fn tenant_usage(&self, tenant: &TenantId) -> Result<TenantUsage> {
-        self.read();
-        self.inner.tenant_usage(tenant).await
-    }
-    async fn record_artifact_bytes(&self, id: &str, version: u32, bytes: u64) -> Result<()> {
-        self.inner.record_artifact_bytes(id, version, bytes).await
-    }
-    async fn delete_version(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        version: u32,
-    ) -> Result<FunctionVersion> {
-        self.inner.delete_version(tenant, id, version).await
-    }
-}
+mod support;
+use support::CountingRegistry;
 
 /// Answers with what it was given to run: the version and the size of its build log.
 #[derive(Debug)]
@@ -136,7 +61,7 @@ fn new_version(tenant: &TenantId, name: &str) -> NewVersion {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_reads_the_registry_once_and_never_a_build_log() {
-    let registry = Arc::new(ReadCountingRegistry::default());
+    let registry = Arc::new(CountingRegistry::default());
     let p = Platform::builder()
         .with_registry(registry.clone())
         .with_sandbox("show", Arc::new(ShowTarget), Arc::new(NoBuilder))
@@ -173,7 +98,7 @@ async fn a_call_reads_the_registry_once_and_never_a_build_log() {
         ("big-log", None),
         (id.as_str(), Some(1)),
     ] {
-        let before = registry.reads.load(Ordering::SeqCst);
+        let before = registry.reads();
         let out = p
             .execute(
                 &t,
@@ -186,7 +111,7 @@ async fn a_call_reads_the_registry_once_and_never_a_build_log() {
             .await
             .unwrap();
         assert_eq!(
-            registry.reads.load(Ordering::SeqCst) - before,
+            registry.reads() - before,
             1,
             "one registry read per call ({key}, {version:?})"
         );
@@ -194,7 +119,7 @@ async fn a_call_reads_the_registry_once_and_never_a_build_log() {
     }
 
     // A refused call (pinned to the version still building) costs one read too.
-    let before = registry.reads.load(Ordering::SeqCst);
+    let before = registry.reads();
     let err = p
         .execute(
             &t,
@@ -207,7 +132,7 @@ async fn a_call_reads_the_registry_once_and_never_a_build_log() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), "not_ready");
-    assert_eq!(registry.reads.load(Ordering::SeqCst) - before, 1);
+    assert_eq!(registry.reads() - before, 1);
 
     // The job is recorded under the function's id, also when called by name.
     let (resolved, jobs) = p.recent_logs(&t, "big-log", 10).await.unwrap();

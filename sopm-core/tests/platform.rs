@@ -10,77 +10,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sopm_core::{
-    Artifact, BuildLog, BuildStatus, Builder, FunctionRecord, FunctionVersion, Limits,
-    MemoryRegistry, NewVersion, Platform, Registry, Result, Runtime, Source, TenantId, TenantUsage,
-    UploadSpec,
+    Artifact, BuildLog, BuildStatus, Builder, FunctionRecord, FunctionVersion, Limits, NewVersion,
+    Platform, Registry, Result, Runtime, Source, TenantId, UploadSpec,
 };
+
+mod support;
+use support::CountingRegistry;
 use tokio::sync::Semaphore;
-
-/// A registry that counts build-log writes.
-#[derive(Debug, Default)]
-struct CountingRegistry {
-    inner: MemoryRegistry,
-    log_writes: AtomicUsize,
-}
-
-#[async_trait]
-impl Registry for CountingRegistry {
-    async fn create_version(&self, new: NewVersion) -> Result<FunctionVersion> {
-        self.inner.create_version(new).await
-    }
-    async fn get(&self, tenant: &TenantId, id: &str) -> Result<FunctionRecord> {
-        self.inner.get(tenant, id).await
-    }
-    async fn get_by_name(&self, tenant: &TenantId, name: &str) -> Result<FunctionRecord> {
-        self.inner.get_by_name(tenant, name).await
-    }
-    async fn resolve_version(
-        &self,
-        tenant: &TenantId,
-        id_or_name: &str,
-        version: Option<u32>,
-    ) -> Result<FunctionVersion> {
-        self.inner
-            .resolve_version(tenant, id_or_name, version)
-            .await
-    }
-    async fn list(&self, tenant: &TenantId) -> Result<Vec<FunctionRecord>> {
-        self.inner.list(tenant).await
-    }
-    async fn append_build_log(&self, id: &str, version: u32, chunk: &str) -> Result<()> {
-        self.log_writes.fetch_add(1, Ordering::Relaxed);
-        self.inner.append_build_log(id, version, chunk).await
-    }
-    async fn finish_build(
-        &self,
-        id: &str,
-        version: u32,
-        status: BuildStatus,
-        artifact: Option<Artifact>,
-    ) -> Result<()> {
-        self.inner.finish_build(id, version, status, artifact).await
-    }
-    async fn delete(&self, tenant: &TenantId, id: &str) -> Result<FunctionRecord> {
-        self.inner.delete(tenant, id).await
-    }
-    async fn unfinished_builds(&self) -> Result<Vec<FunctionVersion>> {
-        self.inner.unfinished_builds().await
-    }
-    async fn tenant_usage(&self, tenant: &TenantId) -> Result<TenantUsage> {
-        self.inner.tenant_usage(tenant).await
-    }
-    async fn record_artifact_bytes(&self, id: &str, version: u32, bytes: u64) -> Result<()> {
-        self.inner.record_artifact_bytes(id, version, bytes).await
-    }
-    async fn delete_version(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        version: u32,
-    ) -> Result<FunctionVersion> {
-        self.inner.delete_version(tenant, id, version).await
-    }
-}
 
 /// Prints `lines` lines, then waits for the gate if the source has a `WAIT` file.
 #[derive(Debug)]
@@ -185,7 +121,7 @@ async fn a_chatty_build_costs_few_log_writes_and_loses_no_line() {
     assert!(
         log.starts_with("Collecting package-0\n") && log.ends_with("Collecting package-4999\n")
     );
-    let writes = registry.log_writes.load(Ordering::Relaxed);
+    let writes = registry.log_writes();
     assert!(writes <= 20, "{writes} writes for 5,000 lines");
 }
 

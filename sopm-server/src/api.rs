@@ -69,7 +69,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         // A POST waits here until the memory its body can take fits the budget.
         .layer(middleware::from_fn_with_state(
-            state.clone(),
+            state.inner().body_budget.clone(),
             body_budget::admit,
         ))
         // Before any handler: Host and Origin with auth off.

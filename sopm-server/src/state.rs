@@ -110,7 +110,11 @@ impl AppState {
             "count": platform.list_functions().len(),
             "functions": platform.list_functions(),
         }));
-        let body_budget = BodyBudget::new(config.max_body_memory_bytes);
+        let body_budget = BodyBudget::new(
+            config.max_body_memory_bytes,
+            config.max_body_bytes,
+            config.uploads.clone(),
+        );
         AppState {
             inner: Arc::new(StateInner {
                 body_budget,

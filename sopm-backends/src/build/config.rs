@@ -9,7 +9,7 @@ use sopm_core::{Error, Result};
 
 use super::limits::BuildLimits;
 use super::LocalBuilder;
-use crate::host::settings::{parse_var, path_var};
+use crate::host::vars::{parse_var, path_var};
 
 /// The default package index of npm, against which lockfiles are checked.
 pub(crate) const NPM_DEFAULT_REGISTRY: &str = "https://registry.npmjs.org/";

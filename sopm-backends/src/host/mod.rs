@@ -25,6 +25,7 @@ pub mod runner_files;
 pub mod seccomp;
 pub mod settings;
 pub mod tools;
+pub mod vars;
 
 pub use pool_settings::PoolSettings;
 pub use settings::{GvisorPlatform, SandboxBackend, SandboxKind, SandboxSettings};

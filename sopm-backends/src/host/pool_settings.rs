@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sopm_core::{Limits, Result};
 
-use super::settings::parse_var;
+use super::vars::parse_var;
 use crate::sandbox::artifact::DEFAULT_MAX_INLINE_BYTES;
 use crate::sandbox::pool::PoolConfig;
 use crate::sandbox::RunnerKind;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use sopm_core::{Error, Result};
 
 use super::pool_settings::PoolSettings;
+use super::vars::{parse_var, path_var};
 use crate::sandbox::pool::WarmPool;
 use crate::sandbox::{RunnerKind, SandboxExecutor, SandboxLauncher};
 
@@ -503,24 +504,4 @@ impl SandboxSettings {
             pool_config,
         )))
     }
-}
-
-/// The value of the variable `key` of `var`, parsed, if it is set; a value that does not
-/// parse is `invalid_input` naming the variable.
-pub(crate) fn parse_var<T: FromStr>(
-    var: impl Fn(&str) -> Option<String>,
-    key: &str,
-) -> Result<Option<T>> {
-    var(key)
-        .map(|v| {
-            v.trim()
-                .parse()
-                .map_err(|_| Error::invalid(format!("{key}: cannot parse '{v}'")))
-        })
-        .transpose()
-}
-
-/// The path in the variable `key` of `var`, if it is set and not empty.
-pub(crate) fn path_var(var: impl Fn(&str) -> Option<String>, key: &str) -> Option<PathBuf> {
-    var(key).filter(|v| !v.is_empty()).map(PathBuf::from)
 }

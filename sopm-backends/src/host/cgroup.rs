@@ -10,10 +10,20 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The text of [`CGROUP_JOIN`], as a literal other `sh` steps can start with
+/// `concat!` (the process sandbox opens its seccomp program first).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! cgroup_join_script {
+    () => {
+        "n=$1; shift; while [ \"$n\" -gt 0 ]; do echo $$ > \"$1/cgroup.procs\" || exit 125; shift; n=$((n-1)); done; exec \"$@\""
+    };
+}
+
 /// Joins the cgroups named by its arguments, then runs the rest of its arguments:
 /// `sh -c CGROUP_JOIN NAME N dir1..dirN cmd args..`, so a sandbox's first process is in
 /// its cgroups before it runs anything.
-pub const CGROUP_JOIN: &str = "n=$1; shift; while [ \"$n\" -gt 0 ]; do echo $$ > \"$1/cgroup.procs\" || exit 125; shift; n=$((n-1)); done; exec \"$@\"";
+pub const CGROUP_JOIN: &str = cgroup_join_script!();
 
 /// Where this host lets us make cgroups.
 #[derive(Debug, Clone, PartialEq, Eq)]

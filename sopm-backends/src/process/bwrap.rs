@@ -16,7 +16,10 @@ use crate::sandbox::{RunnerKind, CODE_DIR};
 /// Opens the seccomp program named by its first argument on fd [`SECCOMP_FD`] (for
 /// `bwrap --seccomp`), joins the cgroups named by the next ones, then runs the rest:
 /// `sh -c STEP sopm-sandbox SECCOMP_FILE N dir1..dirN cmd args..`.
-pub const SANDBOX_STEP: &str = "exec 9<\"$1\" || exit 125; shift; n=$1; shift; while [ \"$n\" -gt 0 ]; do echo $$ > \"$1/cgroup.procs\" || exit 125; shift; n=$((n-1)); done; exec \"$@\"";
+pub const SANDBOX_STEP: &str = concat!(
+    "exec 9<\"$1\" || exit 125; shift; ",
+    crate::cgroup_join_script!()
+);
 
 /// The fd on which `bwrap` reads the seccomp program ([`SANDBOX_STEP`] opens it).
 pub const SECCOMP_FD: &str = "9";
@@ -173,6 +176,12 @@ fn bwrap_args(plan: &SandboxPlan<'_>) -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_step_opens_the_seccomp_program_then_joins_like_every_sandbox() {
+        assert!(SANDBOX_STEP.starts_with("exec 9<\"$1\""));
+        assert!(SANDBOX_STEP.ends_with(crate::host::cgroup::CGROUP_JOIN));
+    }
 
     #[test]
     fn the_sandbox_is_closed_by_default() {

@@ -72,6 +72,7 @@ async fn main() -> Result<()> {
             BuildStatus::Ready,
             Some(Artifact::Directory {
                 path: "/nonexistent".into(),
+                digest: None,
             }),
         )
         .await?;

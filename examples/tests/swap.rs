@@ -71,7 +71,10 @@ async fn exercise(registry: Arc<dyn Registry>, store: Arc<dyn JobStore>) {
             &v.function_id,
             1,
             BuildStatus::Ready,
-            Some(Artifact::Directory { path: "/x".into() }),
+            Some(Artifact::Directory {
+                path: "/x".into(),
+                digest: None,
+            }),
         )
         .await
         .unwrap();

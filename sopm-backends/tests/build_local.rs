@@ -117,7 +117,7 @@ fn builder(dir: &Path) -> LocalBuilder {
 
 fn artifact_dir(artifact: &Artifact) -> PathBuf {
     match artifact {
-        Artifact::Directory { path } => PathBuf::from(path),
+        Artifact::Directory { path, .. } => PathBuf::from(path),
         other => panic!("expected a directory, got {other:?}"),
     }
 }
@@ -487,6 +487,7 @@ async fn remove_deletes_the_artifact_and_nothing_else() {
     ] {
         let artifact = Artifact::Directory {
             path: path.to_string_lossy().into_owned(),
+            digest: None,
         };
         let e = b.remove(&artifact).await.unwrap_err();
         assert_eq!(e.code(), "invalid_input", "{}", path.display());

@@ -321,7 +321,8 @@ async fn a_version_2_database_is_migrated_and_its_versions_load_without_an_execu
     assert_eq!(
         rec.versions[0].artifact,
         Some(sopm_core::Artifact::Directory {
-            path: "/a/fn_old/v1".into()
+            path: "/a/fn_old/v1".into(),
+            digest: None,
         })
     );
     // The migrated table takes versions with an executor.

@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod artifacts;
 pub mod builder;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -30,6 +31,7 @@ mod slots;
 pub mod stats;
 pub mod types;
 
+pub use artifacts::{ArtifactStore, Digest};
 pub use builder::{BuildLog, Builder, Source};
 pub use error::{Error, ErrorInfo, Result};
 pub use executor::{Example, Executor, FunctionInfo, PoolStats};

@@ -1060,7 +1060,7 @@ async fn charge_artifact(
     max_bytes: u64,
 ) -> Result<()> {
     let bytes = match artifact {
-        Artifact::Directory { path } => {
+        Artifact::Directory { path, .. } => {
             let path = std::path::PathBuf::from(path);
             tokio::task::spawn_blocking(move || directory_bytes(&path))
                 .await

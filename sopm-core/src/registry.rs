@@ -49,10 +49,16 @@ impl BuildStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Artifact {
-    /// A directory on this machine (process and gvisor backends).
+    /// A directory of files (process and gvisor backends), named by the digest of its
+    /// content so any node can fetch it from the [`ArtifactStore`](crate::ArtifactStore).
     Directory {
-        /// Absolute path of the artifact directory.
+        /// Absolute path of a copy on the node that recorded or fetched it; another
+        /// node fetches its own copy by `digest`.
         path: String,
+        /// The digest of its content (a canonical tar of the tree); `None` for an
+        /// artifact recorded before digests, which only its own node can run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digest: Option<crate::artifacts::Digest>,
     },
     /// A container image (docker and kubernetes backends).
     Image {

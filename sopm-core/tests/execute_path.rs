@@ -84,7 +84,10 @@ async fn a_call_reads_the_registry_once_and_never_a_build_log() {
             &id,
             1,
             BuildStatus::Ready,
-            Some(Artifact::Directory { path: "/a".into() }),
+            Some(Artifact::Directory {
+                path: "/a".into(),
+                digest: None,
+            }),
         )
         .await
         .unwrap();

@@ -359,7 +359,10 @@ async fn a_version_runs_where_it_was_recorded_even_after_the_default_changes() {
             &old.function_id,
             1,
             BuildStatus::Ready,
-            Some(Artifact::Directory { path: "/x".into() }),
+            Some(Artifact::Directory {
+                path: "/x".into(),
+                digest: None,
+            }),
         )
         .await
         .unwrap();

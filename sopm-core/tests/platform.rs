@@ -50,6 +50,7 @@ impl Builder for ChattyBuilder {
         self.running.fetch_sub(1, Ordering::SeqCst);
         Ok(Artifact::Directory {
             path: format!("/artifacts/{}/v{}", version.function_id, version.version),
+            digest: None,
         })
     }
 }

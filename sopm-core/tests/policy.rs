@@ -69,10 +69,11 @@ impl Builder for DirBuilder {
         std::fs::write(dir.join("blob"), vec![7u8; self.bytes]).unwrap();
         Ok(Artifact::Directory {
             path: dir.to_string_lossy().into(),
+            digest: None,
         })
     }
     async fn remove(&self, artifact: &Artifact) -> Result<()> {
-        if let Artifact::Directory { path } = artifact {
+        if let Artifact::Directory { path, .. } = artifact {
             let _ = std::fs::remove_dir_all(path);
         }
         self.removed.lock().push(artifact.clone());
@@ -560,7 +561,7 @@ async fn versions_past_the_kept_count_are_pruned_with_instances_and_artifacts() 
     let removed = s.builder.removed.lock().clone();
     assert_eq!(removed.len(), 2, "{removed:?}");
     for a in removed {
-        let Artifact::Directory { path } = a else {
+        let Artifact::Directory { path, .. } = a else {
             panic!("directory artifacts")
         };
         assert!(!std::path::Path::new(&path).exists(), "{path}");

@@ -76,6 +76,7 @@ impl Builder for FakeBuilder {
             .await;
         Ok(Artifact::Directory {
             path: dir.to_string_lossy().into_owned(),
+            digest: None,
         })
     }
 
@@ -103,7 +104,7 @@ impl Executor for FakeExecutor {
             return Err(Error::invalid("the fake runs user functions only"));
         };
         self.ran.lock().push((v.function_id.clone(), v.version));
-        let Some(Artifact::Directory { path }) = &v.artifact else {
+        let Some(Artifact::Directory { path, .. }) = &v.artifact else {
             return Err(Error::Internal("no artifact".into()));
         };
         let main = std::fs::read_to_string(PathBuf::from(path).join("main.py")).unwrap_or_default();

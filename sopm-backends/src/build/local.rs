@@ -29,7 +29,7 @@ use super::{deps, egress, elf, source};
 /// use sopm_core::{Artifact, Builder};
 ///
 /// let builder = LocalBuilderConfig::new("/var/lib/sopm/artifacts").build()?;
-/// let Artifact::Directory { path } = builder.build(&version, &source, log).await? else {
+/// let Artifact::Directory { path, .. } = builder.build(&version, &source, log).await? else {
 ///     unreachable!("the local builder makes directories")
 /// };
 /// println!("ready in {path}");
@@ -215,7 +215,7 @@ impl LocalBuilder {
                 staging.commit(&target, log).await?;
                 log.append(&format!("==> artifact ready ({})\n", human_size(size)))
                     .await;
-                Ok(Artifact::Directory { path })
+                Ok(Artifact::Directory { path, digest: None })
             }
             Err(e) => {
                 staging.discard().await;
@@ -536,7 +536,7 @@ impl Builder for LocalBuilder {
 
     async fn remove(&self, artifact: &Artifact) -> Result<()> {
         let path = match artifact {
-            Artifact::Directory { path } => PathBuf::from(path),
+            Artifact::Directory { path, .. } => PathBuf::from(path),
             Artifact::Image { .. } => {
                 return Err(Error::invalid(
                     "the local builder makes directory artifacts; it cannot remove an image",

@@ -67,7 +67,7 @@ impl Builder for DockerBuilder {
         let runner = docker_runner(version.runtime)
             .ok_or_else(|| Error::invalid("built-in functions are not built".to_string()))?;
         let artifact = self.local.build(version, source, log).await?;
-        let Artifact::Directory { path } = &artifact else {
+        let Artifact::Directory { path, .. } = &artifact else {
             return Err(Error::Internal(
                 "the local builder made something other than a directory".into(),
             ));
@@ -127,6 +127,7 @@ impl Builder for DockerBuilder {
                 if let Some(dir) = files {
                     let dir = Artifact::Directory {
                         path: dir.to_string_lossy().into_owned(),
+                        digest: None,
                     };
                     self.local.remove(&dir).await?;
                 }

@@ -310,7 +310,7 @@ impl SandboxLauncher for DockerLauncher {
 
     async fn load_code(&self, artifact: &Artifact, max_inline_bytes: u64) -> Result<FunctionCode> {
         match artifact {
-            Artifact::Directory { path } => {
+            Artifact::Directory { path, .. } => {
                 load_directory(std::path::PathBuf::from(path), max_inline_bytes).await
             }
             Artifact::Image { reference } => {

@@ -133,7 +133,7 @@ pub trait SandboxLauncher: Debug + Send + Sync + 'static {
     /// inline up to `max_inline_bytes`, else mounted.
     async fn load_code(&self, artifact: &Artifact, max_inline_bytes: u64) -> Result<FunctionCode> {
         match artifact {
-            Artifact::Directory { path } => {
+            Artifact::Directory { path, .. } => {
                 load_directory(PathBuf::from(path), max_inline_bytes).await
             }
             other => Err(Error::invalid(format!(

@@ -1244,6 +1244,7 @@ mod tests {
             build_log: String::new(),
             artifact: Some(sopm_core::Artifact::Directory {
                 path: dir.path().to_string_lossy().into(),
+                digest: None,
             }),
             created_ms: 0,
         };

@@ -480,6 +480,7 @@ pub fn function_with(
         build_log: String::new(),
         artifact: Some(Artifact::Directory {
             path: dir.path().to_string_lossy().into_owned(),
+            digest: None,
         }),
         created_ms: 0,
     };
@@ -1975,7 +1976,7 @@ mod tests {
             let Target::User(v) = &inv.target else {
                 return Err(Error::invalid("a user function only"));
             };
-            let Some(Artifact::Directory { path }) = &v.artifact else {
+            let Some(Artifact::Directory { path, .. }) = &v.artifact else {
                 return Err(Error::invalid("a directory artifact only"));
             };
             let mut files: Vec<String> = std::fs::read_dir(path)
@@ -2028,7 +2029,7 @@ mod tests {
             std::fs::read(f.dir.path().join("bin/run.sh")).unwrap(),
             b"echo hi"
         );
-        let Some(Artifact::Directory { path }) = &f.version.artifact else {
+        let Some(Artifact::Directory { path, .. }) = &f.version.artifact else {
             panic!("not a directory artifact: {:?}", f.version.artifact);
         };
         assert_eq!(Path::new(path), f.dir.path());

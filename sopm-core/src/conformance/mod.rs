@@ -415,6 +415,7 @@ pub async fn registry_builds(registry: &dyn Registry) {
 
     let dir = Artifact::Directory {
         path: "/var/lib/sopm/artifacts/thumb-1".to_string(),
+        digest: None,
     };
     expect_ok(
         registry
@@ -539,7 +540,10 @@ pub async fn registry_delete(registry: &dyn Registry) {
                 &id,
                 1,
                 BuildStatus::Ready,
-                Some(Artifact::Directory { path: "/a".into() }),
+                Some(Artifact::Directory {
+                    path: "/a".into(),
+                    digest: None,
+                }),
             )
             .await,
         "finish_build",
@@ -2486,6 +2490,7 @@ pub async fn registry_resolve_version(registry: &dyn Registry) {
     );
     let art = Artifact::Directory {
         path: "/artifacts/v1".into(),
+        digest: None,
     };
     expect_ok(
         registry
@@ -2611,6 +2616,7 @@ pub async fn registry_unfinished_builds(registry: &dyn Registry) {
                 BuildStatus::Ready,
                 Some(Artifact::Directory {
                     path: "/artifacts/a/v1".into(),
+                    digest: None,
                 }),
             )
             .await,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use sopm_core::{Digest, Result};
 
-use super::canonical::{remove_tree, sibling, tree_size};
+use super::canonical::{remove_tree, sibling};
 use super::local::{create_private_dir, storage};
 
 /// A size-bounded directory of unpacked artifacts. Sizes are the bytes of the regular
@@ -247,4 +247,21 @@ fn delete(path: &Path) -> Result<()> {
     let doomed = sibling(path, "removed");
     fs::rename(path, &doomed).map_err(|e| storage("remove", path, e))?;
     remove_tree(&doomed).map_err(|e| storage("remove", &doomed, e))
+}
+
+/// Total bytes of the regular files under `dir` (symlinks count as nothing).
+fn tree_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if let Ok(meta) = entry.path().symlink_metadata() {
+                if meta.is_dir() {
+                    total += tree_size(&entry.path());
+                } else if meta.is_file() {
+                    total += meta.len();
+                }
+            }
+        }
+    }
+    total
 }

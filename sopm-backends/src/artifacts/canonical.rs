@@ -145,23 +145,6 @@ fn make_dirs_writable(path: &Path) {
     }
 }
 
-/// Total bytes of the regular files under `dir` (symlinks count as nothing).
-pub(crate) fn tree_size(dir: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(entries) = fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if let Ok(meta) = entry.path().symlink_metadata() {
-                if meta.is_dir() {
-                    total += tree_size(&entry.path());
-                } else if meta.is_file() {
-                    total += meta.len();
-                }
-            }
-        }
-    }
-    total
-}
-
 struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,

@@ -152,7 +152,7 @@ fn the_canonical_digest_is_the_same_for_the_same_tree_and_differs_for_another() 
 }
 
 #[test]
-fn only_files_directories_and_symlinks_go_into_an_artifact() {
+fn only_files_directories_and_symlinks_inside_the_tree_go_into_an_artifact() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
     fs::create_dir(&dir).unwrap();
@@ -161,6 +161,26 @@ fn only_files_directories_and_symlinks_go_into_an_artifact() {
     let err = canonical_digest(&dir).unwrap_err();
     assert_eq!(err.code(), "invalid_input", "{err}");
     assert!(err.to_string().contains("sock"), "{err}");
+    drop(_listener);
+    fs::remove_file(dir.join("sock")).unwrap();
+    assert!(canonical_digest(&dir).is_ok());
+
+    // Links another node would refuse to unpack are refused where the artifact is made.
+    for (name, target) in [
+        ("abs", "/usr/bin/python3"),
+        ("up", "../outside"),
+        ("via", "sub/../../x"),
+    ] {
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        symlink(target, dir.join(name)).unwrap();
+        let err = canonical_digest(&dir).unwrap_err();
+        assert_eq!(err.code(), "invalid_input", "{name}: {err}");
+        assert!(
+            err.to_string().contains("outside the artifact"),
+            "{name}: {err}"
+        );
+        fs::remove_file(dir.join(name)).unwrap();
+    }
 }
 
 #[test]

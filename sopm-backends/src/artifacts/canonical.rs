@@ -5,7 +5,8 @@
 //! by name (bytes), paths relative and without `./`, mtime 0, uid and gid 0, empty user
 //! and group names, the permission bits (`0o777`) of every entry (setuid, setgid and
 //! sticky are dropped), symlinks stored as symlinks (never followed). Only regular
-//! files, directories and symlinks are allowed; anything else is refused. The root
+//! files, directories and symlinks that resolve inside the tree are allowed; anything
+//! else is refused. The root
 //! directory itself is not an entry. The same tree gives the same bytes, and so the
 //! same digest, on every machine.
 
@@ -193,6 +194,15 @@ fn append_children<W: Write>(builder: &mut Builder<W>, root: &Path, rel: &Path) 
         let mode = meta.permissions().mode();
         let written = if kind.is_symlink() {
             let target = fs::read_link(&full).map_err(|e| io_error("read the link", &full, e))?;
+            // What another node would refuse to unpack is refused here, on the node
+            // that built it.
+            if !resolves_inside(root, &rel_path) {
+                return Err(Error::invalid(format!(
+                    "'{}' is a symlink to '{}', outside the artifact's directory; an artifact must hold everything it links to",
+                    full.display(),
+                    target.display()
+                )));
+            }
             let mut h = header(EntryType::Symlink, 0o777, 0);
             builder.append_link(&mut h, &rel_path, &target)
         } else if kind.is_dir() {

@@ -593,6 +593,13 @@ mod oci {
         let tmp = tempfile::tempdir().unwrap();
         let a = node(&registry, &tmp.path().join("cache-a"), 1 << 30);
         let build = make_tree_at(tmp.path(), "build", "one");
+        // Larger than one 4 MiB push chunk, so the layer goes up in several.
+        let big: Vec<u8> = (0..9_500_000u32).map(|i| (i % 253) as u8).collect();
+        fs::write(build.join("big.bin"), &big).unwrap();
+        let reference = tmp.path().join("reference");
+        fs::create_dir(&reference).unwrap();
+        make_tree(&reference, "one", true);
+        fs::write(reference.join("big.bin"), &big).unwrap();
         let digest = digest_of(&a.put_directory(&build).await.unwrap());
 
         let b = node(&registry, &tmp.path().join("cache-b"), 1 << 30);
@@ -607,6 +614,7 @@ mod oci {
             assert_eq!(result.unwrap().unwrap(), first);
         }
         assert_eq!(b.downloads(), 1, "sixteen fetches, one download");
+        assert_eq!(listing(&reference), listing(&path_of(&first)));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

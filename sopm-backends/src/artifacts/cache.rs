@@ -265,3 +265,49 @@ fn tree_size(dir: &Path) -> u64 {
     }
     total
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(cache: &ArtifactCache, name: &str, bytes: usize) -> Digest {
+        let digest = Digest::of(name.as_bytes());
+        let dir = cache.path_of(&digest);
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("data"), vec![0u8; bytes]).unwrap();
+        cache.insert(&digest).unwrap();
+        digest
+    }
+
+    #[test]
+    fn a_pinned_entry_is_never_evicted_and_the_rest_go_oldest_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Arc::new(ArtifactCache::new(tmp.path().join("c"), 25));
+        cache.load().unwrap();
+        let first = put(&cache, "first", 10);
+        let pin = cache.pin(&first);
+        let second = put(&cache, "second", 10);
+        assert!(cache.lookup(&second).is_some()); // used after `first`
+        let third = put(&cache, "third", 10);
+        // Over the bound: `first` is the least recently used but pinned, so `second` goes.
+        assert!(cache.path_of(&first).exists());
+        assert!(cache.lookup(&second).is_none());
+        assert!(!cache.path_of(&second).exists());
+        assert_eq!(cache.total_bytes(), 20);
+        drop(pin);
+        let fourth = put(&cache, "fourth", 10);
+        // Unpinned now, and the least recently used: `first` goes; `third` and the newest stay.
+        assert!(cache.lookup(&first).is_none());
+        assert!(cache.lookup(&third).is_some());
+        assert!(cache.lookup(&fourth).is_some());
+        assert_eq!(cache.total_bytes(), 20);
+
+        // A new cache over the same directory finds what is there and clears leftovers.
+        fs::create_dir(tmp.path().join("c/sha256/.half-unpacked")).unwrap();
+        let again = ArtifactCache::new(tmp.path().join("c"), 25);
+        again.load().unwrap();
+        assert_eq!(again.total_bytes(), 20);
+        assert!(again.lookup(&third).is_some());
+        assert!(!tmp.path().join("c/sha256/.half-unpacked").exists());
+    }
+}

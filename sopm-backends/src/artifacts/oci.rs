@@ -16,7 +16,7 @@ use oci_client::{Client, Reference};
 use sopm_core::{Artifact, ArtifactStore, Digest, Error, Result};
 
 use super::cache::ArtifactCache;
-use super::canonical::{canonical_tar_bytes, unpack_verified};
+use super::canonical::{canonical_tar, unpack_verified};
 use super::local::{blocking, storage, store_directory};
 
 /// The media type of the one layer: the canonical tar of the artifact's directory.
@@ -266,42 +266,40 @@ impl OciArtifactStore {
         }
     }
 
-    async fn ensure_blob(
-        &self,
-        reference: &Reference,
-        data: bytes::Bytes,
-        digest: &str,
-    ) -> Result<()> {
-        let client = &self.inner.client;
-        let present = client
+    async fn blob_exists(&self, reference: &Reference, digest: &str) -> Result<bool> {
+        self.inner
+            .client
             .blob_exists(reference, digest)
             .await
-            .map_err(|e| self.registry_error("check a blob", e))?;
-        if !present {
-            client
-                .push_blob(reference, data, digest)
-                .await
-                .map_err(|e| self.registry_error("push a blob", e))?;
-        }
-        Ok(())
+            .map_err(|e| self.registry_error("check a blob", e))
     }
 
-    async fn push(&self, tar: Vec<u8>, digest: &Digest) -> Result<()> {
+    /// Pushes the artifact whose canonical tar is in the file `tar` (streamed, never
+    /// held in memory whole), unless the registry has the blob, then its manifest.
+    async fn push(&self, tar: &Path, digest: &Digest, size: u64) -> Result<()> {
         let reference = self.tag_ref(digest);
         let client = &self.inner.client;
         client
             .store_auth_if_needed(reference.resolve_registry(), &self.inner.auth)
             .await;
+        if !self.blob_exists(&reference, digest.as_str()).await? {
+            let file = tokio::fs::File::open(tar)
+                .await
+                .map_err(|e| storage("open", tar, e))?;
+            client
+                .push_blob_stream(&reference, file_chunks(file), digest.as_str(), Some(size))
+                .await
+                .map_err(|e| self.registry_error("push the artifact's layer", e))?;
+        }
         let empty = Digest::of(EMPTY_DATA);
-        let size = tar.len() as i64;
-        self.ensure_blob(&reference, bytes::Bytes::from(tar), digest.as_str())
-            .await?;
-        self.ensure_blob(
-            &reference,
-            bytes::Bytes::from_static(EMPTY_DATA),
-            empty.as_str(),
-        )
-        .await?;
+        if !self.blob_exists(&reference, empty.as_str()).await? {
+            client
+                .push_blob(&reference, EMPTY_DATA, empty.as_str())
+                .await
+                .map_err(|e| self.registry_error("push the empty config", e))?;
+        }
+        let size = i64::try_from(size)
+            .map_err(|_| Error::invalid(format!("artifact {digest} is too large")))?;
         let manifest = OciImageManifest {
             schema_version: 2,
             media_type: Some(MANIFEST_MEDIA_TYPE.to_string()),
@@ -440,9 +438,29 @@ impl ArtifactStore for OciArtifactStore {
 
     async fn put_directory(&self, dir: &Path) -> Result<Artifact> {
         self.load_cache().await?;
-        let source = dir.to_path_buf();
-        let (tar, digest) = blocking(move || canonical_tar_bytes(&source)).await?;
-        self.push(tar, &digest).await?;
+        let tar_path = self
+            .inner
+            .cache
+            .tmp_dir()
+            .join(format!("put-{}.tar", uuid::Uuid::new_v4().simple()));
+        let (source, tar) = (dir.to_path_buf(), tar_path.clone());
+        let written = blocking(move || {
+            let file = std::fs::File::create(&tar).map_err(|e| storage("create", &tar, e))?;
+            let mut out = std::io::BufWriter::new(file);
+            let digest = canonical_tar(&source, &mut out)?;
+            let file = out
+                .into_inner()
+                .map_err(|e| storage("write", &tar, e.into_error()))?;
+            let size = file.metadata().map_err(|e| storage("read", &tar, e))?.len();
+            Ok((digest, size))
+        })
+        .await;
+        let pushed = match written {
+            Ok((digest, size)) => self.push(&tar_path, &digest, size).await.map(|()| digest),
+            Err(e) => Err(e),
+        };
+        let _ = tokio::fs::remove_file(&tar_path).await;
+        let digest = pushed?;
         let cache = Arc::clone(&self.inner.cache);
         let _pin = cache.pin(&digest);
         let source = dir.to_path_buf();
@@ -511,4 +529,25 @@ impl ArtifactStore for OciArtifactStore {
         let digest = digest.clone();
         blocking(move || cache.remove(&digest)).await
     }
+}
+
+/// The file as a stream of chunks of up to 4 MiB (what a blob push sends).
+fn file_chunks(
+    file: tokio::fs::File,
+) -> impl futures::Stream<Item = std::result::Result<bytes::Bytes, OciDistributionError>> + Send + 'static
+{
+    use tokio::io::AsyncReadExt;
+    futures::stream::try_unfold(file, |mut file| async move {
+        let mut buf = bytes::BytesMut::with_capacity(4 << 20);
+        while buf.len() < buf.capacity() {
+            if file.read_buf(&mut buf).await? == 0 {
+                break;
+            }
+        }
+        Ok(if buf.is_empty() {
+            None
+        } else {
+            Some((buf.freeze(), file))
+        })
+    })
 }

@@ -78,6 +78,11 @@ impl ArtifactCache {
         self.root.join("tmp")
     }
 
+    /// Whether [`load`](Self::load) has run.
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.state.lock().loaded
+    }
+
     /// Creates the directories and indexes what a previous process left (blocking; once).
     pub(crate) fn load(&self) -> Result<()> {
         if self.state.lock().loaded {

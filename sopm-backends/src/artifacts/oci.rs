@@ -328,30 +328,22 @@ impl OciArtifactStore {
     /// Downloads the layer of `digest` into the cache, verified and unpacked.
     async fn download(&self, digest: &Digest) -> Result<PathBuf> {
         let cache = &self.inner.cache;
-        let tar_path = cache.tmp_dir().join(format!(
+        let tar = TempFile(cache.tmp_dir().join(format!(
             "{}-{}.tar",
             digest.hex(),
             uuid::Uuid::new_v4().simple()
-        ));
+        )));
         self.inner.downloads.fetch_add(1, Ordering::Relaxed);
-        let result = self.download_to(digest, &tar_path).await;
-        let result = match result {
-            Ok(()) => {
-                let cache = Arc::clone(cache);
-                let digest = digest.clone();
-                let tar = tar_path.clone();
-                blocking(move || {
-                    let dest = cache.path_of(&digest);
-                    unpack_verified(&tar, &digest, &dest)?;
-                    cache.insert(&digest)?;
-                    Ok(dest)
-                })
-                .await
-            }
-            Err(e) => Err(e),
-        };
-        let _ = tokio::fs::remove_file(&tar_path).await;
-        result
+        self.download_to(digest, &tar.0).await?;
+        let cache = Arc::clone(cache);
+        let digest = digest.clone();
+        blocking(move || {
+            let dest = cache.path_of(&digest);
+            unpack_verified(&tar.0, &digest, &dest)?;
+            cache.insert(&digest)?;
+            Ok(dest)
+        })
+        .await
     }
 
     async fn download_to(&self, digest: &Digest, tar_path: &Path) -> Result<()> {
@@ -425,6 +417,9 @@ impl OciArtifactStore {
     }
 
     async fn load_cache(&self) -> Result<()> {
+        if self.inner.cache.is_loaded() {
+            return Ok(());
+        }
         let cache = Arc::clone(&self.inner.cache);
         blocking(move || cache.load()).await
     }
@@ -438,29 +433,27 @@ impl ArtifactStore for OciArtifactStore {
 
     async fn put_directory(&self, dir: &Path) -> Result<Artifact> {
         self.load_cache().await?;
-        let tar_path = self
-            .inner
-            .cache
-            .tmp_dir()
-            .join(format!("put-{}.tar", uuid::Uuid::new_v4().simple()));
-        let (source, tar) = (dir.to_path_buf(), tar_path.clone());
-        let written = blocking(move || {
-            let file = std::fs::File::create(&tar).map_err(|e| storage("create", &tar, e))?;
+        let tar = Arc::new(TempFile(
+            self.inner
+                .cache
+                .tmp_dir()
+                .join(format!("put-{}.tar", uuid::Uuid::new_v4().simple())),
+        ));
+        let (source, file_path) = (dir.to_path_buf(), Arc::clone(&tar));
+        let (digest, size) = blocking(move || {
+            let path = &file_path.0;
+            let file = std::fs::File::create(path).map_err(|e| storage("create", path, e))?;
             let mut out = std::io::BufWriter::new(file);
             let digest = canonical_tar(&source, &mut out)?;
             let file = out
                 .into_inner()
-                .map_err(|e| storage("write", &tar, e.into_error()))?;
-            let size = file.metadata().map_err(|e| storage("read", &tar, e))?.len();
+                .map_err(|e| storage("write", path, e.into_error()))?;
+            let size = file.metadata().map_err(|e| storage("read", path, e))?.len();
             Ok((digest, size))
         })
-        .await;
-        let pushed = match written {
-            Ok((digest, size)) => self.push(&tar_path, &digest, size).await.map(|()| digest),
-            Err(e) => Err(e),
-        };
-        let _ = tokio::fs::remove_file(&tar_path).await;
-        let digest = pushed?;
+        .await?;
+        self.push(&tar.0, &digest, size).await?;
+        drop(tar);
         let cache = Arc::clone(&self.inner.cache);
         let _pin = cache.pin(&digest);
         let source = dir.to_path_buf();
@@ -523,11 +516,22 @@ impl ArtifactStore for OciArtifactStore {
         else {
             return Ok(());
         };
-        self.delete_manifest(digest).await?;
+        // This node's copy first: it goes even when the registry cannot be reached.
         self.load_cache().await?;
         let cache = Arc::clone(&self.inner.cache);
-        let digest = digest.clone();
-        blocking(move || cache.remove(&digest)).await
+        let local = digest.clone();
+        blocking(move || cache.remove(&local)).await?;
+        self.delete_manifest(digest).await
+    }
+}
+
+/// A file in the cache's `tmp/` that is deleted when this is dropped (also when a fetch
+/// or a put is cancelled halfway).
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

@@ -655,7 +655,12 @@ mod oci {
         );
         assert!(build.exists(), "a failed put keeps the build directory");
 
+        let started = std::time::Instant::now();
         let err = a.fetch(&remote(&digest)).await.unwrap_err();
+        eprintln!(
+            "fetch from a registry that is down failed after {:?}",
+            started.elapsed()
+        );
         assert_eq!(err.code(), "unavailable", "{err}");
         assert!(
             err.to_string().contains(&registry.addr.to_string()),

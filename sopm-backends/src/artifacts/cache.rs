@@ -16,7 +16,6 @@ use super::local::{create_private_dir, storage};
 /// files of each tree. Entries are pinned while a fetch or a put works on them and are
 /// never evicted then; after an insert, the least recently used unpinned entries go
 /// until the total fits (the newest entry stays even when it alone is over the bound).
-#[derive(Debug)]
 pub(crate) struct ArtifactCache {
     root: PathBuf,
     max_bytes: u64,
@@ -24,7 +23,7 @@ pub(crate) struct ArtifactCache {
     flights: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     loaded: bool,
     clock: u64,
@@ -33,10 +32,22 @@ struct State {
     pins: HashMap<Digest, u32>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 struct Entry {
     size: u64,
     last_use: u64,
+}
+
+impl std::fmt::Debug for ArtifactCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.state.lock();
+        f.debug_struct("ArtifactCache")
+            .field("root", &self.root)
+            .field("max_bytes", &self.max_bytes)
+            .field("total_bytes", &state.total)
+            .field("entries", &state.entries.len())
+            .finish()
+    }
 }
 
 /// Holds a digest pinned (safe from eviction) until dropped.

@@ -609,10 +609,15 @@ mod oci {
             tokio::spawn(async move { b.fetch(&artifact).await })
         });
         let results = futures::future::join_all(fetches).await;
-        let first = results[0].as_ref().unwrap().as_ref().unwrap().clone();
-        for result in results {
-            assert_eq!(result.unwrap().unwrap(), first);
-        }
+        let results: Vec<Artifact> = results
+            .into_iter()
+            .map(|r| {
+                r.unwrap()
+                    .unwrap_or_else(|e| panic!("a concurrent fetch failed: {e}"))
+            })
+            .collect();
+        let first = results[0].clone();
+        assert!(results.iter().all(|r| *r == first));
         assert_eq!(b.downloads(), 1, "sixteen fetches, one download");
         assert_eq!(listing(&reference), listing(&path_of(&first)));
     }

@@ -20,6 +20,9 @@ pub(crate) struct ArtifactCache {
     root: PathBuf,
     max_bytes: u64,
     state: Mutex<State>,
+    /// Held for the whole of [`load`](Self::load), so it runs once, before any fetch
+    /// writes into `tmp/` (which it clears).
+    loading: Mutex<()>,
     flights: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -75,6 +78,7 @@ impl ArtifactCache {
             root,
             max_bytes,
             state: Mutex::new(State::default()),
+            loading: Mutex::new(()),
             flights: Mutex::new(HashMap::new()),
         }
     }
@@ -96,6 +100,7 @@ impl ArtifactCache {
 
     /// Creates the directories and indexes what a previous process left (blocking; once).
     pub(crate) fn load(&self) -> Result<()> {
+        let _once = self.loading.lock();
         if self.state.lock().loaded {
             return Ok(());
         }

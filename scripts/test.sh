@@ -20,6 +20,9 @@ declare -A want=(
   [runsc]=runsc
   [dockerd]=docker.io
   [openssl]=openssl
+  [redis-server]=redis-server
+  [docker-registry]=docker-registry
+  [ip]=iproute2
 )
 missing=()
 for cmd in "${!want[@]}"; do

@@ -19,6 +19,7 @@ pub mod artifacts;
 pub mod builder;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod digest;
 pub mod error;
 pub mod executor;
 pub mod jobstore;
@@ -31,8 +32,9 @@ mod slots;
 pub mod stats;
 pub mod types;
 
-pub use artifacts::{ArtifactStore, Digest};
+pub use artifacts::ArtifactStore;
 pub use builder::{BuildLog, Builder, Source};
+pub use digest::Digest;
 pub use error::{Error, ErrorInfo, Result};
 pub use executor::{Example, Executor, FunctionInfo, PoolStats};
 pub use jobstore::{Durability, JobLogEntry, JobStore, MemoryJobStore};

@@ -2,9 +2,12 @@
 # Validates deploy/kubernetes: every manifest file and every kustomization's rendered output
 # against the schemas of a pinned Kubernetes version (kubernetes-validate, strict) and the
 # vendored KEDA CRD schemas (ScaledObject, TriggerAuthentication); then the deployment
-# rules (scripts/manifests/check_rules.py). Both checks are first shown to refuse bad
+# rules (scripts/manifests/check_rules.py). Both checks are also shown to refuse bad
 # manifests (scripts/manifests/bad-schema/, scripts/manifests/bad/), so neither can pass
-# vacuously. One line per file; exits non-zero on any failure.
+# vacuously. Last, the Redis and registry settings of the manifests run against the real
+# redis-server and docker-registry on loopback (scripts/manifests/check_components.py;
+# skipped when they are missing, failed instead with SOPM_REQUIRE_INTEGRATION=1).
+# One line per file or check; exits non-zero on any failure.
 # Usage: scripts/validate-manifests.sh (env: SOPM_KUBERNETES_VERSION, default 1.33.0).
 set -euo pipefail
 export PYTHONDONTWRITEBYTECODE=1
@@ -58,6 +61,9 @@ run "$py" "$manifests/check_rules.py" deploy/kubernetes/base deploy/kubernetes/o
 step "rules self-test: the bad fixtures are schema-valid, and each is refused by exactly the rule it names"
 run "$py" "$manifests/validate_schemas.py" --kubernetes-version "$KUBERNETES_VERSION" "$manifests/bad"
 run "$py" "$manifests/check_rules.py" --self-test
+
+step "components: the manifests' Redis and registry settings against redis-server and docker-registry on loopback"
+run "$py" "$manifests/check_components.py" deploy/kubernetes/base
 
 if [ "$status" -ne 0 ]; then
   echo "validate-manifests: FAILED" >&2

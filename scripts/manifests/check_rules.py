@@ -3,7 +3,9 @@
 Rules (ids as printed): no-cluster-rbac, no-wildcard, role-namespace, resources, probes,
 run-as-non-root, no-privilege-escalation, drop-all, seccomp, image-pinned,
 function-pod-netpol, pod-security-labels, token-automount, one-autoscaler,
-scale-target-exists, scaledobject-bounds. A schema cannot say any of them.
+scale-target-exists, scaledobject-bounds, keda-cpu-trigger. A schema cannot say any of
+them. The last two repeat what KEDA's CRD (a CEL rule) and KEDA's admission webhook
+(verifyCPUMemoryScalers) refuse, since neither runs here.
 
 Usage:
   check_rules.py DIR|FILE...   check each kustomization directory (rendered) or file;
@@ -115,6 +117,30 @@ def only_from_workers(policy):
     return True
 
 
+def check_keda_resource_triggers(scaled_object, docs, key, fail):
+    """KEDA's webhook: a cpu/memory trigger needs that request on the target's containers,
+    and cpu/memory triggers alone cannot scale to zero."""
+    spec = scaled_object.get("spec") or {}
+    triggers = spec.get("triggers") or []
+    resource_triggers = [t for t in triggers if t.get("type") in ("cpu", "memory")]
+    if not resource_triggers:
+        return
+    if len(resource_triggers) == len(triggers) and spec.get("minReplicaCount", 0) == 0:
+        fail("keda-cpu-trigger", f"{name_of(scaled_object)}: only cpu/memory triggers with minReplicaCount 0 "
+             "(KEDA refuses it: such a ScaledObject never scales to zero)")
+    for target in docs:
+        if (target.get("kind"), (target.get("metadata") or {}).get("name")) != key[1:] or pod_spec(target) is None:
+            continue
+        for trigger in resource_triggers:
+            only = (trigger.get("metadata") or {}).get("containerName")
+            for c in pod_spec(target).get("containers") or []:
+                if only and c.get("name") != only:
+                    continue
+                if trigger["type"] not in ((c.get("resources") or {}).get("requests") or {}):
+                    fail("keda-cpu-trigger", f"{name_of(scaled_object)}: {trigger['type']} trigger, but container "
+                         f"{c.get('name')} of {name_of(target)} has no {trigger['type']} request")
+
+
 def check_set(docs):
     """Every violation in one rendered set, as (rule, message) pairs."""
     problems = []
@@ -193,6 +219,7 @@ def check_set(docs):
             low, high = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
             if low > high:
                 fail("scaledobject-bounds", f"{name_of(d)}: minReplicaCount {low} > maxReplicaCount {high}")
+            check_keda_resource_triggers(d, docs, key, fail)
     for key, scalers in targets.items():
         if len(scalers) > 1:
             fail("one-autoscaler", f"{key[1]}/{key[2]} is scaled by {len(scalers)} autoscalers: "

@@ -81,8 +81,8 @@ impl Builds {
         let _ = self.scheduler.set(Arc::downgrade(scheduler));
     }
 
-    /// Whether this node can build versions of `runtime` that run in the backend
-    /// `backend` (it has that backend's builder, or the runtime's).
+    /// Whether this node can build `version` (it has the builder of the version's
+    /// backend, or of its runtime).
     pub fn can_build(&self, version: &FunctionVersion) -> bool {
         self.builder_of(version).is_some()
     }

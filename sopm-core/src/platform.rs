@@ -154,8 +154,11 @@ impl Platform {
     }
 
     /// Uploads a user function: checks the spec, records a new version as `building`
-    /// and answers it at once; the build runs in the background (a few at a time) and
-    /// ends `ready` or `failed` with its log in the registry.
+    /// and answers it at once; the build runs in the background (a few at a time, see
+    /// [`Builds::run`]) and ends `ready` or `failed` with its log in the registry. When
+    /// the scheduler [queues builds](Scheduler::queues_builds) the build is handed to it
+    /// instead (the node that takes it needs the builder; this one needs none), and a
+    /// hand-over that fails fails the version and is returned.
     ///
     /// The version's executor backend is chosen here and recorded on it: the one the
     /// spec asks for, else the operator's rule for the function's name
@@ -163,12 +166,13 @@ impl Platform {
     /// backend's builder builds it and its executor runs it from then on, whatever the
     /// defaults become. Asking for a backend that is not registered is
     /// `invalid_input`, with the names that are; asking for one the
-    /// [`ExecutorPolicy`] does not allow this tenant is `forbidden`
+    /// [`ExecutorPolicy`](crate::policy::ExecutorPolicy) does not allow this tenant is `forbidden`
     /// (`executor_not_allowed`), with the names it allows.
     ///
-    /// The tenant's [`UploadQuotas`] are checked before anything is stored: builds in
+    /// The tenant's [`UploadQuotas`](crate::policy::UploadQuotas) are checked before anything is stored: builds in
     /// flight (`quota_exceeded`, with a retry delay), builds waiting server-wide
-    /// (`overloaded`), artifact bytes and, for a new name, functions (`quota_exceeded`,
+    /// (`overloaded`; for queued builds, the registry's unfinished builds of every
+    /// node), artifact bytes and, for a new name, functions (`quota_exceeded`,
     /// standing). When the build ends, versions past `versions_kept` are pruned.
     pub async fn upload(
         &self,

@@ -605,6 +605,14 @@ impl Scheduler for LocalScheduler {
             .router
             .route(&request.tenant, &request.function)
             .await?;
+        if !inner.dispatcher.has(&route.backend) {
+            // One process has no queue to another node: refuse rather than accept a
+            // job that cannot run.
+            return Err(Error::Unavailable(format!(
+                "the '{}' backend is not on this node, and this scheduler does not queue jobs for other nodes",
+                route.backend
+            )));
+        }
         let limit = request
             .timeout
             .map_or(route.timeout, |t| t.min(route.timeout))

@@ -2,7 +2,9 @@
 //! ([`Registry`], [`Builder`], [`Executor`], [`Scheduler`], plus the [`JobStore`]
 //! behind the scheduler and the [`KeyStore`] of API keys), one error enum with stable
 //! codes, the in-process
-//! [`LocalScheduler`], in-memory stores, and the [`Platform`] that wires them.
+//! [`LocalScheduler`], in-memory stores, and the [`Platform`] that wires them. Jobs are
+//! resolved into a [`Route`] that names a backend, and run by the [`Dispatcher`] of a
+//! node that has it; built artifacts are kept by digest in an [`ArtifactStore`].
 //!
 //! ```no_run
 //! # async fn demo(builtins: std::sync::Arc<dyn sopm_core::Executor>) -> sopm_core::Result<()> {

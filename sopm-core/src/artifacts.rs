@@ -6,7 +6,7 @@ use std::path::Path;
 
 use async_trait::async_trait;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::registry::Artifact;
 
 /// Keeps built artifacts by content digest. Implementations (in `sopm-backends`): a
@@ -39,4 +39,50 @@ pub trait ArtifactStore: Debug + Send + Sync + 'static {
 
     /// Forgets `artifact`.
     async fn remove(&self, artifact: &Artifact) -> Result<()>;
+
+    /// Whether directories stay where their builder put them, so the builder's
+    /// [`remove`](crate::Builder::remove) deletes them (true only of
+    /// [`InPlaceArtifactStore`]).
+    fn leaves_directories_to_builder(&self) -> bool {
+        false
+    }
+}
+
+/// The store a platform uses when none is configured: a directory stays where its
+/// builder put it and is recorded without a digest, so it runs on this node only
+/// (one process, as SOPM embedded has always been). `fetch` hands artifacts back as
+/// they are; the builder removes its directories.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct InPlaceArtifactStore;
+
+#[async_trait]
+impl ArtifactStore for InPlaceArtifactStore {
+    fn name(&self) -> &str {
+        "in-place"
+    }
+
+    async fn put_directory(&self, dir: &Path) -> Result<Artifact> {
+        let path = dir.to_str().ok_or_else(|| {
+            Error::Internal(format!(
+                "the artifact directory {} is not valid UTF-8",
+                dir.display()
+            ))
+        })?;
+        Ok(Artifact::Directory {
+            path: path.to_string(),
+            digest: None,
+        })
+    }
+
+    async fn fetch(&self, artifact: &Artifact) -> Result<Artifact> {
+        Ok(artifact.clone())
+    }
+
+    async fn remove(&self, _artifact: &Artifact) -> Result<()> {
+        Ok(())
+    }
+
+    fn leaves_directories_to_builder(&self) -> bool {
+        true
+    }
 }

@@ -389,6 +389,13 @@ async fn the_local_store_keeps_moves_verifies_and_removes_by_digest() {
         .unwrap_err();
     assert!(matches!(err, Error::Storage(_)), "{err}");
 
+    // Two puts of the content (two versions): the first remove leaves it for the other.
+    store.remove(&artifact).await.unwrap();
+    assert!(
+        expected_path.exists(),
+        "another version still names this content"
+    );
+    assert!(store.fetch(&artifact).await.is_ok());
     store.remove(&artifact).await.unwrap();
     assert!(!expected_path.exists());
     assert_eq!(
@@ -396,6 +403,7 @@ async fn the_local_store_keeps_moves_verifies_and_removes_by_digest() {
         "not_found"
     );
     store.remove(&artifact).await.unwrap();
+    assert!(!root.join("refs").join(digest.hex()).exists());
 
     // Images pass through; undigested directories are found where they are.
     let image = Artifact::Image {

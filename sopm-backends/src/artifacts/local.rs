@@ -6,8 +6,10 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use sopm_core::{Artifact, ArtifactStore, Digest, Error, Result};
 
 use super::canonical::{canonical_digest, canonical_tar, remove_tree, sibling, unpack_verified};
@@ -15,12 +17,17 @@ use super::canonical::{canonical_digest, canonical_tar, remove_tree, sibling, un
 /// Keeps artifact directories on this machine, by digest. `put_directory` moves the
 /// build's directory into the store (a rename; a copy through the canonical tar when the
 /// build directory is on another file system); `fetch` checks the directory is there
-/// (and recomputes its digest only with [`verify_on_fetch`](Self::verify_on_fetch));
-/// `remove` deletes it.
+/// (and recomputes its digest only with [`verify_on_fetch`](Self::verify_on_fetch)).
+///
+/// Two versions with the same content share one directory, so the store counts puts per
+/// digest (`<root>/refs/<hex>`): `remove` takes one away and deletes the directory when
+/// none is left. One store (and its clones) per root.
 #[derive(Debug, Clone)]
 pub struct LocalArtifactStore {
     root: PathBuf,
     verify_on_fetch: bool,
+    /// Serializes the count and the directory's coming and going.
+    refs_lock: Arc<Mutex<()>>,
 }
 
 impl LocalArtifactStore {
@@ -30,6 +37,7 @@ impl LocalArtifactStore {
         LocalArtifactStore {
             root: root.into(),
             verify_on_fetch: false,
+            refs_lock: Arc::new(Mutex::new(())),
         }
     }
 
@@ -50,12 +58,46 @@ impl LocalArtifactStore {
         let objects = self.root.join("sha256");
         create_private_dir(&self.root)?;
         create_private_dir(&objects)?;
+        create_private_dir(&self.root.join("refs"))?;
         let dest = self.path_of(&digest);
+        let _held = self.refs_lock.lock();
         store_directory(dir, &dest, &digest)?;
+        let count = self.refs(&digest)?;
+        self.set_refs(&digest, count + 1)?;
         Ok(Artifact::Directory {
             path: dest.to_string_lossy().into_owned(),
             digest: Some(digest),
         })
+    }
+
+    fn refs_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("refs").join(digest.hex())
+    }
+
+    /// How many puts of `digest` are not yet removed (0 when never counted).
+    fn refs(&self, digest: &Digest) -> Result<u64> {
+        let path = self.refs_path(digest);
+        match fs::read_to_string(&path) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .map_err(|_| Error::Storage(format!("'{}' does not hold a count", path.display()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(storage("read", &path, e)),
+        }
+    }
+
+    fn set_refs(&self, digest: &Digest, count: u64) -> Result<()> {
+        let path = self.refs_path(digest);
+        if count == 0 {
+            return match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(storage("remove", &path, e)),
+                _ => Ok(()),
+            };
+        }
+        let tmp = sibling(&path, "count");
+        fs::write(&tmp, count.to_string()).map_err(|e| storage("write", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| storage("write", &path, e))
     }
 
     fn fetch_blocking(&self, artifact: &Artifact) -> Result<Artifact> {
@@ -105,8 +147,12 @@ impl LocalArtifactStore {
             ..
         } = artifact
         {
+            let _held = self.refs_lock.lock();
+            // A directory stored without a count (by an older store) counts as one put.
+            let left = self.refs(digest)?.saturating_sub(1);
+            self.set_refs(digest, left)?;
             let stored = self.path_of(digest);
-            if stored.exists() {
+            if left == 0 && stored.exists() {
                 // Rename first so a concurrent fetch sees it gone at once, then delete.
                 let doomed = sibling(&stored, "removed");
                 fs::rename(&stored, &doomed).map_err(|e| storage("remove", &stored, e))?;

@@ -204,8 +204,15 @@ async fn two_nodes_see_each_others_writes() {
         keys_b.resolve(secret.expose()).await.unwrap(),
         Some(t.clone())
     );
-    keys_b.revoke(&t, &info.id).await.unwrap();
+    let (by_a, by_b) = tokio::join!(keys_a.revoke(&t, &info.id), keys_b.revoke(&t, &info.id));
+    let (by_a, by_b) = (by_a.unwrap(), by_b.unwrap());
+    assert!(by_a.revoked_ms.is_some());
+    assert_eq!(
+        by_a.revoked_ms, by_b.revoked_ms,
+        "two nodes revoking at once record one time"
+    );
     assert_eq!(keys_a.resolve(secret.expose()).await.unwrap(), None);
+    assert_eq!(keys_b.list(&t).await.unwrap(), [by_a]);
 
     let removed = b.delete(&t, &v1.function_id).await.unwrap();
     assert_eq!(removed.versions.len(), 2);
@@ -363,9 +370,14 @@ async fn redis_down_is_unavailable_and_the_same_handle_recovers() {
     // A guard against a hang, far above the configured timeouts; not a speed check.
     let guard = Duration::from_secs(60);
     for round in 0..3 {
+        let started = Instant::now();
         let got = tokio::time::timeout(guard, reg.get(&t, &v1.function_id))
             .await
             .unwrap_or_else(|_| panic!("round {round}: a call with Redis down hung"));
+        eprintln!(
+            "round {round}: get with Redis down answered in {:?}",
+            started.elapsed()
+        );
         let err = got.expect_err("Redis is down");
         assert_eq!(err.code(), "unavailable", "round {round}: {err:?}");
         assert!(
@@ -450,4 +462,47 @@ async fn a_key_of_the_wrong_type_is_a_storage_error() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), "storage_error", "{err:?}");
+}
+
+/// A Redis that stops answering (frozen with SIGSTOP, its connections still open): a
+/// call gives up with `unavailable` after the response timeout instead of hanging, and
+/// the same handle works once Redis answers again (SIGCONT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_is_unavailable_not_a_hang() {
+    let Some(server) = RedisServer::start("frozen") else {
+        return;
+    };
+    let reg = registry(&server).await;
+    let t = tenant("frozen");
+    let v1 = reg.create_version(new_version(&t, "f", "d")).await.unwrap();
+    let info = server.command("INFO server");
+    let pid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .expect("INFO server names the process id")
+        .trim()
+        .to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {pid}");
+    };
+
+    signal("-STOP");
+    let started = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(60), reg.get(&t, &v1.function_id)).await;
+    eprintln!(
+        "get from a frozen Redis answered in {:?}",
+        started.elapsed()
+    );
+    signal("-CONT");
+    let err = got
+        .expect("a call to a frozen Redis hung")
+        .expect_err("Redis is frozen");
+    assert_eq!(err.code(), "unavailable", "{err:?}");
+
+    let back = until_ok("get after SIGCONT", || reg.get(&t, &v1.function_id)).await;
+    assert_eq!(back.versions, vec![v1]);
 }

@@ -15,7 +15,8 @@
 //! | `P keys:{tenant}` | list | the digests of a tenant's keys, oldest first |
 //!
 //! Tenant ids and function names cannot contain `:` (both are checked where they are
-//! made), so these names cannot collide.
+//! made), so these names cannot collide. A caller's function id goes into `P fn:{id}`
+//! as given, so no other key may start with `P fn:`.
 
 /// Makes the names of SOPM's keys under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]

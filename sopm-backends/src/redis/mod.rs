@@ -33,7 +33,8 @@ pub const DEFAULT_PREFIX: &str = "sopm:";
 /// [`connect`](RedisConfig::connect) does. Its `Debug` form hides the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    /// `redis://[user][:password@]host[:port][/db]` (or `rediss://` for TLS, `unix://`).
+    /// `redis://[user][:password@]host[:port][/db]` or `unix:///path/to/socket` (this
+    /// build has no TLS: reach a remote Redis over a private network or a tunnel).
     pub url: String,
     /// What every key starts with (default `sopm:`); installations sharing one Redis
     /// use different prefixes.
@@ -107,6 +108,7 @@ const CONNECT_RETRIES: usize = 2;
 #[derive(Clone)]
 pub struct RedisConnection {
     manager: ConnectionManager,
+    config: Arc<RedisConfig>,
     keys: Arc<Keys>,
     /// The URL without its password.
     target: Arc<str>,
@@ -162,6 +164,7 @@ impl RedisConnection {
         };
         let conn = RedisConnection {
             manager,
+            config: Arc::new(config.clone()),
             keys: Arc::new(Keys::new(config.prefix.clone())),
             target,
             deadline,
@@ -173,6 +176,12 @@ impl RedisConnection {
     /// The key names under this connection's prefix.
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// The configuration it was made from (to open another connection, such as one
+    /// for blocking reads, which would hold up the commands multiplexed on this one).
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
     }
 
     /// Where it connects, without the password.

@@ -4,7 +4,7 @@
 //! one function per tenant, and a delete leaves no half of a function behind.
 
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use redis::Script;
@@ -27,18 +27,21 @@ use super::{decode_json, encode_json, RedisConnection};
 #[derive(Debug, Clone)]
 pub struct RedisRegistry {
     conn: RedisConnection,
+    /// The key layout every script gets first (see `Keys::registry_script_layout`).
+    layout: Arc<[String; 5]>,
 }
 
 impl RedisRegistry {
     /// A registry over `conn` (under its prefix).
     pub fn new(conn: RedisConnection) -> Self {
-        RedisRegistry { conn }
+        let layout = Arc::new(conn.keys().registry_script_layout());
+        RedisRegistry { conn, layout }
     }
 
     /// A script call with the key layout as `ARGV[1..=5]`; its own arguments follow.
     fn call<'a>(&self, script: &'a Script) -> redis::ScriptInvocation<'a> {
         let mut invocation = script.prepare_invoke();
-        for part in self.conn.keys().registry_script_layout() {
+        for part in self.layout.iter() {
             invocation.arg(part);
         }
         invocation

@@ -43,7 +43,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .param("values", any_array())
         .optional("descending", Ty::Bool)
         .example(json!({"values": [3, 1, 2]}), json!([1, 2, 3]))
-        .blocking(lists::sort),
+        .linear(lists::sort),
     );
     out.push(
         Builtin::describe(
@@ -52,13 +52,13 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         )
         .param("values", any_array())
         .example(json!({"values": [1, "a", 1, 2, "a"]}), json!([1, "a", 2]))
-        .blocking(lists::unique),
+        .linear(lists::unique),
     );
     out.push(
         Builtin::describe("data.reverse", "Returns the values in reverse order")
             .param("values", any_array())
             .example(json!({"values": [1, 2, 3]}), json!([3, 2, 1]))
-            .blocking(lists::reverse),
+            .linear(lists::reverse),
     );
     out.push(
         Builtin::describe(
@@ -68,7 +68,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .param("values", any_array())
         .optional("depth", Ty::int_range(0, i64::MAX))
         .example(json!({"values": [1, [2, [3, [4]]]]}), json!([1, 2, 3, 4]))
-        .blocking(lists::flatten),
+        .linear(lists::flatten),
     );
     out.push(
         Builtin::describe(
@@ -81,7 +81,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             json!({"values": [1, 2, 3, 4, 5], "size": 2}),
             json!([[1, 2], [3, 4], [5]]),
         )
-        .blocking(lists::chunk),
+        .linear(lists::chunk),
     );
     out.push(
         Builtin::describe(
@@ -94,7 +94,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             json!({"a": [1, 2, 3], "b": ["x", "y"]}),
             json!([[1, "x"], [2, "y"]]),
         )
-        .blocking(lists::zip),
+        .linear(lists::zip),
     );
     out.push(
         Builtin::describe(
@@ -114,7 +114,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
                 "veg": [{"kind": "veg", "name": "leek"}]
             }),
         )
-        .blocking(records::group_by),
+        .linear(records::group_by),
     );
     out.push(
         Builtin::describe(
@@ -130,7 +130,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
                        "field": "age", "op": "ge", "value": 18}),
             json!([{"name": "ada", "age": 36}]),
         )
-        .blocking(records::filter),
+        .linear(records::filter),
     );
     out.push(
         Builtin::describe(
@@ -143,7 +143,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             json!({"items": [{"name": "ada"}, {"name": "tim"}, {}], "field": "name"}),
             json!(["ada", "tim", null]),
         )
-        .blocking(records::pluck),
+        .linear(records::pluck),
     );
     out.push(
         Builtin::describe(
@@ -156,7 +156,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             json!({"items": [{"kind": "fruit"}, {"kind": "veg"}, {"kind": "fruit"}], "key": "kind"}),
             json!({"fruit": 2, "veg": 1}),
         )
-        .blocking(records::count_by),
+        .linear(records::count_by),
     );
     out.push(
         Builtin::describe(
@@ -168,7 +168,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             json!({"objects": [{"a": 1, "b": {"c": 2, "d": [1]}}, {"b": {"d": [2], "e": 3}}]}),
             json!({"a": 1, "b": {"c": 2, "d": [2], "e": 3}}),
         )
-        .blocking(records::merge),
+        .linear(records::merge),
     );
     out.push(
         Builtin::describe(
@@ -194,7 +194,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             json!({"csv": "name,age\nada,36\n\"Lovelace, A\",37\n"}),
             json!([{"name": "ada", "age": "36"}, {"name": "Lovelace, A", "age": "37"}]),
         )
-        .blocking(codecs::csv_to_json),
+        .linear(codecs::csv_to_json),
     );
     out.push(
         Builtin::describe(
@@ -206,7 +206,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             json!({"items": [{"name": "ada"}, {"name": "Lovelace, A", "city": "London"}]}),
             json!("name,city\nada,\n\"Lovelace, A\",London\n"),
         )
-        .blocking(codecs::json_to_csv),
+        .linear(codecs::json_to_csv),
     );
     out.push(
         Builtin::describe(
@@ -215,7 +215,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         )
         .param("text", Ty::text())
         .example(json!({"text": "hello"}), json!("aGVsbG8="))
-        .blocking(codecs::base64_encode),
+        .linear(codecs::base64_encode),
     );
     out.push(
         Builtin::describe(
@@ -224,7 +224,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         )
         .param("data", Ty::text())
         .example(json!({"data": "aGVsbG8="}), json!("hello"))
-        .blocking(codecs::base64_decode),
+        .linear(codecs::base64_decode),
     );
     out.push(
         Builtin::describe(
@@ -233,7 +233,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         )
         .param("text", Ty::text())
         .example(json!({"text": "hi!"}), json!("686921"))
-        .blocking(codecs::hex_encode),
+        .linear(codecs::hex_encode),
     );
     out.push(
         Builtin::describe(
@@ -242,7 +242,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         )
         .param("data", Ty::text())
         .example(json!({"data": "686921"}), json!("hi!"))
-        .blocking(codecs::hex_decode),
+        .linear(codecs::hex_decode),
     );
     out.push(
         Builtin::describe(
@@ -251,7 +251,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         )
         .param("text", Ty::text())
         .example(json!({"text": "a b&c/é"}), json!("a%20b%26c%2F%C3%A9"))
-        .blocking(codecs::url_encode),
+        .linear(codecs::url_encode),
     );
     out.push(
         Builtin::describe(
@@ -260,7 +260,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         )
         .param("text", Ty::text())
         .example(json!({"text": "a%20b%26c%2F%C3%A9"}), json!("a b&c/é"))
-        .blocking(codecs::url_decode),
+        .linear(codecs::url_decode),
     );
     out.push(
         Builtin::describe(
@@ -290,7 +290,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             json!({"union": [1, 2, 3, 4], "intersection": [2, 3], "difference": [1],
                    "symmetric_difference": [1, 4]}),
         )
-        .blocking(lists::set_operations),
+        .linear(lists::set_operations),
     );
     out.push(
         Builtin::describe(
@@ -315,7 +315,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             json!({"matrix": [[1, 2, 3], [4, 5, 6]]}),
             json!([[1, 4], [2, 5], [3, 6]]),
         )
-        .blocking(lists::transpose),
+        .linear(lists::transpose),
     );
     out.push(
         Builtin::describe(

@@ -4,8 +4,15 @@
 //! Each function declares its parameters once ([`schema::Params`]); that one
 //! declaration gives the published JSON Schema and the validation that runs before
 //! the function, so a missing field, a wrong type, a value out of range or an unknown
-//! field is `invalid_input` naming the field. CPU-heavy functions run on the blocking
-//! pool so they never stall the async runtime.
+//! field is `invalid_input` naming the field.
+//!
+//! Where a call runs is decided per call (see [`Handler`]): a cheap body runs inline on
+//! the caller's task; a body whose work grows with its input runs inline when the
+//! input is at most [`INLINE_INPUT_BYTES`] and on the blocking pool above that; a body
+//! whose work a small input can still make large (big numbers, quadratic distances,
+//! regular expressions) always runs on the blocking pool. So no call holds an async
+//! worker for long (the bound is measured in docs/performance.md), and a small call
+//! pays no thread hop.
 
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -35,12 +42,23 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = Result<Value>> + Send>>;
 /// reads its validated arguments, then returns the future that waits.
 pub type AsyncFn = fn(&Args<'_>) -> Result<BoxFuture>;
 
+/// Largest input, in bytes as [`input_size`] counts them, with which a
+/// [`Handler::Linear`] body runs inline on the caller's task; a larger one goes to the
+/// blocking pool. At this size the slowest such body takes tens of microseconds
+/// (docs/performance.md), about what a hop to the pool and back costs.
+pub const INLINE_INPUT_BYTES: usize = 8 * 1024;
+
 /// How a function's body runs.
 #[derive(Clone, Copy)]
 pub enum Handler {
-    /// Runs inline on the caller's task: cheap, bounded work.
+    /// Runs inline on the caller's task: cheap work whatever the input (bounded by the
+    /// schema).
     Inline(SyncFn),
-    /// Runs on the blocking thread pool: CPU-heavy work that could stall the runtime.
+    /// Work that grows about linearly with the input: inline up to
+    /// [`INLINE_INPUT_BYTES`] of input, on the blocking pool above.
+    Linear(SyncFn),
+    /// Runs on the blocking thread pool whatever the input: work a small input can
+    /// still make large, which could stall the runtime.
     Blocking(SyncFn),
     /// Awaits; never holds a worker thread.
     Async(AsyncFn),
@@ -50,6 +68,7 @@ impl std::fmt::Debug for Handler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Handler::Inline(_) => "Inline",
+            Handler::Linear(_) => "Linear",
             Handler::Blocking(_) => "Blocking",
             Handler::Async(_) => "Async",
         })
@@ -77,7 +96,7 @@ pub struct Builtin {
 
 impl Builtin {
     /// Starts describing a function; finish with [`inline`](BuiltinSpec::inline),
-    /// [`blocking`](BuiltinSpec::blocking) or [`asynchronous`](BuiltinSpec::asynchronous).
+    /// [`linear`](BuiltinSpec::linear), [`blocking`](BuiltinSpec::blocking) or [`asynchronous`](BuiltinSpec::asynchronous).
     pub fn describe(name: &'static str, description: &'static str) -> BuiltinSpec {
         BuiltinSpec {
             name,
@@ -108,16 +127,28 @@ impl Builtin {
         }
     }
 
+    /// Whether a call with `input` runs inline on the caller's task (else on the
+    /// blocking pool, or, for an asynchronous body, awaiting).
+    pub fn runs_inline(&self, input: &Value) -> bool {
+        match self.handler {
+            Handler::Inline(_) => true,
+            Handler::Linear(_) => input_fits(input, INLINE_INPUT_BYTES),
+            Handler::Blocking(_) | Handler::Async(_) => false,
+        }
+    }
+
     /// Validates `input` and runs the function.
     pub async fn call(&self, input: &Value) -> Result<Value> {
         match self.handler {
-            Handler::Inline(f) => {
-                let args = self.params.validate(input)?;
-                guarded(self.name, || f(&args))
+            Handler::Inline(f) => self.run_inline(f, input),
+            Handler::Linear(f) if input_fits(input, INLINE_INPUT_BYTES) => {
+                self.run_inline(f, input)
             }
             Handler::Async(f) => f(&self.params.validate(input)?)?.await,
             // The blocking pool needs an owned input; `call_shared` avoids this copy.
-            Handler::Blocking(_) => self.call_shared(Arc::new(input.clone())).await,
+            Handler::Linear(_) | Handler::Blocking(_) => {
+                self.call_shared(Arc::new(input.clone())).await
+            }
         }
     }
 
@@ -125,11 +156,11 @@ impl Builtin {
     /// pool instead of copying it (inputs can be megabytes).
     pub async fn call_shared(&self, input: Arc<Value>) -> Result<Value> {
         match self.handler {
-            Handler::Inline(f) => {
-                let args = self.params.validate(&input)?;
-                guarded(self.name, || f(&args))
+            Handler::Inline(f) => self.run_inline(f, &input),
+            Handler::Linear(f) if input_fits(&input, INLINE_INPUT_BYTES) => {
+                self.run_inline(f, &input)
             }
-            Handler::Blocking(f) => {
+            Handler::Linear(f) | Handler::Blocking(f) => {
                 let params = Arc::clone(&self.params);
                 let name = self.name;
                 tokio::task::spawn_blocking(move || {
@@ -142,6 +173,52 @@ impl Builtin {
             Handler::Async(f) => f(&self.params.validate(&input)?)?.await,
         }
     }
+}
+
+impl Builtin {
+    fn run_inline(&self, f: SyncFn, input: &Value) -> Result<Value> {
+        let args = self.params.validate(input)?;
+        guarded(self.name, || f(&args))
+    }
+}
+
+/// The size of a JSON value for deciding where a call runs: the bytes of its strings
+/// and keys, 8 per number, boolean or null, and 2 per array element or object field,
+/// counted only until the total passes `limit` (so a large input costs no more to
+/// size than a small one). Returns at most `limit + 1` once past it.
+pub fn input_size(value: &Value, limit: usize) -> usize {
+    fn walk(v: &Value, total: &mut usize, limit: usize) {
+        match v {
+            Value::String(s) => *total += s.len(),
+            Value::Array(items) => {
+                *total += 2 * items.len();
+                for item in items {
+                    if *total > limit {
+                        return;
+                    }
+                    walk(item, total, limit);
+                }
+            }
+            Value::Object(fields) => {
+                *total += 2 * fields.len();
+                for (key, item) in fields {
+                    if *total > limit {
+                        return;
+                    }
+                    *total += key.len();
+                    walk(item, total, limit);
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => *total += 8,
+        }
+    }
+    let mut total = 0;
+    walk(value, &mut total, limit);
+    total.min(limit + 1)
+}
+
+fn input_fits(value: &Value, limit: usize) -> bool {
+    input_size(value, limit) <= limit
 }
 
 /// Runs a body, turning a panic (a bug) into `internal_error` instead of unwinding
@@ -214,7 +291,13 @@ impl BuiltinSpec {
         self.finish(Handler::Inline(f))
     }
 
-    /// Finishes with a CPU-heavy body run on the blocking pool.
+    /// Finishes with a body whose work grows about linearly with its input: inline
+    /// for an input up to [`INLINE_INPUT_BYTES`], on the blocking pool above.
+    pub fn linear(self, f: SyncFn) -> Builtin {
+        self.finish(Handler::Linear(f))
+    }
+
+    /// Finishes with a CPU-heavy body run on the blocking pool whatever its input.
     pub fn blocking(self, f: SyncFn) -> Builtin {
         self.finish(Handler::Blocking(f))
     }

@@ -173,13 +173,13 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         )
         .param("values", Ty::array(Ty::number(), MAX_VALUES))
         .example(json!({"values": [1, 2, 3.5]}), json!(6.5))
-        .blocking(stats::sum),
+        .linear(stats::sum),
     );
     out.push(
         Builtin::describe("math.mean", "Returns the arithmetic mean of the values")
             .param("values", values())
             .example(json!({"values": [1, 2, 3, 4]}), json!(2.5))
-            .blocking(stats::mean),
+            .linear(stats::mean),
     );
     out.push(
         Builtin::describe(
@@ -188,13 +188,13 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         )
         .param("values", values())
         .example(json!({"values": [3, 1, 4, 1, 5]}), json!(3))
-        .blocking(stats::median),
+        .linear(stats::median),
     );
     out.push(
         Builtin::describe("math.mode", "Returns the most frequent values, ascending")
             .param("values", values())
             .example(json!({"values": [1, 2, 2, 3, 3]}), json!([2, 3]))
-            .blocking(stats::mode),
+            .linear(stats::mode),
     );
     out.push(
         Builtin::describe(
@@ -204,7 +204,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .param("values", values())
         .optional("sample", Ty::Bool)
         .example(json!({"values": [2, 4, 4, 4, 5, 5, 7, 9]}), json!(4.0))
-        .blocking(stats::variance),
+        .linear(stats::variance),
     );
     out.push(
         Builtin::describe(
@@ -214,19 +214,19 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .param("values", values())
         .optional("sample", Ty::Bool)
         .example(json!({"values": [2, 4, 4, 4, 5, 5, 7, 9]}), json!(2.0))
-        .blocking(stats::stddev),
+        .linear(stats::stddev),
     );
     out.push(
         Builtin::describe("math.min", "Returns the smallest value")
             .param("values", values())
             .example(json!({"values": [3, -1, 2]}), json!(-1))
-            .blocking(stats::min),
+            .linear(stats::min),
     );
     out.push(
         Builtin::describe("math.max", "Returns the largest value")
             .param("values", values())
             .example(json!({"values": [3, -1, 2]}), json!(3))
-            .blocking(stats::max),
+            .linear(stats::max),
     );
     out.push(
         Builtin::describe(

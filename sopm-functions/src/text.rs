@@ -29,12 +29,12 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
     out.push(
         unary("text.uppercase", "Returns the text in Unicode uppercase")
             .example(json!({"text": "Héllo wörld"}), json!("HÉLLO WÖRLD"))
-            .blocking(uppercase),
+            .linear(uppercase),
     );
     out.push(
         unary("text.lowercase", "Returns the text in Unicode lowercase")
             .example(json!({"text": "Héllo WÖRLD"}), json!("héllo wörld"))
-            .blocking(lowercase),
+            .linear(lowercase),
     );
     out.push(
         unary(
@@ -42,7 +42,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             "Returns the text reversed by grapheme cluster (accents and emoji kept whole)",
         )
         .example(json!({"text": "héllo"}), json!("olléh"))
-        .blocking(reverse),
+        .linear(reverse),
     );
     out.push(
         unary(
@@ -58,7 +58,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             "Returns the number of words (Unicode word boundaries, words with a letter or digit)",
         )
         .example(json!({"text": "Hello, world! It's 2024."}), json!(4))
-        .blocking(word_count),
+        .linear(word_count),
     );
     out.push(
         unary(
@@ -69,7 +69,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             json!({"text": "hello"}),
             json!({"e": 1, "h": 1, "l": 2, "o": 1}),
         )
-        .blocking(char_frequency),
+        .linear(char_frequency),
     );
     out.push(
         unary(
@@ -77,7 +77,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             "Returns whether the text reads the same both ways, ignoring case and non-alphanumerics",
         )
         .example(json!({"text": "A man, a plan, a canal: Panama"}), json!(true))
-        .blocking(is_palindrome),
+        .linear(is_palindrome),
     );
     out.push(
         unary(
@@ -88,7 +88,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             json!({"text": "hello wORLD, it's me"}),
             json!("Hello WORLD, It's Me"),
         )
-        .blocking(capitalize),
+        .linear(capitalize),
     );
     out.push(
         unary(
@@ -96,7 +96,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             "Returns the text's words lowercased and joined by '_' (\"helloWorld\" -> \"hello_world\")",
         )
         .example(json!({"text": "Hello World"}), json!("hello_world"))
-        .blocking(snake_case),
+        .linear(snake_case),
     );
     out.push(
         unary(
@@ -104,7 +104,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             "Returns the text's words in lowerCamelCase (\"hello_world\" -> \"helloWorld\")",
         )
         .example(json!({"text": "hello world"}), json!("helloWorld"))
-        .blocking(camel_case),
+        .linear(camel_case),
     );
     out.push(
         unary(
@@ -112,7 +112,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             "Returns the text's words lowercased and joined by '-' (\"Hello World\" -> \"hello-world\")",
         )
         .example(json!({"text": "Hello World"}), json!("hello-world"))
-        .blocking(kebab_case),
+        .linear(kebab_case),
     );
     out.push(
         unary(
@@ -120,7 +120,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             "Returns a lowercase ASCII slug: accents folded, runs of anything else as one '-'",
         )
         .example(json!({"text": "Héllo, Wörld!"}), json!("hello-world"))
-        .blocking(slugify),
+        .linear(slugify),
     );
     out.push(
         unary(
@@ -155,7 +155,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             json!({"text": "a,b,,c", "separator": ","}),
             json!(["a", "b", "", "c"]),
         )
-        .blocking(split),
+        .linear(split),
     );
     out.push(
         Builtin::describe(
@@ -235,7 +235,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             json!({"text": "Hello, World!", "shift": 3}),
             json!("Khoor, Zruog!"),
         )
-        .blocking(caesar),
+        .linear(caesar),
     );
     out.push(
         unary(
@@ -243,7 +243,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             "Returns the text with its ASCII letters rotated by 13 places",
         )
         .example(json!({"text": "Hello, World!"}), json!("Uryyb, Jbeyq!"))
-        .blocking(rot13),
+        .linear(rot13),
     );
     out.push(
         Builtin::describe(
@@ -253,7 +253,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .param("text", Ty::text())
         .param("sub", Ty::non_empty_text())
         .example(json!({"text": "banana", "sub": "an"}), json!(2))
-        .blocking(count_substring),
+        .linear(count_substring),
     );
     out.push(
         Builtin::describe(
@@ -264,7 +264,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
         .param("max", Ty::int_range(0, i64::MAX))
         .optional("ellipsis", Ty::text())
         .example(json!({"text": "Hello, world", "max": 8}), json!("Hello..."))
-        .blocking(truncate),
+        .linear(truncate),
     );
     out.push(
         Builtin::describe(
@@ -277,7 +277,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             json!({"text": "The quick brown fox jumps over the lazy dog", "width": 10}),
             json!(["The quick", "brown fox", "jumps over", "the lazy", "dog"]),
         )
-        .blocking(wrap),
+        .linear(wrap),
     );
 }
 

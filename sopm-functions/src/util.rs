@@ -116,7 +116,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             json!({"text": "hello", "algorithm": "sha256"}),
             json!("2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"),
         )
-        .blocking(hash),
+        .linear(hash),
     );
     out.push(
         Builtin::describe(
@@ -134,7 +134,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             }),
             json!("f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"),
         )
-        .blocking(hmac),
+        .linear(hmac),
     );
     out.push(
         Builtin::describe(
@@ -176,7 +176,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
                 "feedback": ["use 12 or more characters"]
             }),
         )
-        .blocking(password_strength),
+        .linear(password_strength),
     );
     out.push(
         Builtin::describe(
@@ -197,7 +197,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
             json!({"url": "https://example.com/a?b=1"}),
             json!({"valid": true}),
         )
-        .blocking(net::validate_url),
+        .linear(net::validate_url),
     );
     out.push(
         Builtin::describe(
@@ -217,7 +217,7 @@ pub(crate) fn register(out: &mut Vec<Builtin>) {
                 "params": {"q": "rust", "page": "2"}
             }),
         )
-        .blocking(net::parse_url),
+        .linear(net::parse_url),
     );
     out.push(
         Builtin::describe(

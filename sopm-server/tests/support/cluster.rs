@@ -93,7 +93,10 @@ impl Node {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("node {} exited before it was ready: {status}", self.spec.id);
             }
-            Err(format!("node {} was not ready within {limit:?}", self.spec.id))
+            Err(format!(
+                "node {} was not ready within {limit:?}",
+                self.spec.id
+            ))
         });
     }
 

@@ -79,12 +79,18 @@ fn sweep_stale() {
         let Some(rest) = name.strip_prefix(PREFIX) else {
             continue;
         };
-        let pid: u32 = rest.split('-').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let pid: u32 = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
         if pid != 0 && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             ip_quiet(&["netns", "del", name]);
         }
     }
-    let Ok(out) = Command::new("ip").args(["-o", "link", "show", "type", "bridge"]).output()
+    let Ok(out) = Command::new("ip")
+        .args(["-o", "link", "show", "type", "bridge"])
+        .output()
     else {
         return;
     };
@@ -143,11 +149,21 @@ impl Net {
                 host_veth: host_veth.clone(),
                 addr,
             });
-            ip(&["link", "add", &host_veth, "type", "veth", "peer", "name", &peer]);
+            ip(&[
+                "link", "add", &host_veth, "type", "veth", "peer", "name", &peer,
+            ]);
             ip(&["link", "set", &peer, "netns", &ns]);
             ip(&["link", "set", &host_veth, "master", &bridge]);
             ip(&["link", "set", &host_veth, "up"]);
-            ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", &peer]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                &peer,
+            ]);
             ip(&["-n", &ns, "link", "set", &peer, "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
         }

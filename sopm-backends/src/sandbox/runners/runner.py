@@ -361,18 +361,22 @@ def listen_for_host(address, token):
         if refused >= MAX_REFUSED:
             sys.exit(3)
     server.close()
-    frames, logs = channels[b"frames"], channels[b"logs"]
+    import fcntl
+
+    # Moved above the descriptors they are going to, so none is overwritten before use.
+    accepted = [channels[b"frames"].detach(), channels[b"logs"].detach()]
+    frames, logs = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in accepted)
+    for fd in accepted:
+        os.close(fd)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
     for fd in (FRAME_IN, FRAME_OUT):
-        os.dup2(frames.fileno(), fd)
+        os.dup2(frames, fd)
     for fd in (LOG_FD, 1, 2):
-        os.dup2(logs.fileno(), fd)
-    # Closing the socket objects closes their own descriptors only: the connections live
-    # on in the descriptors above.
-    frames.close()
-    logs.close()
+        os.dup2(logs, fd)
+    os.close(frames)
+    os.close(logs)
 
 
 def main():

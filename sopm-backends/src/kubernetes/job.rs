@@ -50,6 +50,8 @@ pub struct KubernetesJobExecutor {
 
 #[derive(Debug)]
 struct Inner {
+    /// The executor's name (the settings' Job executor name).
+    name: String,
     settings: KubernetesSettings,
     cluster: Cluster,
     watches: tokio::sync::Mutex<Option<Arc<Watches>>>,
@@ -62,6 +64,7 @@ impl KubernetesJobExecutor {
     pub(crate) fn new(settings: KubernetesSettings) -> Self {
         KubernetesJobExecutor {
             inner: Arc::new(Inner {
+                name: settings.job_name.clone(),
                 cluster: Cluster::new(&settings),
                 settings,
                 watches: tokio::sync::Mutex::new(None),
@@ -505,7 +508,7 @@ fn answer(result: ResultFrame, logs: String) -> Result<Output> {
 #[async_trait]
 impl Executor for KubernetesJobExecutor {
     fn name(&self) -> &str {
-        &self.inner.settings.job_name
+        &self.inner.name
     }
 
     async fn invoke(&self, invocation: Invocation) -> Result<Output> {

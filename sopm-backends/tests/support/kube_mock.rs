@@ -313,13 +313,8 @@ async fn a_warm_pod_is_created_with_the_designed_spec_and_reached_with_its_token
     assert!(pod.is_alive());
     pod.terminate().await;
     let seen = requests.lock().clone();
-    assert!(seen.iter().any(|r| r.is(
-        "DELETE",
-        &format!(
-            "{pods}/old-pod",
-            pods = format!("/api/v1/namespaces/{NS}/pods")
-        )
-    )));
+    let old = format!("/api/v1/namespaces/{NS}/pods/old-pod");
+    assert!(seen.iter().any(|r| r.is("DELETE", &old)), "{seen:#?}");
     let name = sent["metadata"]["name"].as_str().unwrap();
     assert!(
         seen.iter()

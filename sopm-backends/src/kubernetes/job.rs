@@ -267,22 +267,60 @@ impl KubernetesJobExecutor {
                 traceback,
                 logs: None,
             }),
-            None => Err(match death(&pod) {
-                Death::OutOfMemory => Error::OutOfMemory(format!(
-                    "the function went past its memory limit of {} MiB and was killed (OOMKilled)",
-                    version.limits.memory_mb
-                )),
-                Death::Exited(how) => Error::SandboxCrashed(format!(
-                    "the pod of job {name} ended without a result ({how}{})",
-                    job_failure
-                        .map(|f| format!("; job: {f}"))
-                        .unwrap_or_default()
-                )),
-                other => Error::SandboxCrashed(format!(
-                    "the pod of job {name} ended without a result ({other:?})"
-                )),
-            }),
+            None => {
+                // The pod can end before the Job's verdict arrives (at the deadline the
+                // Job controller kills the pod, then marks the Job): wait for it briefly.
+                let oom = matches!(death(&pod), Death::OutOfMemory);
+                let failure = match job_failure {
+                    None if !oom => job_verdict(&mut job_seen, JOB_VERDICT_WAIT).await,
+                    f => f,
+                };
+                if failure
+                    .as_deref()
+                    .is_some_and(|f| f.starts_with("DeadlineExceeded"))
+                {
+                    return Err(Error::Timeout(format!(
+                        "the function ran past its deadline (job {name}, activeDeadlineSeconds {deadline_secs}) and was stopped"
+                    )));
+                }
+                Err(no_result(&name, &pod, failure, version.limits.memory_mb))
+            }
         }
+    }
+}
+
+/// How long the Job's verdict is waited for once its pod ended without a result.
+const JOB_VERDICT_WAIT: Duration = Duration::from_secs(3);
+
+/// The Job's failure (`reason: message`) once it has one, or `None` after `wait`.
+async fn job_verdict(job_seen: &mut watch::Receiver<Seen<Job>>, wait: Duration) -> Option<String> {
+    let until = Instant::now() + wait;
+    loop {
+        if let Seen::Present(job) = &*job_seen.borrow_and_update() {
+            if let Some((reason, message)) = job_failure(job) {
+                return Some(format!("{reason}: {message}"));
+            }
+        }
+        match tokio::time::timeout_at(until, job_seen.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// The error of a Job whose pod ended without a result frame.
+fn no_result(name: &str, pod: &Pod, failure: Option<String>, memory_mb: u64) -> Error {
+    match death(pod) {
+        Death::OutOfMemory => Error::OutOfMemory(format!(
+            "the function went past its memory limit of {memory_mb} MiB and was killed (OOMKilled)"
+        )),
+        Death::Exited(how) => Error::SandboxCrashed(format!(
+            "the pod of job {name} ended without a result ({how}{})",
+            failure.map(|f| format!("; job: {f}")).unwrap_or_default()
+        )),
+        other => Error::SandboxCrashed(format!(
+            "the pod of job {name} ended without a result ({other:?})"
+        )),
     }
 }
 

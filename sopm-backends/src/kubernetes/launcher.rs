@@ -249,7 +249,12 @@ impl SandboxLauncher for KubernetesLauncher {
         let name = fresh_name("warm", spec.runner);
         let mut command = runner_command(spec.runner, &spec.limits);
         command.push("--listen".into());
-        command.push(format!("{}:{port}", settings.listen_host));
+        let bind: IpAddr = settings
+            .listen_host
+            .parse()
+            .map_err(|_| Error::invalid("the runner listen host must be an IP address"))?;
+        // `[::]:7070` for IPv6, which every runner's parser takes.
+        command.push(SocketAddr::new(bind, port).to_string());
         let plan = PodPlan {
             name: name.clone(),
             runner: spec.runner,

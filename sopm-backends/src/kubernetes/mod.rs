@@ -28,7 +28,8 @@
 //! cleanup, and protects the token only from principals that may read pods in the
 //! functions namespace but not Secrets; the token guards a port that the NetworkPolicy
 //! already opens to SOPM's workers only, and whoever reads pod specs there is an
-//! operator. The runner takes it out of the environment before any user code loads.
+//! operator. The runner takes it out of the environment user code gets before any user
+//! code loads.
 //!
 //! Nothing here has run against a real cluster: the tests use `tower-test` mock
 //! services with the API reference's request and response shapes, and a small fake API

@@ -115,6 +115,7 @@ impl KubernetesSettings {
     /// runtime), `SOPM_KUBERNETES_IMAGE_PYTHON`, `SOPM_KUBERNETES_IMAGE_NODE`,
     /// `SOPM_KUBERNETES_IMAGE_STATIC` (each `repository@sha256:<64 hex>`),
     /// `SOPM_KUBERNETES_INSTANCE`, `SOPM_KUBERNETES_RUNNER_PORT`,
+    /// `SOPM_KUBERNETES_RUNNER_LISTEN_HOST` (`0.0.0.0`; `::` on an IPv6-only cluster),
     /// `SOPM_KUBERNETES_POD_TTL_SECS`, `SOPM_KUBERNETES_CPU_MILLIS`,
     /// `SOPM_KUBERNETES_CPU_REQUEST_MILLIS`, `SOPM_KUBERNETES_MEMORY_OVERHEAD_MB`,
     /// `SOPM_KUBERNETES_JOB_GRACE_SECS`, `SOPM_KUBERNETES_JOB_TTL_SECS`,
@@ -150,6 +151,9 @@ impl KubernetesSettings {
         }
         if let Some(port) = parse_var(&var, "SOPM_KUBERNETES_RUNNER_PORT")? {
             s.runner_port = port;
+        }
+        if let Some(host) = set("SOPM_KUBERNETES_RUNNER_LISTEN_HOST").filter(|v| !v.is_empty()) {
+            s.listen_host = host;
         }
         if let Some(secs) = parse_var(&var, "SOPM_KUBERNETES_POD_TTL_SECS")? {
             s.pod_ttl = Duration::from_secs(secs);
@@ -337,6 +341,12 @@ impl KubernetesSettings {
                     runner.as_str()
                 ));
             }
+        }
+        if self.listen_host.parse::<std::net::IpAddr>().is_err() {
+            return Some(format!(
+                "runner listen host '{}' must be an IP address",
+                self.listen_host
+            ));
         }
         if self.runner_port == 0 {
             return Some("runner port must not be 0".into());

@@ -238,13 +238,16 @@ impl KubernetesJobExecutor {
             .map_err(|e| api_error(e, &format!("create job {name}"), &settings.namespace))?;
         cleanup.armed = true;
         self.inner.started.fetch_add(1, Ordering::Relaxed);
-        let until = Instant::now() + Duration::from_secs(deadline_secs as u64 + 2);
+        // The Job's own deadline (plus a moment for its verdict), and never past the
+        // caller's deadline plus the time a pod needs to start.
+        let until = (Instant::now() + Duration::from_secs(deadline_secs as u64 + 2))
+            .min(Instant::from_std(invocation.deadline) + settings.job_grace);
         let ended =
             tokio::time::timeout_at(until, wait_ended(&name, &mut job_seen, &mut pod_seen)).await;
         let ended = match ended {
             Err(_) => {
                 return Err(Error::Timeout(format!(
-                    "job {name} did not finish within {deadline_secs} s and was deleted"
+                    "job {name} did not finish before its deadline and was deleted"
                 )))
             }
             Ok(r) => r?,

@@ -199,8 +199,21 @@ async fn open_channel(addr: SocketAddr, channel: &str, token: &str) -> std::io::
     }
 }
 
-/// The runner channel of the runner at `ip:port`.
-async fn connect(name: &str, ip: &str, port: u16, token: &str) -> Result<RunnerChannel> {
+/// Whether the runner's end of a connection is still open: nothing to read (a runner
+/// between calls sends nothing), neither end of stream nor an error.
+fn still_open(probe: &std::net::TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(probe.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// The runner channel of the runner at `ip:port`, and a handle on its frames connection
+/// to check between calls that the runner is still there.
+async fn connect(
+    name: &str,
+    ip: &str,
+    port: u16,
+    token: &str,
+) -> Result<(RunnerChannel, std::net::TcpStream)> {
     let ip: IpAddr = ip
         .parse()
         .map_err(|_| Error::Unavailable(format!("pod {name} has no usable address ('{ip}')")))?;
@@ -216,16 +229,16 @@ async fn connect(name: &str, ip: &str, port: u16, token: &str) -> Result<RunnerC
     let logs = open_channel(addr, "logs", token)
         .await
         .map_err(unreachable)?;
+    // A clone of the frames socket (non-blocking, as tokio leaves it) to peek at.
+    let std_frames = frames.into_std().map_err(unreachable)?;
+    let probe = std_frames.try_clone().map_err(unreachable)?;
+    let frames = TcpStream::from_std(std_frames).map_err(unreachable)?;
     let (frames_in, frames_out) = frames.into_split();
     let writer: BoxWrite = Box::new(frames_out);
     let reader: BoxRead = Box::new(frames_in);
     let logs: BoxRead = Box::new(logs);
-    Ok(RunnerChannel::new(
-        writer,
-        reader,
-        logs,
-        RunnerChannel::fresh_marker(),
-    ))
+    let channel = RunnerChannel::new(writer, reader, logs, RunnerChannel::fresh_marker());
+    Ok((channel, probe))
 }
 
 #[async_trait]
@@ -279,7 +292,7 @@ impl SandboxLauncher for KubernetesLauncher {
             .map_err(|e| api_error(e, &format!("create pod {name}"), &settings.namespace))?;
         pending.armed = true;
         let ip = wait_running(&name, &mut seen).await?;
-        let channel = connect(&name, &ip, port, &token).await?;
+        let (channel, probe) = connect(&name, &ip, port, &token).await?;
         pending.armed = false;
         let mut sandbox = KubernetesPod {
             name,
@@ -287,6 +300,7 @@ impl SandboxLauncher for KubernetesLauncher {
             hub,
             seen,
             channel,
+            probe,
             runner: spec.runner,
             memory_mb: spec.limits.memory_mb,
             retire_at: Instant::now() + settings.pod_ttl.mul_f64(0.9),
@@ -335,6 +349,7 @@ pub struct KubernetesPod {
     hub: Arc<Hub<Pod>>,
     seen: watch::Receiver<Seen<Pod>>,
     channel: RunnerChannel,
+    probe: std::net::TcpStream,
     runner: RunnerKind,
     memory_mb: u64,
     retire_at: Instant,
@@ -376,8 +391,10 @@ impl Sandbox for KubernetesPod {
     }
 
     fn is_alive(&mut self) -> bool {
+        // The connection tells first when the runner dies; the watch when the pod ends.
         !self.deleted
             && Instant::now() < self.retire_at
+            && still_open(&self.probe)
             && matches!(&*self.seen.borrow(), Seen::Present(p) if matches!(stage(p), Stage::Running(_)))
     }
 

@@ -766,13 +766,16 @@ fn start_pod(shared: Arc<Shared>, name: String, job: Option<(String, Option<u64>
         let ran = started.elapsed();
         let _ = reader.await;
         let oom = cgroup.as_ref().is_some_and(|cg| cg.oom_kills() > 0);
+        // Removed once empty, after the status is out (as a kubelet reports first).
         if let Some(cg) = cgroup {
-            for _ in 0..50 {
-                if cg.remove_now() {
-                    break;
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    if cg.remove_now() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            });
         }
         use std::os::unix::process::ExitStatusExt;
         let code = status

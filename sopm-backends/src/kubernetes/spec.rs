@@ -168,8 +168,9 @@ fn env(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<EnvVar> {
 }
 
 /// What one pod runs: its image, command, extra environment, limits, and whether the
-/// code comes in an init frame (a writable `/fn`) or with the image.
-#[derive(Debug, Clone)]
+/// code comes in an init frame (a writable `/fn`) or with the image. Its `Debug` names the
+/// environment variables without their values (a warm pod's token is one).
+#[derive(Clone)]
 pub struct PodPlan {
     /// The pod's name.
     pub name: String,
@@ -187,6 +188,22 @@ pub struct PodPlan {
     pub code_volume: bool,
     /// The runner's port, for a warm pod.
     pub port: Option<u16>,
+}
+
+impl std::fmt::Debug for PodPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("PodPlan")
+            .field("name", &self.name)
+            .field("runner", &self.runner)
+            .field("image", &self.image)
+            .field("command", &self.command)
+            .field("env", &env)
+            .field("limits", &self.limits)
+            .field("code_volume", &self.code_volume)
+            .field("port", &self.port)
+            .finish()
+    }
 }
 
 fn pod_spec(

@@ -642,3 +642,105 @@ async fn a_job_is_created_with_the_designed_spec_and_its_result_read_from_the_lo
     };
     assert!(deleted.await, "the finished job was not deleted");
 }
+
+/// A Job's pod seen killed (exit 137, no result in its log) before the Job's verdict: the
+/// executor waits for the verdict; `DeadlineExceeded` is a timeout, no verdict a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_pod_killed_before_the_jobs_verdict_waits_for_it() {
+    for verdict in [true, false] {
+        let created: Arc<Mutex<Option<Value>>> = Arc::default();
+        let log_read = Arc::new(Mutex::new(false));
+        let (state, read) = (created.clone(), log_read.clone());
+        let jobs_path = format!("/apis/batch/v1/namespaces/{NS}/jobs");
+        let pods_path = format!("/api/v1/namespaces/{NS}/pods");
+        let (mut told_pod, mut told_failure) = (false, false);
+        let (client, _) = mock(move |r| {
+            let job = state.lock().clone();
+            let failed = verdict && *read.lock();
+            if r.is("POST", &jobs_path) {
+                let body = r.json();
+                *state.lock() = Some(body.clone());
+                return reply(201, with_status(body, "4", json!({"active": 1})));
+            }
+            if r.is("GET", &jobs_path) && !r.watch() {
+                let items = job
+                    .iter()
+                    .map(|j| with_status(j.clone(), "5", json!({"active": 1})))
+                    .collect();
+                return reply(200, list("JobList", "batch/v1", "5", items));
+            }
+            if r.is("GET", &jobs_path) && r.watch() {
+                // Until the log was read the Job says nothing new (its watch ends, the
+                // watcher watches again); then it fails for its deadline.
+                return match (&job, failed, told_failure) {
+                    (Some(j), true, false) => {
+                        told_failure = true;
+                        lines(&[
+                            json!({"type": "MODIFIED", "object": with_status(j.clone(), "9", json!({"failed": 1,
+                            "conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                "message": "Job was active longer than specified deadline"}]}))}),
+                        ])
+                    }
+                    (_, _, true) => None,
+                    // No verdict will come: the watch just waits.
+                    (Some(_), _, _) if !verdict => None,
+                    _ => lines(&[]),
+                };
+            }
+            if r.is("GET", &pods_path) && !r.watch() {
+                return reply(200, list("PodList", "v1", "3", vec![]));
+            }
+            if r.is("GET", &pods_path) && r.watch() {
+                return match &job {
+                    Some(j) if !told_pod => {
+                        told_pod = true;
+                        let mut labels = j["spec"]["template"]["metadata"]["labels"].clone();
+                        labels["batch.kubernetes.io/job-name"] = j["metadata"]["name"].clone();
+                        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "job-pod", "labels": labels}});
+                        lines(&[
+                            json!({"type": "ADDED", "object": with_status(pod, "7", json!({"phase": "Failed",
+                            "containerStatuses": [{"name": "runner", "image": PY, "imageID": "", "ready": false, "restartCount": 0,
+                                "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}]}))}),
+                        ])
+                    }
+                    Some(_) => None,
+                    None => lines(&[]),
+                };
+            }
+            if r.is("GET", &format!("{pods_path}/job-pod/log")) {
+                *read.lock() = true;
+                return Some(
+                    Response::builder()
+                        .status(200)
+                        .body(Body::from(
+                            b"{\"type\":\"hello\",\"runner\":\"python\"}\n".to_vec(),
+                        ))
+                        .unwrap(),
+                );
+            }
+            if r.method == "DELETE" {
+                return reply(
+                    200,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+                );
+            }
+            reply(500, failure(500, "InternalError", "unexpected request"))
+        });
+        let exec = settings(client).build_jobs().unwrap();
+        let e = tokio::time::timeout(
+            Duration::from_secs(20),
+            call(&exec, &python(HELLO_PY), json!({})),
+        )
+        .await
+        .expect("answered in time")
+        .unwrap_err();
+        if verdict {
+            assert_eq!(e.code(), "timeout", "{e:?}");
+            assert!(e.to_string().contains("activeDeadlineSeconds"), "{e}");
+        } else {
+            assert_eq!(e.code(), "sandbox_crashed", "{e:?}");
+            assert!(e.to_string().contains("exit code 137"), "{e}");
+        }
+        assert!(*log_read.lock());
+    }
+}

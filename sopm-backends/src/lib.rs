@@ -13,6 +13,8 @@
 //! - `kubernetes`: [`KubernetesExecutor`](kubernetes::KubernetesExecutor), user functions
 //!   in warm Kubernetes pods (stem cells specialised over the runner's TCP port), and
 //!   [`KubernetesJobExecutor`](kubernetes::KubernetesJobExecutor), one Job per call.
+//! - `redis`: [`RedisRegistry`] and [`RedisKeyStore`], the function registry and API
+//!   keys in Redis over one [`RedisConnection`], so many nodes share one state.
 //! - `local-build`: [`LocalBuilder`], which turns uploaded sources into artifact
 //!   directories, installing `requirements.txt` / `package.json` dependencies inside a
 //!   bubblewrap sandbox. Every sandbox backend enables it.
@@ -22,6 +24,12 @@
 //!   rlimits, cgroups, tool lookup, and [`SandboxSettings`], the one settings type of
 //!   every sandbox backend). A backend uses these two and never another backend.
 //!
+//! - `artifacts` (default): [`artifacts`], artifact directories named by the sha256 of
+//!   their canonical tar, and [`artifacts::LocalArtifactStore`], which keeps them on this
+//!   machine.
+//! - `oci`: [`artifacts::OciArtifactStore`], artifacts pushed to an OCI registry and
+//!   pulled by digest into a size-bounded cache on every node that runs them.
+//!
 //! [`backends`] is the table of named sandbox backends (`process`, `gvisor`, `docker`,
 //! `docker-runsc`, `kubernetes`, `kubernetes-job`): for each, how this host makes its executor, the builder of its
 //! artifacts, and how it starts. Adding a backend is its module plus one entry there.
@@ -30,6 +38,9 @@
 //! checks (`sopm_core::conformance`).
 
 pub mod backends;
+
+#[cfg(feature = "artifacts")]
+pub mod artifacts;
 
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -73,3 +84,9 @@ pub use docker::{DockerBuilder, DockerExecutor};
 /// Kubernetes: warm function pods behind the warm pool, and one Job per call.
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+
+#[cfg(feature = "redis")]
+pub mod redis;
+
+#[cfg(feature = "redis")]
+pub use crate::redis::{RedisConfig, RedisConnection, RedisKeyStore, RedisRegistry};

@@ -41,6 +41,7 @@ use crate::sandbox::{SandboxExecutor, WarmPool};
 
 pub mod cluster;
 pub mod job;
+mod job_log;
 pub mod launcher;
 pub mod settings;
 pub mod spec;

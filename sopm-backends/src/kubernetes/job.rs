@@ -242,8 +242,11 @@ impl KubernetesJobExecutor {
         // caller's deadline plus the time a pod needs to start.
         let until = (Instant::now() + Duration::from_secs(deadline_secs as u64 + 2))
             .min(Instant::from_std(invocation.deadline) + settings.job_grace);
-        let ended =
-            tokio::time::timeout_at(until, wait_ended(&name, &mut job_seen, &mut pod_seen)).await;
+        let ended = tokio::time::timeout_at(
+            until,
+            wait_ended(&name, &mut job_seen, &mut pod_seen, timeout),
+        )
+        .await;
         let ended = match ended {
             Err(_) => {
                 return Err(Error::Timeout(format!(
@@ -256,6 +259,12 @@ impl KubernetesJobExecutor {
             Ended::DeadlineExceeded => {
                 return Err(Error::Timeout(format!(
                     "the function ran past its deadline (job {name}, activeDeadlineSeconds {deadline_secs}) and was stopped"
+                )))
+            }
+            Ended::PastTimeout => {
+                return Err(Error::Timeout(format!(
+                    "the function ran past its timeout of {} ms (job {name}) and its Job was deleted",
+                    version.limits.timeout_ms
                 )))
             }
             Ended::Pod(pod, failure) => (pod, failure),
@@ -363,6 +372,8 @@ impl Drop for JobCleanup {
 enum Ended {
     /// The Job failed for its deadline.
     DeadlineExceeded,
+    /// The function ran past its timeout since its pod was seen running.
+    PastTimeout,
     /// The pod ended (with the Job's failure reason, if it failed).
     Pod(Arc<Pod>, Option<String>),
 }
@@ -382,13 +393,19 @@ fn job_failure(job: &Job) -> Option<(String, String)> {
         })
 }
 
+/// Time a Job's runner gets beyond the function's timeout, counted from when its pod was
+/// seen running, to answer before the executor stops waiting.
+const RUN_SLACK: Duration = Duration::from_secs(1);
+
 /// Waits until the Job failed for its deadline, or its pod ended (or cannot start, or
-/// went away).
+/// went away), or the function ran past `timeout` since its pod was seen running.
 async fn wait_ended(
     name: &str,
     job_seen: &mut watch::Receiver<Seen<Job>>,
     pod_seen: &mut watch::Receiver<Seen<Pod>>,
+    timeout: Duration,
 ) -> Result<Ended> {
+    let mut running_since: Option<Instant> = None;
     loop {
         let failure = match &*job_seen.borrow_and_update() {
             Seen::Present(job) => job_failure(job),
@@ -418,12 +435,21 @@ async fn wait_ended(
                         "the pod of job {name} cannot start: {why}"
                     )))
                 }
-                _ => {}
+                Stage::Running(_) => {
+                    running_since.get_or_insert_with(Instant::now);
+                }
+                Stage::Starting => {}
             }
         }
+        // The Job's deadline also counts the pod's start; the function's own timeout
+        // counts from when it runs.
+        let past = running_since.map(|t| t + timeout + RUN_SLACK);
         tokio::select! {
             r = job_seen.changed() => r.map_err(|_| Error::Unavailable(format!("the watch of job {name} stopped")))?,
             r = pod_seen.changed() => r.map_err(|_| Error::Unavailable(format!("the watch of the pod of job {name} stopped")))?,
+            _ = tokio::time::sleep_until(past.unwrap_or_else(Instant::now)), if past.is_some() => {
+                return Ok(Ended::PastTimeout);
+            }
         }
     }
 }

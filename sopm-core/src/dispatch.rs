@@ -7,7 +7,8 @@ use futures::future::BoxFuture;
 use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 
-use crate::artifacts::{ArtifactStore, Digest};
+use crate::artifacts::ArtifactStore;
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::executor::{Executor, PoolStats};
 use crate::registry::{Artifact, FunctionVersion};

@@ -22,6 +22,7 @@ pub mod builder;
 pub mod builds;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod digest;
 pub mod dispatch;
 pub mod error;
 pub mod executor;
@@ -39,9 +40,10 @@ pub mod stats;
 pub mod types;
 pub mod upload;
 
-pub use artifacts::{ArtifactStore, Digest, InPlaceArtifactStore};
+pub use artifacts::{ArtifactStore, InPlaceArtifactStore};
 pub use builder::{BuildLog, Builder, Source};
 pub use builds::{BuildRequest, Builds};
+pub use digest::Digest;
 pub use dispatch::{Dispatcher, BUILTIN_BACKEND};
 pub use error::{Error, ErrorInfo, Result};
 pub use executor::{Example, Executor, FunctionInfo, PoolStats};

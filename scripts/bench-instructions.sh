@@ -49,7 +49,7 @@ for path in math_add text_uppercase_1k user_warm; do
   b=$(count "$path" "$((small + calls))")
   printf '%-20s %14d\n' "$path" "$(( (b - a) / calls ))"
   if [ "$top" -gt 0 ]; then
-    callgrind_annotate --inclusive=no "$work/$path.$((small + calls)).out" 2>/dev/null |
-      sed -n '/^Ir/,$p' | head -n $((top + 3)) | cut -c1-200
+    { callgrind_annotate --inclusive=no "$work/$path.$((small + calls)).out" 2>/dev/null || true; } |
+      sed -n '/^Ir/,$p' | head -n $((top + 3)) | cut -c1-200 || true
   fi
 done

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # HTTP benchmark: runs the release server on loopback with SQLite in a temporary
 # directory and drives it with wrk. Prints requests/s and latency percentiles for
-# /healthz, waiting POST /api/execute (math.add) and fire-and-forget submissions
-# (durable SQLite records), with the ratio of each to the same run's /healthz rate.
+# /healthz, waiting POST /api/execute (math.add, and text.uppercase on 1 KiB) and
+# fire-and-forget submissions (durable SQLite records), with the ratio of each to the
+# same run's /healthz rate.
 #
 # Usage: scripts/bench.sh [duration_seconds]   (default 10; every run is bounded)
+#        scripts/bench.sh instructions [calls]: instructions per call from callgrind
+#        instead (scripts/bench-instructions.sh), the figures machine noise does not move
 #        scripts/bench.sh cluster [duration_seconds]: the cluster figures instead (Redis,
 #        a registry, a gateway and two workers on loopback, next to one embedded node in
 #        the same run; see scripts/bench_cluster.py)
@@ -12,6 +15,10 @@
 #      SOPM_BENCH_PORT (default 18080), SOPM_BENCH_SYNC (sqlite synchronous, default full).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = instructions ]; then
+  exec scripts/bench-instructions.sh "${2:-10000}"
+fi
 
 if [ "${1:-}" = cluster ]; then
   for cmd in wrk redis-server docker-registry; do
@@ -62,6 +69,13 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"function":"math.add","input":{"a":2,"b":3}}'
 LUA
+# 1 KiB of text (85 x 12 bytes, accented letters included), as in the library bench.
+text=$(python3 -c 'print("h\u00e9llo w\u00f6rld " * 85, end="")')
+cat > "$work/upper.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"function":"text.uppercase","input":{"text":"$text"}}'
+LUA
 cat > "$work/async.lua" <<'LUA'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -86,12 +100,14 @@ run() {
 echo "==> wrk -t${threads} -c${conns} -d${duration}s on loopback; $(nproc) cores; sqlite synchronous=${sync}"
 healthz=$(run "GET /healthz" "$url/healthz")
 execute=$(run "POST /api/execute (wait)" -s "$work/execute.lua" "$url/api/execute")
+upper=$(run "POST /api/execute uppercase 1 KiB" -s "$work/upper.lua" "$url/api/execute")
 async=$(run "POST /api/execute (async, durable)" -s "$work/async.lua" "$url/api/execute")
 healthz2=$(run "GET /healthz (again)" "$url/healthz")
 
-awk -v h="$healthz" -v h2="$healthz2" -v e="$execute" -v a="$async" 'BEGIN {
+awk -v h="$healthz" -v h2="$healthz2" -v e="$execute" -v u="$upper" -v a="$async" 'BEGIN {
   hm = (h + h2) / 2
   printf "\nratio to the mean /healthz rate (%.0f req/s): execute %.2f, async %.2f\n", hm, e / hm, a / hm
+  printf "uppercase 1 KiB / execute math.add: %.2f\n", u / e
 }'
 echo
 echo "==> server stats after the run"

@@ -1,6 +1,8 @@
 //! Built-in dispatch through `Platform` (scheduler, job record, stats) and straight
 //! through the executor, on one core (a current-thread runtime), plus a latency
-//! distribution of `Platform::execute(math.add)`.
+//! distribution of `Platform::execute(math.add)` and the bound on an inline call: each
+//! built-in that runs inline for small inputs, called with its example input grown to
+//! the largest size that still runs inline, timed.
 //!
 //! Run with: cargo bench -p benches --bench dispatch
 
@@ -9,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
 use serde_json::json;
+use serde_json::Value;
 use sopm_core::{FunctionRef, Platform, TenantId};
-use sopm_functions::BuiltinExecutor;
+use sopm_functions::{catalog, Builtin, BuiltinExecutor, Handler};
 
 // The allocator the `sopm` server binary uses, so library and server figures compare.
 #[global_allocator]
@@ -118,6 +121,71 @@ fn latency_distribution() {
     });
 }
 
+/// The example input with its largest string or array doubled while the call still
+/// runs inline; `None` when nothing in it grows.
+fn largest_inline_input(b: &Builtin) -> Option<Value> {
+    if !matches!(b.handler, Handler::Linear(_)) {
+        return None;
+    }
+    let Value::Object(fields) = &b.example_input else {
+        return None;
+    };
+    let key = fields
+        .iter()
+        .filter(|(_, v)| v.is_string() || v.is_array())
+        .max_by_key(|(_, v)| v.to_string().len())
+        .map(|(k, _)| k.clone())?;
+    let mut input = b.example_input.clone();
+    loop {
+        let mut next = input.clone();
+        match &mut next[&key] {
+            Value::String(s) => *s = s.repeat(2),
+            Value::Array(items) => items.extend(items.clone()),
+            _ => return None,
+        }
+        if !b.runs_inline(&next) {
+            return (input != b.example_input).then_some(input);
+        }
+        input = next;
+    }
+}
+
+/// Prints the slowest inline calls: the bound on how long one call holds an async
+/// worker (docs/performance.md).
+fn inline_bound() {
+    let rt = runtime();
+    let mut times: Vec<(Duration, Duration, &'static str, usize, bool)> = Vec::new();
+    for b in catalog() {
+        let Some(input) = largest_inline_input(&b) else {
+            continue;
+        };
+        let size = sopm_functions::input_size(&input, usize::MAX - 1);
+        let mut ok = false;
+        let mut each: Vec<Duration> = (0..21)
+            .map(|_| {
+                let t = Instant::now();
+                ok = rt.block_on(b.call(&input)).is_ok();
+                t.elapsed()
+            })
+            .collect();
+        each.sort_unstable();
+        // The median: one call's own time. The slowest of 21 is mostly the shared
+        // machine's noise (preemption), printed beside it.
+        times.push((each[10], each[20], b.name, size, ok));
+    }
+    times.sort_by(|a, b| b.0.cmp(&a.0));
+    println!(
+        "inline bound: {} linear built-ins at their largest inline input; median (slowest) of 21 calls:",
+        times.len()
+    );
+    for (t, worst, name, size, ok) in times.iter().take(8) {
+        println!(
+            "  {name:<24} {size:>6} bytes  {t:?} ({worst:?}){}",
+            if *ok { "" } else { " (refused by validation)" }
+        );
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
@@ -125,6 +193,7 @@ criterion_group! {
 }
 
 fn main() {
+    inline_bound();
     latency_distribution();
     benches();
     Criterion::default().configure_from_args().final_summary();

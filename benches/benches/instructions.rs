@@ -130,7 +130,10 @@ fn main() {
     rt.block_on(async {
         let (function, input): (FunctionRef, Value) = match path {
             "math_add" => (FunctionRef::builtin("math.add"), json!({"a": 2, "b": 3})),
-            "text_uppercase_1k" => (FunctionRef::builtin("text.uppercase"), json!({"text": text})),
+            "text_uppercase_1k" => (
+                FunctionRef::builtin("text.uppercase"),
+                json!({"text": text}),
+            ),
             "user_warm" => (
                 FunctionRef::User {
                     id: user_function(&platform, &tenant).await,

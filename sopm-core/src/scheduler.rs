@@ -245,10 +245,14 @@ struct LiveJob {
     done: Notify,
     /// Whether the job has a durable record (so it was acknowledged as pending).
     persisted: AtomicBool,
+    /// Nobody can look the job up while it runs (a call waiting without a time limit:
+    /// it is never registered), so finishing may move its output out instead of
+    /// copying it.
+    private: bool,
 }
 
 impl LiveJob {
-    fn new(job: Job, persisted: bool) -> Self {
+    fn new(job: Job, persisted: bool, private: bool) -> Self {
         LiveJob {
             job: Mutex::new(job),
             accepted: Instant::now(),
@@ -256,6 +260,7 @@ impl LiveJob {
             cancel: Notify::new(),
             done: Notify::new(),
             persisted: AtomicBool::new(persisted),
+            private,
         }
     }
 
@@ -394,19 +399,23 @@ impl Inner {
         })
     }
 
-    fn counters_for(&self, function: &FunctionRef) -> Arc<FunctionCounters> {
+    /// Runs `f` on the function's counters: under the map's read lock when they exist
+    /// (no reference count touched), created under its write lock the first time.
+    fn with_counters(&self, function: &FunctionRef, f: impl FnOnce(&FunctionCounters)) {
         let key: &str = match function {
             FunctionRef::Builtin { name } => name,
             FunctionRef::User { id, .. } => id,
         };
         if let Some(c) = self.per_function.read().get(key) {
-            return c.clone();
+            return f(c);
         }
-        self.per_function
+        let c = self
+            .per_function
             .write()
             .entry(key.to_string())
             .or_default()
-            .clone()
+            .clone();
+        f(&c)
     }
 
     fn account(&self, job: &Job, latency: Duration) {
@@ -418,12 +427,13 @@ impl Inner {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.latency.record(latency);
-        let c = self.counters_for(&job.function);
-        c.calls.fetch_add(1, Ordering::Relaxed);
-        if job.status != JobStatus::Succeeded {
-            c.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        c.latency.record(latency);
+        self.with_counters(&job.function, |c| {
+            c.calls.fetch_add(1, Ordering::Relaxed);
+            if job.status != JobStatus::Succeeded {
+                c.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            c.latency.record(latency);
+        });
     }
 
     async fn record(&self, job: &Job, durability: Durability) {
@@ -469,7 +479,19 @@ impl Inner {
                     job.error = Some(ErrorInfo::from(&e));
                 }
             }
-            job.clone()
+            if live.private {
+                // Nobody reads this record again: move the output (it can be large)
+                // into the snapshot rather than copy it.
+                let output = job.output.take();
+                let logs = job.logs.take();
+                Job {
+                    output,
+                    logs,
+                    ..job.clone()
+                }
+            } else {
+                job.clone()
+            }
         };
         self.account(&snapshot, finished.saturating_duration_since(live.accepted));
         self.record(&snapshot, Durability::Buffered).await;
@@ -496,10 +518,16 @@ impl Inner {
 
 /// Runs one job from acceptance to its end.
 async fn run_job(inner: Arc<Inner>, live: Arc<LiveJob>, route: Route, admission: Admission) -> Job {
-    let mut shutdown = inner.shutdown_tx.subscribe();
-    let slot: Slot = match admission {
-        Admission::Started(slot) => slot,
+    // A waiting call that took a free slot starts the instant it was accepted (no
+    // second clock reading); a detached one after its durable record, a queued one
+    // when its slot comes.
+    let (slot, started): (Slot, Instant) = match admission {
+        Admission::Started(slot) if !live.persisted.load(Ordering::Acquire) => {
+            (slot, live.accepted)
+        }
+        Admission::Started(slot) => (slot, Instant::now()),
         Admission::Queued(mut ticket) => {
+            let mut shutdown = inner.shutdown_tx.subscribe();
             let granted = tokio::select! {
                 biased;
                 slot = ticket.granted() => slot,
@@ -523,7 +551,7 @@ async fn run_job(inner: Arc<Inner>, live: Arc<LiveJob>, route: Route, admission:
                 }
             };
             match granted {
-                Some(slot) => slot,
+                Some(slot) => (slot, Instant::now()),
                 None => {
                     let reason = live.cancel_reason.load(Ordering::Acquire);
                     if reason != CANCEL_USER && live.persisted.load(Ordering::Acquire) {
@@ -544,7 +572,6 @@ async fn run_job(inner: Arc<Inner>, live: Arc<LiveJob>, route: Route, admission:
     };
 
     inner.running.fetch_add(1, Ordering::AcqRel);
-    let started = Instant::now();
     let (invocation, timeout_ms) = {
         let mut job = live.job.lock();
         job.status = JobStatus::Running;
@@ -567,19 +594,20 @@ async fn run_job(inner: Arc<Inner>, live: Arc<LiveJob>, route: Route, admission:
             )))
         })
     };
-    let mut call = std::pin::pin!(tokio::time::timeout_at(
-        deadline.into(),
-        inner.dispatcher.invoke(&route.backend, invocation)
-    ));
+    let mut call = std::pin::pin!(inner.dispatcher.invoke(&route.backend, invocation));
     // A job that finishes on its first poll (most built-ins) needs no separate
-    // "running" record: its final record follows at once.
+    // "running" record, no timer and no shutdown watch: its final record follows at
+    // once. (A timer polls its future before its clock too, so this is the same
+    // outcome the timer would give.)
     let outcome = match futures::poll!(call.as_mut()) {
-        std::task::Poll::Ready(r) => past_deadline(r),
+        std::task::Poll::Ready(r) => r,
         std::task::Poll::Pending => {
             if live.persisted.load(Ordering::Acquire) {
                 let snapshot = live.snapshot();
                 inner.record(&snapshot, Durability::Buffered).await;
             }
+            let mut shutdown = inner.shutdown_tx.subscribe();
+            let call = tokio::time::timeout_at(deadline.into(), call.as_mut());
             tokio::select! {
                 biased;
                 r = call => past_deadline(r),
@@ -626,7 +654,7 @@ impl Scheduler for LocalScheduler {
             limit.as_millis() as u64,
         );
         let id = job.id.clone();
-        let live = Arc::new(LiveJob::new(job, false));
+        let live = Arc::new(LiveJob::new(job, false, mode == SubmitMode::Wait(None)));
 
         match mode {
             SubmitMode::Detach => {
@@ -657,13 +685,17 @@ impl Scheduler for LocalScheduler {
                 let fut = guard.0.as_mut().expect("set above");
                 let finished = match wait {
                     None => Some(fut.await),
-                    Some(wait) => {
-                        tokio::select! {
-                            biased;
-                            job = fut => Some(job),
-                            _ = tokio::time::sleep(wait) => None,
+                    // A job that ends on its first poll needs no timer (no clock read).
+                    Some(wait) => match futures::poll!(fut.as_mut()) {
+                        std::task::Poll::Ready(job) => Some(job),
+                        std::task::Poll::Pending => {
+                            tokio::select! {
+                                biased;
+                                job = fut => Some(job),
+                                _ = tokio::time::sleep(wait) => None,
+                            }
                         }
-                    }
+                    },
                 };
                 if let Some(job) = finished {
                     guard.0 = None;
@@ -785,7 +817,7 @@ impl Scheduler for LocalScheduler {
                     Ok(route) => {
                         let admission = inner.slots.admit(&job.tenant, true)?;
                         let id = job.id.clone();
-                        let live = Arc::new(LiveJob::new(job, true));
+                        let live = Arc::new(LiveJob::new(job, true, false));
                         inner.register(&live, &id);
                         tokio::spawn(run_job(inner.clone(), live, route, admission));
                         report.requeued += 1;

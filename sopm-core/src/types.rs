@@ -69,6 +69,12 @@ pub struct JobId(Arc<str>);
 impl JobId {
     /// A fresh random id.
     pub fn random() -> Self {
+        Self::random_at(now_ms())
+    }
+
+    /// A fresh random id whose time part is `unix_ms` (the caller's one clock reading
+    /// of the moment the job was accepted).
+    pub fn random_at(unix_ms: u64) -> Self {
         // Built by hand rather than with `Uuid::now_v7`, which spends random bits on a
         // counter: here all 74 non-time bits are random.
         // A v4 UUID's bytes 6 and 8 carry fixed version and variant bits; skip them.
@@ -76,7 +82,7 @@ impl JobId {
         let mut random = [0u8; 10];
         random[..6].copy_from_slice(&v4[..6]);
         random[6..].copy_from_slice(&v4[9..13]);
-        let id = uuid::Builder::from_unix_timestamp_millis(now_ms(), &random).into_uuid();
+        let id = uuid::Builder::from_unix_timestamp_millis(unix_ms, &random).into_uuid();
         let mut buf = uuid::Uuid::encode_buffer();
         JobId(Arc::from(&*id.hyphenated().encode_lower(&mut buf)))
     }
@@ -351,8 +357,9 @@ impl Job {
         input: Arc<Value>,
         timeout_ms: u64,
     ) -> Self {
+        let created_ms = now_ms();
         Job {
-            id: JobId::random(),
+            id: JobId::random_at(created_ms),
             tenant,
             function,
             status: JobStatus::Queued,
@@ -361,7 +368,7 @@ impl Job {
             error: None,
             logs: None,
             timeout_ms,
-            created_ms: now_ms(),
+            created_ms,
             started_ms: None,
             finished_ms: None,
             duration_us: None,

@@ -287,7 +287,25 @@ fn unary(name: &'static str, description: &'static str) -> BuiltinSpec {
 }
 
 fn uppercase(args: &Args<'_>) -> Result<Value> {
-    Ok(args.str("text")?.to_uppercase().into())
+    Ok(to_uppercase(args.str("text")?).into())
+}
+
+/// `str::to_uppercase` with the common letters mapped directly: ASCII, and Latin-1's
+/// lowercase letters (`à`..`þ` but `÷`), which sit 32 above their capitals; any
+/// other character goes through `char::to_uppercase` (the standard one looks every
+/// non-ASCII character up in its tables). Uppercasing has no context rules, so mapping
+/// each character alone gives the same text.
+fn to_uppercase(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            'a'..='z' => out.push(c.to_ascii_uppercase()),
+            '\0'..='\x7f' => out.push(c),
+            'à'..='þ' if c != '÷' => out.push(char::from((c as u32 - 32) as u8)),
+            _ => out.extend(c.to_uppercase()),
+        }
+    }
+    out
 }
 
 fn lowercase(args: &Args<'_>) -> Result<Value> {
@@ -555,6 +573,20 @@ mod tests {
     /// A text of exactly 1 MiB.
     fn mib(unit: &str) -> String {
         unit.repeat(crate::schema::MAX_TEXT_BYTES / unit.len())
+    }
+
+    #[test]
+    fn uppercase_by_ascii_runs_matches_the_standard_library() {
+        for text in [
+            "",
+            "hello",
+            "héllo wörld, ß and ﬁ; ΣΑΣ σας ǆ İı 🎉 x",
+            "ÉÉÉ",
+            "a\u{0345}b",
+            "straße",
+        ] {
+            assert_eq!(to_uppercase(text), text.to_uppercase(), "{text:?}");
+        }
     }
 
     #[tokio::test]
@@ -987,6 +1019,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn uppercase_agrees_with_the_standard_library(text in "\\PC{0,80}") {
+            prop_assert_eq!(to_uppercase(&text), text.to_uppercase());
+        }
+
         #[test]
         fn levenshtein_agrees_with_the_table(a in "[abcé😀]{0,200}", b in "[abcé😀]{0,200}") {
             prop_assert_eq!(distance::levenshtein(&a, &b), levenshtein_table(&a, &b));

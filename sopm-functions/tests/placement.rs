@@ -18,7 +18,10 @@ fn size_decides_inline_or_pool_and_heavy_bodies_always_use_the_pool() {
     assert!(upper.runs_inline(&small));
     assert!(!upper.runs_inline(&big));
     // Always inline: cheap whatever the input.
-    assert!(exec.get("math.add").unwrap().runs_inline(&json!({"a": 1, "b": 2})));
+    assert!(exec
+        .get("math.add")
+        .unwrap()
+        .runs_inline(&json!({"a": 1, "b": 2})));
     // A tiny input can still mean a lot of work.
     assert!(!exec
         .get("math.nth_prime")
@@ -88,7 +91,10 @@ fn a_huge_input_on_the_pool_leaves_small_calls_answering() {
         let small = async {
             for i in 0..200i64 {
                 let s = exec
-                    .call("text.uppercase", &json!({"text": "héllo wörld ".repeat(85)}))
+                    .call(
+                        "text.uppercase",
+                        &json!({"text": "héllo wörld ".repeat(85)}),
+                    )
                     .await
                     .expect("small uppercase");
                 assert!(s.as_str().unwrap().starts_with("HÉLLO WÖRLD"));

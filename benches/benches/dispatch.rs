@@ -173,7 +173,7 @@ fn inline_bound() {
         // machine's noise (preemption), printed beside it.
         times.push((each[10], each[20], b.name, size, ok));
     }
-    times.sort_by(|a, b| b.0.cmp(&a.0));
+    times.sort_by_key(|t| std::cmp::Reverse(t.0));
     println!(
         "inline bound: {} linear built-ins at their largest inline input; median (slowest) of 21 calls:",
         times.len()

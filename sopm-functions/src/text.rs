@@ -290,46 +290,32 @@ fn uppercase(args: &Args<'_>) -> Result<Value> {
     Ok(to_uppercase(args.str("text")?).into())
 }
 
-/// `str::to_uppercase`, faster on the common letters: the text is copied once and
-/// ASCII and Latin-1's lowercase letters (`à`..`þ` but `÷`, UTF-8 `C3 A0..BE`, 32
-/// above their capitals in the second byte) are changed in place, byte by byte. A
-/// character whose capital has another length or needs Unicode's tables (`ß`, `ÿ`,
-/// Greek, ...) sends the whole text to [`to_uppercase_by_char`]. Uppercasing has no
-/// context rules, so mapping each character alone gives the same text.
+/// `str::to_uppercase`, faster on the common letters: runs of ASCII are copied as
+/// they are and uppercased at the end in one pass, Latin-1's lowercase letters
+/// (`à`..`þ` but `÷`, 32 above their capitals) are mapped directly, and only other
+/// characters look Unicode's tables up (the standard one goes character by character,
+/// with a table lookup each, from the first non-ASCII character on). Uppercasing has no
+/// context rules, so mapping each character alone gives the same text, and no
+/// character's capital holds a lowercase ASCII letter, so the final pass changes only
+/// the copied runs.
 fn to_uppercase(text: &str) -> String {
-    let mut out = text.as_bytes().to_vec();
-    let mut i = 0;
-    while i < out.len() {
-        match out[i] {
-            b if b < 0x80 => {
-                out[i] = b.to_ascii_uppercase();
-                i += 1;
-            }
-            0xC3 => match out.get(i + 1) {
-                // À..Þ and ×: already capitals.
-                Some(0x80..=0x9E) | Some(0xB7) => i += 2,
-                Some(&n @ 0xA0..=0xBE) => {
-                    out[i + 1] = n - 0x20;
-                    i += 2;
-                }
-                _ => return to_uppercase_by_char(text),
-            },
-            _ => return to_uppercase_by_char(text),
-        }
-    }
-    String::from_utf8(out).unwrap_or_else(|_| to_uppercase_by_char(text))
-}
-
-/// `str::to_uppercase`, with ASCII mapped without a table lookup.
-fn to_uppercase_by_char(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_ascii() {
-            out.push(c.to_ascii_uppercase());
-        } else {
-            out.extend(c.to_uppercase());
+    let mut rest = text;
+    loop {
+        let ascii = rest
+            .bytes()
+            .position(|b| !b.is_ascii())
+            .unwrap_or(rest.len());
+        out.push_str(&rest[..ascii]);
+        let mut chars = rest[ascii..].chars();
+        match chars.next() {
+            None => break,
+            Some(c @ 'à'..='þ') if c != '÷' => out.push(char::from((c as u32 - 32) as u8)),
+            Some(c) => out.extend(c.to_uppercase()),
         }
+        rest = chars.as_str();
     }
+    out.make_ascii_uppercase();
     out
 }
 
@@ -613,7 +599,6 @@ mod tests {
             "àáâãäåæçèéêëìíîïðñòóôõö÷øùúûüýþ ÀÞ×µ",
         ] {
             assert_eq!(to_uppercase(text), text.to_uppercase(), "{text:?}");
-            assert_eq!(to_uppercase_by_char(text), text.to_uppercase(), "{text:?}");
         }
     }
 

@@ -10,6 +10,8 @@
 //!   from generated OCI bundles, behind the same warm pool.
 //! - `docker`: [`DockerExecutor`], user functions in warm Docker containers (`runc` or
 //!   `runsc`), and [`DockerBuilder`], which builds their images.
+//! - `redis`: [`RedisRegistry`] and [`RedisKeyStore`], the function registry and API
+//!   keys in Redis over one [`RedisConnection`], so many nodes share one state.
 //! - `local-build`: [`LocalBuilder`], which turns uploaded sources into artifact
 //!   directories, installing `requirements.txt` / `package.json` dependencies inside a
 //!   bubblewrap sandbox. Every sandbox backend enables it.
@@ -66,3 +68,9 @@ pub use gvisor::GvisorExecutor;
 pub mod docker;
 #[cfg(feature = "docker")]
 pub use docker::{DockerBuilder, DockerExecutor};
+
+#[cfg(feature = "redis")]
+pub mod redis;
+
+#[cfg(feature = "redis")]
+pub use crate::redis::{RedisConfig, RedisConnection, RedisKeyStore, RedisRegistry};

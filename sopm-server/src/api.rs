@@ -216,7 +216,7 @@ async fn cancel(
 }
 
 /// `GET /api/stats`: server-wide totals, the built-ins' figures, and the caller's
-/// own user functions only.
+/// own user functions only; on a cluster node also every node's figures (`cluster`).
 async fn stats(
     State(s): State<AppState>,
     caller: Caller,
@@ -230,8 +230,16 @@ async fn stats(
         .iter()
         .map(|f| f.name.as_str())
         .collect();
-    let stats = tenant_stats::for_tenant(s.platform().stats(), &builtins, &own);
-    Ok(json_response(StatusCode::OK, json_bytes(&stats)))
+    let filter = tenant_stats::TenantFilter::new(&builtins, &own);
+    let view = tenant_stats::StatsView {
+        node: filter.node(s.platform().stats()),
+        cluster: s
+            .platform()
+            .cluster_stats()
+            .await?
+            .map(|c| filter.cluster(c)),
+    };
+    Ok(json_response(StatusCode::OK, json_bytes(&view)))
 }
 
 async fn openapi() -> Response {

@@ -74,7 +74,7 @@ pub async fn build_node(c: &ServerConfig, plan: &NodePlan) -> Result<Services, S
 
     use sopm_backends::artifacts::{OciArtifactStore, OciConfig};
     use sopm_backends::redis::{
-        RedisConfig, RedisJobStore, RedisKeyStore, RedisRegistry, RedisScheduler,
+        NodeRole, RedisConfig, RedisJobStore, RedisKeyStore, RedisRegistry, RedisScheduler,
         RedisSchedulerConfig,
     };
     use sopm_core::policy::Isolation;
@@ -128,17 +128,19 @@ pub async fn build_node(c: &ServerConfig, plan: &NodePlan) -> Result<Services, S
         builder = crate::server::add_routing_rules(c, builder, plan.remote_backends())?;
     }
 
-    let scheduler = RedisSchedulerConfig {
-        node_id: plan.node_id.clone(),
-        role: plan.role.as_str().to_string(),
-        address: plan.address.clone(),
-        gateway: plan.role.serves_api(),
-        worker: plan.role.runs_sandboxes(),
-        ..RedisSchedulerConfig::default()
+    let mut scheduler = RedisSchedulerConfig::new(plan.node_id.clone());
+    scheduler.role = match plan.role {
+        Role::All => NodeRole::All,
+        Role::Gateway => NodeRole::Gateway,
+        Role::Worker => NodeRole::Worker,
     };
+    scheduler.address = plan.address.clone();
+    scheduler.max_concurrency = c.max_concurrency;
+    scheduler.queue_capacity = c.queue_capacity;
+    scheduler.max_timeout = Duration::from_millis(c.max_timeout_ms);
     let queue = redis.clone();
     builder = builder.with_scheduler(move |parts| {
-        Arc::new(RedisScheduler::new(scheduler, queue, parts)) as Arc<dyn sopm_core::Scheduler>
+        Arc::new(RedisScheduler::new(queue, scheduler, parts)) as Arc<dyn sopm_core::Scheduler>
     });
     let platform = builder.build().map_err(|e| e.to_string())?;
     let keys: Arc<dyn KeyStore> = Arc::new(CachedKeyStore::new(
@@ -159,6 +161,27 @@ pub async fn build_node(c: &ServerConfig, plan: &NodePlan) -> Result<Services, S
         early,
         readiness: Some(readiness),
     })
+}
+
+/// The key store of the cluster whose Redis is at `redis_url` (for `sopm keys`).
+#[cfg(feature = "cluster")]
+pub async fn open_key_store(
+    redis_url: &str,
+) -> Result<std::sync::Arc<dyn sopm_core::KeyStore>, String> {
+    let config = sopm_backends::redis::RedisConfig::new(redis_url);
+    let conn = config
+        .connect()
+        .await
+        .map_err(|e| format!("--redis {}: {e}", config.redacted_url()))?;
+    Ok(std::sync::Arc::new(sopm_backends::redis::RedisKeyStore::new(conn)))
+}
+
+/// Without the `cluster` feature there is no Redis key store: says how to get one.
+#[cfg(not(feature = "cluster"))]
+pub async fn open_key_store(_: &str) -> Result<std::sync::Arc<dyn sopm_core::KeyStore>, String> {
+    Err("--redis: this sopm was built without cluster support; build it with \
+         `cargo build --release -p sopm-server --features cluster`"
+        .into())
 }
 
 /// Connects to Redis, retrying every second or so while it is unreachable.

@@ -21,6 +21,12 @@
 //!   rlimits, cgroups, tool lookup, and [`SandboxSettings`], the one settings type of
 //!   every sandbox backend). A backend uses these two and never another backend.
 //!
+//! - `artifacts` (default): [`artifacts`], artifact directories named by the sha256 of
+//!   their canonical tar, and [`artifacts::LocalArtifactStore`], which keeps them on this
+//!   machine.
+//! - `oci`: [`artifacts::OciArtifactStore`], artifacts pushed to an OCI registry and
+//!   pulled by digest into a size-bounded cache on every node that runs them.
+//!
 //! [`backends`] is the table of named sandbox backends (`process`, `gvisor`, `docker`,
 //! `docker-runsc`): for each, how this host makes its executor, the builder of its
 //! artifacts, and how it starts. Adding a backend is its module plus one entry there.
@@ -29,6 +35,9 @@
 //! checks (`sopm_core::conformance`).
 
 pub mod backends;
+
+#[cfg(feature = "artifacts")]
+pub mod artifacts;
 
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

@@ -261,3 +261,246 @@ fn a_build_without_the_cluster_feature_says_how_to_get_one() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("--features cluster"), "{stderr}");
 }
+
+#[cfg(feature = "cluster")]
+#[path = "../../sopm-backends/tests/support/redis_server.rs"]
+mod redis_server;
+
+#[cfg(feature = "cluster")]
+#[path = "../../sopm-backends/tests/support/oci_registry.rs"]
+mod oci_registry;
+
+/// A gateway and a worker as real `sopm` processes over a real redis-server and a real
+/// registry, each on its own loopback port.
+#[cfg(feature = "cluster")]
+mod nodes {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+
+    use super::oci_registry::OciRegistry;
+    use super::redis_server::RedisServer;
+    use super::support::server::{Server, ServerOptions};
+    use super::support::{poll, skip};
+
+    /// Redis and the registry of one test, or `None` (skip) without them.
+    pub fn backing(test: &str) -> Option<(RedisServer, OciRegistry)> {
+        let redis = RedisServer::start(test)?;
+        let registry = OciRegistry::start(test)?;
+        Some((redis, registry))
+    }
+
+    /// `sopm serve --role ROLE` over `redis` and `registry`, data in `data/ID`, ready.
+    pub fn node(
+        role: &str,
+        id: &str,
+        redis: &RedisServer,
+        registry: &OciRegistry,
+        data: &Path,
+        tweak: impl FnOnce(ServerOptions) -> ServerOptions,
+    ) -> Server {
+        let options = ServerOptions::new()
+            .data_dir(data.join(id))
+            .args(["--role", role, "--node-id", id])
+            .args(["--redis", &redis.url()])
+            .args([
+                "--registry",
+                &format!("{}/sopm/functions", registry.url()),
+            ])
+            .timeout(Duration::from_secs(120));
+        Server::start(tweak(options))
+    }
+
+    /// A directory holding none of the sandbox tools: a gateway's `PATH`.
+    pub fn path_without_sandbox_tools(dir: &Path) -> std::path::PathBuf {
+        let bin = dir.join("empty-bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for tool in ["bwrap", "runsc", "docker"] {
+            assert!(!bin.join(tool).exists());
+        }
+        bin
+    }
+
+    /// The job `id`'s record once it has finished, read through `server`.
+    pub fn finished(server: &Server, id: &str) -> Value {
+        poll(Duration::from_secs(60), Duration::from_millis(50), || {
+            let (st, v) = server.get(&format!("/api/status/{id}"));
+            assert_eq!(st, 200, "status of {id}: {v}");
+            match v["status"].as_str() {
+                Some("queued" | "running") => Err(format!("job {id} did not finish: {v}")),
+                _ => Ok(v),
+            }
+        })
+    }
+
+    /// An async `math.add` through `gateway`; returns the job id.
+    pub fn async_add(gateway: &Server, a: i64, b: i64) -> String {
+        let (st, v) = gateway.post_json(
+            "/api/execute",
+            &json!({"function": "math.add", "input": {"a": a, "b": b}, "async": true}),
+        );
+        assert_eq!(st, 202, "{v}");
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    /// Whether the worker's user-function test can run here (bubblewrap).
+    pub fn sandbox_skipped() -> bool {
+        skip::skipped(skip::bwrap_missing())
+    }
+}
+
+#[cfg(feature = "cluster")]
+#[test]
+fn a_gateway_without_sandbox_tools_queues_what_a_worker_runs_and_builds() {
+    use nodes::*;
+    use serde_json::json;
+    use std::time::Duration;
+
+    let Some((redis, registry)) = backing("gateway_and_worker") else {
+        return;
+    };
+    if sandbox_skipped() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bare = path_without_sandbox_tools(dir.path());
+    let gateway = node("gateway", "gw", &redis, &registry, dir.path(), |o| {
+        o.env("PATH", &bare)
+    });
+
+    // Before any worker: a waiting built-in runs in the gateway itself; an async one
+    // waits in the queue, since nothing that takes jobs is up.
+    let (st, v) = gateway.post_json(
+        "/api/execute",
+        &json!({"function": "math.add", "input": {"a": 2, "b": 3}}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["output"], 5);
+    let early = async_add(&gateway, 20, 22);
+    let (st, v) = gateway.get(&format!("/api/status/{early}"));
+    assert_eq!((st, v["status"].as_str()), (200, Some("queued")), "{v}");
+
+    let worker = node("worker", "w1", &redis, &registry, dir.path(), |o| o);
+    let done = finished(&gateway, &early);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["output"], 42);
+    let later = async_add(&gateway, 1, 1);
+    assert_eq!(finished(&gateway, &later)["output"], 2);
+
+    // A user function uploaded through the gateway is built by the worker, its
+    // artifact goes through the registry, and it is called through the gateway.
+    let (st, v) = gateway.post_json(
+        "/api/user-functions",
+        &json!({
+            "name": "double", "runtime": "python", "handler": "main.handle",
+            "files": {"main.py": "def handle(event, context):\n    return event * 2\n"},
+        }),
+    );
+    assert_eq!(st, 202, "{v}");
+    let f = gateway.built_function("/api/user-functions/double");
+    assert_eq!(f["status"], "ready", "{f}");
+    let (st, v) = gateway.post_json("/api/user-functions/double/execute", &json!({"input": 21}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["output"], 42);
+
+    // The stats of the gateway show both nodes.
+    let stats = support::poll(Duration::from_secs(30), Duration::from_millis(100), || {
+        let (st, v) = gateway.get("/api/stats");
+        assert_eq!(st, 200, "{v}");
+        let nodes = v["cluster"]["nodes"].as_array().cloned().unwrap_or_default();
+        if nodes.len() == 2 {
+            Ok(v)
+        } else {
+            Err(format!("the stats do not show both nodes: {v}"))
+        }
+    });
+    let mut seen: Vec<(String, String, bool)> = stats["cluster"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["node_id"].as_str().unwrap().to_string(),
+                n["role"].as_str().unwrap().to_string(),
+                n["backends"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|b| b == "process"),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("gw".to_string(), "gateway".to_string(), false),
+            ("w1".to_string(), "worker".to_string(), true),
+        ],
+        "{stats}"
+    );
+    for n in stats["cluster"]["nodes"].as_array().unwrap() {
+        assert!(n["last_seen_ms"].as_u64().unwrap() > 0, "{n}");
+        assert!(n["address"].as_str().unwrap().starts_with("127.0.0.1:"), "{n}");
+    }
+    assert!(stats["cluster"]["totals"]["submitted"].as_u64().is_some(), "{stats}");
+
+    // The worker serves no API.
+    let (st, v) = worker.get("/api/functions");
+    assert_eq!(st, 404, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("worker"), "{v}");
+    let (st, _) = worker.get("/metrics");
+    assert_eq!(st, 200);
+}
+
+#[cfg(feature = "cluster")]
+#[test]
+fn redis_down_is_a_503_and_not_ready_and_the_node_serves_again_when_it_is_back() {
+    use nodes::*;
+    use serde_json::json;
+    use std::time::Duration;
+
+    let Some((mut redis, registry)) = backing("redis_down") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bare = path_without_sandbox_tools(dir.path());
+    let gateway = node("gateway", "gw", &redis, &registry, dir.path(), |o| {
+        o.env("PATH", &bare)
+    });
+    let id = async_add(&gateway, 3, 4);
+
+    redis.kill();
+    let (st, v) = gateway.get(&format!("/api/status/{id}"));
+    assert_eq!(st, 503, "{v}");
+    assert_eq!(v["error"]["code"], "unavailable", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("redis"),
+        "the message says what is unreachable: {v}"
+    );
+    let (st, v) = gateway.post_json(
+        "/api/execute",
+        &json!({"function": "math.add", "input": {"a": 1, "b": 2}, "async": true}),
+    );
+    assert_eq!((st, &v["error"]["code"]), (503, &json!("unavailable")), "{v}");
+    let (st, v) = gateway.get("/readyz");
+    assert_eq!(st, 503, "{v}");
+    let (st, _) = gateway.get("/healthz");
+    assert_eq!(st, 200, "the process is alive");
+
+    redis.restart();
+    support::poll(Duration::from_secs(60), Duration::from_millis(100), || {
+        match gateway.get("/readyz") {
+            (200, _) => Ok(()),
+            (st, v) => Err(format!("not ready again after Redis came back: {st} {v}")),
+        }
+    });
+    let (st, v) = gateway.get(&format!("/api/status/{id}"));
+    assert_eq!(st, 200, "the job acknowledged before Redis went down is still there: {v}");
+    let (st, v) = gateway.post_json(
+        "/api/execute",
+        &json!({"function": "math.add", "input": {"a": 1, "b": 2}}),
+    );
+    assert_eq!((st, &v["output"]), (200, &json!(3)), "{v}");
+}

@@ -28,12 +28,18 @@ pub struct NodePlan {
 
 impl NodePlan {
     /// The plan of a node listening on `bound`, or `None` when the settings name no
-    /// Redis (the embedded default). Call after [`ServerConfig::validate`].
-    pub fn new(c: &ServerConfig, bound: SocketAddr) -> Option<NodePlan> {
+    /// Redis (the embedded default). Settings that fail [`ServerConfig::validate`] are
+    /// refused here too.
+    pub fn new(c: &ServerConfig, bound: SocketAddr) -> Result<Option<NodePlan>, String> {
         let cluster = &c.cluster;
-        let redis_url = cluster.redis_url.clone()?;
-        let registry = cluster.registry().ok().flatten()?;
-        Some(NodePlan {
+        let Some(redis_url) = cluster.redis_url.clone() else {
+            return Ok(None);
+        };
+        cluster.validate()?;
+        let registry = cluster
+            .registry()?
+            .ok_or("--redis needs --registry URL too")?;
+        Ok(Some(NodePlan {
             role: cluster.role(),
             node_id: cluster
                 .node_id
@@ -46,7 +52,7 @@ impl NodePlan {
             redis_url,
             registry,
             artifact_cache: c.data_dir.join("artifact-cache"),
-        })
+        }))
     }
 
     /// The backends of the table a gateway routes to without running them: every one
@@ -173,15 +179,19 @@ pub async fn open_key_store(
         .connect()
         .await
         .map_err(|e| format!("--redis {}: {e}", config.redacted_url()))?;
-    Ok(std::sync::Arc::new(sopm_backends::redis::RedisKeyStore::new(conn)))
+    Ok(std::sync::Arc::new(
+        sopm_backends::redis::RedisKeyStore::new(conn),
+    ))
 }
 
 /// Without the `cluster` feature there is no Redis key store: says how to get one.
 #[cfg(not(feature = "cluster"))]
 pub async fn open_key_store(_: &str) -> Result<std::sync::Arc<dyn sopm_core::KeyStore>, String> {
-    Err("--redis: this sopm was built without cluster support; build it with \
+    Err(
+        "--redis: this sopm was built without cluster support; build it with \
          `cargo build --release -p sopm-server --features cluster`"
-        .into())
+            .into(),
+    )
 }
 
 /// Connects to Redis, retrying every second or so while it is unreachable.
@@ -212,4 +222,67 @@ pub async fn build_node(_: &ServerConfig, plan: &NodePlan) -> Result<Services, S
          `cargo build --release -p sopm-server --features cluster`",
         plan.role.as_str()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClusterSettings;
+
+    fn config(cluster: ClusterSettings) -> ServerConfig {
+        ServerConfig {
+            cluster,
+            data_dir: "/var/lib/sopm".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_node_is_named_and_placed_from_the_settings_or_its_host_and_port() {
+        let bound: SocketAddr = "10.0.0.7:8081".parse().unwrap();
+        assert_eq!(
+            NodePlan::new(&config(ClusterSettings::default()), bound).unwrap(),
+            None,
+            "no Redis: one process"
+        );
+        let cluster = ClusterSettings {
+            role: Some(Role::Gateway),
+            redis_url: Some("redis://:pw@10.0.0.5/0".into()),
+            registry_url: Some("http://10.0.0.5:5000".into()),
+            ..Default::default()
+        };
+        let plan = NodePlan::new(&config(cluster.clone()), bound)
+            .unwrap()
+            .unwrap();
+        assert_eq!(plan.role, Role::Gateway);
+        assert_eq!(plan.node_id, default_node_id(8081));
+        assert_eq!(plan.address, "10.0.0.7:8081");
+        assert_eq!(plan.registry.repository, crate::config::DEFAULT_REPOSITORY);
+        assert_eq!(
+            plan.artifact_cache,
+            std::path::Path::new("/var/lib/sopm/artifact-cache")
+        );
+        assert_eq!(
+            plan.remote_backends(),
+            sopm_backends::backends::BACKEND_NAMES
+        );
+        let named = ClusterSettings {
+            role: Some(Role::Worker),
+            node_id: Some("w1".into()),
+            advertise: Some("w1.internal:8080".into()),
+            ..cluster.clone()
+        };
+        let plan = NodePlan::new(&config(named), bound).unwrap().unwrap();
+        assert_eq!(
+            (plan.node_id.as_str(), plan.address.as_str()),
+            ("w1", "w1.internal:8080")
+        );
+        assert!(plan.remote_backends().is_empty(), "a worker runs its own");
+        let unchecked = ClusterSettings {
+            registry_url: None,
+            ..cluster
+        };
+        let e = NodePlan::new(&config(unchecked), bound).unwrap_err();
+        assert!(e.contains("--registry"), "{e}");
+    }
 }

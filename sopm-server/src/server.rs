@@ -225,7 +225,7 @@ pub async fn serve(c: ServerConfig) -> Result<(), String> {
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
     // A cluster node names itself by the bound address (a port of 0 is chosen above).
-    let services = match crate::cluster::NodePlan::new(&c, local) {
+    let services = match crate::cluster::NodePlan::new(&c, local)? {
         Some(plan) => crate::cluster::build_node(&c, &plan).await?,
         None => build_services(&c)?,
     };

@@ -122,7 +122,11 @@ mod tests {
         };
         assert_eq!(names(&seen.totals), ["math.add"]);
         assert_eq!(names(&seen.nodes[0].stats), ["math.add"]);
-        let pools: Vec<&str> = seen.nodes[0].pools.iter().map(|p| p.pool.as_str()).collect();
+        let pools: Vec<&str> = seen.nodes[0]
+            .pools
+            .iter()
+            .map(|p| p.pool.as_str())
+            .collect();
         assert_eq!(pools, ["process"]);
     }
 }

@@ -78,7 +78,12 @@ async fn a_worker_serves_the_probes_and_metrics_and_answers_api_routes_with_a_js
     // One process answers its stats as it always did: no `cluster`.
     let (st, stats) = call(&state(Role::All), "GET", "/api/stats").await;
     assert_eq!(st, StatusCode::OK, "{stats}");
-    let mut keys: Vec<&str> = stats.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = stats
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort_unstable();
     assert_eq!(keys, ["jobs", "pools", "uptime_s"], "{stats}");
     // The same platform as a gateway serves the API.
@@ -304,10 +309,7 @@ mod nodes {
             .data_dir(data.join(id))
             .args(["--role", role, "--node-id", id])
             .args(["--redis", &redis.url()])
-            .args([
-                "--registry",
-                &format!("{}/sopm/functions", registry.url()),
-            ])
+            .args(["--registry", &format!("{}/sopm/functions", registry.url())])
             .timeout(Duration::from_secs(120));
         Server::start(tweak(options))
     }
@@ -408,7 +410,10 @@ fn a_gateway_without_sandbox_tools_queues_what_a_worker_runs_and_builds() {
     let stats = support::poll(Duration::from_secs(30), Duration::from_millis(100), || {
         let (st, v) = gateway.get("/api/stats");
         assert_eq!(st, 200, "{v}");
-        let nodes = v["cluster"]["nodes"].as_array().cloned().unwrap_or_default();
+        let nodes = v["cluster"]["nodes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if nodes.len() == 2 {
             Ok(v)
         } else {
@@ -442,14 +447,23 @@ fn a_gateway_without_sandbox_tools_queues_what_a_worker_runs_and_builds() {
     );
     for n in stats["cluster"]["nodes"].as_array().unwrap() {
         assert!(n["last_seen_ms"].as_u64().unwrap() > 0, "{n}");
-        assert!(n["address"].as_str().unwrap().starts_with("127.0.0.1:"), "{n}");
+        assert!(
+            n["address"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{n}"
+        );
     }
-    assert!(stats["cluster"]["totals"]["submitted"].as_u64().is_some(), "{stats}");
+    assert!(
+        stats["cluster"]["totals"]["submitted"].as_u64().is_some(),
+        "{stats}"
+    );
 
     // The worker serves no API.
     let (st, v) = worker.get("/api/functions");
     assert_eq!(st, 404, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("worker"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("worker"),
+        "{v}"
+    );
     let (st, _) = worker.get("/metrics");
     assert_eq!(st, 200);
 }
@@ -483,21 +497,30 @@ fn redis_down_is_a_503_and_not_ready_and_the_node_serves_again_when_it_is_back()
         "/api/execute",
         &json!({"function": "math.add", "input": {"a": 1, "b": 2}, "async": true}),
     );
-    assert_eq!((st, &v["error"]["code"]), (503, &json!("unavailable")), "{v}");
+    assert_eq!(
+        (st, &v["error"]["code"]),
+        (503, &json!("unavailable")),
+        "{v}"
+    );
     let (st, v) = gateway.get("/readyz");
     assert_eq!(st, 503, "{v}");
     let (st, _) = gateway.get("/healthz");
     assert_eq!(st, 200, "the process is alive");
 
     redis.restart();
-    support::poll(Duration::from_secs(60), Duration::from_millis(100), || {
-        match gateway.get("/readyz") {
+    support::poll(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || match gateway.get("/readyz") {
             (200, _) => Ok(()),
             (st, v) => Err(format!("not ready again after Redis came back: {st} {v}")),
-        }
-    });
+        },
+    );
     let (st, v) = gateway.get(&format!("/api/status/{id}"));
-    assert_eq!(st, 200, "the job acknowledged before Redis went down is still there: {v}");
+    assert_eq!(
+        st, 200,
+        "the job acknowledged before Redis went down is still there: {v}"
+    );
     let (st, v) = gateway.post_json(
         "/api/execute",
         &json!({"function": "math.add", "input": {"a": 1, "b": 2}}),

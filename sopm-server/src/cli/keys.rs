@@ -98,9 +98,7 @@ pub async fn run_keys(cmd: KeysCommand) -> Result<ExitCode, String> {
                 .map_err(|e| e.to_string())?;
             eprintln!(
                 "sopm: created {} for tenant {} in {}; the secret below is shown only once:",
-                info.id,
-                info.tenant,
-                place
+                info.id, info.tenant, place
             );
             println!("{}", secret.expose());
         }

@@ -23,6 +23,7 @@ declare -A want=(
   [redis-server]=redis-server
   [docker-registry]=docker-registry
   [ip]=iproute2
+  [pkg-config]=pkg-config
 )
 missing=()
 for cmd in "${!want[@]}"; do
@@ -37,6 +38,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The OCI registry client links the system's OpenSSL (native-tls).
+if ! pkg-config --exists openssl 2>/dev/null; then
+  step "installing libssl-dev"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends libssl-dev
 fi
 
 # Sandboxes see only /usr: the tests run Debian's own python3 inside them.

@@ -850,7 +850,7 @@ mod tests {
         };
         assert!(ServerConfig::resolve(&good).is_ok());
         for url in [
-            "rediss://cache.internal:6380",
+            "redis://user:pw@cache.internal:6380/2",
             "unix:///run/redis.sock",
             "redis://h",
         ] {
@@ -881,6 +881,13 @@ mod tests {
                     ..good.clone()
                 },
                 "the scheme is 'http'",
+            ),
+            (
+                ServeArgs {
+                    redis_url: Some("rediss://127.0.0.1:6379".into()),
+                    ..good.clone()
+                },
+                "TLS to Redis (rediss://) is not in this build",
             ),
             (
                 ServeArgs {

@@ -48,7 +48,8 @@ impl Role {
 pub struct ClusterSettings {
     /// This node's part (default `all`).
     pub role: Option<Role>,
-    /// `redis://[:PASSWORD@]HOST[:PORT][/DB]`, `rediss://…` (TLS) or `unix:///PATH`.
+    /// `redis://[USER][:PASSWORD@]HOST[:PORT][/DB]` or `unix:///PATH` (no TLS in this
+    /// build: keep Redis on a private network).
     pub redis_url: Option<String>,
     /// `http[s]://HOST[:PORT][/REPOSITORY]`: the OCI registry and repository of the
     /// cluster's function artifacts (repository default `sopm/functions`).
@@ -223,13 +224,20 @@ fn check_redis_url(text: &str) -> Result<(), String> {
     let shown = redacted(text);
     let bad = |why: String| {
         format!(
-            "--redis: '{shown}' is not a Redis URL (redis://HOST[:PORT][/DB], rediss://… or \
-             unix:///PATH): {why}"
+            "--redis: '{shown}' is not a Redis URL this build can use \
+             (redis://[:PASSWORD@]HOST[:PORT][/DB] or unix:///PATH): {why}"
         )
     };
     let url = url::Url::parse(text).map_err(|e| bad(e.to_string()))?;
     match url.scheme() {
-        "redis" | "rediss" => {
+        "rediss" => {
+            return Err(bad(
+                "TLS to Redis (rediss://) is not in this build; keep Redis on a private \
+                 network and use redis://"
+                    .into(),
+            ))
+        }
+        "redis" => {
             if url.host_str().is_none_or(str::is_empty) {
                 return Err(bad("it names no host".into()));
             }
@@ -243,11 +251,7 @@ fn check_redis_url(text: &str) -> Result<(), String> {
                 return Err(bad("it names no socket path".into()));
             }
         }
-        other => {
-            return Err(bad(format!(
-                "the scheme is '{other}', not redis, rediss or unix"
-            )))
-        }
+        other => return Err(bad(format!("the scheme is '{other}', not redis or unix"))),
     }
     Ok(())
 }

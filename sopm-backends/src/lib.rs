@@ -10,6 +10,9 @@
 //!   from generated OCI bundles, behind the same warm pool.
 //! - `docker`: [`DockerExecutor`], user functions in warm Docker containers (`runc` or
 //!   `runsc`), and [`DockerBuilder`], which builds their images.
+//! - `kubernetes`: [`KubernetesExecutor`](kubernetes::KubernetesExecutor), user functions
+//!   in warm Kubernetes pods (stem cells specialised over the runner's TCP port), and
+//!   [`KubernetesJobExecutor`](kubernetes::KubernetesJobExecutor), one Job per call.
 //! - `redis`: [`RedisRegistry`] and [`RedisKeyStore`], the function registry and API
 //!   keys in Redis over one [`RedisConnection`], so many nodes share one state.
 //! - `local-build`: [`LocalBuilder`], which turns uploaded sources into artifact
@@ -28,7 +31,7 @@
 //!   pulled by digest into a size-bounded cache on every node that runs them.
 //!
 //! [`backends`] is the table of named sandbox backends (`process`, `gvisor`, `docker`,
-//! `docker-runsc`): for each, how this host makes its executor, the builder of its
+//! `docker-runsc`, `kubernetes`, `kubernetes-job`): for each, how this host makes its executor, the builder of its
 //! artifacts, and how it starts. Adding a backend is its module plus one entry there.
 //!
 //! Each backend implements the traits of `sopm-core` and passes its conformance
@@ -77,6 +80,10 @@ pub use gvisor::GvisorExecutor;
 pub mod docker;
 #[cfg(feature = "docker")]
 pub use docker::{DockerBuilder, DockerExecutor};
+
+/// Kubernetes: warm function pods behind the warm pool, and one Job per call.
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 
 #[cfg(feature = "redis")]
 pub mod redis;

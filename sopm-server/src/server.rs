@@ -134,6 +134,14 @@ pub(crate) fn base_builder(c: &ServerConfig) -> Result<sopm_core::PlatformBuilde
         // The `docker` backend's containers run under gVisor too.
         builder = builder.with_isolation("docker", sopm_core::policy::Isolation::UserSpaceKernel);
     }
+    #[cfg(feature = "kubernetes")]
+    if std::env::var("SOPM_KUBERNETES_RUNTIME_CLASS").map_or(true, |c| c.trim() == "gvisor") {
+        // Function pods run under the `gvisor` RuntimeClass (handler `runsc`, as
+        // deploy/kubernetes defines it); any other class is assumed to share the kernel.
+        for name in ["kubernetes", "kubernetes-job"] {
+            builder = builder.with_isolation(name, sopm_core::policy::Isolation::UserSpaceKernel);
+        }
+    }
     Ok(builder)
 }
 

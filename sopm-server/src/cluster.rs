@@ -79,9 +79,9 @@ pub async fn build_node(c: &ServerConfig, plan: &NodePlan) -> Result<Services, S
     use std::time::Duration;
 
     use sopm_backends::artifacts::{OciArtifactStore, OciConfig};
+    use sopm_backends::redis::queue::{NodeRole, RedisSchedulerConfig};
     use sopm_backends::redis::{
-        NodeRole, RedisConfig, RedisJobStore, RedisKeyStore, RedisRegistry, RedisScheduler,
-        RedisSchedulerConfig,
+        RedisConfig, RedisJobStore, RedisKeyStore, RedisRegistry, RedisScheduler,
     };
     use sopm_core::policy::Isolation;
     use sopm_core::{CachedKeyStore, KeyStore};

@@ -305,11 +305,23 @@ mod nodes {
         data: &Path,
         tweak: impl FnOnce(ServerOptions) -> ServerOptions,
     ) -> Server {
+        node_at(role, id, &redis.url(), &registry.url(), data, tweak)
+    }
+
+    /// `sopm serve --role ROLE` over the Redis and registry at these URLs.
+    pub fn node_at(
+        role: &str,
+        id: &str,
+        redis_url: &str,
+        registry_url: &str,
+        data: &Path,
+        tweak: impl FnOnce(ServerOptions) -> ServerOptions,
+    ) -> Server {
         let options = ServerOptions::new()
             .data_dir(data.join(id))
             .args(["--role", role, "--node-id", id])
-            .args(["--redis", &redis.url()])
-            .args(["--registry", &format!("{}/sopm/functions", registry.url())])
+            .args(["--redis", redis_url])
+            .args(["--registry", &format!("{registry_url}/sopm/functions")])
             .timeout(Duration::from_secs(120));
         Server::start(tweak(options))
     }
@@ -526,4 +538,86 @@ fn redis_down_is_a_503_and_not_ready_and_the_node_serves_again_when_it_is_back()
         &json!({"function": "math.add", "input": {"a": 1, "b": 2}}),
     );
     assert_eq!((st, &v["output"]), (200, &json!(3)), "{v}");
+}
+
+#[cfg(feature = "cluster")]
+#[test]
+fn keys_made_with_sopm_keys_in_redis_are_what_a_gateway_accepts() {
+    use nodes::*;
+    use support::http::Request;
+
+    let Some((redis, registry)) = backing("keys_in_redis") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(support::BIN)
+        .args(["keys", "create", "--tenant", "acme", "--label", "ci"])
+        .args(["--redis", &redis.url()])
+        .env_remove("SOPM_REDIS_URL")
+        .output()
+        .expect("run sopm keys");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(!secret.is_empty());
+
+    let gateway = node("gateway", "gw", &redis, &registry, dir.path(), |o| {
+        o.args(["--auth", "api_key"])
+    });
+    let add = r#"{"function": "math.add", "input": {"a": 1, "b": 2}}"#;
+    let (st, v) = gateway.request(&Request::json(
+        "POST",
+        "/api/execute",
+        Some(&serde_json::from_str(add).unwrap()),
+    ));
+    assert_eq!(st, 401, "no key: {v}");
+    let (st, v) = gateway.request(
+        &Request::json(
+            "POST",
+            "/api/execute",
+            Some(&serde_json::from_str(add).unwrap()),
+        )
+        .header("authorization", &format!("Bearer {secret}")),
+    );
+    assert_eq!((st, &v["output"]), (200, &serde_json::json!(3)), "{v}");
+}
+
+#[cfg(feature = "cluster")]
+#[test]
+fn a_node_started_before_redis_waits_for_it_and_serves_once_it_answers() {
+    use nodes::*;
+
+    let Some((mut redis, registry)) = backing("before_redis") else {
+        return;
+    };
+    redis.kill();
+    let dir = tempfile::tempdir().unwrap();
+    let bare = path_without_sandbox_tools(dir.path());
+    // Redis comes up while the gateway is starting; `node` returns once /readyz is 200.
+    let (redis_url, registry_url) = (redis.url(), registry.url());
+    let gateway = std::thread::scope(|scope| {
+        let starting = scope.spawn(|| {
+            node_at(
+                "gateway",
+                "gw",
+                &redis_url,
+                &registry_url,
+                dir.path(),
+                |o| o.env("PATH", &bare),
+            )
+        });
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        assert!(
+            !starting.is_finished(),
+            "the gateway was ready without Redis"
+        );
+        redis.restart();
+        starting.join().unwrap()
+    });
+    let id = async_add(&gateway, 2, 2);
+    let (st, v) = gateway.get(&format!("/api/status/{id}"));
+    assert_eq!(st, 200, "{v}");
 }

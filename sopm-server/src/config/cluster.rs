@@ -8,7 +8,7 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// The API and the workers in one process (the only role without Redis).
+    /// The API and the workers in one process (the only role that runs without Redis).
     #[default]
     All,
     /// The whole API: waiting built-in calls run here, every other job and every build

@@ -10,6 +10,8 @@
 //!   from generated OCI bundles, behind the same warm pool.
 //! - `docker`: [`DockerExecutor`], user functions in warm Docker containers (`runc` or
 //!   `runsc`), and [`DockerBuilder`], which builds their images.
+//! - `redis`: [`RedisJobStore`] and the cluster queue and scheduler in [`redis`]: job
+//!   records, streams per backend with leases and fencing, results pushed over pub/sub.
 //! - `local-build`: [`LocalBuilder`], which turns uploaded sources into artifact
 //!   directories, installing `requirements.txt` / `package.json` dependencies inside a
 //!   bubblewrap sandbox. Every sandbox backend enables it.
@@ -33,6 +35,12 @@ pub mod sqlite;
 
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConfig, SqliteStore};
+
+#[cfg(feature = "redis")]
+pub mod redis;
+
+#[cfg(feature = "redis")]
+pub use redis::RedisJobStore;
 
 #[cfg(feature = "local-build")]
 pub mod build;

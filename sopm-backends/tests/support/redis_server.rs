@@ -29,7 +29,10 @@ impl RedisServer {
     /// test made), on a free port.
     pub fn start_on(test: &str, bind: &str) -> Option<RedisServer> {
         let Some(binary) = find("redis-server") else {
-            skip(test, "redis-server is not installed (apt-get install redis-server)");
+            skip(
+                test,
+                "redis-server is not installed (apt-get install redis-server)",
+            );
             return None;
         };
         let dir = tempfile::Builder::new()
@@ -80,7 +83,8 @@ impl RedisServer {
     pub fn command(&self, line: &str) -> String {
         let mut s = TcpStream::connect(self.addr).expect("connect to redis");
         s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-        s.write_all(format!("{line}\r\n").as_bytes()).expect("write");
+        s.write_all(format!("{line}\r\n").as_bytes())
+            .expect("write");
         let mut buf = vec![0u8; 1 << 16];
         let n = s.read(&mut buf).unwrap_or(0);
         String::from_utf8_lossy(&buf[..n]).into_owned()

@@ -109,3 +109,400 @@ async fn job_store_survives_a_redis_crash_and_says_unavailable_meanwhile() {
     let unfinished = store.unfinished().await.expect("unfinished");
     assert_eq!(unfinished.len(), jobs.len());
 }
+
+// --- the queue layer -----------------------------------------------------------------
+
+mod queue {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use futures::StreamExt;
+    use serde_json::json;
+    use sopm_backends::redis::queue::{Admission, Claimed, JobQueue, Lease, QueueConfig};
+    use sopm_backends::redis::{RedisConfig, RedisConnection, RedisJobStore};
+    use sopm_core::{Job, JobStatus, JobStore};
+
+    use super::redis_server::RedisServer;
+
+    fn conn(server: &RedisServer) -> RedisConnection {
+        RedisConnection::new(RedisConfig::new(server.url())).expect("connection")
+    }
+
+    fn node(server: &RedisServer, name: &str, lease_ms: u64, max_deliveries: u32) -> JobQueue {
+        JobQueue::new(
+            conn(server),
+            name,
+            QueueConfig {
+                lease: Duration::from_millis(lease_ms),
+                max_deliveries,
+                block: Duration::from_millis(200),
+            },
+        )
+    }
+
+    fn backends() -> Vec<Arc<str>> {
+        vec![Arc::from("builtin")]
+    }
+
+    /// Claims one job from the stream (new entries), waiting up to 10 s.
+    async fn claim_one(q: &JobQueue) -> Claimed {
+        let mut c = q.claim_connection().unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut got = q.claim(&mut c, &backends(), 1).await.expect("claim");
+            if let Some(x) = got.pop() {
+                return x;
+            }
+            assert!(Instant::now() < until, "nothing to claim after 10 s");
+        }
+    }
+
+    /// Reclaims one job whose lease expired, trying for up to 10 s.
+    async fn reclaim_one(q: &JobQueue) -> Claimed {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut got = q.reclaim(&backends(), 1).await.expect("reclaim");
+            if let Some(x) = got.pop() {
+                return x;
+            }
+            assert!(Instant::now() < until, "nothing to reclaim after 10 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn run(c: Claimed) -> Lease {
+        match c {
+            Claimed::Run(l) => l,
+            Claimed::Dead(l) => panic!("expected a job to run, got a dead letter: {l:?}"),
+        }
+    }
+
+    fn new_job(tenant: &str, input: serde_json::Value) -> Job {
+        Job::new(
+            sopm_core::TenantId::new(tenant).unwrap(),
+            sopm_core::FunctionRef::builtin("echo"),
+            Arc::new(input),
+            5_000,
+        )
+    }
+
+    fn succeeded(running: &Job) -> Job {
+        let mut done = running.clone();
+        done.status = JobStatus::Succeeded;
+        done.output = Some(json!({"ok": true}));
+        done.finished_ms = Some(sopm_core::types::now_ms());
+        done.duration_us = Some(1);
+        done
+    }
+
+    async fn pending_entries(server: &RedisServer) -> (u64, u64) {
+        let mut c = conn(server).manager();
+        let xlen: u64 = redis::cmd("XLEN")
+            .arg("sopm:q:builtin")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let pending: redis::Value = redis::cmd("XPENDING")
+            .arg("sopm:q:builtin")
+            .arg("workers")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let count = match pending {
+            redis::Value::Array(v) => match v.first() {
+                Some(redis::Value::Int(n)) => *n as u64,
+                _ => 0,
+            },
+            _ => 0,
+        };
+        (xlen, count)
+    }
+
+    /// Enqueue stores the record and the entry; a worker claims, starts and completes
+    /// it; the result is pushed to the waiting node's channel and the entry is gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn enqueue_claim_complete_pushes_the_result() {
+        let Some(server) = RedisServer::start("enqueue_claim_complete") else {
+            return;
+        };
+        let gateway = node(&server, "gw", 5_000, 3);
+        let worker = node(&server, "w1", 5_000, 3);
+        let store = RedisJobStore::new(conn(&server));
+        let mut pubsub = conn(&server).client().get_async_pubsub().await.unwrap();
+        pubsub.subscribe(gateway.done_channel("gw")).await.unwrap();
+
+        let job = new_job("t", json!({"x": 1}));
+        let admitted = gateway
+            .enqueue("builtin", &job, Some("gw"), None)
+            .await
+            .unwrap();
+        assert_eq!(admitted, Admission::Queued(1));
+        assert_eq!(store.get(&job.id).await.unwrap().as_ref(), Some(&job));
+
+        let lease = run(claim_one(&worker).await);
+        assert_eq!(lease.job, job);
+        assert_eq!(lease.attempts, 1);
+        assert_eq!(lease.waiter.as_deref(), Some("gw"));
+        assert_eq!(gateway.depth_seen(), 1, "enqueue answered depth 1");
+        assert_eq!(worker.depth_seen(), 0, "the lease answered depth 0");
+        let running = worker
+            .start(&lease)
+            .await
+            .unwrap()
+            .expect("lease is current");
+        assert_eq!(
+            store.get(&job.id).await.unwrap().unwrap().status,
+            JobStatus::Running
+        );
+        let done = succeeded(&running);
+        assert!(worker.complete(&lease, &done).await.unwrap());
+
+        let msg = tokio::time::timeout(Duration::from_secs(10), pubsub.on_message().next())
+            .await
+            .expect("a pushed result within 10 s")
+            .expect("a message");
+        let pushed: Job = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+        assert_eq!(pushed, done, "the pushed record is the final one");
+        assert_eq!(store.get(&job.id).await.unwrap(), Some(done));
+        assert_eq!(
+            pending_entries(&server).await,
+            (0, 0),
+            "the entry is acknowledged and deleted"
+        );
+        assert_eq!(
+            worker.lease_of(&job.id).await.unwrap(),
+            None,
+            "lease dropped"
+        );
+        assert!(store.unfinished().await.unwrap().is_empty());
+    }
+
+    /// A worker that stops renewing loses the job to another after the lease expires:
+    /// the other runs it (attempt 2) and its completion is the one final record; the
+    /// first worker's late renewal and completion are refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_expired_lease_is_taken_over_and_the_stale_completion_refused() {
+        let Some(server) = RedisServer::start("expired_lease_taken_over") else {
+            return;
+        };
+        let gateway = node(&server, "gw", 300, 3);
+        let w1 = node(&server, "w1", 300, 3);
+        let w2 = node(&server, "w2", 300, 3);
+        let store = RedisJobStore::new(conn(&server));
+        let job = new_job("t", json!("takeover"));
+        gateway.enqueue("builtin", &job, None, None).await.unwrap();
+
+        let first = run(claim_one(&w1).await);
+        let running1 = w1.start(&first).await.unwrap().expect("current");
+        // w1 stops renewing (it hangs, or its link is cut); w2's reclaimer takes over.
+        let second = run(reclaim_one(&w2).await);
+        assert_eq!(second.attempts, 2, "the takeover is the second attempt");
+        assert!(second.token > first.token, "a new fencing token");
+        let running2 = w2.start(&second).await.unwrap().expect("current");
+        assert_eq!(running2.attempts, 2);
+        assert!(
+            w1.start(&first).await.unwrap().is_none(),
+            "a stale worker cannot rewrite the running record"
+        );
+        assert!(
+            !w1.renew(&first).await.unwrap(),
+            "the stale lease cannot be renewed"
+        );
+
+        let mut late = succeeded(&running1);
+        late.output = Some(json!("from the stale worker"));
+        assert!(
+            !w1.complete(&first, &late).await.unwrap(),
+            "the stale completion is refused"
+        );
+        assert_eq!(w1.refused(), 1, "and counted");
+        let done = succeeded(&running2);
+        assert!(w2.complete(&second, &done).await.unwrap());
+        assert!(
+            !w1.complete(&first, &late).await.unwrap(),
+            "still refused after the job finished"
+        );
+        let stored = store.get(&job.id).await.unwrap().unwrap();
+        assert_eq!(stored, done, "one final record: the current lease holder's");
+        assert_eq!(stored.attempts, 2);
+        assert_eq!(pending_entries(&server).await, (0, 0));
+    }
+
+    /// A renewed lease is not taken over, however long the job runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_renewed_lease_is_kept() {
+        let Some(server) = RedisServer::start("renewed_lease_kept") else {
+            return;
+        };
+        let w1 = node(&server, "w1", 1_500, 3);
+        let w2 = node(&server, "w2", 1_500, 3);
+        let job = new_job("t", json!("long"));
+        w1.enqueue("builtin", &job, None, None).await.unwrap();
+        let lease = run(claim_one(&w1).await);
+        let until = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < until {
+            assert!(w1.renew(&lease).await.unwrap(), "the holder renews");
+            let taken = w2.reclaim(&backends(), 10).await.unwrap();
+            assert!(
+                taken.is_empty(),
+                "a live, renewed lease is never taken over: {taken:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        let done = succeeded(&w1.start(&lease).await.unwrap().unwrap());
+        assert!(w1.complete(&lease, &done).await.unwrap());
+        assert_eq!(w2.taken_over(), 0);
+    }
+
+    /// A job whose workers all stop renewing is dead-lettered after `max_deliveries`
+    /// runs: failed with `dead_letter`, its entry copied to the dead stream, and never
+    /// run again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dead_letter_after_max_deliveries() {
+        let Some(server) = RedisServer::start("dead_letter") else {
+            return;
+        };
+        let w = node(&server, "w", 200, 2);
+        let store = RedisJobStore::new(conn(&server));
+        let job = new_job("t", json!("poison"));
+        w.enqueue("builtin", &job, None, None).await.unwrap();
+        let a1 = run(claim_one(&w).await);
+        w.start(&a1).await.unwrap().unwrap();
+        let a2 = run(reclaim_one(&w).await);
+        assert_eq!(a2.attempts, 2);
+        w.start(&a2).await.unwrap().unwrap();
+        let dead = match reclaim_one(&w).await {
+            Claimed::Dead(l) => l,
+            Claimed::Run(l) => panic!("a third delivery with max 2 must be dead: {l:?}"),
+        };
+        assert!(w.dead_letter(&dead).await.unwrap());
+        let stored = store.get(&job.id).await.unwrap().unwrap();
+        assert_eq!(stored.status, JobStatus::Failed);
+        assert_eq!(stored.attempts, 2, "it ran twice");
+        let err = stored.error.expect("an error");
+        assert_eq!(err.code, "dead_letter");
+        assert!(err.message.contains("delivered 2 times"), "{}", err.message);
+        assert_eq!(w.dead_count().await.unwrap(), 1);
+        assert_eq!(pending_entries(&server).await, (0, 0));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(w.reclaim(&backends(), 10).await.unwrap().is_empty());
+        assert!(!w
+            .complete(&a2, &succeeded(&stored_job(&store, &job).await))
+            .await
+            .unwrap());
+    }
+
+    async fn stored_job(store: &RedisJobStore, job: &Job) -> Job {
+        store.get(&job.id).await.unwrap().unwrap()
+    }
+
+    fn cancelled(job: &Job) -> Job {
+        let mut c = job.clone();
+        c.status = JobStatus::Cancelled;
+        c.finished_ms = Some(sopm_core::types::now_ms());
+        c.error = Some(sopm_core::ErrorInfo {
+            code: "cancelled".into(),
+            message: "cancelled by its owner".into(),
+            traceback: None,
+        });
+        c
+    }
+
+    /// Cancel: a queued job is never delivered; a running one's worker loses its lease
+    /// and its completion is refused; a finished one is `conflict`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancel_queued_and_running() {
+        let Some(server) = RedisServer::start("cancel_queued_and_running") else {
+            return;
+        };
+        let w = node(&server, "w", 5_000, 3);
+        let store = RedisJobStore::new(conn(&server));
+        let queued = new_job("t", json!("queued"));
+        w.enqueue("builtin", &queued, None, None).await.unwrap();
+        let got = w.cancel(&cancelled(&queued)).await.unwrap().expect("known");
+        assert_eq!(got.status, JobStatus::Cancelled);
+        let mut c = w.claim_connection().unwrap();
+        assert!(
+            w.claim(&mut c, &backends(), 10).await.unwrap().is_empty(),
+            "a cancelled queued job is never delivered"
+        );
+
+        let running = new_job("t", json!("running"));
+        w.enqueue("builtin", &running, None, None).await.unwrap();
+        let lease = run(claim_one(&w).await);
+        let r = w.start(&lease).await.unwrap().unwrap();
+        let got = w.cancel(&cancelled(&r)).await.unwrap().expect("known");
+        assert_eq!(got.status, JobStatus::Cancelled);
+        assert!(
+            !w.renew(&lease).await.unwrap(),
+            "the worker learns on renewal"
+        );
+        assert!(!w.complete(&lease, &succeeded(&r)).await.unwrap());
+        assert_eq!(
+            stored_job(&store, &running).await.status,
+            JobStatus::Cancelled
+        );
+        let err = w.cancel(&cancelled(&r)).await.expect_err("second cancel");
+        assert_eq!(err.code(), "conflict");
+        assert!(w
+            .cancel(&cancelled(&new_job("t", json!(0))))
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(pending_entries(&server).await, (0, 0));
+    }
+
+    /// With a capacity, a backend's queue refuses past that many waiting jobs, and a
+    /// delivered job makes room.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn capacity_refuses_and_delivery_makes_room() {
+        let Some(server) = RedisServer::start("capacity") else {
+            return;
+        };
+        let w = node(&server, "w", 5_000, 3);
+        let store = RedisJobStore::new(conn(&server));
+        for i in 1..=2 {
+            let j = new_job("t", json!(i));
+            assert_eq!(
+                w.enqueue("builtin", &j, None, Some(2)).await.unwrap(),
+                Admission::Queued(i)
+            );
+        }
+        let refused = new_job("t", json!(3));
+        assert_eq!(
+            w.enqueue("builtin", &refused, None, Some(2)).await.unwrap(),
+            Admission::Full(2)
+        );
+        assert_eq!(
+            store.get(&refused.id).await.unwrap(),
+            None,
+            "nothing stored"
+        );
+        let _lease = run(claim_one(&w).await);
+        assert_eq!(
+            w.enqueue("builtin", &refused, None, Some(2)).await.unwrap(),
+            Admission::Queued(2)
+        );
+    }
+
+    /// A released job (a node shutting down) is taken by another node at once, without
+    /// waiting for the lease to expire.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_released_job_is_taken_at_once() {
+        let Some(server) = RedisServer::start("released") else {
+            return;
+        };
+        let w1 = node(&server, "w1", 60_000, 3);
+        let w2 = node(&server, "w2", 60_000, 3);
+        let job = new_job("t", json!("released"));
+        w1.enqueue("builtin", &job, None, None).await.unwrap();
+        let lease = run(claim_one(&w1).await);
+        w1.start(&lease).await.unwrap().unwrap();
+        assert!(w1.release(&lease).await.unwrap());
+        let again = run(reclaim_one(&w2).await);
+        assert_eq!(again.attempts, 2);
+        assert!(!w1.complete(&lease, &succeeded(&lease.job)).await.unwrap());
+        let running = w2.start(&again).await.unwrap().unwrap();
+        assert!(w2.complete(&again, &succeeded(&running)).await.unwrap());
+    }
+}

@@ -3,5 +3,9 @@
 //! expired leases, completion in one atomic step, dead letters.
 
 mod conn;
+mod keys;
+mod scripts;
+pub mod stream;
 
 pub use conn::{RedisConfig, RedisConnection};
+pub use stream::{Admission, Claimed, JobQueue, Lease, QueueConfig, DEAD_LETTER_CODE};

@@ -5,10 +5,22 @@
 # (durable SQLite records), with the ratio of each to the same run's /healthz rate.
 #
 # Usage: scripts/bench.sh [duration_seconds]   (default 10; every run is bounded)
+#        scripts/bench.sh cluster [duration_seconds]: the cluster figures instead (Redis,
+#        a registry, a gateway and two workers on loopback, next to one embedded node in
+#        the same run; see scripts/bench_cluster.py)
 # Env: SOPM_BENCH_THREADS (wrk threads, default 2), SOPM_BENCH_CONNECTIONS (default 64),
 #      SOPM_BENCH_PORT (default 18080), SOPM_BENCH_SYNC (sqlite synchronous, default full).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = cluster ]; then
+  for cmd in wrk redis-server docker-registry; do
+    command -v "$cmd" >/dev/null 2>&1 || { echo "cluster figures need $cmd (scripts/test.sh installs it)" >&2; exit 1; }
+  done
+  echo "==> building the release server with the cluster feature"
+  cargo build --release -p sopm-server --features cluster --quiet
+  SOPM_BENCH_DURATION="${2:-10}" exec python3 scripts/bench_cluster.py "${CARGO_TARGET_DIR:-target}/release/sopm"
+fi
 
 duration="${1:-10}"
 threads="${SOPM_BENCH_THREADS:-2}"

@@ -20,6 +20,10 @@ declare -A want=(
   [runsc]=runsc
   [dockerd]=docker.io
   [openssl]=openssl
+  [redis-server]=redis-server
+  [docker-registry]=docker-registry
+  [ip]=iproute2
+  [pkg-config]=pkg-config
 )
 missing=()
 for cmd in "${!want[@]}"; do
@@ -34,6 +38,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The OCI registry client links the system's OpenSSL (native-tls).
+if ! pkg-config --exists openssl 2>/dev/null; then
+  step "installing libssl-dev"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends libssl-dev
 fi
 
 # Sandboxes see only /usr: the tests run Debian's own python3 inside them.
@@ -120,14 +132,28 @@ if [ "$status" -eq 0 ] && [ "$contract" -ne 0 ]; then
   status=$contract
 fi
 
+# deploy/kubernetes against the pinned Kubernetes and KEDA schemas, and the deployment
+# rules (docs/kubernetes.md).
+step "Kubernetes manifests (scripts/validate-manifests.sh)"
+set +e
+scripts/validate-manifests.sh
+manifests=$?
+set -e
+if [ "$status" -eq 0 ] && [ "$manifests" -ne 0 ]; then
+  status=$manifests
+fi
+
 # One closing line over every test binary.
 sum() { grep -E '^test result:' "$log" | grep -Eo "[0-9]+ $1" | awk '{s+=$1} END {print s+0}'; }
 passed=$(sum passed)
 failed=$(sum failed)
 ignored=$(sum ignored)
-# The contract run counts as one test.
-if [ "$contract" -eq 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+# The contract run and the manifest validation count as one test each.
+for result in "$contract" "$manifests"; do
+  if [ "$result" -eq 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+done
 echo
 [ "$contract" -eq 0 ] || echo "API contract: FAILED (exit $contract)"
+[ "$manifests" -eq 0 ] || echo "Kubernetes manifests: FAILED (exit $manifests)"
 echo "total: ${passed} passed, ${failed} failed, ${ignored} skipped"
 exit "$status"

@@ -4,7 +4,14 @@
 
 /// Every sandbox backend SOPM knows, by name, whether or not this build includes it
 /// (settings naming another are refused; one this build lacks is refused when used).
-pub const BACKEND_NAMES: &[&str] = &["process", "gvisor", "docker", "docker-runsc"];
+pub const BACKEND_NAMES: &[&str] = &[
+    "process",
+    "gvisor",
+    "docker",
+    "docker-runsc",
+    "kubernetes",
+    "kubernetes-job",
+];
 
 /// The backend of runtimes and functions the settings leave unassigned.
 pub const DEFAULT_BACKEND: &str = "process";
@@ -100,6 +107,16 @@ mod table {
         BackendEntry {
             name: "docker-runsc",
             make: docker_runsc,
+        },
+        #[cfg(feature = "kubernetes")]
+        BackendEntry {
+            name: "kubernetes",
+            make: kubernetes,
+        },
+        #[cfg(feature = "kubernetes")]
+        BackendEntry {
+            name: "kubernetes-job",
+            make: kubernetes_job,
         },
     ];
 
@@ -207,6 +224,50 @@ mod table {
     #[cfg(feature = "docker")]
     fn docker_runsc(ctx: &BackendContext, wanted: bool) -> Result<Option<Backend>> {
         docker_backend(ctx, wanted, "docker-runsc", Some("runsc"))
+    }
+
+    /// Whether a Kubernetes API may be reachable: in a pod (`KUBERNETES_SERVICE_HOST`), or
+    /// a kubeconfig (`KUBECONFIG`, `~/.kube/config`).
+    #[cfg(feature = "kubernetes")]
+    fn kubernetes_configured() -> bool {
+        std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+            || std::env::var_os("KUBECONFIG").is_some()
+            || std::env::var_os("HOME")
+                .is_some_and(|h| Path::new(&h).join(".kube/config").is_file())
+    }
+
+    /// The warm-pod Kubernetes backend: settings from `SOPM_KUBERNETES_*` and the pool
+    /// variables ([`KubernetesSettings::from_env`](crate::kubernetes::KubernetesSettings::from_env)),
+    /// the cluster from `kube::Config::infer`. Offered when wanted or a cluster may be
+    /// reachable; its artifacts are the local builder's directories, sent in init frames.
+    #[cfg(feature = "kubernetes")]
+    fn kubernetes(ctx: &BackendContext, wanted: bool) -> Result<Option<Backend>> {
+        if !wanted && !kubernetes_configured() {
+            return Ok(None);
+        }
+        let exec = crate::kubernetes::KubernetesSettings::from_env()?.build()?;
+        let started = exec.clone();
+        Ok(Some(Backend {
+            name: "kubernetes",
+            executor: Arc::new(exec),
+            builder: ctx.local_builder.clone(),
+            start: Box::new(move || started.start()),
+        }))
+    }
+
+    /// The Kubernetes Job backend: one Job per call, same settings as `kubernetes`.
+    #[cfg(feature = "kubernetes")]
+    fn kubernetes_job(ctx: &BackendContext, wanted: bool) -> Result<Option<Backend>> {
+        if !wanted && !kubernetes_configured() {
+            return Ok(None);
+        }
+        let exec = crate::kubernetes::KubernetesSettings::from_env()?.build_jobs()?;
+        Ok(Some(Backend {
+            name: "kubernetes-job",
+            executor: Arc::new(exec),
+            builder: ctx.local_builder.clone(),
+            start: Box::new(|| {}),
+        }))
     }
 
     #[cfg(test)]

@@ -10,8 +10,13 @@
 //!   from generated OCI bundles, behind the same warm pool.
 //! - `docker`: [`DockerExecutor`], user functions in warm Docker containers (`runc` or
 //!   `runsc`), and [`DockerBuilder`], which builds their images.
-//! - `redis`: [`RedisJobStore`] and the cluster queue and scheduler in [`redis`]: job
-//!   records, streams per backend with leases and fencing, results pushed over pub/sub.
+//! - `kubernetes`: [`KubernetesExecutor`](kubernetes::KubernetesExecutor), user functions
+//!   in warm Kubernetes pods (stem cells specialised over the runner's TCP port), and
+//!   [`KubernetesJobExecutor`](kubernetes::KubernetesJobExecutor), one Job per call.
+//! - `redis`: [`RedisRegistry`] and [`RedisKeyStore`], the function registry and API
+//!   keys in Redis over one [`RedisConnection`], so many nodes share one state; [`RedisJobStore`] and the cluster queue and
+//!   scheduler in [`redis::queue`] (streams per backend, leases with fencing tokens,
+//!   dead letters, results pushed over pub/sub).
 //! - `local-build`: [`LocalBuilder`], which turns uploaded sources into artifact
 //!   directories, installing `requirements.txt` / `package.json` dependencies inside a
 //!   bubblewrap sandbox. Every sandbox backend enables it.
@@ -21,8 +26,14 @@
 //!   rlimits, cgroups, tool lookup, and [`SandboxSettings`], the one settings type of
 //!   every sandbox backend). A backend uses these two and never another backend.
 //!
+//! - `artifacts` (default): [`artifacts`], artifact directories named by the sha256 of
+//!   their canonical tar, and [`artifacts::LocalArtifactStore`], which keeps them on this
+//!   machine.
+//! - `oci`: [`artifacts::OciArtifactStore`], artifacts pushed to an OCI registry and
+//!   pulled by digest into a size-bounded cache on every node that runs them.
+//!
 //! [`backends`] is the table of named sandbox backends (`process`, `gvisor`, `docker`,
-//! `docker-runsc`): for each, how this host makes its executor, the builder of its
+//! `docker-runsc`, `kubernetes`, `kubernetes-job`): for each, how this host makes its executor, the builder of its
 //! artifacts, and how it starts. Adding a backend is its module plus one entry there.
 //!
 //! Each backend implements the traits of `sopm-core` and passes its conformance
@@ -30,17 +41,14 @@
 
 pub mod backends;
 
+#[cfg(feature = "artifacts")]
+pub mod artifacts;
+
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConfig, SqliteStore};
-
-#[cfg(feature = "redis")]
-pub mod redis;
-
-#[cfg(feature = "redis")]
-pub use redis::RedisJobStore;
 
 #[cfg(feature = "local-build")]
 pub mod build;
@@ -74,3 +82,15 @@ pub use gvisor::GvisorExecutor;
 pub mod docker;
 #[cfg(feature = "docker")]
 pub use docker::{DockerBuilder, DockerExecutor};
+
+/// Kubernetes: warm function pods behind the warm pool, and one Job per call.
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
+
+#[cfg(feature = "redis")]
+pub mod redis;
+
+#[cfg(feature = "redis")]
+pub use crate::redis::{
+    RedisConfig, RedisConnection, RedisJobStore, RedisKeyStore, RedisRegistry, RedisScheduler,
+};

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sopm_backends::sqlite::Synchronous;
 use sopm_backends::{SqliteConfig, SqliteStore};
-use sopm_core::conformance::{self, ConformanceExecutor, ConformanceRouter, SchedulerHarness};
+use sopm_core::conformance::{
+    self, conformance_dispatcher, ConformanceExecutor, ConformanceRouter, SchedulerHarness,
+};
 use sopm_core::types::now_ms;
 use sopm_core::{
     Durability, FunctionRef, Job, JobId, JobStatus, JobStore, LocalScheduler, LocalSchedulerConfig,
@@ -790,7 +792,8 @@ fn crash_recovery() {
         let executor = Arc::new(ConformanceExecutor::new());
         let scheduler = LocalScheduler::new(
             LocalSchedulerConfig::default(),
-            Arc::new(ConformanceRouter::new(executor.clone())),
+            Arc::new(ConformanceRouter::new()),
+            conformance_dispatcher(executor.clone()),
             store.clone(),
         );
         let report = scheduler.recover().await.unwrap();

@@ -5,16 +5,49 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::registry::{Artifact, FunctionVersion};
 use crate::types::truncate_for_message;
 
-/// An uploaded function's source, already checked (relative paths, size caps).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// An uploaded function's source, already checked (relative paths, size caps). In
+/// JSON (a queued build) each file's bytes are standard base64.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Source {
     /// Files by relative path.
+    #[serde(with = "files_base64")]
     pub files: BTreeMap<String, Vec<u8>>,
+}
+
+/// Serde of a source's files as a map of path to base64.
+mod files_base64 {
+    use std::collections::BTreeMap;
+
+    use base64::Engine as _;
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+    pub fn serialize<S: Serializer>(
+        files: &BTreeMap<String, Vec<u8>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(files.iter().map(|(k, v)| (k, B64.encode(v))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
+        BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| match B64.decode(v.as_bytes()) {
+                Ok(bytes) => Ok((k, bytes)),
+                Err(e) => Err(D::Error::custom(format!("file '{k}': not base64: {e}"))),
+            })
+            .collect()
+    }
 }
 
 /// Where a builder writes its log; the platform streams it to the registry.

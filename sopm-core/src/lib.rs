@@ -2,7 +2,9 @@
 //! ([`Registry`], [`Builder`], [`Executor`], [`Scheduler`], plus the [`JobStore`]
 //! behind the scheduler and the [`KeyStore`] of API keys), one error enum with stable
 //! codes, the in-process
-//! [`LocalScheduler`], in-memory stores, and the [`Platform`] that wires them.
+//! [`LocalScheduler`], in-memory stores, and the [`Platform`] that wires them. Jobs are
+//! resolved into a [`Route`] that names a backend, and run by the [`Dispatcher`] of a
+//! node that has it; built artifacts are kept by digest in an [`ArtifactStore`].
 //!
 //! ```no_run
 //! # async fn demo(builtins: std::sync::Arc<dyn sopm_core::Executor>) -> sopm_core::Result<()> {
@@ -17,39 +19,49 @@
 
 pub mod artifacts;
 pub mod builder;
+pub mod builds;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod digest;
+pub mod dispatch;
 pub mod error;
 pub mod executor;
 pub mod jobstore;
 pub mod keys;
 pub mod platform;
+pub mod platform_builder;
 pub mod policy;
 pub mod registry;
+pub mod router;
+mod sandboxes;
 pub mod scheduler;
 mod slots;
 pub mod stats;
 pub mod types;
+pub mod upload;
 
-pub use artifacts::{ArtifactStore, Digest};
+pub use artifacts::{ArtifactStore, InPlaceArtifactStore};
 pub use builder::{BuildLog, Builder, Source};
+pub use builds::{BuildRequest, Builds};
+pub use digest::Digest;
+pub use dispatch::{Dispatcher, BUILTIN_BACKEND};
 pub use error::{Error, ErrorInfo, Result};
 pub use executor::{Example, Executor, FunctionInfo, PoolStats};
 pub use jobstore::{Durability, JobLogEntry, JobStore, MemoryJobStore};
 pub use keys::{ApiKeyInfo, ApiKeySecret, CachedKeyStore, KeyStore, MemoryKeyStore};
-pub use platform::{
-    default_limit_caps, job_output, source_digest, Platform, PlatformBuilder, PlatformStats,
-    StandardRouter, UploadSpec,
-};
+pub use platform::{job_output, Platform, PlatformStats};
+pub use platform_builder::{PlatformBuilder, SchedulerParts};
 pub use registry::{
     Artifact, BuildStatus, FunctionRecord, FunctionVersion, MemoryRegistry, NewVersion, Registry,
     TenantUsage,
 };
+pub use router::StandardRouter;
 pub use scheduler::{
     JobRequest, LocalScheduler, LocalSchedulerConfig, RecoveryReport, Route, Router, Scheduler,
     SubmitMode, Submitted,
 };
-pub use stats::{LatencyHistogram, LatencySummary, SchedulerStats};
+pub use stats::{ClusterStats, LatencyHistogram, LatencySummary, NodeStats, SchedulerStats};
 pub use types::{
     FunctionRef, Invocation, Job, JobId, JobStatus, Limits, Output, Runtime, Target, TenantId,
 };
+pub use upload::{default_limit_caps, source_digest, UploadSpec};

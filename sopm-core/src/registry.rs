@@ -58,7 +58,7 @@ pub enum Artifact {
         /// The digest of its content (a canonical tar of the tree); `None` for an
         /// artifact recorded before digests, which only its own node can run.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        digest: Option<crate::artifacts::Digest>,
+        digest: Option<crate::digest::Digest>,
     },
     /// A container image (docker and kubernetes backends).
     Image {

@@ -15,18 +15,25 @@ use rustc_hash::FxHashMap;
 use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
+use crate::builds::BuildRequest;
+use crate::dispatch::Dispatcher;
 use crate::error::{Error, ErrorInfo, Result};
-use crate::executor::Executor;
 use crate::jobstore::{Durability, JobStore};
 use crate::slots::{Admission, Slot, Slots, TenantCaps};
-use crate::stats::{FunctionCounters, FunctionStats, LatencyHistogram, SchedulerStats};
+use crate::stats::{
+    ClusterStats, FunctionCounters, FunctionStats, LatencyHistogram, SchedulerStats,
+};
 use crate::types::{now_ms, FunctionRef, Invocation, Job, JobId, JobStatus, Target, TenantId};
 
-/// Where a job goes: the executor, the resolved target, and its time limit.
+/// Where a job goes: the backend that runs it (by name), the resolved target, and its
+/// time limit. A route names a backend and never holds an executor, so a node that
+/// does not run the backend can still accept and queue the job; the node that runs
+/// it hands it to its [`Dispatcher`].
 #[derive(Debug, Clone)]
 pub struct Route {
-    /// The executor that runs it.
-    pub executor: Arc<dyn Executor>,
+    /// The name of the backend that runs it ([`BUILTIN_BACKEND`](crate::BUILTIN_BACKEND)
+    /// for built-ins).
+    pub backend: Arc<str>,
     /// The resolved function.
     pub target: Target,
     /// The function's own time limit.
@@ -142,6 +149,34 @@ pub trait Scheduler: Debug + Send + Sync + 'static {
     /// what is left (running: `interrupted`; durable queued jobs stay queued for the
     /// next start) and flushes the job store.
     async fn shutdown(&self, grace: Duration) -> Result<()>;
+
+    /// Whether builds go through this scheduler (to whichever node has the builder)
+    /// instead of running in the uploading process. Default: no.
+    fn queues_builds(&self) -> bool {
+        false
+    }
+
+    /// Hands a build over (when [`queues_builds`](Self::queues_builds)); the version is
+    /// already recorded `building`. Default: `unavailable`.
+    async fn submit_build(&self, request: BuildRequest) -> Result<()> {
+        Err(Error::Unavailable(format!(
+            "this scheduler does not queue builds (version {} of '{}')",
+            request.version.version, request.version.function_id
+        )))
+    }
+
+    /// Called by the platform after it retired a deleted function (`version: None`) or
+    /// one pruned version on this node; a cluster scheduler tells every other node, which
+    /// retires it through its [`Dispatcher`]. Default: nothing to tell.
+    async fn retired(&self, _function_id: &str, _version: Option<u32>) -> Result<()> {
+        Ok(())
+    }
+
+    /// The figures of every node, when this scheduler spans several. Default: `None`
+    /// (one node; [`stats`](Self::stats) says it all).
+    async fn cluster_stats(&self) -> Result<Option<ClusterStats>> {
+        Ok(None)
+    }
 }
 
 /// Settings of a [`LocalScheduler`].
@@ -240,6 +275,7 @@ const SHARDS: usize = 16;
 struct Inner {
     config: LocalSchedulerConfig,
     router: Arc<dyn Router>,
+    dispatcher: Arc<Dispatcher>,
     store: Arc<dyn JobStore>,
     slots: Arc<Slots>,
     running: AtomicU64,
@@ -285,10 +321,12 @@ fn shard_of(id: &JobId) -> usize {
 }
 
 impl LocalScheduler {
-    /// A scheduler that routes with `router` and records in `store`.
+    /// A scheduler that routes with `router`, runs jobs through `dispatcher` and
+    /// records in `store`.
     pub fn new(
         config: LocalSchedulerConfig,
         router: Arc<dyn Router>,
+        dispatcher: Arc<Dispatcher>,
         store: Arc<dyn JobStore>,
     ) -> Self {
         let (shutdown_tx, _) = watch::channel(false);
@@ -306,6 +344,7 @@ impl LocalScheduler {
             inner: Arc::new(Inner {
                 config,
                 router,
+                dispatcher,
                 store,
                 slots,
                 running: AtomicU64::new(0),
@@ -530,7 +569,7 @@ async fn run_job(inner: Arc<Inner>, live: Arc<LiveJob>, route: Route, admission:
     };
     let mut call = std::pin::pin!(tokio::time::timeout_at(
         deadline.into(),
-        route.executor.invoke(invocation)
+        inner.dispatcher.invoke(&route.backend, invocation)
     ));
     // A job that finishes on its first poll (most built-ins) needs no separate
     // "running" record: its final record follows at once.
@@ -566,6 +605,14 @@ impl Scheduler for LocalScheduler {
             .router
             .route(&request.tenant, &request.function)
             .await?;
+        if !inner.dispatcher.has(&route.backend) {
+            // One process has no queue to another node: refuse rather than accept a
+            // job that cannot run.
+            return Err(Error::Unavailable(format!(
+                "the '{}' backend is not on this node, and this scheduler does not queue jobs for other nodes",
+                route.backend
+            )));
+        }
         let limit = request
             .timeout
             .map_or(route.timeout, |t| t.min(route.timeout))

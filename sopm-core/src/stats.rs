@@ -210,6 +210,36 @@ pub struct SchedulerStats {
     pub functions: Vec<FunctionStats>,
 }
 
+/// One node of a cluster as the cluster scheduler last heard of it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// The node's id (`--node-id`).
+    pub node_id: String,
+    /// Its role: `all`, `gateway` or `worker`.
+    pub role: String,
+    /// The address it advertises.
+    pub address: String,
+    /// The backends it runs (`builtin` included).
+    pub backends: Vec<String>,
+    /// Its executors' warm pools.
+    pub pools: Vec<crate::executor::PoolStats>,
+    /// Jobs running on it now.
+    pub running: u64,
+    /// When it last reported, in ms since the epoch.
+    pub last_seen_ms: u64,
+    /// Its scheduler's figures.
+    pub stats: SchedulerStats,
+}
+
+/// The figures of every node of a cluster and their totals.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStats {
+    /// Each node, as last reported.
+    pub nodes: Vec<NodeStats>,
+    /// The nodes' counters added up.
+    pub totals: SchedulerStats,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

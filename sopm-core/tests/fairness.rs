@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde_json::json;
 use sopm_core::{
-    Error, Executor, FunctionRef, Invocation, JobRequest, JobStore, LocalScheduler,
-    LocalSchedulerConfig, MemoryJobStore, Output, Result, Route, Router, Scheduler, SubmitMode,
-    Submitted, Target, TenantId,
+    Dispatcher, Error, Executor, FunctionRef, InPlaceArtifactStore, Invocation, JobRequest,
+    JobStore, LocalScheduler, LocalSchedulerConfig, MemoryJobStore, Output, Result, Route, Router,
+    Scheduler, SubmitMode, Submitted, Target, TenantId,
 };
 use tokio::sync::Semaphore;
 
@@ -38,13 +38,13 @@ impl Executor for Gated {
 }
 
 #[derive(Debug)]
-struct ToGated(Arc<Gated>);
+struct ToGated;
 
 #[async_trait]
 impl Router for ToGated {
     async fn route(&self, _: &TenantId, function: &FunctionRef) -> Result<Route> {
         Ok(Route {
-            executor: self.0.clone(),
+            backend: Arc::from(sopm_core::BUILTIN_BACKEND),
             target: Target::Builtin(Arc::from("gated")),
             timeout: Duration::from_secs(60),
             function: function.clone(),
@@ -69,7 +69,14 @@ fn scheduler(
             max_queued_per_tenant,
             ..LocalSchedulerConfig::default()
         },
-        Arc::new(ToGated(gated.clone())),
+        Arc::new(ToGated),
+        Arc::new(Dispatcher::new(
+            vec![(
+                sopm_core::BUILTIN_BACKEND.to_string(),
+                gated.clone() as Arc<dyn Executor>,
+            )],
+            Arc::new(InPlaceArtifactStore),
+        )),
         Arc::new(MemoryJobStore::new()) as Arc<dyn JobStore>,
     );
     (s, gated)

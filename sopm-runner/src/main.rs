@@ -32,6 +32,18 @@
 //! neither read nor forge frames. `sopm-runner --stdio` can also be started directly
 //! with frames on stdin and stdout.
 //!
+//! # TCP mode
+//!
+//! In a Kubernetes pod the host reaches the runner over the network instead:
+//! `sopm-runner --listen HOST:PORT` listens there and takes two connections, each opened
+//! with the line `sopm-runner/1 frames|logs <token>`, the token being the pod's secret
+//! (`SOPM_RUNNER_TOKEN`, at least 16 bytes, compared in constant time and kept out of
+//! every function's environment). A connection with a wrong or late line is closed (64
+//! of them end the runner). Once both are in, the listener closes and the frames
+//! connection carries the frames both ways and the logs connection the log channel, as
+//! the pipes do in pipe mode. (The static runner runs no user code in its own process,
+//! so its own stdout and stderr stay where the pod put them.)
+//!
 //! # Building
 //!
 //! `scripts/build-runner.sh` builds it statically (glibc with `crt-static`) and prints
@@ -39,6 +51,7 @@
 
 mod code;
 mod frames;
+mod listen;
 mod supervise;
 
 use std::collections::BTreeMap;
@@ -70,6 +83,10 @@ fn main() -> ExitCode {
             Ok(env) => serve(env),
             Err(message) => usage(&message),
         },
+        Some(flag) if flag == "--listen" => match (args.next(), args.next()) {
+            (Some(address), None) => serve_tcp(&address.to_string_lossy()),
+            _ => usage("--listen takes one HOST:PORT"),
+        },
         Some(other) => usage(&format!("unknown argument {other:?}")),
     }
 }
@@ -78,6 +95,7 @@ fn usage(message: &str) -> ExitCode {
     eprintln!("sopm-runner: {message}");
     eprintln!("usage: sopm-runner            (frames on fds 3/4, logs on fd 5)");
     eprintln!("       sopm-runner --stdio [--env KEY=VALUE..]   (frames on stdin/stdout)");
+    eprintln!("       sopm-runner --listen HOST:PORT   (TCP mode, token in SOPM_RUNNER_TOKEN)");
     ExitCode::from(2)
 }
 
@@ -152,6 +170,38 @@ fn serve(base_env: BTreeMap<OsString, OsString>) -> ExitCode {
         function: None,
     };
     match runner.run(BufReader::with_capacity(1 << 16, frames_in)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sopm-runner: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// TCP mode: waits for the host's two authenticated connections, then runs the protocol
+/// loop over them.
+fn serve_tcp(address: &str) -> ExitCode {
+    let token = std::env::var_os(listen::TOKEN_VAR).unwrap_or_default();
+    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    env.remove(OsStr::new(listen::TOKEN_VAR));
+    let channels = match listen::accept_host(address, token.as_bytes()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sopm-runner: {e}");
+            return ExitCode::from(if e.kind() == io::ErrorKind::PermissionDenied {
+                3
+            } else {
+                2
+            });
+        }
+    };
+    let mut runner = Runner {
+        frames_out: channels.frames_out,
+        log: channels.log,
+        base_env: env,
+        function: None,
+    };
+    match runner.run(BufReader::with_capacity(1 << 16, channels.frames_in)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sopm-runner: {e}");

@@ -119,6 +119,14 @@ pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
         // The `docker` backend's containers run under gVisor too.
         builder = builder.with_isolation("docker", sopm_core::policy::Isolation::UserSpaceKernel);
     }
+    #[cfg(feature = "kubernetes")]
+    if std::env::var("SOPM_KUBERNETES_RUNTIME_CLASS").map_or(true, |c| c.trim() == "gvisor") {
+        // Function pods run under the `gvisor` RuntimeClass (handler `runsc`, as
+        // deploy/kubernetes defines it); any other class is assumed to share the kernel.
+        for name in ["kubernetes", "kubernetes-job"] {
+            builder = builder.with_isolation(name, sopm_core::policy::Isolation::UserSpaceKernel);
+        }
+    }
     let keys: Arc<dyn KeyStore> = match c.storage {
         Storage::Memory => Arc::new(MemoryKeyStore::new()),
         Storage::Sqlite => {

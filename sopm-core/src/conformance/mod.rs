@@ -1323,18 +1323,29 @@ impl Executor for ConformanceExecutor {
     }
 }
 
-/// A router that sends the [`ConformanceExecutor`]'s functions (as built-ins) to it
-/// with a 10 s time limit; anything else is `not_found`.
-#[derive(Debug)]
+/// A router that sends the [`ConformanceExecutor`]'s functions (as built-ins, backend
+/// [`BUILTIN_BACKEND`](crate::BUILTIN_BACKEND)) with a 10 s time limit; anything else
+/// is `not_found`. Pair it with [`conformance_dispatcher`].
+#[derive(Debug, Default)]
 pub struct ConformanceRouter {
-    executor: Arc<ConformanceExecutor>,
+    backend: Arc<str>,
 }
 
 impl ConformanceRouter {
-    /// Routes to `executor`.
-    pub fn new(executor: Arc<ConformanceExecutor>) -> Self {
-        ConformanceRouter { executor }
+    /// Routes the conformance functions to the built-in backend.
+    pub fn new() -> Self {
+        ConformanceRouter {
+            backend: Arc::from(crate::BUILTIN_BACKEND),
+        }
     }
+}
+
+/// A dispatcher that runs the built-in backend in `executor` (artifacts in place).
+pub fn conformance_dispatcher(executor: Arc<ConformanceExecutor>) -> Arc<crate::Dispatcher> {
+    Arc::new(crate::Dispatcher::new(
+        vec![(crate::BUILTIN_BACKEND.to_string(), executor)],
+        Arc::new(crate::InPlaceArtifactStore),
+    ))
 }
 
 #[async_trait]
@@ -1345,7 +1356,7 @@ impl Router for ConformanceRouter {
                 if ConformanceExecutor::FUNCTIONS.contains(&name.as_ref()) =>
             {
                 Ok(Route {
-                    executor: self.executor.clone(),
+                    backend: self.backend.clone(),
                     target: Target::Builtin(name.clone()),
                     timeout: Duration::from_secs(10),
                     function: function.clone(),
@@ -1364,6 +1375,8 @@ impl Router for ConformanceRouter {
 pub struct SchedulerSetup {
     /// The router to resolve functions with (a [`ConformanceRouter`]).
     pub router: Arc<dyn Router>,
+    /// The dispatcher that runs them (see [`conformance_dispatcher`]).
+    pub dispatcher: Arc<crate::Dispatcher>,
     /// The job store to record into.
     pub store: Arc<dyn JobStore>,
     /// Most jobs running at once.
@@ -1413,6 +1426,7 @@ impl SchedulerHarness {
                     ..LocalSchedulerConfig::default()
                 },
                 setup.router,
+                setup.dispatcher,
                 setup.store,
             ))
         })
@@ -1431,7 +1445,8 @@ impl SchedulerHarness {
     ) -> Rig {
         let executor = Arc::new(ConformanceExecutor::new());
         let scheduler = (self.make)(SchedulerSetup {
-            router: Arc::new(ConformanceRouter::new(executor.clone())),
+            router: Arc::new(ConformanceRouter::new()),
+            dispatcher: conformance_dispatcher(executor.clone()),
             store: store.clone(),
             max_concurrency,
             queue_capacity,

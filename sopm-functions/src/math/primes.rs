@@ -95,7 +95,7 @@ fn is_prime_u64(n: u64) -> bool {
     if n < 2 {
         return false;
     }
-    if let Some(&p) = BASES.iter().find(|&&p| n % p == 0) {
+    if let Some(&p) = BASES.iter().find(|&&p| n.is_multiple_of(p)) {
         return n == p;
     }
     // n - 1 = d · 2^s with d odd.
@@ -127,7 +127,7 @@ fn factorize(mut n: u64) -> Result<Vec<u64>> {
     let mut factors = Vec::new();
     let mut d = 2;
     while d < TRIAL_LIMIT && d * d <= n {
-        while n % d == 0 {
+        while n.is_multiple_of(d) {
             factors.push(d);
             n /= d;
         }
@@ -276,7 +276,12 @@ mod tests {
 
     #[test]
     fn miller_rabin_agrees_with_trial_division() {
-        let trial = |n: u64| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+        let trial = |n: u64| {
+            n >= 2
+                && (2..)
+                    .take_while(|d| d * d <= n)
+                    .all(|d| !n.is_multiple_of(d))
+        };
         for n in 0..20_000 {
             assert_eq!(is_prime_u64(n), trial(n), "{n}");
         }

@@ -2,7 +2,7 @@
 //! read whole, a chunked body joined, and the body parsed as JSON (`Null` if it is not).
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -60,12 +60,26 @@ impl Request {
 /// Sends `req` to `127.0.0.1:port` and reads the status and the JSON body, waiting at
 /// most `timeout` for each read.
 pub fn send(port: u16, req: &Request, timeout: Duration) -> std::io::Result<(u16, Value)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    send_to(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &format!("localhost:{port}"),
+        req,
+        timeout,
+    )
+}
+
+/// Sends `req` to `addr` with the `Host` header `host`, and reads the status and the
+/// JSON body, waiting at most `timeout` to connect and for each read.
+pub fn send_to(
+    addr: SocketAddr,
+    host: &str,
+    req: &Request,
+    timeout: Duration,
+) -> std::io::Result<(u16, Value)> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
-    let mut head = format!(
-        "{} {} HTTP/1.1\r\nHost: localhost:{port}\r\n",
-        req.method, req.path
-    );
+    s.set_write_timeout(Some(timeout))?;
+    let mut head = format!("{} {} HTTP/1.1\r\nHost: {host}\r\n", req.method, req.path);
     for (name, value) in &req.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }

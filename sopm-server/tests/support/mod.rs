@@ -1,11 +1,14 @@
 //! The harness of the tests that start the real `sopm` binary: `sopm serve` on a free
 //! loopback port ([`server`]), the HTTP/1.1 client they talk to it with ([`http`]),
-//! and the skip-or-fail rule for outside programs a test needs ([`skip`]).
+//! the skip-or-fail rule for outside programs a test needs ([`skip`]), and for the
+//! cluster tests, network namespaces ([`netns`]) and nodes in them ([`cluster`]).
 //!
 //! Each test file includes it with `mod support;` and uses the part it needs.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod http;
+pub mod netns;
 pub mod server;
 pub mod skip;
 

@@ -3,6 +3,15 @@
 // prologue with frames on fd 3 (in) and fd 4 (out), a private copy of the log channel on
 // fd 5, and fds 1 and 2 (console.log, process.stdout/stderr) on the log channel, so user
 // output never touches the frame stream even though node cannot dup2.
+//
+// TCP mode (`runner.js --listen HOST:PORT`, a Kubernetes pod): this process listens on
+// the port and takes two connections from the host, each opened with the line
+// `sopm-runner/1 frames|logs <token>`, the token being the pod's secret
+// (`SOPM_RUNNER_TOKEN`). A connection with a wrong or late line is closed. Once both
+// channels are in, it starts the runner again as a child in pipe mode, with the frames
+// connection as fds 3 and 4 and the logs connection as fds 5, 1 and 2 (node cannot dup2,
+// so a child is how the descriptors get there), without the token in its environment,
+// closes its own copies, and ends with the child.
 
 const fs = require('fs');
 const net = require('net');
@@ -173,26 +182,111 @@ async function handle(line) {
   }
 }
 
-const input = new net.Socket({ fd: 3, readable: true, writable: false });
-let pending = [];
-input.on('data', (chunk) => {
-  let start = 0;
-  let nl;
-  while ((nl = chunk.indexOf(10, start)) !== -1) {
-    pending.push(chunk.subarray(start, nl));
-    const line = Buffer.concat(pending).toString('utf8');
-    pending = [];
-    queue = queue.then(() => handle(line));
-    start = nl + 1;
+function runOnFds() {
+  const input = new net.Socket({ fd: 3, readable: true, writable: false });
+  let pending = [];
+  input.on('data', (chunk) => {
+    let start = 0;
+    let nl;
+    while ((nl = chunk.indexOf(10, start)) !== -1) {
+      pending.push(chunk.subarray(start, nl));
+      const line = Buffer.concat(pending).toString('utf8');
+      pending = [];
+      queue = queue.then(() => handle(line));
+      start = nl + 1;
+    }
+    if (start < chunk.length) pending.push(chunk.subarray(start));
+  });
+  input.on('end', () => queue.then(() => process.exit(0)));
+  input.on('error', () => process.exit(0));
+  process.on('unhandledRejection', (e) => {
+    process.stderr.write('unhandled rejection: ' + describe(e) + '\n');
+  });
+  process.on('uncaughtException', (e) => {
+    process.stderr.write('uncaught exception: ' + ((e && e.stack) || describe(e)) + '\n');
+  });
+  send({ type: 'hello', runner: 'node' });
+}
+
+const AUTH_LINE_MAX = 512;
+const AUTH_TIMEOUT_MS = 10000;
+const MAX_REFUSED = 64;
+
+function listenForHost(address) {
+  const token = Buffer.from(process.env.SOPM_RUNNER_TOKEN || '', 'utf8');
+  if (token.length < 16) {
+    process.stderr.write('sopm runner: --listen needs SOPM_RUNNER_TOKEN (16 characters or more)\n');
+    process.exit(2);
   }
-  if (start < chunk.length) pending.push(chunk.subarray(start));
-});
-input.on('end', () => queue.then(() => process.exit(0)));
-input.on('error', () => process.exit(0));
-process.on('unhandledRejection', (e) => {
-  process.stderr.write('unhandled rejection: ' + describe(e) + '\n');
-});
-process.on('uncaughtException', (e) => {
-  process.stderr.write('uncaught exception: ' + ((e && e.stack) || describe(e)) + '\n');
-});
-send({ type: 'hello', runner: 'node' });
+  const env = Object.assign({}, process.env);
+  delete env.SOPM_RUNNER_TOKEN;
+  const colon = address.lastIndexOf(':');
+  const host = (colon > 0 ? address.slice(0, colon) : '').replace(/^\[|\]$/g, '') || '0.0.0.0';
+  const port = Number(address.slice(colon + 1));
+  const channels = {};
+  let refused = 0;
+  const server = net.createServer((sock) => {
+    let buf = Buffer.alloc(0);
+    const refuse = () => {
+      clearTimeout(timer);
+      sock.destroy();
+      if (++refused >= MAX_REFUSED) process.exit(3);
+    };
+    const timer = setTimeout(refuse, AUTH_TIMEOUT_MS);
+    const onData = (chunk) => {
+      buf = Buffer.concat([buf, chunk]);
+      const nl = buf.indexOf(10);
+      if (nl === -1) {
+        if (buf.length > AUTH_LINE_MAX) refuse();
+        return;
+      }
+      sock.removeListener('data', onData);
+      sock.pause();
+      clearTimeout(timer);
+      const parts = buf.subarray(0, nl).toString('latin1').split(' ');
+      const given = Buffer.from(parts[2] || '', 'latin1');
+      const ok =
+        nl === buf.length - 1 &&
+        parts.length === 3 &&
+        parts[0] === 'sopm-runner/1' &&
+        (parts[1] === 'frames' || parts[1] === 'logs') &&
+        !channels[parts[1]] &&
+        given.length === token.length &&
+        require('crypto').timingSafeEqual(given, token);
+      if (!ok) {
+        refuse();
+        return;
+      }
+      channels[parts[1]] = sock;
+      if (channels.frames && channels.logs) start();
+    };
+    sock.on('data', onData);
+    sock.on('error', () => {});
+  });
+  function start() {
+    server.close();
+    const { spawn } = require('child_process');
+    const child = spawn(process.execPath, [...process.execArgv, __filename], {
+      env,
+      stdio: ['ignore', channels.logs, channels.logs, channels.frames, channels.frames, channels.logs],
+    });
+    // The child holds the connections now; this process only waits for it.
+    channels.frames.destroy();
+    channels.logs.destroy();
+    child.on('exit', (code, signal) => {
+      process.exit(code === null ? 128 + (require('os').constants.signals[signal] || 9) : code);
+    });
+  }
+  server.on('error', (e) => {
+    process.stderr.write('sopm runner: cannot listen on ' + address + ': ' + e.message + '\n');
+    process.exit(2);
+  });
+  server.listen(port, host);
+}
+
+const listenAt = process.argv.indexOf('--listen');
+if (listenAt > 1 && process.argv.length === listenAt + 2) {
+  listenForHost(process.argv[listenAt + 1]);
+} else {
+  runOnFds();
+}

@@ -4,6 +4,14 @@ Started by the sandbox prologue with frames on fd 3 (in) and fd 4 (out), a priva
 of the log channel on fd 5, and fds 1 and 2 on the log channel. Python functions run in
 this process; shell scripts and static binaries run as a child per invocation, this
 runner being their supervisor.
+
+TCP mode (`runner.py --listen HOST:PORT`, a Kubernetes pod): the runner listens on the
+port and takes two connections from the host, each opened with the line
+`sopm-runner/1 frames|logs <token>` where the token is the pod's secret
+(`SOPM_RUNNER_TOKEN`, removed from the environment before any user code loads). A
+connection with a wrong or late line is closed. Once both channels are in, the frames
+connection becomes fds 3 and 4 and the logs connection fds 5, 1 and 2, the listener is
+closed, and everything goes on exactly as in pipe mode.
 """
 
 import base64
@@ -21,10 +29,11 @@ FRAME_IN, FRAME_OUT, LOG_FD = 3, 4, 5
 RUNNER_PID = os.getpid()
 TRACEBACK_CAP = 32 * 1024
 STDERR_TAIL = 2048
+TOKEN = os.environ.pop("SOPM_RUNNER_TOKEN", None)
 BASE_ENV = dict(os.environ)
-
-for _fd in (FRAME_IN, FRAME_OUT, LOG_FD):
-    os.set_inheritable(_fd, False)
+AUTH_LINE_MAX = 512
+AUTH_TIMEOUT_S = 10
+MAX_REFUSED = 64
 
 
 def write_all(fd, data):
@@ -301,7 +310,83 @@ def describe(e):
     return "%s: %s" % (name, text) if text else name
 
 
+def read_auth_line(conn):
+    line = bytearray()
+    while len(line) <= AUTH_LINE_MAX:
+        b = conn.recv(1)
+        if not b:
+            return None
+        if b == b"\n":
+            return bytes(line)
+        line += b
+    return None
+
+
+def listen_for_host(address, token):
+    """TCP mode: waits for the host's authenticated frames and logs connections and puts
+    them where the pipe-mode prologue would have put the pipes."""
+    import hmac
+    import socket
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server = socket.socket(family, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((host, int(port)))
+    server.listen(8)
+    expected = token.encode()
+    channels = {}
+    refused = 0
+    while len(channels) < 2:
+        conn, _ = server.accept()
+        try:
+            conn.settimeout(AUTH_TIMEOUT_S)
+            line = read_auth_line(conn)
+        except OSError:
+            line = None
+        parts = line.split(b" ") if line else []
+        if (
+            len(parts) == 3
+            and parts[0] == b"sopm-runner/1"
+            and parts[1] in (b"frames", b"logs")
+            and parts[1] not in channels
+            and hmac.compare_digest(parts[2], expected)
+        ):
+            conn.settimeout(None)
+            channels[parts[1]] = conn
+            continue
+        conn.close()
+        refused += 1
+        if refused >= MAX_REFUSED:
+            sys.exit(3)
+    server.close()
+    import fcntl
+
+    # Moved above the descriptors they are going to, so none is overwritten before use.
+    accepted = [channels[b"frames"].detach(), channels[b"logs"].detach()]
+    frames, logs = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in accepted)
+    for fd in accepted:
+        os.close(fd)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    for fd in (FRAME_IN, FRAME_OUT):
+        os.dup2(frames, fd)
+    for fd in (LOG_FD, 1, 2):
+        os.dup2(logs, fd)
+    os.close(frames)
+    os.close(logs)
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--listen":
+        if not TOKEN or len(TOKEN) < 16:
+            sys.stderr.write("sopm runner: --listen needs SOPM_RUNNER_TOKEN (16 characters or more)\n")
+            sys.exit(2)
+        listen_for_host(sys.argv[2], TOKEN)
+    for fd in (FRAME_IN, FRAME_OUT, LOG_FD):
+        os.set_inheritable(fd, False)
     frames = os.fdopen(FRAME_IN, "rb", buffering=1 << 16)
     send({"type": "hello", "runner": "python"})
     function = None

@@ -8,11 +8,16 @@
 mod redis_server;
 
 use redis_server::RedisServer;
-use sopm_backends::redis::{RedisConfig, RedisConnection, RedisJobStore};
+use sopm_backends::redis::{RedisConfig, RedisJobStore};
 use sopm_core::conformance;
 
-fn job_store(server: &RedisServer) -> RedisJobStore {
-    RedisJobStore::new(RedisConnection::new(RedisConfig::new(server.url())).expect("connection"))
+async fn job_store(server: &RedisServer) -> RedisJobStore {
+    RedisJobStore::new(
+        RedisConfig::new(server.url())
+            .connect()
+            .await
+            .expect("connection"),
+    )
 }
 
 // --- job store conformance -----------------------------------------------------------
@@ -24,7 +29,7 @@ macro_rules! job_store_check {
             let Some(server) = RedisServer::start(stringify!($name)) else {
                 return;
             };
-            conformance::$name(&job_store(&server)).await;
+            conformance::$name(&job_store(&server).await).await;
         }
     };
 }
@@ -43,7 +48,7 @@ async fn job_store_checks_share_one_server() {
     let Some(server) = RedisServer::start("job_store_checks_share_one_server") else {
         return;
     };
-    let store = job_store(&server);
+    let store = job_store(&server).await;
     conformance::job_store_round_trip(&store).await;
     conformance::job_store_never_moves_back(&store).await;
     conformance::job_store_unfinished(&store).await;
@@ -70,7 +75,7 @@ async fn job_store_survives_a_redis_crash_and_says_unavailable_meanwhile() {
     let Some(mut server) = RedisServer::start("job_store_survives_a_redis_crash") else {
         return;
     };
-    let store = job_store(&server);
+    let store = job_store(&server).await;
     let jobs: Vec<_> = (0..50).map(|_| queued_job("crash")).collect();
     for j in &jobs {
         store.put(j, Durability::Durable).await.expect("put");
@@ -124,13 +129,21 @@ mod queue {
 
     use super::redis_server::RedisServer;
 
-    fn conn(server: &RedisServer) -> RedisConnection {
-        RedisConnection::new(RedisConfig::new(server.url())).expect("connection")
+    async fn conn(server: &RedisServer) -> RedisConnection {
+        RedisConfig::new(server.url())
+            .connect()
+            .await
+            .expect("connection")
     }
 
-    fn node(server: &RedisServer, name: &str, lease_ms: u64, max_deliveries: u32) -> JobQueue {
+    async fn node(
+        server: &RedisServer,
+        name: &str,
+        lease_ms: u64,
+        max_deliveries: u32,
+    ) -> JobQueue {
         JobQueue::new(
-            conn(server),
+            conn(server).await,
             name,
             QueueConfig {
                 lease: Duration::from_millis(lease_ms),
@@ -196,7 +209,7 @@ mod queue {
     }
 
     async fn pending_entries(server: &RedisServer) -> (u64, u64) {
-        let mut c = conn(server).manager();
+        let mut c = conn(server).await.manager();
         let xlen: u64 = redis::cmd("XLEN")
             .arg("sopm:q:builtin")
             .query_async(&mut c)
@@ -225,10 +238,14 @@ mod queue {
         let Some(server) = RedisServer::start("enqueue_claim_complete") else {
             return;
         };
-        let gateway = node(&server, "gw", 5_000, 3);
-        let worker = node(&server, "w1", 5_000, 3);
-        let store = RedisJobStore::new(conn(&server));
-        let mut pubsub = conn(&server).client().get_async_pubsub().await.unwrap();
+        let gateway = node(&server, "gw", 5_000, 3).await;
+        let worker = node(&server, "w1", 5_000, 3).await;
+        let store = RedisJobStore::new(conn(&server).await);
+        let mut pubsub = redis::Client::open(server.url())
+            .unwrap()
+            .get_async_pubsub()
+            .await
+            .unwrap();
         pubsub.subscribe(gateway.done_channel("gw")).await.unwrap();
 
         let job = new_job("t", json!({"x": 1}));
@@ -285,10 +302,10 @@ mod queue {
         let Some(server) = RedisServer::start("expired_lease_taken_over") else {
             return;
         };
-        let gateway = node(&server, "gw", 300, 3);
-        let w1 = node(&server, "w1", 300, 3);
-        let w2 = node(&server, "w2", 300, 3);
-        let store = RedisJobStore::new(conn(&server));
+        let gateway = node(&server, "gw", 300, 3).await;
+        let w1 = node(&server, "w1", 300, 3).await;
+        let w2 = node(&server, "w2", 300, 3).await;
+        let store = RedisJobStore::new(conn(&server).await);
         let job = new_job("t", json!("takeover"));
         gateway.enqueue("builtin", &job, None, None).await.unwrap();
 
@@ -334,8 +351,8 @@ mod queue {
         let Some(server) = RedisServer::start("renewed_lease_kept") else {
             return;
         };
-        let w1 = node(&server, "w1", 1_500, 3);
-        let w2 = node(&server, "w2", 1_500, 3);
+        let w1 = node(&server, "w1", 1_500, 3).await;
+        let w2 = node(&server, "w2", 1_500, 3).await;
         let job = new_job("t", json!("long"));
         w1.enqueue("builtin", &job, None, None).await.unwrap();
         let lease = run(claim_one(&w1).await);
@@ -362,8 +379,8 @@ mod queue {
         let Some(server) = RedisServer::start("dead_letter") else {
             return;
         };
-        let w = node(&server, "w", 200, 2);
-        let store = RedisJobStore::new(conn(&server));
+        let w = node(&server, "w", 200, 2).await;
+        let store = RedisJobStore::new(conn(&server).await);
         let job = new_job("t", json!("poison"));
         w.enqueue("builtin", &job, None, None).await.unwrap();
         let a1 = run(claim_one(&w).await);
@@ -415,8 +432,8 @@ mod queue {
         let Some(server) = RedisServer::start("cancel_queued_and_running") else {
             return;
         };
-        let w = node(&server, "w", 5_000, 3);
-        let store = RedisJobStore::new(conn(&server));
+        let w = node(&server, "w", 5_000, 3).await;
+        let store = RedisJobStore::new(conn(&server).await);
         let queued = new_job("t", json!("queued"));
         w.enqueue("builtin", &queued, None, None).await.unwrap();
         let got = w.cancel(&cancelled(&queued)).await.unwrap().expect("known");
@@ -459,8 +476,8 @@ mod queue {
         let Some(server) = RedisServer::start("capacity") else {
             return;
         };
-        let w = node(&server, "w", 5_000, 3);
-        let store = RedisJobStore::new(conn(&server));
+        let w = node(&server, "w", 5_000, 3).await;
+        let store = RedisJobStore::new(conn(&server).await);
         for i in 1..=2 {
             let j = new_job("t", json!(i));
             assert_eq!(
@@ -492,8 +509,8 @@ mod queue {
         let Some(server) = RedisServer::start("released") else {
             return;
         };
-        let w1 = node(&server, "w1", 60_000, 3);
-        let w2 = node(&server, "w2", 60_000, 3);
+        let w1 = node(&server, "w1", 60_000, 3).await;
+        let w2 = node(&server, "w2", 60_000, 3).await;
         let job = new_job("t", json!("released"));
         w1.enqueue("builtin", &job, None, None).await.unwrap();
         let lease = run(claim_one(&w1).await);
@@ -504,5 +521,138 @@ mod queue {
         assert!(!w1.complete(&lease, &succeeded(&lease.job)).await.unwrap());
         let running = w2.start(&again).await.unwrap().unwrap();
         assert!(w2.complete(&again, &succeeded(&running)).await.unwrap());
+    }
+}
+
+// --- the cluster scheduler -----------------------------------------------------------
+
+mod scheduler {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use parking_lot::Mutex;
+    use sopm_backends::redis::queue::{
+        AtShutdown, NodeRole, QueueConfig, RedisScheduler, RedisSchedulerConfig,
+    };
+    use sopm_backends::redis::{RedisConfig, RedisConnection, RedisJobStore};
+    use sopm_core::conformance::{self, SchedulerHarness};
+    use sopm_core::{JobStore, Scheduler};
+
+    use super::redis_server::RedisServer;
+
+    /// Connects from the harness's synchronous factories (on a multi-thread runtime).
+    fn connect_now(config: RedisConfig) -> RedisConnection {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(config.connect())
+                .expect("connection")
+        })
+    }
+
+    /// Each check gets a store under a prefix of its own (recovery reads every
+    /// unfinished job of a store), and the scheduler made next uses that prefix.
+    fn harness(server: &RedisServer, in_process: bool) -> SchedulerHarness {
+        let url = server.url();
+        let url2 = url.clone();
+        let last = Arc::new(Mutex::new(String::new()));
+        let last2 = last.clone();
+        let n = Arc::new(AtomicUsize::new(0));
+        SchedulerHarness::new(
+            move || {
+                let prefix = format!("check{}:", n.fetch_add(1, Ordering::Relaxed));
+                *last.lock() = prefix.clone();
+                let conn = connect_now(RedisConfig::new(url.clone()).with_prefix(prefix));
+                Arc::new(RedisJobStore::new(conn)) as Arc<dyn JobStore>
+            },
+            move |setup| {
+                let prefix = last2.lock().clone();
+                let conn = connect_now(RedisConfig::new(url2.clone()).with_prefix(prefix));
+                let mut config = RedisSchedulerConfig::new("node-a");
+                config.max_concurrency = setup.max_concurrency;
+                config.queue_capacity = setup.queue_capacity;
+                config.builtin_waits_in_process = in_process;
+                // One process: what runs past the grace period is interrupted.
+                config.at_shutdown = AtShutdown::Interrupt;
+                config.queue = QueueConfig {
+                    lease: Duration::from_secs(5),
+                    max_deliveries: 3,
+                    block: Duration::from_millis(500),
+                };
+                Arc::new(RedisScheduler::start(
+                    conn,
+                    config,
+                    setup.router,
+                    setup.dispatcher,
+                    setup.store,
+                    None,
+                )) as Arc<dyn Scheduler>
+            },
+        )
+    }
+
+    /// One scheduler check against a fresh server, every job through the queue
+    /// (`_queue`) and with waited built-ins run in this process (`_in_process`).
+    macro_rules! scheduler_check {
+        ($name:ident, $queue:ident, $in_process:ident) => {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $queue() {
+                let Some(server) = RedisServer::start(stringify!($queue)) else {
+                    return;
+                };
+                tokio::time::timeout(
+                    Duration::from_secs(120),
+                    conformance::$name(&harness(&server, false)),
+                )
+                .await
+                .expect("the check ends within 120 s");
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $in_process() {
+                let Some(server) = RedisServer::start(stringify!($in_process)) else {
+                    return;
+                };
+                tokio::time::timeout(
+                    Duration::from_secs(120),
+                    conformance::$name(&harness(&server, true)),
+                )
+                .await
+                .expect("the check ends within 120 s");
+            }
+        };
+    }
+
+    scheduler_check!(
+        scheduler_wait_returns_output,
+        wait_returns_output_queue,
+        wait_returns_output_in_process
+    );
+    scheduler_check!(
+        scheduler_wait_expires_then_finishes,
+        wait_expires_then_finishes_queue,
+        wait_expires_then_finishes_in_process
+    );
+    scheduler_check!(scheduler_detach, detach_queue, detach_in_process);
+    scheduler_check!(
+        scheduler_records_errors,
+        records_errors_queue,
+        records_errors_in_process
+    );
+    scheduler_check!(scheduler_timeouts, timeouts_queue, timeouts_in_process);
+    scheduler_check!(scheduler_cancel, cancel_queue, cancel_in_process);
+    scheduler_check!(
+        scheduler_tenant_isolation,
+        tenant_isolation_queue,
+        tenant_isolation_in_process
+    );
+    scheduler_check!(scheduler_overload, overload_queue, overload_in_process);
+    scheduler_check!(scheduler_stats, stats_queue, stats_in_process);
+    scheduler_check!(scheduler_shutdown, shutdown_queue, shutdown_in_process);
+    scheduler_check!(scheduler_recover, recover_queue, recover_in_process);
+
+    #[allow(dead_code)]
+    fn roles() -> [NodeRole; 3] {
+        [NodeRole::All, NodeRole::Gateway, NodeRole::Worker]
     }
 }

@@ -20,7 +20,7 @@ use sopm_core::{
     Durability, Error, ErrorInfo, FunctionRef, Job, JobId, JobStatus, JobStore, Result, TenantId,
 };
 
-use super::queue::RedisConnection;
+use super::RedisConnection;
 
 /// The Lua function every script that writes a record shares: `put_record(jk, uk, fk,
 /// fnk, a)` stores the record whose fields are `a` (see [`RecordArgs`]) unless that

@@ -15,10 +15,11 @@ use redis::{Script, Value};
 use sopm_core::types::now_ms;
 use sopm_core::{Error, ErrorInfo, Job, JobId, JobStatus, Result};
 
+use super::conn;
 use super::keys::QueueKeys;
 use super::scripts;
-use super::RedisConnection;
 use crate::redis::jobs::{parse_job, JobKeys, RecordArgs};
+use crate::redis::RedisConnection;
 
 /// The consumer group every worker reads in.
 pub const GROUP: &str = "workers";
@@ -249,7 +250,7 @@ impl JobQueue {
 
     /// A connection for [`claim`](Self::claim) (blocking reads need their own).
     pub fn claim_connection(&self) -> Result<ConnectionManager> {
-        self.inner.conn.blocking(self.inner.config.block)
+        conn::blocking(&self.inner.conn, self.inner.config.block)
     }
 
     /// Waits up to the configured block time for new entries on the streams of
@@ -302,12 +303,80 @@ impl JobQueue {
                 continue;
             };
             for (entry, job_id) in entries {
+                if out.len() >= max {
+                    // One read returns up to `max` per stream: the rest go back at once.
+                    self.hand_back(&si, &entry).await?;
+                    continue;
+                }
                 if let Some(c) = self.lease(&backend, &entry, job_id.as_deref()).await? {
                     out.push(c);
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Makes a delivered entry this node will not run look idle for ever, so the next
+    /// reclaimer (of any node) takes it.
+    async fn hand_back(&self, stream: &str, entry: &str) -> Result<()> {
+        let _: Value = redis::cmd("XCLAIM")
+            .arg(stream)
+            .arg(GROUP)
+            .arg("released")
+            .arg(0)
+            .arg(entry)
+            .arg("IDLE")
+            .arg(999_999_999_999u64)
+            .arg("JUSTID")
+            .query_async(&mut self.inner.conn.manager())
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Who owns an unfinished job besides its record: `Some(None)` a queue entry,
+    /// `Some(Some(node))` a node running it in its own process (a waited built-in),
+    /// `None` nobody (a record written without the queue, or by an older process).
+    pub async fn owner(&self, id: &JobId) -> Result<Option<Option<String>>> {
+        let i = &self.inner;
+        let (x, n): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(i.jobs.job(id.as_str()))
+            .arg("x")
+            .arg("n")
+            .query_async(&mut i.conn.manager())
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(match x.as_deref() {
+            None => None,
+            Some("local") => Some(n),
+            Some(_) => Some(None),
+        })
+    }
+
+    /// Marks a job as run by this node in its own process (not through the queue), so
+    /// another node's recovery leaves it alone while this node is alive.
+    pub async fn mark_local(&self, id: &JobId) -> Result<()> {
+        let i = &self.inner;
+        let _: i64 = redis::cmd("HSET")
+            .arg(i.jobs.job(id.as_str()))
+            .arg("x")
+            .arg("local")
+            .arg("n")
+            .arg(&*i.node)
+            .query_async(&mut i.conn.manager())
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Whether `node` sent a heartbeat recently (its heartbeat key has not expired).
+    pub async fn node_alive(&self, node: &str) -> Result<bool> {
+        let i = &self.inner;
+        redis::cmd("EXISTS")
+            .arg(i.keys.node(node))
+            .query_async(&mut i.conn.manager())
+            .await
+            .map_err(|e| self.err(e))
     }
 
     /// Takes over up to `max` entries of `backends`' streams that have been idle for
@@ -599,7 +668,7 @@ impl JobQueue {
 }
 
 /// A bulk or simple string reply as text (numbers too).
-fn text(v: &Value) -> Option<String> {
+pub(crate) fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),
@@ -610,10 +679,10 @@ fn text(v: &Value) -> Option<String> {
 }
 
 /// Entries of a stream as `(entry id, job id)`.
-type Entries = Vec<(String, Option<String>)>;
+pub(crate) type Entries = Vec<(String, Option<String>)>;
 
 /// The entries of an XREADGROUP reply, per stream: `(stream, [(entry id, job id)])`.
-fn stream_entries(reply: Value) -> Vec<(String, Entries)> {
+pub(crate) fn stream_entries(reply: Value) -> Vec<(String, Entries)> {
     let pairs: Vec<(Value, Value)> = match reply {
         Value::Array(streams) => streams
             .into_iter()
@@ -636,7 +705,7 @@ fn stream_entries(reply: Value) -> Vec<(String, Entries)> {
 }
 
 /// `[[id, [field, value, ...]], ...]` as `(entry id, the value of field "job")`.
-fn entry_list(entries: Value) -> Entries {
+pub(crate) fn entry_list(entries: Value) -> Entries {
     let Value::Array(entries) = entries else {
         return Vec::new();
     };

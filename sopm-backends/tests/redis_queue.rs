@@ -656,3 +656,366 @@ mod scheduler {
         [NodeRole::All, NodeRole::Gateway, NodeRole::Worker]
     }
 }
+
+// --- several nodes on one Redis ------------------------------------------------------
+
+mod cluster {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use async_trait::async_trait;
+    use parking_lot::Mutex;
+    use serde_json::json;
+    use sopm_backends::redis::queue::{
+        AtShutdown, NodeRole, QueueConfig, RedisScheduler, RedisSchedulerConfig,
+    };
+    use sopm_backends::redis::{RedisConfig, RedisConnection, RedisJobStore};
+    use sopm_core::conformance::{ConformanceExecutor, ConformanceRouter};
+    use sopm_core::{
+        Dispatcher, Executor, FunctionRef, InPlaceArtifactStore, Invocation, Job, JobId,
+        JobRequest, JobStatus, JobStore, Output, Scheduler, SubmitMode, Submitted, TenantId,
+        BUILTIN_BACKEND,
+    };
+
+    use super::redis_server::RedisServer;
+
+    /// The conformance functions, counting calls, and recording retirements.
+    #[derive(Debug, Default)]
+    struct Worker {
+        inner: ConformanceExecutor,
+        retired: Mutex<Vec<(String, Option<u32>)>>,
+    }
+
+    #[async_trait]
+    impl Executor for Worker {
+        fn name(&self) -> &str {
+            "builtin"
+        }
+        async fn invoke(&self, invocation: Invocation) -> sopm_core::Result<Output> {
+            self.inner.invoke(invocation).await
+        }
+        async fn retire(&self, function_id: &str) -> sopm_core::Result<()> {
+            self.retired.lock().push((function_id.to_string(), None));
+            Ok(())
+        }
+        async fn retire_version(&self, function_id: &str, v: u32) -> sopm_core::Result<()> {
+            self.retired.lock().push((function_id.to_string(), Some(v)));
+            Ok(())
+        }
+    }
+
+    struct Node {
+        scheduler: RedisScheduler,
+        executor: Arc<Worker>,
+    }
+
+    async fn conn(server: &RedisServer) -> RedisConnection {
+        RedisConfig::new(server.url())
+            .connect()
+            .await
+            .expect("connection")
+    }
+
+    /// A node: a gateway has no executors (everything goes through the queue).
+    async fn node(server: &RedisServer, id: &str, role: NodeRole, lease_ms: u64) -> Node {
+        let executor = Arc::new(Worker::default());
+        let executors: Vec<(String, Arc<dyn Executor>)> = match role {
+            NodeRole::Gateway => Vec::new(),
+            _ => vec![(
+                BUILTIN_BACKEND.to_string(),
+                executor.clone() as Arc<dyn Executor>,
+            )],
+        };
+        let dispatcher = Arc::new(Dispatcher::new(executors, Arc::new(InPlaceArtifactStore)));
+        let conn = conn(server).await;
+        let mut config = RedisSchedulerConfig::new(id);
+        config.role = role;
+        config.max_concurrency = 16;
+        config.at_shutdown = AtShutdown::Release;
+        config.queue = QueueConfig {
+            lease: Duration::from_millis(lease_ms),
+            max_deliveries: 3,
+            block: Duration::from_millis(300),
+        };
+        let scheduler = RedisScheduler::start(
+            conn.clone(),
+            config,
+            Arc::new(ConformanceRouter::new()),
+            dispatcher,
+            Arc::new(RedisJobStore::new(conn)),
+            None,
+        );
+        Node {
+            scheduler,
+            executor,
+        }
+    }
+
+    fn tenant() -> TenantId {
+        TenantId::new("cluster").unwrap()
+    }
+
+    fn request(function: &str, input: serde_json::Value) -> JobRequest {
+        JobRequest::new(tenant(), FunctionRef::builtin(function), input)
+    }
+
+    async fn wait_terminal(s: &RedisScheduler, id: &JobId, patience: Duration) -> Job {
+        let until = Instant::now() + patience;
+        loop {
+            match s.status(&tenant(), id).await {
+                Ok(job) if job.status.is_terminal() => return job,
+                Ok(_) | Err(_) if Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                other => panic!("job {id} did not finish within {patience:?}: {other:?}"),
+            }
+        }
+    }
+
+    async fn wait_status(s: &RedisScheduler, id: &JobId, want: JobStatus) -> Job {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let job = s.status(&tenant(), id).await.expect("status");
+            if job.status == want {
+                return job;
+            }
+            assert!(
+                Instant::now() < until,
+                "job {id} is {:?}, not {want:?}",
+                job.status
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A gateway without executors queues a detached job and a worker runs it; a
+    /// waiting caller on the gateway gets its result pushed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gateway_queues_and_a_worker_runs() {
+        let Some(server) = RedisServer::start("a_gateway_queues_and_a_worker_runs") else {
+            return;
+        };
+        let gateway = node(&server, "gw", NodeRole::Gateway, 5_000).await;
+        let worker = node(&server, "w1", NodeRole::Worker, 5_000).await;
+        let id = match gateway
+            .scheduler
+            .submit(request("echo", json!({"n": 1})), SubmitMode::Detach)
+            .await
+            .expect("submit")
+        {
+            Submitted::Pending { id, status } => {
+                assert_eq!(status, JobStatus::Queued);
+                id
+            }
+            other => panic!("detached: expected Pending, got {other:?}"),
+        };
+        let job = wait_terminal(&gateway.scheduler, &id, Duration::from_secs(10)).await;
+        assert_eq!(job.status, JobStatus::Succeeded);
+        assert_eq!(job.output, Some(json!({"n": 1})));
+        assert_eq!(worker.executor.inner.invocations(&id), 1);
+        assert_eq!(gateway.executor.inner.invocations(&id), 0);
+
+        let answer = gateway
+            .scheduler
+            .submit(
+                request("sleep_ms", json!({"ms": 50})),
+                SubmitMode::Wait(Some(Duration::from_secs(10))),
+            )
+            .await
+            .expect("submit");
+        let job = match answer {
+            Submitted::Finished(job) => job,
+            other => panic!("a waited job: expected Finished, got {other:?}"),
+        };
+        assert_eq!(job.output, Some(json!({"slept_ms": 50})));
+        assert_eq!(worker.executor.inner.invocations(&job.id), 1);
+
+        let stats = gateway.scheduler.cluster_stats().await.unwrap().unwrap();
+        let ids: Vec<&str> = stats.nodes.iter().map(|n| n.node_id.as_str()).collect();
+        assert_eq!(ids, ["gw", "w1"], "both nodes report");
+        let w1 = &stats.nodes[1];
+        assert_eq!(
+            (w1.role.as_str(), w1.backends.clone()),
+            ("worker", vec!["builtin".to_string()])
+        );
+        assert_eq!(stats.totals.submitted, 2, "the gateway's submissions");
+        gateway
+            .scheduler
+            .shutdown(Duration::from_secs(1))
+            .await
+            .unwrap();
+        worker
+            .scheduler
+            .shutdown(Duration::from_secs(1))
+            .await
+            .unwrap();
+    }
+
+    /// A worker that dies (its tasks stop, its leases are not renewed) loses its
+    /// running job to another worker once the lease expires; the job ends once, on
+    /// the second attempt.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_workers_job_moves_to_another() {
+        let Some(server) = RedisServer::start("a_dead_workers_job_moves") else {
+            return;
+        };
+        let gateway = node(&server, "gw", NodeRole::Gateway, 600).await;
+        let w1 = node(&server, "w1", NodeRole::Worker, 600).await;
+        let id = match gateway
+            .scheduler
+            .submit(request("sleep_ms", json!({"ms": 1500})), SubmitMode::Detach)
+            .await
+            .unwrap()
+        {
+            Submitted::Pending { id, .. } => id,
+            other => panic!("{other:?}"),
+        };
+        wait_status(&gateway.scheduler, &id, JobStatus::Running).await;
+        w1.scheduler.abort();
+        let w2 = node(&server, "w2", NodeRole::Worker, 600).await;
+        let job = wait_terminal(&gateway.scheduler, &id, Duration::from_secs(20)).await;
+        assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+        assert_eq!(job.attempts, 2, "taken over: the second attempt");
+        assert_eq!(w1.executor.inner.invocations(&id), 1);
+        assert_eq!(w2.executor.inner.invocations(&id), 1);
+        assert_eq!(w2.scheduler.queue().taken_over(), 1);
+        w2.scheduler.shutdown(Duration::from_secs(1)).await.unwrap();
+    }
+
+    /// A node shutting down gives its running jobs back at once: another takes them
+    /// without waiting for the lease.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_releases_running_jobs() {
+        let Some(server) = RedisServer::start("shutdown_releases") else {
+            return;
+        };
+        let gateway = node(&server, "gw", NodeRole::Gateway, 60_000).await;
+        let w1 = node(&server, "w1", NodeRole::Worker, 60_000).await;
+        let id = match gateway
+            .scheduler
+            .submit(request("slow", json!({"ms": 2_000})), SubmitMode::Detach)
+            .await
+            .unwrap()
+        {
+            Submitted::Pending { id, .. } => id,
+            other => panic!("{other:?}"),
+        };
+        wait_status(&gateway.scheduler, &id, JobStatus::Running).await;
+        let w2 = node(&server, "w2", NodeRole::Worker, 60_000).await;
+        w1.scheduler
+            .shutdown(Duration::from_millis(50))
+            .await
+            .unwrap();
+        let job = wait_terminal(&gateway.scheduler, &id, Duration::from_secs(20)).await;
+        assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+        assert_eq!(job.attempts, 2);
+        assert_eq!(w2.executor.inner.invocations(&id), 1);
+        w2.scheduler.shutdown(Duration::from_secs(1)).await.unwrap();
+    }
+
+    /// `retired` on one node reaches the executors of the others.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retired_reaches_the_other_nodes() {
+        let Some(server) = RedisServer::start("retired_reaches") else {
+            return;
+        };
+        let a = node(&server, "a", NodeRole::All, 5_000).await;
+        let b = node(&server, "b", NodeRole::Worker, 5_000).await;
+        // Let b's subscription come up (it is not acknowledged to anyone).
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            a.scheduler.retired("fn_probe", Some(9)).await.unwrap();
+            if !b.executor.retired.lock().is_empty() || Instant::now() > until {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        a.scheduler.retired("fn_gone", None).await.unwrap();
+        a.scheduler.retired("fn_old", Some(3)).await.unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = b.executor.retired.lock().clone();
+            if got.contains(&("fn_gone".into(), None)) && got.contains(&("fn_old".into(), Some(3)))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "retirements did not arrive: {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            a.executor.retired.lock().is_empty(),
+            "the retiring node is not told again"
+        );
+    }
+
+    /// Redis is killed (-9) and restarted in the middle of a stream of detached
+    /// submissions: every acknowledged job ends exactly once (one final record,
+    /// succeeded); submissions while Redis is down are refused `unavailable`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_restart_under_load_loses_no_acknowledged_job() {
+        let Some(mut server) = RedisServer::start("redis_restart_under_load") else {
+            return;
+        };
+        let gateway = node(&server, "gw", NodeRole::Gateway, 2_000).await;
+        let worker = node(&server, "w1", NodeRole::Worker, 2_000).await;
+        let store = RedisJobStore::new(conn(&server).await);
+        let mut acknowledged: Vec<JobId> = Vec::new();
+        let mut refused = 0u32;
+        let started = Instant::now();
+        for i in 0..600u32 {
+            if i == 200 {
+                server.kill();
+            }
+            if i == 260 {
+                server.restart();
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            match gateway
+                .scheduler
+                .submit(request("echo", json!({"i": i})), SubmitMode::Detach)
+                .await
+            {
+                Ok(Submitted::Pending { id, .. }) => acknowledged.push(id),
+                Ok(other) => panic!("detached: {other:?}"),
+                Err(e) => {
+                    assert_eq!(e.code(), "unavailable", "redis down: {e:?}");
+                    refused += 1;
+                }
+            }
+        }
+        assert!(refused > 0, "submissions while redis was down are refused");
+        let mut runs: HashMap<u32, u32> = HashMap::new();
+        for id in &acknowledged {
+            let job = wait_terminal(&gateway.scheduler, id, Duration::from_secs(60)).await;
+            assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+            // The first command on a connection that Redis dropped may fail once.
+            let stored = match store.get(id).await {
+                Ok(found) => found,
+                Err(e) => {
+                    assert_eq!(e.code(), "unavailable", "{e:?}");
+                    store.get(id).await.unwrap()
+                }
+            }
+            .expect("recorded");
+            assert_eq!(stored, job, "one final record");
+            *runs
+                .entry(worker.executor.inner.invocations(id))
+                .or_default() += 1;
+        }
+        eprintln!(
+            "{} acknowledged, {refused} refused while redis was down; runs per job: {runs:?}",
+            acknowledged.len()
+        );
+        assert!(store.unfinished().await.unwrap().is_empty());
+        assert!(
+            runs.keys().all(|n| *n >= 1),
+            "every acknowledged job ran at least once: {runs:?}"
+        );
+    }
+}

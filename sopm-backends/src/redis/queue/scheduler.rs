@@ -144,6 +144,8 @@ pub(crate) struct Shared {
     /// True while the pub/sub subscription is up.
     pub(crate) subscribed: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The tasks of jobs running here from the queue, by a number of their own.
+    pub(crate) job_tasks: Mutex<(u64, HashMap<u64, tokio::task::AbortHandle>)>,
 }
 
 impl Shared {
@@ -244,6 +246,7 @@ impl RedisScheduler {
             interrupt: watch::channel(false).0,
             subscribed: watch::channel(false).0,
             tasks: Mutex::new(Vec::new()),
+            job_tasks: Mutex::new((0, HashMap::new())),
         });
         let mut tasks = vec![
             tokio::spawn(notify::subscriber(shared.clone())),
@@ -290,6 +293,9 @@ impl RedisScheduler {
         self.shared.closed.store(true, Ordering::Release);
         let _ = self.shared.stop.send(true);
         for t in self.shared.tasks.lock().drain(..) {
+            t.abort();
+        }
+        for (_, t) in self.shared.job_tasks.lock().1.drain() {
             t.abort();
         }
     }

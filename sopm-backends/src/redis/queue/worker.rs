@@ -137,14 +137,19 @@ async fn start_all(
             let _ = s.queue.release(lease).await;
             continue;
         };
-        let s = s.clone();
-        tokio::spawn(async move {
+        let task = s.clone();
+        let mut tasks = s.job_tasks.lock();
+        tasks.0 += 1;
+        let n = tasks.0;
+        let handle = tokio::spawn(async move {
             match c {
-                Claimed::Run(lease) => run_leased(&s, lease).await,
-                Claimed::Dead(lease) => dead_letter(&s, lease).await,
+                Claimed::Run(lease) => run_leased(&task, lease).await,
+                Claimed::Dead(lease) => dead_letter(&task, lease).await,
             }
             drop(permit);
+            task.job_tasks.lock().1.remove(&n);
         });
+        tasks.1.insert(n, handle.abort_handle());
     }
 }
 

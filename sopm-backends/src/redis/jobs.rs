@@ -2,11 +2,9 @@
 //! never-backwards rule applied atomically by a Lua script, and the indexes recovery,
 //! retention and function logs read.
 //!
-//! Keys (prefix `P`): `P job:{id}` a hash {`s` status, `j` the job's JSON, `t` tenant,
-//! `c` created_ms, `e` the JSON of its log entry and `f` its function id (user
-//! functions only), and the queue's fields}; `P jobs:unfinished` the set of queued and
-//! running ids; `P jobs:finished` a zset scored by finished_ms (else created_ms);
-//! `P jobs:fn:{function_id}` a zset scored by created_ms.
+//! Keys (see [`keys`](super::keys)): `P job:{id}` a hash holding the job's JSON, its
+//! status and its log entry; `P jobs:unfinished`, `P jobs:finished` and
+//! `P jobs:fn:{function_id}` the indexes.
 //!
 //! Durability: a put returns when Redis has answered, so it is as durable as the
 //! server's persistence: with AOF `appendfsync always` it survives a crash of Redis.
@@ -20,7 +18,7 @@ use sopm_core::{
     Durability, Error, ErrorInfo, FunctionRef, Job, JobId, JobStatus, JobStore, Result, TenantId,
 };
 
-use super::RedisConnection;
+use super::{Keys, RedisConnection};
 
 /// The Lua function every script that writes a record shares: `put_record(jk, uk, fk,
 /// fnk, a)` stores the record whose fields are `a` (see [`RecordArgs`]) unless that
@@ -106,58 +104,14 @@ end
 return #ids
 "#;
 
-/// The names of the job store's keys under one prefix.
-#[derive(Debug, Clone)]
-pub(crate) struct JobKeys {
-    prefix: String,
-}
-
-impl JobKeys {
-    pub(crate) fn new(prefix: &str) -> Self {
-        JobKeys {
-            prefix: prefix.to_string(),
-        }
-    }
-
-    /// `P job:` — the prefix of every job's hash.
-    pub(crate) fn job_prefix(&self) -> String {
-        format!("{}job:", self.prefix)
-    }
-
-    /// `P job:{id}`.
-    pub(crate) fn job(&self, id: &str) -> String {
-        format!("{}job:{id}", self.prefix)
-    }
-
-    /// `P jobs:unfinished`.
-    pub(crate) fn unfinished(&self) -> String {
-        format!("{}jobs:unfinished", self.prefix)
-    }
-
-    /// `P jobs:finished`.
-    pub(crate) fn finished(&self) -> String {
-        format!("{}jobs:finished", self.prefix)
-    }
-
-    /// `P jobs:fn:` — the prefix of the by-function zsets.
-    pub(crate) fn by_function_prefix(&self) -> String {
-        format!("{}jobs:fn:", self.prefix)
-    }
-
-    /// `P jobs:fn:{function_id}` (for a built-in job, a key no function has).
-    pub(crate) fn by_function(&self, function_id: &str) -> String {
-        format!("{}jobs:fn:{function_id}", self.prefix)
-    }
-
-    /// The four keys `put_record` takes, for `job`.
-    pub(crate) fn record_keys(&self, job: &Job) -> [String; 4] {
-        [
-            self.job(job.id.as_str()),
-            self.unfinished(),
-            self.finished(),
-            self.by_function(function_id(job).unwrap_or("-")),
-        ]
-    }
+/// The four keys `put_record` takes, for `job`.
+pub(crate) fn record_keys(keys: &Keys, job: &Job) -> [String; 4] {
+    [
+        keys.job(job.id.as_str()),
+        keys.jobs_unfinished(),
+        keys.jobs_finished(),
+        keys.jobs_by_function(function_id(job).unwrap_or("-")),
+    ]
 }
 
 /// The user function a job runs, if any.
@@ -258,7 +212,7 @@ pub(crate) fn parse_job(json: &str) -> Result<Job> {
 #[derive(Debug, Clone)]
 pub struct RedisJobStore {
     conn: RedisConnection,
-    keys: JobKeys,
+    keys: Keys,
     put: std::sync::Arc<Script>,
     recent: std::sync::Arc<Script>,
     expire: std::sync::Arc<Script>,
@@ -267,7 +221,7 @@ pub struct RedisJobStore {
 impl RedisJobStore {
     /// A job store over `conn` (no I/O until the first call).
     pub fn new(conn: RedisConnection) -> Self {
-        let keys = JobKeys::new(&conn.config().prefix);
+        let keys = conn.keys().clone();
         RedisJobStore {
             conn,
             keys,
@@ -288,7 +242,7 @@ impl JobStore for RedisJobStore {
     async fn put(&self, job: &Job, _durability: Durability) -> Result<()> {
         let args = RecordArgs::of(job)?;
         let mut call = self.put.prepare_invoke();
-        for k in self.keys.record_keys(job) {
+        for k in record_keys(&self.keys, job) {
             call.key(k);
         }
         args.push(&mut call);
@@ -312,7 +266,7 @@ impl JobStore for RedisJobStore {
     async fn unfinished(&self) -> Result<Vec<Job>> {
         let mut conn = self.conn.manager();
         let ids: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.keys.unfinished())
+            .arg(self.keys.jobs_unfinished())
             .query_async(&mut conn)
             .await
             .map_err(|e| self.conn.error(e))?;
@@ -352,7 +306,7 @@ impl JobStore for RedisJobStore {
         }
         let entries: Vec<String> = self
             .recent
-            .key(self.keys.by_function(function_id))
+            .key(self.keys.jobs_by_function(function_id))
             .arg(tenant.as_str())
             .arg(limit)
             .arg(self.keys.job_prefix())
@@ -375,11 +329,11 @@ impl JobStore for RedisJobStore {
         }
         let n: u64 = self
             .expire
-            .key(self.keys.finished())
+            .key(self.keys.jobs_finished())
             .arg(cutoff_ms)
             .arg(max)
             .arg(self.keys.job_prefix())
-            .arg(self.keys.by_function_prefix())
+            .arg(self.keys.jobs_by_function_prefix())
             .invoke_async(&mut self.conn.manager())
             .await
             .map_err(|e| self.conn.error(e))?;

@@ -15,12 +15,11 @@ use redis::{Script, Value};
 use sopm_core::{BuildRequest, Error, Result, Runtime};
 
 use super::conn;
-use super::keys::QueueKeys;
 use super::scheduler::Shared;
 use super::scripts;
 use super::stream::{text, QueueConfig, GROUP};
 use super::worker::{pause, Backoff};
-use crate::redis::RedisConnection;
+use crate::redis::{Keys, RedisConnection};
 
 /// BUILD_ENQUEUE: KEYS source, stream; ARGV request JSON, function id, version.
 const BUILD_ENQUEUE: &str = r#"
@@ -73,7 +72,7 @@ struct BuildLease {
 #[derive(Debug, Clone)]
 pub(crate) struct BuildQueue {
     conn: RedisConnection,
-    keys: QueueKeys,
+    keys: Keys,
     node: Arc<str>,
     config: QueueConfig,
     enqueue: Arc<Script>,
@@ -86,7 +85,7 @@ pub(crate) struct BuildQueue {
 impl BuildQueue {
     pub(crate) fn new(conn: RedisConnection, node: &str, config: QueueConfig) -> Self {
         BuildQueue {
-            keys: QueueKeys::new(&conn.config().prefix),
+            keys: conn.keys().clone(),
             conn,
             node: Arc::from(node),
             config,

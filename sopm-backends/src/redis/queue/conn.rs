@@ -1,6 +1,6 @@
 //! What the queue needs of a [`RedisConnection`] beyond its short commands: a
 //! connection of its own for blocking reads (they would hold up every command
-//! multiplexed behind them), a client for pub/sub, and names under the prefix.
+//! multiplexed behind them) and a client for pub/sub.
 
 use std::time::Duration;
 
@@ -31,9 +31,4 @@ pub(crate) fn blocking(conn: &RedisConnection, block: Duration) -> Result<Connec
             .set_max_delay(Duration::from_millis(500)),
     )
     .map_err(|e| conn.error(e))
-}
-
-/// `prefix + name`.
-pub(crate) fn prefixed(conn: &RedisConnection, name: &str) -> String {
-    format!("{}{name}", conn.config().prefix)
 }

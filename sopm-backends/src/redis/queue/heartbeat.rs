@@ -11,7 +11,6 @@ use sopm_core::stats::FunctionStats;
 use sopm_core::types::now_ms;
 use sopm_core::{ClusterStats, LatencySummary, NodeStats, Result, SchedulerStats};
 
-use super::conn::prefixed;
 use super::scheduler::{node_stats, Shared};
 use super::worker::pause;
 
@@ -37,7 +36,7 @@ async fn write(s: &Shared) -> Result<()> {
     let node = this_node(s);
     let json =
         serde_json::to_string(&node).map_err(|e| sopm_core::Error::Internal(e.to_string()))?;
-    let key = prefixed(&s.conn, &format!("node:{}", node.node_id));
+    let key = s.conn.keys().node(&node.node_id);
     let ttl = (s.config.heartbeat * 3).max(Duration::from_secs(1));
     let mut pipe = redis::pipe();
     pipe.atomic()
@@ -59,7 +58,7 @@ async fn write(s: &Shared) -> Result<()> {
         .arg(ttl.as_millis() as u64)
         .ignore()
         .cmd("SADD")
-        .arg(prefixed(&s.conn, "nodes"))
+        .arg(s.conn.keys().nodes())
         .arg(&node.node_id)
         .ignore();
     pipe.query_async::<()>(&mut s.conn.manager())
@@ -81,13 +80,13 @@ pub(crate) async fn beat(s: Arc<Shared>) {
 
 /// Removes this node's heartbeat (a clean shutdown).
 pub(crate) async fn forget(s: &Shared) {
-    let key = prefixed(&s.conn, &format!("node:{}", s.config.node_id));
+    let key = s.conn.keys().node(&s.config.node_id);
     let _: redis::RedisResult<()> = redis::pipe()
         .cmd("DEL")
         .arg(key)
         .ignore()
         .cmd("SREM")
-        .arg(prefixed(&s.conn, "nodes"))
+        .arg(s.conn.keys().nodes())
         .arg(&s.config.node_id)
         .ignore()
         .query_async(&mut s.conn.manager())
@@ -99,7 +98,7 @@ pub(crate) async fn forget(s: &Shared) {
 pub(crate) async fn cluster(s: &Shared) -> Result<ClusterStats> {
     let mut conn = s.conn.manager();
     let ids: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(prefixed(&s.conn, "nodes"))
+        .arg(s.conn.keys().nodes())
         .query_async(&mut conn)
         .await
         .map_err(|e| s.conn.error(e))?;
@@ -110,7 +109,7 @@ pub(crate) async fn cluster(s: &Shared) -> Result<ClusterStats> {
             continue;
         }
         let json: Option<String> = redis::cmd("HGET")
-            .arg(prefixed(&s.conn, &format!("node:{id}")))
+            .arg(s.conn.keys().node(&id))
             .arg("json")
             .query_async(&mut conn)
             .await
@@ -120,7 +119,7 @@ pub(crate) async fn cluster(s: &Shared) -> Result<ClusterStats> {
             None => {
                 // Its heartbeat expired: it is gone.
                 let _: redis::RedisResult<i64> = redis::cmd("SREM")
-                    .arg(prefixed(&s.conn, "nodes"))
+                    .arg(s.conn.keys().nodes())
                     .arg(&id)
                     .query_async(&mut conn)
                     .await;

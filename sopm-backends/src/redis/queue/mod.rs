@@ -7,7 +7,6 @@ mod builds;
 mod conn;
 mod counters;
 mod heartbeat;
-mod keys;
 mod notify;
 pub mod scheduler;
 mod scripts;

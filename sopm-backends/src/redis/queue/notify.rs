@@ -37,7 +37,7 @@ pub(crate) async fn publish_retired(
     })
     .map_err(|e| sopm_core::Error::Internal(e.to_string()))?;
     let _: i64 = redis::cmd("PUBLISH")
-        .arg(conn::prefixed(&s.conn, "retire"))
+        .arg(s.conn.keys().retire_channel())
         .arg(msg)
         .query_async(&mut s.conn.manager())
         .await
@@ -49,7 +49,7 @@ pub(crate) async fn publish_retired(
 pub(crate) async fn subscriber(s: Arc<Shared>) {
     let done = s.queue.done_channel(&s.config.node_id);
     let cancel = s.queue.cancel_channel();
-    let retire = conn::prefixed(&s.conn, "retire");
+    let retire = s.conn.keys().retire_channel();
     let mut backoff = Backoff::new();
     loop {
         if s.stopping() && s.live.lock().is_empty() {

@@ -100,7 +100,7 @@ return 1
 );
 
 /// COMPLETE: KEYS job, unfinished, finished, by-function, lease, stream, dead; ARGV
-/// token, dead (1/0), entry, prefix, then the record. Only while `token` is current
+/// token, dead (1/0), entry, the done channels' prefix, then the record. Only while `token` is current
 /// (else 0): stores the final record (never backwards), acknowledges and deletes the
 /// entry, copies it to the dead stream if dead, drops the lease and pushes the stored
 /// record to the waiting node's channel: 1.
@@ -119,13 +119,14 @@ if ARGV[2] == '1' then
 end
 redis.call('DEL', KEYS[5])
 local g = redis.call('HGET', KEYS[1], 'g')
-if g then redis.call('PUBLISH', ARGV[4] .. 'done:' .. g, redis.call('HGET', KEYS[1], 'j')) end
+if g then redis.call('PUBLISH', ARGV[4] .. g, redis.call('HGET', KEYS[1], 'j')) end
 return 1
 "#
 );
 
-/// CANCEL: KEYS job, unfinished, finished, by-function, lease; ARGV prefix, then the
-/// cancelled record. `{0}` unknown job, `{2, json}` already finished (nothing
+/// CANCEL: KEYS job, unfinished, finished, by-function, lease; ARGV the queue depth
+/// keys' prefix, the done channels' prefix, the cancel channel, then the cancelled
+/// record. `{0}` unknown job, `{2, json}` already finished (nothing
 /// changed), else `{1, json}`: the record is cancelled, its entry acknowledged and
 /// deleted (so it never runs, or its running worker's completion is refused), its lease
 /// dropped, the waiting node and the running node told.
@@ -136,18 +137,18 @@ pub(crate) const CANCEL: &str = concat!(
 local s = redis.call('HGET', KEYS[1], 's')
 if not s then return {0} end
 if s ~= 'queued' and s ~= 'running' then return {2, redis.call('HGET', KEYS[1], 'j')} end
-local rec = record_at(2)
+local rec = record_at(4)
 put_record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], rec)
 local q = redis.call('HMGET', KEYS[1], 'q', 'x', 'k', 'g')
-if redis.call('HDEL', KEYS[1], 'w') == 1 and q[3] then redis.call('DECR', ARGV[1] .. 'qd:' .. q[3]) end
+if redis.call('HDEL', KEYS[1], 'w') == 1 and q[3] then redis.call('DECR', ARGV[1] .. q[3]) end
 if q[1] and q[2] then
   redis.call('XACK', q[1], 'workers', q[2])
   redis.call('XDEL', q[1], q[2])
 end
 redis.call('DEL', KEYS[5])
 local j = redis.call('HGET', KEYS[1], 'j')
-if q[4] then redis.call('PUBLISH', ARGV[1] .. 'done:' .. q[4], j) end
-redis.call('PUBLISH', ARGV[1] .. 'cancel', rec[1])
+if q[4] then redis.call('PUBLISH', ARGV[2] .. q[4], j) end
+redis.call('PUBLISH', ARGV[3], rec[1])
 return {1, j}
 "#
 );

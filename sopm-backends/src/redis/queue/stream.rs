@@ -16,9 +16,9 @@ use sopm_core::types::now_ms;
 use sopm_core::{Error, ErrorInfo, Job, JobId, JobStatus, Result};
 
 use super::conn;
-use super::keys::QueueKeys;
 use super::scripts;
-use crate::redis::jobs::{parse_job, JobKeys, RecordArgs};
+use crate::redis::jobs::{parse_job, record_keys, RecordArgs};
+use crate::redis::Keys;
 use crate::redis::RedisConnection;
 
 /// The consumer group every worker reads in.
@@ -96,8 +96,7 @@ pub struct JobQueue {
 #[derive(Debug)]
 struct Inner {
     conn: RedisConnection,
-    keys: QueueKeys,
-    jobs: JobKeys,
+    keys: Keys,
     node: Arc<str>,
     config: QueueConfig,
     groups: Mutex<HashSet<String>>,
@@ -118,11 +117,9 @@ struct Inner {
 impl JobQueue {
     /// The queue over `conn`, for the node `node` (its consumer name and lease owner).
     pub fn new(conn: RedisConnection, node: &str, config: QueueConfig) -> Self {
-        let prefix = conn.config().prefix.clone();
         JobQueue {
             inner: Arc::new(Inner {
-                keys: QueueKeys::new(&prefix),
-                jobs: JobKeys::new(&prefix),
+                keys: conn.keys().clone(),
                 conn,
                 node: Arc::from(node),
                 config,
@@ -206,10 +203,11 @@ impl JobQueue {
         let i = &self.inner;
         let args = RecordArgs::of(job)?;
         let mut call = i.enqueue.prepare_invoke();
-        for k in i.jobs.record_keys(job) {
+        for k in record_keys(&i.keys, job) {
             call.key(k);
         }
-        call.key(i.keys.stream(backend)).key(i.keys.depth(backend));
+        call.key(i.keys.job_stream(backend))
+            .key(i.keys.queue_depth(backend));
         call.arg(capacity.unwrap_or(0))
             .arg(waiter.unwrap_or(""))
             .arg(backend);
@@ -265,7 +263,7 @@ impl JobQueue {
             return Ok(Vec::new());
         }
         let i = &self.inner;
-        let streams: Vec<String> = backends.iter().map(|b| i.keys.stream(b)).collect();
+        let streams: Vec<String> = backends.iter().map(|b| i.keys.job_stream(b)).collect();
         for s in &streams {
             self.ensure_group(s).await?;
         }
@@ -340,7 +338,7 @@ impl JobQueue {
     pub async fn owner(&self, id: &JobId) -> Result<Option<Option<String>>> {
         let i = &self.inner;
         let (x, n): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(i.jobs.job(id.as_str()))
+            .arg(i.keys.job(id.as_str()))
             .arg("x")
             .arg("n")
             .query_async(&mut i.conn.manager())
@@ -358,7 +356,7 @@ impl JobQueue {
     pub async fn mark_local(&self, id: &JobId) -> Result<()> {
         let i = &self.inner;
         let _: i64 = redis::cmd("HSET")
-            .arg(i.jobs.job(id.as_str()))
+            .arg(i.keys.job(id.as_str()))
             .arg("x")
             .arg("local")
             .arg("n")
@@ -388,7 +386,7 @@ impl JobQueue {
             if out.len() >= max {
                 break;
             }
-            let stream = i.keys.stream(backend);
+            let stream = i.keys.job_stream(backend);
             self.ensure_group(&stream).await?;
             let reply: redis::RedisResult<Value> = redis::cmd("XAUTOCLAIM")
                 .arg(&stream)
@@ -433,17 +431,17 @@ impl JobQueue {
         job_id: Option<&str>,
     ) -> Result<Option<Claimed>> {
         let i = &self.inner;
-        let stream = i.keys.stream(backend);
+        let stream = i.keys.job_stream(backend);
         let Some(job_id) = job_id else {
             self.drop_entry(&stream, entry).await?;
             return Ok(None);
         };
         let reply: Vec<Value> = i
             .lease
-            .key(i.jobs.job(job_id))
+            .key(i.keys.job(job_id))
             .key(i.keys.lease(job_id))
             .key(i.keys.fence())
-            .key(i.keys.depth(backend))
+            .key(i.keys.queue_depth(backend))
             .arg(&*i.node)
             .arg(i.config.lease.as_millis() as u64)
             .arg(i.config.max_deliveries)
@@ -505,7 +503,7 @@ impl JobQueue {
         let i = &self.inner;
         let args = RecordArgs::of(&job)?;
         let mut call = i.fenced_put.prepare_invoke();
-        for k in i.jobs.record_keys(&job) {
+        for k in record_keys(&i.keys, &job) {
             call.key(k);
         }
         call.key(i.keys.lease(job.id.as_str())).arg(lease.token);
@@ -524,7 +522,7 @@ impl JobQueue {
         let held: i64 = i
             .renew
             .key(i.keys.lease(lease.job.id.as_str()))
-            .key(i.keys.stream(&lease.backend))
+            .key(i.keys.job_stream(&lease.backend))
             .arg(lease.token)
             .arg(i.config.lease.as_millis() as u64)
             .arg(&lease.entry)
@@ -570,16 +568,16 @@ impl JobQueue {
         let i = &self.inner;
         let args = RecordArgs::of(job)?;
         let mut call = i.complete.prepare_invoke();
-        for k in i.jobs.record_keys(job) {
+        for k in record_keys(&i.keys, job) {
             call.key(k);
         }
         call.key(i.keys.lease(job.id.as_str()))
-            .key(i.keys.stream(&lease.backend))
+            .key(i.keys.job_stream(&lease.backend))
             .key(i.keys.dead());
         call.arg(lease.token)
             .arg(if dead { "1" } else { "0" })
             .arg(&lease.entry)
-            .arg(i.keys.prefix());
+            .arg(i.keys.done_channel(""));
         args.push(&mut call);
         let done: i64 = call
             .invoke_async(&mut i.conn.manager())
@@ -599,7 +597,7 @@ impl JobQueue {
         let done: i64 = i
             .release
             .key(i.keys.lease(lease.job.id.as_str()))
-            .key(i.keys.stream(&lease.backend))
+            .key(i.keys.job_stream(&lease.backend))
             .arg(lease.token)
             .arg(&lease.entry)
             .invoke_async(&mut i.conn.manager())
@@ -616,11 +614,13 @@ impl JobQueue {
         let i = &self.inner;
         let args = RecordArgs::of(cancelled)?;
         let mut call = i.cancel.prepare_invoke();
-        for k in i.jobs.record_keys(cancelled) {
+        for k in record_keys(&i.keys, cancelled) {
             call.key(k);
         }
         call.key(i.keys.lease(cancelled.id.as_str()))
-            .arg(i.keys.prefix());
+            .arg(i.keys.queue_depth(""))
+            .arg(i.keys.done_channel(""))
+            .arg(i.keys.cancel_channel());
         args.push(&mut call);
         let reply: Vec<Value> = call
             .invoke_async(&mut i.conn.manager())

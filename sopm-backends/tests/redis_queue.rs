@@ -1019,3 +1019,219 @@ mod cluster {
         );
     }
 }
+
+// --- a build queued on one node, run on another --------------------------------------
+
+mod builds {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use async_trait::async_trait;
+    use parking_lot::Mutex;
+    use serde_json::json;
+    use sopm_backends::redis::queue::{
+        NodeRole, QueueConfig, RedisScheduler, RedisSchedulerConfig,
+    };
+    use sopm_backends::redis::{RedisConfig, RedisConnection, RedisJobStore, RedisRegistry};
+    use sopm_core::policy::Isolation;
+    use sopm_core::registry::BuildStatus;
+    use sopm_core::{
+        Artifact, BuildLog, Builder, Executor, FunctionRef, FunctionVersion, Invocation,
+        JobRequest, Output, Platform, Runtime, Source, SubmitMode, Submitted, TenantId, UploadSpec,
+    };
+
+    use super::redis_server::RedisServer;
+
+    /// Builds `/built/<id>/v<n>`, counting builds.
+    #[derive(Debug, Default)]
+    struct DirBuilder {
+        built: Mutex<Vec<(String, u32)>>,
+    }
+
+    #[async_trait]
+    impl Builder for DirBuilder {
+        fn name(&self) -> &str {
+            "dir"
+        }
+        async fn build(
+            &self,
+            v: &FunctionVersion,
+            _: &Source,
+            log: &dyn BuildLog,
+        ) -> sopm_core::Result<Artifact> {
+            log.append("built on the worker\n").await;
+            self.built.lock().push((v.function_id.clone(), v.version));
+            Ok(Artifact::Directory {
+                path: format!("/built/{}/v{}", v.function_id, v.version),
+                digest: None,
+            })
+        }
+    }
+
+    /// Runs user functions by answering with their input and the artifact's path;
+    /// records retirements.
+    #[derive(Debug, Default)]
+    struct Sandbox {
+        retired: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl Executor for Sandbox {
+        fn name(&self) -> &str {
+            "gvisor"
+        }
+        async fn invoke(&self, invocation: Invocation) -> sopm_core::Result<Output> {
+            let path = match &invocation.target {
+                sopm_core::Target::User(v) => match &v.artifact {
+                    Some(Artifact::Directory { path, .. }) => path.clone(),
+                    other => format!("{other:?}"),
+                },
+                other => format!("{other:?}"),
+            };
+            Ok(Output::from(
+                json!({"input": *invocation.input, "artifact": path}),
+            ))
+        }
+        async fn retire(&self, function_id: &str) -> sopm_core::Result<()> {
+            self.retired.lock().push(function_id.to_string());
+            Ok(())
+        }
+    }
+
+    async fn conn(server: &RedisServer) -> RedisConnection {
+        RedisConfig::new(server.url())
+            .connect()
+            .await
+            .expect("connection")
+    }
+
+    fn config(id: &str, role: NodeRole) -> RedisSchedulerConfig {
+        let mut c = RedisSchedulerConfig::new(id);
+        c.role = role;
+        c.queue = QueueConfig {
+            lease: Duration::from_secs(5),
+            max_deliveries: 3,
+            block: Duration::from_millis(300),
+        };
+        c
+    }
+
+    /// An upload through a gateway (no sandbox, no builder) is built by the worker
+    /// that has the backend; the function then runs there when called through the
+    /// gateway; deleting it through the gateway retires it on the worker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_build_queued_on_the_gateway_runs_on_the_worker() {
+        let Some(server) = RedisServer::start("a_build_queued_on_the_gateway") else {
+            return;
+        };
+        let c = conn(&server).await;
+        let registry = Arc::new(RedisRegistry::new(c.clone()));
+        let store = Arc::new(RedisJobStore::new(c.clone()));
+        let gc = c.clone();
+        let gateway = Platform::builder()
+            .with_registry(registry.clone())
+            .with_job_store(store.clone())
+            .with_remote_backend("gvisor", Isolation::UserSpaceKernel)
+            .with_runtime_executor(Runtime::Python, "gvisor")
+            .with_scheduler(move |parts| {
+                Arc::new(RedisScheduler::new(
+                    gc,
+                    config("gw", NodeRole::Gateway),
+                    parts,
+                ))
+            })
+            .build()
+            .expect("gateway");
+        let builder = Arc::new(DirBuilder::default());
+        let sandbox = Arc::new(Sandbox::default());
+        let wc = c.clone();
+        let worker = Platform::builder()
+            .with_registry(registry.clone())
+            .with_job_store(store.clone())
+            .with_sandbox("gvisor", sandbox.clone(), builder.clone())
+            .with_runtime_executor(Runtime::Python, "gvisor")
+            .with_scheduler(move |parts| {
+                Arc::new(RedisScheduler::new(
+                    wc,
+                    config("w1", NodeRole::Worker),
+                    parts,
+                ))
+            })
+            .build()
+            .expect("worker");
+
+        let tenant = TenantId::default();
+        let mut source = Source::default();
+        source
+            .files
+            .insert("main.py".into(), b"def handle(x):\n  return x\n".to_vec());
+        let spec = UploadSpec {
+            name: "f".into(),
+            runtime: Runtime::Python,
+            handler: "main.handle".into(),
+            limits: Default::default(),
+            env: Default::default(),
+            executor: None,
+        };
+        let v = gateway.upload(&tenant, spec, source).await.expect("upload");
+        assert_eq!(v.status, BuildStatus::Building);
+        let until = Instant::now() + Duration::from_secs(20);
+        let ready = loop {
+            let rec = gateway.function(&tenant, "f").await.expect("function");
+            if rec.versions[0].status != BuildStatus::Building {
+                break rec.versions[0].clone();
+            }
+            assert!(
+                Instant::now() < until,
+                "the build did not finish within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(ready.status, BuildStatus::Ready, "{}", ready.build_log);
+        assert!(
+            ready.build_log.contains("built on the worker"),
+            "{}",
+            ready.build_log
+        );
+        assert_eq!(
+            builder.built.lock().clone(),
+            vec![(v.function_id.clone(), 1)]
+        );
+
+        let call = JobRequest::new(
+            tenant.clone(),
+            FunctionRef::User {
+                id: Arc::from(v.function_id.as_str()),
+                version: None,
+            },
+            json!({"hello": 1}),
+        );
+        let job = match gateway
+            .submit(call, SubmitMode::Wait(Some(Duration::from_secs(20))))
+            .await
+            .expect("submit")
+        {
+            Submitted::Finished(job) => job,
+            other => panic!("expected the result, got {other:?}"),
+        };
+        assert_eq!(
+            job.output,
+            Some(json!({
+                "input": {"hello": 1},
+                "artifact": format!("/built/{}/v1", v.function_id)
+            })),
+            "{job:?}"
+        );
+
+        gateway.delete_function(&tenant, "f").await.expect("delete");
+        let until = Instant::now() + Duration::from_secs(10);
+        while !sandbox.retired.lock().contains(&v.function_id) {
+            assert!(
+                Instant::now() < until,
+                "the worker was not told of the delete"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(worker);
+    }
+}

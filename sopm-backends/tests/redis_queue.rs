@@ -1235,3 +1235,85 @@ mod builds {
         drop(worker);
     }
 }
+
+/// Figures, not a check: detached built-in jobs through Redis with one gateway and one
+/// worker in this process. Run with:
+/// SOPM_REQUIRE_INTEGRATION=1 cargo test --release -p sopm-backends --features redis --test redis_queue -- --ignored --nocapture throughput
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints figures; run by hand"]
+async fn throughput() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use sopm_backends::redis::queue::{NodeRole, RedisScheduler, RedisSchedulerConfig};
+    use sopm_core::conformance::{conformance_dispatcher, ConformanceExecutor, ConformanceRouter};
+    use sopm_core::{
+        Dispatcher, FunctionRef, InPlaceArtifactStore, JobRequest, Scheduler, SubmitMode, TenantId,
+    };
+    let Some(server) = RedisServer::start("throughput") else {
+        return;
+    };
+    let make = |id: &str, role: NodeRole, dispatcher: Arc<Dispatcher>| {
+        let url = server.url();
+        let id = id.to_string();
+        async move {
+            let conn = RedisConfig::new(url).connect().await.unwrap();
+            let mut config = RedisSchedulerConfig::new(id);
+            config.role = role;
+            config.queue_capacity = 1_000_000;
+            RedisScheduler::start(
+                conn.clone(),
+                config,
+                Arc::new(ConformanceRouter::new()),
+                dispatcher,
+                Arc::new(RedisJobStore::new(conn)),
+                None,
+            )
+        }
+    };
+    let gateway = make(
+        "gw",
+        NodeRole::Gateway,
+        Arc::new(Dispatcher::new(Vec::new(), Arc::new(InPlaceArtifactStore))),
+    )
+    .await;
+    let worker = make(
+        "w1",
+        NodeRole::Worker,
+        conformance_dispatcher(Arc::new(ConformanceExecutor::new())),
+    )
+    .await;
+    const JOBS: usize = 5_000;
+    const SUBMITTERS: usize = 64;
+    let gateway = Arc::new(gateway);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..SUBMITTERS {
+        let g = gateway.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (t..JOBS).step_by(SUBMITTERS) {
+                let r = JobRequest::new(
+                    TenantId::new("bench").unwrap(),
+                    FunctionRef::builtin("echo"),
+                    serde_json::json!(i),
+                );
+                g.submit(r, SubmitMode::Detach).await.expect("submit");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let accepted = start.elapsed();
+    let until = Instant::now() + Duration::from_secs(120);
+    while (worker.stats().succeeded as usize) < JOBS && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let done = start.elapsed();
+    eprintln!(
+        "{JOBS} detached echo jobs: accepted in {accepted:?} ({:.0}/s), all finished in {done:?} ({:.0}/s); finished: {}",
+        JOBS as f64 / accepted.as_secs_f64(),
+        JOBS as f64 / done.as_secs_f64(),
+        worker.stats().succeeded
+    );
+}

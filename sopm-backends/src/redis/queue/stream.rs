@@ -291,7 +291,7 @@ impl JobQueue {
             }
             Err(e) => return Err(self.err(e)),
         };
-        let mut out = Vec::new();
+        let mut wanted = Vec::new();
         for (si, entries) in stream_entries(reply) {
             let Some(backend) = streams
                 .iter()
@@ -301,17 +301,36 @@ impl JobQueue {
                 continue;
             };
             for (entry, job_id) in entries {
-                if out.len() >= max {
+                if wanted.len() >= max {
                     // One read returns up to `max` per stream: the rest go back at once.
                     self.hand_back(&si, &entry).await?;
                     continue;
                 }
-                if let Some(c) = self.lease(&backend, &entry, job_id.as_deref()).await? {
-                    out.push(c);
-                }
+                wanted.push((backend.clone(), entry, job_id));
             }
         }
-        Ok(out)
+        // The leases go out together (pipelined on the shared connection).
+        let leased = futures::future::join_all(
+            wanted
+                .iter()
+                .map(|(backend, entry, job_id)| self.lease(backend, entry, job_id.as_deref())),
+        )
+        .await;
+        // Leases that were granted run even if others failed (those entries are
+        // taken over later); an error is returned only when nothing was leased.
+        let mut out = Vec::with_capacity(leased.len());
+        let mut failed = None;
+        for l in leased {
+            match l {
+                Ok(Some(c)) => out.push(c),
+                Ok(None) => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
     }
 
     /// Makes a delivered entry this node will not run look idle for ever, so the next
@@ -496,14 +515,25 @@ impl JobQueue {
     /// Records the job of `lease` as running (attempt `lease.attempts`, started now)
     /// and returns that record; refused (`Ok(None)`) if the lease is no longer current.
     pub async fn start(&self, lease: &Lease) -> Result<Option<Job>> {
+        let job = Self::running_record(lease);
+        Ok(self.record_running(lease, &job).await?.then_some(job))
+    }
+
+    /// The running record of the job of `lease`: attempt `lease.attempts`, started now.
+    pub fn running_record(lease: &Lease) -> Job {
         let mut job = lease.job.clone();
         job.status = JobStatus::Running;
         job.started_ms = Some(now_ms());
         job.attempts = lease.attempts;
+        job
+    }
+
+    /// Stores `job` (a running record) while the lease is current: `false` if not.
+    pub async fn record_running(&self, lease: &Lease, job: &Job) -> Result<bool> {
         let i = &self.inner;
-        let args = RecordArgs::of(&job)?;
+        let args = RecordArgs::of(job)?;
         let mut call = i.fenced_put.prepare_invoke();
-        for k in record_keys(&i.keys, &job) {
+        for k in record_keys(&i.keys, job) {
             call.key(k);
         }
         call.key(i.keys.lease(job.id.as_str())).arg(lease.token);
@@ -512,7 +542,7 @@ impl JobQueue {
             .invoke_async(&mut i.conn.manager())
             .await
             .map_err(|e| self.err(e))?;
-        Ok((stored == 1).then_some(job))
+        Ok(stored == 1)
     }
 
     /// Extends the lease; `false` when it is no longer this node's (the job was

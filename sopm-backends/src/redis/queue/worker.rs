@@ -12,7 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::counters::RunningGuard;
 use super::scheduler::{AtShutdown, LiveGuard, Shared};
-use super::stream::{Claimed, Lease};
+use super::stream::{Claimed, JobQueue, Lease};
 
 /// Back-off while Redis cannot be reached: doubles from 50 ms up to 2 s.
 pub(crate) struct Backoff(Duration);
@@ -201,14 +201,7 @@ enum Ending {
 
 /// Runs one leased job to its end.
 async fn run_leased(s: &Shared, lease: Lease) {
-    let running = match retrying(patience(s), || s.queue.start(&lease)).await {
-        Ok(Some(job)) => job,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::warn!(job = %lease.job.id, error = %e, "could not start a job; its lease will expire");
-            return;
-        }
-    };
+    let running = JobQueue::running_record(&lease);
     let _running = RunningGuard::new(&s.counters);
     let live = LiveGuard::new(s, &running.id);
     let started = Instant::now();
@@ -225,17 +218,37 @@ async fn run_leased(s: &Shared, lease: Lease) {
                 deadline,
             };
             let timeout_ms = running.timeout_ms;
-            let call = tokio::time::timeout_at(
+            let past_deadline = |r: std::result::Result<Result<Output>, _>| {
+                r.unwrap_or_else(|_| {
+                    Err(Error::Timeout(format!(
+                        "the job ran past its {timeout_ms} ms time limit and was stopped"
+                    )))
+                })
+            };
+            let mut call = std::pin::pin!(tokio::time::timeout_at(
                 deadline.into(),
                 s.dispatcher.invoke(&route.backend, invocation),
-            );
-            tokio::select! {
-                r = call => Ending::Finished(r.unwrap_or_else(|_| Err(Error::Timeout(format!(
-                    "the job ran past its {timeout_ms} ms time limit and was stopped"
-                ))))),
-                _ = keep_lease(s, &lease) => Ending::Lost,
-                _ = live.cancel.notified() => Ending::Lost,
-                _ = interrupt.wait_for(|v| *v) => Ending::Interrupted,
+            ));
+            // A job that ends on its first poll (most built-ins) needs no running
+            // record: its final record follows at once.
+            match futures::poll!(call.as_mut()) {
+                std::task::Poll::Ready(r) => Ending::Finished(past_deadline(r)),
+                std::task::Poll::Pending => {
+                    match retrying(patience(s), || s.queue.record_running(&lease, &running)).await {
+                        Ok(true) => {}
+                        Ok(false) => return,
+                        Err(e) => {
+                            tracing::warn!(job = %running.id, error = %e, "could not record a job running; its lease will expire");
+                            return;
+                        }
+                    }
+                    tokio::select! {
+                        r = call => Ending::Finished(past_deadline(r)),
+                        _ = keep_lease(s, &lease) => Ending::Lost,
+                        _ = live.cancel.notified() => Ending::Lost,
+                        _ = interrupt.wait_for(|v| *v) => Ending::Interrupted,
+                    }
+                }
             }
         }
     };

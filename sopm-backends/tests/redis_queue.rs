@@ -718,7 +718,13 @@ mod cluster {
     }
 
     /// A node: a gateway has no executors (everything goes through the queue).
-    async fn node(server: &RedisServer, id: &str, role: NodeRole, lease_ms: u64) -> Node {
+    async fn node(
+        server: &RedisServer,
+        id: &str,
+        role: NodeRole,
+        lease_ms: u64,
+        max_deliveries: u32,
+    ) -> Node {
         let executor = Arc::new(Worker::default());
         let executors: Vec<(String, Arc<dyn Executor>)> = match role {
             NodeRole::Gateway => Vec::new(),
@@ -735,7 +741,7 @@ mod cluster {
         config.at_shutdown = AtShutdown::Release;
         config.queue = QueueConfig {
             lease: Duration::from_millis(lease_ms),
-            max_deliveries: 3,
+            max_deliveries,
             block: Duration::from_millis(300),
         };
         let scheduler = RedisScheduler::start(
@@ -796,8 +802,8 @@ mod cluster {
         let Some(server) = RedisServer::start("a_gateway_queues_and_a_worker_runs") else {
             return;
         };
-        let gateway = node(&server, "gw", NodeRole::Gateway, 5_000).await;
-        let worker = node(&server, "w1", NodeRole::Worker, 5_000).await;
+        let gateway = node(&server, "gw", NodeRole::Gateway, 5_000, 3).await;
+        let worker = node(&server, "w1", NodeRole::Worker, 5_000, 3).await;
         let id = match gateway
             .scheduler
             .submit(request("echo", json!({"n": 1})), SubmitMode::Detach)
@@ -860,8 +866,8 @@ mod cluster {
         let Some(server) = RedisServer::start("a_dead_workers_job_moves") else {
             return;
         };
-        let gateway = node(&server, "gw", NodeRole::Gateway, 600).await;
-        let w1 = node(&server, "w1", NodeRole::Worker, 600).await;
+        let gateway = node(&server, "gw", NodeRole::Gateway, 600, 3).await;
+        let w1 = node(&server, "w1", NodeRole::Worker, 600, 3).await;
         let id = match gateway
             .scheduler
             .submit(request("sleep_ms", json!({"ms": 1500})), SubmitMode::Detach)
@@ -873,7 +879,7 @@ mod cluster {
         };
         wait_status(&gateway.scheduler, &id, JobStatus::Running).await;
         w1.scheduler.abort();
-        let w2 = node(&server, "w2", NodeRole::Worker, 600).await;
+        let w2 = node(&server, "w2", NodeRole::Worker, 600, 3).await;
         let job = wait_terminal(&gateway.scheduler, &id, Duration::from_secs(20)).await;
         assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
         assert_eq!(job.attempts, 2, "taken over: the second attempt");
@@ -883,6 +889,45 @@ mod cluster {
         w2.scheduler.shutdown(Duration::from_secs(1)).await.unwrap();
     }
 
+    /// With one delivery allowed, a job whose worker died is not run again: the next
+    /// worker dead-letters it and the caller waiting on the gateway gets that record.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_past_its_deliveries_is_dead_lettered() {
+        let Some(server) = RedisServer::start("dead_lettered_by_scheduler") else {
+            return;
+        };
+        let gateway = node(&server, "gw", NodeRole::Gateway, 500, 1).await;
+        let w1 = node(&server, "w1", NodeRole::Worker, 500, 1).await;
+        let g = gateway.scheduler.clone();
+        let waiting = tokio::spawn(async move {
+            g.submit(
+                request("slow", json!({"ms": 60_000})),
+                SubmitMode::Wait(Some(Duration::from_secs(30))),
+            )
+            .await
+        });
+        let until = Instant::now() + Duration::from_secs(10);
+        while w1.scheduler.stats().running == 0 {
+            assert!(Instant::now() < until, "the job did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        w1.scheduler.abort();
+        let w2 = node(&server, "w2", NodeRole::Worker, 500, 1).await;
+        let job = match waiting.await.unwrap().expect("submit") {
+            Submitted::Finished(job) => job,
+            other => panic!("the waiting caller: {other:?}"),
+        };
+        assert_eq!(job.status, JobStatus::Failed);
+        assert_eq!(
+            job.error.as_ref().map(|e| e.code.as_str()),
+            Some("dead_letter")
+        );
+        assert_eq!(job.attempts, 1);
+        assert_eq!(w2.executor.inner.invocations(&job.id), 0, "not run again");
+        assert_eq!(w2.scheduler.queue().dead_lettered(), 1);
+        assert_eq!(w2.scheduler.queue().dead_count().await.unwrap(), 1);
+    }
+
     /// A node shutting down gives its running jobs back at once: another takes them
     /// without waiting for the lease.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -890,8 +935,8 @@ mod cluster {
         let Some(server) = RedisServer::start("shutdown_releases") else {
             return;
         };
-        let gateway = node(&server, "gw", NodeRole::Gateway, 60_000).await;
-        let w1 = node(&server, "w1", NodeRole::Worker, 60_000).await;
+        let gateway = node(&server, "gw", NodeRole::Gateway, 60_000, 3).await;
+        let w1 = node(&server, "w1", NodeRole::Worker, 60_000, 3).await;
         let id = match gateway
             .scheduler
             .submit(request("slow", json!({"ms": 2_000})), SubmitMode::Detach)
@@ -902,7 +947,7 @@ mod cluster {
             other => panic!("{other:?}"),
         };
         wait_status(&gateway.scheduler, &id, JobStatus::Running).await;
-        let w2 = node(&server, "w2", NodeRole::Worker, 60_000).await;
+        let w2 = node(&server, "w2", NodeRole::Worker, 60_000, 3).await;
         w1.scheduler
             .shutdown(Duration::from_millis(50))
             .await
@@ -920,8 +965,8 @@ mod cluster {
         let Some(server) = RedisServer::start("retired_reaches") else {
             return;
         };
-        let a = node(&server, "a", NodeRole::All, 5_000).await;
-        let b = node(&server, "b", NodeRole::Worker, 5_000).await;
+        let a = node(&server, "a", NodeRole::All, 5_000, 3).await;
+        let b = node(&server, "b", NodeRole::Worker, 5_000, 3).await;
         // Let b's subscription come up (it is not acknowledged to anyone).
         let until = Instant::now() + Duration::from_secs(10);
         loop {
@@ -960,8 +1005,8 @@ mod cluster {
         let Some(mut server) = RedisServer::start("redis_restart_under_load") else {
             return;
         };
-        let gateway = node(&server, "gw", NodeRole::Gateway, 2_000).await;
-        let worker = node(&server, "w1", NodeRole::Worker, 2_000).await;
+        let gateway = node(&server, "gw", NodeRole::Gateway, 2_000, 3).await;
+        let worker = node(&server, "w1", NodeRole::Worker, 2_000, 3).await;
         let store = RedisJobStore::new(conn(&server).await);
         let mut acknowledged: Vec<JobId> = Vec::new();
         let mut refused = 0u32;
@@ -969,6 +1014,12 @@ mod cluster {
         for i in 0..600u32 {
             if i == 200 {
                 server.kill();
+                let err = gateway
+                    .scheduler
+                    .status(&tenant(), &acknowledged[0])
+                    .await
+                    .expect_err("status with redis down");
+                assert_eq!(err.code(), "unavailable", "{err:?}");
             }
             if i == 260 {
                 server.restart();
@@ -1013,6 +1064,19 @@ mod cluster {
             acknowledged.len()
         );
         assert!(store.unfinished().await.unwrap().is_empty());
+        // The gateway's subscription came back: a waiting caller gets its result pushed.
+        match gateway
+            .scheduler
+            .submit(
+                request("echo", json!("after the restart")),
+                SubmitMode::Wait(Some(Duration::from_secs(20))),
+            )
+            .await
+            .expect("submit after the restart")
+        {
+            Submitted::Finished(job) => assert_eq!(job.status, JobStatus::Succeeded),
+            other => panic!("a waiting caller after the restart: {other:?}"),
+        }
         assert!(
             runs.keys().all(|n| *n >= 1),
             "every acknowledged job ran at least once: {runs:?}"

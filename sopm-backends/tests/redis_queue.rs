@@ -928,6 +928,44 @@ mod cluster {
         assert_eq!(w2.scheduler.queue().dead_count().await.unwrap(), 1);
     }
 
+    /// A node starting up (recover) leaves alone a job another node is running: only
+    /// records nobody owns are its business.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recover_leaves_other_nodes_jobs_alone() {
+        let Some(server) = RedisServer::start("recover_leaves_other_nodes_jobs_alone") else {
+            return;
+        };
+        let gateway = node(&server, "gw", NodeRole::Gateway, 5_000, 3).await;
+        let w1 = node(&server, "w1", NodeRole::Worker, 5_000, 3).await;
+        let submit = |f: &'static str| {
+            let g = gateway.scheduler.clone();
+            async move {
+                match g
+                    .submit(request(f, json!({"ms": 60_000})), SubmitMode::Detach)
+                    .await
+                    .unwrap()
+                {
+                    Submitted::Pending { id, .. } => id,
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        let running = submit("slow").await;
+        wait_status(&gateway.scheduler, &running, JobStatus::Running).await;
+        // Another node starts and recovers.
+        let late = node(&server, "gw2", NodeRole::Gateway, 5_000, 3).await;
+        let report = late.scheduler.recover().await.unwrap();
+        assert_eq!(
+            (report.requeued, report.interrupted, report.failed),
+            (0, 0, 0),
+            "{report:?}"
+        );
+        let job = gateway.scheduler.status(&tenant(), &running).await.unwrap();
+        assert_eq!(job.status, JobStatus::Running, "another node's job goes on");
+        gateway.scheduler.cancel(&tenant(), &running).await.unwrap();
+        w1.scheduler.shutdown(Duration::from_secs(1)).await.unwrap();
+    }
+
     /// A node shutting down gives its running jobs back at once: another takes them
     /// without waiting for the lease.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,9 @@ fn this_node(s: &Shared) -> NodeStats {
         running: s.counters.running.load(Ordering::Relaxed),
         last_seen_ms: now_ms(),
         stats: node_stats(s),
+        completions_refused: s.queue.refused(),
+        taken_over: s.queue.taken_over(),
+        dead_lettered: s.queue.dead_lettered(),
     }
 }
 

@@ -144,6 +144,12 @@ pub async fn build_node(c: &ServerConfig, plan: &NodePlan) -> Result<Services, S
     scheduler.max_concurrency = c.max_concurrency;
     scheduler.queue_capacity = c.queue_capacity;
     scheduler.max_timeout = Duration::from_millis(c.max_timeout_ms);
+    if let Some(ms) = c.cluster.lease_ms {
+        scheduler.queue.lease = Duration::from_millis(ms);
+    }
+    if let Some(n) = c.cluster.max_deliveries {
+        scheduler.queue.max_deliveries = n;
+    }
     let queue = redis.clone();
     builder = builder.with_scheduler(move |parts| {
         Arc::new(RedisScheduler::new(queue, scheduler, parts)) as Arc<dyn sopm_core::Scheduler>

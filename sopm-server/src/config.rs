@@ -452,6 +452,14 @@ pub struct ServeArgs {
     /// stats [default: the listen address].
     #[arg(long, env = "SOPM_ADVERTISE")]
     pub advertise: Option<String>,
+    /// How long a job's lease lasts without renewal, in ms: a node that stops renewing
+    /// (killed, cut off) loses its jobs to another this long after its last renewal
+    /// [default: 10000].
+    #[arg(long, env = "SOPM_LEASE_MS")]
+    pub lease_ms: Option<u64>,
+    /// How many times a job is started at most before it is dead-lettered [default: 3].
+    #[arg(long, env = "SOPM_MAX_DELIVERIES")]
+    pub max_deliveries: Option<u32>,
 }
 
 impl ServerConfig {
@@ -511,7 +519,7 @@ impl ServerConfig {
         macro_rules! take_cluster {
             ($($f:ident),*) => { $( if let Some(v) = args.$f.clone() { cluster.$f = Some(v); } )* };
         }
-        take_cluster!(redis_url, registry_url, node_id, advertise);
+        take_cluster!(redis_url, registry_url, node_id, advertise, lease_ms, max_deliveries);
         c.validate()?;
         Ok(c)
     }

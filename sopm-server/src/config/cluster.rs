@@ -59,7 +59,16 @@ pub struct ClusterSettings {
     pub node_id: Option<String>,
     /// `HOST:PORT` people reach this node's HTTP port at (default: the listen address).
     pub advertise: Option<String>,
+    /// How long a job's lease lasts without renewal, in ms (default 10000): a node that
+    /// stops renewing (killed, cut off) loses its jobs to another this long after its
+    /// last renewal. Between 500 and 600000.
+    pub lease_ms: Option<u64>,
+    /// How many times a job is started at most before it is dead-lettered (default 3).
+    pub max_deliveries: Option<u32>,
 }
+
+/// Shortest and longest lease accepted, in ms.
+const LEASE_MS: std::ops::RangeInclusive<u64> = 500..=600_000;
 
 impl std::fmt::Debug for ClusterSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,6 +78,8 @@ impl std::fmt::Debug for ClusterSettings {
             .field("registry_url", &self.registry_url)
             .field("node_id", &self.node_id)
             .field("advertise", &self.advertise)
+            .field("lease_ms", &self.lease_ms)
+            .field("max_deliveries", &self.max_deliveries)
             .finish()
     }
 }
@@ -115,6 +126,8 @@ impl ClusterSettings {
                 (self.registry_url.is_some(), "--registry"),
                 (self.node_id.is_some(), "--node-id"),
                 (self.advertise.is_some(), "--advertise"),
+                (self.lease_ms.is_some(), "--lease-ms"),
+                (self.max_deliveries.is_some(), "--max-deliveries"),
             ] {
                 if set {
                     return Err(format!(
@@ -140,6 +153,18 @@ impl ClusterSettings {
         }
         if let Some(addr) = &self.advertise {
             check_advertise(addr)?;
+        }
+        if let Some(ms) = self.lease_ms {
+            if !LEASE_MS.contains(&ms) {
+                return Err(format!(
+                    "--lease-ms {ms}: expected {} to {} (ms)",
+                    LEASE_MS.start(),
+                    LEASE_MS.end()
+                ));
+            }
+        }
+        if self.max_deliveries == Some(0) {
+            return Err("--max-deliveries 0: a job must be started at least once".into());
         }
         Ok(())
     }

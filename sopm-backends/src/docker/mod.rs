@@ -35,6 +35,7 @@ use crate::sandbox::{RunnerKind, SandboxExecutor};
 
 mod builder;
 mod daemon;
+mod images;
 mod launcher;
 
 pub use crate::host::settings::default_base_image;

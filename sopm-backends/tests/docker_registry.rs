@@ -386,3 +386,85 @@ async fn removing_a_version_removes_its_image_and_only_its_manifest() {
     assert_eq!(manifest_status(&w.registry, digest_of(&two)).await, 404);
     w.first.shutdown().await;
 }
+
+/// The Kubernetes backend's builder: code that fits an init frame stays a directory (a
+/// stem-cell pod takes it); bigger code becomes an image over the pods' runner image
+/// (pinned by digest in the registry), pushed and recorded by digest, which boots as it
+/// is where the code cannot travel in a frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pod_builder_makes_images_only_of_code_too_big_for_a_frame() {
+    let test = "the_pod_builder_makes_images_only_of_code_too_big_for_a_frame";
+    let Some(w) = world(test).await else { return };
+    // The pods' static runner image, pushed to the registry and named by digest.
+    let runner = w.first.runner_image(RunnerKind::Static).await.unwrap();
+    let tag = format!(
+        "{}/sopm/runners:static-{}",
+        w.registry.addr,
+        uuid::Uuid::new_v4().simple()
+    );
+    assert!(docker(&["tag", &runner, &tag]).status.success());
+    let push = docker(&["push", &tag]);
+    assert!(push.status.success(), "{push:?}");
+    let digests = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .RepoDigests}}",
+        &tag,
+    ]);
+    let digests: Vec<String> = serde_json::from_slice(&digests.stdout).unwrap();
+    let prefix = format!("{}/sopm/runners@", w.registry.addr);
+    let pinned_runner = digests
+        .into_iter()
+        .find(|d| d.starts_with(&prefix))
+        .expect("a repo digest of the runner image");
+
+    let mut settings =
+        SandboxSettings::new(SandboxKind::Docker).with_image_registry(w.images.clone());
+    if let Ok(path) = std::env::var("SOPM_STATIC_RUNNER") {
+        settings = settings.with_static_runner(path);
+    }
+    let local = LocalBuilderConfig::new(w.artifacts.path()).build().unwrap();
+    let pods = DockerBuilder::from_settings(&settings, Arc::new(local))
+        .for_pods([(RunnerKind::Static, pinned_runner.clone())].into(), 4096);
+
+    let (small, source) = shell_function(HELLO_SH);
+    let artifact = pods
+        .build(&small.version, &source, &Log::default())
+        .await
+        .unwrap();
+    let Artifact::Directory { path, .. } = &artifact else {
+        panic!("small code should stay a directory: {artifact:?}");
+    };
+    assert!(std::path::Path::new(path).join("run.sh").is_file());
+    pods.remove(&artifact).await.unwrap();
+
+    let (big, mut source) = shell_function(HELLO_SH);
+    source.files.insert("data.txt".into(), vec![b'x'; 16 << 10]);
+    let log = Log::default();
+    let artifact = pods.build(&big.version, &source, &log).await.unwrap();
+    let log = log.0.lock().clone();
+    let Artifact::Image { reference } = artifact else {
+        panic!("big code should become an image: {artifact:?}\n{log}");
+    };
+    assert!(reference.starts_with(&format!("{}/{REPOSITORY}@sha256:", w.registry.addr)));
+    assert!(log.contains(&format!("from {pinned_runner}")), "{log}");
+    // Booted from the image itself, as a pod would be (the code does not fit a frame).
+    let booting = SandboxSettings::new(SandboxKind::Docker)
+        .with_name(format!("test-registry-{}", uuid::Uuid::new_v4().simple()))
+        .with_image_registry(w.images.clone())
+        .with_pool(
+            PoolSettings::new([RunnerKind::Static])
+                .with_stem_cells(0)
+                .with_max_inline_bytes(4096),
+        );
+    let booting = booting.build::<DockerLauncher>().unwrap();
+    let out = call(&booting, &running_image(&big, &reference), json!(5))
+        .await
+        .expect("runs from its image");
+    assert_eq!(out.value["got"], json!(5));
+    booting.shutdown().await;
+    w.first.shutdown().await;
+    pods.remove(&Artifact::Image { reference }).await.unwrap();
+    let _ = docker(&["image", "rm", &tag]);
+}

@@ -1,6 +1,7 @@
 //! The docker builder: an upload becomes a container image, pushed to the registry when
 //! one is configured.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -8,7 +9,8 @@ use sopm_core::{Artifact, BuildLog, Builder, Error, FunctionVersion, Result, Sou
 
 use super::daemon::{Context, Daemon};
 use super::docker_runner;
-use crate::host::ImageRegistry;
+use crate::host::{ImageRegistry, SandboxSettings};
+use crate::sandbox::{load_directory, FunctionCode, RunnerKind};
 use crate::LocalBuilder;
 
 /// Builds function images for a [`DockerExecutor`](super::DockerExecutor): the local
@@ -36,15 +38,63 @@ use crate::LocalBuilder;
 /// the manifest by digest. No other version can share that manifest: the image config
 /// carries the `sopm.function` and `sopm.version` labels, so two versions' images differ
 /// in their config blob, hence in their manifest digest, even with the same code.
+///
+/// For the Kubernetes backend ([`for_pods`](Self::for_pods)) it makes an image only of
+/// code too big for an init frame, over the pods' own runner images (pinned by digest),
+/// and leaves smaller code as the local builder's directory.
 #[derive(Debug, Clone)]
 pub struct DockerBuilder {
     local: Arc<LocalBuilder>,
     daemon: Arc<Daemon>,
+    /// Images only of code bigger than this (inline code stays a directory).
+    images_above: Option<u64>,
+    /// The runner images to build over instead of this daemon's own.
+    runner_images: BTreeMap<RunnerKind, String>,
 }
 
 impl DockerBuilder {
     pub(crate) fn new(local: Arc<LocalBuilder>, daemon: Arc<Daemon>) -> Self {
-        DockerBuilder { local, daemon }
+        DockerBuilder {
+            local,
+            daemon,
+            images_above: None,
+            runner_images: BTreeMap::new(),
+        }
+    }
+
+    /// A builder through the daemon and registry of `settings` (no I/O until a build).
+    pub fn from_settings(settings: &SandboxSettings, local: Arc<LocalBuilder>) -> Self {
+        DockerBuilder::new(local, Arc::new(Daemon::new(settings)))
+    }
+
+    /// Builds images for pods that boot from `runner_images` (`repository@sha256:…` per
+    /// runner, pulled by digest when missing): code that fits an init frame of
+    /// `max_inline_bytes` stays the local builder's directory (a stem cell takes it);
+    /// bigger code becomes an image over the runner's image. Needs a registry.
+    pub fn for_pods(
+        mut self,
+        runner_images: BTreeMap<RunnerKind, String>,
+        max_inline_bytes: u64,
+    ) -> Self {
+        self.runner_images = runner_images;
+        self.images_above = Some(max_inline_bytes);
+        self
+    }
+
+    /// The image a function of `runner` is built over.
+    async fn base_image(&self, runner: RunnerKind) -> Result<String> {
+        if self.runner_images.is_empty() {
+            return self.daemon.runner_image(runner).await;
+        }
+        let image = self.runner_images.get(&runner).ok_or_else(|| {
+            Error::Unavailable(format!(
+                "no runner image is configured for the {} runner",
+                runner.as_str()
+            ))
+        })?;
+        let docker = self.daemon.client().await?;
+        self.daemon.images().ensure(&docker, image).await?;
+        Ok(image.clone())
     }
 }
 
@@ -98,8 +148,23 @@ impl Builder for DockerBuilder {
                 "the local builder made something other than a directory".into(),
             ));
         };
+        if let Some(max) = self.images_above {
+            let code = load_directory(std::path::PathBuf::from(path), max).await;
+            if matches!(code, Ok(FunctionCode::Inline(_))) {
+                return Ok(artifact);
+            }
+            if self.daemon.images().registry().is_none() {
+                let _ = self.local.remove(&artifact).await;
+                return Err(Error::BuildFailed(format!(
+                    "function '{}' is too big for an init frame ({max} bytes) and no image registry is configured to build it into an image (SOPM_DOCKER_REGISTRY)",
+                    version.name
+                )));
+            }
+            log.append("the code is too big for an init frame: building an image\n")
+                .await;
+        }
         let result = async {
-            let base = self.daemon.runner_image(runner).await?;
+            let base = self.base_image(runner).await?;
             let registry = self.daemon.images().registry().cloned();
             let tag = match &registry {
                 Some(r) => registry_tag(r, &version.function_id, version.version),

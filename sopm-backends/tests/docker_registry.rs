@@ -288,6 +288,7 @@ async fn an_unknown_or_tampered_digest_and_an_unreachable_registry_are_clear_err
         .unwrap_err();
     assert_eq!(e.code(), "unavailable", "{e:?}");
     let text = e.to_string();
+    eprintln!("unknown digest: {text}");
     assert!(
         text.contains("cannot pull") && text.contains(&host) && text.contains(&unknown),
         "{text}"
@@ -300,6 +301,7 @@ async fn an_unknown_or_tampered_digest_and_an_unreachable_registry_are_clear_err
     let e = call(&second, &running_image(&f, &reference), json!({}))
         .await
         .unwrap_err();
+    eprintln!("tampered layer: {e}");
     assert_eq!(e.code(), "unavailable", "{e:?}");
     assert!(e.to_string().contains("cannot pull"), "{e}");
     assert!(!in_daemon(&reference), "a tampered image was kept");
@@ -309,6 +311,7 @@ async fn an_unknown_or_tampered_digest_and_an_unreachable_registry_are_clear_err
     let e = call(&second, &running_image(&f, &reference), json!({}))
         .await
         .unwrap_err();
+    eprintln!("registry gone: {e}");
     assert_eq!(e.code(), "unavailable", "{e:?}");
     assert!(e.to_string().contains(&host), "{e}");
     second.shutdown().await;

@@ -220,11 +220,18 @@ async fn concurrent_first_calls_pull_the_image_once() {
     let reference = build(&w, &f.version, &source).await;
     remove_from_daemon(&reference);
     let f = Arc::new(running_image(&f, &reference));
+    // Two executors on one daemon (as `docker` and `docker-runsc` are), three calls each.
     let second = Arc::new(node(&w.images, 0));
+    let third = Arc::new(node(&w.images, 0));
     let since = daemon_time();
     let calls: Vec<_> = (0..6)
         .map(|i| {
-            let (exec, f) = (second.clone(), f.clone());
+            let exec = if i % 2 == 0 {
+                second.clone()
+            } else {
+                third.clone()
+            };
+            let f = f.clone();
             tokio::spawn(async move { call(&*exec, &f, json!(i)).await })
         })
         .collect();
@@ -252,6 +259,7 @@ async fn concurrent_first_calls_pull_the_image_once() {
         .count();
     assert_eq!(pulls, 1, "pull events: {events:?}");
     second.shutdown().await;
+    third.shutdown().await;
     w.first.shutdown().await;
     w.builder
         .remove(&Artifact::Image { reference })

@@ -25,7 +25,8 @@ pub(crate) const LABEL_EXECUTOR: &str = "sopm.executor";
 pub(crate) const LABEL_OWNER: &str = "sopm.owner";
 /// Label naming the executor instance (one per executor value) that made a container.
 pub(crate) const LABEL_INSTANCE: &str = "sopm.instance";
-/// Label of a function image naming the artifact directory it was built from.
+/// Label of a function image built before images carried their code alone, naming the
+/// artifact directory it was built from (removed with the image).
 pub(crate) const LABEL_FILES: &str = "sopm.files";
 /// Where runners live inside runner images.
 pub(crate) const RUNNER_DIR: &str = "/opt/sopm";
@@ -59,7 +60,7 @@ impl Daemon {
             client: OnceCell::new(),
             runner_images: Mutex::new(HashMap::new()),
             swept: OnceCell::new(),
-            images: FunctionImages::new(config.image_registry.clone()),
+            images: FunctionImages::new(config.image_registry.clone(), config.docker_host.clone()),
         }
     }
 

@@ -27,12 +27,18 @@ use crate::sandbox::{load_directory, FunctionCode, CODE_DIR};
 pub(crate) struct FunctionImages {
     registry: Option<ImageRegistry>,
     http: OnceCell<reqwest::Client>,
+    /// The daemon's address (`None`: the local default), which keys the pulls.
+    daemon: Option<String>,
     /// References known to be in the daemon (checked once, forgotten when a container
     /// of one cannot be made).
     present: parking_lot::Mutex<HashSet<String>>,
-    /// One lock per reference being pulled: concurrent first calls wait for one pull.
-    pulling: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// One lock per (daemon, reference) being pulled in this process: concurrent first calls,
+/// of one executor or of several on one daemon (`docker` and `docker-runsc`), wait for
+/// one pull.
+type Pulls = tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+static PULLS: std::sync::LazyLock<Pulls> = std::sync::LazyLock::new(Default::default);
 
 /// `name@sha256:<64 hex>` split into the name and the digest, if `reference` is pinned.
 pub(crate) fn pinned(reference: &str) -> Option<(&str, &str)> {
@@ -53,12 +59,12 @@ fn registry_of(name: &str) -> Option<&str> {
 }
 
 impl FunctionImages {
-    pub(crate) fn new(registry: Option<ImageRegistry>) -> Self {
+    pub(crate) fn new(registry: Option<ImageRegistry>, daemon: Option<String>) -> Self {
         FunctionImages {
             registry,
             http: OnceCell::new(),
+            daemon,
             present: parking_lot::Mutex::new(HashSet::new()),
-            pulling: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -86,8 +92,8 @@ impl FunctionImages {
     }
 
     /// Makes sure `reference` is in the daemon: a pinned reference missing there is
-    /// pulled by digest (one pull per reference at a time; callers that arrive during it
-    /// wait for it), the daemon checking the content against the digest. A reference
+    /// pulled by digest (one pull per daemon and reference at a time in this process;
+    /// callers that arrive during it wait for it), the daemon checking the content against the digest. A reference
     /// without a digest that is missing is an error: it was built on another node
     /// without a registry.
     pub(crate) async fn ensure(&self, docker: &Docker, reference: &str) -> Result<()> {
@@ -103,22 +109,20 @@ impl FunctionImages {
                 "the function image '{reference}' is not in this node's Docker daemon and names no digest to pull it by (built on another node without a registry: set SOPM_DOCKER_REGISTRY)"
             )));
         };
-        let lock = self
-            .pulling
-            .lock()
-            .await
-            .entry(reference.to_string())
-            .or_default()
-            .clone();
+        let key = format!("{}|{reference}", self.daemon.as_deref().unwrap_or_default());
+        let lock = PULLS.lock().await.entry(key.clone()).or_default().clone();
         let _one = lock.lock().await;
-        if self.present.lock().contains(reference) {
+        // A pull that finished while this call waited (here or in another executor).
+        if self.present.lock().contains(reference) || is_in_daemon(docker, reference).await? {
+            self.present.lock().insert(reference.to_string());
+            PULLS.lock().await.remove(&key);
             return Ok(());
         }
         let pulled = self.pull(docker, reference, name).await;
         if pulled.is_ok() {
             self.present.lock().insert(reference.to_string());
         }
-        self.pulling.lock().await.remove(reference);
+        PULLS.lock().await.remove(&key);
         pulled
     }
 

@@ -621,3 +621,48 @@ fn a_node_started_before_redis_waits_for_it_and_serves_once_it_answers() {
     let (st, v) = gateway.get(&format!("/api/status/{id}"));
     assert_eq!(st, 200, "{v}");
 }
+
+#[cfg(feature = "cluster")]
+#[test]
+fn an_all_node_on_redis_is_gateway_and_worker_at_once() {
+    use nodes::*;
+    use serde_json::json;
+
+    let Some((redis, registry)) = backing("all_on_redis") else {
+        return;
+    };
+    if sandbox_skipped() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let all = node("all", "solo", &redis, &registry, dir.path(), |o| o);
+    let id = async_add(&all, 40, 2);
+    assert_eq!(finished(&all, &id)["output"], 42);
+    let (st, v) = all.post_json(
+        "/api/user-functions",
+        &json!({
+            "name": "triple", "runtime": "python", "handler": "main.handle",
+            "files": {"main.py": "def handle(event, context):\n    return event * 3\n"},
+        }),
+    );
+    assert_eq!(st, 202, "{v}");
+    assert_eq!(
+        all.built_function("/api/user-functions/triple")["status"],
+        "ready"
+    );
+    let (st, v) = all.post_json("/api/user-functions/triple/execute", &json!({"input": 14}));
+    assert_eq!((st, &v["output"]), (200, &json!(42)), "{v}");
+    let (st, stats) = all.get("/api/stats");
+    assert_eq!(st, 200, "{stats}");
+    let nodes = stats["cluster"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{stats}");
+    assert_eq!(nodes[0]["role"], "all");
+    assert!(
+        nodes[0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b == "process"),
+        "{stats}"
+    );
+}

@@ -519,7 +519,14 @@ impl ServerConfig {
         macro_rules! take_cluster {
             ($($f:ident),*) => { $( if let Some(v) = args.$f.clone() { cluster.$f = Some(v); } )* };
         }
-        take_cluster!(redis_url, registry_url, node_id, advertise, lease_ms, max_deliveries);
+        take_cluster!(
+            redis_url,
+            registry_url,
+            node_id,
+            advertise,
+            lease_ms,
+            max_deliveries
+        );
         c.validate()?;
         Ok(c)
     }

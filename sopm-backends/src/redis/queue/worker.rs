@@ -230,23 +230,34 @@ async fn run_leased(s: &Shared, lease: Lease) {
                 s.dispatcher.invoke(&route.backend, invocation),
             ));
             // A job that ends on its first poll (most built-ins) needs no running
-            // record: its final record follows at once.
+            // record: its final record follows at once. Otherwise the running record
+            // is written while the call runs, not before it: a waiting caller does not
+            // pay for that write. A running record that arrives after the final one is
+            // refused by its fence (the lease is gone by then), so it never moves a
+            // record back.
             match futures::poll!(call.as_mut()) {
                 std::task::Poll::Ready(r) => Ending::Finished(past_deadline(r)),
                 std::task::Poll::Pending => {
-                    match retrying(patience(s), || s.queue.record_running(&lease, &running)).await {
-                        Ok(true) => {}
-                        Ok(false) => return,
-                        Err(e) => {
-                            tracing::warn!(job = %running.id, error = %e, "could not record a job running; its lease will expire");
-                            return;
+                    let record = retrying(patience(s), || s.queue.record_running(&lease, &running));
+                    tokio::pin!(record);
+                    let renewals = keep_lease(s, &lease);
+                    tokio::pin!(renewals);
+                    let mut recorded = false;
+                    loop {
+                        tokio::select! {
+                            r = &mut call => break Ending::Finished(past_deadline(r)),
+                            done = &mut record, if !recorded => match done {
+                                Ok(true) => recorded = true,
+                                Ok(false) => return,
+                                Err(e) => {
+                                    tracing::warn!(job = %running.id, error = %e, "could not record a job running; its lease will expire");
+                                    return;
+                                }
+                            },
+                            _ = &mut renewals => break Ending::Lost,
+                            _ = live.cancel.notified() => break Ending::Lost,
+                            _ = interrupt.wait_for(|v| *v) => break Ending::Interrupted,
                         }
-                    }
-                    tokio::select! {
-                        r = call => Ending::Finished(past_deadline(r)),
-                        _ = keep_lease(s, &lease) => Ending::Lost,
-                        _ = live.cancel.notified() => Ending::Lost,
-                        _ = interrupt.wait_for(|v| *v) => Ending::Interrupted,
                     }
                 }
             }

@@ -28,6 +28,9 @@ THREADS = os.environ.get("SOPM_BENCH_THREADS", "2")
 CONNS = os.environ.get("SOPM_BENCH_CONNECTIONS", "64")
 CALLS = int(os.environ.get("SOPM_BENCH_CLUSTER_CALLS", "1000"))
 LEASE_MS = int(os.environ.get("SOPM_BENCH_LEASE_MS", "2000"))
+# Redis AOF fsync policy: always (what docs/cluster.md asks for) or everysec (to see
+# what the fsyncs cost).
+APPENDFSYNC = os.environ.get("SOPM_BENCH_APPENDFSYNC", "always")
 
 work = tempfile.mkdtemp(prefix="sopm-bench-cluster-")
 procs = []
@@ -152,7 +155,7 @@ def completed(port):
 def main():
     redis_port = free_port()
     start(["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--dir", work,
-           "--appendonly", "yes", "--appendfsync", "always", "--save", ""], "redis")
+           "--appendonly", "yes", "--appendfsync", APPENDFSYNC, "--save", ""], "redis")
     wait_tcp(redis_port)
     reg_port = free_port()
     os.makedirs(os.path.join(work, "registry"))

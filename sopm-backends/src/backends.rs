@@ -239,20 +239,48 @@ mod table {
     /// The warm-pod Kubernetes backend: settings from `SOPM_KUBERNETES_*` and the pool
     /// variables ([`KubernetesSettings::from_env`](crate::kubernetes::KubernetesSettings::from_env)),
     /// the cluster from `kube::Config::infer`. Offered when wanted or a cluster may be
-    /// reachable; its artifacts are the local builder's directories, sent in init frames.
+    /// reachable; its artifacts are the local builder's directories, sent in init frames,
+    /// and code too big for a frame becomes a function image ([`pod_builder`]).
     #[cfg(feature = "kubernetes")]
     fn kubernetes(ctx: &BackendContext, wanted: bool) -> Result<Option<Backend>> {
         if !wanted && !kubernetes_configured() {
             return Ok(None);
         }
-        let exec = crate::kubernetes::KubernetesSettings::from_env()?.build()?;
+        let settings = crate::kubernetes::KubernetesSettings::from_env()?;
+        let builder = pod_builder(ctx, &settings)?;
+        let exec = settings.build()?;
         let started = exec.clone();
         Ok(Some(Backend {
             name: "kubernetes",
             executor: Arc::new(exec),
-            builder: ctx.local_builder.clone(),
+            builder,
             start: Box::new(move || started.start()),
         }))
+    }
+
+    /// The builder of the warm-pod backend: with the `docker` feature and
+    /// `SOPM_DOCKER_REGISTRY` set, a [`DockerBuilder`](crate::docker::DockerBuilder) that
+    /// turns code too big for an init frame into an image over the pods' runner images,
+    /// pushed and recorded by digest (pods boot from it); otherwise the local builder
+    /// (such code then cannot run in a pod).
+    #[cfg(feature = "kubernetes")]
+    fn pod_builder(
+        ctx: &BackendContext,
+        settings: &crate::kubernetes::KubernetesSettings,
+    ) -> Result<Arc<dyn Builder>> {
+        #[cfg(feature = "docker")]
+        {
+            let docker = SandboxSettings::from_env(SandboxKind::Docker)?;
+            if docker.image_registry.is_some() {
+                let builder =
+                    crate::docker::DockerBuilder::from_settings(&docker, ctx.local_builder.clone())
+                        .for_pods(settings.images.clone(), settings.pool.max_inline_bytes);
+                return Ok(Arc::new(builder));
+            }
+        }
+        #[cfg(not(feature = "docker"))]
+        let _ = settings;
+        Ok(ctx.local_builder.clone())
     }
 
     /// The Kubernetes Job backend: one Job per call, same settings as `kubernetes`.

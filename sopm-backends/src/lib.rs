@@ -14,7 +14,9 @@
 //!   in warm Kubernetes pods (stem cells specialised over the runner's TCP port), and
 //!   [`KubernetesJobExecutor`](kubernetes::KubernetesJobExecutor), one Job per call.
 //! - `redis`: [`RedisRegistry`] and [`RedisKeyStore`], the function registry and API
-//!   keys in Redis over one [`RedisConnection`], so many nodes share one state.
+//!   keys in Redis over one [`RedisConnection`], so many nodes share one state; [`RedisJobStore`] and the cluster queue and
+//!   scheduler in [`redis::queue`] (streams per backend, leases with fencing tokens,
+//!   dead letters, results pushed over pub/sub).
 //! - `local-build`: [`LocalBuilder`], which turns uploaded sources into artifact
 //!   directories, installing `requirements.txt` / `package.json` dependencies inside a
 //!   bubblewrap sandbox. Every sandbox backend enables it.
@@ -89,4 +91,6 @@ pub mod kubernetes;
 pub mod redis;
 
 #[cfg(feature = "redis")]
-pub use crate::redis::{RedisConfig, RedisConnection, RedisKeyStore, RedisRegistry};
+pub use crate::redis::{
+    RedisConfig, RedisConnection, RedisJobStore, RedisKeyStore, RedisRegistry, RedisScheduler,
+};

@@ -631,7 +631,7 @@ mod oci {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn remove_deletes_the_manifest_and_the_local_copy() {
+    async fn remove_drops_the_local_copy_and_keeps_the_shared_manifest() {
         let Some(registry) = OciRegistry::start("oci_remove") else {
             return;
         };
@@ -643,10 +643,23 @@ mod oci {
         let manifest = format!("/v2/sopm/artifacts/manifests/sha256-{}", digest.hex());
         assert_eq!(registry.status("HEAD", &manifest), 200);
 
+        // Another version with the same files (here: another node's) names the same
+        // content; removing one leaves the registry's copy for the other.
+        let b = node(&registry, &tmp.path().join("cache-b"), 1 << 30);
         a.remove(&put).await.unwrap();
-        assert_eq!(registry.status("HEAD", &manifest), 404);
         assert!(!path_of(&put).exists());
+        assert_eq!(registry.status("HEAD", &manifest), 200);
+        let fetched = b.fetch(&remote(&digest)).await.unwrap();
+        assert!(
+            path_of(&fetched).is_dir(),
+            "the other version still fetches it"
+        );
         a.remove(&put).await.unwrap();
+
+        // An operator who knows no version names it any more deletes it explicitly.
+        a.delete_manifest(&digest).await.unwrap();
+        assert_eq!(registry.status("HEAD", &manifest), 404);
+        a.delete_manifest(&digest).await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,11 +215,15 @@ impl Dispatcher {
             return Ok(None);
         };
         if let Some(f) = self.fetched.read().get(digest) {
-            return Ok(Self::as_run_here(v, artifact, &f.local));
+            if still_here(&f.local) {
+                return Ok(Self::as_run_here(v, artifact, &f.local));
+            }
         }
         let _one = self.fetching.lock().await;
         if let Some(f) = self.fetched.read().get(digest) {
-            return Ok(Self::as_run_here(v, artifact, &f.local));
+            if still_here(&f.local) {
+                return Ok(Self::as_run_here(v, artifact, &f.local));
+            }
         }
         let local = self.artifacts.fetch(artifact).await?;
         let here = Self::as_run_here(v, artifact, &local);
@@ -259,4 +263,14 @@ fn has_digest(v: &FunctionVersion) -> bool {
             ..
         })
     )
+}
+
+/// Whether a fetched artifact's local copy is still on disk: a store's cache may evict a
+/// copy this node fetched earlier (by size), and the next call then fetches it again
+/// instead of handing an executor a path that is gone. One `stat` per user-function call.
+fn still_here(local: &Artifact) -> bool {
+    match local {
+        Artifact::Directory { path, .. } => std::path::Path::new(path).exists(),
+        Artifact::Image { .. } => true,
+    }
 }

@@ -231,6 +231,16 @@ pub struct NodeStats {
     pub last_seen_ms: u64,
     /// Its scheduler's figures.
     pub stats: SchedulerStats,
+    /// Completions it sent with a lease that was no longer current (its job had moved
+    /// to another node), refused so the job kept one final record.
+    #[serde(default)]
+    pub completions_refused: u64,
+    /// Jobs whose expired lease it took over from another node.
+    #[serde(default)]
+    pub taken_over: u64,
+    /// Jobs it moved to the dead letters after too many deliveries.
+    #[serde(default)]
+    pub dead_lettered: u64,
 }
 
 /// The figures of every node of a cluster and their totals.

@@ -134,8 +134,21 @@ fn builtins() -> Arc<Recorder> {
     })
 }
 
+/// Where [`CountingStore`] "fetches" the artifact named `d` to: a directory of this
+/// test process under the system's temp dir, made on fetch.
+fn cache_dir(d: &Digest) -> String {
+    std::env::temp_dir()
+        .join(format!(
+            "sopm-dispatch-test-{}-{}",
+            std::process::id(),
+            d.hex()
+        ))
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// A store that counts calls: `put_directory` keeps the directory where it is and
-/// names it by the digest of its path; `fetch` answers a copy under `/cache/`.
+/// names it by the digest of its path; `fetch` answers a copy at [`cache_dir`].
 #[derive(Debug, Default)]
 struct CountingStore {
     puts: AtomicUsize,
@@ -163,10 +176,14 @@ impl ArtifactStore for CountingStore {
         match artifact {
             Artifact::Directory {
                 digest: Some(d), ..
-            } => Ok(Artifact::Directory {
-                path: format!("/cache/{}", d.hex()),
-                digest: Some(d.clone()),
-            }),
+            } => {
+                let path = cache_dir(d);
+                std::fs::create_dir_all(&path).unwrap();
+                Ok(Artifact::Directory {
+                    path,
+                    digest: Some(d.clone()),
+                })
+            }
             other => Ok(other.clone()),
         }
     }
@@ -484,7 +501,7 @@ async fn the_dispatcher_fetches_an_artifact_once_and_not_on_later_calls() {
         call().await.unwrap();
     }
     assert_eq!(store.fetches.load(Ordering::SeqCst), 1, "fetched once");
-    let local = format!("/cache/{}", digest.hex());
+    let local = cache_dir(&digest);
     assert_eq!(*exec.ran.lock(), vec![Some(local.clone()); 5]);
 
     // An artifact without a digest runs where it is, unfetched.
@@ -498,10 +515,17 @@ async fn the_dispatcher_fetches_an_artifact_once_and_not_on_later_calls() {
         Some("/elsewhere")
     );
 
+    // A copy the store's cache evicted is fetched again, not handed over gone.
+    std::fs::remove_dir(&local).unwrap();
+    call().await.unwrap();
+    assert_eq!(store.fetches.load(Ordering::SeqCst), 2, "fetched again");
+    assert!(std::path::Path::new(&local).is_dir());
+
     // Retiring the version forgets the fetch; the next call fetches again.
     d.retire_version("fn1", 1).await.unwrap();
     call().await.unwrap();
-    assert_eq!(store.fetches.load(Ordering::SeqCst), 2);
+    assert_eq!(store.fetches.load(Ordering::SeqCst), 3);
+    std::fs::remove_dir(&local).unwrap();
 }
 
 #[tokio::test]
@@ -539,7 +563,7 @@ async fn a_build_puts_its_directory_in_the_store_and_deletion_removes_it_there()
     assert_eq!(rec.versions[0].artifact.as_ref(), Some(&stored));
     assert_eq!(store.puts.load(Ordering::SeqCst), 1);
     // Warmed from this node's copy (fetched once), and called from it.
-    let local = format!("/cache/{}", digest.hex());
+    let local = cache_dir(&digest);
     assert_eq!(*exec.prepared.lock(), [Some(local.clone())]);
     let user = FunctionRef::User {
         id: Arc::from(id.as_str()),

@@ -32,8 +32,33 @@ use crate::submit::submit;
 use crate::tenant_stats;
 use crate::user_functions;
 
-/// The whole API.
+/// The routes this node serves: the whole API, or on a worker (`--role worker`) only
+/// the probes and `/metrics`.
 pub fn app(state: AppState) -> Router {
+    if state.inner().config.role.serves_api() {
+        api_app(state)
+    } else {
+        worker_app(state)
+    }
+}
+
+/// A worker's routes: `/healthz`, `/readyz`, `/metrics`; every other path answers 404
+/// saying this node is a worker.
+fn worker_app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_on_a_worker)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            cross_site::guard,
+        ))
+        .with_state(state)
+}
+
+/// The whole API.
+fn api_app(state: AppState) -> Router {
     // The Content-Type of POSTs, checked on the POST routes only (a POST elsewhere
     // is 405).
     let json = middleware::from_fn(cross_site::json_posts);
@@ -191,7 +216,7 @@ async fn cancel(
 }
 
 /// `GET /api/stats`: server-wide totals, the built-ins' figures, and the caller's
-/// own user functions only.
+/// own user functions only; on a cluster node also every node's figures (`cluster`).
 async fn stats(
     State(s): State<AppState>,
     caller: Caller,
@@ -205,8 +230,16 @@ async fn stats(
         .iter()
         .map(|f| f.name.as_str())
         .collect();
-    let stats = tenant_stats::for_tenant(s.platform().stats(), &builtins, &own);
-    Ok(json_response(StatusCode::OK, json_bytes(&stats)))
+    let filter = tenant_stats::TenantFilter::new(&builtins, &own);
+    let view = tenant_stats::StatsView {
+        node: filter.node(s.platform().stats()),
+        cluster: s
+            .platform()
+            .cluster_stats()
+            .await?
+            .map(|c| filter.cluster(c)),
+    };
+    Ok(json_response(StatusCode::OK, json_bytes(&view)))
 }
 
 async fn openapi() -> Response {
@@ -221,14 +254,18 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    if s.is_ready() {
-        json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#))
-    } else {
-        ApiError(Error::Unavailable(
+    if !s.is_ready() {
+        return ApiError(Error::Unavailable(
             "not ready (starting up or shutting down)".into(),
         ))
-        .into_response()
+        .into_response();
     }
+    if let Some(check) = s.inner().readiness.get() {
+        if let Err(e) = check.run().await {
+            return ApiError(Error::Unavailable(format!("not ready: {e}"))).into_response();
+        }
+    }
+    json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#))
 }
 
 /// `GET /metrics`: every figure, every tenant's functions included, so with a
@@ -258,6 +295,15 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Result<Respon
         body,
     )
         .into_response())
+}
+
+async fn not_on_a_worker(req: Request) -> ApiError {
+    ApiError(Error::not_found(format!(
+        "no route for {} {}: this node is a worker (--role worker); it runs queued jobs and \
+         builds and serves only /healthz, /readyz and /metrics. Send API requests to a gateway",
+        req.method(),
+        sopm_core::types::truncate_for_message(req.uri().path())
+    )))
 }
 
 async fn not_found(req: Request) -> ApiError {

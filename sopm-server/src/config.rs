@@ -8,6 +8,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod cluster;
+
+pub use cluster::{
+    default_node_id, redacted, ClusterSettings, RegistryLocation, Role, DEFAULT_REPOSITORY,
+};
+
 /// Where jobs and functions are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -320,6 +326,8 @@ pub struct ServerConfig {
     pub policy: PolicySettings,
     /// Per-tenant upload quotas and version retention (`[uploads]`).
     pub uploads: sopm_core::policy::UploadQuotas,
+    /// Whether this process is one node of a cluster, and its part in it (`[cluster]`).
+    pub cluster: ClusterSettings,
 }
 
 impl Default for ServerConfig {
@@ -352,6 +360,7 @@ impl Default for ServerConfig {
             max_body_memory_bytes: 512 << 20,
             policy: Default::default(),
             uploads: Default::default(),
+            cluster: Default::default(),
         }
     }
 }
@@ -423,6 +432,34 @@ pub struct ServeArgs {
     /// Memory request bodies in flight may take at once, in bytes [default: 536870912].
     #[arg(long, env = "SOPM_MAX_BODY_MEMORY_BYTES")]
     pub max_body_memory_bytes: Option<usize>,
+    /// This node's part in a cluster: all (API and workers), gateway (the API; work goes
+    /// to the queue) or worker (runs queued jobs and builds) [default: all]. gateway and
+    /// worker need --redis.
+    #[arg(long, env = "SOPM_ROLE", value_enum)]
+    pub role: Option<Role>,
+    /// Redis the cluster shares its state through, e.g. `redis://10.0.0.5:6379/0`
+    /// [default: none: one process, SQLite, local artifacts].
+    #[arg(long = "redis", env = "SOPM_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// OCI registry (and repository) the cluster keeps function artifacts in, e.g.
+    /// `http://10.0.0.5:5000/sopm/functions`; needed with --redis.
+    #[arg(long = "registry", env = "SOPM_REGISTRY_URL")]
+    pub registry_url: Option<String>,
+    /// This node's name in the cluster [default: HOSTNAME-PORT].
+    #[arg(long, env = "SOPM_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The HOST:PORT other people reach this node's HTTP port at, shown in the cluster's
+    /// stats [default: the listen address].
+    #[arg(long, env = "SOPM_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// How long a job's lease lasts without renewal, in ms: a node that stops renewing
+    /// (killed, cut off) loses its jobs to another this long after its last renewal
+    /// [default: 10000].
+    #[arg(long, env = "SOPM_LEASE_MS")]
+    pub lease_ms: Option<u64>,
+    /// How many times a job is started at most before it is dead-lettered [default: 3].
+    #[arg(long, env = "SOPM_MAX_DELIVERIES")]
+    pub max_deliveries: Option<u32>,
 }
 
 impl ServerConfig {
@@ -475,12 +512,28 @@ impl ServerConfig {
         if let Some(n) = args.versions_kept {
             c.uploads.versions_kept = n;
         }
+        let cluster = &mut c.cluster;
+        if let Some(role) = args.role {
+            cluster.role = Some(role);
+        }
+        macro_rules! take_cluster {
+            ($($f:ident),*) => { $( if let Some(v) = args.$f.clone() { cluster.$f = Some(v); } )* };
+        }
+        take_cluster!(
+            redis_url,
+            registry_url,
+            node_id,
+            advertise,
+            lease_ms,
+            max_deliveries
+        );
         c.validate()?;
         Ok(c)
     }
 
     /// Checks values that would make the server misbehave.
     pub fn validate(&self) -> Result<(), String> {
+        self.cluster.validate()?;
         self.executors.validate()?;
         self.policy.validate()?;
         if let Some(problem) = self.uploads.problem() {
@@ -695,5 +748,239 @@ mod tests {
         let c = ServerConfig::from_file(&file).unwrap();
         assert_eq!(c.auth, AuthMode::ApiKey);
         assert!(c.validate().is_ok());
+    }
+
+    fn cluster_error(args: ServeArgs) -> String {
+        ServerConfig::resolve(&args).unwrap_err()
+    }
+
+    #[test]
+    fn cluster_settings_come_from_the_file_then_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sopm.toml");
+        std::fs::write(
+            &file,
+            "[cluster]\nrole = \"worker\"\nredis_url = \"redis://:hunter2@10.0.0.5:6379/0\"\nregistry_url = \"http://10.0.0.5:5000\"\nnode_id = \"w1\"\n",
+        )
+        .unwrap();
+        let c = ServerConfig::resolve(&ServeArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.cluster.role(), Role::Worker);
+        assert!(c.cluster.is_clustered());
+        assert_eq!(
+            c.cluster.registry().unwrap().unwrap(),
+            RegistryLocation {
+                registry: "10.0.0.5:5000".into(),
+                repository: DEFAULT_REPOSITORY.into(),
+                plain_http: true,
+            }
+        );
+        let shown = format!("{:?}", c.cluster);
+        assert!(
+            !shown.contains("hunter2") && shown.contains("***"),
+            "{shown}"
+        );
+
+        let c = ServerConfig::resolve(&ServeArgs {
+            config: Some(file),
+            role: Some(Role::Gateway),
+            registry_url: Some("https://registry.example.com/team/sopm-fns".into()),
+            node_id: Some("gw-1".into()),
+            advertise: Some("gw-1.internal:8080".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.cluster.role(), Role::Gateway, "the flag beats the file");
+        assert_eq!(c.cluster.node_id.as_deref(), Some("gw-1"));
+        let r = c.cluster.registry().unwrap().unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.plain_http),
+            ("registry.example.com", "team/sopm-fns", false)
+        );
+    }
+
+    #[test]
+    fn without_redis_nothing_is_clustered_and_cluster_settings_are_refused() {
+        let c = ServerConfig::resolve(&ServeArgs::default()).unwrap();
+        assert!(!c.cluster.is_clustered());
+        assert_eq!(c.cluster.role(), Role::All);
+        let all = ServerConfig::resolve(&ServeArgs {
+            role: Some(Role::All),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(
+            !all.cluster.is_clustered(),
+            "--role all alone is one process"
+        );
+
+        for role in [Role::Gateway, Role::Worker] {
+            let e = cluster_error(ServeArgs {
+                role: Some(role),
+                ..Default::default()
+            });
+            assert!(
+                e.contains(&format!("--role {} needs --redis", role.as_str())),
+                "{e}"
+            );
+        }
+        for (args, says) in [
+            (
+                ServeArgs {
+                    registry_url: Some("http://127.0.0.1:5000".into()),
+                    ..Default::default()
+                },
+                "--registry is a cluster setting",
+            ),
+            (
+                ServeArgs {
+                    node_id: Some("a".into()),
+                    ..Default::default()
+                },
+                "--node-id is a cluster setting",
+            ),
+            (
+                ServeArgs {
+                    advertise: Some("a:1".into()),
+                    ..Default::default()
+                },
+                "--advertise is a cluster setting",
+            ),
+        ] {
+            let e = cluster_error(args);
+            assert!(e.contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn bad_cluster_urls_ids_and_addresses_are_refused_with_what_is_wrong() {
+        let good = ServeArgs {
+            role: Some(Role::Gateway),
+            redis_url: Some("redis://127.0.0.1:6379/0".into()),
+            registry_url: Some("http://127.0.0.1:5000/sopm/functions".into()),
+            ..Default::default()
+        };
+        assert!(ServerConfig::resolve(&good).is_ok());
+        for url in [
+            "redis://user:pw@cache.internal:6380/2",
+            "unix:///run/redis.sock",
+            "redis://h",
+        ] {
+            let ok = ServeArgs {
+                redis_url: Some(url.into()),
+                ..good.clone()
+            };
+            assert!(ServerConfig::resolve(&ok).is_ok(), "{url}");
+        }
+        let cases: Vec<(ServeArgs, &str)> = vec![
+            (
+                ServeArgs {
+                    registry_url: None,
+                    ..good.clone()
+                },
+                "--redis needs --registry",
+            ),
+            (
+                ServeArgs {
+                    redis_url: Some("127.0.0.1:6379".into()),
+                    ..good.clone()
+                },
+                "not a Redis URL",
+            ),
+            (
+                ServeArgs {
+                    redis_url: Some("http://127.0.0.1:6379".into()),
+                    ..good.clone()
+                },
+                "the scheme is 'http'",
+            ),
+            (
+                ServeArgs {
+                    redis_url: Some("rediss://127.0.0.1:6379".into()),
+                    ..good.clone()
+                },
+                "TLS to Redis (rediss://) is not in this build",
+            ),
+            (
+                ServeArgs {
+                    redis_url: Some("redis://:secret@127.0.0.1:6379/zero".into()),
+                    ..good.clone()
+                },
+                "the database 'zero' is not a number",
+            ),
+            (
+                ServeArgs {
+                    registry_url: Some("ftp://127.0.0.1:5000".into()),
+                    ..good.clone()
+                },
+                "the scheme is 'ftp'",
+            ),
+            (
+                ServeArgs {
+                    registry_url: Some("http://127.0.0.1:5000/Sopm".into()),
+                    ..good.clone()
+                },
+                "'Sopm' is not a repository name",
+            ),
+            (
+                ServeArgs {
+                    registry_url: Some("http://u:p@127.0.0.1:5000".into()),
+                    ..good.clone()
+                },
+                "credentials in the URL",
+            ),
+            (
+                ServeArgs {
+                    node_id: Some("a b".into()),
+                    ..good.clone()
+                },
+                "not a node id",
+            ),
+            (
+                ServeArgs {
+                    advertise: Some("10.0.0.7".into()),
+                    ..good.clone()
+                },
+                "is not HOST:PORT",
+            ),
+            (
+                ServeArgs {
+                    advertise: Some("10.0.0.7:0".into()),
+                    ..good.clone()
+                },
+                "is not HOST:PORT",
+            ),
+        ];
+        for (args, says) in cases {
+            let e = cluster_error(args.clone());
+            assert!(e.contains(says), "{args:?}: {e}");
+            assert!(!e.contains("secret"), "a password is never shown: {e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sopm.toml");
+        std::fs::write(&file, "[cluster]\nrole = \"leader\"\n").unwrap();
+        assert!(ServerConfig::from_file(&file)
+            .unwrap_err()
+            .contains("leader"));
+        std::fs::write(&file, "[cluster]\nredis = \"redis://h\"\n").unwrap();
+        assert!(ServerConfig::from_file(&file)
+            .unwrap_err()
+            .contains("redis"));
+    }
+
+    #[test]
+    fn the_default_node_id_is_a_valid_one() {
+        let id = default_node_id(8080);
+        assert!(id.ends_with("-8080"), "{id}");
+        let args = ServeArgs {
+            redis_url: Some("redis://h".into()),
+            registry_url: Some("http://h:5000".into()),
+            node_id: Some(id.clone()),
+            ..Default::default()
+        };
+        assert!(ServerConfig::resolve(&args).is_ok(), "{id}");
     }
 }

@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (API on 127.0.0.1:8080, SQLite in ./sopm-data by default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// List the built-in functions.
     Functions(ClientArgs),
     /// Run a function: `sopm exec math.add '{"a":2,"b":3}'`.
@@ -77,7 +77,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         other => client_command(other),
     }
 }

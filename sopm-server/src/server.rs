@@ -14,6 +14,7 @@ use sopm_functions::BuiltinExecutor;
 
 use crate::api::app;
 use crate::config::{ServerConfig, Storage};
+use crate::readiness::ReadinessCheck;
 use crate::state::{ApiConfig, AppState};
 
 /// What the server runs on: the platform, and the API keys.
@@ -21,13 +22,15 @@ use crate::state::{ApiConfig, AppState};
 pub struct Services {
     /// The platform.
     pub platform: Platform,
-    /// The API keys (in the database with SQLite storage).
+    /// The API keys (in the database with SQLite storage, in Redis on a cluster node).
     pub keys: Arc<dyn KeyStore>,
     #[cfg(feature = "process")]
-    local_builder: Option<Arc<sopm_backends::LocalBuilder>>,
+    pub(crate) local_builder: Option<Arc<sopm_backends::LocalBuilder>>,
     /// The sandbox backends whose stem cells boot at start-up.
     #[cfg(feature = "process")]
-    early: Vec<Backend>,
+    pub(crate) early: Vec<Backend>,
+    /// What `/readyz` asks besides start-up (a cluster node: whether Redis answers).
+    pub(crate) readiness: Option<ReadinessCheck>,
 }
 
 /// The runtimes whose uploads are built into directory artifacts on this machine.
@@ -43,7 +46,7 @@ pub const LOCAL_RUNTIMES: [Runtime; 4] = [
 /// (`[executors.functions]`). Returns the starters of the backends the settings use,
 /// whose stem cells boot at start-up; the others start on first use.
 #[cfg(feature = "process")]
-fn add_sandboxes(
+pub(crate) fn add_sandboxes(
     c: &ServerConfig,
     mut builder: sopm_core::PlatformBuilder,
     local: &Arc<sopm_backends::LocalBuilder>,
@@ -69,6 +72,18 @@ fn add_sandboxes(
             }
         }
     }
+    let builder = add_routing_rules(c, builder, &offered)?;
+    Ok((builder, early))
+}
+
+/// Routes each runtime to its backend (`[executors]`, else `process`) and functions by
+/// name (`[executors.functions]`), refusing a backend not among `offered`.
+pub(crate) fn add_routing_rules(
+    c: &ServerConfig,
+    mut builder: sopm_core::PlatformBuilder,
+    offered: &[&str],
+) -> Result<sopm_core::PlatformBuilder, String> {
+    let settings = &c.executors;
     let check = |key: String, executor: &str| {
         if offered.contains(&executor) {
             Ok(())
@@ -83,7 +98,7 @@ fn add_sandboxes(
             .runtimes
             .get(runtime.as_str())
             .map(String::as_str)
-            .unwrap_or(DEFAULT_BACKEND);
+            .unwrap_or(sopm_backends::backends::DEFAULT_BACKEND);
         check(runtime.as_str().to_string(), name)?;
         builder = builder.with_runtime_executor(runtime, name);
     }
@@ -91,7 +106,7 @@ fn add_sandboxes(
         check(format!("functions.{function}"), name)?;
         builder = builder.with_function_executor(function, name);
     }
-    Ok((builder, early))
+    Ok(builder)
 }
 
 /// Builds the platform the settings describe (opens the database).
@@ -99,9 +114,9 @@ pub fn build_platform(c: &ServerConfig) -> Result<Platform, String> {
     build_services(c).map(|s| s.platform)
 }
 
-/// Builds the platform and the key store the settings describe (opens the database).
-pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
-    crate::data_dir::make_private(&c.data_dir)?;
+/// The platform's settings every node shares, whatever its stores and backends: the
+/// built-ins, the scheduler's limits, the upload policy and quotas.
+pub(crate) fn base_builder(c: &ServerConfig) -> Result<sopm_core::PlatformBuilder, String> {
     let mut builder = Platform::builder()
         .with_builtins(Arc::new(BuiltinExecutor::new()))
         .with_builtin_timeout(Duration::from_millis(c.builtin_timeout_ms))
@@ -127,6 +142,15 @@ pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
             builder = builder.with_isolation(name, sopm_core::policy::Isolation::UserSpaceKernel);
         }
     }
+    Ok(builder)
+}
+
+/// Builds the platform and the key store the settings describe (opens the database):
+/// the embedded default, one process. A cluster node is made by
+/// [`crate::cluster::build_node`].
+pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
+    crate::data_dir::make_private(&c.data_dir)?;
+    let mut builder = base_builder(c)?;
     let keys: Arc<dyn KeyStore> = match c.storage {
         Storage::Memory => Arc::new(MemoryKeyStore::new()),
         Storage::Sqlite => {
@@ -158,6 +182,7 @@ pub fn build_services(c: &ServerConfig) -> Result<Services, String> {
         local_builder,
         #[cfg(feature = "process")]
         early,
+        readiness: None,
     })
 }
 
@@ -201,20 +226,27 @@ fn open_sqlite(_: &ServerConfig) -> Result<Stores, String> {
 
 /// Serves until a shutdown signal, then drains.
 pub async fn serve(c: ServerConfig) -> Result<(), String> {
-    let services = build_services(&c)?;
-    let platform = services.platform.clone();
     let listener = tokio::net::TcpListener::bind(c.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", c.listen))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    // A cluster node names itself by the bound address (a port of 0 is chosen above).
+    let services = match crate::cluster::NodePlan::new(&c, local)? {
+        Some(plan) => crate::cluster::build_node(&c, &plan).await?,
+        None => build_services(&c)?,
+    };
+    let platform = services.platform.clone();
     // The bound address (a port of 0 is chosen now) is the one `Host` may name.
     let api = ApiConfig {
         listen: local,
         ..ApiConfig::from(&c)
     };
     let state = AppState::with_keys(platform.clone(), api, services.keys.clone());
+    if let Some(check) = services.readiness.clone() {
+        state.set_readiness_check(check);
+    }
     // Boot the stem cells now, so the first upload's first call is already warm.
     #[cfg(feature = "process")]
     for backend in &services.early {
@@ -237,14 +269,21 @@ pub async fn serve(c: ServerConfig) -> Result<(), String> {
         interrupted = report.interrupted,
         "recovery done"
     );
-    let expiry = platform.spawn_job_expiry(
-        c.jobs.retention(),
-        Duration::from_secs(c.jobs.expiry_interval_s),
-    );
+    // Job records expire through the nodes that serve the API (a worker has no say in
+    // how long its callers may read them).
+    let expiry = if c.cluster.role().serves_api() {
+        platform.spawn_job_expiry(
+            c.jobs.retention(),
+            Duration::from_secs(c.jobs.expiry_interval_s),
+        )
+    } else {
+        None
+    };
     state.set_ready(true);
     tracing::info!(
         listen = %local,
-        storage = ?c.storage,
+        role = c.cluster.role().as_str(),
+        storage = if c.cluster.is_clustered() { "redis" } else if c.storage == Storage::Memory { "memory" } else { "sqlite" },
         auth = ?c.auth,
         data_dir = %c.data_dir.display(),
         functions = platform.list_functions().len(),

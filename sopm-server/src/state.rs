@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -12,7 +12,8 @@ use sopm_core::{KeyStore, Platform};
 
 use crate::body::json_bytes;
 use crate::body_budget::BodyBudget;
-use crate::config::{AuthMode, MetricsToken, ServerConfig};
+use crate::config::{AuthMode, MetricsToken, Role, ServerConfig};
+use crate::readiness::ReadinessCheck;
 use crate::upload::UploadLimits;
 
 /// Limits and defaults of the API.
@@ -36,6 +37,8 @@ pub struct ApiConfig {
     /// Memory the bodies of requests in flight may take at once (see
     /// [`crate::body_budget`]).
     pub max_body_memory_bytes: usize,
+    /// This node's part: a worker serves only `/healthz`, `/readyz` and `/metrics`.
+    pub role: Role,
 }
 
 impl Default for ApiConfig {
@@ -49,6 +52,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             metrics_token: None,
             max_body_memory_bytes: 512 << 20,
+            role: Role::All,
         }
     }
 }
@@ -70,6 +74,7 @@ impl From<&ServerConfig> for ApiConfig {
             listen: c.listen,
             metrics_token: c.metrics_token.clone(),
             max_body_memory_bytes: c.max_body_memory_bytes,
+            role: c.cluster.role(),
         }
     }
 }
@@ -90,6 +95,8 @@ pub(crate) struct StateInner {
     pub(crate) functions_body: Bytes,
     /// What request bodies in flight may hold.
     pub(crate) body_budget: BodyBudget,
+    /// What `/readyz` asks besides start-up being done (a cluster node: Redis).
+    pub(crate) readiness: OnceLock<ReadinessCheck>,
 }
 
 impl AppState {
@@ -123,6 +130,7 @@ impl AppState {
                 keys,
                 ready: AtomicBool::new(false),
                 functions_body,
+                readiness: OnceLock::new(),
             }),
         }
     }
@@ -141,7 +149,14 @@ impl AppState {
         self.inner.ready.store(ready, Ordering::Release);
     }
 
-    /// Whether the server is ready to take work.
+    /// Makes `/readyz` also ask `check` (a cluster node: whether Redis answers); set
+    /// once, later calls are ignored.
+    pub fn set_readiness_check(&self, check: ReadinessCheck) {
+        let _ = self.inner.readiness.set(check);
+    }
+
+    /// Whether start-up is done and shutdown has not begun (see also
+    /// [`set_readiness_check`](Self::set_readiness_check)).
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Acquire)
     }

@@ -371,7 +371,13 @@ impl OciArtifactStore {
             .map_err(|e| self.registry_error(&format!("pull artifact {digest}"), e))
     }
 
-    async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
+    /// Deletes the registry's manifest of the content `digest` (its blob then goes at the
+    /// registry's next garbage collection). [`remove`](ArtifactStore::remove) never does
+    /// this: artifacts are named by content, so two versions — of one tenant or of two —
+    /// with the same files share one manifest, and deleting it for one would break the
+    /// other on every node without a cached copy. This is for an operator's tool that
+    /// knows no version names the content any more.
+    pub async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
         let reference = self.tag_ref(digest);
         let manifest = match self
             .inner
@@ -516,12 +522,13 @@ impl ArtifactStore for OciArtifactStore {
         else {
             return Ok(());
         };
-        // This node's copy first: it goes even when the registry cannot be reached.
+        // This node's copy only. The registry keeps the manifest: artifacts are named
+        // by content, and another version (another tenant's, even) with the same files
+        // shares it (see `delete_manifest`).
         self.load_cache().await?;
         let cache = Arc::clone(&self.inner.cache);
         let local = digest.clone();
-        blocking(move || cache.remove(&local)).await?;
-        self.delete_manifest(digest).await
+        blocking(move || cache.remove(&local)).await
     }
 }
 

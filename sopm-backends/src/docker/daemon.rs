@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use sopm_core::{Error, Result};
 use tokio::sync::{Mutex, OnceCell};
 
+use super::images::FunctionImages;
 use crate::host::settings::SandboxSettings;
 use crate::sandbox::RunnerKind;
 
@@ -24,7 +25,8 @@ pub(crate) const LABEL_EXECUTOR: &str = "sopm.executor";
 pub(crate) const LABEL_OWNER: &str = "sopm.owner";
 /// Label naming the executor instance (one per executor value) that made a container.
 pub(crate) const LABEL_INSTANCE: &str = "sopm.instance";
-/// Label of a function image naming the artifact directory it was built from.
+/// Label of a function image built before images carried their code alone, naming the
+/// artifact directory it was built from (removed with the image).
 pub(crate) const LABEL_FILES: &str = "sopm.files";
 /// Where runners live inside runner images.
 pub(crate) const RUNNER_DIR: &str = "/opt/sopm";
@@ -43,6 +45,7 @@ pub(crate) struct Daemon {
     client: OnceCell<Docker>,
     runner_images: Mutex<HashMap<RunnerKind, String>>,
     swept: OnceCell<()>,
+    images: FunctionImages,
 }
 
 impl Daemon {
@@ -57,6 +60,7 @@ impl Daemon {
             client: OnceCell::new(),
             runner_images: Mutex::new(HashMap::new()),
             swept: OnceCell::new(),
+            images: FunctionImages::new(config.image_registry.clone(), config.docker_host.clone()),
         }
     }
 
@@ -65,14 +69,18 @@ impl Daemon {
         &self.executor
     }
 
-    /// The owner label of this server's containers.
-    pub(crate) fn owner(&self) -> &str {
-        &self.owner
+    /// Its function images (pushed, pulled by digest, read, removed).
+    pub(crate) fn images(&self) -> &FunctionImages {
+        &self.images
     }
 
-    /// The instance label of this executor's containers.
-    pub(crate) fn instance(&self) -> &str {
-        &self.instance
+    /// The labels that tie a container to this executor (swept with it).
+    pub(crate) fn labels(&self) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_EXECUTOR.to_string(), self.executor.clone()),
+            (LABEL_OWNER.to_string(), self.owner.clone()),
+            (LABEL_INSTANCE.to_string(), self.instance.clone()),
+        ])
     }
 
     /// The client, connected and version-negotiated on first use; containers left by a
@@ -267,30 +275,6 @@ impl Daemon {
             .and_then(|l| l.get(LABEL_FILES).cloned())
             .map(PathBuf::from)
             .filter(|p| p.is_absolute() && p.is_dir()))
-    }
-
-    /// Removes an image (a deleted function's).
-    pub(crate) async fn remove_image(&self, image: &str) -> Result<()> {
-        let docker = self.client().await?;
-        match docker
-            .remove_image(
-                image,
-                Some(RemoveImageOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-                None,
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
-            Err(e) => Err(Error::Internal(format!(
-                "cannot remove the image '{image}': {e}"
-            ))),
-        }
     }
 
     /// Containers carrying `label` (`key` or `key=value`): (id, owner, instance).

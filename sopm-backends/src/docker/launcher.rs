@@ -16,9 +16,7 @@ use sopm_core::{Artifact, Error, Limits, Result, Runtime};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
-use super::daemon::{
-    remove_container, Daemon, LABEL_EXECUTOR, LABEL_INSTANCE, LABEL_OWNER, RUNNER_DIR,
-};
+use super::daemon::{remove_container, Daemon, RUNNER_DIR};
 use crate::host::cgroup::oom_kills_in;
 use crate::host::settings::SandboxSettings;
 use crate::sandbox::protocol::{BoxRead, BoxWrite, RUNNER_PROLOGUE};
@@ -172,21 +170,14 @@ impl SandboxLauncher for DockerLauncher {
     async fn launch(&self, spec: &LaunchSpec) -> Result<DockerSandbox> {
         let docker = self.daemon.client().await?;
         let image = match &spec.image {
-            Some(image) => image.clone(),
+            Some(image) => {
+                self.daemon.images().ensure(&docker, image).await?;
+                image.clone()
+            }
             None => self.daemon.runner_image(spec.runner).await?,
         };
         let name = container_name(self.daemon.executor());
-        let labels = HashMap::from([
-            (
-                LABEL_EXECUTOR.to_string(),
-                self.daemon.executor().to_string(),
-            ),
-            (LABEL_OWNER.to_string(), self.daemon.owner().to_string()),
-            (
-                LABEL_INSTANCE.to_string(),
-                self.daemon.instance().to_string(),
-            ),
-        ]);
+        let labels = self.daemon.labels();
         let body = ContainerCreateBody {
             image: Some(image.clone()),
             cmd: Some(runner_command(spec.runner, &spec.limits)),
@@ -228,6 +219,15 @@ impl SandboxLauncher for DockerLauncher {
                     image: Some(image),
                     ..body
                 };
+                docker.create_container(Some(options), body).await
+            }
+            // The function image went away (an operator removed it): pull it again by
+            // its digest, once.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) if spec.image.is_some() => {
+                self.daemon.images().forget(&image);
+                self.daemon.images().ensure(&docker, &image).await?;
                 docker.create_container(Some(options), body).await
             }
             other => other,
@@ -314,17 +314,14 @@ impl SandboxLauncher for DockerLauncher {
                 load_directory(std::path::PathBuf::from(path), max_inline_bytes).await
             }
             Artifact::Image { reference } => {
-                // Stem cells take the code in an init frame, read from the directory the
-                // image was built from; code too big for a frame (or an image built
-                // elsewhere) boots from the image itself.
-                if let Some(dir) = self.daemon.image_files(reference).await? {
-                    if let inline @ FunctionCode::Inline(_) =
-                        load_directory(dir, max_inline_bytes).await?
-                    {
-                        return Ok(inline);
-                    }
-                }
-                Ok(FunctionCode::Image(reference.clone()))
+                // The image carries the code: stem cells take it in an init frame, read
+                // out of the image (pulled by digest first on a node that lacks it); code
+                // too big for a frame boots from the image itself.
+                let docker = self.daemon.client().await?;
+                self.daemon
+                    .images()
+                    .code(&docker, reference, self.daemon.labels(), max_inline_bytes)
+                    .await
             }
         }
     }

@@ -13,7 +13,10 @@
 //! - [`DockerBuilder`]: installs dependencies as the local builder does (sandboxed, with
 //!   the package index as the only way out), then layers the artifact over the runner
 //!   image through the Docker API (`FROM <runner image>` + `COPY code/ /fn/`), streaming
-//!   the build output into the build log. The artifact is the image.
+//!   the build output into the build log. The artifact is the image, which carries the
+//!   code: with a registry (`SOPM_DOCKER_REGISTRY`) it is pushed and recorded by the
+//!   pushed manifest's digest, and an executor on any node pulls it by digest on first
+//!   use (`images`), reading the code out of the image for stem cells.
 //!
 //! Base images are configurable per runner; `scripts/docker-images.sh` builds local ones
 //! from the host's own files (busybox-static for shell and binary, host python3 and node
@@ -35,6 +38,7 @@ use crate::sandbox::{RunnerKind, SandboxExecutor};
 
 mod builder;
 mod daemon;
+mod images;
 mod launcher;
 
 pub use crate::host::settings::default_base_image;

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub mod cgroup;
 pub mod child;
+pub mod image_registry;
 pub mod interpreters;
 pub mod mounts;
 pub mod pool_settings;
@@ -27,6 +28,7 @@ pub mod settings;
 pub mod tools;
 pub mod vars;
 
+pub use image_registry::ImageRegistry;
 pub use pool_settings::PoolSettings;
 pub use settings::{GvisorPlatform, SandboxBackend, SandboxKind, SandboxSettings};
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use sopm_core::{Error, Result};
 
+use super::image_registry::ImageRegistry;
 use super::pool_settings::PoolSettings;
 use super::vars::{parse_var, path_var};
 use crate::sandbox::pool::WarmPool;
@@ -129,6 +130,7 @@ pub struct SandboxSettings {
     pub(crate) docker_runtime: Option<String>,
     pub(crate) base_images: BTreeMap<RunnerKind, String>,
     pub(crate) static_runner: Option<PathBuf>,
+    pub(crate) image_registry: Option<ImageRegistry>,
     pub(crate) cpu_millis: u64,
     pub(crate) user: String,
     pub(crate) runtime_memory_overhead_mb: u64,
@@ -182,6 +184,7 @@ impl SandboxSettings {
                 .map(|k| (*k, default_base_image(*k).to_string()))
                 .collect(),
             static_runner: None,
+            image_registry: None,
             cpu_millis: 1000,
             user: "65534:65534".into(),
             runtime_memory_overhead_mb: 0,
@@ -199,7 +202,10 @@ impl SandboxSettings {
     ///   `SOPM_GVISOR_CPU_MILLIS`.
     /// - Docker: `SOPM_DOCKER_HOST`, `SOPM_DOCKER_RUNTIME`, `SOPM_DOCKER_IMAGE_PYTHON`,
     ///   `SOPM_DOCKER_IMAGE_NODE`, `SOPM_DOCKER_IMAGE_STATIC`, `SOPM_STATIC_RUNNER`,
-    ///   `SOPM_DOCKER_CPUS` (CPUs per container, such as `1.5`).
+    ///   `SOPM_DOCKER_CPUS` (CPUs per container, such as `1.5`), and the registry
+    ///   function images are pushed to: `SOPM_DOCKER_REGISTRY`, `SOPM_DOCKER_REPOSITORY`,
+    ///   `SOPM_DOCKER_REGISTRY_USER`, `SOPM_DOCKER_REGISTRY_PASSWORD`
+    ///   ([`ImageRegistry::from_vars`]).
     ///
     /// An unparsable number, flag or platform is `invalid_input`.
     pub fn from_env(kind: SandboxKind) -> Result<Self> {
@@ -262,6 +268,7 @@ impl SandboxSettings {
                 if let Some(p) = path_var(&var, "SOPM_STATIC_RUNNER") {
                     c.static_runner = Some(p);
                 }
+                c.image_registry = ImageRegistry::from_vars(&var)?;
                 if let Some(cpus) = parse_var::<f64>(&var, "SOPM_DOCKER_CPUS")? {
                     c.cpu_millis = if cpus.is_finite() && cpus > 0.0 {
                         (cpus * 1000.0).round() as u64
@@ -408,6 +415,14 @@ impl SandboxSettings {
     /// The static runner executable copied into Docker static runner images.
     pub fn with_static_runner(mut self, path: impl Into<PathBuf>) -> Self {
         self.static_runner = Some(path.into());
+        self
+    }
+
+    /// The registry the docker builder pushes function images to (the version then
+    /// records `host/repository@sha256:<digest>`) and every node's docker executor pulls
+    /// them from; default: none (images stay in the local daemon, one node).
+    pub fn with_image_registry(mut self, registry: ImageRegistry) -> Self {
+        self.image_registry = Some(registry);
         self
     }
 

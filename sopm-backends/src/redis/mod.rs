@@ -1,7 +1,8 @@
-//! Redis as SOPM's shared state, so many nodes see one registry, one key store (and,
-//! with the queue, one job store): [`RedisConfig`], [`RedisConnection`] (one
-//! reconnecting connection shared by every store of a process), the key layout
-//! ([`keys`]), [`RedisRegistry`] and [`RedisKeyStore`].
+//! Redis as SOPM's shared state, so many nodes see one registry, one key store and one
+//! job store: [`RedisConfig`], [`RedisConnection`] (one reconnecting connection
+//! shared by every store of a process), the key layout ([`keys`]), [`RedisRegistry`],
+//! [`RedisKeyStore`], [`RedisJobStore`], and the queue between gateways and workers
+//! with its cluster scheduler ([`queue`], [`RedisScheduler`]).
 //!
 //! Errors: Redis unreachable, a connection dropped, no answer in time, or Redis still
 //! loading its data after a restart are [`Error::Unavailable`] (the server answers
@@ -18,12 +19,16 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, FromRedisValue, RedisError, ServerErrorKind};
 use sopm_core::{Error, Result};
 
+pub mod jobs;
 mod key_store;
 pub mod keys;
+pub mod queue;
 mod registry;
 
+pub use jobs::RedisJobStore;
 pub use key_store::RedisKeyStore;
 pub use keys::Keys;
+pub use queue::RedisScheduler;
 pub use registry::RedisRegistry;
 
 /// The default prefix of every key.

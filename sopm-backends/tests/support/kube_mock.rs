@@ -744,3 +744,90 @@ async fn a_job_pod_killed_before_the_jobs_verdict_waits_for_it() {
         assert!(*log_read.lock());
     }
 }
+
+/// A function image built by the docker builder and pushed to a registry (code too big
+/// for an init frame): its artifact names it by digest, the executor boots it as it is,
+/// and the pod spec carries `image: HOST/REPO@sha256:…` with no `/fn` volume (the code
+/// is in the image); an image that names no digest is refused before any pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_image_is_referenced_by_digest_in_the_pod_spec() {
+    const FUNCTION_IMAGE: &str = "127.0.0.1:5000/sopm/functions@sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    let (port, _) = runner_stand_in().await;
+    let created: Arc<Mutex<Option<Value>>> = Arc::default();
+    let state = created.clone();
+    let pods = format!("/api/v1/namespaces/{NS}/pods");
+    let mut told = false;
+    let (client, _) = mock(move |r| {
+        let pod = state.lock().clone();
+        if r.is("GET", &pods) && !r.watch() {
+            return reply(200, list("PodList", "v1", "10", vec![]));
+        }
+        if r.is("POST", &pods) {
+            let body = r.json();
+            *state.lock() = Some(body.clone());
+            return reply(201, with_status(body, "11", json!({"phase": "Pending"})));
+        }
+        if r.is("GET", &pods) && r.watch() {
+            return match pod {
+                Some(p) if !told => {
+                    told = true;
+                    lines(&[json!({"type": "MODIFIED", "object": with_status(p, "12",
+                            json!({"phase": "Running", "podIP": "127.0.0.1"}))})])
+                }
+                Some(_) => None,
+                None => lines(&[]),
+            };
+        }
+        if r.method == "DELETE" {
+            return reply(404, failure(404, "NotFound", "pods \"x\" not found"));
+        }
+        reply(500, failure(500, "InternalError", "unexpected request"))
+    });
+    let exec = settings(client).with_runner_port(port).build().unwrap();
+    let launcher = exec.launcher();
+    let artifact = sopm_core::Artifact::Image {
+        reference: FUNCTION_IMAGE.into(),
+    };
+    let code = launcher.load_code(&artifact, 1 << 20).await.unwrap();
+    assert_eq!(
+        code,
+        sopm_backends::sandbox::FunctionCode::Image(FUNCTION_IMAGE.into())
+    );
+    let spec = LaunchSpec {
+        runner: RunnerKind::Python,
+        limits: Limits::default(),
+        network: false,
+        mount: None,
+        image: Some(FUNCTION_IMAGE.into()),
+    };
+    let mut pod = tokio::time::timeout(Duration::from_secs(20), launcher.launch(&spec))
+        .await
+        .expect("launched in time")
+        .expect("launched");
+    let sent = created.lock().clone().expect("a pod was created");
+    let c = &sent["spec"]["containers"][0];
+    assert_eq!(c["image"], json!(FUNCTION_IMAGE));
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(mounts, ["/tmp"], "the code is in the image: no /fn volume");
+    pod.terminate().await;
+
+    // A local tag (an image built without a registry) names no digest: refused.
+    let (client, requests) = mock(|_| None);
+    let exec = settings(client).build().unwrap();
+    let tagged = LaunchSpec {
+        image: Some("sopm-fn-0192abc:v1".into()),
+        ..spec
+    };
+    let e = exec.launcher().launch(&tagged).await.unwrap_err();
+    assert_eq!(e.code(), "invalid_input", "{e:?}");
+    assert!(e.to_string().contains("by digest only"), "{e}");
+    assert!(
+        requests.lock().iter().all(|r| r.method != "POST"),
+        "no pod for an unpinned image"
+    );
+}

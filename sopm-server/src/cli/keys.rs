@@ -1,4 +1,5 @@
-//! `sopm keys`: create, list and revoke API keys in the server's database directly.
+//! `sopm keys`: create, list and revoke API keys in the server's database directly, or
+//! in a cluster's Redis (`--redis`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,15 +42,19 @@ pub enum KeysCommand {
     },
 }
 
-/// Where the server keeps its database.
+/// Where the server keeps its keys.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DataArgs {
     /// The server's data directory [default: ./sopm-data].
     #[arg(long, env = "SOPM_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// The server's TOML settings (for its data directory).
+    /// The server's TOML settings (for its data directory or its cluster's Redis).
     #[arg(long, env = "SOPM_CONFIG")]
     config: Option<PathBuf>,
+    /// The cluster's Redis (its nodes keep their keys there), e.g.
+    /// `redis://10.0.0.5:6379/0`.
+    #[arg(long = "redis", env = "SOPM_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
 }
 
 impl DataArgs {
@@ -60,6 +65,9 @@ impl DataArgs {
         };
         if let Some(d) = &self.data_dir {
             c.data_dir = d.clone();
+        }
+        if let Some(url) = &self.redis_url {
+            c.cluster.redis_url = Some(url.clone());
         }
         Ok(c)
     }
@@ -74,7 +82,14 @@ pub async fn run_keys(cmd: KeysCommand) -> Result<ExitCode, String> {
     };
     let tenant = TenantId::new(tenant).map_err(|e| format!("--tenant: {e}"))?;
     let config = data.server_config()?;
-    let keys = sopm_server::server::open_key_store(&config)?;
+    let keys = match &config.cluster.redis_url {
+        Some(url) => sopm_server::cluster::open_key_store(url).await?,
+        None => sopm_server::server::open_key_store(&config)?,
+    };
+    let place = match &config.cluster.redis_url {
+        Some(url) => sopm_server::config::redacted(url),
+        None => config.data_dir.display().to_string(),
+    };
     match &cmd {
         KeysCommand::Create { label, .. } => {
             let (info, secret) = keys
@@ -83,9 +98,7 @@ pub async fn run_keys(cmd: KeysCommand) -> Result<ExitCode, String> {
                 .map_err(|e| e.to_string())?;
             eprintln!(
                 "sopm: created {} for tenant {} in {}; the secret below is shown only once:",
-                info.id,
-                info.tenant,
-                config.data_dir.display()
+                info.id, info.tenant, place
             );
             println!("{}", secret.expose());
         }

@@ -1,0 +1,17 @@
+//! The queue between gateways and workers on Redis Streams, and the cluster scheduler
+//! over it: one stream per backend, consumer group `workers`, a lease with a fencing
+//! token per running job, takeover of expired leases, completion in one atomic step,
+//! dead letters, queued builds, results and broadcasts over pub/sub, heartbeats.
+
+mod builds;
+mod conn;
+mod counters;
+mod heartbeat;
+mod notify;
+pub mod scheduler;
+mod scripts;
+pub mod stream;
+mod worker;
+
+pub use scheduler::{AtShutdown, NodeRole, RedisScheduler, RedisSchedulerConfig};
+pub use stream::{Admission, Claimed, JobQueue, Lease, QueueConfig, DEAD_LETTER_CODE};

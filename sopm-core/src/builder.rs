@@ -20,6 +20,16 @@ pub struct Source {
     pub files: BTreeMap<String, Vec<u8>>,
 }
 
+/// One build to run: the version (recorded `building`, with its backend) and its
+/// source. Serde-able, so a scheduler can queue it for another node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildRequest {
+    /// The version to build.
+    pub version: FunctionVersion,
+    /// Its uploaded files.
+    pub source: Source,
+}
+
 /// Serde of a source's files as a map of path to base64.
 mod files_base64 {
     use std::collections::BTreeMap;

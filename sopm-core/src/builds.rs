@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::artifacts::ArtifactStore;
-use crate::builder::{BuildLog, Builder, Source};
+use crate::builder::{BuildLog, BuildRequest, Builder, Source};
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
 use crate::policy::directory_bytes;
@@ -27,16 +26,6 @@ use crate::types::TenantId;
 const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// A build log buffer this large is written at once.
 const LOG_FLUSH_BYTES: usize = 16 * 1024;
-
-/// One build to run: the version (recorded `building`, with its backend) and its
-/// source. Serde-able, so a scheduler can queue it for another node.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BuildRequest {
-    /// The version to build.
-    pub version: FunctionVersion,
-    /// Its uploaded files.
-    pub source: Source,
-}
 
 /// Runs builds on this node (the uploading process, or a worker that took a queued
 /// build). Made by the [`PlatformBuilder`](crate::PlatformBuilder); a custom

@@ -24,7 +24,7 @@ impl Digest {
         } else {
             Err(Error::invalid(format!(
                 "'{}' is not a sha256 digest (expected sha256: and 64 lowercase hex digits)",
-                crate::types::truncate_for_message(s)
+                crate::error::truncate_for_message(s)
             )))
         }
     }

@@ -277,6 +277,18 @@ impl From<ErrorInfo> for Error {
     }
 }
 
+/// Cuts a client-supplied string for use in an error message.
+pub fn truncate_for_message(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.chars().count() <= MAX {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(MAX).collect();
+        t.push('…');
+        t
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,8 +41,8 @@ pub mod types;
 pub mod upload;
 
 pub use artifacts::{ArtifactStore, InPlaceArtifactStore};
-pub use builder::{BuildLog, Builder, Source};
-pub use builds::{BuildRequest, Builds};
+pub use builder::{BuildLog, BuildRequest, Builder, Source};
+pub use builds::Builds;
 pub use digest::Digest;
 pub use dispatch::{Dispatcher, BUILTIN_BACKEND};
 pub use error::{Error, ErrorInfo, Result};

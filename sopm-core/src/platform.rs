@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::builder::BuildRequest;
 use crate::builder::Source;
-use crate::builds::{BuildRequest, Builds};
+use crate::builds::Builds;
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
 use crate::executor::{FunctionInfo, PoolStats};

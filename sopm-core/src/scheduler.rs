@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
-use crate::builds::BuildRequest;
+use crate::builder::BuildRequest;
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, ErrorInfo, Result};
 use crate::jobstore::{Durability, JobStore};

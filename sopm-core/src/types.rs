@@ -113,17 +113,7 @@ impl fmt::Display for JobId {
     }
 }
 
-/// Cuts a client-supplied string for use in an error message.
-pub fn truncate_for_message(s: &str) -> String {
-    const MAX: usize = 64;
-    if s.chars().count() <= MAX {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(MAX).collect();
-        t.push('…');
-        t
-    }
-}
+pub use crate::error::truncate_for_message;
 
 /// The language or kind of code a function is made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -634,6 +634,7 @@ mod scheduler {
         wait_expires_then_finishes_in_process
     );
     scheduler_check!(scheduler_detach, detach_queue, detach_in_process);
+    scheduler_check!(scheduler_call, call_queue, call_in_process);
     scheduler_check!(
         scheduler_records_errors,
         records_errors_queue,

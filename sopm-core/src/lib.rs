@@ -22,6 +22,7 @@ pub mod builder;
 pub mod builds;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod counters;
 pub mod digest;
 pub mod dispatch;
 pub mod error;
@@ -43,13 +44,14 @@ pub mod upload;
 pub use artifacts::{ArtifactStore, InPlaceArtifactStore};
 pub use builder::{BuildLog, BuildRequest, Builder, Source};
 pub use builds::Builds;
+pub use counters::SchedulerCounters;
 pub use digest::Digest;
 pub use dispatch::{Dispatcher, BUILTIN_BACKEND};
 pub use error::{Error, ErrorInfo, Result};
 pub use executor::{Example, Executor, FunctionInfo, PoolStats};
 pub use jobstore::{Durability, JobLogEntry, JobStore, MemoryJobStore};
 pub use keys::{ApiKeyInfo, ApiKeySecret, CachedKeyStore, KeyStore, MemoryKeyStore};
-pub use platform::{job_output, Platform, PlatformStats};
+pub use platform::{Platform, PlatformStats};
 pub use platform_builder::{PlatformBuilder, SchedulerParts};
 pub use registry::{
     Artifact, BuildStatus, FunctionRecord, FunctionVersion, MemoryRegistry, NewVersion, Registry,

@@ -62,24 +62,18 @@ impl Platform {
         &self.catalog
     }
 
-    /// Runs a function and waits for its output.
+    /// Runs a function and waits for its output. Nobody can look the call up (it has no
+    /// id the caller sees), so the scheduler keeps no record of it beyond its stats
+    /// ([`Scheduler::call`]); use [`submit`](Self::submit) for a job with a record.
     pub async fn execute(
         &self,
         tenant: &TenantId,
         function: FunctionRef,
         input: Value,
     ) -> Result<Output> {
-        let request = JobRequest::new(tenant.clone(), function, input);
-        match self
-            .scheduler
-            .submit(request, SubmitMode::Wait(None))
-            .await?
-        {
-            Submitted::Finished(job) => job_output(job),
-            Submitted::Pending { id, .. } => Err(Error::Internal(format!(
-                "job {id} did not finish although the call waited for it"
-            ))),
-        }
+        self.scheduler
+            .call(JobRequest::new(tenant.clone(), function, input))
+            .await
     }
 
     /// Submits a job in the given mode.
@@ -447,21 +441,5 @@ async fn expire_jobs(store: &dyn JobStore, retention: Duration) -> Result<u64> {
             return Ok(total);
         }
         tokio::task::yield_now().await;
-    }
-}
-
-/// Turns a finished job into its output or its error.
-pub fn job_output(job: Job) -> Result<Output> {
-    match (job.output, job.error) {
-        (Some(value), None) => Ok(Output {
-            value,
-            logs: job.logs,
-        }),
-        (_, Some(err)) => Err(err.into()),
-        (None, None) => Err(Error::Internal(format!(
-            "job {} ended as {} without output or error",
-            job.id,
-            job.status.as_str()
-        ))),
     }
 }

@@ -5,25 +5,26 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
 use crate::builder::BuildRequest;
+use crate::counters::SchedulerCounters;
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, ErrorInfo, Result};
 use crate::jobstore::{Durability, JobStore};
-use crate::slots::{Admission, Slot, Slots, TenantCaps};
-use crate::stats::{
-    ClusterStats, FunctionCounters, FunctionStats, LatencyHistogram, SchedulerStats,
+use crate::slots::{Admission, Slot, Slots, TenantCaps, Ticket};
+use crate::stats::{ClusterStats, SchedulerStats};
+use crate::types::{
+    now_ms, FunctionRef, Invocation, Job, JobId, JobStatus, Output, Target, TenantId,
 };
-use crate::types::{now_ms, FunctionRef, Invocation, Job, JobId, JobStatus, Target, TenantId};
 
 /// Where a job goes: the backend that runs it (by name), the resolved target, and its
 /// time limit. A route names a backend and never holds an executor, so a node that
@@ -103,6 +104,19 @@ pub enum Submitted {
     },
 }
 
+impl Submitted {
+    /// The output of a job that finished within the wait, or its error; a pending job
+    /// is an internal error (for callers that waited without a time limit).
+    pub fn into_output(self) -> Result<Output> {
+        match self {
+            Submitted::Finished(job) => job.into_output(),
+            Submitted::Pending { id, .. } => Err(Error::Internal(format!(
+                "job {id} did not finish although the call waited for it"
+            ))),
+        }
+    }
+}
+
 /// What start-up recovery did with jobs left unfinished by a previous process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -130,6 +144,17 @@ pub struct RecoveryReport {
 pub trait Scheduler: Debug + Send + Sync + 'static {
     /// Submits a job.
     async fn submit(&self, request: JobRequest, mode: SubmitMode) -> Result<Submitted>;
+
+    /// Runs a function for a caller that wants only its output and never its job:
+    /// accepted and refused like [`submit`](Self::submit), stopped at its deadline and
+    /// counted in the stats, but a scheduler may keep no record of it (nobody could
+    /// look it up). Dropping the returned future stops the call. Default: a waiting
+    /// submission without a time limit.
+    async fn call(&self, request: JobRequest) -> Result<Output> {
+        self.submit(request, SubmitMode::Wait(None))
+            .await?
+            .into_output()
+    }
 
     /// A job's current record.
     async fn status(&self, tenant: &TenantId, id: &JobId) -> Result<Job>;
@@ -283,18 +308,10 @@ struct Inner {
     dispatcher: Arc<Dispatcher>,
     store: Arc<dyn JobStore>,
     slots: Arc<Slots>,
-    running: AtomicU64,
     closed: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
     live: Vec<Mutex<FxHashMap<JobId, Arc<LiveJob>>>>,
-    submitted: AtomicU64,
-    rejected: AtomicU64,
-    succeeded: AtomicU64,
-    failed: AtomicU64,
-    timed_out: AtomicU64,
-    cancelled: AtomicU64,
-    latency: LatencyHistogram,
-    per_function: RwLock<FxHashMap<String, Arc<FunctionCounters>>>,
+    counters: SchedulerCounters,
 }
 
 /// The in-process scheduler. Cheap to clone (an `Arc` inside).
@@ -304,6 +321,32 @@ pub struct LocalScheduler {
 }
 
 type RunFuture = Pin<Box<dyn Future<Output = Job> + Send>>;
+
+/// Counts a [`call`](Scheduler::call) that ends, or that its caller dropped
+/// (`cancelled`), exactly once.
+struct CallEnd<'a> {
+    counters: &'a SchedulerCounters,
+    function: &'a FunctionRef,
+    accepted: Instant,
+    ended: bool,
+}
+
+impl CallEnd<'_> {
+    fn ended(mut self, status: JobStatus) {
+        self.ended = true;
+        self.counters
+            .ended(status, self.function, self.accepted.elapsed());
+    }
+}
+
+impl Drop for CallEnd<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.counters
+                .ended(JobStatus::Cancelled, self.function, self.accepted.elapsed());
+        }
+    }
+}
 
 /// Keeps a waiting call's job alive if the caller goes away: the job goes on in a
 /// task of its own and is recorded as usual.
@@ -352,20 +395,12 @@ impl LocalScheduler {
                 dispatcher,
                 store,
                 slots,
-                running: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 shutdown_tx,
                 live: (0..SHARDS)
                     .map(|_| Mutex::new(FxHashMap::default()))
                     .collect(),
-                submitted: AtomicU64::new(0),
-                rejected: AtomicU64::new(0),
-                succeeded: AtomicU64::new(0),
-                failed: AtomicU64::new(0),
-                timed_out: AtomicU64::new(0),
-                cancelled: AtomicU64::new(0),
-                latency: LatencyHistogram::new(),
-                per_function: RwLock::new(FxHashMap::default()),
+                counters: SchedulerCounters::default(),
             }),
         }
     }
@@ -374,279 +409,17 @@ impl LocalScheduler {
     pub fn store(&self) -> &Arc<dyn JobStore> {
         &self.inner.store
     }
-}
 
-impl Inner {
-    fn register(&self, live: &Arc<LiveJob>, id: &JobId) {
-        self.live[shard_of(id)]
-            .lock()
-            .insert(id.clone(), live.clone());
-    }
-
-    fn unregister(&self, id: &JobId) {
-        self.live[shard_of(id)].lock().remove(id);
-    }
-
-    fn find_live(&self, id: &JobId) -> Option<Arc<LiveJob>> {
-        self.live[shard_of(id)].lock().get(id).cloned()
-    }
-
-    /// Takes a slot if one is free (and the tenant is under its running cap), else a
-    /// place in the tenant's queue, else refuses.
-    fn admit(&self, tenant: &TenantId) -> Result<Admission> {
-        self.slots.admit(tenant, false).inspect_err(|_| {
-            self.rejected.fetch_add(1, Ordering::Relaxed);
-        })
-    }
-
-    /// Runs `f` on the function's counters: under the map's read lock when they exist
-    /// (no reference count touched), created under its write lock the first time.
-    fn with_counters(&self, function: &FunctionRef, f: impl FnOnce(&FunctionCounters)) {
-        let key: &str = match function {
-            FunctionRef::Builtin { name } => name,
-            FunctionRef::User { id, .. } => id,
-        };
-        if let Some(c) = self.per_function.read().get(key) {
-            return f(c);
-        }
-        let c = self
-            .per_function
-            .write()
-            .entry(key.to_string())
-            .or_default()
-            .clone();
-        f(&c)
-    }
-
-    fn account(&self, job: &Job, latency: Duration) {
-        let counter = match job.status {
-            JobStatus::Succeeded => &self.succeeded,
-            JobStatus::TimedOut => &self.timed_out,
-            JobStatus::Cancelled => &self.cancelled,
-            _ => &self.failed,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.latency.record(latency);
-        self.with_counters(&job.function, |c| {
-            c.calls.fetch_add(1, Ordering::Relaxed);
-            if job.status != JobStatus::Succeeded {
-                c.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            c.latency.record(latency);
-        });
-    }
-
-    async fn record(&self, job: &Job, durability: Durability) {
-        if let Err(e) = self.store.put(job, durability).await {
-            tracing::error!(job = %job.id, error = %e, "failed to record job");
-        }
-    }
-
-    /// Ends a job: sets its terminal state, records it, wakes waiters.
-    async fn finish(
+    /// Makes an accepted request a job and answers in `mode`.
+    async fn submit_accepted(
         &self,
-        live: &LiveJob,
-        outcome: Result<crate::types::Output>,
-        started: Option<Instant>,
-    ) -> Job {
-        let finished = Instant::now();
-        let snapshot = {
-            let mut job = live.job.lock();
-            job.finished_ms = Some(live.wall_ms(job.created_ms, finished));
-            job.duration_us =
-                started.map(|s| finished.saturating_duration_since(s).as_micros() as u64);
-            match outcome {
-                Ok(out) => {
-                    job.status = JobStatus::Succeeded;
-                    job.output = Some(out.value);
-                    job.logs = out.logs;
-                }
-                Err(mut e) => {
-                    if let Error::Function { logs, .. } = &mut e {
-                        if let Some(l) = logs.take() {
-                            job.logs = Some(l);
-                        }
-                    }
-                    job.status = match &e {
-                        Error::Timeout(_) => JobStatus::TimedOut,
-                        Error::Cancelled(_) => JobStatus::Cancelled,
-                        Error::Interrupted(_) => JobStatus::Interrupted,
-                        _ => JobStatus::Failed,
-                    };
-                    if matches!(e, Error::Internal(_) | Error::Storage(_)) {
-                        tracing::error!(job = %job.id, error = %e, "job failed inside SOPM");
-                    }
-                    job.error = Some(ErrorInfo::from(&e));
-                }
-            }
-            if live.private {
-                // Nobody reads this record again: move the output (it can be large)
-                // into the snapshot rather than copy it.
-                let output = job.output.take();
-                let logs = job.logs.take();
-                Job {
-                    output,
-                    logs,
-                    ..job.clone()
-                }
-            } else {
-                job.clone()
-            }
-        };
-        self.account(&snapshot, finished.saturating_duration_since(live.accepted));
-        self.record(&snapshot, Durability::Buffered).await;
-        // Only a persisted job was ever registered (status, cancel): a waiting call that
-        // finished in time skips the shard lock and the waiter list. Registration sets
-        // `persisted` before it reads the job's status, so one side always sees the other.
-        if live.persisted.load(Ordering::Acquire) {
-            live.done.notify_waiters();
-            self.unregister(&snapshot.id);
-        }
-        snapshot
-    }
-
-    fn cancel_error(reason: u8) -> Error {
-        if reason == CANCEL_SHUTDOWN {
-            Error::Interrupted(
-                "the server shut down while this job was running; it was not re-run".into(),
-            )
-        } else {
-            Error::Cancelled("cancelled by its owner".into())
-        }
-    }
-}
-
-/// Runs one job from acceptance to its end.
-async fn run_job(inner: Arc<Inner>, live: Arc<LiveJob>, route: Route, admission: Admission) -> Job {
-    // A waiting call that took a free slot starts the instant it was accepted (no
-    // second clock reading); a detached one after its durable record, a queued one
-    // when its slot comes.
-    let (slot, started): (Slot, Instant) = match admission {
-        Admission::Started(slot) if !live.persisted.load(Ordering::Acquire) => {
-            (slot, live.accepted)
-        }
-        Admission::Started(slot) => (slot, Instant::now()),
-        Admission::Queued(mut ticket) => {
-            let mut shutdown = inner.shutdown_tx.subscribe();
-            let granted = tokio::select! {
-                biased;
-                slot = ticket.granted() => slot,
-                _ = live.cancel.notified() => None,
-                _ = shutdown.wait_for(|v| *v) => None,
-            };
-            // A slot freed by a job that was just cancelled or interrupted can reach a
-            // queued job in the same instant as its own cancel or the shutdown: those win,
-            // so the job does not start (a durable one stays queued for the next start).
-            let stopping =
-                live.cancel_reason.load(Ordering::Acquire) != CANCEL_NONE || *shutdown.borrow();
-            let granted = match granted {
-                Some(slot) if !stopping => Some(slot),
-                Some(slot) => {
-                    drop(slot);
-                    None
-                }
-                None => {
-                    ticket.withdraw();
-                    None
-                }
-            };
-            match granted {
-                Some(slot) => (slot, Instant::now()),
-                None => {
-                    let reason = live.cancel_reason.load(Ordering::Acquire);
-                    if reason != CANCEL_USER && live.persisted.load(Ordering::Acquire) {
-                        // Durable and never started: it stays queued for the next start.
-                        inner.unregister(&live.job.lock().id);
-                        live.done.notify_waiters();
-                        return live.snapshot();
-                    }
-                    let err = if reason == CANCEL_USER {
-                        Error::Cancelled("cancelled by its owner while queued".into())
-                    } else {
-                        Error::Cancelled("the server shut down before this job started".into())
-                    };
-                    return inner.finish(&live, Err(err), None).await;
-                }
-            }
-        }
-    };
-
-    inner.running.fetch_add(1, Ordering::AcqRel);
-    let (invocation, timeout_ms) = {
-        let mut job = live.job.lock();
-        job.status = JobStatus::Running;
-        job.started_ms = Some(live.wall_ms(job.created_ms, started));
-        job.attempts += 1;
-        let invocation = Invocation {
-            job_id: job.id.clone(),
-            tenant: job.tenant.clone(),
-            target: route.target,
-            input: job.input.clone(),
-            deadline: started + Duration::from_millis(job.timeout_ms),
-        };
-        (invocation, job.timeout_ms)
-    };
-    let deadline = invocation.deadline;
-    let past_deadline = |r: Result<Result<crate::types::Output>, tokio::time::error::Elapsed>| {
-        r.unwrap_or_else(|_| {
-            Err(Error::Timeout(format!(
-                "the job ran past its {timeout_ms} ms time limit and was stopped"
-            )))
-        })
-    };
-    let mut call = std::pin::pin!(inner.dispatcher.invoke(&route.backend, invocation));
-    // A job that finishes on its first poll (most built-ins) needs no separate
-    // "running" record, no timer and no shutdown watch: its final record follows at
-    // once. (A timer polls its future before its clock too, so this is the same
-    // outcome the timer would give.)
-    let outcome = match futures::poll!(call.as_mut()) {
-        std::task::Poll::Ready(r) => r,
-        std::task::Poll::Pending => {
-            if live.persisted.load(Ordering::Acquire) {
-                let snapshot = live.snapshot();
-                inner.record(&snapshot, Durability::Buffered).await;
-            }
-            let mut shutdown = inner.shutdown_tx.subscribe();
-            let call = tokio::time::timeout_at(deadline.into(), call.as_mut());
-            tokio::select! {
-                biased;
-                r = call => past_deadline(r),
-                _ = live.cancel.notified() => Err(Inner::cancel_error(live.cancel_reason.load(Ordering::Acquire))),
-                _ = shutdown.wait_for(|v| *v) => Err(Inner::cancel_error(CANCEL_SHUTDOWN)),
-            }
-        }
-    };
-    let job = inner.finish(&live, outcome, Some(started)).await;
-    inner.running.fetch_sub(1, Ordering::AcqRel);
-    drop(slot);
-    job
-}
-
-#[async_trait]
-impl Scheduler for LocalScheduler {
-    async fn submit(&self, request: JobRequest, mode: SubmitMode) -> Result<Submitted> {
+        request: JobRequest,
+        route: Route,
+        limit: Duration,
+        admission: Admission,
+        mode: SubmitMode,
+    ) -> Result<Submitted> {
         let inner = &self.inner;
-        if inner.closed.load(Ordering::Acquire) {
-            return Err(Error::Unavailable("the server is shutting down".into()));
-        }
-        let route = inner
-            .router
-            .route(&request.tenant, &request.function)
-            .await?;
-        if !inner.dispatcher.has(&route.backend) {
-            // One process has no queue to another node: refuse rather than accept a
-            // job that cannot run.
-            return Err(Error::Unavailable(format!(
-                "the '{}' backend is not on this node, and this scheduler does not queue jobs for other nodes",
-                route.backend
-            )));
-        }
-        let limit = request
-            .timeout
-            .map_or(route.timeout, |t| t.min(route.timeout))
-            .min(inner.config.max_timeout);
-        let admission = inner.admit(&request.tenant)?;
-        inner.submitted.fetch_add(1, Ordering::Relaxed);
         let job = Job::new(
             request.tenant,
             route.function.clone(),
@@ -717,6 +490,329 @@ impl Scheduler for LocalScheduler {
             }
         }
     }
+}
+
+impl Inner {
+    fn register(&self, live: &Arc<LiveJob>, id: &JobId) {
+        self.live[shard_of(id)]
+            .lock()
+            .insert(id.clone(), live.clone());
+    }
+
+    fn unregister(&self, id: &JobId) {
+        self.live[shard_of(id)].lock().remove(id);
+    }
+
+    fn find_live(&self, id: &JobId) -> Option<Arc<LiveJob>> {
+        self.live[shard_of(id)].lock().get(id).cloned()
+    }
+
+    /// Checks a request and takes its place: its route, the time limit in force, and a
+    /// slot or a place in the queue. Refusals are counted, and so is an accepted job.
+    async fn accept(&self, request: &JobRequest) -> Result<(Route, Duration, Admission)> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Unavailable("the server is shutting down".into()));
+        }
+        let route = self
+            .router
+            .route(&request.tenant, &request.function)
+            .await?;
+        if !self.dispatcher.has(&route.backend) {
+            // One process has no queue to another node: refuse rather than accept a
+            // job that cannot run.
+            return Err(Error::Unavailable(format!(
+                "the '{}' backend is not on this node, and this scheduler does not queue jobs for other nodes",
+                route.backend
+            )));
+        }
+        let limit = request
+            .timeout
+            .map_or(route.timeout, |t| t.min(route.timeout))
+            .min(self.config.max_timeout);
+        // A slot if one is free (and the tenant is under its running cap), else a place
+        // in the tenant's queue, else a refusal.
+        let admission = self
+            .slots
+            .admit(&request.tenant, false)
+            .inspect_err(|_| self.counters.rejected())?;
+        self.counters.submitted();
+        Ok((route, limit, admission))
+    }
+
+    /// Waits for a queued job's slot. `None` when `stop` ends first or the server shuts
+    /// down, and also when a slot comes in the same instant as either (a slot freed by
+    /// a job just cancelled or interrupted can): those win, so the job does not start.
+    async fn queued_slot(
+        &self,
+        mut ticket: Ticket,
+        stop: impl Future<Output = ()>,
+        stopped: impl Fn() -> bool,
+    ) -> Option<Slot> {
+        let mut shutdown = self.shutdown_tx.subscribe();
+        let granted = tokio::select! {
+            biased;
+            slot = ticket.granted() => slot,
+            _ = stop => None,
+            _ = shutdown.wait_for(|v| *v) => None,
+        };
+        let stopping = stopped() || *shutdown.borrow();
+        match granted {
+            Some(slot) if !stopping => Some(slot),
+            Some(slot) => {
+                drop(slot);
+                None
+            }
+            None => {
+                ticket.withdraw();
+                None
+            }
+        }
+    }
+
+    /// Runs an invocation to its end. One that ends on its first poll (most built-ins)
+    /// needs no timer and no shutdown watch, and its live job (if any) no separate
+    /// `running` record; else it runs under its deadline, its live job's cancel and
+    /// the shutdown. (A timer polls its future before its clock too, so the outcome is
+    /// the one the timer would give.)
+    async fn run_invocation(
+        &self,
+        backend: &str,
+        invocation: Invocation,
+        timeout_ms: u64,
+        live: Option<&LiveJob>,
+    ) -> Result<Output> {
+        let deadline = invocation.deadline;
+        let mut call = std::pin::pin!(self.dispatcher.invoke(backend, invocation));
+        if let std::task::Poll::Ready(r) = futures::poll!(call.as_mut()) {
+            return r;
+        }
+        if let Some(live) = live.filter(|l| l.persisted.load(Ordering::Acquire)) {
+            self.record(&live.snapshot(), Durability::Buffered).await;
+        }
+        let cancelled = async {
+            match live {
+                Some(live) => {
+                    live.cancel.notified().await;
+                    Inner::cancel_error(live.cancel_reason.load(Ordering::Acquire))
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let mut shutdown = self.shutdown_tx.subscribe();
+        tokio::select! {
+            biased;
+            r = tokio::time::timeout_at(deadline.into(), call.as_mut()) => r.unwrap_or_else(|_| {
+                Err(Error::Timeout(format!(
+                    "the job ran past its {timeout_ms} ms time limit and was stopped"
+                )))
+            }),
+            e = cancelled => Err(e),
+            _ = shutdown.wait_for(|v| *v) => Err(Inner::cancel_error(CANCEL_SHUTDOWN)),
+        }
+    }
+
+    async fn record(&self, job: &Job, durability: Durability) {
+        if let Err(e) = self.store.put(job, durability).await {
+            tracing::error!(job = %job.id, error = %e, "failed to record job");
+        }
+    }
+
+    /// Ends a job: sets its terminal state, records it, wakes waiters.
+    async fn finish(
+        &self,
+        live: &LiveJob,
+        outcome: Result<Output>,
+        started: Option<Instant>,
+    ) -> Job {
+        let finished = Instant::now();
+        let snapshot = {
+            let mut job = live.job.lock();
+            log_internal(&outcome, &job.id);
+            let finished_ms = live.wall_ms(job.created_ms, finished);
+            let duration_us =
+                started.map(|s| finished.saturating_duration_since(s).as_micros() as u64);
+            job.finish(outcome, finished_ms, duration_us);
+            if live.private {
+                // Nobody reads this record again: move the output (it can be large)
+                // into the snapshot rather than copy it.
+                let output = job.output.take();
+                let logs = job.logs.take();
+                Job {
+                    output,
+                    logs,
+                    ..job.clone()
+                }
+            } else {
+                job.clone()
+            }
+        };
+        self.counters.ended(
+            snapshot.status,
+            &snapshot.function,
+            finished.saturating_duration_since(live.accepted),
+        );
+        self.record(&snapshot, Durability::Buffered).await;
+        // Only a persisted job was ever registered (status, cancel): a waiting call that
+        // finished in time skips the shard lock and the waiter list. Registration sets
+        // `persisted` before it reads the job's status, so one side always sees the other.
+        if live.persisted.load(Ordering::Acquire) {
+            live.done.notify_waiters();
+            self.unregister(&snapshot.id);
+        }
+        snapshot
+    }
+
+    fn cancel_error(reason: u8) -> Error {
+        if reason == CANCEL_SHUTDOWN {
+            Error::Interrupted(
+                "the server shut down while this job was running; it was not re-run".into(),
+            )
+        } else {
+            Error::Cancelled("cancelled by its owner".into())
+        }
+    }
+}
+
+/// Logs an error that is SOPM's own fault (the caller sees only its message).
+fn log_internal(outcome: &Result<Output>, job: &JobId) {
+    if let Err(e @ (Error::Internal(_) | Error::Storage(_))) = outcome {
+        tracing::error!(job = %job, error = %e, "job failed inside SOPM");
+    }
+}
+
+/// Runs one job from acceptance to its end.
+async fn run_job(inner: Arc<Inner>, live: Arc<LiveJob>, route: Route, admission: Admission) -> Job {
+    // A waiting call that took a free slot starts the instant it was accepted (no
+    // second clock reading); a detached one after its durable record, a queued one
+    // when its slot comes.
+    let (slot, started): (Slot, Instant) = match admission {
+        Admission::Started(slot) if !live.persisted.load(Ordering::Acquire) => {
+            (slot, live.accepted)
+        }
+        Admission::Started(slot) => (slot, Instant::now()),
+        Admission::Queued(ticket) => {
+            let stopped = || live.cancel_reason.load(Ordering::Acquire) != CANCEL_NONE;
+            match inner
+                .queued_slot(ticket, live.cancel.notified(), stopped)
+                .await
+            {
+                Some(slot) => (slot, Instant::now()),
+                None => {
+                    let reason = live.cancel_reason.load(Ordering::Acquire);
+                    if reason != CANCEL_USER && live.persisted.load(Ordering::Acquire) {
+                        // Durable and never started: it stays queued for the next start.
+                        inner.unregister(&live.job.lock().id);
+                        live.done.notify_waiters();
+                        return live.snapshot();
+                    }
+                    let err = if reason == CANCEL_USER {
+                        Error::Cancelled("cancelled by its owner while queued".into())
+                    } else {
+                        Error::Cancelled("the server shut down before this job started".into())
+                    };
+                    return inner.finish(&live, Err(err), None).await;
+                }
+            }
+        }
+    };
+
+    let running = inner.counters.run();
+    let (invocation, timeout_ms) = {
+        let mut job = live.job.lock();
+        job.status = JobStatus::Running;
+        job.started_ms = Some(live.wall_ms(job.created_ms, started));
+        job.attempts += 1;
+        let invocation = Invocation {
+            job_id: job.id.clone(),
+            tenant: job.tenant.clone(),
+            target: route.target,
+            input: job.input.clone(),
+            deadline: started + Duration::from_millis(job.timeout_ms),
+        };
+        (invocation, job.timeout_ms)
+    };
+    let outcome = inner
+        .run_invocation(&route.backend, invocation, timeout_ms, Some(&live))
+        .await;
+    let job = inner.finish(&live, outcome, Some(started)).await;
+    drop(running);
+    drop(slot);
+    job
+}
+
+#[async_trait]
+impl Scheduler for LocalScheduler {
+    async fn submit(&self, request: JobRequest, mode: SubmitMode) -> Result<Submitted> {
+        let (route, limit, admission) = self.inner.accept(&request).await?;
+        self.submit_accepted(request, route, limit, admission, mode)
+            .await
+    }
+
+    /// A built-in's call has no job record: no live entry, no store write, no record
+    /// copies (nothing lists built-in jobs, and the caller never sees an id); the same
+    /// admission, deadline, shutdown and stats as a job. A user function's call is
+    /// recorded as a job, so it shows in the function's recent logs.
+    async fn call(&self, request: JobRequest) -> Result<Output> {
+        let inner = &self.inner;
+        let (route, limit, admission) = inner.accept(&request).await?;
+        if let Target::User(_) = route.target {
+            let mode = SubmitMode::Wait(None);
+            return self
+                .submit_accepted(request, route, limit, admission, mode)
+                .await?
+                .into_output();
+        }
+        let accepted = Instant::now();
+        let Route {
+            backend,
+            target,
+            function,
+            ..
+        } = route;
+        let end = CallEnd {
+            counters: &inner.counters,
+            function: &function,
+            accepted,
+            ended: false,
+        };
+        let (slot, started) = match admission {
+            Admission::Started(slot) => (slot, accepted),
+            Admission::Queued(ticket) => {
+                match inner
+                    .queued_slot(ticket, std::future::pending(), || false)
+                    .await
+                {
+                    Some(slot) => (slot, Instant::now()),
+                    None => {
+                        end.ended(JobStatus::Cancelled);
+                        return Err(Error::Cancelled(
+                            "the server shut down before this call started".into(),
+                        ));
+                    }
+                }
+            }
+        };
+        let running = inner.counters.run();
+        let job_id = JobId::random();
+        let invocation = Invocation {
+            job_id: job_id.clone(),
+            tenant: request.tenant,
+            target,
+            input: request.input,
+            deadline: started + limit,
+        };
+        let outcome = inner
+            .run_invocation(&backend, invocation, limit.as_millis() as u64, None)
+            .await;
+        log_internal(&outcome, &job_id);
+        end.ended(match &outcome {
+            Ok(_) => JobStatus::Succeeded,
+            Err(e) => JobStatus::of_error(e),
+        });
+        drop(running);
+        drop(slot);
+        outcome
+    }
 
     async fn status(&self, tenant: &TenantId, id: &JobId) -> Result<Job> {
         let not_found = || Error::not_found(format!("no job with id '{id}'"));
@@ -771,32 +867,11 @@ impl Scheduler for LocalScheduler {
 
     fn stats(&self) -> SchedulerStats {
         let i = &self.inner;
-        let mut functions: Vec<FunctionStats> = i
-            .per_function
-            .read()
-            .iter()
-            .map(|(name, c)| FunctionStats {
-                function: name.clone(),
-                calls: c.calls.load(Ordering::Relaxed),
-                errors: c.errors.load(Ordering::Relaxed),
-                latency: c.latency.summary(),
-            })
-            .collect();
-        functions.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.function.cmp(&b.function)));
-        SchedulerStats {
-            submitted: i.submitted.load(Ordering::Relaxed),
-            rejected: i.rejected.load(Ordering::Relaxed),
-            succeeded: i.succeeded.load(Ordering::Relaxed),
-            failed: i.failed.load(Ordering::Relaxed),
-            timed_out: i.timed_out.load(Ordering::Relaxed),
-            cancelled: i.cancelled.load(Ordering::Relaxed),
-            queue_depth: i.slots.waiting(),
-            queue_capacity: i.config.queue_capacity as u64,
-            running: i.running.load(Ordering::Relaxed),
-            max_concurrency: i.config.max_concurrency as u64,
-            latency: i.latency.summary(),
-            functions,
-        }
+        i.counters.snapshot(
+            i.slots.waiting(),
+            i.config.queue_capacity as u64,
+            i.config.max_concurrency as u64,
+        )
     }
 
     async fn recover(&self) -> Result<RecoveryReport> {
@@ -847,7 +922,7 @@ impl Scheduler for LocalScheduler {
     async fn shutdown(&self, grace: Duration) -> Result<()> {
         let inner = &self.inner;
         inner.closed.store(true, Ordering::Release);
-        let busy = || inner.running.load(Ordering::Acquire) + inner.slots.waiting();
+        let busy = || inner.counters.running() + inner.slots.waiting();
         let until = Instant::now() + grace;
         while busy() > 0 && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -870,7 +945,7 @@ impl Scheduler for LocalScheduler {
             }
             inner.shutdown_tx.send_replace(true);
             let until = Instant::now() + Duration::from_secs(2);
-            while inner.running.load(Ordering::Acquire) > 0 && Instant::now() < until {
+            while inner.counters.running() > 0 && Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }

@@ -223,6 +223,15 @@ impl FunctionRef {
         }
     }
 
+    /// The function's name without a version: the built-in's name or the user
+    /// function's id (what per-function stats are kept under).
+    pub fn key(&self) -> &str {
+        match self {
+            FunctionRef::Builtin { name } => name,
+            FunctionRef::User { id, .. } => id,
+        }
+    }
+
     /// The name shown in stats and job records.
     pub fn display_name(&self) -> String {
         match self {
@@ -273,6 +282,16 @@ impl JobStatus {
             JobStatus::TimedOut => "timed_out",
             JobStatus::Cancelled => "cancelled",
             JobStatus::Interrupted => "interrupted",
+        }
+    }
+
+    /// The final state of a job whose run ended with `error`.
+    pub fn of_error(error: &crate::Error) -> Self {
+        match error {
+            crate::Error::Timeout(_) => JobStatus::TimedOut,
+            crate::Error::Cancelled(_) => JobStatus::Cancelled,
+            crate::Error::Interrupted(_) => JobStatus::Interrupted,
+            _ => JobStatus::Failed,
         }
     }
 
@@ -363,6 +382,52 @@ impl Job {
             finished_ms: None,
             duration_us: None,
             attempts: 0,
+        }
+    }
+
+    /// Ends the job as its run ended: `succeeded` with the output and logs, or the
+    /// final state of the error ([`JobStatus::of_error`]) with the error and the logs
+    /// a failing function printed. Every scheduler ends jobs through this.
+    pub fn finish(
+        &mut self,
+        outcome: crate::Result<Output>,
+        finished_ms: u64,
+        duration_us: Option<u64>,
+    ) {
+        self.finished_ms = Some(finished_ms);
+        self.duration_us = duration_us;
+        match outcome {
+            Ok(out) => {
+                self.status = JobStatus::Succeeded;
+                self.output = Some(out.value);
+                self.logs = out.logs;
+            }
+            Err(mut e) => {
+                if let crate::Error::Function { logs, .. } = &mut e {
+                    if let Some(l) = logs.take() {
+                        self.logs = Some(l);
+                    }
+                }
+                self.status = JobStatus::of_error(&e);
+                self.output = None;
+                self.error = Some(ErrorInfo::from(&e));
+            }
+        }
+    }
+
+    /// A finished job's output, or its error.
+    pub fn into_output(self) -> crate::Result<Output> {
+        match (self.output, self.error) {
+            (Some(value), None) => Ok(Output {
+                value,
+                logs: self.logs,
+            }),
+            (_, Some(err)) => Err(err.into()),
+            (None, None) => Err(crate::Error::Internal(format!(
+                "job {} ended as {} without output or error",
+                self.id,
+                self.status.as_str()
+            ))),
         }
     }
 }

@@ -96,6 +96,11 @@ async fn local_scheduler_detach() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_scheduler_call() {
+    conformance::scheduler_call(&harness()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_scheduler_records_errors() {
     conformance::scheduler_records_errors(&harness()).await;
 }

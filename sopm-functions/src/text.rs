@@ -290,33 +290,53 @@ fn uppercase(args: &Args<'_>) -> Result<Value> {
     Ok(to_uppercase(args.str("text")?).into())
 }
 
-/// `str::to_uppercase`, faster on the common letters: runs of ASCII are copied as
-/// they are and uppercased at the end in one pass, Latin-1's lowercase letters
-/// (`à`..`þ` but `÷`, 32 above their capitals) are mapped directly, and only other
-/// characters look Unicode's tables up (the standard one goes character by character,
-/// with a table lookup each, from the first non-ASCII character on). Uppercasing has no
-/// context rules, so mapping each character alone gives the same text, and no
-/// character's capital holds a lowercase ASCII letter, so the final pass changes only
-/// the copied runs.
+/// `str::to_uppercase`, faster on the common letters: runs of ASCII are found eight
+/// bytes at a time and copied as they are (uppercased at the end in one pass), Latin-1's
+/// lowercase letters (`à`..`þ` but `÷`, 32 above their capitals) are mapped from their
+/// two bytes without decoding, and only other characters look Unicode's tables up (the
+/// standard one goes character by character, with a table lookup each, from the first
+/// non-ASCII character on). Uppercasing has no context rules, so mapping each character
+/// alone gives the same text, and no character's capital holds a lowercase ASCII
+/// letter, so the final pass changes only the copied runs. (Building bytes and checking
+/// them with `String::from_utf8` at the end costs more than the check saves.)
 fn to_uppercase(text: &str) -> String {
+    let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
+    let mut at = 0;
     loop {
-        let ascii = rest
-            .bytes()
-            .position(|b| !b.is_ascii())
-            .unwrap_or(rest.len());
-        out.push_str(&rest[..ascii]);
-        let mut chars = rest[ascii..].chars();
-        match chars.next() {
-            None => break,
-            Some(c @ 'à'..='þ') if c != '÷' => out.push(char::from((c as u32 - 32) as u8)),
-            Some(c) => out.extend(c.to_uppercase()),
+        let run = at + ascii_len(&bytes[at..]);
+        out.push_str(&text[at..run]);
+        at = run;
+        let Some(&lead) = bytes.get(at) else { break };
+        match bytes.get(at + 1) {
+            // U+00E0..=U+00FE is C3 A0..=BE; its capital, 32 below, is the byte + 0x20 in Latin-1.
+            Some(&next @ 0xA0..=0xBE) if lead == 0xC3 && next != 0xB7 => {
+                out.push(char::from(next + 0x20));
+                at += 2;
+            }
+            _ => {
+                let c = text[at..].chars().next().expect("a character starts here");
+                out.extend(c.to_uppercase());
+                at += c.len_utf8();
+            }
         }
-        rest = chars.as_str();
     }
     out.make_ascii_uppercase();
     out
+}
+
+/// How many bytes at the start of `bytes` are ASCII, looked at eight at a time.
+fn ascii_len(bytes: &[u8]) -> usize {
+    let mut n = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let high = word & 0x8080_8080_8080_8080;
+        if high != 0 {
+            return n + (high.trailing_zeros() / 8) as usize;
+        }
+        n += 8;
+    }
+    n + bytes[n..].iter().take_while(|b| b.is_ascii()).count()
 }
 
 fn lowercase(args: &Args<'_>) -> Result<Value> {

@@ -52,8 +52,11 @@ use crate::types::{
     TenantId,
 };
 
+mod call;
 #[cfg(feature = "executor-conformance")]
 pub mod executor;
+
+pub use call::scheduler_call;
 
 /// How long a check waits for something that should happen soon.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -1589,6 +1592,7 @@ fn assert_error(job: &Job, status: JobStatus, code: &str, what: &str) {
 /// Every scheduler check, each with a fresh store and scheduler.
 pub async fn scheduler_suite(harness: &SchedulerHarness) {
     scheduler_wait_returns_output(harness).await;
+    scheduler_call(harness).await;
     scheduler_wait_expires_then_finishes(harness).await;
     scheduler_detach(harness).await;
     scheduler_records_errors(harness).await;

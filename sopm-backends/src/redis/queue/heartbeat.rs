@@ -3,7 +3,6 @@
 //! and adds itself to `P nodes`; the cluster's figures are read from them.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +25,7 @@ fn this_node(s: &Shared) -> NodeStats {
             .map(str::to_string)
             .collect(),
         pools: s.dispatcher.pool_stats(),
-        running: s.counters.running.load(Ordering::Relaxed),
+        running: s.counters.running(),
         last_seen_ms: now_ms(),
         stats: node_stats(s),
         completions_refused: s.queue.refused(),

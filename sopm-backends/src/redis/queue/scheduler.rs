@@ -15,14 +15,14 @@ use sopm_core::scheduler::RecoveryReport;
 use sopm_core::types::now_ms;
 use sopm_core::{
     BuildRequest, Builds, ClusterStats, Dispatcher, Error, ErrorInfo, Job, JobId, JobRequest,
-    JobStatus, JobStore, Result, Router, Scheduler, SchedulerParts, SchedulerStats, SubmitMode,
-    Submitted, TenantId, BUILTIN_BACKEND,
+    JobStatus, JobStore, Result, Router, Scheduler, SchedulerCounters, SchedulerParts,
+    SchedulerStats, SubmitMode, Submitted, TenantId, BUILTIN_BACKEND,
 };
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::builds::BuildQueue;
-use super::counters::{Counters, RunningGuard};
+use super::counters::Account;
 use super::stream::{Admission, JobQueue, QueueConfig};
 use super::{heartbeat, notify, worker};
 use crate::redis::RedisConnection;
@@ -126,7 +126,7 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn JobStore>,
     /// This node's builds (`None`: it takes no builds from the queue).
     pub(crate) builds: Option<Arc<Builds>>,
-    pub(crate) counters: Counters,
+    pub(crate) counters: SchedulerCounters,
     /// Slots for jobs from the queue.
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
     /// Slots for waited built-ins run in this process (the claim loop holds free
@@ -238,7 +238,7 @@ impl RedisScheduler {
             dispatcher,
             store,
             builds,
-            counters: Counters::default(),
+            counters: SchedulerCounters::default(),
             waiters: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
@@ -301,10 +301,7 @@ impl RedisScheduler {
     }
 
     fn overloaded(&self, backend: &str, depth: u64) -> Error {
-        self.shared
-            .counters
-            .rejected
-            .fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.rejected();
         Error::Overloaded {
             message: format!(
                 "the '{backend}' queue holds {depth} jobs, its capacity is {}",
@@ -350,7 +347,7 @@ impl RedisScheduler {
         slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<Submitted> {
         let s = self.shared.clone();
-        s.counters.submitted.fetch_add(1, Ordering::Relaxed);
+        s.counters.submitted();
         let started = Instant::now();
         job.status = JobStatus::Running;
         job.started_ms = Some(now_ms());
@@ -378,7 +375,7 @@ impl RedisScheduler {
                 ))),
             }
         });
-        let running = RunningGuard::new(&s.counters);
+        let running = s.counters.run();
         let first = match wait {
             Some(w) => tokio::time::timeout(w, &mut call).await.ok(),
             None => Some((&mut call).await),
@@ -403,7 +400,7 @@ impl RedisScheduler {
         s.queue.mark_local(&job.id).await?;
         let id = job.id.clone();
         tokio::spawn(async move {
-            let _running = RunningGuard::new(&s.counters);
+            let _running = s.counters.run();
             let live = LiveGuard::new(&s, &job.id);
             let mut interrupt = s.interrupt.subscribe();
             let outcome = tokio::select! {
@@ -476,8 +473,7 @@ impl Scheduler for RedisScheduler {
                 && s.dispatcher.has(BUILTIN_BACKEND)
             {
                 // With every slot of this node busy, the job goes through the queue.
-                let busy =
-                    s.counters.running.load(Ordering::Acquire) >= s.config.max_concurrency as u64;
+                let busy = s.counters.running() >= s.config.max_concurrency as u64;
                 let slot = match busy {
                     false => s.in_process_slots.clone().try_acquire_owned().ok(),
                     true => None,
@@ -510,7 +506,7 @@ impl Scheduler for RedisScheduler {
             .await?
         {
             Admission::Queued(_) => {
-                s.counters.submitted.fetch_add(1, Ordering::Relaxed);
+                s.counters.submitted();
             }
             Admission::Full(depth) => return Err(self.overloaded(&route.backend, depth)),
             Admission::AlreadyFinished => {
@@ -623,13 +619,13 @@ impl Scheduler for RedisScheduler {
         s.closed.store(true, Ordering::Release);
         let _ = s.stop.send(true);
         let until = Instant::now() + grace;
-        while s.counters.running.load(Ordering::Acquire) > 0 && Instant::now() < until {
+        while s.counters.running() > 0 && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let _ = s.interrupt.send(true);
         // Running jobs now end (released or interrupted); give them a moment to say so.
         let until = Instant::now() + Duration::from_secs(5);
-        while s.counters.running.load(Ordering::Acquire) > 0 && Instant::now() < until {
+        while s.counters.running() > 0 && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         for t in s.tasks.lock().drain(..) {

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sopm_core::types::now_ms;
-use sopm_core::{Error, ErrorInfo, Invocation, Job, JobStatus, Output, Result};
+use sopm_core::{Error, Invocation, Job, Output, Result};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::counters::RunningGuard;
+use super::counters::Account;
 use super::scheduler::{AtShutdown, LiveGuard, Shared};
 use super::stream::{Claimed, JobQueue, Lease};
 
@@ -202,7 +202,7 @@ enum Ending {
 /// Runs one leased job to its end.
 async fn run_leased(s: &Shared, lease: Lease) {
     let running = JobQueue::running_record(&lease);
-    let _running = RunningGuard::new(&s.counters);
+    let _running = s.counters.run();
     let live = LiveGuard::new(s, &running.id);
     let started = Instant::now();
     let mut interrupt = s.interrupt.subscribe();
@@ -306,30 +306,8 @@ async fn keep_lease(s: &Shared, lease: &Lease) {
 
 /// The final record of `job` from how its run ended.
 pub(crate) fn finished_record(mut job: Job, outcome: Result<Output>, started: Instant) -> Job {
-    job.finished_ms = Some(now_ms());
-    job.duration_us = Some(started.elapsed().as_micros() as u64);
-    match outcome {
-        Ok(out) => {
-            job.status = JobStatus::Succeeded;
-            job.output = Some(out.value);
-            job.logs = out.logs;
-        }
-        Err(mut e) => {
-            if let Error::Function { logs, .. } = &mut e {
-                if let Some(l) = logs.take() {
-                    job.logs = Some(l);
-                }
-            }
-            job.status = match &e {
-                Error::Timeout(_) => JobStatus::TimedOut,
-                Error::Cancelled(_) => JobStatus::Cancelled,
-                Error::Interrupted(_) => JobStatus::Interrupted,
-                _ => JobStatus::Failed,
-            };
-            job.output = None;
-            job.error = Some(ErrorInfo::from(&e));
-        }
-    }
+    let duration_us = started.elapsed().as_micros() as u64;
+    job.finish(outcome, now_ms(), Some(duration_us));
     job
 }
 

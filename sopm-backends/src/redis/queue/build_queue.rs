@@ -249,15 +249,23 @@ impl BuildQueue {
 
     /// Extends a build's lease; `false` when it is no longer this node's.
     pub(crate) async fn renew(&self, l: &BuildLease) -> Result<bool> {
-        let key = self.keys.build_lease(&l.function_id, l.version);
-        self.leases.renew(l.held(&key)).await
+        self.leases.renew(&self.held(l)).await
     }
 
     /// Gives a leased build back at once, for another worker to take; `false` when the
     /// lease was no longer this node's.
     pub(crate) async fn release(&self, l: &BuildLease) -> Result<bool> {
-        let key = self.keys.build_lease(&l.function_id, l.version);
-        self.leases.release(l.held(&key)).await
+        self.leases.release(&self.held(l)).await
+    }
+
+    /// `l` as the lease calls take it.
+    fn held<'a>(&self, l: &'a BuildLease) -> Held<'a> {
+        Held {
+            key: self.keys.build_lease(&l.function_id, l.version),
+            stream: l.stream.clone(),
+            entry: &l.entry,
+            token: l.token,
+        }
     }
 
     /// Acknowledges and deletes an entry whose build is done already.
@@ -274,18 +282,6 @@ impl BuildQueue {
             .await
             .map_err(|e| self.conn.error(e))?;
         Ok(())
-    }
-}
-
-impl BuildLease {
-    /// This lease as the lease calls take it, with its `key`.
-    fn held<'a>(&'a self, key: &'a str) -> Held<'a> {
-        Held {
-            key,
-            stream: &self.stream,
-            entry: &self.entry,
-            token: self.token,
-        }
     }
 }
 

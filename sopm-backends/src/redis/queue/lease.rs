@@ -12,12 +12,12 @@ use super::scripts;
 use crate::redis::RedisConnection;
 
 /// One lease: its key, the stream and entry it covers, and its fencing token.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Held<'a> {
     /// The lease's key.
-    pub(crate) key: &'a str,
+    pub(crate) key: String,
     /// The stream its entry is on.
-    pub(crate) stream: &'a str,
+    pub(crate) stream: String,
     /// The entry id.
     pub(crate) entry: &'a str,
     /// The fencing token it was granted with.
@@ -48,11 +48,11 @@ impl LeaseCalls {
 
     /// Extends the lease and resets its entry's idle time; `false` when the lease is
     /// no longer this token's (cancelled or taken over): stop the work.
-    pub(crate) async fn renew(&self, held: Held<'_>) -> Result<bool> {
+    pub(crate) async fn renew(&self, held: &Held<'_>) -> Result<bool> {
         let n: i64 = self
             .renew
-            .key(held.key)
-            .key(held.stream)
+            .key(&held.key)
+            .key(&held.stream)
             .arg(held.token)
             .arg(self.lease.as_millis() as u64)
             .arg(held.entry)
@@ -65,11 +65,11 @@ impl LeaseCalls {
 
     /// Drops the lease and makes its entry look idle for ever, so the next reclaimer
     /// takes it; `false` when the lease was no longer this token's.
-    pub(crate) async fn release(&self, held: Held<'_>) -> Result<bool> {
+    pub(crate) async fn release(&self, held: &Held<'_>) -> Result<bool> {
         let n: i64 = self
             .release
-            .key(held.key)
-            .key(held.stream)
+            .key(&held.key)
+            .key(&held.stream)
             .arg(held.token)
             .arg(held.entry)
             .invoke_async(&mut self.conn.manager())

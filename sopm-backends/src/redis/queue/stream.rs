@@ -68,18 +68,6 @@ pub struct Lease {
     pub waiter: Option<String>,
 }
 
-impl Lease {
-    /// This lease as the lease calls take it, with its `key` and `stream`.
-    fn held<'a>(&'a self, key: &'a str, stream: &'a str) -> Held<'a> {
-        Held {
-            key,
-            stream,
-            entry: &self.entry,
-            token: self.token,
-        }
-    }
-}
-
 /// What a claim found.
 #[derive(Debug, Clone)]
 pub enum Claimed {
@@ -527,8 +515,7 @@ impl JobQueue {
     /// Extends the lease; `false` when it is no longer this node's (the job was
     /// cancelled or taken over): stop running it.
     pub async fn renew(&self, lease: &Lease) -> Result<bool> {
-        let (key, stream) = self.lease_place(lease);
-        self.inner.leases.renew(lease.held(&key, &stream)).await
+        self.inner.leases.renew(&self.held(lease)).await
     }
 
     /// Records `job` as the final record of the leased job, acknowledges its entry and
@@ -591,17 +578,18 @@ impl JobQueue {
     /// Gives a running job back at once (shutdown): another node's reclaimer takes it
     /// on its next pass. `false` if the lease was no longer current.
     pub async fn release(&self, lease: &Lease) -> Result<bool> {
-        let (key, stream) = self.lease_place(lease);
-        self.inner.leases.release(lease.held(&key, &stream)).await
+        self.inner.leases.release(&self.held(lease)).await
     }
 
-    /// The key of `lease` and the stream of its entry.
-    fn lease_place(&self, lease: &Lease) -> (String, String) {
+    /// `lease` as the lease calls take it.
+    fn held<'a>(&self, lease: &'a Lease) -> Held<'a> {
         let keys = &self.inner.keys;
-        (
-            keys.lease(lease.job.id.as_str()),
-            keys.job_stream(&lease.backend),
-        )
+        Held {
+            key: keys.lease(lease.job.id.as_str()),
+            stream: keys.job_stream(&lease.backend),
+            entry: &lease.entry,
+            token: lease.token,
+        }
     }
 
     /// Cancels a queued or running job: `cancelled` is its cancelled record. Returns

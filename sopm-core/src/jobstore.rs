@@ -99,6 +99,12 @@ pub fn status_rank(s: JobStatus) -> u8 {
     }
 }
 
+/// Whether a record in state `new` replaces a stored one in state `old` under the rule
+/// of [`JobStore::put`]: never to a lower rank, and never once the job finished.
+pub fn status_replaces(old: JobStatus, new: JobStatus) -> bool {
+    !(status_rank(new) < status_rank(old) || old.is_terminal())
+}
+
 /// Stores job records. Implementations: memory (here), SQLite and Redis
 /// (`sopm-backends`).
 ///
@@ -195,7 +201,7 @@ impl JobStore for MemoryJobStore {
         match g.jobs.entry(job.id.clone()) {
             Entry::Occupied(mut e) => {
                 let old = e.get().status;
-                if status_rank(job.status) < status_rank(old) || old.is_terminal() {
+                if !status_replaces(old, job.status) {
                     return Ok(());
                 }
                 e.insert(Box::new(job.clone()));

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{truncate_for_message, Error, Result};
 use crate::types::{now_ms, Limits, Runtime, TenantId};
 
 /// Where a version is in its build.
@@ -291,8 +291,90 @@ pub fn append_capped(log: &mut String, chunk: &str) {
 pub fn no_function_named(id_or_name: &str) -> Error {
     Error::not_found(format!(
         "no function with id or name '{}'",
-        crate::types::truncate_for_message(id_or_name)
+        truncate_for_message(id_or_name)
     ))
+}
+
+/// The `not_found` answer for a function asked for by id.
+pub fn no_function_with_id(id: &str) -> Error {
+    Error::not_found(format!(
+        "no function with id '{}'",
+        truncate_for_message(id)
+    ))
+}
+
+/// The `not_found` answer for a function asked for by name.
+pub fn no_function_with_name(name: &str) -> Error {
+    Error::not_found(format!(
+        "no function named '{}'",
+        truncate_for_message(name)
+    ))
+}
+
+/// The `not_found` answer for a version the function `id` does not have.
+pub fn no_version(id: &str, version: u32) -> Error {
+    Error::not_found(format!(
+        "function '{}' has no version {version}",
+        truncate_for_message(id)
+    ))
+}
+
+/// The `conflict` answer of [`Registry::finish_build`] for a version whose build
+/// already ended as `status`.
+pub fn already_finished(id: &str, version: u32, status: &str) -> Error {
+    Error::Conflict(format!("version {version} of '{id}' is already {status}"))
+}
+
+/// The `conflict` answer of [`Registry::delete_version`] for a function's only
+/// version.
+pub fn only_version(id: &str, version: u32) -> Error {
+    Error::Conflict(format!(
+        "version {version} is the only version of '{id}'; delete the function instead"
+    ))
+}
+
+/// The version of `record` a call runs (see [`Registry::resolve_version`]): `version`
+/// if pinned, else the newest `ready` one, else the newest. `id_or_name` is what the
+/// caller asked for, for the error.
+pub fn pick_version<'a>(
+    record: &'a FunctionRecord,
+    id_or_name: &str,
+    version: Option<u32>,
+) -> Result<&'a FunctionVersion> {
+    match version {
+        Some(n) => record.version(n).ok_or_else(|| no_version(&record.id, n)),
+        None => record
+            .latest_ready()
+            .or(record.versions.last())
+            .ok_or_else(|| no_function_named(id_or_name)),
+    }
+}
+
+/// Where in `record.versions` the version [`Registry::delete_version`] removes is:
+/// `not_found` for a version it does not have, `conflict` for its only one.
+pub fn removable_version(record: &FunctionRecord, version: u32) -> Result<usize> {
+    let index = record
+        .versions
+        .iter()
+        .position(|v| v.version == version)
+        .ok_or_else(|| no_version(&record.id, version))?;
+    if record.versions.len() == 1 {
+        return Err(only_version(&record.id, version));
+    }
+    Ok(index)
+}
+
+/// Puts versions in the order [`Registry::unfinished_builds`] returns them: oldest
+/// first, then by function id and version number.
+pub fn sort_oldest_first(versions: &mut [FunctionVersion]) {
+    versions.sort_by(|a, b| {
+        (a.created_ms, &a.function_id, a.version).cmp(&(b.created_ms, &b.function_id, b.version))
+    });
+}
+
+/// Puts records in the order [`Registry::list`] returns them: by name, then by id.
+pub fn sort_by_name(records: &mut [FunctionRecord]) {
+    records.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
 }
 
 /// A copy of `v` without its build log (what [`Registry::resolve_version`] returns).
@@ -359,14 +441,12 @@ impl MemoryRegistry {
         f: impl FnOnce(&mut FunctionVersion) -> Result<T>,
     ) -> Result<T> {
         let mut map = self.inner.write();
-        let rec = map
-            .get_mut(id)
-            .ok_or_else(|| Error::not_found(format!("no function with id '{id}'")))?;
+        let rec = map.get_mut(id).ok_or_else(|| no_function_with_id(id))?;
         let v = rec
             .versions
             .iter_mut()
             .find(|v| v.version == version)
-            .ok_or_else(|| Error::not_found(format!("function '{id}' has no version {version}")))?;
+            .ok_or_else(|| no_version(id, version))?;
         f(v)
     }
 }
@@ -403,7 +483,7 @@ impl Registry for MemoryRegistry {
             .get(id)
             .filter(|r| &r.tenant == tenant)
             .cloned()
-            .ok_or_else(|| Error::not_found(format!("no function with id '{id}'")))
+            .ok_or_else(|| no_function_with_id(id))
     }
 
     async fn get_by_name(&self, tenant: &TenantId, name: &str) -> Result<FunctionRecord> {
@@ -412,7 +492,7 @@ impl Registry for MemoryRegistry {
             .values()
             .find(|r| &r.tenant == tenant && r.name == name)
             .cloned()
-            .ok_or_else(|| Error::not_found(format!("no function named '{name}'")))
+            .ok_or_else(|| no_function_with_name(name))
     }
 
     async fn resolve_version(
@@ -430,16 +510,7 @@ impl Registry for MemoryRegistry {
                     .find(|r| &r.tenant == tenant && r.name == id_or_name)
             })
             .ok_or_else(|| no_function_named(id_or_name))?;
-        let v = match version {
-            Some(n) => rec.version(n).ok_or_else(|| {
-                Error::not_found(format!("function '{}' has no version {n}", rec.id))
-            })?,
-            None => rec
-                .latest_ready()
-                .or(rec.versions.last())
-                .ok_or_else(|| no_function_named(id_or_name))?,
-        };
-        Ok(version_without_log(v))
+        pick_version(rec, id_or_name, version).map(version_without_log)
     }
 
     async fn list(&self, tenant: &TenantId) -> Result<Vec<FunctionRecord>> {
@@ -450,7 +521,7 @@ impl Registry for MemoryRegistry {
             .filter(|r| &r.tenant == tenant)
             .cloned()
             .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        sort_by_name(&mut out);
         Ok(out)
     }
 
@@ -471,10 +542,7 @@ impl Registry for MemoryRegistry {
         check_finish(status, &artifact)?;
         self.with_version(id, version, |v| {
             if v.status != BuildStatus::Building {
-                return Err(Error::Conflict(format!(
-                    "version {version} of '{id}' is already {}",
-                    v.status.as_str()
-                )));
+                return Err(already_finished(id, version, v.status.as_str()));
             }
             v.status = status;
             v.artifact = artifact;
@@ -489,7 +557,7 @@ impl Registry for MemoryRegistry {
                 self.artifact_bytes.write().retain(|(f, _), _| f != id);
                 Ok(map.remove(id).expect("present"))
             }
-            _ => Err(Error::not_found(format!("no function with id '{id}'"))),
+            _ => Err(no_function_with_id(id)),
         }
     }
 
@@ -502,13 +570,7 @@ impl Registry for MemoryRegistry {
             .filter(|v| v.status == BuildStatus::Building)
             .cloned()
             .collect();
-        out.sort_by(|a, b| {
-            (a.created_ms, &a.function_id, a.version).cmp(&(
-                b.created_ms,
-                &b.function_id,
-                b.version,
-            ))
-        });
+        sort_oldest_first(&mut out);
         Ok(out)
     }
 
@@ -544,17 +606,8 @@ impl Registry for MemoryRegistry {
         let rec = map
             .get_mut(id)
             .filter(|r| &r.tenant == tenant)
-            .ok_or_else(|| Error::not_found(format!("no function with id '{id}'")))?;
-        let index = rec
-            .versions
-            .iter()
-            .position(|v| v.version == version)
-            .ok_or_else(|| Error::not_found(format!("function '{id}' has no version {version}")))?;
-        if rec.versions.len() == 1 {
-            return Err(Error::Conflict(format!(
-                "version {version} is the only version of '{id}'; delete the function instead"
-            )));
-        }
+            .ok_or_else(|| no_function_with_id(id))?;
+        let index = removable_version(rec, version)?;
         self.artifact_bytes
             .write()
             .remove(&(id.to_string(), version));

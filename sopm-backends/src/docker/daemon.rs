@@ -6,8 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use bollard::query_parameters::{
-    BuildImageOptions, ListContainersOptions, ListImagesOptions, RemoveContainerOptions,
-    RemoveImageOptions,
+    BuildImageOptions, ListContainersOptions, ListImagesOptions, RemoveImageOptions,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -15,6 +14,7 @@ use sha2::{Digest, Sha256};
 use sopm_core::{Error, Result};
 use tokio::sync::{Mutex, OnceCell};
 
+use super::containers::remove_container;
 use super::images::FunctionImages;
 use crate::host::settings::SandboxSettings;
 use crate::sandbox::RunnerKind;
@@ -335,30 +335,6 @@ impl Daemon {
                 remove_container(docker, &id).await;
             }
         }
-    }
-}
-
-/// Removes a container, running or not; a container already gone is fine.
-pub(crate) async fn remove_container(docker: &Docker, id: &str) {
-    let r = docker
-        .remove_container(
-            id,
-            Some(RemoveContainerOptions {
-                force: true,
-                v: true,
-                ..Default::default()
-            }),
-        )
-        .await;
-    match r {
-        Ok(())
-        | Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => {}
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 409, ..
-        }) => {} // removal already in progress
-        Err(e) => tracing::warn!(container = %id, error = %e, "cannot remove a container"),
     }
 }
 

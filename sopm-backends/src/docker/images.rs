@@ -18,7 +18,7 @@ use futures::StreamExt;
 use sopm_core::{Error, Result};
 use tokio::sync::OnceCell;
 
-use super::daemon::remove_container;
+use super::containers::remove_container;
 use crate::host::ImageRegistry;
 use crate::sandbox::{load_directory, FunctionCode, CODE_DIR};
 

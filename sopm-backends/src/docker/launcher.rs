@@ -16,7 +16,8 @@ use sopm_core::{Artifact, Error, Limits, Result, Runtime};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
-use super::daemon::{remove_container, Daemon, RUNNER_DIR};
+use super::containers::remove_container;
+use super::daemon::{Daemon, RUNNER_DIR};
 use crate::host::cgroup::oom_kills_in;
 use crate::host::settings::SandboxSettings;
 use crate::sandbox::protocol::{BoxRead, BoxWrite, RUNNER_PROLOGUE};

@@ -37,6 +37,7 @@ use crate::host::settings::{SandboxBackend, SandboxKind, SandboxSettings};
 use crate::sandbox::{RunnerKind, SandboxExecutor};
 
 mod builder;
+mod containers;
 mod daemon;
 mod images;
 mod launcher;

@@ -10,9 +10,11 @@ use async_trait::async_trait;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 use sopm_core::registry::{
-    check_finish, new_function_id, no_function_named, validate_function_name,
+    already_finished, check_finish, new_function_id, no_function_named, no_function_with_id,
+    no_function_with_name, no_version, only_version, pick_version, sort_by_name, sort_oldest_first,
+    validate_function_name,
 };
-use sopm_core::types::{now_ms, truncate_for_message};
+use sopm_core::types::now_ms;
 use sopm_core::{
     Artifact, BuildStatus, Error, FunctionRecord, FunctionVersion, Limits, NewVersion, Registry,
     Result, Runtime, TenantId, TenantUsage,
@@ -417,30 +419,14 @@ fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
     Error::Storage(format!("redis: corrupt {what}: {detail}"))
 }
 
-fn no_function(id: &str) -> Error {
-    Error::not_found(format!(
-        "no function with id '{}'",
-        truncate_for_message(id)
-    ))
-}
-
-fn no_version(id: &str, version: u32) -> Error {
-    Error::not_found(format!(
-        "function '{}' has no version {version}",
-        truncate_for_message(id)
-    ))
-}
-
 /// The error for a script's status answer other than `ok`.
 fn refused(status: &str, id: &str, version: u32) -> Error {
     match status {
-        "no-function" => no_function(id),
+        "no-function" => no_function_with_id(id),
         "no-version" => no_version(id, version),
-        "only-version" => Error::Conflict(format!(
-            "version {version} is the only version of '{id}'; delete the function instead"
-        )),
+        "only-version" => only_version(id, version),
         other => match other.strip_prefix("is:") {
-            Some(s) => Error::Conflict(format!("version {version} of '{id}' is already {s}")),
+            Some(s) => already_finished(id, version, s),
             None => Error::Storage(format!("redis: unexpected script answer {other:?}")),
         },
     }
@@ -480,7 +466,7 @@ impl Registry for RedisRegistry {
             .invoke(self.call(&GET).arg(tenant.as_str()).arg(id))
             .await?;
         if fields.is_empty() {
-            return Err(no_function(id));
+            return Err(no_function_with_id(id));
         }
         decode_record(fields)
     }
@@ -491,10 +477,7 @@ impl Registry for RedisRegistry {
             .invoke(self.call(&GET_BY_NAME).arg(tenant.as_str()).arg(name))
             .await?;
         if fields.is_empty() {
-            return Err(Error::not_found(format!(
-                "no function named '{}'",
-                truncate_for_message(name)
-            )));
+            return Err(no_function_with_name(name));
         }
         decode_record(fields)
     }
@@ -513,18 +496,7 @@ impl Registry for RedisRegistry {
             return Err(no_function_named(id_or_name));
         }
         let record = decode_record(fields)?;
-        let chosen = match version {
-            Some(n) => record.version(n).cloned(),
-            None => record
-                .latest_ready()
-                .or_else(|| record.versions.last())
-                .cloned(),
-        };
-        match (chosen, version) {
-            (Some(v), _) => Ok(v),
-            (None, Some(n)) => Err(no_version(&record.id, n)),
-            (None, None) => Err(no_function_named(id_or_name)),
-        }
+        pick_version(&record, id_or_name, version).cloned()
     }
 
     async fn list(&self, tenant: &TenantId) -> Result<Vec<FunctionRecord>> {
@@ -536,7 +508,7 @@ impl Registry for RedisRegistry {
             .into_iter()
             .map(decode_record)
             .collect::<Result<Vec<_>>>()?;
-        out.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        sort_by_name(&mut out);
         Ok(out)
     }
 
@@ -591,7 +563,7 @@ impl Registry for RedisRegistry {
             .invoke(self.call(&DELETE).arg(tenant.as_str()).arg(id))
             .await?;
         if fields.is_empty() {
-            return Err(no_function(id));
+            return Err(no_function_with_id(id));
         }
         decode_record(fields)
     }
@@ -602,13 +574,7 @@ impl Registry for RedisRegistry {
         for fields in all {
             out.extend(decode_record(fields)?.versions);
         }
-        out.sort_by(|a, b| {
-            (a.created_ms, &a.function_id, a.version).cmp(&(
-                b.created_ms,
-                &b.function_id,
-                b.version,
-            ))
-        });
+        sort_oldest_first(&mut out);
         Ok(out)
     }
 

@@ -38,7 +38,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
-use sopm_core::jobstore::status_rank;
+use sopm_core::jobstore::status_replaces;
 use sopm_core::jobstore::{is_job_of, newest_entries_first, JobLogEntry};
 use sopm_core::keys::{looks_like_secret, new_key, secret_digest};
 use sopm_core::registry::{check_finish, validate_function_name};
@@ -109,8 +109,7 @@ impl fmt::Debug for SqliteStore {
 
 /// Whether `new` replaces `old` under the rank rule of [`JobStore::put`].
 fn replaces(old: &Job, new: &Job) -> bool {
-    !(status_rank(new.status) < status_rank(old.status)
-        || (old.status.is_terminal() && new.status.is_terminal()))
+    status_replaces(old.status, new.status)
 }
 
 fn open_connection(path: &Path, flags: OpenFlags, busy_timeout: Duration) -> Result<Connection> {
@@ -465,10 +464,7 @@ impl JobStore for SqliteStore {
             let entry = JobLogEntry::of(&p);
             match entries.iter_mut().find(|e| e.id == p.id) {
                 Some(stored) => {
-                    let (old, new) = (stored.status, entry.status);
-                    if !(status_rank(new) < status_rank(old)
-                        || (old.is_terminal() && new.is_terminal()))
-                    {
+                    if status_replaces(stored.status, entry.status) {
                         *stored = entry;
                     }
                 }

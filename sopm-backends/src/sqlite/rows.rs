@@ -6,7 +6,10 @@ use std::sync::Arc;
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension, Row, Statement};
 use sopm_core::jobstore::{JobLogEntry, LISTED_LOG_CHARS};
 use sopm_core::keys::no_key;
-use sopm_core::registry::{append_capped, new_function_id, no_function_named};
+use sopm_core::registry::{
+    already_finished, append_capped, new_function_id, no_function_named, no_function_with_id,
+    no_function_with_name, no_version, removable_version, sort_oldest_first,
+};
 use sopm_core::{
     ApiKeyInfo, Artifact, BuildStatus, Error, ErrorInfo, FunctionRecord, FunctionRef,
     FunctionVersion, Job, JobId, JobStatus, Limits, NewVersion, Result, Runtime, TenantId,
@@ -365,7 +368,7 @@ pub(crate) fn resolve_version(
         .optional()
         .context("resolving a function")?;
     Err(match (id, version) {
-        (Some(id), Some(n)) => Error::not_found(format!("function '{id}' has no version {n}")),
+        (Some(id), Some(n)) => no_version(&id, n),
         _ => no_function_named(id_or_name),
     })
 }
@@ -399,10 +402,6 @@ fn collect_records(
     Ok(out)
 }
 
-fn no_function(id: &str) -> Error {
-    Error::not_found(format!("no function with id '{id}'"))
-}
-
 pub(crate) fn get_function(
     conn: &Connection,
     tenant: &TenantId,
@@ -414,7 +413,7 @@ pub(crate) fn get_function(
         &[&id, &tenant.as_str()],
     )?
     .pop()
-    .ok_or_else(|| no_function(id))
+    .ok_or_else(|| no_function_with_id(id))
 }
 
 pub(crate) fn get_function_by_name(
@@ -428,7 +427,7 @@ pub(crate) fn get_function_by_name(
         &[&tenant.as_str(), &name],
     )?
     .pop()
-    .ok_or_else(|| Error::not_found(format!("no function named '{name}'")))
+    .ok_or_else(|| no_function_with_name(name))
 }
 
 pub(crate) fn list_functions(conn: &Connection, tenant: &TenantId) -> Result<Vec<FunctionRecord>> {
@@ -440,7 +439,7 @@ pub(crate) fn unfinished_builds(conn: &Connection) -> Result<Vec<FunctionVersion
     let mut stmt = conn
         .prepare_cached(&format!(
             "SELECT {VERSION_COLUMNS} FROM functions f JOIN versions v ON v.function_id = f.id \
-             WHERE v.status = 'building' ORDER BY v.created_ms, f.id, v.version"
+             WHERE v.status = 'building'"
         ))
         .context("reading unfinished builds")?;
     let mut rows = stmt.query([]).context("reading unfinished builds")?;
@@ -448,6 +447,7 @@ pub(crate) fn unfinished_builds(conn: &Connection) -> Result<Vec<FunctionVersion
     while let Some(row) = rows.next().context("reading unfinished builds")? {
         out.push(decode_version(row)?);
     }
+    sort_oldest_first(&mut out);
     Ok(out)
 }
 
@@ -516,9 +516,9 @@ fn version_not_found(conn: &Connection, id: &str, version: u32) -> Result<Error>
         .query_row([id], |r| r.get(0))
         .context("finding a function")?;
     Ok(if exists {
-        Error::not_found(format!("function '{id}' has no version {version}"))
+        no_version(id, version)
     } else {
-        no_function(id)
+        no_function_with_id(id)
     })
 }
 
@@ -580,9 +580,7 @@ pub(crate) fn finish_build(
         .context("finishing a build")?;
     match current {
         None => Err(version_not_found(conn, id, version)?),
-        Some(s) => Err(Error::Conflict(format!(
-            "version {version} of '{id}' is already {s}"
-        ))),
+        Some(s) => Err(already_finished(id, version, &s)),
     }
 }
 
@@ -646,16 +644,7 @@ pub(crate) fn delete_version(
     version: u32,
 ) -> Result<FunctionVersion> {
     let mut record = get_function(conn, tenant, id)?;
-    let index = record
-        .versions
-        .iter()
-        .position(|v| v.version == version)
-        .ok_or_else(|| Error::not_found(format!("function '{id}' has no version {version}")))?;
-    if record.versions.len() == 1 {
-        return Err(Error::Conflict(format!(
-            "version {version} is the only version of '{id}'; delete the function instead"
-        )));
-    }
+    let index = removable_version(&record, version)?;
     conn.prepare_cached("DELETE FROM versions WHERE function_id = ?1 AND version = ?2")
         .context("deleting a version")?
         .execute(params![id, version])

@@ -4,15 +4,20 @@
 //! artifact tests of every crate).
 #![allow(dead_code)]
 
+#[path = "programs.rs"]
+mod programs;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use programs::{find_or_skip, free_port, wait_until_answering, Program};
 
 /// A running `docker-registry serve CONFIG.yml`.
 pub struct OciRegistry {
-    child: Option<Child>,
+    child: Program,
     dir: tempfile::TempDir,
     /// Where it listens.
     pub addr: SocketAddr,
@@ -28,13 +33,7 @@ impl OciRegistry {
     /// Starts one bound to `bind` (an address of this machine or of a namespace the
     /// test made), on a free port.
     pub fn start_on(test: &str, bind: &str) -> Option<OciRegistry> {
-        let Some(binary) = find("docker-registry") else {
-            skip(
-                test,
-                "docker-registry is not installed (apt-get install docker-registry)",
-            );
-            return None;
-        };
+        let binary = find_or_skip(test, "docker-registry", "docker-registry")?;
         let dir = tempfile::Builder::new()
             .prefix("sopm-registry-")
             .tempdir()
@@ -64,7 +63,7 @@ impl OciRegistry {
             .spawn()
             .expect("start docker-registry");
         let registry = OciRegistry {
-            child: Some(child),
+            child: Program::new(child),
             dir,
             addr,
         };
@@ -119,51 +118,12 @@ impl OciRegistry {
 
     /// Kills it with SIGKILL.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.kill();
     }
 
     fn wait_ready(&self) {
-        let until = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < until {
-            if TcpStream::connect(self.addr).is_ok() && self.status("GET", "/v2/") == 200 {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "docker-registry on {} did not answer within 20 s",
-            self.addr
-        );
+        wait_until_answering("docker-registry", self.addr, || {
+            TcpStream::connect(self.addr).is_ok() && self.status("GET", "/v2/") == 200
+        });
     }
-}
-
-impl Drop for OciRegistry {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port(bind: &str) -> u16 {
-    TcpListener::bind((bind, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn find(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-fn skip(test: &str, why: &str) {
-    if std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() == Ok("1") {
-        panic!("{test}: {why} (SOPM_REQUIRE_INTEGRATION=1)");
-    }
-    eprintln!("skipping {test}: {why}");
 }

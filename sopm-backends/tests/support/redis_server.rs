@@ -3,15 +3,20 @@
 //! tests of every crate).
 #![allow(dead_code)]
 
+#[path = "programs.rs"]
+mod programs;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use programs::{find, find_or_skip, free_port, wait_until_answering, Program};
 
 /// A running `redis-server`.
 pub struct RedisServer {
-    child: Option<Child>,
+    child: Program,
     dir: tempfile::TempDir,
     /// Where it listens.
     pub addr: SocketAddr,
@@ -28,13 +33,7 @@ impl RedisServer {
     /// Starts one bound to `bind` (an address of this machine or of a namespace the
     /// test made), on a free port.
     pub fn start_on(test: &str, bind: &str) -> Option<RedisServer> {
-        let Some(binary) = find("redis-server") else {
-            skip(
-                test,
-                "redis-server is not installed (apt-get install redis-server)",
-            );
-            return None;
-        };
+        let binary = find_or_skip(test, "redis-server", "redis-server")?;
         let dir = tempfile::Builder::new()
             .prefix("sopm-redis-")
             .tempdir()
@@ -42,12 +41,12 @@ impl RedisServer {
         let port = free_port(bind);
         let addr: SocketAddr = format!("{bind}:{port}").parse().expect("address");
         let mut server = RedisServer {
-            child: None,
+            child: Program::default(),
             dir,
             addr,
             bind: bind.to_string(),
         };
-        server.child = Some(server.spawn(&binary));
+        server.child = Program::new(server.spawn(&binary));
         server.wait_ready();
         Some(server)
     }
@@ -64,17 +63,14 @@ impl RedisServer {
 
     /// Kills it with SIGKILL (what it had acknowledged is in the AOF, fsynced).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.kill();
     }
 
     /// Starts it again on the same address and data directory (it reloads the AOF).
     pub fn restart(&mut self) {
         self.kill();
         let binary = find("redis-server").expect("redis-server was there a moment ago");
-        self.child = Some(self.spawn(&binary));
+        self.child = Program::new(self.spawn(&binary));
         self.wait_ready();
     }
 
@@ -108,49 +104,14 @@ impl RedisServer {
     }
 
     fn wait_ready(&self) {
-        let until = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < until {
-            if let Ok(mut s) = TcpStream::connect(self.addr) {
-                s.set_read_timeout(Some(Duration::from_millis(500))).ok();
-                let mut buf = [0u8; 16];
-                if s.write_all(b"PING\r\n").is_ok() {
-                    if let Ok(n) = s.read(&mut buf) {
-                        if buf[..n].starts_with(b"+PONG") {
-                            return;
-                        }
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server on {} did not answer within 20 s", self.addr);
+        wait_until_answering("redis-server", self.addr, || {
+            let Ok(mut s) = TcpStream::connect(self.addr) else {
+                return false;
+            };
+            s.set_read_timeout(Some(Duration::from_millis(500))).ok();
+            let mut buf = [0u8; 16];
+            s.write_all(b"PING\r\n").is_ok()
+                && matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+        });
     }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port(bind: &str) -> u16 {
-    TcpListener::bind((bind, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn find(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-fn skip(test: &str, why: &str) {
-    if std::env::var("SOPM_REQUIRE_INTEGRATION").as_deref() == Ok("1") {
-        panic!("{test}: {why} (SOPM_REQUIRE_INTEGRATION=1)");
-    }
-    eprintln!("skipping {test}: {why}");
 }

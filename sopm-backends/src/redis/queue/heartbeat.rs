@@ -10,7 +10,7 @@ use sopm_core::stats::FunctionStats;
 use sopm_core::types::now_ms;
 use sopm_core::{ClusterStats, LatencySummary, NodeStats, Result, SchedulerStats};
 
-use super::scheduler::{node_stats, Shared};
+use super::shared::{node_stats, Shared};
 use super::worker::pause;
 
 fn this_node(s: &Shared) -> NodeStats {

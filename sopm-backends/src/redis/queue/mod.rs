@@ -3,13 +3,18 @@
 //! token per running job, takeover of expired leases, completion in one atomic step,
 //! dead letters, queued builds, results and broadcasts over pub/sub, heartbeats.
 
+mod build_queue;
 mod builds;
+mod config;
 mod conn;
 mod counters;
+mod group;
 mod heartbeat;
+mod lease;
 mod notify;
 pub mod scheduler;
 mod scripts;
+mod shared;
 pub mod stream;
 mod worker;
 

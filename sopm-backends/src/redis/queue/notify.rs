@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sopm_core::{Job, JobId, Result};
 
 use super::conn;
-use super::scheduler::Shared;
+use super::shared::Shared;
 use super::worker::{pause, Backoff};
 use crate::redis::jobs::parse_job;
 

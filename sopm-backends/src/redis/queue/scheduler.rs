@@ -18,141 +18,17 @@ use sopm_core::{
     JobStatus, JobStore, Result, Router, Scheduler, SchedulerCounters, SchedulerParts,
     SchedulerStats, SubmitMode, Submitted, TenantId, BUILTIN_BACKEND,
 };
-use tokio::sync::{oneshot, watch, Notify};
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, watch};
 
-use super::builds::BuildQueue;
+use super::build_queue::BuildQueue;
+pub use super::config::{AtShutdown, NodeRole, RedisSchedulerConfig};
 use super::counters::Account;
-use super::stream::{Admission, JobQueue, QueueConfig};
+use super::shared::node_stats;
+// The worker loops name these through this module.
+pub(crate) use super::shared::{LiveGuard, Shared};
+use super::stream::{Admission, JobQueue};
 use super::{heartbeat, notify, worker};
 use crate::redis::RedisConnection;
-
-/// What a node does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeRole {
-    /// Gateway and worker.
-    All,
-    /// Accepts jobs and queues them; runs none from the queue.
-    Gateway,
-    /// Runs jobs and builds from the queue.
-    Worker,
-}
-
-impl NodeRole {
-    /// `all`, `gateway` or `worker`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeRole::All => "all",
-            NodeRole::Gateway => "gateway",
-            NodeRole::Worker => "worker",
-        }
-    }
-
-    fn works(self) -> bool {
-        matches!(self, NodeRole::All | NodeRole::Worker)
-    }
-}
-
-/// What a node shutting down does with jobs still running when the grace period ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AtShutdown {
-    /// Give them back to the queue at once: another node runs them again (attempt + 1).
-    /// At-least-once, like a crash, but without waiting for the lease to expire.
-    Release,
-    /// Record them `interrupted` (they may have had effects), as one process does.
-    Interrupt,
-}
-
-/// Settings of a [`RedisScheduler`].
-#[derive(Debug, Clone)]
-pub struct RedisSchedulerConfig {
-    /// This node's id: its consumer name, lease owner and result channel. Unique in
-    /// the cluster.
-    pub node_id: String,
-    /// What this node does.
-    pub role: NodeRole,
-    /// The address it advertises (shown in the cluster's figures).
-    pub address: String,
-    /// Most jobs this node runs at once (queued jobs and waited built-ins).
-    pub max_concurrency: usize,
-    /// Most jobs waiting in one backend's queue (across the cluster); past it,
-    /// submissions are `overloaded`.
-    pub queue_capacity: usize,
-    /// Upper bound of any job's time limit.
-    pub max_timeout: Duration,
-    /// The delay suggested to refused callers.
-    pub retry_after: Duration,
-    /// Leases, deliveries and blocking reads.
-    pub queue: QueueConfig,
-    /// Whether a waited call of a built-in runs in this process (no queue, no cold
-    /// start) when this node has the built-in backend and a free slot.
-    pub builtin_waits_in_process: bool,
-    /// What happens to jobs still running at the end of a shutdown's grace period.
-    pub at_shutdown: AtShutdown,
-    /// How often this node's heartbeat is written (it expires after three).
-    pub heartbeat: Duration,
-}
-
-impl RedisSchedulerConfig {
-    /// Defaults for the node `node_id`: role `all`, 1024 slots, 10,000 queued jobs per
-    /// backend, 10 s leases, 3 deliveries, built-in waits in process, release at
-    /// shutdown, a heartbeat a second.
-    pub fn new(node_id: impl Into<String>) -> Self {
-        RedisSchedulerConfig {
-            node_id: node_id.into(),
-            role: NodeRole::All,
-            address: String::new(),
-            max_concurrency: 1024,
-            queue_capacity: 10_000,
-            max_timeout: Duration::from_secs(300),
-            retry_after: Duration::from_secs(1),
-            queue: QueueConfig::default(),
-            builtin_waits_in_process: true,
-            at_shutdown: AtShutdown::Release,
-            heartbeat: Duration::from_secs(1),
-        }
-    }
-}
-
-/// State every task of the scheduler shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: RedisSchedulerConfig,
-    pub(crate) conn: RedisConnection,
-    pub(crate) queue: JobQueue,
-    pub(crate) builds_queue: BuildQueue,
-    pub(crate) router: Arc<dyn Router>,
-    pub(crate) dispatcher: Arc<Dispatcher>,
-    pub(crate) store: Arc<dyn JobStore>,
-    /// This node's builds (`None`: it takes no builds from the queue).
-    pub(crate) builds: Option<Arc<Builds>>,
-    pub(crate) counters: SchedulerCounters,
-    /// Slots for jobs from the queue.
-    pub(crate) slots: Arc<tokio::sync::Semaphore>,
-    /// Slots for waited built-ins run in this process (the claim loop holds free
-    /// queue slots while it waits for entries).
-    in_process_slots: Arc<tokio::sync::Semaphore>,
-    /// Callers waiting on this node, by job id.
-    pub(crate) waiters: Mutex<HashMap<JobId, oneshot::Sender<Job>>>,
-    /// Jobs running on this node, by id: notified when cancelled elsewhere.
-    pub(crate) live: Mutex<HashMap<JobId, Arc<Notify>>>,
-    closed: AtomicBool,
-    /// True once this node stops taking work.
-    pub(crate) stop: watch::Sender<bool>,
-    /// True once the grace period is over: running jobs stop.
-    pub(crate) interrupt: watch::Sender<bool>,
-    /// True while the pub/sub subscription is up.
-    pub(crate) subscribed: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// The tasks of jobs running here from the queue, by a number of their own.
-    pub(crate) job_tasks: Mutex<(u64, HashMap<u64, tokio::task::AbortHandle>)>,
-}
-
-impl Shared {
-    pub(crate) fn stopping(&self) -> bool {
-        *self.stop.borrow()
-    }
-}
 
 /// The cluster scheduler over Redis. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -169,32 +45,6 @@ struct WaiterGuard<'a> {
 impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
         self.shared.waiters.lock().remove(&self.id);
-    }
-}
-
-/// Removes a job from the live map when its run ends.
-pub(crate) struct LiveGuard<'a> {
-    shared: &'a Shared,
-    id: JobId,
-    /// Notified when the job is cancelled.
-    pub(crate) cancel: Arc<Notify>,
-}
-
-impl<'a> LiveGuard<'a> {
-    pub(crate) fn new(shared: &'a Shared, id: &JobId) -> Self {
-        let cancel = Arc::new(Notify::new());
-        shared.live.lock().insert(id.clone(), cancel.clone());
-        LiveGuard {
-            shared,
-            id: id.clone(),
-            cancel,
-        }
-    }
-}
-
-impl Drop for LiveGuard<'_> {
-    fn drop(&mut self) {
-        self.shared.live.lock().remove(&self.id);
     }
 }
 
@@ -560,12 +410,7 @@ impl Scheduler for RedisScheduler {
     }
 
     fn stats(&self) -> SchedulerStats {
-        let s = &self.shared;
-        s.counters.snapshot(
-            s.queue.depth_seen(),
-            s.config.queue_capacity as u64,
-            s.config.max_concurrency as u64,
-        )
+        node_stats(&self.shared)
     }
 
     async fn recover(&self) -> Result<RecoveryReport> {
@@ -650,13 +495,4 @@ impl Scheduler for RedisScheduler {
     async fn cluster_stats(&self) -> Result<Option<ClusterStats>> {
         heartbeat::cluster(&self.shared).await.map(Some)
     }
-}
-
-/// The figures this node reports in its heartbeat.
-pub(crate) fn node_stats(s: &Shared) -> SchedulerStats {
-    s.counters.snapshot(
-        s.queue.depth_seen(),
-        s.config.queue_capacity as u64,
-        s.config.max_concurrency as u64,
-    )
 }

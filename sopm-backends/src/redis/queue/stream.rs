@@ -16,13 +16,14 @@ use sopm_core::types::now_ms;
 use sopm_core::{Error, ErrorInfo, Job, JobId, JobStatus, Result};
 
 use super::conn;
+use super::group::{self, stream_entries, taken_over, text};
+use super::lease::{Held, LeaseCalls};
 use super::scripts;
 use crate::redis::jobs::{parse_job, record_keys, RecordArgs};
 use crate::redis::Keys;
 use crate::redis::RedisConnection;
 
-/// The consumer group every worker reads in.
-pub const GROUP: &str = "workers";
+pub use super::group::GROUP;
 
 /// The error code of a job that was dead-lettered.
 pub const DEAD_LETTER_CODE: &str = "dead_letter";
@@ -108,20 +109,21 @@ struct Inner {
     lease: Script,
     drop: Script,
     fenced_put: Script,
-    renew: Script,
     complete: Script,
     cancel: Script,
-    release: Script,
+    leases: LeaseCalls,
 }
 
 impl JobQueue {
     /// The queue over `conn`, for the node `node` (its consumer name and lease owner).
     pub fn new(conn: RedisConnection, node: &str, config: QueueConfig) -> Self {
+        let node: Arc<str> = Arc::from(node);
         JobQueue {
             inner: Arc::new(Inner {
                 keys: conn.keys().clone(),
+                leases: LeaseCalls::new(conn.clone(), node.clone(), config.lease),
                 conn,
-                node: Arc::from(node),
+                node,
                 config,
                 groups: Mutex::new(HashSet::new()),
                 refused: AtomicU64::new(0),
@@ -132,10 +134,8 @@ impl JobQueue {
                 lease: Script::new(scripts::LEASE),
                 drop: Script::new(scripts::DROP),
                 fenced_put: Script::new(scripts::FENCED_PUT),
-                renew: Script::new(scripts::RENEW),
                 complete: Script::new(scripts::COMPLETE),
                 cancel: Script::new(scripts::CANCEL),
-                release: Script::new(scripts::RELEASE),
             }),
         }
     }
@@ -229,19 +229,7 @@ impl JobQueue {
         if self.inner.groups.lock().contains(stream) {
             return Ok(());
         }
-        let r: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(stream)
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut self.inner.conn.manager())
-            .await;
-        match r {
-            Ok(()) => {}
-            Err(e) if e.code() == Some("BUSYGROUP") => {}
-            Err(e) => return Err(self.err(e)),
-        }
+        group::create(&self.inner.conn, stream).await?;
         self.inner.groups.lock().insert(stream.to_string());
         Ok(())
     }
@@ -267,22 +255,10 @@ impl JobQueue {
         for s in &streams {
             self.ensure_group(s).await?;
         }
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(GROUP)
-            .arg(&*i.node)
-            .arg("COUNT")
-            .arg(max)
-            .arg("BLOCK")
-            .arg(i.config.block.as_millis() as u64)
-            .arg("STREAMS");
-        for s in &streams {
-            cmd.arg(s);
-        }
-        for _ in &streams {
-            cmd.arg(">");
-        }
-        let reply: redis::RedisResult<Value> = cmd.query_async(conn).await;
+        let reply: redis::RedisResult<Value> =
+            group::read_new(&i.node, max, i.config.block, &streams)
+                .query_async(conn)
+                .await;
         let reply = match reply {
             Ok(v) => v,
             Err(e) if e.code() == Some("NOGROUP") => {
@@ -300,13 +276,14 @@ impl JobQueue {
             else {
                 continue;
             };
-            for (entry, job_id) in entries {
+            for entry in entries {
                 if wanted.len() >= max {
                     // One read returns up to `max` per stream: the rest go back at once.
-                    self.hand_back(&si, &entry).await?;
+                    self.hand_back(&si, &entry.id).await?;
                     continue;
                 }
-                wanted.push((backend.clone(), entry, job_id));
+                let job_id = entry.field("job").map(str::to_string);
+                wanted.push((backend.clone(), entry.id, job_id));
             }
         }
         // The leases go out together (pipelined on the shared connection).
@@ -407,16 +384,10 @@ impl JobQueue {
             }
             let stream = i.keys.job_stream(backend);
             self.ensure_group(&stream).await?;
-            let reply: redis::RedisResult<Value> = redis::cmd("XAUTOCLAIM")
-                .arg(&stream)
-                .arg(GROUP)
-                .arg(&*i.node)
-                .arg(i.config.lease.as_millis() as u64)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(max - out.len())
-                .query_async(&mut i.conn.manager())
-                .await;
+            let reply: redis::RedisResult<Value> =
+                group::take_idle(&i.node, &stream, i.config.lease, max - out.len())
+                    .query_async(&mut i.conn.manager())
+                    .await;
             let reply = match reply {
                 Ok(v) => v,
                 Err(e) if e.code() == Some("NOGROUP") => {
@@ -425,12 +396,8 @@ impl JobQueue {
                 }
                 Err(e) => return Err(self.err(e)),
             };
-            let Value::Array(parts) = reply else { continue };
-            let Some(claimed) = parts.into_iter().nth(1) else {
-                continue;
-            };
-            for (entry, job_id) in entry_list(claimed) {
-                if let Some(c) = self.lease(backend, &entry, job_id.as_deref()).await? {
+            for entry in taken_over(reply) {
+                if let Some(c) = self.lease(backend, &entry.id, entry.field("job")).await? {
                     if matches!(&c, Claimed::Run(l) | Claimed::Dead(l) if l.attempts > 1) {
                         i.taken_over.fetch_add(1, Ordering::Relaxed);
                     }
@@ -548,19 +515,7 @@ impl JobQueue {
     /// Extends the lease; `false` when it is no longer this node's (the job was
     /// cancelled or taken over): stop running it.
     pub async fn renew(&self, lease: &Lease) -> Result<bool> {
-        let i = &self.inner;
-        let held: i64 = i
-            .renew
-            .key(i.keys.lease(lease.job.id.as_str()))
-            .key(i.keys.job_stream(&lease.backend))
-            .arg(lease.token)
-            .arg(i.config.lease.as_millis() as u64)
-            .arg(&lease.entry)
-            .arg(&*i.node)
-            .invoke_async(&mut i.conn.manager())
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(held == 1)
+        self.inner.leases.renew(&self.held(lease)).await
     }
 
     /// Records `job` as the final record of the leased job, acknowledges its entry and
@@ -623,17 +578,18 @@ impl JobQueue {
     /// Gives a running job back at once (shutdown): another node's reclaimer takes it
     /// on its next pass. `false` if the lease was no longer current.
     pub async fn release(&self, lease: &Lease) -> Result<bool> {
-        let i = &self.inner;
-        let done: i64 = i
-            .release
-            .key(i.keys.lease(lease.job.id.as_str()))
-            .key(i.keys.job_stream(&lease.backend))
-            .arg(lease.token)
-            .arg(&lease.entry)
-            .invoke_async(&mut i.conn.manager())
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(done == 1)
+        self.inner.leases.release(&self.held(lease)).await
+    }
+
+    /// `lease` as the lease calls take it.
+    fn held<'a>(&self, lease: &'a Lease) -> Held<'a> {
+        let keys = &self.inner.keys;
+        Held {
+            key: keys.lease(lease.job.id.as_str()),
+            stream: keys.job_stream(&lease.backend),
+            entry: &lease.entry,
+            token: lease.token,
+        }
     }
 
     /// Cancels a queued or running job: `cancelled` is its cancelled record. Returns
@@ -695,70 +651,4 @@ impl JobQueue {
             .await
             .map_err(|e| self.err(e))
     }
-}
-
-/// A bulk or simple string reply as text (numbers too).
-pub(crate) fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        Value::VerbatimString { text, .. } => Some(text.clone()),
-        _ => None,
-    }
-}
-
-/// Entries of a stream as `(entry id, job id)`.
-pub(crate) type Entries = Vec<(String, Option<String>)>;
-
-/// The entries of an XREADGROUP reply, per stream: `(stream, [(entry id, job id)])`.
-pub(crate) fn stream_entries(reply: Value) -> Vec<(String, Entries)> {
-    let pairs: Vec<(Value, Value)> = match reply {
-        Value::Array(streams) => streams
-            .into_iter()
-            .filter_map(|s| match s {
-                Value::Array(mut kv) if kv.len() == 2 => {
-                    let entries = kv.pop()?;
-                    let name = kv.pop()?;
-                    Some((name, entries))
-                }
-                _ => None,
-            })
-            .collect(),
-        Value::Map(m) => m,
-        _ => Vec::new(),
-    };
-    pairs
-        .into_iter()
-        .filter_map(|(name, entries)| Some((text(&name)?, entry_list(entries))))
-        .collect()
-}
-
-/// `[[id, [field, value, ...]], ...]` as `(entry id, the value of field "job")`.
-pub(crate) fn entry_list(entries: Value) -> Entries {
-    let Value::Array(entries) = entries else {
-        return Vec::new();
-    };
-    entries
-        .into_iter()
-        .filter_map(|e| {
-            let Value::Array(mut parts) = e else {
-                return None;
-            };
-            let fields = if parts.len() > 1 { parts.pop() } else { None };
-            let id = text(parts.first()?)?;
-            let job = match fields {
-                Some(Value::Array(kv)) => kv
-                    .chunks(2)
-                    .find(|p| p.first().and_then(text).as_deref() == Some("job"))
-                    .and_then(|p| p.get(1).and_then(text)),
-                Some(Value::Map(kv)) => kv
-                    .iter()
-                    .find(|(k, _)| text(k).as_deref() == Some("job"))
-                    .and_then(|(_, v)| text(v)),
-                _ => None,
-            };
-            Some((id, job))
-        })
-        .collect()
 }

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use super::build_queue::BuildLease;
 use super::conn;
-use super::shared::Shared;
-use super::worker::{pause, Backoff};
+use super::shared::{pause, Backoff, Shared};
 
 /// Most builds one node runs at once from the queue (each also waits for one of the
 /// node's build slots).

@@ -10,8 +10,7 @@ use sopm_core::stats::FunctionStats;
 use sopm_core::types::now_ms;
 use sopm_core::{ClusterStats, LatencySummary, NodeStats, Result, SchedulerStats};
 
-use super::shared::{node_stats, Shared};
-use super::worker::pause;
+use super::shared::{node_stats, pause, Shared};
 
 fn this_node(s: &Shared) -> NodeStats {
     NodeStats {

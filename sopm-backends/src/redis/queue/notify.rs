@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 use sopm_core::{Job, JobId, Result};
 
 use super::conn;
-use super::shared::Shared;
-use super::worker::{pause, Backoff};
+use super::shared::{pause, Backoff, Shared};
 use crate::redis::jobs::parse_job;
 
 /// A retire broadcast.

@@ -23,9 +23,7 @@ use tokio::sync::{oneshot, watch};
 use super::build_queue::BuildQueue;
 pub use super::config::{AtShutdown, NodeRole, RedisSchedulerConfig};
 use super::counters::Account;
-use super::shared::node_stats;
-// The worker loops name these through this module.
-pub(crate) use super::shared::{LiveGuard, Shared};
+use super::shared::{node_stats, LiveGuard, Shared};
 use super::stream::{Admission, JobQueue};
 use super::{heartbeat, notify, worker};
 use crate::redis::RedisConnection;

@@ -1,11 +1,13 @@
 //! `Shared`: the state every task of a `RedisScheduler` shares (its settings,
-//! queues, parts, slots, waiting callers, running jobs and stop signals), with the
-//! guard that keeps a running job in the live map and the figures its heartbeat
+//! queues, parts, slots, waiting callers, running jobs and stop signals), with how its
+//! tasks wait (a pause that ends when the node stops, a back-off while Redis is away),
+//! the guard that keeps a running job in the live map and the figures its heartbeat
 //! reports.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use sopm_core::{
@@ -59,6 +61,35 @@ impl Shared {
     /// Whether this node is stopping (it takes no more work).
     pub(crate) fn stopping(&self) -> bool {
         *self.stop.borrow()
+    }
+}
+
+/// Back-off while Redis cannot be reached: doubles from 50 ms up to 2 s.
+pub(crate) struct Backoff(Duration);
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Backoff(Duration::from_millis(50))
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.0 = Duration::from_millis(50);
+    }
+
+    /// The next delay.
+    pub(crate) fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(2));
+        d
+    }
+}
+
+/// Sleeps `d` unless this node stops first; false if it stopped.
+pub(crate) async fn pause(s: &Shared, d: Duration) -> bool {
+    let mut stop = s.stop.subscribe();
+    tokio::select! {
+        _ = tokio::time::sleep(d) => !s.stopping(),
+        _ = stop.wait_for(|v| *v) => false,
     }
 }
 

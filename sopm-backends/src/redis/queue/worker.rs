@@ -10,38 +10,10 @@ use sopm_core::types::now_ms;
 use sopm_core::{Error, Invocation, Job, Output, Result};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::config::AtShutdown;
 use super::counters::Account;
-use super::scheduler::{AtShutdown, LiveGuard, Shared};
+use super::shared::{pause, Backoff, LiveGuard, Shared};
 use super::stream::{Claimed, JobQueue, Lease};
-
-/// Back-off while Redis cannot be reached: doubles from 50 ms up to 2 s.
-pub(crate) struct Backoff(Duration);
-
-impl Backoff {
-    pub(crate) fn new() -> Self {
-        Backoff(Duration::from_millis(50))
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.0 = Duration::from_millis(50);
-    }
-
-    /// The next delay.
-    pub(crate) fn next(&mut self) -> Duration {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(2));
-        d
-    }
-}
-
-/// Sleeps `d` unless this node stops first; false if it stopped.
-pub(crate) async fn pause(s: &Shared, d: Duration) -> bool {
-    let mut stop = s.stop.subscribe();
-    tokio::select! {
-        _ = tokio::time::sleep(d) => !s.stopping(),
-        _ = stop.wait_for(|v| *v) => false,
-    }
-}
 
 /// Takes free slots: waits for one, then takes up to `most` more that are free.
 async fn free_slots(s: &Arc<Shared>, most: usize) -> Option<Vec<OwnedSemaphorePermit>> {

@@ -16,9 +16,9 @@ fn request(tenant: &TenantId, function: &str, input: serde_json::Value) -> JobRe
 
 /// `call`: the output (with the function's logs), the error of a failing function
 /// (message and traceback kept), `timeout` at the time limit, `not_found` for an
-/// unknown function, `overloaded` with a retry delay when the queue is full, a queued
-/// call that runs once a slot frees, `unavailable` after shutdown; each counted in the
-/// stats like the job it stands for.
+/// unknown function, a call that waits for a slot and runs once it frees, `overloaded`
+/// with a retry delay when the queue is full, `unavailable` after shutdown; each
+/// counted in the stats like the job it stands for.
 pub async fn scheduler_call(harness: &SchedulerHarness) {
     let rig = harness.start(1, 1);
     let tenant = unique_tenant("call");
@@ -59,22 +59,31 @@ pub async fn scheduler_call(harness: &SchedulerHarness) {
         "a call of an unknown function",
     );
 
-    // One slot, one queue place: a running call and a queued one fill both.
-    let running = tokio::spawn({
-        let s = s.clone();
-        let r = request(&tenant, "sleep_ms", json!({"ms": 3_000}));
-        async move { s.call(r).await }
-    });
-    wait_until(s.as_ref(), "the first call to run", |st| st.running == 1).await;
+    // One slot: a call made while a job runs waits for it, and runs once it ends.
+    let slow = rig.detached(&tenant, "slow", json!({})).await;
+    rig.wait_running(&tenant, &slow).await;
+    let before = s.stats().submitted;
     let queued = tokio::spawn({
         let s = s.clone();
         let r = request(&tenant, "echo", json!("queued"));
         async move { s.call(r).await }
     });
-    wait_until(s.as_ref(), "the second call to queue", |st| {
-        st.queue_depth == 1
+    wait_until(s.as_ref(), "the waiting call to be accepted", |st| {
+        st.submitted > before
     })
     .await;
+    expect_ok(s.cancel(&tenant, &slow).await, "cancel the running job");
+    let out = expect_ok(queued.await.expect("task"), "the call that waited");
+    assert_eq!(
+        out.value,
+        json!("queued"),
+        "a call that waited for a slot runs once it frees"
+    );
+
+    // The slot and the queue's one place taken: a call is refused.
+    let running = rig.detached(&tenant, "slow", json!({})).await;
+    rig.wait_running(&tenant, &running).await;
+    let waiting = rig.detached(&tenant, "slow", json!({})).await;
     match expect_code(
         s.call(request(&tenant, "echo", json!(1))).await,
         "overloaded",
@@ -86,30 +95,28 @@ pub async fn scheduler_call(harness: &SchedulerHarness) {
         ),
         other => panic!("expected Error::Overloaded, got {other:?}"),
     }
-    let first = expect_ok(running.await.expect("task"), "the running call");
-    assert_eq!(first.value, json!({"slept_ms": 3_000}));
-    let second = expect_ok(queued.await.expect("task"), "the queued call");
-    assert_eq!(
-        second.value,
-        json!("queued"),
-        "a queued call runs once a slot frees"
-    );
+    expect_ok(s.cancel(&tenant, &running).await, "cancel");
+    rig.wait_running(&tenant, &waiting).await;
+    expect_ok(s.cancel(&tenant, &waiting).await, "cancel");
 
-    let st = wait_until(s.as_ref(), "the calls to settle", |st| {
-        (st.running, st.queue_depth) == (0, 0)
+    let st = wait_until(s.as_ref(), "the jobs to settle", |st| {
+        (st.running, st.queue_depth) == (0, 0) && st.latency.count == 7
     })
     .await;
     assert_eq!(
         (st.submitted, st.rejected),
-        (5, 1),
-        "accepted calls and the refusal are counted (an unknown function is neither)"
+        (7, 1),
+        "accepted calls and jobs and the refusal are counted (an unknown function is neither)"
     );
     assert_eq!(
         (st.succeeded, st.failed, st.timed_out, st.cancelled),
-        (3, 1, 1, 0),
-        "each call's outcome is counted"
+        (2, 1, 1, 3),
+        "each call's outcome is counted like a job's"
     );
-    assert_eq!(st.latency.count, 5, "one latency sample per finished call");
+    assert_eq!(
+        st.latency.count, 7,
+        "one latency sample per finished call or job"
+    );
     let echo = st.functions.iter().find(|f| f.function == "echo");
     assert_eq!(
         echo.map(|f| (f.calls, f.errors)),

@@ -62,18 +62,26 @@ impl Platform {
         &self.catalog
     }
 
-    /// Runs a function and waits for its output. Nobody can look the call up (it has no
-    /// id the caller sees), so the scheduler keeps no record of it beyond its stats
-    /// ([`Scheduler::call`]); use [`submit`](Self::submit) for a job with a record.
+    /// Runs a function and waits for its output. A built-in's call has no id the
+    /// caller sees and nobody lists built-in jobs, so the scheduler keeps no record of
+    /// it beyond its stats ([`Scheduler::call`]); a user function's call is a job
+    /// (it shows in the function's recent logs). Use [`submit`](Self::submit) for a
+    /// job whose id you want.
     pub async fn execute(
         &self,
         tenant: &TenantId,
         function: FunctionRef,
         input: Value,
     ) -> Result<Output> {
-        self.scheduler
-            .call(JobRequest::new(tenant.clone(), function, input))
-            .await
+        let request = JobRequest::new(tenant.clone(), function, input);
+        match request.function {
+            FunctionRef::Builtin { .. } => self.scheduler.call(request).await,
+            FunctionRef::User { .. } => self
+                .scheduler
+                .submit(request, SubmitMode::Wait(None))
+                .await?
+                .into_output(),
+        }
     }
 
     /// Submits a job in the given mode.

@@ -70,6 +70,9 @@ async fn write(s: &Shared) -> Result<()> {
 /// Writes this node's heartbeat until it stops.
 pub(crate) async fn beat(s: Arc<Shared>) {
     loop {
+        if let Err(e) = s.queue.refresh_depths().await {
+            tracing::debug!(error = %e, "queue depths not read");
+        }
         if let Err(e) = write(&s).await {
             tracing::debug!(error = %e, "heartbeat not written");
         }

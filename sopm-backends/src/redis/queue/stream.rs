@@ -4,7 +4,7 @@
 //! refused); a reclaimer takes over entries whose lease expired; a job delivered more
 //! than `max_deliveries` times is dead-lettered.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,7 +104,7 @@ struct Inner {
     refused: AtomicU64,
     dead: AtomicU64,
     taken_over: AtomicU64,
-    depth_seen: AtomicU64,
+    depths: Mutex<HashMap<String, u64>>,
     enqueue: Script,
     lease: Script,
     drop: Script,
@@ -129,7 +129,7 @@ impl JobQueue {
                 refused: AtomicU64::new(0),
                 dead: AtomicU64::new(0),
                 taken_over: AtomicU64::new(0),
-                depth_seen: AtomicU64::new(0),
+                depths: Mutex::new(HashMap::new()),
                 enqueue: Script::new(scripts::ENQUEUE),
                 lease: Script::new(scripts::LEASE),
                 drop: Script::new(scripts::DROP),
@@ -170,9 +170,44 @@ impl JobQueue {
         self.inner.taken_over.load(Ordering::Relaxed)
     }
 
-    /// The depth of a queue as last seen by this node (enqueue and lease answers).
+    /// The depth of the queues this node enqueued to or leased from, added up, each as
+    /// last seen: in an enqueue or lease answer, or by [`refresh_depths`](Self::refresh_depths)
+    /// (answers of concurrent calls can arrive out of order; the next refresh corrects
+    /// what they left).
     pub fn depth_seen(&self) -> u64 {
-        self.inner.depth_seen.load(Ordering::Relaxed)
+        self.inner.depths.lock().values().sum()
+    }
+
+    /// Reads the depth of every queue this node has seen (the heartbeat calls it each
+    /// beat).
+    pub async fn refresh_depths(&self) -> Result<()> {
+        let i = &self.inner;
+        let backends: Vec<String> = i.depths.lock().keys().cloned().collect();
+        if backends.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = backends.iter().map(|b| i.keys.queue_depth(b)).collect();
+        let depths: Vec<Option<u64>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut i.conn.manager())
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut seen = i.depths.lock();
+        for (backend, depth) in backends.into_iter().zip(depths) {
+            seen.insert(backend, depth.unwrap_or(0));
+        }
+        Ok(())
+    }
+
+    /// Notes a queue's depth from an answer.
+    fn saw_depth(&self, backend: &str, depth: u64) {
+        let mut seen = self.inner.depths.lock();
+        match seen.get_mut(backend) {
+            Some(d) => *d = depth,
+            None => {
+                seen.insert(backend.to_string(), depth);
+            }
+        }
     }
 
     /// The channel results for callers waiting on `node` are pushed on.
@@ -216,7 +251,7 @@ impl JobQueue {
             .invoke_async(&mut i.conn.manager())
             .await
             .map_err(|e| self.err(e))?;
-        i.depth_seen.store(depth, Ordering::Relaxed);
+        self.saw_depth(backend, depth);
         Ok(match code {
             1 => Admission::Queued(depth),
             0 => Admission::Full(depth),
@@ -447,7 +482,7 @@ impl JobQueue {
                 let job = parse_job(&field(3))?;
                 let waiter = Some(field(4)).filter(|w| !w.is_empty());
                 if let Ok(depth) = field(5).parse() {
-                    i.depth_seen.store(depth, Ordering::Relaxed);
+                    self.saw_depth(backend, depth);
                 }
                 let lease = Lease {
                     job,

@@ -507,16 +507,17 @@ impl Inner {
         self.live[shard_of(id)].lock().get(id).cloned()
     }
 
-    /// Checks a request and takes its place: its route, the time limit in force, and a
-    /// slot or a place in the queue. Refusals are counted, and so is an accepted job.
-    async fn accept(&self, request: &JobRequest) -> Result<(Route, Duration, Admission)> {
+    /// Refuses everything once shutting down.
+    fn open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Unavailable("the server is shutting down".into()));
         }
-        let route = self
-            .router
-            .route(&request.tenant, &request.function)
-            .await?;
+        Ok(())
+    }
+
+    /// Takes a routed request's place: the time limit in force, and a slot or a place
+    /// in the queue. Refusals are counted, and so is an accepted job.
+    fn admit(&self, request: &JobRequest, route: &Route) -> Result<(Duration, Admission)> {
         if !self.dispatcher.has(&route.backend) {
             // One process has no queue to another node: refuse rather than accept a
             // job that cannot run.
@@ -536,7 +537,7 @@ impl Inner {
             .admit(&request.tenant, false)
             .inspect_err(|_| self.counters.rejected())?;
         self.counters.submitted();
-        Ok((route, limit, admission))
+        Ok((limit, admission))
     }
 
     /// Waits for a queued job's slot. `None` when `stop` ends first or the server shuts
@@ -743,7 +744,13 @@ async fn run_job(inner: Arc<Inner>, live: Arc<LiveJob>, route: Route, admission:
 #[async_trait]
 impl Scheduler for LocalScheduler {
     async fn submit(&self, request: JobRequest, mode: SubmitMode) -> Result<Submitted> {
-        let (route, limit, admission) = self.inner.accept(&request).await?;
+        let inner = &self.inner;
+        inner.open()?;
+        let route = inner
+            .router
+            .route(&request.tenant, &request.function)
+            .await?;
+        let (limit, admission) = inner.admit(&request, &route)?;
         self.submit_accepted(request, route, limit, admission, mode)
             .await
     }
@@ -754,7 +761,12 @@ impl Scheduler for LocalScheduler {
     /// recorded as a job, so it shows in the function's recent logs.
     async fn call(&self, request: JobRequest) -> Result<Output> {
         let inner = &self.inner;
-        let (route, limit, admission) = inner.accept(&request).await?;
+        inner.open()?;
+        let route = inner
+            .router
+            .route(&request.tenant, &request.function)
+            .await?;
+        let (limit, admission) = inner.admit(&request, &route)?;
         if let Target::User(_) = route.target {
             let mode = SubmitMode::Wait(None);
             return self

@@ -221,7 +221,7 @@ async fn open_creates_directories_and_a_wal_database() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4, "the schema version is recorded in user_version");
+    assert_eq!(version, 5, "the schema version is recorded in user_version");
     let plan: String = conn
         .query_row(
             "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_ms, rowid",
@@ -344,7 +344,7 @@ async fn a_version_2_database_is_migrated_and_its_versions_load_without_an_execu
         .unwrap();
     assert_eq!((v.function_id.as_str(), v.version), ("fn_old", 2));
     store.close().await.unwrap();
-    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 4);
+    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 5);
     let store = open(dir.path(), "v2.db");
     let rec = Registry::get(&store, &tenant, "fn_old").await.unwrap();
     let executors: Vec<Option<&str>> = rec.versions.iter().map(|v| v.executor.as_deref()).collect();
@@ -352,6 +352,86 @@ async fn a_version_2_database_is_migrated_and_its_versions_load_without_an_execu
     // Versions recorded before artifact sizes count 0 until measured again.
     let usage = store.tenant_usage(&tenant).await.unwrap();
     assert_eq!((usage.functions, usage.artifact_bytes), (1, 0));
+}
+
+/// Whether writing a job builds a temporary table (SQLite does for `IN (list)` checks).
+fn insert_builds_a_temporary_table(path: &Path) -> bool {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "EXPLAIN INSERT INTO jobs (id, tenant, function, status, input, timeout_ms,
+                                       created_ms, attempts)
+             VALUES ('j', 't', 'f', 'queued', '1', 1, 1, 0)",
+        )
+        .unwrap();
+    let ops: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(1))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    ops.iter().any(|op| op == "OpenEphemeral")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_4_database_is_migrated_and_writing_a_job_builds_no_temporary_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v4.db");
+    let store = open(dir.path(), "v4.db");
+    let done = job("old", JobStatus::Succeeded, json!({"n": 1}));
+    let queued = job("old", JobStatus::Queued, json!({"n": 2}));
+    for j in [&done, &queued] {
+        store.put(j, Durability::Durable).await.unwrap();
+    }
+    store.close().await.unwrap();
+    assert!(
+        !insert_builds_a_temporary_table(&path),
+        "the current schema checks a job's status without a temporary table"
+    );
+    // Take the jobs table back to schema 4's (its status check an IN list), rows kept.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE jobs_v4 (id TEXT PRIMARY KEY NOT NULL, tenant TEXT NOT NULL,
+             function TEXT NOT NULL,
+             status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded',
+                 'failed', 'timed_out', 'cancelled', 'interrupted')),
+             input TEXT NOT NULL, output TEXT, error TEXT, logs TEXT,
+             timeout_ms INTEGER NOT NULL, created_ms INTEGER NOT NULL, started_ms INTEGER,
+             finished_ms INTEGER, duration_us INTEGER, attempts INTEGER NOT NULL,
+             function_id TEXT);
+         INSERT INTO jobs_v4 SELECT * FROM jobs; DROP TABLE jobs;
+         ALTER TABLE jobs_v4 RENAME TO jobs; PRAGMA user_version = 4;",
+    )
+    .unwrap();
+    drop(conn);
+    assert!(
+        insert_builds_a_temporary_table(&path),
+        "schema 4's check builds one (what migration 5 removes)"
+    );
+
+    let store = open(dir.path(), "v4.db");
+    assert_eq!(
+        JobStore::get(&store, &done.id).await.unwrap().as_ref(),
+        Some(&done)
+    );
+    let unfinished = store.unfinished().await.unwrap();
+    assert_eq!(
+        unfinished.iter().map(|j| &j.id).collect::<Vec<_>>(),
+        [&queued.id],
+        "the migrated table keeps its rows and its unfinished index"
+    );
+    store.close().await.unwrap();
+    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 5);
+    assert!(!insert_builds_a_temporary_table(&path));
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let err = conn
+        .execute(
+            "INSERT INTO jobs (id, tenant, function, status, input, timeout_ms, created_ms,
+                               attempts)
+             VALUES ('x', 't', 'f', 'bogus', '1', 1, 1, 0)",
+            [],
+        )
+        .expect_err("an unknown status is refused");
+    assert!(err.to_string().contains("CHECK"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

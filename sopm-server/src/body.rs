@@ -48,15 +48,21 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes> {
     }
 }
 
-/// Parses a JSON body, with messages that say where it went wrong.
+/// Parses a JSON body, with messages that say where it went wrong. The body's UTF-8 is
+/// checked once, with SIMD, so the parser need not check each string again (parsing
+/// from bytes does, a byte at a time: on a body of text, as much work as the rest);
+/// a body that is not UTF-8 is parsed from its bytes for the message saying where.
 pub(crate) fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
     if bytes.is_empty() {
         return Err(Error::invalid(
             "request body is empty; expected a JSON object",
         ));
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| Error::invalid(format!("request body is not valid: {e}")))
+    match simdutf8::basic::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(bytes),
+    }
+    .map_err(|e| Error::invalid(format!("request body is not valid: {e}")))
 }
 
 /// `{}`, the input of a call that gives none.

@@ -114,6 +114,27 @@ async fn bad_requests_get_clear_json_errors() {
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert!(v["error"]["message"].as_str().unwrap().contains("empty"));
 
+    // A body that is not UTF-8 is refused with where it went wrong; text that is
+    // (accents and all) goes through as sent.
+    let mut body = br#"{"function": "text.uppercase", "input": {"text": "caf"#.to_vec();
+    body.extend_from_slice(b"\xff\xfe\"}}");
+    let (st, v, _) = call(&s, "POST", "/api/execute", Some(body)).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_input");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("unicode") && message.contains("column"),
+        "{message}"
+    );
+    let (st, v, _) = post(
+        &s,
+        "/api/execute",
+        json!({"function": "text.uppercase", "input": {"text": "café ÿ 😀"}}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["output"], "CAFÉ Ÿ 😀");
+
     let (st, v, _) = post(
         &s,
         "/api/execute",

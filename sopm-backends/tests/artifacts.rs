@@ -6,9 +6,11 @@
 //! Run with: `SOPM_REQUIRE_INTEGRATION=1 cargo test -p sopm-backends --features oci --test artifacts`
 #![cfg(feature = "artifacts")]
 
-#[cfg(feature = "oci")]
 #[path = "support/oci_registry.rs"]
 mod oci_registry;
+#[cfg(feature = "oci")]
+#[path = "support/programs.rs"]
+mod programs;
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};

@@ -11,6 +11,8 @@
 
 #[path = "support/oci_registry.rs"]
 mod oci_registry;
+#[path = "support/programs.rs"]
+mod programs;
 
 use std::process::Command;
 use std::sync::Arc;

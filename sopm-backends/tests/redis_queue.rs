@@ -4,6 +4,8 @@
 //! Run with: SOPM_REQUIRE_INTEGRATION=1 cargo test -p sopm-backends --features redis --test redis_queue
 #![cfg(feature = "redis")]
 
+#[path = "support/programs.rs"]
+mod programs;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 

@@ -11,8 +11,9 @@ use crate::artifacts::ArtifactStore;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::executor::{Executor, PoolStats};
+use crate::executor::{Invocation, Target};
 use crate::registry::{Artifact, FunctionVersion};
-use crate::types::{truncate_for_message, Invocation, Output, Target};
+use crate::types::{truncate_for_message, Output};
 
 /// The backend name of the built-in functions.
 pub const BUILTIN_BACKEND: &str = "builtin";

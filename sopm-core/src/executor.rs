@@ -1,6 +1,9 @@
-//! The `Executor` trait: runs one invocation of one function and reports its pool.
+//! The `Executor` trait and what it is given: an `Invocation` of a resolved `Target`;
+//! it runs one and reports its pool.
 
 use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -8,7 +11,39 @@ use serde_json::Value;
 
 use crate::error::Result;
 use crate::registry::FunctionVersion;
-use crate::types::{Invocation, Output};
+use crate::types::{JobId, Output, TenantId};
+
+/// One call of one function, as an executor receives it.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// The job this call belongs to.
+    pub job_id: JobId,
+    /// The caller's tenant.
+    pub tenant: TenantId,
+    /// What to run, resolved.
+    pub target: Target,
+    /// The input.
+    pub input: Arc<Value>,
+    /// When the call must be finished. Executors should stop work past it; the
+    /// scheduler abandons the call at this instant regardless.
+    pub deadline: Instant,
+}
+
+impl Invocation {
+    /// Time left before the deadline (zero if passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// A resolved function, ready for an executor.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A built-in by name.
+    Builtin(Arc<str>),
+    /// One version of a user function, with its artifact.
+    User(Arc<FunctionVersion>),
+}
 
 /// How a built-in function describes itself in the catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

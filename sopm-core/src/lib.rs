@@ -48,7 +48,7 @@ pub use counters::SchedulerCounters;
 pub use digest::Digest;
 pub use dispatch::{Dispatcher, BUILTIN_BACKEND};
 pub use error::{Error, ErrorInfo, Result};
-pub use executor::{Example, Executor, FunctionInfo, PoolStats};
+pub use executor::{Example, Executor, FunctionInfo, Invocation, PoolStats, Target};
 pub use jobstore::{Durability, JobLogEntry, JobStore, MemoryJobStore};
 pub use keys::{ApiKeyInfo, ApiKeySecret, CachedKeyStore, KeyStore, MemoryKeyStore};
 pub use platform::{Platform, PlatformStats};
@@ -63,7 +63,5 @@ pub use scheduler::{
     SubmitMode, Submitted,
 };
 pub use stats::{ClusterStats, LatencyHistogram, LatencySummary, NodeStats, SchedulerStats};
-pub use types::{
-    FunctionRef, Invocation, Job, JobId, JobStatus, Limits, Output, Runtime, Target, TenantId,
-};
+pub use types::{FunctionRef, Job, JobId, JobStatus, Limits, Output, Runtime, TenantId};
 pub use upload::{default_limit_caps, source_digest, UploadSpec};

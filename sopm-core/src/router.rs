@@ -8,10 +8,11 @@ use async_trait::async_trait;
 use rustc_hash::FxHashSet;
 
 use crate::error::{Error, Result};
+use crate::executor::Target;
 use crate::registry::{BuildStatus, Registry};
 use crate::sandboxes::Sandboxes;
 use crate::scheduler::{Route, Router};
-use crate::types::{FunctionRef, Target, TenantId};
+use crate::types::{FunctionRef, TenantId};
 
 /// Resolves built-ins by name (backend [`BUILTIN_BACKEND`](crate::BUILTIN_BACKEND))
 /// and user functions through the registry: a version runs in the backend recorded on

@@ -19,12 +19,11 @@ use crate::builder::BuildRequest;
 use crate::counters::SchedulerCounters;
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, ErrorInfo, Result};
+use crate::executor::{Invocation, Target};
 use crate::jobstore::{Durability, JobStore};
 use crate::slots::{Admission, Slot, Slots, TenantCaps, Ticket};
 use crate::stats::{ClusterStats, SchedulerStats};
-use crate::types::{
-    now_ms, FunctionRef, Invocation, Job, JobId, JobStatus, Output, Target, TenantId,
-};
+use crate::types::{now_ms, FunctionRef, Job, JobId, JobStatus, Output, TenantId};
 
 /// Where a job goes: the backend that runs it (by name), the resolved target, and its
 /// time limit. A route names a backend and never holds an executor, so a node that

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -430,38 +430,6 @@ impl Job {
             ))),
         }
     }
-}
-
-/// One call of one function, as an executor receives it.
-#[derive(Debug, Clone)]
-pub struct Invocation {
-    /// The job this call belongs to.
-    pub job_id: JobId,
-    /// The caller's tenant.
-    pub tenant: TenantId,
-    /// What to run, resolved.
-    pub target: Target,
-    /// The input.
-    pub input: Arc<Value>,
-    /// When the call must be finished. Executors should stop work past it; the
-    /// scheduler abandons the call at this instant regardless.
-    pub deadline: Instant,
-}
-
-impl Invocation {
-    /// Time left before the deadline (zero if passed).
-    pub fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
-    }
-}
-
-/// A resolved function, ready for an executor.
-#[derive(Debug, Clone)]
-pub enum Target {
-    /// A built-in by name.
-    Builtin(Arc<str>),
-    /// One version of a user function, with its artifact.
-    User(Arc<crate::registry::FunctionVersion>),
 }
 
 /// What an executor returns for a successful call.

@@ -11,6 +11,8 @@ mod support;
 
 #[path = "../../sopm-backends/tests/support/oci_registry.rs"]
 mod oci_registry;
+#[path = "../../sopm-backends/tests/support/programs.rs"]
+mod programs;
 #[path = "../../sopm-backends/tests/support/redis_server.rs"]
 mod redis_server;
 

@@ -268,6 +268,10 @@ fn a_build_without_the_cluster_feature_says_how_to_get_one() {
 }
 
 #[cfg(feature = "cluster")]
+#[path = "../../sopm-backends/tests/support/programs.rs"]
+mod programs;
+
+#[cfg(feature = "cluster")]
 #[path = "../../sopm-backends/tests/support/redis_server.rs"]
 mod redis_server;
 

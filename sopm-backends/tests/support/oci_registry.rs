@@ -4,16 +4,13 @@
 //! artifact tests of every crate).
 #![allow(dead_code)]
 
-#[path = "programs.rs"]
-mod programs;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use programs::{find_or_skip, free_port, wait_until_answering, Program};
+use super::programs::{find_or_skip, free_port, wait_until_answering, Program};
 
 /// A running `docker-registry serve CONFIG.yml`.
 pub struct OciRegistry {

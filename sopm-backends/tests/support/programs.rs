@@ -1,8 +1,8 @@
 //! What the tests' own outside programs (`redis-server`, `docker-registry`) have in
 //! common: finding the binary, skipping the test (or failing it under
 //! `SOPM_REQUIRE_INTEGRATION=1`) when it is missing, a free port, waiting until it
-//! answers, and killing it when dropped (a submodule of `redis_server.rs` and
-//! `oci_registry.rs`).
+//! answers, and killing it when dropped (a test that includes `redis_server.rs` or
+//! `oci_registry.rs` includes this file beside them as `programs`).
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener};

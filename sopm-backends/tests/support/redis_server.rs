@@ -3,16 +3,13 @@
 //! tests of every crate).
 #![allow(dead_code)]
 
-#[path = "programs.rs"]
-mod programs;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use programs::{find, find_or_skip, free_port, wait_until_answering, Program};
+use super::programs::{find, find_or_skip, free_port, wait_until_answering, Program};
 
 /// A running `redis-server`.
 pub struct RedisServer {

@@ -57,8 +57,9 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::executor::{Executor, PoolStats};
+use crate::executor::{Invocation, Target};
 use crate::registry::{Artifact, BuildStatus, FunctionVersion};
-use crate::types::{Invocation, JobId, Limits, Output, Runtime, Target, TenantId};
+use crate::types::{JobId, Limits, Output, Runtime, TenantId};
 
 /// Every runtime a sandbox executor may run.
 pub const ALL_RUNTIMES: &[Runtime] = &[

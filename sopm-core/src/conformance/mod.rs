@@ -39,6 +39,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, ErrorInfo, Result};
 use crate::executor::Executor;
+use crate::executor::{Invocation, Target};
 use crate::jobstore::{status_rank, Durability, JobStore, LISTED_LOG_CHARS};
 use crate::registry::{
     append_capped, Artifact, BuildStatus, NewVersion, Registry, MAX_BUILD_LOG_BYTES,
@@ -47,10 +48,7 @@ use crate::scheduler::{
     JobRequest, LocalScheduler, LocalSchedulerConfig, Route, Router, Scheduler, SubmitMode,
     Submitted,
 };
-use crate::types::{
-    now_ms, FunctionRef, Invocation, Job, JobId, JobStatus, Limits, Output, Runtime, Target,
-    TenantId,
-};
+use crate::types::{now_ms, FunctionRef, Job, JobId, JobStatus, Limits, Output, Runtime, TenantId};
 
 mod call;
 #[cfg(feature = "executor-conformance")]

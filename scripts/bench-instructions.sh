@@ -11,8 +11,12 @@
 #                      registry, scheduler, Dispatcher, job record, stats; no sandbox)
 # Each call also clones its input (the loop's own cost, a few hundred instructions for
 # the 1 KiB text).
+# Then the same for HTTP requests to the release server (scripts/bench_http_instructions.py:
+# every thread of the server counted, SQLite's writer included): GET /healthz, waiting
+# POST /api/execute of math.add and of text.uppercase on the same 1 KiB of text.
 #
-# Usage: scripts/bench-instructions.sh [CALLS]   (default 10000)
+# Usage: scripts/bench-instructions.sh [CALLS]   (default 10000; HTTP: SOPM_BENCH_HTTP_CALLS,
+#        default 2000, 0 to skip)
 #        SOPM_BENCH_TOP=N also prints the N functions with the most inclusive
 #        instructions of their own (not counting callees) in the larger run of each path
 #        (callgrind_annotate).
@@ -53,3 +57,10 @@ for path in math_add text_uppercase_1k user_warm; do
       sed -n '/^Ir/,$p' | head -n $((top + 3)) | cut -c1-200 || true
   fi
 done
+
+http_calls="${SOPM_BENCH_HTTP_CALLS:-2000}"
+if [ "$http_calls" -gt 0 ]; then
+  echo "==> building the release server" >&2
+  cargo build --release -p sopm-server --quiet
+  python3 scripts/bench_http_instructions.py "${CARGO_TARGET_DIR:-target}/release/sopm" "$http_calls"
+fi

@@ -506,12 +506,18 @@ impl Inner {
         self.live[shard_of(id)].lock().get(id).cloned()
     }
 
-    /// Refuses everything once shutting down.
-    fn open(&self) -> Result<()> {
+    /// Routes a request through the router, or refuses it once shutting down (the
+    /// router's own future, awaited by the caller: no async layer of its own).
+    fn route<'a>(
+        &'a self,
+        request: &'a JobRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<Route>> + Send + 'a>> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Unavailable("the server is shutting down".into()));
+            return Box::pin(std::future::ready(Err(Error::Unavailable(
+                "the server is shutting down".into(),
+            ))));
         }
-        Ok(())
+        self.router.route(&request.tenant, &request.function)
     }
 
     /// Takes a routed request's place: the time limit in force, and a slot or a place
@@ -744,11 +750,7 @@ async fn run_job(inner: Arc<Inner>, live: Arc<LiveJob>, route: Route, admission:
 impl Scheduler for LocalScheduler {
     async fn submit(&self, request: JobRequest, mode: SubmitMode) -> Result<Submitted> {
         let inner = &self.inner;
-        inner.open()?;
-        let route = inner
-            .router
-            .route(&request.tenant, &request.function)
-            .await?;
+        let route = inner.route(&request).await?;
         let (limit, admission) = inner.admit(&request, &route)?;
         self.submit_accepted(request, route, limit, admission, mode)
             .await
@@ -760,11 +762,7 @@ impl Scheduler for LocalScheduler {
     /// recorded as a job, so it shows in the function's recent logs.
     async fn call(&self, request: JobRequest) -> Result<Output> {
         let inner = &self.inner;
-        inner.open()?;
-        let route = inner
-            .router
-            .route(&request.tenant, &request.function)
-            .await?;
+        let route = inner.route(&request).await?;
         let (limit, admission) = inner.admit(&request, &route)?;
         if let Target::User(_) = route.target {
             let mode = SubmitMode::Wait(None);

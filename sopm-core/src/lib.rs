@@ -28,6 +28,7 @@ pub mod dispatch;
 pub mod error;
 pub mod executor;
 pub mod jobstore;
+pub mod json;
 pub mod keys;
 pub mod platform;
 pub mod platform_builder;

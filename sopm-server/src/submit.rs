@@ -1,12 +1,14 @@
 //! Submitting a job and answering the execute call: 200 with the output, 202 with the
 //! job's id, or the job's error with its status.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use sopm_core::{Error, Job, JobId, JobRequest, SubmitMode, Submitted};
 
 use crate::body::{json_bytes, json_response};
@@ -19,20 +21,6 @@ struct PendingAnswer<'a> {
     id: &'a JobId,
     status: &'static str,
     status_url: String,
-}
-
-/// A finished job as the execute call answers it.
-#[derive(Serialize)]
-struct ExecuteAnswer<'a> {
-    id: &'a JobId,
-    function: String,
-    status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    output: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    logs: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    duration_us: Option<u64>,
 }
 
 /// Submits and answers: 200 with the output, 202 with the id, or the job's error.
@@ -67,17 +55,7 @@ pub(crate) async fn submit(
 
 fn finished_answer(job: &Job) -> Response {
     match &job.error {
-        None => json_response(
-            StatusCode::OK,
-            json_bytes(&ExecuteAnswer {
-                id: &job.id,
-                function: job.function.display_name(),
-                status: job.status.as_str(),
-                output: job.output.as_ref(),
-                logs: job.logs.as_deref(),
-                duration_us: job.duration_us,
-            }),
-        ),
+        None => json_response(StatusCode::OK, execute_answer(job)),
         Some(info) => {
             let err: Error = info.clone().into();
             let mut body = error_body(&err);
@@ -89,5 +67,79 @@ fn finished_answer(job: &Job) -> Response {
             let resp = json_response(status_of(&err), json_bytes(&body));
             with_retry_after(resp, &err)
         }
+    }
+}
+
+/// A finished job as the execute call answers it: `id`, `function`, `status`, then
+/// `output`, `logs` and `duration_us` when it has them. Written with
+/// [`sopm_core::json`] (the output is most of it, and its strings are scanned a word at
+/// a time); `tests/api.rs` holds it to the documented shape.
+fn execute_answer(job: &Job) -> Bytes {
+    use sopm_core::json::{write_str, write_value};
+    let mut out = String::with_capacity(128);
+    out.push_str("{\"id\":");
+    write_str(&mut out, job.id.as_str());
+    out.push_str(",\"function\":");
+    write_str(&mut out, &job.function.display_name());
+    out.push_str(",\"status\":");
+    write_str(&mut out, job.status.as_str());
+    if let Some(output) = &job.output {
+        out.push_str(",\"output\":");
+        write_value(&mut out, output);
+    }
+    if let Some(logs) = &job.logs {
+        out.push_str(",\"logs\":");
+        write_str(&mut out, logs);
+    }
+    if let Some(us) = job.duration_us {
+        let _ = write!(out, ",\"duration_us\":{us}");
+    }
+    out.push('}');
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use sopm_core::{FunctionRef, Job, JobStatus, TenantId};
+
+    use super::execute_answer;
+
+    #[test]
+    fn the_execute_answer_has_the_documented_fields_in_order() {
+        let mut job = Job::new(
+            TenantId::default(),
+            FunctionRef::builtin("text.uppercase"),
+            Arc::new(json!({"text": "a"})),
+            1_000,
+        );
+        job.status = JobStatus::Succeeded;
+        job.output = Some(json!({"text": "quote \" and\nline", "n": [1, 2.5]}));
+        job.logs = Some("printed\t\"x\"\n".into());
+        job.duration_us = Some(12);
+        let text = String::from_utf8(execute_answer(&job).to_vec()).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                r#"{{"id":"{}","function":"text.uppercase","status":"succeeded","output":{{"n":[1,2.5],"text":"quote \" and\nline"}},"logs":"printed\t\"x\"\n","duration_us":12}}"#,
+                job.id
+            )
+            .replace("\n", "\\n")
+            .replace("\t", "\\t")
+        );
+
+        job.logs = None;
+        job.duration_us = None;
+        job.output = Some(json!(null));
+        let text = String::from_utf8(execute_answer(&job).to_vec()).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                r#"{{"id":"{}","function":"text.uppercase","status":"succeeded","output":null}}"#,
+                job.id
+            )
+        );
     }
 }

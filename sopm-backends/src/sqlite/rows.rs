@@ -59,13 +59,9 @@ impl JobRow {
                 FunctionRef::Builtin { .. } => None,
             },
             status: job.status.as_str(),
-            input: serde_json::to_string(&*job.input).context("encoding a job's input")?,
-            output: job
-                .output
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()
-                .context("encoding a job's output")?,
+            // The same text serde_json writes, with strings scanned a word at a time.
+            input: sopm_core::json::to_string(&job.input),
+            output: job.output.as_ref().map(sopm_core::json::to_string),
             error: job
                 .error
                 .as_ref()

@@ -18,6 +18,7 @@ pub mod extract;
 pub mod metrics;
 pub mod numbers;
 pub mod readiness;
+pub mod serve;
 pub mod server;
 pub mod state;
 mod submit;

@@ -108,7 +108,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(sopm_server::server::serve(config)) {
+    match rt.block_on(sopm_server::serve::serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sopm: {e}");

@@ -16,7 +16,6 @@ use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
 use crate::executor::{FunctionInfo, PoolStats};
 use crate::jobstore::{JobLogEntry, JobStore};
-use crate::platform_builder::PlatformBuilder;
 use crate::registry::{BuildStatus, FunctionRecord, FunctionVersion, NewVersion, Registry};
 use crate::sandboxes::Sandboxes;
 use crate::scheduler::{JobRequest, RecoveryReport, Scheduler, SubmitMode, Submitted};
@@ -52,11 +51,6 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Starts a [`PlatformBuilder`].
-    pub fn builder() -> PlatformBuilder {
-        PlatformBuilder::new()
-    }
-
     /// The built-in functions.
     pub fn list_functions(&self) -> &[FunctionInfo] {
         &self.catalog
@@ -165,7 +159,7 @@ impl Platform {
     ///
     /// The version's executor backend is chosen here and recorded on it: the one the
     /// spec asks for, else the operator's rule for the function's name
-    /// ([`PlatformBuilder::with_function_executor`]), else the runtime's default. That
+    /// ([`PlatformBuilder::with_function_executor`](crate::PlatformBuilder::with_function_executor)), else the runtime's default. That
     /// backend's builder builds it and its executor runs it from then on, whatever the
     /// defaults become. Asking for a backend that is not registered is
     /// `invalid_input`, with the names that are; asking for one the

@@ -69,6 +69,14 @@ impl std::fmt::Debug for SchedulerFactory {
     }
 }
 
+impl Platform {
+    /// Starts a [`PlatformBuilder`] (defined here, beside the builder, so the platform's
+    /// own module does not name it).
+    pub fn builder() -> PlatformBuilder {
+        PlatformBuilder::new()
+    }
+}
+
 impl PlatformBuilder {
     /// A builder with in-memory stores and the local scheduler.
     pub fn new() -> Self {

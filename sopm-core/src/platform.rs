@@ -56,26 +56,20 @@ impl Platform {
         &self.catalog
     }
 
-    /// Runs a function and waits for its output. A built-in's call has no id the
-    /// caller sees and nobody lists built-in jobs, so the scheduler keeps no record of
-    /// it beyond its stats ([`Scheduler::call`]); a user function's call is a job
-    /// (it shows in the function's recent logs). Use [`submit`](Self::submit) for a
-    /// job whose id you want.
+    /// Runs a function and waits for its output, through [`Scheduler::call`]: the
+    /// local scheduler keeps no record of a built-in's call (the caller never sees an
+    /// id and nothing lists built-in jobs) beyond its stats, while a user function's
+    /// call is a job (it shows in the function's recent logs). Use
+    /// [`submit`](Self::submit) for a job whose id you want.
     pub async fn execute(
         &self,
         tenant: &TenantId,
         function: FunctionRef,
         input: Value,
     ) -> Result<Output> {
-        let request = JobRequest::new(tenant.clone(), function, input);
-        match request.function {
-            FunctionRef::Builtin { .. } => self.scheduler.call(request).await,
-            FunctionRef::User { .. } => self
-                .scheduler
-                .submit(request, SubmitMode::Wait(None))
-                .await?
-                .into_output(),
-        }
+        self.scheduler
+            .call(JobRequest::new(tenant.clone(), function, input))
+            .await
     }
 
     /// Submits a job in the given mode.

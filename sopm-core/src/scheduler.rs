@@ -147,8 +147,10 @@ pub trait Scheduler: Debug + Send + Sync + 'static {
     /// Runs a function for a caller that wants only its output and never its job:
     /// accepted and refused like [`submit`](Self::submit), stopped at its deadline and
     /// counted in the stats, but a scheduler may keep no record of it (nobody could
-    /// look it up). Dropping the returned future stops the call. Default: a waiting
-    /// submission without a time limit.
+    /// look it up). Default: a waiting submission without a time limit, so the job is
+    /// recorded and goes on if the returned future is dropped; [`LocalScheduler`]
+    /// keeps no record of a built-in's call and stops it when dropped (counted
+    /// `cancelled`).
     async fn call(&self, request: JobRequest) -> Result<Output> {
         self.submit(request, SubmitMode::Wait(None))
             .await?

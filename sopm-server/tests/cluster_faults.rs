@@ -123,6 +123,21 @@ fn assert_all_added(records: &[Value]) {
     }
 }
 
+/// Submits `n` async 3 s sleeps through `gateway` and waits until each runs; their ids.
+fn running_sleeps(gateway: &Node, n: usize) -> Vec<String> {
+    let ids: Vec<String> = (0..n)
+        .map(|_| {
+            gateway
+                .submit_async("util.sleep", json!({"ms": 3000}))
+                .expect("accepted")
+        })
+        .collect();
+    for id in &ids {
+        wait_running(gateway, id);
+    }
+    ids
+}
+
 /// Waits until `node` says the job `id` is running.
 fn wait_running(node: &Node, id: &str) {
     poll(FINISH_LIMIT, Duration::from_millis(50), || {
@@ -154,16 +169,7 @@ fn a_worker_killed_with_jobs_running_and_queued_loses_none() {
     let gateway = fx.node(0, "gateway", "gw");
     let mut w1 = fx.node(1, "worker", "w1");
     // Long jobs first, while w1 is the only worker: they run on it.
-    let long: Vec<String> = (0..3)
-        .map(|_| {
-            gateway
-                .submit_async("util.sleep", json!({"ms": 3000}))
-                .expect("accepted")
-        })
-        .collect();
-    for id in &long {
-        wait_running(&gateway, id);
-    }
+    let long = running_sleeps(&gateway, 3);
     let w2 = fx.node(2, "worker", "w2");
     let mut killed = false;
     let (acked, _) = submit_stream(&gateway, 400, Duration::from_secs(30), |i| {
@@ -243,16 +249,7 @@ fn a_worker_cut_off_loses_its_leases_and_its_late_completions_are_refused() {
     };
     let gateway = fx.node(0, "gateway", "gw");
     let w1 = fx.node(1, "worker", "w1");
-    let long: Vec<String> = (0..3)
-        .map(|_| {
-            gateway
-                .submit_async("util.sleep", json!({"ms": 3000}))
-                .expect("accepted")
-        })
-        .collect();
-    for id in &long {
-        wait_running(&gateway, id);
-    }
+    let long = running_sleeps(&gateway, 3);
     fx.net.cut(w1.index);
     let _w2 = fx.node(2, "worker", "w2");
     let records = wait_all_finished(&gateway, &long, FINISH_LIMIT);

@@ -12,7 +12,10 @@
 #        a registry, a gateway and two workers on loopback, next to one embedded node in
 #        the same run; see scripts/bench_cluster.py)
 # Env: SOPM_BENCH_THREADS (wrk threads, default 2), SOPM_BENCH_CONNECTIONS (default 64),
-#      SOPM_BENCH_PORT (default 18080), SOPM_BENCH_SYNC (sqlite synchronous, default full).
+#      SOPM_BENCH_PORT (default 18080), SOPM_BENCH_SYNC (sqlite synchronous, default full),
+#      SOPM_BENCH_STORAGE (sqlite, the default, or memory: the same requests without the
+#      durable job records, to show what the records cost), SOPM_BENCH_USER (0 skips the
+#      user-function figures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,7 +59,7 @@ cleanup() {
 trap cleanup EXIT
 
 SOPM_LOG=warn "$bin" serve --listen "127.0.0.1:${port}" --data-dir "$work/data" \
-  --sqlite-synchronous "$sync" --queue-capacity 100000 &
+  --storage "${SOPM_BENCH_STORAGE:-sqlite}" --sqlite-synchronous "$sync" --queue-capacity 100000 &
 server_pid=$!
 for _ in $(seq 1 100); do
   curl -fsS "$url/readyz" >/dev/null 2>&1 && break
@@ -97,7 +100,7 @@ run() {
   echo "$rps"
 }
 
-echo "==> wrk -t${threads} -c${conns} -d${duration}s on loopback; $(nproc) cores; sqlite synchronous=${sync}"
+echo "==> wrk -t${threads} -c${conns} -d${duration}s on loopback; $(nproc) cores; storage ${SOPM_BENCH_STORAGE:-sqlite}, sqlite synchronous=${sync}"
 healthz=$(run "GET /healthz" "$url/healthz")
 execute=$(run "POST /api/execute (wait)" -s "$work/execute.lua" "$url/api/execute")
 upper=$(run "POST /api/execute uppercase 1 KiB" -s "$work/upper.lua" "$url/api/execute")
@@ -112,6 +115,8 @@ awk -v h="$healthz" -v h2="$healthz2" -v e="$execute" -v u="$upper" -v a="$async
 echo
 echo "==> server stats after the run"
 curl -fsS "$url/api/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin)["jobs"]; print("jobs: submitted %d, succeeded %d, failed %d, rejected %d; scheduler latency p50 %d us, p99 %d us" % (s["submitted"], s["succeeded"], s["failed"], s["rejected"], s["latency"]["p50_us"], s["latency"]["p99_us"]))'
+
+[ "${SOPM_BENCH_USER:-1}" = 0 ] && exit 0
 
 echo
 echo "==> user functions (python, process backend: bubblewrap + warm pool)"

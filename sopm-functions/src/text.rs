@@ -293,105 +293,94 @@ fn uppercase(args: &Args<'_>) -> Result<Value> {
 /// `str::to_uppercase`, faster on the common letters. ASCII letters and Latin-1's
 /// lowercase letters (`à`..`þ` but `÷`, U+00E0..U+00FE, `C3 A0..BE`) both uppercase by
 /// subtracting 0x20 from one byte (the Latin-1 capital is `C3 80..9E`), so most text is
-/// mapped a byte at a time with the byte before it as the only context, sixteen bytes
-/// per step (see [`map_byte`]; the compiler turns a step into a few vector
-/// instructions). Every other character goes through Unicode's tables one at a time.
+/// mapped a byte at a time with the byte before it as the only context (see
+/// [`map_byte`]): runs of such characters are found sixteen bytes per step and mapped in
+/// one pass, both of which the compiler turns into vector instructions. Every other
+/// character goes through Unicode's tables one at a time.
 /// Uppercasing has no context rules, so mapping each character alone gives the same
 /// text. The bytes are checked as UTF-8 once at the end (SIMD), which cannot fail since
 /// each character is mapped to whole characters; if it ever did, the standard library's
 /// answer is returned instead.
 fn to_uppercase(text: &str) -> String {
     let bytes = text.as_bytes();
-    // Written by index; kept at least as long as what is written plus what is left to
-    // read, since the simple path writes a byte per byte read.
-    let mut out = vec![0; bytes.len()];
-    let (mut at, mut written) = (0, 0);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
     loop {
-        let simple = map_simple(bytes, at, &mut out[written..]);
-        at += simple;
-        written += simple;
+        at = map_simple(bytes, at, &mut out);
         let Some(c) = text.get(at..).and_then(|rest| rest.chars().next()) else {
             break;
         };
-        at += c.len_utf8();
         let mut buf = [0; 4];
         for upper in c.to_uppercase() {
-            let upper = upper.encode_utf8(&mut buf).as_bytes();
-            let need = written + upper.len() + (bytes.len() - at);
-            if out.len() < need {
-                out.resize(need, 0);
-            }
-            out[written..written + upper.len()].copy_from_slice(upper);
-            written += upper.len();
+            out.extend_from_slice(upper.encode_utf8(&mut buf).as_bytes());
         }
+        at += c.len_utf8();
     }
-    out.truncate(written);
     match simdutf8::basic::from_utf8(&out) {
         Ok(upper) => upper.to_owned(),
         Err(_) => text.to_uppercase(),
     }
 }
 
-/// Bytes mapped per step of [`map_simple`].
+/// Bytes looked at per step of [`simple_len`].
 const STEP: usize = 16;
 
-/// Writes the uppercase of `bytes[at..]` to the start of `out` (one byte per byte, so
-/// `out` must hold what is left of `bytes`) up to the first character that needs
-/// Unicode's tables (or the end), and returns how many bytes that was: it always stops
-/// at the start of a character.
-fn map_simple(bytes: &[u8], at: usize, out: &mut [u8]) -> usize {
-    let rest = &bytes[at..];
-    let mut n = 0;
-    if at == 0 {
-        match rest.first().map(|&b| map_byte(b, 0)) {
-            Some((upper, false)) => {
-                out[0] = upper;
-                n = 1;
-            }
+/// Appends the uppercase of `bytes[at..]` up to the first character that needs
+/// Unicode's tables (or the end), and returns where it stopped: always the start of a
+/// character.
+fn map_simple(bytes: &[u8], at: usize, out: &mut Vec<u8>) -> usize {
+    let end = at + simple_len(bytes, at);
+    if end > at {
+        let first = if at == 0 {
+            out.push(map_byte(bytes[0], 0).0);
+            1
+        } else {
+            at
+        };
+        out.extend(
+            bytes[first..end]
+                .iter()
+                .zip(&bytes[first - 1..end - 1])
+                .map(|(&b, &before)| map_byte(b, before).0),
+        );
+    }
+    end
+}
+
+/// How many bytes from `at` on belong to characters [`map_byte`] maps, looked at
+/// sixteen at a time.
+fn simple_len(bytes: &[u8], at: usize) -> usize {
+    let mut n = at;
+    if n == 0 {
+        match bytes.first() {
+            Some(&b) if !map_byte(b, 0).1 => n = 1,
             _ => return 0,
         }
     }
-    // From here on, every byte has one before it: `bytes[at + n - 1]`.
-    while let (Some(chunk), Some(prev), Some(dst)) = (
-        step(&rest[n..]),
-        step(&bytes[at + n - 1..]),
-        out.get_mut(n..n + STEP)
-            .and_then(|d| <&mut [u8; STEP]>::try_from(d).ok()),
-    ) {
-        if map_step(chunk, prev, dst) {
+    // From here on, every byte has one before it: `bytes[n - 1]`.
+    for (chunk, before) in bytes[n..]
+        .chunks_exact(STEP)
+        .zip(bytes[n - 1..].chunks_exact(STEP))
+    {
+        let mut table = false;
+        for (&b, &p) in chunk.iter().zip(before) {
+            table |= map_byte(b, p).1;
+        }
+        if table {
             break;
         }
         n += STEP;
     }
-    while let Some(&b) = rest.get(n) {
-        let before = bytes[at + n - 1];
-        let (upper, table) = map_byte(b, before);
-        if table {
-            // A character that began with a C3 already written starts one back.
-            return n - usize::from(before == 0xC3);
+    while let Some(&b) = bytes.get(n) {
+        let before = bytes[n - 1];
+        if map_byte(b, before).1 {
+            // A character that began with a C3 starts one back.
+            n -= usize::from(before == 0xC3 && n > at);
+            break;
         }
-        out[n] = upper;
         n += 1;
     }
-    n
-}
-
-/// The first [`STEP`] bytes of `bytes`, if it has that many.
-fn step(bytes: &[u8]) -> Option<&[u8; STEP]> {
-    bytes.get(..STEP).and_then(|s| s.try_into().ok())
-}
-
-/// Maps sixteen bytes (each with the byte before it) into `mapped`, and says whether
-/// any of them needs Unicode's tables. Fixed-size arrays and no branches: the compiler
-/// makes this about thirty vector instructions.
-fn map_step(chunk: &[u8; STEP], before: &[u8; STEP], mapped: &mut [u8; STEP]) -> bool {
-    let mut table = false;
-    for i in 0..STEP {
-        let (upper, t) = map_byte(chunk[i], before[i]);
-        mapped[i] = upper;
-        table |= t;
-    }
-    table
+    n - at
 }
 
 /// Maps one byte of UTF-8 text given the byte before it: its uppercase byte, and

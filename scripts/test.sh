@@ -113,6 +113,8 @@ cargo fmt --all -- --check
 
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+# The server with no optional feature (in-memory storage, built-ins only) must build too.
+cargo clippy -p sopm-server --no-default-features --all-targets -- -D warnings
 
 step "cargo test"
 log=$(mktemp)

@@ -76,6 +76,7 @@ pub(crate) fn add_sandboxes(
 
 /// Routes each runtime to its backend (`[executors]`, else `process`) and functions by
 /// name (`[executors.functions]`), refusing a backend not among `offered`.
+#[cfg(any(feature = "process", feature = "cluster"))]
 pub(crate) fn add_routing_rules(
     c: &ServerConfig,
     mut builder: sopm_core::PlatformBuilder,

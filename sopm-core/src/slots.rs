@@ -76,13 +76,17 @@ pub(crate) struct Slot {
     armed: bool,
 }
 
-/// A job's place in the queue.
+/// A job's place in the queue. Dropping it before its slot came leaves the queue (a
+/// slot granted in the meantime is freed again), so a caller that goes away while
+/// queued holds no place.
 #[derive(Debug)]
 pub(crate) struct Ticket {
     slots: Arc<Slots>,
     tenant: TenantId,
     entry: u64,
     grant: oneshot::Receiver<Slot>,
+    /// The grant was received (or can no longer come): nothing left to withdraw.
+    settled: bool,
 }
 
 /// How a job was admitted.
@@ -288,6 +292,7 @@ impl Slots {
             tenant: tenant.clone(),
             entry,
             grant: rx,
+            settled: false,
         }))
     }
 
@@ -355,12 +360,21 @@ impl Drop for Slot {
 impl Ticket {
     /// Waits for the slot.
     pub(crate) async fn granted(&mut self) -> Option<Slot> {
-        (&mut self.grant).await.ok()
+        let slot = (&mut self.grant).await.ok();
+        self.settled = true;
+        slot
     }
 
-    /// Leaves the queue without a slot (cancelled, shutting down). A slot granted in
-    /// the meantime is freed again.
-    pub(crate) fn withdraw(mut self) {
+    /// Leaves the queue without a slot (cancelled, shutting down): what dropping it
+    /// does, said where it is meant.
+    pub(crate) fn withdraw(self) {}
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
         let removed = {
             let mut q = self.slots.queue.lock();
             let q = &mut *q;

@@ -130,3 +130,43 @@ async fn a_dropped_call_is_counted_cancelled_and_frees_its_slot() {
         .expect("call");
     assert_eq!(out.value, json!(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_dropped_while_queued_leaves_the_queue() {
+    let s = scheduler(Arc::new(CountingStore::default()), 1);
+    let running = tokio::spawn({
+        let s = s.clone();
+        async move { s.call(request("slow", json!({}))).await }
+    });
+    settle(&s, |st| st.running == 1).await;
+    let queued = tokio::spawn({
+        let s = s.clone();
+        async move { s.call(request("echo", json!(1))).await }
+    });
+    let st = settle(&s, |st| st.queue_depth == 1).await;
+    assert_eq!(st.queue_depth, 1, "the second call waits for the only slot");
+    queued.abort();
+    let st = settle(&s, |st| st.queue_depth == 0).await;
+    assert_eq!(
+        st.queue_depth, 0,
+        "a caller gone while queued holds no place in the queue"
+    );
+    // A tenant may queue two here (half the queue of four): both places are free again.
+    let waiting: Vec<_> = (0..2)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.call(request("echo", json!(i))).await })
+        })
+        .collect();
+    let st = settle(&s, |st| st.queue_depth == 2).await;
+    assert_eq!(st.queue_depth, 2);
+    running.abort();
+    for (i, w) in waiting.into_iter().enumerate() {
+        let out = tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .expect("each queued call runs once the slot is free")
+            .expect("joined")
+            .expect("call");
+        assert_eq!(out.value, json!(i));
+    }
+}

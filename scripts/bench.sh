@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # HTTP benchmark: runs the release server on loopback with SQLite in a temporary
-# directory and drives it with wrk. Prints requests/s and latency percentiles for
-# /healthz, waiting POST /api/execute (math.add, and text.uppercase on 1 KiB) and
-# fire-and-forget submissions (durable SQLite records), with the ratio of each to the
-# same run's /healthz rate.
+# directory (or in memory, SOPM_BENCH_STORAGE=memory) and drives it with wrk. Prints
+# requests/s and latency percentiles for /healthz, waiting POST /api/execute
+# (math.add, and text.uppercase on 1 KiB) and fire-and-forget submissions (durable
+# records), with the ratio of each to the same run's /healthz rate.
 #
 # Usage: scripts/bench.sh [duration_seconds]   (default 10; every run is bounded)
 #        scripts/bench.sh instructions [calls]: instructions per call from callgrind

@@ -113,7 +113,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
-# The server with no optional feature (in-memory storage, built-ins only) must build too.
+# The default features, and the server with none (in-memory storage, built-ins only),
+# must build too.
+cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p sopm-server --no-default-features --all-targets -- -D warnings
 
 step "cargo test"

@@ -6,6 +6,7 @@
 //! Run with: `SOPM_REQUIRE_INTEGRATION=1 cargo test -p sopm-backends --features oci --test artifacts`
 #![cfg(feature = "artifacts")]
 
+#[cfg(feature = "oci")]
 #[path = "support/oci_registry.rs"]
 mod oci_registry;
 #[cfg(feature = "oci")]

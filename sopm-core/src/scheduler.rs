@@ -523,7 +523,8 @@ impl Inner {
     }
 
     /// Takes a routed request's place: the time limit in force, and a slot or a place
-    /// in the queue. Refusals are counted, and so is an accepted job.
+    /// in the queue. A refusal by a full queue or a tenant's cap is counted, and so is an
+    /// accepted job.
     fn admit(&self, request: &JobRequest, route: &Route) -> Result<(Duration, Admission)> {
         if !self.dispatcher.has(&route.backend) {
             // One process has no queue to another node: refuse rather than accept a

@@ -198,9 +198,10 @@ pub struct SchedulerStats {
     pub timed_out: u64,
     /// Jobs cancelled.
     pub cancelled: u64,
-    /// Jobs waiting for a worker now.
+    /// Jobs waiting for a worker now. With the Redis scheduler, one queue per backend:
+    /// the queues this node has used, added up.
     pub queue_depth: u64,
-    /// Queue capacity.
+    /// Queue capacity (with the Redis scheduler, each backend's queue's).
     pub queue_capacity: u64,
     /// Jobs running now.
     pub running: u64,

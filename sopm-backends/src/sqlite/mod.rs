@@ -107,11 +107,6 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
-/// Whether `new` replaces `old` under the rank rule of [`JobStore::put`].
-fn replaces(old: &Job, new: &Job) -> bool {
-    status_replaces(old.status, new.status)
-}
-
 fn open_connection(path: &Path, flags: OpenFlags, busy_timeout: Duration) -> Result<Connection> {
     let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .context("opening the database")?;
@@ -393,7 +388,7 @@ impl JobStore for SqliteStore {
             match self.overlay.lock().entry(job.id.clone()) {
                 Entry::Occupied(mut e) => {
                     let pending = e.get_mut();
-                    if replaces(&pending.job, &newest) {
+                    if status_replaces(pending.job.status, newest.status) {
                         pending.job = newest;
                     }
                     pending.last_seq = seq;
@@ -425,11 +420,13 @@ impl JobStore for SqliteStore {
         Ok(match (stored, pending) {
             (stored, None) => stored,
             (None, Some(pending)) => Some((*pending).clone()),
-            (Some(stored), Some(pending)) => Some(if replaces(&stored, &pending) {
-                (*pending).clone()
-            } else {
-                stored
-            }),
+            (Some(stored), Some(pending)) => {
+                Some(if status_replaces(stored.status, pending.status) {
+                    (*pending).clone()
+                } else {
+                    stored
+                })
+            }
         })
     }
 

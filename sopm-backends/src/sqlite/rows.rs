@@ -59,7 +59,7 @@ impl JobRow {
                 FunctionRef::Builtin { .. } => None,
             },
             status: job.status.as_str(),
-            // The same text serde_json writes, with strings scanned a word at a time.
+            // The same text serde_json writes, with strings scanned sixteen bytes at a time.
             input: sopm_core::json::to_string(&job.input),
             output: job.output.as_ref().map(sopm_core::json::to_string),
             error: job

@@ -7,19 +7,12 @@ use std::time::Duration;
 use sopm_core::types::now_ms;
 use sopm_core::{Job, SchedulerCounters};
 
-/// Counting a job record that ended here.
-pub(crate) trait Account {
-    /// Counts `job`, which ended (as a worker, in this process, or by a cancel).
-    fn account(&self, job: &Job);
-}
-
-impl Account for SchedulerCounters {
-    fn account(&self, job: &Job) {
-        let latency = Duration::from_millis(
-            job.finished_ms
-                .unwrap_or_else(now_ms)
-                .saturating_sub(job.created_ms),
-        );
-        self.ended(job.status, &job.function, latency);
-    }
+/// Counts `job`, which ended here (as a worker, in this process, or by a cancel).
+pub(crate) fn account(counters: &SchedulerCounters, job: &Job) {
+    let latency = Duration::from_millis(
+        job.finished_ms
+            .unwrap_or_else(now_ms)
+            .saturating_sub(job.created_ms),
+    );
+    counters.ended(job.status, &job.function, latency);
 }

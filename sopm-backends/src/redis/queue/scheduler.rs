@@ -22,7 +22,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::build_queue::BuildQueue;
 pub use super::config::{AtShutdown, NodeRole, RedisSchedulerConfig};
-use super::counters::Account;
+use super::counters::account;
 use super::shared::{node_stats, LiveGuard, Shared};
 use super::stream::{Admission, JobQueue};
 use super::{heartbeat, notify, worker};
@@ -234,7 +234,7 @@ impl RedisScheduler {
             if let Err(e) = s.store.put(&done, sopm_core::Durability::Buffered).await {
                 tracing::error!(job = %done.id, error = %e, "failed to record a job");
             }
-            s.counters.account(&done);
+            account(&s.counters, &done);
             drop(slot);
             return Ok(Submitted::Finished(done));
         }
@@ -261,7 +261,7 @@ impl RedisScheduler {
             if let Some(outcome) = outcome {
                 let done = worker::finished_record(job, outcome, started);
                 match s.store.put(&done, sopm_core::Durability::Durable).await {
-                    Ok(()) => s.counters.account(&done),
+                    Ok(()) => account(&s.counters, &done),
                     Err(e) => tracing::error!(job = %done.id, error = %e, "failed to record a job"),
                 }
             }
@@ -395,7 +395,7 @@ impl Scheduler for RedisScheduler {
         }
         match s.queue.cancel(&Self::cancelled_record(&job)).await? {
             Some(done) => {
-                s.counters.account(&done);
+                account(&s.counters, &done);
                 // A job running here stops at once (the published cancel reaches us
                 // too, but not before this answer).
                 if let Some(n) = s.live.lock().get(id) {

@@ -11,7 +11,7 @@ use sopm_core::{Error, Invocation, Job, Output, Result};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::config::AtShutdown;
-use super::counters::Account;
+use super::counters::account;
 use super::shared::{pause, Backoff, LiveGuard, Shared};
 use super::stream::{Claimed, JobQueue, Lease};
 
@@ -153,7 +153,7 @@ async fn dead_letter(s: &Shared, lease: Lease) {
     match retrying(patience(s), || s.queue.dead_letter(&lease)).await {
         Ok(true) => {
             if let Ok(Some(job)) = s.store.get(&lease.job.id).await {
-                s.counters.account(&job);
+                account(&s.counters, &job);
             }
         }
         Ok(false) => {}
@@ -253,7 +253,7 @@ async fn run_leased(s: &Shared, lease: Lease) {
         },
     };
     match retrying(patience(s), || s.queue.complete(&lease, &last)).await {
-        Ok(true) => s.counters.account(&last),
+        Ok(true) => account(&s.counters, &last),
         Ok(false) => {}
         Err(e) => tracing::error!(
             job = %last.id,

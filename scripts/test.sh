@@ -7,8 +7,18 @@ cd "$(dirname "$0")/.."
 
 export SOPM_REQUIRE_INTEGRATION=1
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# A run builds once; incremental caches would only take disk (gigabytes of it).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 step() { printf '\n==> %s\n' "$*"; }
+
+# The build needs about 6 GiB under target/ (test binaries, the release server, the
+# runner, base images); say so up front rather than fail mid-link.
+free_kib=$(df -Pk . | awk 'NR == 2 {print $4}')
+echo "disk: $((free_kib / 1024 / 1024)) GiB free here; target/ holds $(du -sh target 2>/dev/null | cut -f1 || echo nothing)"
+if [ "$free_kib" -lt $((6 * 1024 * 1024)) ]; then
+  echo "warning: less than 6 GiB free; the build may run out of space" >&2
+fi
 
 # Debian packages the suite uses, by the command that shows each is present.
 declare -A want=(
@@ -159,5 +169,6 @@ done
 echo
 [ "$contract" -eq 0 ] || echo "API contract: FAILED (exit $contract)"
 [ "$manifests" -eq 0 ] || echo "Kubernetes manifests: FAILED (exit $manifests)"
+echo "disk: target/ holds $(du -sh target | cut -f1) after the run"
 echo "total: ${passed} passed, ${failed} failed, ${ignored} skipped"
 exit "$status"

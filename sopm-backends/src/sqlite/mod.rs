@@ -18,9 +18,12 @@
 //!   newer SOPM is refused.
 //! - Finished jobs older than the retention period (7 days by default) are deleted by
 //!   the writer in small chunks between batches.
+//! - A finished job's large input and output are kept out of the database, in append-only
+//!   segment files beside it (`payloads`), written once instead of three times.
 
 mod config;
 mod error;
+mod payloads;
 mod rows;
 mod schema;
 mod writer;
@@ -78,6 +81,8 @@ const WRITER_CACHE_KIB: i64 = -64 * 1024;
 /// [`close`](Self::close) does the same and waits for it.
 pub struct SqliteStore {
     config: SqliteConfig,
+    /// Where large finished records keep their input and output.
+    payload_dir: Arc<Path>,
     front: Mutex<Front>,
     overlay: Overlay,
     in_flight: Arc<AtomicUsize>,
@@ -155,6 +160,8 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_size_limit", 128 * 1024 * 1024)
             .context("setting journal_size_limit")?;
         schema::migrate(&mut conn, &path)?;
+        let segments =
+            payloads::Segments::open(&path, &conn, config.synchronous == Synchronous::Full)?;
 
         let readers = Arc::new(ReadPool {
             path: path.clone(),
@@ -171,6 +178,7 @@ impl SqliteStore {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let writer = Writer::new(
             conn,
+            segments,
             receiver,
             overlay.clone(),
             in_flight.clone(),
@@ -212,6 +220,7 @@ impl SqliteStore {
             .max(1024);
         tracing::debug!(path = %path.display(), "opened the SQLite store");
         Ok(SqliteStore {
+            payload_dir: payloads::dir_of(&config.path).into(),
             config,
             front: Mutex::new(Front {
                 sender: Some(sender),
@@ -416,7 +425,10 @@ impl JobStore for SqliteStore {
         // missing here is in the database by the time it is read.
         let pending = self.overlay.lock().get(id).map(|p| p.job.clone());
         let key = id.clone();
-        let stored = self.read(move |conn| rows::get_job(conn, &key)).await?;
+        let dir = self.payload_dir.clone();
+        let stored = self
+            .read(move |conn| rows::get_job(conn, &dir, &key))
+            .await?;
         Ok(match (stored, pending) {
             (stored, None) => stored,
             (None, Some(pending)) => Some((*pending).clone()),
@@ -432,7 +444,8 @@ impl JobStore for SqliteStore {
 
     async fn unfinished(&self) -> Result<Vec<Job>> {
         self.flush().await?;
-        self.read(rows::unfinished_jobs).await
+        let dir = self.payload_dir.clone();
+        self.read(move |conn| rows::unfinished_jobs(conn, &dir)).await
     }
 
     async fn recent_logs(

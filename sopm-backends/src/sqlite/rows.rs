@@ -1,6 +1,7 @@
 //! Mapping between SOPM records and table rows, and the SQL that reads and writes them.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension, Row, Statement};
@@ -17,6 +18,7 @@ use sopm_core::{
 };
 
 use super::error::{corrupt, Context};
+use super::payloads::{self, PayloadRef};
 
 // Integers are stored as SQLite's signed 64 bits; the casts round-trip every u64.
 fn to_sql_int(v: u64) -> i64 {
@@ -46,6 +48,8 @@ pub(crate) struct JobRow {
     finished_ms: Option<i64>,
     duration_us: Option<i64>,
     attempts: i64,
+    /// Where `input` and `output` went, once the writer moved them to a segment.
+    payload: Option<PayloadRef>,
 }
 
 impl JobRow {
@@ -75,11 +79,37 @@ impl JobRow {
             finished_ms: job.finished_ms.map(to_sql_int),
             duration_us: job.duration_us.map(to_sql_int),
             attempts: i64::from(job.attempts),
+            payload: None,
         })
     }
 
     pub(crate) fn id(&self) -> &JobId {
         &self.id
+    }
+
+    /// Whether this is a finished job whose input and output are large enough to go
+    /// to a payload segment.
+    pub(crate) fn payload_belongs_outside(&self) -> bool {
+        self.payload.is_none()
+            && !matches!(self.status, "queued" | "running")
+            && self.input.len() + self.output.as_ref().map_or(0, String::len) >= payloads::MIN_BYTES
+    }
+
+    /// The input and output JSON text.
+    pub(crate) fn payload(&self) -> (&str, Option<&str>) {
+        (&self.input, self.output.as_deref())
+    }
+
+    /// The input and output are now at `at`: the row keeps only the reference.
+    pub(crate) fn payload_moved(&mut self, at: PayloadRef) {
+        self.input = String::new();
+        self.output = None;
+        self.payload = Some(at);
+    }
+
+    /// The time retention counts from: when the job finished, else when it was made.
+    pub(crate) fn retention_ms(&self) -> i64 {
+        self.finished_ms.unwrap_or(self.created_ms)
     }
 }
 
@@ -90,8 +120,9 @@ impl JobRow {
 const UPSERT_JOB: &str = "
     INSERT INTO jobs (id, tenant, function, status, input, output, error, logs,
                       timeout_ms, created_ms, started_ms, finished_ms, duration_us, attempts,
-                      function_id)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                      function_id, payload, payload_at, input_len, output_len, payload_crc)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+            ?16, ?17, ?18, ?19, ?20)
     ON CONFLICT (id) DO UPDATE SET
         tenant = excluded.tenant, function = excluded.function, status = excluded.status,
         function_id = excluded.function_id,
@@ -99,7 +130,9 @@ const UPSERT_JOB: &str = "
         logs = excluded.logs, timeout_ms = excluded.timeout_ms,
         created_ms = excluded.created_ms, started_ms = excluded.started_ms,
         finished_ms = excluded.finished_ms, duration_us = excluded.duration_us,
-        attempts = excluded.attempts
+        attempts = excluded.attempts, payload = excluded.payload,
+        payload_at = excluded.payload_at, input_len = excluded.input_len,
+        output_len = excluded.output_len, payload_crc = excluded.payload_crc
     WHERE jobs.status IN ('queued', 'running')
       AND (CASE excluded.status WHEN 'queued' THEN 0 WHEN 'running' THEN 1 ELSE 2 END)
           >= (CASE jobs.status WHEN 'queued' THEN 0 ELSE 1 END)";
@@ -126,14 +159,22 @@ pub(crate) fn put_job(stmt: &mut Statement<'_>, row: &JobRow) -> rusqlite::Resul
         row.duration_us,
         row.attempts,
         row.function_id,
+        row.payload.map(|p| p.segment),
+        row.payload.map(|p| p.offset),
+        row.payload.map(|p| p.input_len),
+        row.payload.map(|p| p.output_len),
+        row.payload.map(|p| p.crc),
     ])?;
     Ok(())
 }
 
 const JOB_COLUMNS: &str = "id, tenant, function, status, input, output, error, logs, \
-                           timeout_ms, created_ms, started_ms, finished_ms, duration_us, attempts";
+                           timeout_ms, created_ms, started_ms, finished_ms, duration_us, attempts, \
+                           payload, payload_at, input_len, output_len, payload_crc";
 
-fn decode_job(row: &Row<'_>) -> Result<Job> {
+/// Decodes a `JOB_COLUMNS` row; `payload_dir` holds the segments its input and output
+/// may be in.
+fn decode_job(row: &Row<'_>, payload_dir: &Path) -> Result<Job> {
     let text = |i: usize| -> Result<String> { row.get::<_, String>(i).context("reading a job") };
     let opt_text = |i: usize| -> Result<Option<String>> {
         row.get::<_, Option<String>>(i).context("reading a job")
@@ -147,14 +188,33 @@ fn decode_job(row: &Row<'_>) -> Result<Job> {
     };
     let id = text(0)?;
     let status = text(3)?;
+    let (input, output) = match row
+        .get::<_, Option<i64>>(14)
+        .context("reading a job")?
+    {
+        None => (text(4)?, opt_text(5)?),
+        Some(segment) => {
+            let at = PayloadRef {
+                segment,
+                offset: int(15)?,
+                input_len: int(16)?,
+                output_len: int(17)?,
+                crc: int(18)?,
+            };
+            payloads::read(payload_dir, &at).map_err(|e| match e {
+                Error::Storage(m) => Error::Storage(format!("job {id}: {m}")),
+                other => other,
+            })?
+        }
+    };
     Ok(Job {
         id: JobId::parse(&id).map_err(|_| corrupt("job id", id.clone()))?,
         tenant: TenantId::new(&text(1)?).map_err(|e| corrupt("job tenant", e.to_string()))?,
         function: serde_json::from_str::<FunctionRef>(&text(2)?)
             .context("decoding a job's function")?,
         status: JobStatus::parse(&status).ok_or_else(|| corrupt("job status", status.clone()))?,
-        input: Arc::new(serde_json::from_str(&text(4)?).context("decoding a job's input")?),
-        output: opt_text(5)?
+        input: Arc::new(serde_json::from_str(&input).context("decoding a job's input")?),
+        output: output
             .map(|s| serde_json::from_str(&s))
             .transpose()
             .context("decoding a job's output")?,
@@ -172,18 +232,18 @@ fn decode_job(row: &Row<'_>) -> Result<Job> {
     })
 }
 
-pub(crate) fn get_job(conn: &Connection, id: &JobId) -> Result<Option<Job>> {
+pub(crate) fn get_job(conn: &Connection, payload_dir: &Path, id: &JobId) -> Result<Option<Job>> {
     let mut stmt = conn
         .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
         .context("reading a job")?;
     let mut rows = stmt.query([id.as_str()]).context("reading a job")?;
     match rows.next().context("reading a job")? {
-        Some(row) => decode_job(row).map(Some),
+        Some(row) => decode_job(row, payload_dir).map(Some),
         None => Ok(None),
     }
 }
 
-pub(crate) fn unfinished_jobs(conn: &Connection) -> Result<Vec<Job>> {
+pub(crate) fn unfinished_jobs(conn: &Connection, payload_dir: &Path) -> Result<Vec<Job>> {
     let mut stmt = conn
         .prepare_cached(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('queued', 'running') \
@@ -193,7 +253,7 @@ pub(crate) fn unfinished_jobs(conn: &Connection) -> Result<Vec<Job>> {
     let mut rows = stmt.query([]).context("reading unfinished jobs")?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().context("reading unfinished jobs")? {
-        out.push(decode_job(row)?);
+        out.push(decode_job(row, payload_dir)?);
     }
     Ok(out)
 }

@@ -133,6 +133,23 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_by_function ON jobs (function_id, created_ms)
         WHERE function_id IS NOT NULL;
     "#,
+    // 6: large inputs and outputs of finished jobs in segment files beside the
+    // database (sqlite/payloads.rs). A row with `payload` set keeps '' as its input and
+    // no output; they are `input_len` and `output_len` (-1: none) bytes at `payload_at`
+    // of segment `payload`, with `payload_crc` over both.
+    r#"
+    ALTER TABLE jobs ADD COLUMN payload INTEGER;
+    ALTER TABLE jobs ADD COLUMN payload_at INTEGER;
+    ALTER TABLE jobs ADD COLUMN input_len INTEGER;
+    ALTER TABLE jobs ADD COLUMN output_len INTEGER;
+    ALTER TABLE jobs ADD COLUMN payload_crc INTEGER;
+
+    -- Per segment, the newest retention time (finished, else created) of its jobs.
+    CREATE TABLE payload_segments (
+        id          INTEGER PRIMARY KEY,
+        newest_ms   INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

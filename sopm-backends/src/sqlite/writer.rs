@@ -22,6 +22,7 @@ use sopm_core::{Error, Job, JobId, Result};
 use tokio::sync::oneshot;
 
 use super::error::Context;
+use super::payloads::{self, Segments};
 use super::rows::{self, JobRow};
 
 /// Delivers the outcome of a [`WriteOp`] once its transaction has committed (or failed).
@@ -145,6 +146,7 @@ pub(crate) struct WriterSettings {
 
 pub(crate) struct Writer {
     conn: Connection,
+    segments: Segments,
     rx: Receiver<Request>,
     overlay: Overlay,
     in_flight: Arc<AtomicUsize>,
@@ -159,6 +161,7 @@ pub(crate) struct Writer {
 impl Writer {
     pub(crate) fn new(
         conn: Connection,
+        segments: Segments,
         rx: Receiver<Request>,
         overlay: Overlay,
         in_flight: Arc<AtomicUsize>,
@@ -166,6 +169,7 @@ impl Writer {
     ) -> Self {
         Writer {
             conn,
+            segments,
             rx,
             overlay,
             in_flight,
@@ -260,6 +264,16 @@ impl Writer {
 
     /// Runs one batch in one transaction and answers it.
     fn run_batch(&mut self, batch: &mut Vec<Request>) {
+        // Large finished records go to a payload segment first, in one write.
+        let mut outside: Vec<&mut JobRow> = batch
+            .iter_mut()
+            .filter_map(|r| match r {
+                Request::Put { row, .. } if row.payload_belongs_outside() => Some(row),
+                _ => None,
+            })
+            .collect();
+        let segment = self.segments.store(&mut outside);
+        drop(outside);
         let mut upsert: Option<CachedStatement<'_>> = None;
         let mut open: Vec<Completion> = Vec::with_capacity(batch.len());
         let mut in_txn = false;
@@ -335,6 +349,13 @@ impl Writer {
             }
         }
         drop(upsert);
+        if let (true, Some((id, newest))) = (in_txn, segment) {
+            // Without this row the segment would outlive its jobs until a restart
+            // registers it again; the jobs themselves are unaffected.
+            if let Err(e) = payloads::record(&self.conn, id, newest) {
+                tracing::warn!(error = %e, segment = id, "could not record a job payload segment");
+            }
+        }
         let started = Instant::now();
         let outcome = if in_txn { self.commit() } else { Ok(()) };
         if in_txn {
@@ -403,12 +424,20 @@ impl Writer {
             self.next_sweep = now + self.settings.sweep_interval;
             return;
         }
+        // Once no expired job is left, no segment older than the cutoff is referenced.
+        let mut expired_segments = Vec::new();
         let deleted = self
             .begin()
             .and_then(|()| rows::delete_expired_jobs(&self.conn, cutoff, SWEEP_CHUNK))
-            .and_then(|n| self.commit().map(|()| n));
+            .and_then(|n| {
+                if (n as usize) < SWEEP_CHUNK {
+                    expired_segments = self.segments.expire(&self.conn, cutoff)?;
+                }
+                self.commit().map(|()| n)
+            });
         match deleted {
             Ok(n) => {
+                self.segments.remove(&expired_segments);
                 if n > 0 {
                     tracing::debug!(deleted = n, "deleted finished jobs past their retention");
                 }

@@ -41,6 +41,13 @@ fn scalar<T: rusqlite::types::FromSql>(path: &Path, sql: &str) -> T {
         .unwrap()
 }
 
+/// Takes a database from the current schema back to schema 5 (before job payload
+/// segments), as a step of taking it further back.
+const BACK_TO_5: &str = "DROP TABLE payload_segments;
+    ALTER TABLE jobs DROP COLUMN payload; ALTER TABLE jobs DROP COLUMN payload_at;
+    ALTER TABLE jobs DROP COLUMN input_len; ALTER TABLE jobs DROP COLUMN output_len;
+    ALTER TABLE jobs DROP COLUMN payload_crc; PRAGMA user_version = 5;";
+
 /// A version to create: default limits, no environment.
 fn new_version(
     tenant: &TenantId,
@@ -221,7 +228,7 @@ async fn open_creates_directories_and_a_wal_database() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 5, "the schema version is recorded in user_version");
+    assert_eq!(version, 6, "the schema version is recorded in user_version");
     let plan: String = conn
         .query_row(
             "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_ms, rowid",
@@ -253,6 +260,7 @@ async fn a_version_1_database_is_migrated_and_its_jobs_found_by_function() {
     open(dir.path(), "v1.db").close().await.unwrap();
     // Take the file back to schema 1, with one user-function job written by it.
     let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(BACK_TO_5).unwrap();
     conn.execute_batch(
         "ALTER TABLE versions DROP COLUMN artifact_bytes; ALTER TABLE versions DROP COLUMN executor;
          DROP INDEX jobs_by_function; ALTER TABLE jobs DROP COLUMN function_id;
@@ -303,6 +311,7 @@ async fn a_version_2_database_is_migrated_and_its_versions_load_without_an_execu
     open(dir.path(), "v2.db").close().await.unwrap();
     // Take the file back to schema 2, with one version written by it.
     let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(BACK_TO_5).unwrap();
     conn.execute_batch(
         "ALTER TABLE versions DROP COLUMN artifact_bytes;
          ALTER TABLE versions DROP COLUMN executor; PRAGMA user_version = 2;
@@ -344,7 +353,7 @@ async fn a_version_2_database_is_migrated_and_its_versions_load_without_an_execu
         .unwrap();
     assert_eq!((v.function_id.as_str(), v.version), ("fn_old", 2));
     store.close().await.unwrap();
-    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 5);
+    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 6);
     let store = open(dir.path(), "v2.db");
     let rec = Registry::get(&store, &tenant, "fn_old").await.unwrap();
     let executors: Vec<Option<&str>> = rec.versions.iter().map(|v| v.executor.as_deref()).collect();
@@ -389,6 +398,7 @@ async fn a_version_4_database_is_migrated_and_writing_a_job_builds_no_temporary_
     );
     // Take the jobs table back to schema 4's (its status check an IN list), rows kept.
     let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(BACK_TO_5).unwrap();
     conn.execute_batch(
         "CREATE TABLE jobs_v4 (id TEXT PRIMARY KEY NOT NULL, tenant TEXT NOT NULL,
              function TEXT NOT NULL,
@@ -420,7 +430,7 @@ async fn a_version_4_database_is_migrated_and_writing_a_job_builds_no_temporary_
         "the migrated table keeps its rows and its unfinished index"
     );
     store.close().await.unwrap();
-    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 5);
+    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 6);
     assert!(!insert_builds_a_temporary_table(&path));
     let conn = rusqlite::Connection::open(&path).unwrap();
     let err = conn
@@ -718,6 +728,12 @@ const CRASH_CHILD_DB: &str = "SOPM_SQLITE_CRASH_CHILD_DB";
 const CRASH_QUEUED_TASKS: usize = 16;
 const CRASH_QUEUED_PER_TASK: usize = 25;
 const CRASH_RUNNING: usize = 20;
+/// Large finished jobs put durably (their input and output in a payload segment).
+const CRASH_LARGE: usize = 20;
+
+fn crash_large_input(i: usize) -> serde_json::Value {
+    json!({"large": i, "text": "ünïcode ".repeat(200 + i)})
+}
 
 /// The child half of `crash_recovery`: writes jobs, says "ready" and aborts as soon as
 /// the last durable put has returned.
@@ -741,7 +757,8 @@ fn crash_child() {
         tokio::spawn(async move {
             loop {
                 let mut j = job("crash", JobStatus::Succeeded, json!("noise"));
-                j.output = Some(json!("noise"));
+                // Large: the writer is also writing payload segments.
+                j.output = Some(json!("noise ".repeat(300)));
                 j.finished_ms = Some(now_ms());
                 if writer.put(&j, Durability::Buffered).await.is_err() {
                     return;
@@ -778,6 +795,13 @@ fn crash_child() {
             store.put(&j, Durability::Durable).await.unwrap();
             out.push_str(&format!("crash-running {}\n", j.id));
         }
+        for i in 0..CRASH_LARGE {
+            let mut j = job("crash", JobStatus::Succeeded, crash_large_input(i));
+            j.output = Some(json!(i));
+            j.finished_ms = Some(now_ms());
+            store.put(&j, Durability::Durable).await.unwrap();
+            out.push_str(&format!("crash-large {}\n", j.id));
+        }
         let mut stdout = std::io::stdout().lock();
         stdout.write_all(out.as_bytes()).unwrap();
         stdout.write_all(b"ready\n").unwrap();
@@ -786,7 +810,7 @@ fn crash_child() {
     });
 }
 
-fn run_crash_child(path: &Path) -> (Vec<JobId>, Vec<JobId>) {
+fn run_crash_child(path: &Path) -> (Vec<JobId>, Vec<JobId>, Vec<JobId>) {
     let output = Command::new(std::env::current_exe().unwrap())
         .args([
             "crash_child",
@@ -817,16 +841,21 @@ fn run_crash_child(path: &Path) -> (Vec<JobId>, Vec<JobId>) {
             .map(|id| JobId::parse(id).unwrap())
             .collect()
     };
-    (ids("crash-queued "), ids("crash-running "))
+    (
+        ids("crash-queued "),
+        ids("crash-running "),
+        ids("crash-large "),
+    )
 }
 
 #[test]
 fn crash_recovery() {
     let dir = tempfile::tempdir().unwrap();
     let path: PathBuf = dir.path().join("crash.db");
-    let (queued, running) = run_crash_child(&path);
+    let (queued, running, large) = run_crash_child(&path);
     assert_eq!(queued.len(), CRASH_QUEUED_TASKS * CRASH_QUEUED_PER_TASK);
     assert_eq!(running.len(), CRASH_RUNNING);
+    assert_eq!(large.len(), CRASH_LARGE);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -858,6 +887,17 @@ fn crash_recovery() {
                 .unwrap()
                 .expect("every durable running job survives");
             assert_eq!(j.status, JobStatus::Running);
+        }
+        for (i, id) in large.iter().enumerate() {
+            let j = JobStore::get(&*store, id)
+                .await
+                .unwrap()
+                .expect("every durable large job survives");
+            assert_eq!(
+                (&*j.input, j.output),
+                (&crash_large_input(i), Some(json!(i))),
+                "a durable large job's input and output survive"
+            );
         }
         let unfinished = store.unfinished().await.unwrap();
         let got: HashSet<&JobId> = unfinished.iter().map(|j| &j.id).collect();

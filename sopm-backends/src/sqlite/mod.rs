@@ -445,7 +445,8 @@ impl JobStore for SqliteStore {
     async fn unfinished(&self) -> Result<Vec<Job>> {
         self.flush().await?;
         let dir = self.payload_dir.clone();
-        self.read(move |conn| rows::unfinished_jobs(conn, &dir)).await
+        self.read(move |conn| rows::unfinished_jobs(conn, &dir))
+            .await
     }
 
     async fn recent_logs(

@@ -167,7 +167,8 @@ impl Segments {
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .context("reading the job payload segments")?;
         let mut newest = known.last().copied().unwrap_or(0);
-        let entries = std::fs::read_dir(&dir).map_err(io("listing the job payload directory", &dir))?;
+        let entries =
+            std::fs::read_dir(&dir).map_err(io("listing the job payload directory", &dir))?;
         for entry in entries {
             let entry = entry.map_err(io("listing the job payload directory", &dir))?;
             let Some(id) = entry.file_name().to_str().and_then(segment_id) else {
@@ -194,7 +195,11 @@ impl Segments {
 
     /// The segment to append to: the current one, or a new one once it is full.
     fn current(&mut self) -> Result<&mut Current> {
-        if self.current.as_ref().is_some_and(|c| c.len >= SEGMENT_BYTES) {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.len >= SEGMENT_BYTES)
+        {
             self.current = None;
         }
         if self.current.is_none() {
@@ -291,7 +296,10 @@ impl Segments {
             .prepare_cached(
                 "DELETE FROM payload_segments WHERE newest_ms < ?1 AND id != ?2 RETURNING id",
             )
-            .and_then(|mut s| s.query_map(params![cutoff, current], |r| r.get(0))?.collect())
+            .and_then(|mut s| {
+                s.query_map(params![cutoff, current], |r| r.get(0))?
+                    .collect()
+            })
             .context("forgetting expired job payload segments")?;
         Ok(ids)
     }
@@ -301,9 +309,13 @@ impl Segments {
         for &id in ids {
             let path = segment_path(&self.dir, id);
             match std::fs::remove_file(&path) {
-                Ok(()) => tracing::debug!(segment = %path.display(), "removed an expired job payload segment"),
+                Ok(()) => {
+                    tracing::debug!(segment = %path.display(), "removed an expired job payload segment")
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(segment = %path.display(), error = %e, "could not remove an expired job payload segment"),
+                Err(e) => {
+                    tracing::warn!(segment = %path.display(), error = %e, "could not remove an expired job payload segment")
+                }
             }
         }
     }

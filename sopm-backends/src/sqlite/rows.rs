@@ -188,10 +188,7 @@ fn decode_job(row: &Row<'_>, payload_dir: &Path) -> Result<Job> {
     };
     let id = text(0)?;
     let status = text(3)?;
-    let (input, output) = match row
-        .get::<_, Option<i64>>(14)
-        .context("reading a job")?
-    {
+    let (input, output) = match row.get::<_, Option<i64>>(14).context("reading a job")? {
         None => (text(4)?, opt_text(5)?),
         Some(segment) => {
             let at = PayloadRef {

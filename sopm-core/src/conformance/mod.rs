@@ -880,6 +880,44 @@ pub async fn job_store_round_trip(store: &dyn JobStore) {
         "a job with a large input",
     );
 
+    // The same job finished with a large output, and a failed one with a large input
+    // and no output: a store may keep large finished records apart from the rest.
+    let mut big_done = big.clone();
+    big_done.status = JobStatus::Succeeded;
+    big_done.output = Some(json!({"echo": big_text.chars().rev().collect::<String>()}));
+    big_done.started_ms = Some(big_done.created_ms + 1);
+    big_done.finished_ms = Some(big_done.created_ms + 2);
+    big_done.attempts = 1;
+    expect_ok(
+        store.put(&big_done, Durability::Durable).await,
+        "put large finished",
+    );
+    assert_same_job(
+        expect_ok(store.get(&big_done.id).await, "get"),
+        &big_done,
+        "a finished job with a large input and output",
+    );
+    let mut big_failed = job(
+        &tenant,
+        JobStatus::Failed,
+        json!({"text": "é".repeat(3000)}),
+    );
+    big_failed.error = Some(ErrorInfo {
+        code: "function_error".to_string(),
+        message: "too long".to_string(),
+        traceback: None,
+    });
+    big_failed.finished_ms = Some(big_failed.created_ms + 1);
+    expect_ok(
+        store.put(&big_failed, Durability::Durable).await,
+        "put large failed",
+    );
+    assert_same_job(
+        expect_ok(store.get(&big_failed.id).await, "get"),
+        &big_failed,
+        "a failed job with a large input and no output",
+    );
+
     let unknown = JobId::random();
     assert!(
         expect_ok(store.get(&unknown).await, "get unknown").is_none(),

@@ -147,8 +147,8 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")
             .context("enabling foreign keys")?;
         conn.set_prepared_statement_cache_capacity(64);
-        // Job ids are random, so a batch touches index pages all over the table: a
-        // cache that holds a whole batch's pages keeps them from spilling mid-batch.
+        // A batch touches pages of the table and of each index: a cache that holds a
+        // whole batch's pages keeps them from spilling mid-batch.
         conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
             .context("sizing the page cache")?;
         // Checkpoints run on their own thread; the writer checkpoints only if that
@@ -280,7 +280,8 @@ impl SqliteStore {
     }
 
     /// Deletes every finished job past the retention period now (the writer also does
-    /// this by itself, a chunk at a time); returns how many were deleted.
+    /// this by itself, a chunk at a time); returns how many were deleted. Their payload
+    /// segments go at the writer's next sweep.
     pub async fn purge_expired_jobs(&self) -> Result<u64> {
         let retention_ms = u64::try_from(self.config.job_retention.as_millis()).unwrap_or(u64::MAX);
         let cutoff = now_ms().saturating_sub(retention_ms);

@@ -30,7 +30,6 @@ use sopm_core::types::now_ms;
 use sopm_core::Result;
 
 use super::error::{corrupt, Context, SqliteError};
-use super::rows::JobRow;
 
 /// A finished job whose input and output (as JSON text, together) are at least this
 /// long keeps them in a segment; smaller ones share pages in the row.
@@ -222,23 +221,17 @@ impl Segments {
         Ok(self.current.as_mut().expect("set above"))
     }
 
-    /// Moves the large payloads of `rows` (finished jobs' puts) into the current
-    /// segment with one write (and one sync), and points the rows at them. Returns
-    /// the segment and the newest retention time written, for [`record`] in the
-    /// batch's transaction. On an I/O error the payloads stay in their rows (logged):
-    /// nothing is lost, and the next batch starts a new segment.
-    pub(crate) fn store(&mut self, rows: &mut [&mut JobRow]) -> Option<(i64, i64)> {
-        if rows.is_empty() {
-            return None;
-        }
+    /// Appends each `(input, output)` of `payloads` to the current segment with one
+    /// write (and, with `sync`, one sync), and answers where each went. On an error
+    /// nothing refers to what was written, and the next call starts a new segment.
+    pub(crate) fn append(&mut self, payloads: &[(&str, Option<&str>)]) -> Result<Vec<PayloadRef>> {
         let sync = self.sync;
         let mut buffer = std::mem::take(&mut self.buffer);
         buffer.clear();
-        let stored = self.current().and_then(|current| {
+        let appended = self.current().and_then(|current| {
             let base = current.len;
-            let mut refs = Vec::with_capacity(rows.len());
-            for row in rows.iter() {
-                let (input, output) = row.payload();
+            let mut refs = Vec::with_capacity(payloads.len());
+            for &(input, output) in payloads {
                 let offset = base + buffer.len() as u64;
                 buffer.extend_from_slice(input.as_bytes());
                 let mut crc = crc32fast::Hasher::new();
@@ -266,24 +259,13 @@ impl Segments {
                     .map_err(io("syncing a job payload segment", &current.path))?;
             }
             current.len += buffer.len() as u64;
-            Ok((current.id, refs))
+            Ok(refs)
         });
         self.buffer = buffer;
-        match stored {
-            Ok((id, refs)) => {
-                let mut newest = i64::MIN;
-                for (row, at) in rows.iter_mut().zip(refs) {
-                    newest = newest.max(row.retention_ms());
-                    row.payload_moved(at);
-                }
-                Some((id, newest))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, jobs = rows.len(), "could not write job payloads to their segment; they stay in the database");
-                self.current = None;
-                None
-            }
+        if appended.is_err() {
+            self.current = None;
         }
+        appended
     }
 
     /// Forgets, in the caller's transaction, every segment but the current one whose

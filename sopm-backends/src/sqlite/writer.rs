@@ -264,16 +264,7 @@ impl Writer {
 
     /// Runs one batch in one transaction and answers it.
     fn run_batch(&mut self, batch: &mut Vec<Request>) {
-        // Large finished records go to a payload segment first, in one write.
-        let mut outside: Vec<&mut JobRow> = batch
-            .iter_mut()
-            .filter_map(|r| match r {
-                Request::Put { row, .. } if row.payload_belongs_outside() => Some(row),
-                _ => None,
-            })
-            .collect();
-        let segment = self.segments.store(&mut outside);
-        drop(outside);
+        let segment = self.store_payloads(batch);
         let mut upsert: Option<CachedStatement<'_>> = None;
         let mut open: Vec<Completion> = Vec::with_capacity(batch.len());
         let mut in_txn = false;
@@ -365,6 +356,41 @@ impl Writer {
             tracing::error!(error = %e, writes = open.len(), "a SQLite commit failed");
         }
         self.settle(open, outcome);
+    }
+
+    /// Moves the input and output of the batch's large finished records to a payload
+    /// segment, in one write, and points their rows there. Returns the segment and the
+    /// newest retention time written, for the batch's transaction to record. If the
+    /// segment cannot be written, the records keep them in their rows: nothing is lost.
+    fn store_payloads(&mut self, batch: &mut [Request]) -> Option<(i64, i64)> {
+        let mut rows: Vec<&mut JobRow> = batch
+            .iter_mut()
+            .filter_map(|r| match r {
+                Request::Put { row, .. } if row.payload_belongs_outside() => Some(row),
+                _ => None,
+            })
+            .collect();
+        if rows.is_empty() {
+            return None;
+        }
+        let parts: Vec<(&str, Option<&str>)> = rows.iter().map(|r| r.payload()).collect();
+        let appended = self.segments.append(&parts);
+        drop(parts);
+        match appended {
+            Ok(refs) => {
+                let segment = refs[0].segment;
+                let mut newest = i64::MIN;
+                for (row, at) in rows.iter_mut().zip(refs) {
+                    newest = newest.max(row.retention_ms());
+                    row.payload_moved(at);
+                }
+                Some((segment, newest))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, jobs = rows.len(), "could not write job payloads to a segment; they stay in the database");
+                None
+            }
+        }
     }
 
     /// Answers a request that could not run.

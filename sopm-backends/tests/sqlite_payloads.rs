@@ -341,3 +341,23 @@ async fn a_version_5_database_keeps_its_large_records_in_their_rows() {
     assert!(row(&db, &new).1.is_some(), "a new one goes to a segment");
     assert_eq!(get(&store, &new).await.unwrap(), Some(new));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_name_already_taken_is_passed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let store = open(&db);
+    // Taken after the store counted the files there (as by another process).
+    let taken = segment_dir(&db).join("0000000001.seg");
+    std::fs::write(&taken, b"someone else's").unwrap();
+    let first = finished(2_000, true);
+    store.put(&first, Durability::Durable).await.unwrap();
+    assert_eq!(row(&db, &first).1, None, "kept in its row");
+    let second = finished(2_000, true);
+    store.put(&second, Durability::Durable).await.unwrap();
+    assert_eq!(row(&db, &second).1, Some(2), "the next number");
+    assert_eq!(std::fs::read(&taken).unwrap(), b"someone else's");
+    for j in [&first, &second] {
+        assert_eq!(get(&store, j).await.unwrap().as_ref(), Some(j));
+    }
+}

@@ -202,7 +202,10 @@ impl Segments {
             self.current = None;
         }
         if self.current.is_none() {
+            // A number is never tried twice: after a failure (a file of that name
+            // already there, say) the next batch tries the next one.
             let id = self.next_id;
+            self.next_id += 1;
             let path = segment_path(&self.dir, id);
             let file = OpenOptions::new()
                 .write(true)
@@ -210,7 +213,6 @@ impl Segments {
                 .mode(0o600)
                 .open(&path)
                 .map_err(io("creating a job payload segment", &path))?;
-            self.next_id += 1;
             self.current = Some(Current {
                 id,
                 path,

@@ -445,6 +445,56 @@ async fn a_version_4_database_is_migrated_and_writing_a_job_builds_no_temporary_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_5_database_keeps_its_large_records_in_their_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v5.db");
+    open(dir.path(), "v5.db").close().await.unwrap();
+    // Take the file back to schema 5, with a large finished job written by it.
+    let mut old = job(
+        "old",
+        JobStatus::Succeeded,
+        json!({"text": "é".repeat(2_000)}),
+    );
+    old.output = Some(json!("É".repeat(2_000)));
+    old.finished_ms = Some(old.created_ms + 1);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(BACK_TO_5).unwrap();
+    conn.execute(
+        "INSERT INTO jobs (id, tenant, function, status, input, output, timeout_ms,
+                           created_ms, finished_ms, attempts)
+         VALUES (?1, 'old', ?2, 'succeeded', ?3, ?4, 5000, ?5, ?6, 0)",
+        rusqlite::params![
+            old.id.as_str(),
+            serde_json::to_string(&old.function).unwrap(),
+            serde_json::to_string(&*old.input).unwrap(),
+            serde_json::to_string(old.output.as_ref().unwrap()).unwrap(),
+            old.created_ms as i64,
+            old.finished_ms.unwrap() as i64,
+        ],
+    )
+    .unwrap();
+    drop(conn);
+
+    let store = open(dir.path(), "v5.db");
+    let payload_of = |j: &Job| -> Option<i64> {
+        scalar(
+            &path,
+            &format!("SELECT payload FROM jobs WHERE id = '{}'", j.id),
+        )
+    };
+    assert_eq!(
+        JobStore::get(&store, &old.id).await.unwrap(),
+        Some(old.clone())
+    );
+    assert_eq!(payload_of(&old), None, "an old record stays where it is");
+    let mut new = old.clone();
+    new.id = JobId::random();
+    store.put(&new, Durability::Durable).await.unwrap();
+    assert!(payload_of(&new).is_some(), "a new one goes to a segment");
+    assert_eq!(JobStore::get(&store, &new.id).await.unwrap(), Some(new));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_made_by_one_opening_resolve_in_another_and_only_digests_are_stored() {
     let dir = tempfile::tempdir().unwrap();
     let tenant = TenantId::new("keys").unwrap();

@@ -303,46 +303,6 @@ async fn a_segment_file_the_database_does_not_list_is_listed_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_5_database_keeps_its_large_records_in_their_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("v5.db");
-    open(&db).close().await.unwrap();
-    // Take the file back to schema 5, with a large finished job written by it.
-    let old = finished(3_000, true);
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch(
-        "DROP TABLE payload_segments;
-         ALTER TABLE jobs DROP COLUMN payload; ALTER TABLE jobs DROP COLUMN payload_at;
-         ALTER TABLE jobs DROP COLUMN input_len; ALTER TABLE jobs DROP COLUMN output_len;
-         ALTER TABLE jobs DROP COLUMN payload_crc; PRAGMA user_version = 5;",
-    )
-    .unwrap();
-    conn.execute(
-        "INSERT INTO jobs (id, tenant, function, status, input, output, timeout_ms,
-                           created_ms, started_ms, finished_ms, attempts)
-         VALUES (?1, 'payloads', ?2, 'succeeded', ?3, ?4, 5000, ?5, ?5, ?6, 1)",
-        rusqlite::params![
-            old.id.as_str(),
-            serde_json::to_string(&old.function).unwrap(),
-            serde_json::to_string(&*old.input).unwrap(),
-            serde_json::to_string(old.output.as_ref().unwrap()).unwrap(),
-            old.created_ms as i64,
-            old.finished_ms.unwrap() as i64,
-        ],
-    )
-    .unwrap();
-    drop(conn);
-
-    let store = open(&db);
-    assert_eq!(get(&store, &old).await.unwrap(), Some(old.clone()));
-    assert_eq!(row(&db, &old).1, None, "an old record stays where it is");
-    let new = finished(3_000, true);
-    store.put(&new, Durability::Durable).await.unwrap();
-    assert!(row(&db, &new).1.is_some(), "a new one goes to a segment");
-    assert_eq!(get(&store, &new).await.unwrap(), Some(new));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_segment_name_already_taken_is_passed_over() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("t.db");

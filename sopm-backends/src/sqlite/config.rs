@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sopm_core::{Error, Result};
 
-use super::error::SqliteError;
+use super::error::io_error;
 use super::SqliteStore;
 
 /// How hard SQLite works to make each commit durable (`PRAGMA synchronous`).
@@ -156,21 +156,13 @@ impl SqliteConfig {
     #[cfg(unix)]
     fn make_files_private(&self) -> Result<()> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-        let io = |context: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SqliteError::Io {
-                context,
-                path,
-                source,
-            }
-        };
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
                 std::fs::DirBuilder::new()
                     .recursive(true)
                     .mode(0o700)
                     .create(dir)
-                    .map_err(io("creating the directory", dir))?;
+                    .map_err(io_error("creating the directory", dir))?;
             }
         }
         std::fs::OpenOptions::new()
@@ -178,14 +170,14 @@ impl SqliteConfig {
             .append(true)
             .mode(0o600)
             .open(&self.path)
-            .map_err(io("creating the database file", &self.path))?;
+            .map_err(io_error("creating the database file", &self.path))?;
         for suffix in ["", "-wal", "-shm"] {
             let mut name = self.path.clone().into_os_string();
             name.push(suffix);
             let file = PathBuf::from(name);
             match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                other => other.map_err(io("making the database private", &file))?,
+                other => other.map_err(io_error("making the database private", &file))?,
             }
         }
         Ok(())

@@ -77,6 +77,19 @@ impl<T> Context<T> for serde_json::Result<T> {
     }
 }
 
+/// Maps an I/O error on `path` into [`SqliteError::Io`], naming what was being done.
+pub(crate) fn io_error(
+    context: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> SqliteError {
+    let path = path.to_path_buf();
+    move |source| SqliteError::Io {
+        context,
+        path,
+        source,
+    }
+}
+
 /// The error for a stored value that does not parse back.
 pub(crate) fn corrupt(what: &'static str, detail: impl Into<String>) -> Error {
     SqliteError::Corrupt {

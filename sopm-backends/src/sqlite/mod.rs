@@ -19,7 +19,8 @@
 //! - Finished jobs older than the retention period (7 days by default) are deleted by
 //!   the writer in small chunks between batches.
 //! - A finished job's large input and output are kept out of the database, in append-only
-//!   segment files beside it (`payloads`), written once instead of three times.
+//!   segment files beside it (`payloads`): written once, instead of to the WAL and
+//!   again to the database at the checkpoint.
 
 mod config;
 mod error;
@@ -54,7 +55,7 @@ use sopm_core::{
 use tokio::sync::{oneshot, Semaphore};
 
 pub use config::{SqliteConfig, Synchronous};
-use error::{closed, Context, SqliteError};
+use error::{closed, io_error, Context, SqliteError};
 use rows::JobRow;
 use writer::{Overlay, Pending, Request, Writer, WriterSettings};
 
@@ -125,11 +126,7 @@ impl SqliteStore {
         config.validate()?;
         let path = config.path.clone();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| SqliteError::Io {
-                context: "creating the directory",
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            std::fs::create_dir_all(dir).map_err(io_error("creating the directory", dir))?;
         }
         let mut conn = open_connection(
             &path,

@@ -29,7 +29,7 @@ use rusqlite::{params, Connection};
 use sopm_core::types::now_ms;
 use sopm_core::Result;
 
-use super::error::{corrupt, Context, SqliteError};
+use super::error::{corrupt, io_error as io, Context};
 
 /// A finished job whose input and output (as JSON text, together) are at least this
 /// long keeps them in a segment; smaller ones share pages in the row.
@@ -69,23 +69,11 @@ fn segment_id(name: &str) -> Option<i64> {
     name.strip_suffix(".seg")?.parse().ok()
 }
 
-fn io(context: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> sopm_core::Error {
-    let path = path.to_path_buf();
-    move |source| {
-        SqliteError::Io {
-            context,
-            path,
-            source,
-        }
-        .into()
-    }
-}
-
-/// Reads a job's input and output back.
-pub(crate) fn read(dir: &Path, at: &PayloadRef) -> Result<(String, Option<String>)> {
+/// Reads a job's input and output back: the bytes of both, input first
+/// (`at.input_len` of them), checked against their CRC.
+pub(crate) fn read(dir: &Path, at: &PayloadRef) -> Result<Vec<u8>> {
     let path = segment_path(dir, at.segment);
-    let output_len = at.output_len.max(0);
-    let total = at.input_len.saturating_add(output_len);
+    let total = at.input_len.saturating_add(at.output_len.max(0));
     if at.offset < 0 || at.input_len < 0 || at.output_len < -1 || total > MAX_READ_BYTES {
         return Err(corrupt(
             "job payload reference",
@@ -115,16 +103,7 @@ pub(crate) fn read(dir: &Path, at: &PayloadRef) -> Result<(String, Option<String
             ),
         ));
     }
-    let output = bytes.split_off(at.input_len as usize);
-    let text = |b: Vec<u8>| {
-        String::from_utf8(b).map_err(|_| corrupt("job payload", "not UTF-8 text".to_string()))
-    };
-    let output = if at.output_len < 0 {
-        None
-    } else {
-        Some(text(output)?)
-    };
-    Ok((text(bytes)?, output))
+    Ok(bytes)
 }
 
 /// The segment being appended to.

@@ -90,13 +90,12 @@ impl JobRow {
     /// Whether this is a finished job whose input and output are large enough to go
     /// to a payload segment.
     pub(crate) fn payload_belongs_outside(&self) -> bool {
-        self.payload.is_none()
-            && !matches!(self.status, "queued" | "running")
+        !matches!(self.status, "queued" | "running")
             && self.input.len() + self.output.as_ref().map_or(0, String::len) >= payloads::MIN_BYTES
     }
 
     /// The input and output JSON text.
-    pub(crate) fn payload(&self) -> (&str, Option<&str>) {
+    pub(crate) fn input_output(&self) -> (&str, Option<&str>) {
         (&self.input, self.output.as_deref())
     }
 
@@ -188,8 +187,15 @@ fn decode_job(row: &Row<'_>, payload_dir: &Path) -> Result<Job> {
     };
     let id = text(0)?;
     let status = text(3)?;
+    let decode_input = |s: &[u8]| serde_json::from_slice(s).context("decoding a job's input");
+    let decode_output = |s: &[u8]| serde_json::from_slice(s).context("decoding a job's output");
     let (input, output) = match row.get::<_, Option<i64>>(14).context("reading a job")? {
-        None => (text(4)?, opt_text(5)?),
+        None => (
+            decode_input(text(4)?.as_bytes())?,
+            opt_text(5)?
+                .map(|s| decode_output(s.as_bytes()))
+                .transpose()?,
+        ),
         Some(segment) => {
             let at = PayloadRef {
                 segment,
@@ -198,10 +204,13 @@ fn decode_job(row: &Row<'_>, payload_dir: &Path) -> Result<Job> {
                 output_len: int(17)?,
                 crc: int(18)?,
             };
-            payloads::read(payload_dir, &at).map_err(|e| match e {
+            let bytes = payloads::read(payload_dir, &at).map_err(|e| match e {
                 Error::Storage(m) => Error::Storage(format!("job {id}: {m}")),
                 other => other,
-            })?
+            })?;
+            let (input, output) = bytes.split_at(at.input_len as usize);
+            let output = (at.output_len >= 0).then(|| decode_output(output));
+            (decode_input(input)?, output.transpose()?)
         }
     };
     Ok(Job {
@@ -210,11 +219,8 @@ fn decode_job(row: &Row<'_>, payload_dir: &Path) -> Result<Job> {
         function: serde_json::from_str::<FunctionRef>(&text(2)?)
             .context("decoding a job's function")?,
         status: JobStatus::parse(&status).ok_or_else(|| corrupt("job status", status.clone()))?,
-        input: Arc::new(serde_json::from_str(&input).context("decoding a job's input")?),
-        output: output
-            .map(|s| serde_json::from_str(&s))
-            .transpose()
-            .context("decoding a job's output")?,
+        input: Arc::new(input),
+        output,
         error: opt_text(6)?
             .map(|s| serde_json::from_str::<ErrorInfo>(&s))
             .transpose()

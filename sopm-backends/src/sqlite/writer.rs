@@ -373,7 +373,7 @@ impl Writer {
         if rows.is_empty() {
             return None;
         }
-        let parts: Vec<(&str, Option<&str>)> = rows.iter().map(|r| r.payload()).collect();
+        let parts: Vec<(&str, Option<&str>)> = rows.iter().map(|r| r.input_output()).collect();
         let appended = self.segments.append(&parts);
         drop(parts);
         match appended {

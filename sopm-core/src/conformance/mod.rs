@@ -755,6 +755,12 @@ fn job(tenant: &TenantId, status: JobStatus, input: Value) -> Job {
     j
 }
 
+/// Puts `job` durably and checks it reads back the same.
+async fn put_and_read_back(store: &dyn JobStore, job: &Job, what: &str) {
+    expect_ok(store.put(job, Durability::Durable).await, what);
+    assert_same_job(expect_ok(store.get(&job.id).await, what), job, what);
+}
+
 #[track_caller]
 fn assert_same_job(got: Option<Job>, want: &Job, what: &str) {
     match got {
@@ -779,12 +785,7 @@ pub async fn job_store_round_trip(store: &dyn JobStore) {
 
     let mut queued = job(&tenant, JobStatus::Queued, unicode.clone());
     queued.timeout_ms = 1;
-    expect_ok(store.put(&queued, Durability::Durable).await, "put queued");
-    assert_same_job(
-        expect_ok(store.get(&queued.id).await, "get"),
-        &queued,
-        "a queued job with unicode input",
-    );
+    put_and_read_back(store, &queued, "a queued job with unicode input").await;
 
     let mut ok = Job::new(
         tenant.clone(),
@@ -802,12 +803,12 @@ pub async fn job_store_round_trip(store: &dyn JobStore) {
     ok.finished_ms = Some(ok.created_ms + 40);
     ok.duration_us = Some(36_789);
     ok.attempts = 3;
-    expect_ok(store.put(&ok, Durability::Durable).await, "put succeeded");
-    assert_same_job(
-        expect_ok(store.get(&ok.id).await, "get"),
+    put_and_read_back(
+        store,
         &ok,
         "a succeeded user-function job with output and logs",
-    );
+    )
+    .await;
 
     let mut failed = job(&tenant, JobStatus::Failed, json!({"a": 1}));
     failed.function = FunctionRef::User {
@@ -824,12 +825,7 @@ pub async fn job_store_round_trip(store: &dyn JobStore) {
     failed.finished_ms = Some(failed.created_ms + 1);
     failed.duration_us = Some(0);
     failed.attempts = 1;
-    expect_ok(store.put(&failed, Durability::Durable).await, "put failed");
-    assert_same_job(
-        expect_ok(store.get(&failed.id).await, "get"),
-        &failed,
-        "a failed job with an error and a traceback",
-    );
+    put_and_read_back(store, &failed, "a failed job with an error and a traceback").await;
 
     for (status, code) in [
         (JobStatus::TimedOut, "timeout"),
@@ -843,26 +839,13 @@ pub async fn job_store_round_trip(store: &dyn JobStore) {
             traceback: None,
         });
         j.finished_ms = Some(j.created_ms + 5);
-        expect_ok(store.put(&j, Durability::Durable).await, "put terminal");
-        assert_same_job(
-            expect_ok(store.get(&j.id).await, "get"),
-            &j,
-            status.as_str(),
-        );
+        put_and_read_back(store, &j, status.as_str()).await;
     }
 
     let mut running = job(&tenant, JobStatus::Running, json!([]));
     running.started_ms = Some(running.created_ms + 1);
     running.attempts = 1;
-    expect_ok(
-        store.put(&running, Durability::Durable).await,
-        "put running",
-    );
-    assert_same_job(
-        expect_ok(store.get(&running.id).await, "get"),
-        &running,
-        "a running job",
-    );
+    put_and_read_back(store, &running, "a running job").await;
 
     let big_text: String = "0123456789abcdef🦀".repeat(100_000);
     let big = job(
@@ -870,15 +853,7 @@ pub async fn job_store_round_trip(store: &dyn JobStore) {
         JobStatus::Queued,
         json!({"blob": big_text, "numbers": (0..20_000).collect::<Vec<u32>>()}),
     );
-    expect_ok(
-        store.put(&big, Durability::Durable).await,
-        "put large input",
-    );
-    assert_same_job(
-        expect_ok(store.get(&big.id).await, "get"),
-        &big,
-        "a job with a large input",
-    );
+    put_and_read_back(store, &big, "a job with a large input").await;
 
     // The same job finished with a large output, and a failed one with a large input
     // and no output: a store may keep large finished records apart from the rest.
@@ -888,15 +863,12 @@ pub async fn job_store_round_trip(store: &dyn JobStore) {
     big_done.started_ms = Some(big_done.created_ms + 1);
     big_done.finished_ms = Some(big_done.created_ms + 2);
     big_done.attempts = 1;
-    expect_ok(
-        store.put(&big_done, Durability::Durable).await,
-        "put large finished",
-    );
-    assert_same_job(
-        expect_ok(store.get(&big_done.id).await, "get"),
+    put_and_read_back(
+        store,
         &big_done,
         "a finished job with a large input and output",
-    );
+    )
+    .await;
     let mut big_failed = job(
         &tenant,
         JobStatus::Failed,
@@ -908,15 +880,12 @@ pub async fn job_store_round_trip(store: &dyn JobStore) {
         traceback: None,
     });
     big_failed.finished_ms = Some(big_failed.created_ms + 1);
-    expect_ok(
-        store.put(&big_failed, Durability::Durable).await,
-        "put large failed",
-    );
-    assert_same_job(
-        expect_ok(store.get(&big_failed.id).await, "get"),
+    put_and_read_back(
+        store,
         &big_failed,
         "a failed job with a large input and no output",
-    );
+    )
+    .await;
 
     let unknown = JobId::random();
     assert!(

@@ -23,7 +23,7 @@ use crate::auth::{bearer_token, Caller, TenantQuery};
 use crate::body::{empty_object, json_bytes, json_response, parse_json, read_body};
 use crate::body_budget;
 use crate::config::AuthMode;
-use crate::cross_site;
+use crate::cross_site::{self, JsonPost};
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
 use crate::numbers::whole;
@@ -59,24 +59,17 @@ fn worker_app(state: AppState) -> Router {
 
 /// The whole API.
 fn api_app(state: AppState) -> Router {
-    // The Content-Type of POSTs, checked on the POST routes only (a POST elsewhere
-    // is 405).
-    let json = middleware::from_fn(cross_site::json_posts);
+    // Each POST handler checks its Content-Type first (cross_site::PostContentType).
     Router::new()
         .route("/api/functions", get(list_functions))
-        .route("/api/execute", post(execute).route_layer(json.clone()))
+        .route("/api/execute", post(execute))
         .route("/api/status/{id}", get(status))
         .route("/api/jobs/{id}", get(status))
-        .route(
-            "/api/jobs/{id}/cancel",
-            post(cancel).route_layer(json.clone()),
-        )
+        .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/stats", get(stats))
         .route(
             "/api/user-functions",
-            get(user_functions::list)
-                .post(user_functions::upload)
-                .route_layer(json.clone()),
+            get(user_functions::list).post(user_functions::upload),
         )
         .route(
             "/api/user-functions/{id}",
@@ -84,7 +77,7 @@ fn api_app(state: AppState) -> Router {
         )
         .route(
             "/api/user-functions/{id}/execute",
-            post(user_functions::execute).route_layer(json),
+            post(user_functions::execute),
         )
         .route("/api/user-functions/{id}/logs", get(user_functions::logs))
         .route("/api/openapi.json", get(openapi))
@@ -130,6 +123,7 @@ struct ExecuteBody {
 }
 
 async fn execute(
+    _: JsonPost,
     State(s): State<AppState>,
     caller: Caller,
     Query(q): Query<TenantQuery>,
@@ -204,6 +198,7 @@ async fn status(
 }
 
 async fn cancel(
+    _: JsonPost,
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

@@ -18,6 +18,7 @@ use sopm_core::{
 
 use crate::auth::{Caller, TenantQuery};
 use crate::body::{empty_object, json_bytes, json_response, media_type, parse_json, read_body};
+use crate::cross_site::{JsonOrArchivePost, JsonPost};
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
 use crate::numbers::whole;
@@ -48,6 +49,7 @@ fn tenant_suffix(caller: &Caller, tenant: &TenantId) -> String {
 
 /// `POST /api/user-functions`.
 pub(crate) async fn upload(
+    _: JsonOrArchivePost,
     State(s): State<AppState>,
     caller: Caller,
     Query(q): Query<TenantQuery>,
@@ -308,6 +310,7 @@ struct UserExecuteBody {
 /// `POST /api/user-functions/{id}/execute`: same answers as `/api/execute`; a function
 /// with no ready version (or a pinned version that is not ready) is 409 `not_ready`.
 pub(crate) async fn execute(
+    _: JsonPost,
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

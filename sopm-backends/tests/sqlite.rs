@@ -41,12 +41,25 @@ fn scalar<T: rusqlite::types::FromSql>(path: &Path, sql: &str) -> T {
         .unwrap()
 }
 
-/// Takes a database from the current schema back to schema 5 (before job payload
-/// segments), as a step of taking it further back.
+/// Takes a database from the current schema back to schema 6 (retention by an index
+/// of every finished job).
+const BACK_TO_6: &str = "DROP INDEX jobs_unordered_age; ALTER TABLE jobs DROP COLUMN id_unordered;
+    CREATE INDEX jobs_finished_age ON jobs (COALESCE(finished_ms, created_ms))
+        WHERE status NOT IN ('queued', 'running');
+    PRAGMA user_version = 6;";
+
+/// Takes a database from schema 6 back to schema 5 (before job payload segments), as a
+/// step of taking it further back: run after [`BACK_TO_6`] (see [`back_to_5`]).
 const BACK_TO_5: &str = "DROP TABLE payload_segments;
     ALTER TABLE jobs DROP COLUMN payload; ALTER TABLE jobs DROP COLUMN payload_at;
     ALTER TABLE jobs DROP COLUMN input_len; ALTER TABLE jobs DROP COLUMN output_len;
     ALTER TABLE jobs DROP COLUMN payload_crc; PRAGMA user_version = 5;";
+
+/// Takes a database from the current schema back to schema 5.
+fn back_to_5(conn: &rusqlite::Connection) {
+    conn.execute_batch(BACK_TO_6).unwrap();
+    conn.execute_batch(BACK_TO_5).unwrap();
+}
 
 /// A version to create: default limits, no environment.
 fn new_version(
@@ -228,7 +241,7 @@ async fn open_creates_directories_and_a_wal_database() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 6, "the schema version is recorded in user_version");
+    assert_eq!(version, 7, "the schema version is recorded in user_version");
     let plan: String = conn
         .query_row(
             "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_ms, rowid",
@@ -260,7 +273,7 @@ async fn a_version_1_database_is_migrated_and_its_jobs_found_by_function() {
     open(dir.path(), "v1.db").close().await.unwrap();
     // Take the file back to schema 1, with one user-function job written by it.
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch(BACK_TO_5).unwrap();
+    back_to_5(&conn);
     conn.execute_batch(
         "ALTER TABLE versions DROP COLUMN artifact_bytes; ALTER TABLE versions DROP COLUMN executor;
          DROP INDEX jobs_by_function; ALTER TABLE jobs DROP COLUMN function_id;
@@ -311,7 +324,7 @@ async fn a_version_2_database_is_migrated_and_its_versions_load_without_an_execu
     open(dir.path(), "v2.db").close().await.unwrap();
     // Take the file back to schema 2, with one version written by it.
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch(BACK_TO_5).unwrap();
+    back_to_5(&conn);
     conn.execute_batch(
         "ALTER TABLE versions DROP COLUMN artifact_bytes;
          ALTER TABLE versions DROP COLUMN executor; PRAGMA user_version = 2;
@@ -353,7 +366,7 @@ async fn a_version_2_database_is_migrated_and_its_versions_load_without_an_execu
         .unwrap();
     assert_eq!((v.function_id.as_str(), v.version), ("fn_old", 2));
     store.close().await.unwrap();
-    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 6);
+    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 7);
     let store = open(dir.path(), "v2.db");
     let rec = Registry::get(&store, &tenant, "fn_old").await.unwrap();
     let executors: Vec<Option<&str>> = rec.versions.iter().map(|v| v.executor.as_deref()).collect();
@@ -398,7 +411,7 @@ async fn a_version_4_database_is_migrated_and_writing_a_job_builds_no_temporary_
     );
     // Take the jobs table back to schema 4's (its status check an IN list), rows kept.
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch(BACK_TO_5).unwrap();
+    back_to_5(&conn);
     conn.execute_batch(
         "CREATE TABLE jobs_v4 (id TEXT PRIMARY KEY NOT NULL, tenant TEXT NOT NULL,
              function TEXT NOT NULL,
@@ -430,7 +443,7 @@ async fn a_version_4_database_is_migrated_and_writing_a_job_builds_no_temporary_
         "the migrated table keeps its rows and its unfinished index"
     );
     store.close().await.unwrap();
-    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 6);
+    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 7);
     assert!(!insert_builds_a_temporary_table(&path));
     let conn = rusqlite::Connection::open(&path).unwrap();
     let err = conn
@@ -458,7 +471,7 @@ async fn a_version_5_database_keeps_its_large_records_in_their_rows() {
     old.output = Some(json!("É".repeat(2_000)));
     old.finished_ms = Some(old.created_ms + 1);
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch(BACK_TO_5).unwrap();
+    back_to_5(&conn);
     conn.execute(
         "INSERT INTO jobs (id, tenant, function, status, input, output, timeout_ms,
                            created_ms, finished_ms, attempts)
@@ -700,6 +713,193 @@ async fn finished_jobs_past_retention_are_deleted() {
     assert_eq!(store.purge_expired_jobs().await.unwrap(), 0);
 }
 
+/// The `id_unordered` mark of each job, by id.
+fn unordered_marks(path: &Path, ids: &[&JobId]) -> Vec<Option<i64>> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    ids.iter()
+        .map(|id| {
+            conn.query_row(
+                "SELECT id_unordered FROM jobs WHERE id = ?1",
+                [id.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+/// The query plan's detail lines of `sql`.
+fn plan(path: &Path, sql: &str) -> String {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let lines: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(3))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    lines.join("; ")
+}
+
+/// Jobs of every kind retention meets, all two hours old unless said: in order (an id
+/// of their time) or not (an id made later, or one from before ids had a time).
+struct RetentionCase {
+    expired_in_order: Job,
+    ran_across_the_cutoff: Job,
+    queued_in_order: Job,
+    expired_with_a_later_id: Job,
+    expired_with_an_untimed_id: Job,
+    recent_with_an_untimed_id: Job,
+}
+
+impl RetentionCase {
+    fn new() -> Self {
+        let two_hours_ago = now_ms() - 2 * 3_600_000;
+        let dated = |status, n: u32, id: Option<JobId>, finished: Option<u64>| {
+            let mut j = job("ret", status, json!(n));
+            if let Some(id) = id {
+                j.id = id;
+            }
+            j.created_ms = two_hours_ago;
+            j.finished_ms = finished;
+            j
+        };
+        let of_then = || Some(JobId::random_at(two_hours_ago));
+        let untimed = |s: &str| Some(JobId::parse(s).unwrap());
+        RetentionCase {
+            expired_in_order: dated(JobStatus::Succeeded, 1, of_then(), Some(two_hours_ago + 5)),
+            ran_across_the_cutoff: dated(JobStatus::Succeeded, 2, of_then(), Some(now_ms())),
+            queued_in_order: dated(JobStatus::Queued, 3, of_then(), None),
+            expired_with_a_later_id: dated(JobStatus::Failed, 4, None, None),
+            expired_with_an_untimed_id: dated(
+                JobStatus::Succeeded,
+                5,
+                untimed("0f2b8c1e-9d4a-4b6e-8f1a-2c3d4e5f6a7b"),
+                Some(two_hours_ago),
+            ),
+            recent_with_an_untimed_id: dated(
+                JobStatus::Succeeded,
+                6,
+                untimed("00000000-9d4a-4b6e-8f1a-2c3d4e5f6a7c"),
+                Some(now_ms()),
+            ),
+        }
+    }
+
+    fn all(&self) -> [&Job; 6] {
+        [
+            &self.expired_in_order,
+            &self.ran_across_the_cutoff,
+            &self.queued_in_order,
+            &self.expired_with_a_later_id,
+            &self.expired_with_an_untimed_id,
+            &self.recent_with_an_untimed_id,
+        ]
+    }
+
+    /// Which of [`all`](Self::all) retention deletes.
+    const EXPIRED: [bool; 6] = [true, false, false, true, true, false];
+    /// Which of them are marked out of order.
+    const UNORDERED: [Option<i64>; 6] = [None, None, None, Some(1), Some(1), Some(1)];
+
+    /// Purges, then checks that exactly the expired jobs went.
+    async fn purge_and_check(&self, store: &SqliteStore) {
+        assert_eq!(store.purge_expired_jobs().await.unwrap(), 3);
+        for (j, expired) in self.all().into_iter().zip(Self::EXPIRED) {
+            let found = JobStore::get(store, &j.id).await.unwrap();
+            assert_eq!(found.is_none(), expired, "job {:?}", j.input);
+        }
+        assert_eq!(store.purge_expired_jobs().await.unwrap(), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_finds_jobs_by_id_and_the_few_out_of_order_by_their_own_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("by_id.db");
+    let store = SqliteConfig::new(&path)
+        .with_job_retention(Duration::from_secs(3600))
+        .open()
+        .unwrap();
+    let case = RetentionCase::new();
+    for j in case.all() {
+        store.put(j, Durability::Durable).await.unwrap();
+    }
+    let ids: Vec<&JobId> = case.all().iter().map(|j| &j.id).collect();
+    assert_eq!(unordered_marks(&path, &ids), RetentionCase::UNORDERED);
+    // A job in order has no entry in any retention index: only the primary key's.
+    let indexes: Vec<String> = {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs' ORDER BY name")
+            .unwrap();
+        let names = stmt.query_map([], |r| r.get(0)).unwrap();
+        names.map(Result::unwrap).collect()
+    };
+    assert_eq!(
+        indexes,
+        [
+            "jobs_by_function",
+            "jobs_unfinished",
+            "jobs_unordered_age",
+            "sqlite_autoindex_jobs_1"
+        ]
+    );
+    let by_id = plan(
+        &path,
+        "SELECT rowid FROM jobs WHERE id < '0190' AND status NOT IN ('queued', 'running')
+             AND COALESCE(finished_ms, created_ms) < 5 LIMIT 10",
+    );
+    assert!(by_id.contains("sqlite_autoindex_jobs_1 (id<?)"), "{by_id}");
+    let unordered = plan(
+        &path,
+        "SELECT rowid FROM jobs WHERE id_unordered IS NOT NULL
+             AND COALESCE(finished_ms, created_ms) < 5 AND status NOT IN ('queued', 'running')
+             LIMIT 10",
+    );
+    assert!(unordered.contains("jobs_unordered_age"), "{unordered}");
+    // The mark follows the job: queued with an id made after it, it is out of order;
+    // finished after that, in order.
+    let mut later = job("ret", JobStatus::Queued, json!(7));
+    later.created_ms = now_ms() - 2 * 3_600_000;
+    store.put(&later, Durability::Durable).await.unwrap();
+    assert_eq!(unordered_marks(&path, &[&later.id]), [Some(1)]);
+    later.status = JobStatus::Succeeded;
+    later.finished_ms = Some(now_ms() + 1_000);
+    store.put(&later, Durability::Durable).await.unwrap();
+    assert_eq!(unordered_marks(&path, &[&later.id]), [None]);
+    case.purge_and_check(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_6_database_marks_its_jobs_out_of_order_and_expires_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v6.db");
+    let store = SqliteConfig::new(&path)
+        .with_job_retention(Duration::from_secs(3600))
+        .open()
+        .unwrap();
+    let case = RetentionCase::new();
+    for j in case.all() {
+        store.put(j, Durability::Durable).await.unwrap();
+    }
+    store.close().await.unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(BACK_TO_6).unwrap();
+    drop(conn);
+    let store = SqliteConfig::new(&path)
+        .with_job_retention(Duration::from_secs(3600))
+        .open()
+        .unwrap();
+    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 7);
+    let ids: Vec<&JobId> = case.all().iter().map(|j| &j.id).collect();
+    assert_eq!(
+        unordered_marks(&path, &ids),
+        RetentionCase::UNORDERED,
+        "the migration marks rows as the writer does"
+    );
+    case.purge_and_check(&store).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_sweeps_expired_jobs_by_itself() {
     let dir = tempfile::tempdir().unwrap();
@@ -710,9 +910,14 @@ async fn the_writer_sweeps_expired_jobs_by_itself() {
         .unwrap();
     let long_ago = now_ms() - 3_600_000;
     let mut ids = Vec::new();
-    // More than one sweep chunk, so the sweep has to come back for the rest.
+    // More than one sweep chunk, so the sweep has to come back for the rest; half of
+    // them with ids of their time (found by id), half with later ids (found through the
+    // index of rows out of order), so a chunk is shared between the two.
     for i in 0..2_500 {
         let mut j = job("sweep", JobStatus::Succeeded, json!(i));
+        if i % 2 == 0 {
+            j.id = JobId::random_at(long_ago);
+        }
         j.created_ms = long_ago;
         j.finished_ms = Some(long_ago);
         store.put(&j, Durability::Buffered).await.unwrap();
@@ -725,7 +930,7 @@ async fn the_writer_sweeps_expired_jobs_by_itself() {
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         let mut left = 0;
-        for id in [&ids[0], &ids[1_234], &ids[2_499]] {
+        for id in [&ids[0], &ids[1], &ids[1_234], &ids[2_499]] {
             left += JobStore::get(&store, id).await.unwrap().is_some() as usize;
         }
         if left == 0 {

@@ -105,6 +105,31 @@ impl JobId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The time part (ms since the epoch) of a UUIDv7 id, which every id this build
+    /// makes is; `None` for any other version (ids made before ids were time-ordered).
+    /// Ids sort by it: `a.unix_ms() < b.unix_ms()` means `a.as_str() < b.as_str()`.
+    pub fn unix_ms(&self) -> Option<u64> {
+        let b = self.0.as_bytes();
+        if b.len() != 36 || b[14] != b'7' {
+            return None;
+        }
+        let hex = |r: std::ops::Range<usize>| std::str::from_utf8(&b[r]).ok();
+        let high = u64::from_str_radix(hex(0..8)?, 16).ok()?;
+        let low = u64::from_str_radix(hex(9..13)?, 16).ok()?;
+        Some(high << 16 | low)
+    }
+
+    /// The string that UUIDv7 ids with a time part below `unix_ms` sort below, and
+    /// the others not: for such an id, `id.as_str() < JobId::floor_of(t)` exactly when
+    /// its time part is below `t` (this type holds ids in lower case).
+    pub fn floor_of(unix_ms: u64) -> String {
+        format!(
+            "{:08x}-{:04x}",
+            unix_ms >> 16 & 0xffff_ffff,
+            unix_ms & 0xffff
+        )
+    }
 }
 
 impl fmt::Display for JobId {
@@ -444,5 +469,36 @@ pub struct Output {
 impl From<Value> for Output {
     fn from(value: Value) -> Self {
         Output { value, logs: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JobId;
+    use proptest::prelude::*;
+
+    #[test]
+    fn only_v7_ids_have_a_time() {
+        let id = JobId::random_at(1_733_500_000_123);
+        assert_eq!(id.unix_ms(), Some(1_733_500_000_123));
+        let v4 = JobId::parse("3f2b8c1e-9d4a-4b6e-8f1a-2c3d4e5f6a7b").unwrap();
+        assert_eq!(v4.unix_ms(), None);
+    }
+
+    proptest! {
+        // The retention sweep finds expired jobs by this: ids below the floor of a
+        // time are exactly the ids made before it.
+        #[test]
+        fn ids_sort_below_the_floor_of_a_time_exactly_when_made_before_it(
+            made in 0u64..(1 << 48),
+            t in 0u64..(1 << 48),
+            near in -3i64..3,
+        ) {
+            for t in [t, made.saturating_add_signed(near)] {
+                let id = JobId::random_at(made);
+                prop_assert_eq!(id.unix_ms(), Some(made));
+                prop_assert_eq!(id.as_str() < JobId::floor_of(t).as_str(), made < t, "{} {}", id, t);
+            }
+        }
     }
 }

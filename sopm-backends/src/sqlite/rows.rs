@@ -48,6 +48,9 @@ pub(crate) struct JobRow {
     finished_ms: Option<i64>,
     duration_us: Option<i64>,
     attempts: i64,
+    /// `Some(1)` when the id does not sort by the retention time (see
+    /// [`delete_expired_jobs`]).
+    id_unordered: Option<i64>,
     /// Where `input` and `output` went, once the writer moved them to a segment.
     payload: Option<PayloadRef>,
 }
@@ -79,6 +82,8 @@ impl JobRow {
             finished_ms: job.finished_ms.map(to_sql_int),
             duration_us: job.duration_us.map(to_sql_int),
             attempts: i64::from(job.attempts),
+            id_unordered: (!id_in_order(&job.id, job.finished_ms.unwrap_or(job.created_ms)))
+                .then_some(1),
             payload: None,
         })
     }
@@ -112,6 +117,14 @@ impl JobRow {
     }
 }
 
+/// Whether `id` sorts by a job's retention time (`retention_ms`): a UUIDv7 id made no
+/// later than it. Every job this build makes has one; the retention sweep finds the
+/// others through the `jobs_unordered_age` index.
+fn id_in_order(id: &JobId, retention_ms: u64) -> bool {
+    id.unix_ms()
+        .is_some_and(|made| made <= retention_ms && i64::try_from(retention_ms).is_ok())
+}
+
 /// Inserts or replaces a job, unless that would move it back: the stored record is
 /// replaced only while it is unfinished and the new status ranks at least as high
 /// (queued 0 < running 1 < terminal 2). The rule lives in the statement, so no
@@ -119,9 +132,10 @@ impl JobRow {
 const UPSERT_JOB: &str = "
     INSERT INTO jobs (id, tenant, function, status, input, output, error, logs,
                       timeout_ms, created_ms, started_ms, finished_ms, duration_us, attempts,
-                      function_id, payload, payload_at, input_len, output_len, payload_crc)
+                      function_id, payload, payload_at, input_len, output_len, payload_crc,
+                      id_unordered)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-            ?16, ?17, ?18, ?19, ?20)
+            ?16, ?17, ?18, ?19, ?20, ?21)
     ON CONFLICT (id) DO UPDATE SET
         tenant = excluded.tenant, function = excluded.function, status = excluded.status,
         function_id = excluded.function_id,
@@ -131,7 +145,8 @@ const UPSERT_JOB: &str = "
         finished_ms = excluded.finished_ms, duration_us = excluded.duration_us,
         attempts = excluded.attempts, payload = excluded.payload,
         payload_at = excluded.payload_at, input_len = excluded.input_len,
-        output_len = excluded.output_len, payload_crc = excluded.payload_crc
+        output_len = excluded.output_len, payload_crc = excluded.payload_crc,
+        id_unordered = excluded.id_unordered
     WHERE jobs.status IN ('queued', 'running')
       AND (CASE excluded.status WHEN 'queued' THEN 0 WHEN 'running' THEN 1 ELSE 2 END)
           >= (CASE jobs.status WHEN 'queued' THEN 0 ELSE 1 END)";
@@ -163,6 +178,7 @@ pub(crate) fn put_job(stmt: &mut Statement<'_>, row: &JobRow) -> rusqlite::Resul
         row.payload.map(|p| p.input_len),
         row.payload.map(|p| p.output_len),
         row.payload.map(|p| p.crc),
+        row.id_unordered,
     ])?;
     Ok(())
 }
@@ -328,20 +344,38 @@ pub(crate) fn recent_job_logs(
 }
 
 /// Deletes up to `limit` finished jobs that finished before `cutoff_ms`; returns how
-/// many went.
+/// many went (fewer than `limit`: none is left). A job's id is a UUIDv7 made when the
+/// job was, so every expired job in order sorts below the floor of the cutoff and the
+/// primary key's index finds it; the few rows out of order (`id_unordered`) have an
+/// index by retention time of their own. A job that ran across the cutoff sorts below
+/// the floor without having expired: it is passed over until it has.
 pub(crate) fn delete_expired_jobs(conn: &Connection, cutoff_ms: u64, limit: usize) -> Result<u64> {
-    let n = conn
+    let cutoff = to_sql_int(cutoff_ms);
+    let in_order = conn
         .prepare_cached(
             "DELETE FROM jobs WHERE rowid IN (
                  SELECT rowid FROM jobs
-                 WHERE status NOT IN ('queued', 'running')
+                 WHERE id < ?1
+                   AND status NOT IN ('queued', 'running')
+                   AND COALESCE(finished_ms, created_ms) < ?2
+                 LIMIT ?3)",
+        )
+        .context("deleting expired jobs")?
+        .execute(params![JobId::floor_of(cutoff_ms), cutoff, limit as i64])
+        .context("deleting expired jobs")?;
+    let unordered = conn
+        .prepare_cached(
+            "DELETE FROM jobs WHERE rowid IN (
+                 SELECT rowid FROM jobs
+                 WHERE id_unordered IS NOT NULL
                    AND COALESCE(finished_ms, created_ms) < ?1
+                   AND status NOT IN ('queued', 'running')
                  LIMIT ?2)",
         )
         .context("deleting expired jobs")?
-        .execute(params![to_sql_int(cutoff_ms), limit as i64])
+        .execute(params![cutoff, (limit - in_order) as i64])
         .context("deleting expired jobs")?;
-    Ok(n as u64)
+    Ok((in_order + unordered) as u64)
 }
 
 // --- registry -------------------------------------------------------------------------

@@ -801,6 +801,24 @@ impl RetentionCase {
     /// Which of them are marked out of order.
     const UNORDERED: [Option<i64>; 6] = [None, None, None, Some(1), Some(1), Some(1)];
 
+    /// A store at `path` that keeps finished jobs an hour.
+    fn open(path: &Path) -> SqliteStore {
+        SqliteConfig::new(path)
+            .with_job_retention(Duration::from_secs(3600))
+            .open()
+            .unwrap()
+    }
+
+    /// A new case, put durably in a store at `path`.
+    async fn stored_at(path: &Path) -> (SqliteStore, Self) {
+        let store = Self::open(path);
+        let case = Self::new();
+        for j in case.all() {
+            store.put(j, Durability::Durable).await.unwrap();
+        }
+        (store, case)
+    }
+
     /// Purges, then checks that exactly the expired jobs went.
     async fn purge_and_check(&self, store: &SqliteStore) {
         assert_eq!(store.purge_expired_jobs().await.unwrap(), 3);
@@ -816,14 +834,7 @@ impl RetentionCase {
 async fn retention_finds_jobs_by_id_and_the_few_out_of_order_by_their_own_index() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("by_id.db");
-    let store = SqliteConfig::new(&path)
-        .with_job_retention(Duration::from_secs(3600))
-        .open()
-        .unwrap();
-    let case = RetentionCase::new();
-    for j in case.all() {
-        store.put(j, Durability::Durable).await.unwrap();
-    }
+    let (store, case) = RetentionCase::stored_at(&path).await;
     let ids: Vec<&JobId> = case.all().iter().map(|j| &j.id).collect();
     assert_eq!(unordered_marks(&path, &ids), RetentionCase::UNORDERED);
     // A job in order has no entry in any retention index: only the primary key's.
@@ -874,22 +885,12 @@ async fn retention_finds_jobs_by_id_and_the_few_out_of_order_by_their_own_index(
 async fn a_version_6_database_marks_its_jobs_out_of_order_and_expires_them_all() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v6.db");
-    let store = SqliteConfig::new(&path)
-        .with_job_retention(Duration::from_secs(3600))
-        .open()
-        .unwrap();
-    let case = RetentionCase::new();
-    for j in case.all() {
-        store.put(j, Durability::Durable).await.unwrap();
-    }
+    let (store, case) = RetentionCase::stored_at(&path).await;
     store.close().await.unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(BACK_TO_6).unwrap();
     drop(conn);
-    let store = SqliteConfig::new(&path)
-        .with_job_retention(Duration::from_secs(3600))
-        .open()
-        .unwrap();
+    let store = RetentionCase::open(&path);
     assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 7);
     let ids: Vec<&JobId> = case.all().iter().map(|j| &j.id).collect();
     assert_eq!(

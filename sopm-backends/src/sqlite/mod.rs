@@ -30,7 +30,6 @@ mod schema;
 mod writer;
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -42,6 +41,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
+use rustc_hash::FxHashMap;
 use sopm_core::jobstore::status_replaces;
 use sopm_core::jobstore::{is_job_of, newest_entries_first, JobLogEntry};
 use sopm_core::keys::{looks_like_secret, new_key, secret_digest};
@@ -171,7 +171,7 @@ impl SqliteStore {
         readers.idle.lock().push(first_reader);
 
         let (sender, receiver) = mpsc::channel();
-        let overlay: Overlay = Arc::new(Mutex::new(HashMap::new()));
+        let overlay: Overlay = Arc::new(Mutex::new(FxHashMap::default()));
         let in_flight = Arc::new(AtomicUsize::new(0));
         let writer = Writer::new(
             conn,

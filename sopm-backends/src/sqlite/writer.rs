@@ -8,8 +8,6 @@
 //! lingers a moment (never longer than the last commit took) so they share the next
 //! sync instead of each half of them paying for one.
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -17,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rusqlite::{CachedStatement, Connection};
+use rustc_hash::FxHashMap;
 use sopm_core::types::now_ms;
 use sopm_core::{Error, Job, JobId, Result};
 use tokio::sync::oneshot;
@@ -110,8 +109,9 @@ pub(crate) struct Pending {
     pub(crate) last_seq: u64,
 }
 
-/// Jobs with puts in flight.
-pub(crate) type Overlay = Arc<Mutex<HashMap<JobId, Pending>>>;
+/// Jobs with puts in flight. Keyed by ids this server made (random, so a fast hash
+/// is safe): every put inserts and every commit removes, on the hot path.
+pub(crate) type Overlay = Arc<Mutex<FxHashMap<JobId, Pending>>>;
 
 /// Finished jobs deleted per retention transaction, so a sweep never holds up the
 /// writes queued behind it for long.
@@ -409,18 +409,20 @@ impl Writer {
 
     /// Answers finished requests and forgets the overlay entries of their puts.
     fn settle(&self, done: Vec<Completion>, outcome: Result<()>) {
+        // The records leave the overlay under its lock, and are dropped after it, so
+        // puts on the runtime's threads do not wait for the frees.
+        let mut settled = Vec::with_capacity(done.len());
         {
             let mut overlay = self.overlay.lock();
             for c in &done {
                 if let Completion::Put { id, seq, .. } = c {
-                    if let Entry::Occupied(e) = overlay.entry(id.clone()) {
-                        if e.get().last_seq == *seq {
-                            e.remove();
-                        }
+                    if overlay.get(id).is_some_and(|p| p.last_seq == *seq) {
+                        settled.extend(overlay.remove(id));
                     }
                 }
             }
         }
+        drop(settled);
         for c in done {
             match c {
                 Completion::Put { id, done, .. } => match done {

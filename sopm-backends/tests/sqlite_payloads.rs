@@ -82,6 +82,20 @@ async fn get(store: &SqliteStore, job: &Job) -> sopm_core::Result<Option<Job>> {
     JobStore::get(store, &job.id).await
 }
 
+/// Puts each job durably.
+async fn put_all(store: &SqliteStore, jobs: &[&Job]) {
+    for j in jobs {
+        store.put(j, Durability::Durable).await.unwrap();
+    }
+}
+
+/// Checks that each job reads back as it was put.
+async fn all_read_back(store: &SqliteStore, jobs: &[&Job]) {
+    for &j in jobs {
+        assert_eq!(get(store, j).await.unwrap().as_ref(), Some(j));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_finished_jobs_keep_input_and_output_in_a_private_segment() {
     let dir = tempfile::tempdir().unwrap();
@@ -94,12 +108,9 @@ async fn large_finished_jobs_keep_input_and_output_in_a_private_segment() {
     big_queued.status = JobStatus::Queued;
     big_queued.output = None;
     big_queued.finished_ms = None;
-    for j in [&big, &big_failed, &small, &big_queued] {
-        store.put(j, Durability::Durable).await.unwrap();
-    }
-    for j in [&big, &big_failed, &small, &big_queued] {
-        assert_eq!(get(&store, j).await.unwrap().as_ref(), Some(j));
-    }
+    let all = [&big, &big_failed, &small, &big_queued];
+    put_all(&store, &all).await;
+    all_read_back(&store, &all).await;
 
     let (input, payload) = row(&db, &big);
     assert_eq!(
@@ -127,9 +138,7 @@ async fn large_finished_jobs_keep_input_and_output_in_a_private_segment() {
     // Read back by another opening of the file.
     store.close().await.unwrap();
     let store = open(&db);
-    for j in [&big, &big_failed, &small, &big_queued] {
-        assert_eq!(get(&store, j).await.unwrap().as_ref(), Some(j));
-    }
+    all_read_back(&store, &all).await;
     // The queued job is recovered with its input, and finishes out of the row.
     assert_eq!(store.unfinished().await.unwrap(), vec![big_queued.clone()]);
     let mut done = big_queued.clone();
@@ -154,9 +163,7 @@ async fn damaged_or_missing_segments_are_clear_errors_for_their_jobs_only() {
     let first = finished(3_000, true);
     let second = finished(3_000, true);
     let small = finished(10, true);
-    for j in [&first, &second, &small] {
-        store.put(j, Durability::Durable).await.unwrap();
-    }
+    put_all(&store, &[&first, &second, &small]).await;
     store.close().await.unwrap();
     let segment = segments(&db).remove(0);
 
@@ -234,9 +241,7 @@ async fn a_full_segment_is_closed_and_the_next_one_started() {
         (64 << 20..(64 << 20) + (2 << 20)).contains(&first),
         "the first segment closed just past 64 MiB: {first} bytes"
     );
-    for j in [&jobs[0], &jobs[63], &jobs[64], &jobs[69]] {
-        assert_eq!(get(&store, j).await.unwrap().as_ref(), Some(j));
-    }
+    all_read_back(&store, &[&jobs[0], &jobs[63], &jobs[64], &jobs[69]]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,7 +322,5 @@ async fn a_segment_name_already_taken_is_passed_over() {
     store.put(&second, Durability::Durable).await.unwrap();
     assert_eq!(row(&db, &second).1, Some(2), "the next number");
     assert_eq!(std::fs::read(&taken).unwrap(), b"someone else's");
-    for j in [&first, &second] {
-        assert_eq!(get(&store, j).await.unwrap().as_ref(), Some(j));
-    }
+    all_read_back(&store, &[&first, &second]).await;
 }

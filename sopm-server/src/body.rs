@@ -12,17 +12,16 @@ use sopm_core::{Error, Result};
 /// archive).
 pub(crate) const MULTIPART_ROUTE: &str = "/api/user-functions";
 
-/// The media type of a request's `Content-Type`, lowercased, without parameters.
-pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
+/// The media type of a request's `Content-Type`, without parameters, as sent (compare
+/// it with [`is_media_type`] or `eq_ignore_ascii_case`: media types ignore case).
+pub(crate) fn media_type(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::CONTENT_TYPE)?.to_str().unwrap_or("");
-    Some(
-        value
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase(),
-    )
+    Some(value.split(';').next().unwrap_or("").trim())
+}
+
+/// Whether the request's `Content-Type` is `ty` (lower case), parameters aside.
+pub(crate) fn is_media_type(headers: &HeaderMap, ty: &str) -> bool {
+    media_type(headers).is_some_and(|t| t.eq_ignore_ascii_case(ty))
 }
 
 /// Serialises to bytes; serialising a `Value` or our own types cannot fail.

@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tokio::sync::Semaphore;
 
-use crate::body::{media_type, MULTIPART_ROUTE};
+use crate::body::{is_media_type, MULTIPART_ROUTE};
 use crate::upload::UploadLimits;
 
 /// How much a JSON body can grow when parsed: serde_json's `Value` is 32 bytes, so
@@ -53,7 +53,7 @@ impl BodyBudget {
 /// bytes (archive) plus the files it unpacks to.
 pub(crate) fn reservation(budget: &BodyBudget, req: &Request) -> usize {
     let upload = req.uri().path() == MULTIPART_ROUTE;
-    let multipart = upload && media_type(req.headers()).as_deref() == Some("multipart/form-data");
+    let multipart = upload && is_media_type(req.headers(), "multipart/form-data");
     let limit = match (upload, multipart) {
         (true, true) => budget.uploads.max_multipart_body,
         (true, false) => budget.uploads.max_json_body,

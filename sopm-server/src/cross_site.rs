@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::header::{CONTENT_TYPE, HOST, ORIGIN};
+use axum::http::header::{HOST, ORIGIN};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -16,7 +16,7 @@ use serde_json::json;
 use sopm_core::types::truncate_for_message;
 use sopm_core::Error;
 
-use crate::body::{json_bytes, json_response};
+use crate::body::{json_bytes, json_response, media_type};
 use crate::config::AuthMode;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -69,16 +69,7 @@ fn unsupported_media_type(message: &str) -> Response {
 }
 
 fn check_content_type(headers: &HeaderMap, archive_ok: bool) -> Result<(), String> {
-    // The media type without parameters, compared without allocating.
-    let given = headers.get(CONTENT_TYPE).map(|v| {
-        v.to_str()
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-    });
-    match given {
+    match media_type(headers) {
         Some(t) if t.eq_ignore_ascii_case("application/json") => Ok(()),
         Some(t) if archive_ok && t.eq_ignore_ascii_case("multipart/form-data") => Ok(()),
         other => {

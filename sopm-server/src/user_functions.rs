@@ -17,7 +17,7 @@ use sopm_core::{
 };
 
 use crate::auth::{Caller, TenantQuery};
-use crate::body::{empty_object, json_bytes, json_response, media_type, parse_json, read_body};
+use crate::body::{empty_object, is_media_type, json_bytes, json_response, parse_json, read_body};
 use crate::cross_site::{JsonOrArchivePost, JsonPost};
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
@@ -56,7 +56,7 @@ pub(crate) async fn upload(
     req: Request,
 ) -> Result<Response, ApiError> {
     let limits = s.inner().config.uploads.clone();
-    let multipart = media_type(req.headers()).as_deref() == Some("multipart/form-data");
+    let multipart = is_media_type(req.headers(), "multipart/form-data");
     let (body, archive) = if multipart {
         read_multipart(req, limits.max_multipart_body).await?
     } else {

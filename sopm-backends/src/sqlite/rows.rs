@@ -57,7 +57,7 @@ pub(crate) struct JobRow {
 
 impl JobRow {
     pub(crate) fn encode(job: &Job) -> Result<Self> {
-        Ok(JobRow {
+        let mut row = JobRow {
             id: job.id.clone(),
             tenant: job.tenant.clone(),
             function: serde_json::to_string(&job.function).context("encoding a job's function")?,
@@ -82,10 +82,11 @@ impl JobRow {
             finished_ms: job.finished_ms.map(to_sql_int),
             duration_us: job.duration_us.map(to_sql_int),
             attempts: i64::from(job.attempts),
-            id_unordered: (!id_in_order(&job.id, job.finished_ms.unwrap_or(job.created_ms)))
-                .then_some(1),
+            id_unordered: None,
             payload: None,
-        })
+        };
+        row.id_unordered = (!id_in_order(&row.id, row.retention_ms())).then_some(1);
+        Ok(row)
     }
 
     pub(crate) fn id(&self) -> &JobId {
@@ -119,10 +120,11 @@ impl JobRow {
 
 /// Whether `id` sorts by a job's retention time (`retention_ms`): a UUIDv7 id made no
 /// later than it. Every job this build makes has one; the retention sweep finds the
-/// others through the `jobs_unordered_age` index.
-fn id_in_order(id: &JobId, retention_ms: u64) -> bool {
+/// others through the `jobs_unordered_age` index. Migration 7 marks the rows it finds
+/// by the same rule in SQL (`tests/sqlite.rs` holds the two to the same marks).
+fn id_in_order(id: &JobId, retention_ms: i64) -> bool {
     id.unix_ms()
-        .is_some_and(|made| made <= retention_ms && i64::try_from(retention_ms).is_ok())
+        .is_some_and(|made| u64::try_from(retention_ms).is_ok_and(|r| made <= r))
 }
 
 /// Inserts or replaces a job, unless that would move it back: the stored record is

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use super::containers::remove_container;
 use super::daemon::{Daemon, RUNNER_DIR};
 use crate::host::cgroup::oom_kills_in;
+use crate::host::oom_watch::OomWatch;
 use crate::host::settings::SandboxSettings;
 use crate::sandbox::protocol::{BoxRead, BoxWrite, RUNNER_PROLOGUE};
 use crate::sandbox::{
@@ -244,6 +245,7 @@ impl SandboxLauncher for DockerLauncher {
             removed: false,
             cgroup_limits: self.cgroup_limits(),
             memory_cgroup: None,
+            oom_watch: None,
             oom_base: 0,
         };
         let attached = docker
@@ -290,7 +292,7 @@ impl SandboxLauncher for DockerLauncher {
                 "cannot start a container of '{image}': {e}"
             )));
         }
-        sandbox.memory_cgroup = memory_cgroup(&sandbox.id);
+        sandbox.watch_memory();
         if let Err(e) = sandbox.channel().hello().await {
             let death = sandbox.post_mortem().await;
             return Err(Error::Unavailable(format!(
@@ -378,6 +380,10 @@ pub struct DockerSandbox {
     /// local and it is found: OOM kills of processes other than the runner are read
     /// there.
     memory_cgroup: Option<(std::path::PathBuf, bool)>,
+    /// Its OOM kills as they happen: the runtime removes the cgroup as soon as the
+    /// container exits, and the daemon's `OOMKilled` misses a kill whose event comes
+    /// after the exit.
+    oom_watch: Option<OomWatch>,
     oom_base: u64,
 }
 
@@ -406,6 +412,28 @@ impl DockerSandbox {
     /// The container's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Finds the container's memory cgroup and watches its OOM kills.
+    fn watch_memory(&mut self) {
+        self.memory_cgroup = memory_cgroup(&self.id);
+        self.oom_watch = self.memory_cgroup.as_ref().and_then(|(dir, v2)| {
+            OomWatch::start(dir, *v2)
+                .inspect_err(|e| {
+                    tracing::warn!(cgroup = %dir.display(), "cannot watch a container's OOM kills: {e}");
+                })
+                .ok()
+        });
+    }
+
+    /// The container's OOM kills so far: read from its cgroup while it is there, and
+    /// as they were seen.
+    fn oom_kills(&self) -> u64 {
+        let now = self
+            .memory_cgroup
+            .as_ref()
+            .map_or(0, |(dir, v2)| oom_kills_in(dir, *v2));
+        now.max(self.oom_watch.as_ref().map_or(0, OomWatch::kills))
     }
 }
 
@@ -455,15 +483,11 @@ impl Sandbox for DockerSandbox {
     }
 
     fn mark_clean(&mut self) {
-        if let Some((dir, v2)) = &self.memory_cgroup {
-            self.oom_base = oom_kills_in(dir, *v2);
-        }
+        self.oom_base = self.oom_kills();
     }
 
     fn memory_exceeded(&mut self) -> bool {
-        self.memory_cgroup
-            .as_ref()
-            .is_some_and(|(dir, v2)| oom_kills_in(dir, *v2) > self.oom_base)
+        self.oom_kills() > self.oom_base
     }
 
     fn is_clean(&mut self) -> bool {
@@ -483,6 +507,7 @@ impl Sandbox for DockerSandbox {
             state = container_state(&self.docker, &self.id).await;
         }
         let death = match &state {
+            _ if self.memory_exceeded() => Death::OutOfMemory,
             Some(s) if s.oom_killed == Some(true) => Death::OutOfMemory,
             Some(s) if s.running == Some(true) => Death::Killed,
             Some(s) => match s.exit_code {

@@ -350,14 +350,19 @@ impl SandboxCgroup {
 
 /// How many times the kernel's OOM killer killed a process in the memory cgroup `dir`
 /// (cgroup v2: `memory.events`; v1: `memory.oom_control`, or `memory.failcnt` on
-/// kernels before 4.13, which count no kills).
+/// kernels before 4.13, which count no kills); 0 once the cgroup is gone.
 pub fn oom_kills_in(dir: &Path, v2: bool) -> u64 {
+    read_oom_kills(dir, v2).unwrap_or(0)
+}
+
+/// [`oom_kills_in`], or `None` when the cgroup's counters cannot be read (it is gone).
+pub fn read_oom_kills(dir: &Path, v2: bool) -> Option<u64> {
     let file = if v2 {
         "memory.events"
     } else {
         "memory.oom_control"
     };
-    let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+    let text = std::fs::read_to_string(dir.join(file)).ok()?;
     let kills = text
         .lines()
         .find_map(|l| l.strip_prefix("oom_kill "))
@@ -370,8 +375,8 @@ pub fn oom_kills_in(dir: &Path, v2: bool) -> u64 {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
         if fails > 0 && !text.contains("oom_kill") {
-            return 1;
+            return Some(1);
         }
     }
-    kills
+    Some(kills)
 }

@@ -8,6 +8,7 @@
 //! - [`rlimits`]: a sandbox's rlimits.
 //! - [`seccomp`]: the system calls a sandbox may make.
 //! - [`cgroup`]: per-sandbox cgroups for memory and process limits, and OOM-kill counts.
+//! - [`oom_watch`]: OOM kills of a cgroup someone else removes, counted as they happen.
 //! - [`child`]: the host process a sandbox runs under, and how it ended.
 //! - [`tools`]: finding host programs (configured, else on `PATH`).
 //! - [`settings`]: [`SandboxSettings`], the one settings type of every sandbox backend.
@@ -20,6 +21,7 @@ pub mod child;
 pub mod image_registry;
 pub mod interpreters;
 pub mod mounts;
+pub mod oom_watch;
 pub mod pool_settings;
 pub mod rlimits;
 pub mod runner_files;

@@ -20,9 +20,16 @@ pub fn write_value(out: &mut String, value: &Value) {
         Value::Null => out.push_str("null"),
         Value::Bool(true) => out.push_str("true"),
         Value::Bool(false) => out.push_str("false"),
-        // serde_json writes a number as its `Display` (itoa and ryu).
+        // serde_json writes a number as its `Display`: itoa for integers (as here,
+        // without the formatting machinery), ryu for the others.
         Value::Number(n) => {
-            let _ = write!(out, "{n}");
+            if let Some(i) = n.as_u64() {
+                write_u64(out, i);
+            } else if let Some(i) = n.as_i64() {
+                out.push_str(itoa::Buffer::new().format(i));
+            } else {
+                let _ = write!(out, "{n}");
+            }
         }
         Value::String(s) => write_str(out, s),
         Value::Array(items) => {
@@ -48,6 +55,11 @@ pub fn write_value(out: &mut String, value: &Value) {
             out.push('}');
         }
     }
+}
+
+/// Appends `n` as a JSON number (its decimal digits, as serde_json writes them).
+pub fn write_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// Appends `text` as a JSON string: quoted, with `"`, `\` and control characters

@@ -114,10 +114,16 @@ impl JobId {
         if b.len() != 36 || b[14] != b'7' {
             return None;
         }
-        let hex = |r: std::ops::Range<usize>| std::str::from_utf8(&b[r]).ok();
-        let high = u64::from_str_radix(hex(0..8)?, 16).ok()?;
-        let low = u64::from_str_radix(hex(9..13)?, 16).ok()?;
-        Some(high << 16 | low)
+        // Twelve hex digits, read by hand: this runs on every job a store records.
+        b[..8].iter().chain(&b[9..13]).try_fold(0u64, |ms, &c| {
+            let digit = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                b'A'..=b'F' => c - b'A' + 10,
+                _ => return None,
+            };
+            Some(ms << 4 | u64::from(digit))
+        })
     }
 
     /// The string that UUIDv7 ids with a time part below `unix_ms` sort below, and
@@ -246,6 +252,30 @@ impl FunctionRef {
         FunctionRef::Builtin {
             name: Arc::from(name),
         }
+    }
+
+    /// The reference as JSON, the same text `serde_json` writes for it
+    /// (`{"kind":"builtin","name":"math.add"}`), written without serde's machinery: a
+    /// store records one per job.
+    pub fn to_json(&self) -> String {
+        use crate::json::write_str;
+        let mut out = String::with_capacity(48);
+        match self {
+            FunctionRef::Builtin { name } => {
+                out.push_str("{\"kind\":\"builtin\",\"name\":");
+                write_str(&mut out, name);
+            }
+            FunctionRef::User { id, version } => {
+                out.push_str("{\"kind\":\"user\",\"id\":");
+                write_str(&mut out, id);
+                if let Some(v) = version {
+                    out.push_str(",\"version\":");
+                    crate::json::write_u64(&mut out, u64::from(*v));
+                }
+            }
+        }
+        out.push('}');
+        out
     }
 
     /// The function's name without a version: the built-in's name or the user
@@ -474,7 +504,7 @@ impl From<Value> for Output {
 
 #[cfg(test)]
 mod tests {
-    use super::JobId;
+    use super::{FunctionRef, JobId};
     use proptest::prelude::*;
 
     #[test]
@@ -483,6 +513,35 @@ mod tests {
         assert_eq!(id.unix_ms(), Some(1_733_500_000_123));
         let v4 = JobId::parse("3f2b8c1e-9d4a-4b6e-8f1a-2c3d4e5f6a7b").unwrap();
         assert_eq!(v4.unix_ms(), None);
+    }
+
+    #[test]
+    fn a_function_ref_as_json_is_what_serde_json_writes() {
+        for f in [
+            FunctionRef::builtin("math.add"),
+            FunctionRef::builtin("quote \" back\\ slash \u{1} é"),
+            FunctionRef::User {
+                id: "fn_01\"x".into(),
+                version: None,
+            },
+            FunctionRef::User {
+                id: "fn_02".into(),
+                version: Some(4_294_967_295),
+            },
+        ] {
+            assert_eq!(f.to_json(), serde_json::to_string(&f).unwrap());
+        }
+    }
+
+    #[test]
+    fn an_id_time_reads_any_case_and_nothing_else() {
+        let id = JobId::random_at(0xabc_def0_1234);
+        let upper = id.as_str().to_ascii_uppercase();
+        assert_eq!(id.unix_ms(), Some(0xabc_def0_1234));
+        assert_eq!(JobId(upper.into()).unix_ms(), Some(0xabc_def0_1234));
+        let mut bad = id.as_str().to_string();
+        bad.replace_range(3..4, "g");
+        assert_eq!(JobId(bad.into()).unix_ms(), None);
     }
 
     proptest! {

@@ -1,7 +1,6 @@
 //! Submitting a job and answering the execute call: 200 with the output, 202 with the
 //! job's id, or the job's error with its status.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -9,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Serialize;
 use serde_json::json;
-use sopm_core::{Error, Job, JobId, JobRequest, SubmitMode, Submitted};
+use sopm_core::{Error, FunctionRef, Job, JobId, JobRequest, SubmitMode, Submitted};
 
 use crate::body::{json_bytes, json_response};
 use crate::error::{error_body, status_of, with_retry_after, ApiError};
@@ -76,12 +75,15 @@ fn finished_answer(job: &Job) -> Response {
 /// bytes at a time); `tests::the_execute_answer_has_the_documented_fields_in_order`
 /// holds it to the documented shape, byte for byte.
 fn execute_answer(job: &Job) -> Bytes {
-    use sopm_core::json::{write_str, write_value};
+    use sopm_core::json::{write_str, write_u64, write_value};
     let mut out = String::with_capacity(128);
     out.push_str("{\"id\":");
     write_str(&mut out, job.id.as_str());
     out.push_str(",\"function\":");
-    write_str(&mut out, &job.function.display_name());
+    match &job.function {
+        FunctionRef::Builtin { name } => write_str(&mut out, name),
+        user => write_str(&mut out, &user.display_name()),
+    }
     out.push_str(",\"status\":");
     write_str(&mut out, job.status.as_str());
     if let Some(output) = &job.output {
@@ -93,7 +95,8 @@ fn execute_answer(job: &Job) -> Bytes {
         write_str(&mut out, logs);
     }
     if let Some(us) = job.duration_us {
-        let _ = write!(out, ",\"duration_us\":{us}");
+        out.push_str(",\"duration_us\":");
+        write_u64(&mut out, us);
     }
     out.push('}');
     Bytes::from(out)

@@ -60,7 +60,7 @@ impl JobRow {
         let mut row = JobRow {
             id: job.id.clone(),
             tenant: job.tenant.clone(),
-            function: serde_json::to_string(&job.function).context("encoding a job's function")?,
+            function: job.function.to_json(),
             function_id: match &job.function {
                 FunctionRef::User { id, .. } => Some(id.to_string()),
                 FunctionRef::Builtin { .. } => None,

@@ -420,7 +420,11 @@ impl DockerSandbox {
         self.oom_watch = self.memory_cgroup.as_ref().and_then(|(dir, v2)| {
             OomWatch::start(dir, *v2)
                 .inspect_err(|e| {
-                    tracing::warn!(cgroup = %dir.display(), "cannot watch a container's OOM kills: {e}");
+                    // Once per process: a host that refuses one refuses them all.
+                    static SAID: AtomicBool = AtomicBool::new(false);
+                    if !SAID.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(cgroup = %dir.display(), "cannot watch containers' OOM kills ({e}); a kill whose event reaches the daemon after the container's exit will be reported as a crash");
+                    }
                 })
                 .ok()
         });

@@ -510,9 +510,10 @@ impl Sandbox for DockerSandbox {
             tokio::time::sleep(Duration::from_millis(50)).await;
             state = container_state(&self.docker, &self.id).await;
         }
+        let killed_for_memory =
+            self.memory_exceeded() || state.as_ref().is_some_and(|s| s.oom_killed == Some(true));
         let death = match &state {
-            _ if self.memory_exceeded() => Death::OutOfMemory,
-            Some(s) if s.oom_killed == Some(true) => Death::OutOfMemory,
+            _ if killed_for_memory => Death::OutOfMemory,
             Some(s) if s.running == Some(true) => Death::Killed,
             Some(s) => match s.exit_code {
                 Some(code) => Death::Exited(format!("exit code {code}")),

@@ -242,6 +242,12 @@ impl SandboxCgroup {
         }
     }
 
+    /// The sandbox's memory cgroup directory, and whether it is cgroup v2 (what
+    /// [`oom_kills_in`] and an [`OomWatch`](super::oom_watch::OomWatch) read).
+    pub fn memory_dir(&self) -> (&Path, bool) {
+        (&self.memory, self.v2)
+    }
+
     /// Whether the sandbox gets a CPU quota ([`set_cpu_millis`](Self::set_cpu_millis)).
     pub fn has_cpu_quota(&self) -> bool {
         self.cpu.is_some()

@@ -43,7 +43,7 @@ fn scalar<T: rusqlite::types::FromSql>(path: &Path, sql: &str) -> T {
 
 /// Takes a database from the current schema back to schema 6 (retention by an index
 /// of every finished job).
-const BACK_TO_6: &str = "DROP INDEX jobs_unordered_age; ALTER TABLE jobs DROP COLUMN id_unordered;
+const BACK_TO_6: &str = "DROP TABLE job_batches; DROP INDEX jobs_unordered_age; ALTER TABLE jobs DROP COLUMN id_unordered;
     CREATE INDEX jobs_finished_age ON jobs (COALESCE(finished_ms, created_ms))
         WHERE status NOT IN ('queued', 'running');
     PRAGMA user_version = 6;";
@@ -241,7 +241,7 @@ async fn open_creates_directories_and_a_wal_database() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 7, "the schema version is recorded in user_version");
+    assert_eq!(version, 8, "the schema version is recorded in user_version");
     let plan: String = conn
         .query_row(
             "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_ms, rowid",
@@ -366,7 +366,7 @@ async fn a_version_2_database_is_migrated_and_its_versions_load_without_an_execu
         .unwrap();
     assert_eq!((v.function_id.as_str(), v.version), ("fn_old", 2));
     store.close().await.unwrap();
-    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 7);
+    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 8);
     let store = open(dir.path(), "v2.db");
     let rec = Registry::get(&store, &tenant, "fn_old").await.unwrap();
     let executors: Vec<Option<&str>> = rec.versions.iter().map(|v| v.executor.as_deref()).collect();
@@ -443,7 +443,7 @@ async fn a_version_4_database_is_migrated_and_writing_a_job_builds_no_temporary_
         "the migrated table keeps its rows and its unfinished index"
     );
     store.close().await.unwrap();
-    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 7);
+    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 8);
     assert!(!insert_builds_a_temporary_table(&path));
     let conn = rusqlite::Connection::open(&path).unwrap();
     let err = conn
@@ -891,7 +891,7 @@ async fn a_version_6_database_marks_its_jobs_out_of_order_and_expires_them_all()
     conn.execute_batch(BACK_TO_6).unwrap();
     drop(conn);
     let store = RetentionCase::open(&path);
-    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 7);
+    assert_eq!(scalar::<i64>(&path, "PRAGMA user_version"), 8);
     let ids: Vec<&JobId> = case.all().iter().map(|j| &j.id).collect();
     assert_eq!(
         unordered_marks(&path, &ids),

@@ -124,6 +124,9 @@ pub fn status_replaces(old: JobStatus, new: JobStatus) -> bool {
 ///   one tenant, newest first, as [`JobLogEntry`]s: it never reads inputs or outputs,
 ///   and logs and tracebacks come cut to [`LISTED_LOG_CHARS`]. Another tenant's jobs
 ///   are never included. It sees buffered puts like `get` does.
+/// - `put_sole` records a finished job that has no other record and will get none
+///   (a waiting call that finished in time): as a buffered `put`, which is what it
+///   does unless a store keeps such records more cheaply (SQLite keeps many to a row).
 /// - `expire_finished` deletes up to `max` finished jobs that finished before the
 ///   cutoff (oldest first) and says how many went; a queued or running job is never
 ///   deleted, however old.
@@ -131,6 +134,13 @@ pub fn status_replaces(old: JobStatus, new: JobStatus) -> bool {
 pub trait JobStore: Debug + Send + Sync + 'static {
     /// Records a job's current state.
     async fn put(&self, job: &Job, durability: Durability) -> Result<()>;
+
+    /// Records a finished job that was never recorded before and never will be again,
+    /// buffered. The caller guarantees both; a store may then skip what only a record
+    /// that changes later needs.
+    async fn put_sole(&self, job: &Job) -> Result<()> {
+        self.put(job, Durability::Buffered).await
+    }
 
     /// A job by id (any tenant; the scheduler checks ownership).
     async fn get(&self, id: &JobId) -> Result<Option<Job>>;

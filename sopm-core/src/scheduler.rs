@@ -660,10 +660,18 @@ impl Inner {
             &snapshot.function,
             finished.saturating_duration_since(live.accepted),
         );
-        self.record(&snapshot, Durability::Buffered).await;
-        // Only a persisted job was ever registered (status, cancel): a waiting call that
-        // finished in time skips the shard lock and the waiter list. Registration sets
-        // `persisted` before it reads the job's status, so one side always sees the other.
+        // Only a persisted job was ever recorded or registered (status, cancel). A waiting
+        // call that finished in time has no other record (this is its sole one) and skips
+        // the shard lock and the waiter list. Registration sets `persisted` before it
+        // reads the job's status, so one side always sees the other: if a waiting call's
+        // time runs out while this record is being written, it registers the job, sees it
+        // finished and records the same finished state again, which changes nothing.
+        let persisted = live.persisted.load(Ordering::Acquire);
+        if persisted {
+            self.record(&snapshot, Durability::Buffered).await;
+        } else if let Err(e) = self.store.put_sole(&snapshot).await {
+            tracing::error!(job = %snapshot.id, error = %e, "failed to record job");
+        }
         if live.persisted.load(Ordering::Acquire) {
             live.done.notify_waiters();
             self.unregister(&snapshot.id);

@@ -22,6 +22,7 @@
 //!   segment files beside it (`payloads`): written once, instead of to the WAL and
 //!   again to the database at the checkpoint.
 
+mod batches;
 mod config;
 mod error;
 mod payloads;
@@ -233,6 +234,51 @@ impl SqliteStore {
         })
     }
 
+    /// Queues `row`, the encoding of `job`, and waits for its commit if `durability`
+    /// asks for it (or the writer is too far behind).
+    async fn put_row(&self, job: &Job, row: JobRow, durability: Durability) -> Result<()> {
+        let newest = Arc::new(job.clone());
+        let wait = durability == Durability::Durable
+            || self.in_flight.load(Ordering::Acquire) >= self.in_flight_limit;
+        let (done, answer) = if wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        {
+            let mut front = self.front.lock();
+            if front.sender.is_none() {
+                return Err(closed());
+            }
+            let seq = front.next_seq;
+            front.next_seq += 1;
+            match self.overlay.lock().entry(job.id.clone()) {
+                Entry::Occupied(mut e) => {
+                    let pending = e.get_mut();
+                    if status_replaces(pending.job.status, newest.status) {
+                        pending.job = newest;
+                    }
+                    pending.last_seq = seq;
+                }
+                Entry::Vacant(e) => {
+                    e.insert(Pending {
+                        job: newest,
+                        last_seq: seq,
+                    });
+                }
+            }
+            if let Err(e) = self.send_locked(&front, Request::Put { seq, row, done }) {
+                self.overlay.lock().remove(&job.id);
+                return Err(e);
+            }
+        }
+        match answer {
+            Some(answer) => answer.await.map_err(|_| closed())?,
+            None => Ok(()),
+        }
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.config.path
@@ -375,47 +421,13 @@ impl ReadPool {
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn put(&self, job: &Job, durability: Durability) -> Result<()> {
-        let row = JobRow::encode(job)?;
-        let newest = Arc::new(job.clone());
-        let wait = durability == Durability::Durable
-            || self.in_flight.load(Ordering::Acquire) >= self.in_flight_limit;
-        let (done, answer) = if wait {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        {
-            let mut front = self.front.lock();
-            if front.sender.is_none() {
-                return Err(closed());
-            }
-            let seq = front.next_seq;
-            front.next_seq += 1;
-            match self.overlay.lock().entry(job.id.clone()) {
-                Entry::Occupied(mut e) => {
-                    let pending = e.get_mut();
-                    if status_replaces(pending.job.status, newest.status) {
-                        pending.job = newest;
-                    }
-                    pending.last_seq = seq;
-                }
-                Entry::Vacant(e) => {
-                    e.insert(Pending {
-                        job: newest,
-                        last_seq: seq,
-                    });
-                }
-            }
-            if let Err(e) = self.send_locked(&front, Request::Put { seq, row, done }) {
-                self.overlay.lock().remove(&job.id);
-                return Err(e);
-            }
-        }
-        match answer {
-            Some(answer) => answer.await.map_err(|_| closed())?,
-            None => Ok(()),
-        }
+        self.put_row(job, JobRow::encode(job)?, durability).await
+    }
+
+    async fn put_sole(&self, job: &Job) -> Result<()> {
+        let mut row = JobRow::encode(job)?;
+        row.sole = true;
+        self.put_row(job, row, Durability::Buffered).await
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>> {

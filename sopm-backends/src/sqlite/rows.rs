@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension, Row, Statement};
+use serde_json::Value;
 use sopm_core::jobstore::{JobLogEntry, LISTED_LOG_CHARS};
 use sopm_core::keys::no_key;
 use sopm_core::registry::{
@@ -17,6 +18,7 @@ use sopm_core::{
     TenantUsage,
 };
 
+use super::batches;
 use super::error::{corrupt, Context};
 use super::payloads::{self, PayloadRef};
 
@@ -33,26 +35,29 @@ fn from_sql_int(v: i64) -> u64 {
 /// on the caller's thread and not on the writer's.
 #[derive(Debug)]
 pub(crate) struct JobRow {
-    id: JobId,
-    tenant: TenantId,
-    function: String,
-    function_id: Option<String>,
-    status: &'static str,
-    input: String,
-    output: Option<String>,
-    error: Option<String>,
-    logs: Option<String>,
-    timeout_ms: i64,
-    created_ms: i64,
-    started_ms: Option<i64>,
-    finished_ms: Option<i64>,
-    duration_us: Option<i64>,
-    attempts: i64,
+    pub(super) id: JobId,
+    pub(super) tenant: TenantId,
+    pub(super) function: String,
+    pub(super) function_id: Option<String>,
+    pub(super) status: &'static str,
+    pub(super) input: String,
+    pub(super) output: Option<String>,
+    pub(super) error: Option<String>,
+    pub(super) logs: Option<String>,
+    pub(super) timeout_ms: i64,
+    pub(super) created_ms: i64,
+    pub(super) started_ms: Option<i64>,
+    pub(super) finished_ms: Option<i64>,
+    pub(super) duration_us: Option<i64>,
+    pub(super) attempts: i64,
     /// `Some(1)` when the id does not sort by the retention time (see
     /// [`delete_expired_jobs`]).
-    id_unordered: Option<i64>,
+    pub(super) id_unordered: Option<i64>,
     /// Where `input` and `output` went, once the writer moved them to a segment.
-    payload: Option<PayloadRef>,
+    pub(super) payload: Option<PayloadRef>,
+    /// The job's sole record ([`JobStore::put_sole`](sopm_core::JobStore::put_sole)):
+    /// it may go to a batch row.
+    pub(super) sole: bool,
 }
 
 impl JobRow {
@@ -84,6 +89,7 @@ impl JobRow {
             attempts: i64::from(job.attempts),
             id_unordered: None,
             payload: None,
+            sole: false,
         };
         row.id_unordered = (!id_in_order(&row.id, row.retention_ms())).then_some(1);
         Ok(row)
@@ -197,14 +203,9 @@ fn decode_job(row: &Row<'_>, payload_dir: &Path) -> Result<Job> {
         row.get::<_, Option<String>>(i).context("reading a job")
     };
     let int = |i: usize| -> Result<i64> { row.get::<_, i64>(i).context("reading a job") };
-    let opt_int = |i: usize| -> Result<Option<u64>> {
-        Ok(row
-            .get::<_, Option<i64>>(i)
-            .context("reading a job")?
-            .map(from_sql_int))
-    };
+    let opt_int =
+        |i: usize| -> Result<Option<i64>> { row.get::<_, Option<i64>>(i).context("reading a job") };
     let id = text(0)?;
-    let status = text(3)?;
     let decode_input = |s: &[u8]| serde_json::from_slice(s).context("decoding a job's input");
     let decode_output = |s: &[u8]| serde_json::from_slice(s).context("decoding a job's output");
     let (input, output) = match row.get::<_, Option<i64>>(14).context("reading a job")? {
@@ -231,26 +232,70 @@ fn decode_job(row: &Row<'_>, payload_dir: &Path) -> Result<Job> {
             (decode_input(input)?, output.transpose()?)
         }
     };
-    Ok(Job {
-        id: JobId::parse(&id).map_err(|_| corrupt("job id", id.clone()))?,
-        tenant: TenantId::new(&text(1)?).map_err(|e| corrupt("job tenant", e.to_string()))?,
-        function: serde_json::from_str::<FunctionRef>(&text(2)?)
-            .context("decoding a job's function")?,
-        status: JobStatus::parse(&status).ok_or_else(|| corrupt("job status", status.clone()))?,
-        input: Arc::new(input),
-        output,
-        error: opt_text(6)?
-            .map(|s| serde_json::from_str::<ErrorInfo>(&s))
-            .transpose()
-            .context("decoding a job's error")?,
+    let (tenant, function, status, error) = (text(1)?, text(2)?, text(3)?, opt_text(6)?);
+    StoredJob {
+        id: &id,
+        tenant: &tenant,
+        function: &function,
+        status: &status,
+        error: error.as_deref(),
         logs: opt_text(7)?,
-        timeout_ms: from_sql_int(int(8)?),
-        created_ms: from_sql_int(int(9)?),
+        timeout_ms: int(8)?,
+        created_ms: int(9)?,
         started_ms: opt_int(10)?,
         finished_ms: opt_int(11)?,
         duration_us: opt_int(12)?,
-        attempts: u32::try_from(int(13)?).map_err(|e| corrupt("job attempts", e.to_string()))?,
-    })
+        attempts: int(13)?,
+    }
+    .into_job(input, output)
+}
+
+/// A job's fields as stored (text and integers), from a row or a batch entry, before
+/// decoding.
+pub(super) struct StoredJob<'a> {
+    pub(super) id: &'a str,
+    pub(super) tenant: &'a str,
+    /// The function reference as JSON.
+    pub(super) function: &'a str,
+    pub(super) status: &'a str,
+    /// The error as JSON.
+    pub(super) error: Option<&'a str>,
+    pub(super) logs: Option<String>,
+    pub(super) timeout_ms: i64,
+    pub(super) created_ms: i64,
+    pub(super) started_ms: Option<i64>,
+    pub(super) finished_ms: Option<i64>,
+    pub(super) duration_us: Option<i64>,
+    pub(super) attempts: i64,
+}
+
+impl StoredJob<'_> {
+    /// The job, with its input and output already decoded.
+    pub(super) fn into_job(self, input: Value, output: Option<Value>) -> Result<Job> {
+        Ok(Job {
+            id: JobId::parse(self.id).map_err(|_| corrupt("job id", self.id.to_string()))?,
+            tenant: TenantId::new(self.tenant).map_err(|e| corrupt("job tenant", e.to_string()))?,
+            function: serde_json::from_str::<FunctionRef>(self.function)
+                .context("decoding a job's function")?,
+            status: JobStatus::parse(self.status)
+                .ok_or_else(|| corrupt("job status", self.status.to_string()))?,
+            input: Arc::new(input),
+            output,
+            error: self
+                .error
+                .map(serde_json::from_str::<ErrorInfo>)
+                .transpose()
+                .context("decoding a job's error")?,
+            logs: self.logs,
+            timeout_ms: from_sql_int(self.timeout_ms),
+            created_ms: from_sql_int(self.created_ms),
+            started_ms: self.started_ms.map(from_sql_int),
+            finished_ms: self.finished_ms.map(from_sql_int),
+            duration_us: self.duration_us.map(from_sql_int),
+            attempts: u32::try_from(self.attempts)
+                .map_err(|e| corrupt("job attempts", e.to_string()))?,
+        })
+    }
 }
 
 pub(crate) fn get_job(conn: &Connection, payload_dir: &Path, id: &JobId) -> Result<Option<Job>> {
@@ -260,7 +305,7 @@ pub(crate) fn get_job(conn: &Connection, payload_dir: &Path, id: &JobId) -> Resu
     let mut rows = stmt.query([id.as_str()]).context("reading a job")?;
     match rows.next().context("reading a job")? {
         Some(row) => decode_job(row, payload_dir).map(Some),
-        None => Ok(None),
+        None => batches::find(conn, id),
     }
 }
 
@@ -345,10 +390,11 @@ pub(crate) fn recent_job_logs(
     Ok(out)
 }
 
-/// Deletes up to `limit` finished jobs that finished before `cutoff_ms`; returns how
-/// many went (fewer than `limit`: none is left). A job's id is a UUIDv7 made when the
-/// job was, so every expired job in order sorts below the floor of the cutoff and the
-/// primary key's index finds it; the few rows out of order (`id_unordered`) have an
+/// Deletes up to `limit` finished jobs that finished before `cutoff_ms`, those with rows
+/// of their own first and then those in batch rows; returns how many went (fewer than
+/// `limit`: none is left). A job's id is a UUIDv7 made when the job was, so every
+/// expired job in order sorts below the floor of the cutoff and the primary key's
+/// index finds it; the few rows out of order (`id_unordered`) have an
 /// index by retention time of their own. A job that ran across the cutoff sorts below
 /// the floor without having expired: it is passed over until it has.
 pub(crate) fn delete_expired_jobs(conn: &Connection, cutoff_ms: u64, limit: usize) -> Result<u64> {
@@ -377,7 +423,8 @@ pub(crate) fn delete_expired_jobs(conn: &Connection, cutoff_ms: u64, limit: usiz
         .context("deleting expired jobs")?
         .execute(params![cutoff, (limit - in_order) as i64])
         .context("deleting expired jobs")?;
-    Ok((in_order + unordered) as u64)
+    let batched = batches::delete_expired(conn, cutoff, limit - in_order - unordered)?;
+    Ok((in_order + unordered + batched) as u64)
 }
 
 // --- registry -------------------------------------------------------------------------

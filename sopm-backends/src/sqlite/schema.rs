@@ -170,6 +170,21 @@ const MIGRATIONS: &[&str] = &[
 
     DROP INDEX jobs_finished_age;
     "#,
+    // 8: finished jobs kept many to a row: the sole records of waiting calls
+    // (sqlite/batches.rs). `first_ms` and `last_ms` bound the id times of the row's jobs,
+    // `newest_ms` is the newest retention time among them, `records` holds the entries.
+    r#"
+    CREATE TABLE job_batches (
+        id          INTEGER PRIMARY KEY,
+        first_ms    INTEGER NOT NULL,
+        last_ms     INTEGER NOT NULL,
+        newest_ms   INTEGER NOT NULL,
+        jobs        INTEGER NOT NULL,
+        records     BLOB NOT NULL
+    );
+    CREATE INDEX job_batches_by_time ON job_batches (first_ms, last_ms);
+    CREATE INDEX job_batches_by_age ON job_batches (newest_ms);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -20,6 +20,7 @@ use sopm_core::types::now_ms;
 use sopm_core::{Error, Job, JobId, Result};
 use tokio::sync::oneshot;
 
+use super::batches;
 use super::error::Context;
 use super::payloads::{self, Segments};
 use super::rows::{self, JobRow};
@@ -125,6 +126,15 @@ const BUFFERED_BATCH: usize = 512;
 
 /// The longest the writer lingers for durable writers it expects.
 const MAX_LINGER: Duration = Duration::from_millis(1);
+
+/// A job's sole record, for a batch row.
+struct SolePut {
+    row: JobRow,
+    /// The id's time.
+    made: i64,
+    seq: u64,
+    done: Option<oneshot::Sender<Result<()>>>,
+}
 
 /// What to do with a request once its transaction ends.
 enum Completion {
@@ -267,6 +277,7 @@ impl Writer {
         let segment = self.store_payloads(batch);
         let mut upsert: Option<CachedStatement<'_>> = None;
         let mut open: Vec<Completion> = Vec::with_capacity(batch.len());
+        let mut sole: Vec<SolePut> = Vec::new();
         let mut in_txn = false;
         for request in batch.drain(..) {
             if !in_txn && !matches!(request, Request::Barrier(_)) {
@@ -281,6 +292,15 @@ impl Writer {
             match request {
                 Request::Barrier(done) => open.push(Completion::Barrier(done)),
                 Request::Put { seq, row, done } => {
+                    if let Some(made) = batches::batchable(&row) {
+                        sole.push(SolePut {
+                            row,
+                            made,
+                            seq,
+                            done,
+                        });
+                        continue;
+                    }
                     let written = match &mut upsert {
                         Some(stmt) => rows::put_job(stmt, &row),
                         None => rows::prepare_put_job(&self.conn).and_then(|mut stmt| {
@@ -340,6 +360,9 @@ impl Writer {
             }
         }
         drop(upsert);
+        if !sole.is_empty() {
+            self.write_sole(sole, &mut open, &mut in_txn);
+        }
         if let (true, Some((id, newest))) = (in_txn, segment) {
             // Without this row the segment would outlive its jobs until a restart
             // registers it again; the jobs themselves are unaffected.
@@ -356,6 +379,60 @@ impl Writer {
             tracing::error!(error = %e, writes = open.len(), "a SQLite commit failed");
         }
         self.settle(open, outcome);
+    }
+
+    /// Writes the batch's sole records as batch rows, in a savepoint of the batch's
+    /// transaction (opened here if nothing else in the batch opened it), and adds them
+    /// to `open`; or answers them with the error.
+    fn write_sole(&self, sole: Vec<SolePut>, open: &mut Vec<Completion>, in_txn: &mut bool) {
+        let completions = |sole: Vec<SolePut>| -> Vec<Completion> {
+            sole.into_iter()
+                .map(|p| Completion::Put {
+                    id: p.row.id().clone(),
+                    seq: p.seq,
+                    done: p.done,
+                })
+                .collect()
+        };
+        if !*in_txn {
+            if let Err(e) = self.begin() {
+                self.settle(completions(sole), Err(e));
+                return;
+            }
+            *in_txn = true;
+        }
+        if let Err(e) = self
+            .conn
+            .execute_batch("SAVEPOINT batches")
+            .context("opening a savepoint")
+        {
+            self.settle(completions(sole), Err(e));
+            return;
+        }
+        let rows: Vec<(&JobRow, i64)> = sole.iter().map(|p| (&p.row, p.made)).collect();
+        let inserted = batches::insert(&self.conn, &rows).context("writing a job batch");
+        drop(rows);
+        let end = if inserted.is_ok() {
+            "RELEASE batches"
+        } else {
+            "ROLLBACK TO batches; RELEASE batches"
+        };
+        let ended = self.conn.execute_batch(end).context("closing a savepoint");
+        match (inserted, ended) {
+            (Ok(()), Ok(())) => open.extend(completions(sole)),
+            (Err(e), Ok(())) => self.settle(completions(sole), Err(e)),
+            (inserted, Err(e)) => {
+                // The transaction is gone or in an unknown state: give it up, and fail
+                // everything that was in it.
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                *in_txn = false;
+                let mut all = std::mem::take(open);
+                all.extend(completions(sole));
+                self.settle(all, Err(inserted.err().unwrap_or(e)));
+            }
+        }
     }
 
     /// Moves the input and output of the batch's large finished records to a payload

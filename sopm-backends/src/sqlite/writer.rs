@@ -6,7 +6,9 @@
 //! requests that wait for durability: a burst of jobs costs one sync, not one per
 //! job. When the last batch had more durable writers than have arrived yet, it
 //! lingers a moment (never longer than the last commit took) so they share the next
-//! sync instead of each half of them paying for one.
+//! sync instead of each half of them paying for one. A batch nobody waits for lingers
+//! longer (up to 10 ms), until a write someone waits for arrives: each commit costs a
+//! sync and a rewrite of the pages it ends on, however few records it holds.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -92,6 +94,17 @@ pub(crate) enum Request {
 }
 
 impl Request {
+    /// The bytes of input and output a put holds.
+    fn payload_bytes(&self) -> usize {
+        match self {
+            Request::Put { row, .. } => {
+                let (input, output) = row.input_output();
+                input.len() + output.map_or(0, str::len)
+            }
+            Request::Op(_) | Request::Barrier(_) => 0,
+        }
+    }
+
     /// Whether someone waits for this request's commit.
     fn waits(&self) -> bool {
         match self {
@@ -118,11 +131,20 @@ pub(crate) type Overlay = Arc<Mutex<FxHashMap<JobId, Pending>>>;
 /// writes queued behind it for long.
 const SWEEP_CHUNK: usize = 1000;
 
-/// How long a batch of buffered writes only waits for company before committing.
-const BUFFERED_LINGER: Duration = Duration::from_millis(2);
+/// How long a batch of buffered writes waits for company before committing, at most:
+/// each commit costs a sync and rewrites the pages it ends on, whatever it holds.
+const BUFFERED_LINGER: Duration = Duration::from_millis(10);
+
+/// How often a lingering batch looks at what has arrived: a write that someone waits
+/// for ends the linger at the next look.
+const LINGER_STEP: Duration = Duration::from_millis(1);
 
 /// A batch of buffered writes this large commits without lingering.
-const BUFFERED_BATCH: usize = 512;
+const BUFFERED_BATCH: usize = 2048;
+
+/// A batch of buffered writes whose records hold this many bytes of input and output
+/// commits without lingering: records written long ago are no longer in the caches.
+const BUFFERED_BYTES: usize = 256 * 1024;
 
 /// The longest the writer lingers for durable writers it expects.
 const MAX_LINGER: Duration = Duration::from_millis(1);
@@ -206,12 +228,7 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             self.gather(&mut batch);
-            if !batch.iter().any(Request::waits) && batch.len() < BUFFERED_BATCH {
-                // Nobody waits for these: let more arrive so one commit (and one
-                // fsync) covers many, and senders do not wake this thread per put.
-                std::thread::sleep(BUFFERED_LINGER);
-                self.gather(&mut batch);
-            }
+            self.linger(&mut batch);
             let n = batch.len();
             self.run_batch(&mut batch);
             self.in_flight.fetch_sub(n, Ordering::AcqRel);
@@ -220,6 +237,27 @@ impl Writer {
             }
         }
         tracing::debug!("SQLite writer stopped");
+    }
+
+    /// While nobody waits for the batch, lets more writes join it, so one commit (and
+    /// one sync) covers many: up to [`BUFFERED_LINGER`], in steps of sleep (senders do
+    /// not wake this thread per put), until a write someone waits for arrives or the
+    /// batch is large in records or in bytes.
+    fn linger(&mut self, batch: &mut Vec<Request>) {
+        let until = Instant::now() + BUFFERED_LINGER;
+        let full = |batch: &[Request]| {
+            batch.len() >= BUFFERED_BATCH
+                || batch.iter().any(Request::waits)
+                || batch.iter().map(Request::payload_bytes).sum::<usize>() >= BUFFERED_BYTES
+        };
+        while !full(batch) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(LINGER_STEP));
+            self.gather(batch);
+        }
     }
 
     /// Adds what is waiting to the batch, lingering briefly for expected durable

@@ -1,6 +1,7 @@
 //! The SQLite store's batch rows: the sole records of finished jobs, many to a row,
-//! read back like rows, kept apart from every job that needs a row of its own, expired
-//! a part at a time, and read as a clear error when damaged.
+//! read back like rows (large inputs and outputs through payload segments), kept apart
+//! from every job that needs a row of its own, expired a part at a time, and read as a
+//! clear error when damaged.
 //! Run with: cargo test -p sopm-backends --test sqlite_batches
 #![cfg(feature = "sqlite")]
 
@@ -117,25 +118,59 @@ async fn a_sole_record_that_cannot_share_a_row_gets_its_own() {
         id: "fn_1".into(),
         version: Some(1),
     };
-    // Large enough for a payload segment.
-    let large = finished("t", json!({"text": "x".repeat(4096)}), true);
     // Finished long after its id was made: its id's time does not find it.
     let mut late = finished("t", json!({}), true);
     late.finished_ms = Some(late.created_ms + 60_000);
     // An id without a time.
     let mut untimed = finished("t", json!({}), true);
     untimed.id = JobId::parse("9b2d6f0e-3c1a-4f5e-8a7b-1c2d3e4f5a6b").unwrap();
-    let own = [user, large, late, untimed];
+    let own = [user, late, untimed];
     for job in &own {
         store.put_sole(job).await.unwrap();
     }
     let shared = finished("t", json!({}), true);
     store.put_sole(&shared).await.unwrap();
     store.flush().await.unwrap();
-    assert_eq!(counts(&db), (4, 1, 1));
+    assert_eq!(counts(&db), (3, 1, 1));
     for job in own.iter().chain([&shared]) {
         expect_same(&store, job, "read back").await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_sole_record_keeps_its_input_and_output_in_a_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("large.db");
+    let store = open(&db);
+    let large = finished("t", json!({"text": "x".repeat(4096)}), true);
+    let small = finished("t", json!({"a": 1}), true);
+    store.put_sole(&large).await.unwrap();
+    store.put_sole(&small).await.unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(counts(&db), (0, 1, 2), "both in one batch row");
+    let stored: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT length(records) FROM job_batches", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        stored < 1024,
+        "the 4 KiB input is not in the row: {stored} bytes"
+    );
+    expect_same(&store, &large, "read back through the segment").await;
+    store.close().await.unwrap();
+
+    let store = open(&db);
+    expect_same(&store, &large, "read back after a reopen").await;
+    let mut segments = db.clone().into_os_string();
+    segments.push("-payloads");
+    for file in std::fs::read_dir(&segments).unwrap() {
+        std::fs::remove_file(file.unwrap().path()).unwrap();
+    }
+    match store.get(&large.id).await {
+        Err(Error::Storage(m)) => assert!(m.contains(large.id.as_str()), "{m}"),
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+    expect_same(&store, &small, "the row's other job").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,31 +6,42 @@
 //! batch instead of one per job (a row of the `jobs` table costs the writer about
 //! 17,000 instructions; an entry here about 1,000).
 //!
-//! - Only built-in jobs whose input and output stay in the database, whose id is a
-//!   UUIDv7 made at most [`MAX_LAG_MS`] before they finished; any other job keeps a
-//!   row of its own (user functions' jobs are listed by function, large payloads go to
-//!   segment files, and a lookup finds an entry by its id's time).
+//! - Only built-in jobs whose id is a UUIDv7 made at most [`MAX_LAG_MS`] before they
+//!   finished; any other job keeps a row of its own (user functions' jobs are listed by
+//!   function, and a lookup finds an entry by its id's time). A large input and output
+//!   go to a payload segment as for a row, and the entry keeps where they are.
 //! - A row's `first_ms` and `last_ms` bound the id times of its jobs and are at most
 //!   [`SPAN_MS`] apart, so a lookup reads only the rows whose bounds hold the id's
 //!   time (the `job_batches_by_time` index finds them) and scans their entries.
 //! - Retention deletes a row once its newest job (`newest_ms`) has expired. A delete
 //!   limited to fewer jobs than the row holds rewrites it without that many entries.
 //! - `records` is a format byte ([`FORMAT`]) and then the entries, each its length
-//!   (u32, little-endian) and its fields: the id (u8 length), tenant, function (JSON),
-//!   status, input (JSON), output, error (JSON) and logs (u32 length, `u32::MAX` for
-//!   none), and six integers (i64; an optional one after a 0 or 1 byte). A damaged
-//!   row reads as a storage error for the jobs it holds.
+//!   (u32, little-endian) and its fields: the id (u8 length), tenant, function (JSON)
+//!   and status (u32 length); then either [`INLINE`] and the input (JSON) and output,
+//!   or [`IN_SEGMENT`] and where they are in a segment; then the error (JSON) and logs
+//!   (u32 length, `u32::MAX` for none), and six integers (i64; an optional one after a
+//!   0 or 1 byte). A damaged row reads as a storage error for the jobs it holds.
 //!
 //! [`JobStore::put_sole`]: sopm_core::JobStore::put_sole
+
+use std::path::Path;
 
 use rusqlite::{params, Connection};
 use sopm_core::{Job, JobId, Result};
 
 use super::error::{corrupt, Context};
-use super::rows::{JobRow, StoredJob};
+use super::payloads::PayloadRef;
+use super::rows::{read_payload, JobRow, StoredJob};
 
 /// The format byte `records` starts with.
 const FORMAT: u8 = 1;
+
+/// An entry's input and output follow, as JSON text.
+const INLINE: u8 = 0;
+
+/// An entry's input and output are in a payload segment, at the five integers that
+/// follow (segment, offset, input length, output length or -1, CRC-32).
+const IN_SEGMENT: u8 = 1;
 
 /// The longest a batched job may have finished after its id was made.
 pub(crate) const MAX_LAG_MS: i64 = 1_000;
@@ -49,8 +60,6 @@ pub(crate) fn batchable(row: &JobRow) -> Option<i64> {
     if !row.sole
         || matches!(row.status, "queued" | "running")
         || row.function_id.is_some()
-        || row.payload.is_some()
-        || row.payload_belongs_outside()
         || row.id_unordered.is_some()
         || row.id.as_str().len() > usize::from(u8::MAX)
     {
@@ -164,8 +173,19 @@ fn write_entry(out: &mut Vec<u8>, row: &JobRow) {
     put_str(out, row.tenant.as_str());
     put_str(out, &row.function);
     put_str(out, row.status);
-    put_str(out, &row.input);
-    put_opt_str(out, row.output.as_deref());
+    match &row.payload {
+        None => {
+            out.push(INLINE);
+            put_str(out, &row.input);
+            put_opt_str(out, row.output.as_deref());
+        }
+        Some(at) => {
+            out.push(IN_SEGMENT);
+            for v in [at.segment, at.offset, at.input_len, at.output_len, at.crc] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
     put_opt_str(out, row.error.as_deref());
     put_opt_str(out, row.logs.as_deref());
     out.extend_from_slice(&row.timeout_ms.to_le_bytes());
@@ -270,14 +290,24 @@ fn entries(records: &[u8]) -> impl Iterator<Item = Result<(&str, &[u8])>> {
     })
 }
 
-/// Decodes an entry's bytes after its id.
-fn decode(id: &str, bytes: &[u8]) -> Result<Job> {
+/// Decodes an entry's bytes after its id; `payload_dir` holds the segments its input
+/// and output may be in.
+fn decode(payload_dir: &Path, id: &str, bytes: &[u8]) -> Result<Job> {
     let mut r = Reader { bytes };
     let tenant = r.str()?;
     let function = r.str()?;
     let status = r.str()?;
-    let input = r.str()?;
-    let output = r.opt_str()?;
+    let payload = match r.take(1)?[0] {
+        INLINE => Payload::Inline(r.str()?, r.opt_str()?),
+        IN_SEGMENT => Payload::InSegment(PayloadRef {
+            segment: r.i64()?,
+            offset: r.i64()?,
+            input_len: r.i64()?,
+            output_len: r.i64()?,
+            crc: r.i64()?,
+        }),
+        _ => return Err(damaged()),
+    };
     let error = r.opt_str()?;
     let logs = r.opt_str()?.map(str::to_string);
     let stored = StoredJob {
@@ -294,16 +324,29 @@ fn decode(id: &str, bytes: &[u8]) -> Result<Job> {
         duration_us: r.opt_int()?,
         attempts: r.i64()?,
     };
-    let input = serde_json::from_str(input).context("decoding a job's input")?;
-    let output = output
-        .map(serde_json::from_str)
-        .transpose()
-        .context("decoding a job's output")?;
+    let (input, output) = match payload {
+        Payload::Inline(input, output) => (
+            serde_json::from_str(input).context("decoding a job's input")?,
+            output
+                .map(serde_json::from_str)
+                .transpose()
+                .context("decoding a job's output")?,
+        ),
+        Payload::InSegment(at) => read_payload(payload_dir, id, &at)?,
+    };
     stored.into_job(input, output)
 }
 
-/// The job `id` if a batch row holds it.
-pub(crate) fn find(conn: &Connection, id: &JobId) -> Result<Option<Job>> {
+/// Where an entry's input and output are.
+enum Payload<'a> {
+    /// In the entry: the input's JSON and the output's.
+    Inline(&'a str, Option<&'a str>),
+    /// In a payload segment.
+    InSegment(PayloadRef),
+}
+
+/// The job `id` if a batch row holds it; `payload_dir` holds the payload segments.
+pub(crate) fn find(conn: &Connection, payload_dir: &Path, id: &JobId) -> Result<Option<Job>> {
     let Some(made) = id.unix_ms().and_then(|t| i64::try_from(t).ok()) else {
         return Ok(None);
     };
@@ -324,7 +367,7 @@ pub(crate) fn find(conn: &Connection, id: &JobId) -> Result<Option<Job>> {
         for entry in entries(records) {
             let (entry_id, bytes) = entry?;
             if entry_id == id.as_str() {
-                return decode(entry_id, bytes).map(Some);
+                return decode(payload_dir, entry_id, bytes).map(Some);
             }
         }
     }

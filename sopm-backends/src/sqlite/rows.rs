@@ -223,13 +223,7 @@ fn decode_job(row: &Row<'_>, payload_dir: &Path) -> Result<Job> {
                 output_len: int(17)?,
                 crc: int(18)?,
             };
-            let bytes = payloads::read(payload_dir, &at).map_err(|e| match e {
-                Error::Storage(m) => Error::Storage(format!("job {id}: {m}")),
-                other => other,
-            })?;
-            let (input, output) = bytes.split_at(at.input_len as usize);
-            let output = (at.output_len >= 0).then(|| decode_output(output));
-            (decode_input(input)?, output.transpose()?)
+            read_payload(payload_dir, &id, &at)?
         }
     };
     let (tenant, function, status, error) = (text(1)?, text(2)?, text(3)?, opt_text(6)?);
@@ -248,6 +242,24 @@ fn decode_job(row: &Row<'_>, payload_dir: &Path) -> Result<Job> {
         attempts: int(13)?,
     }
     .into_job(input, output)
+}
+
+/// The input and output of job `id`, from where `at` says they are in a segment.
+pub(super) fn read_payload(
+    payload_dir: &Path,
+    id: &str,
+    at: &PayloadRef,
+) -> Result<(Value, Option<Value>)> {
+    let bytes = payloads::read(payload_dir, at).map_err(|e| match e {
+        Error::Storage(m) => Error::Storage(format!("job {id}: {m}")),
+        other => other,
+    })?;
+    let (input, output) = bytes.split_at(at.input_len as usize);
+    let input = serde_json::from_slice(input).context("decoding a job's input")?;
+    let output = (at.output_len >= 0)
+        .then(|| serde_json::from_slice(output).context("decoding a job's output"))
+        .transpose()?;
+    Ok((input, output))
 }
 
 /// A job's fields as stored (text and integers), from a row or a batch entry, before
@@ -305,7 +317,7 @@ pub(crate) fn get_job(conn: &Connection, payload_dir: &Path, id: &JobId) -> Resu
     let mut rows = stmt.query([id.as_str()]).context("reading a job")?;
     match rows.next().context("reading a job")? {
         Some(row) => decode_job(row, payload_dir).map(Some),
-        None => batches::find(conn, id),
+        None => batches::find(conn, payload_dir, id),
     }
 }
 

@@ -144,7 +144,7 @@ const BUFFERED_BATCH: usize = 2048;
 
 /// A batch of buffered writes whose records hold this many bytes of input and output
 /// commits without lingering: records written long ago are no longer in the caches.
-const BUFFERED_BYTES: usize = 256 * 1024;
+const BUFFERED_BYTES: usize = 1024 * 1024;
 
 /// The longest the writer lingers for durable writers it expects.
 const MAX_LINGER: Duration = Duration::from_millis(1);

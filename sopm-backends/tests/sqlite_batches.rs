@@ -92,7 +92,7 @@ async fn sole_records_share_rows_and_read_back_like_rows() {
         "every sole record is in a batch row"
     );
     assert!(
-        batches >= 3 && batches < 1_200,
+        (3..1_200).contains(&batches),
         "1,200 records share rows of at most 512: {batches} rows"
     );
     for job in &jobs {

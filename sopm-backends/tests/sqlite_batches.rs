@@ -174,6 +174,38 @@ async fn a_large_sole_record_keeps_its_input_and_output_in_a_segment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_is_kept_as_long_as_the_batch_rows_pointing_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kept.db");
+    let store = open(&db);
+    // A large job that finished early, and a small one of the same batch row that
+    // finished 600 ms after its id was made: the row stays until the small one expires,
+    // and with it the large one's entry, which points into the segment.
+    let mut large = finished("t", json!({"text": "x".repeat(4096)}), true);
+    large.finished_ms = Some(large.id.unix_ms().unwrap() + 1);
+    let mut small = finished("t", json!({"a": 1}), true);
+    small.finished_ms = Some(small.id.unix_ms().unwrap() + 600);
+    store.put_sole(&large).await.unwrap();
+    store.put_sole(&small).await.unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(counts(&db), (0, 1, 2));
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let row_newest: i64 = conn
+        .query_row("SELECT newest_ms FROM job_batches", [], |r| r.get(0))
+        .unwrap();
+    let segment_newest: i64 = conn
+        .query_row("SELECT max(newest_ms) FROM payload_segments", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(row_newest, small.finished_ms.unwrap() as i64);
+    assert!(
+        segment_newest >= row_newest,
+        "the segment ({segment_newest}) would go before the row ({row_newest})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_batch_rows_go_a_part_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("expire.db");

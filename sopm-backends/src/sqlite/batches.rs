@@ -31,7 +31,7 @@ use sopm_core::{Job, JobId, Result};
 
 use super::error::{corrupt, Context};
 use super::payloads::PayloadRef;
-use super::rows::{read_payload, JobRow, StoredJob};
+use super::record::{decode_payload, read_payload, JobRow, StoredJob};
 
 /// The format byte `records` starts with.
 const FORMAT: u8 = 1;
@@ -325,13 +325,9 @@ fn decode(payload_dir: &Path, id: &str, bytes: &[u8]) -> Result<Job> {
         attempts: r.i64()?,
     };
     let (input, output) = match payload {
-        Payload::Inline(input, output) => (
-            serde_json::from_str(input).context("decoding a job's input")?,
-            output
-                .map(serde_json::from_str)
-                .transpose()
-                .context("decoding a job's output")?,
-        ),
+        Payload::Inline(input, output) => {
+            decode_payload(input.as_bytes(), output.map(str::as_bytes))?
+        }
         Payload::InSegment(at) => read_payload(payload_dir, id, &at)?,
     };
     stored.into_job(input, output)

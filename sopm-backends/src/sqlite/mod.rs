@@ -21,11 +21,15 @@
 //! - A finished job's large input and output are kept out of the database, in append-only
 //!   segment files beside it (`payloads`): written once, instead of to the WAL and
 //!   again to the database at the checkpoint.
+//! - A waiting call's record, the job's only one ([`JobStore::put_sole`]), is kept with
+//!   the others of its batch, many to a row (`batches`): one insert per batch instead of
+//!   one per job.
 
 mod batches;
 mod config;
 mod error;
 mod payloads;
+mod record;
 mod rows;
 mod schema;
 mod writer;
@@ -57,7 +61,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 pub use config::{SqliteConfig, Synchronous};
 use error::{closed, io_error, Context, SqliteError};
-use rows::JobRow;
+use record::JobRow;
 use writer::{Overlay, Pending, Request, Writer, WriterSettings};
 
 /// Writes allowed in flight, in batches, before a buffered put waits for its commit

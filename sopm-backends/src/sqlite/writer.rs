@@ -25,7 +25,8 @@ use tokio::sync::oneshot;
 use super::batches;
 use super::error::Context;
 use super::payloads::{self, Segments};
-use super::rows::{self, JobRow};
+use super::record::JobRow;
+use super::rows;
 
 /// Delivers the outcome of a [`WriteOp`] once its transaction has committed (or failed).
 pub(crate) type Deliver = Box<dyn FnOnce(Result<()>) + Send>;
@@ -245,8 +246,9 @@ impl Writer {
     /// batch is large in records or in bytes.
     fn linger(&mut self, batch: &mut Vec<Request>) {
         let until = Instant::now() + BUFFERED_LINGER;
+        let most = BUFFERED_BATCH.min(self.settings.batch_size);
         let full = |batch: &[Request]| {
-            batch.len() >= BUFFERED_BATCH
+            batch.len() >= most
                 || batch.iter().any(Request::waits)
                 || batch.iter().map(Request::payload_bytes).sum::<usize>() >= BUFFERED_BYTES
         };
@@ -398,10 +400,14 @@ impl Writer {
             }
         }
         drop(upsert);
+        // A batch row keeps all its entries until its newest has expired, so the segment
+        // its entries may point into is kept as long.
+        let sole_newest = sole.iter().map(|p| p.row.retention_ms()).max();
         if !sole.is_empty() {
             self.write_sole(sole, &mut open, &mut in_txn);
         }
         if let (true, Some((id, newest))) = (in_txn, segment) {
+            let newest = newest.max(sole_newest.unwrap_or(i64::MIN));
             // Without this row the segment would outlive its jobs until a restart
             // registers it again; the jobs themselves are unaffected.
             if let Err(e) = payloads::record(&self.conn, id, newest) {

@@ -66,6 +66,14 @@ fn finished(tenant: &str, input: serde_json::Value, ok: bool) -> Job {
     job
 }
 
+/// Records each of `jobs` as its sole record and waits for the commit.
+async fn record_sole<'a>(store: &SqliteStore, jobs: impl IntoIterator<Item = &'a Job>) {
+    for job in jobs {
+        store.put_sole(job).await.unwrap();
+    }
+    store.flush().await.unwrap();
+}
+
 async fn expect_same(store: &SqliteStore, job: &Job, what: &str) {
     let got = store.get(&job.id).await.unwrap();
     assert_eq!(got.as_ref(), Some(job), "{what}: {}", job.id);
@@ -125,12 +133,8 @@ async fn a_sole_record_that_cannot_share_a_row_gets_its_own() {
     let mut untimed = finished("t", json!({}), true);
     untimed.id = JobId::parse("9b2d6f0e-3c1a-4f5e-8a7b-1c2d3e4f5a6b").unwrap();
     let own = [user, late, untimed];
-    for job in &own {
-        store.put_sole(job).await.unwrap();
-    }
     let shared = finished("t", json!({}), true);
-    store.put_sole(&shared).await.unwrap();
-    store.flush().await.unwrap();
+    record_sole(&store, own.iter().chain([&shared])).await;
     assert_eq!(counts(&db), (3, 1, 1));
     for job in own.iter().chain([&shared]) {
         expect_same(&store, job, "read back").await;
@@ -144,9 +148,7 @@ async fn a_large_sole_record_keeps_its_input_and_output_in_a_segment() {
     let store = open(&db);
     let large = finished("t", json!({"text": "x".repeat(4096)}), true);
     let small = finished("t", json!({"a": 1}), true);
-    store.put_sole(&large).await.unwrap();
-    store.put_sole(&small).await.unwrap();
-    store.flush().await.unwrap();
+    record_sole(&store, [&large, &small]).await;
     assert_eq!(counts(&db), (0, 1, 2), "both in one batch row");
     let stored: i64 = rusqlite::Connection::open(&db)
         .unwrap()
@@ -185,9 +187,7 @@ async fn a_segment_is_kept_as_long_as_the_batch_rows_pointing_into_it() {
     large.finished_ms = Some(large.id.unix_ms().unwrap() + 1);
     let mut small = finished("t", json!({"a": 1}), true);
     small.finished_ms = Some(small.id.unix_ms().unwrap() + 600);
-    store.put_sole(&large).await.unwrap();
-    store.put_sole(&small).await.unwrap();
-    store.flush().await.unwrap();
+    record_sole(&store, [&large, &small]).await;
     assert_eq!(counts(&db), (0, 1, 2));
     let conn = rusqlite::Connection::open(&db).unwrap();
     let row_newest: i64 = conn
@@ -213,10 +213,7 @@ async fn expired_batch_rows_go_a_part_at_a_time() {
     let jobs: Vec<Job> = (0..10)
         .map(|i| finished("t", json!({ "i": i }), true))
         .collect();
-    for job in &jobs {
-        store.put_sole(job).await.unwrap();
-    }
-    store.flush().await.unwrap();
+    record_sole(&store, &jobs).await;
     assert_eq!(counts(&db), (0, 1, 10));
 
     let newest = jobs.iter().filter_map(|j| j.finished_ms).max().unwrap();
@@ -257,8 +254,7 @@ async fn a_damaged_batch_row_reads_as_a_storage_error_for_its_jobs_only() {
     let db = dir.path().join("damaged.db");
     let store = open(&db);
     let job = finished("t", json!({"a": 1}), true);
-    store.put_sole(&job).await.unwrap();
-    store.flush().await.unwrap();
+    record_sole(&store, [&job]).await;
     rusqlite::Connection::open(&db)
         .unwrap()
         .execute(
@@ -272,8 +268,7 @@ async fn a_damaged_batch_row_reads_as_a_storage_error_for_its_jobs_only() {
     }
     // Writing and reading other jobs goes on.
     let next = finished("t", json!({"a": 2}), true);
-    store.put_sole(&next).await.unwrap();
-    store.flush().await.unwrap();
+    record_sole(&store, [&next]).await;
     expect_same(&store, &next, "a job written after the damage").await;
 }
 

@@ -90,7 +90,7 @@ async fn sole_records_share_rows_and_read_back_like_rows() {
     for job in &jobs {
         store.put_sole(job).await.unwrap();
     }
-    // Before the commit, from what the store has in flight.
+    // Before the commit: the read waits for it.
     expect_same(&store, &jobs[0], "read before the commit").await;
     store.flush().await.unwrap();
     let (rows, batches, batched) = counts(&db);
@@ -312,4 +312,67 @@ async fn a_waiting_call_is_recorded_in_a_batch_row_and_a_detached_one_in_its_own
     assert_eq!(counts(&db), (1, 1, 1));
     assert_eq!(store.get(&waited.id).await.unwrap(), Some(waited));
     assert_eq!(store.get(&detached).await.unwrap(), Some(status));
+}
+
+/// Holds the database's write lock from a connection of its own until `released` says
+/// so: the store's writer cannot commit meanwhile.
+fn hold_write_lock(db: &Path) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let _ = released.recv();
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    (release, holder)
+}
+
+/// A sole record is in no overlay: a read that comes before its commit (here held up
+/// by another connection's write lock) waits for the commit instead of missing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_before_a_sole_record_commits_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("b.db");
+    let store = Arc::new(open(&db));
+    let builtin = finished("t", json!({"a": 1}), true);
+    let mut user = finished("t", json!({"a": 2}), true);
+    user.function = FunctionRef::User {
+        id: "fn_1".into(),
+        version: Some(1),
+    };
+
+    for (round, job) in [&builtin, &user].into_iter().enumerate() {
+        let (release, holder) = hold_write_lock(&db);
+        let before = counts(&db);
+        store.put_sole(job).await.unwrap();
+        let reader = {
+            let (store, job) = (store.clone(), job.clone());
+            tokio::spawn(async move {
+                if round == 0 {
+                    let got = store.get(&job.id).await.unwrap();
+                    vec![got.map(|j| j.id)]
+                } else {
+                    let tenant = TenantId::new("t").unwrap();
+                    let logs = store.recent_logs(&tenant, "fn_1", 10).await.unwrap();
+                    logs.into_iter().map(|e| Some(e.id)).collect()
+                }
+            })
+        };
+        // The read cannot finish while the lock is held; the record is not committed.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(counts(&db), before, "round {round}: nothing committed yet");
+        release.send(()).unwrap();
+        let seen = reader.await.unwrap();
+        assert_eq!(
+            seen,
+            vec![Some(job.id.clone())],
+            "round {round}: the read found the record"
+        );
+        holder.join().unwrap();
+    }
+    assert_eq!(
+        counts(&db),
+        (1, 1, 1),
+        "the user function's job has a row of its own"
+    );
 }

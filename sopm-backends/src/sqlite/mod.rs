@@ -11,8 +11,9 @@
 //!   costs a share of one sync instead of a sync of its own, and a buffered put does
 //!   not wait at all. Writes are applied in the order they were made.
 //! - Reads run on a small pool of read connections (WAL lets them run beside the
-//!   writer) on tokio's blocking threads. Reads see the store's own job puts at once,
-//!   committed or not.
+//!   writer) on tokio's blocking threads. Reads see the store's own job puts,
+//!   committed or not: an uncommitted put from the overlay, an uncommitted sole record
+//!   (in no overlay) by waiting for its commit.
 //! - The rank rule of [`JobStore::put`] is enforced by the `UPSERT` itself.
 //! - The schema is migrated on open, tracked in `PRAGMA user_version`; a file from a
 //!   newer SOPM is refused.
@@ -62,7 +63,7 @@ use tokio::sync::{oneshot, Semaphore};
 pub use config::{SqliteConfig, Synchronous};
 use error::{closed, io_error, Context, SqliteError};
 use record::JobRow;
-use writer::{Overlay, Pending, Request, Writer, WriterSettings};
+use writer::{Overlay, Pending, Request, SoleMarks, Writer, WriterSettings};
 
 /// Writes allowed in flight, in batches, before a buffered put waits for its commit
 /// like a durable one. The hot path never waits unless the disk falls this far
@@ -91,6 +92,7 @@ pub struct SqliteStore {
     payload_dir: Arc<Path>,
     front: Mutex<Front>,
     overlay: Overlay,
+    sole: Arc<SoleMarks>,
     in_flight: Arc<AtomicUsize>,
     in_flight_limit: usize,
     closed: AtomicBool,
@@ -177,12 +179,14 @@ impl SqliteStore {
 
         let (sender, receiver) = mpsc::channel();
         let overlay: Overlay = Arc::new(Mutex::new(FxHashMap::default()));
+        let sole = Arc::new(SoleMarks::default());
         let in_flight = Arc::new(AtomicUsize::new(0));
         let writer = Writer::new(
             conn,
             segments,
             receiver,
             overlay.clone(),
+            sole.clone(),
             in_flight.clone(),
             WriterSettings {
                 batch_size: config.batch_size,
@@ -229,6 +233,7 @@ impl SqliteStore {
                 next_seq: 0,
             }),
             overlay,
+            sole,
             in_flight,
             in_flight_limit,
             closed: AtomicBool::new(false),
@@ -239,9 +244,10 @@ impl SqliteStore {
     }
 
     /// Queues `row`, the encoding of `job`, and waits for its commit if `durability`
-    /// asks for it (or the writer is too far behind).
-    async fn put_row(&self, job: &Job, row: JobRow, durability: Durability) -> Result<()> {
-        let newest = Arc::new(job.clone());
+    /// asks for it (or the writer is too far behind). Until its commit, `job` is read
+    /// from the overlay; a sole record (`job` is `None`) is not: a read that misses it
+    /// waits for the writer instead ([`Self::settle_sole_records`]).
+    async fn put_row(&self, job: Option<&Job>, row: JobRow, durability: Durability) -> Result<()> {
         let wait = durability == Durability::Durable
             || self.in_flight.load(Ordering::Acquire) >= self.in_flight_limit;
         let (done, answer) = if wait {
@@ -257,23 +263,31 @@ impl SqliteStore {
             }
             let seq = front.next_seq;
             front.next_seq += 1;
-            match self.overlay.lock().entry(job.id.clone()) {
-                Entry::Occupied(mut e) => {
-                    let pending = e.get_mut();
-                    if status_replaces(pending.job.status, newest.status) {
-                        pending.job = newest;
+            match job {
+                Some(job) => {
+                    let newest = Arc::new(job.clone());
+                    match self.overlay.lock().entry(job.id.clone()) {
+                        Entry::Occupied(mut e) => {
+                            let pending = e.get_mut();
+                            if status_replaces(pending.job.status, newest.status) {
+                                pending.job = newest;
+                            }
+                            pending.last_seq = seq;
+                        }
+                        Entry::Vacant(e) => {
+                            e.insert(Pending {
+                                job: newest,
+                                last_seq: seq,
+                            });
+                        }
                     }
-                    pending.last_seq = seq;
                 }
-                Entry::Vacant(e) => {
-                    e.insert(Pending {
-                        job: newest,
-                        last_seq: seq,
-                    });
-                }
+                None => self.sole.sent.store(seq + 1, Ordering::Release),
             }
             if let Err(e) = self.send_locked(&front, Request::Put { seq, row, done }) {
-                self.overlay.lock().remove(&job.id);
+                if let Some(job) = job {
+                    self.overlay.lock().remove(&job.id);
+                }
                 return Err(e);
             }
         }
@@ -281,6 +295,25 @@ impl SqliteStore {
             Some(answer) => answer.await.map_err(|_| closed())?,
             None => Ok(()),
         }
+    }
+
+    /// A job's stored record (not the overlay's).
+    async fn read_job(&self, id: &JobId) -> Result<Option<Job>> {
+        let key = id.clone();
+        let dir = self.payload_dir.clone();
+        self.read(move |conn| rows::get_job(conn, &dir, &key)).await
+    }
+
+    /// Makes sure a read that starts now sees every sole record sent before, given
+    /// `settled`, the writer's settled mark read before the reader last looked: if a
+    /// sole record sent since may not be committed yet, waits for the writer to commit
+    /// what it was sent. Returns whether it waited (and the reader should look again).
+    async fn settle_sole_records(&self, settled: u64) -> Result<bool> {
+        if self.sole.sent.load(Ordering::Acquire) <= settled {
+            return Ok(false);
+        }
+        self.flush().await?;
+        Ok(true)
     }
 
     /// The database file.
@@ -425,24 +458,30 @@ impl ReadPool {
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn put(&self, job: &Job, durability: Durability) -> Result<()> {
-        self.put_row(job, JobRow::encode(job)?, durability).await
+        self.put_row(Some(job), JobRow::encode(job)?, durability)
+            .await
     }
 
+    /// No overlay entry (no copy of the job, no lock, no hash): nobody but the caller,
+    /// who already has the answer, knows this job's id, so the rare read of it pays
+    /// instead, by waiting for the commit if it comes before.
     async fn put_sole(&self, job: &Job) -> Result<()> {
         let mut row = JobRow::encode(job)?;
         row.sole = true;
-        self.put_row(job, row, Durability::Buffered).await
+        self.put_row(None, row, Durability::Buffered).await
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>> {
+        // Before anything is read: a sole record settled after this may have been
+        // missed by the read below.
+        let settled = self.sole.settled.load(Ordering::Acquire);
         // The overlay first: a put leaves it only after its commit, so a record
         // missing here is in the database by the time it is read.
         let pending = self.overlay.lock().get(id).map(|p| p.job.clone());
-        let key = id.clone();
-        let dir = self.payload_dir.clone();
-        let stored = self
-            .read(move |conn| rows::get_job(conn, &dir, &key))
-            .await?;
+        let mut stored = self.read_job(id).await?;
+        if stored.is_none() && pending.is_none() && self.settle_sole_records(settled).await? {
+            stored = self.read_job(id).await?;
+        }
         Ok(match (stored, pending) {
             (stored, None) => stored,
             (None, Some(pending)) => Some((*pending).clone()),
@@ -472,6 +511,9 @@ impl JobStore for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        // Sole records are not in the overlay: any on their way are committed first.
+        let settled = self.sole.settled.load(Ordering::Acquire);
+        self.settle_sole_records(settled).await?;
         // Puts not yet committed first (as in `get`): they replace their stored
         // records, or join them.
         let pending: Vec<Arc<Job>> = self

@@ -10,7 +10,7 @@
 //! longer (up to 10 ms), until a write someone waits for arrives: each commit costs a
 //! sync and a rewrite of the pages it ends on, however few records it holds.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -128,6 +128,17 @@ pub(crate) struct Pending {
 /// is safe): every put inserts and every commit removes, on the hot path.
 pub(crate) type Overlay = Arc<Mutex<FxHashMap<JobId, Pending>>>;
 
+/// How far the sole records ([`JobStore::put_sole`](sopm_core::JobStore::put_sole)),
+/// which skip the overlay, have got: one past the sequence number of the last one
+/// sent, and one past the last put the writer has settled (committed, or answered
+/// with its error). A read that misses while `sent` is past what `settled` was before
+/// it looked may have missed a sole record on its way, and waits for the writer.
+#[derive(Debug, Default)]
+pub(crate) struct SoleMarks {
+    pub(crate) sent: AtomicU64,
+    pub(crate) settled: AtomicU64,
+}
+
 /// Finished jobs deleted per retention transaction, so a sweep never holds up the
 /// writes queued behind it for long.
 const SWEEP_CHUNK: usize = 1000;
@@ -155,7 +166,6 @@ struct SolePut {
     row: JobRow,
     /// The id's time.
     made: i64,
-    seq: u64,
     done: Option<oneshot::Sender<Result<()>>>,
 }
 
@@ -164,6 +174,11 @@ enum Completion {
     Put {
         id: JobId,
         seq: u64,
+        done: Option<oneshot::Sender<Result<()>>>,
+    },
+    /// A put of a sole record, which has no overlay entry.
+    Sole {
+        id: JobId,
         done: Option<oneshot::Sender<Result<()>>>,
     },
     Op(Deliver),
@@ -182,6 +197,7 @@ pub(crate) struct Writer {
     segments: Segments,
     rx: Receiver<Request>,
     overlay: Overlay,
+    sole: Arc<SoleMarks>,
     in_flight: Arc<AtomicUsize>,
     settings: WriterSettings,
     next_sweep: Instant,
@@ -197,6 +213,7 @@ impl Writer {
         segments: Segments,
         rx: Receiver<Request>,
         overlay: Overlay,
+        sole: Arc<SoleMarks>,
         in_flight: Arc<AtomicUsize>,
         settings: WriterSettings,
     ) -> Self {
@@ -205,6 +222,7 @@ impl Writer {
             segments,
             rx,
             overlay,
+            sole,
             in_flight,
             // The first sweep runs soon after start-up, once the writer is idle.
             next_sweep: Instant::now() + Duration::from_secs(1).min(settings.sweep_interval),
@@ -231,7 +249,16 @@ impl Writer {
             self.gather(&mut batch);
             self.linger(&mut batch);
             let n = batch.len();
+            // Sequence numbers are sent in order, so once this batch is settled every
+            // put up to its last is.
+            let last_seq = batch.iter().rev().find_map(|r| match r {
+                Request::Put { seq, .. } => Some(*seq),
+                Request::Op(_) | Request::Barrier(_) => None,
+            });
             self.run_batch(&mut batch);
+            if let Some(seq) = last_seq {
+                self.sole.settled.store(seq + 1, Ordering::Release);
+            }
             self.in_flight.fetch_sub(n, Ordering::AcqRel);
             if Instant::now() >= self.next_sweep {
                 self.sweep();
@@ -333,12 +360,7 @@ impl Writer {
                 Request::Barrier(done) => open.push(Completion::Barrier(done)),
                 Request::Put { seq, row, done } => {
                     if let Some(made) = batches::batchable(&row) {
-                        sole.push(SolePut {
-                            row,
-                            made,
-                            seq,
-                            done,
-                        });
+                        sole.push(SolePut { row, made, done });
                         continue;
                     }
                     let written = match &mut upsert {
@@ -431,9 +453,8 @@ impl Writer {
     fn write_sole(&self, sole: Vec<SolePut>, open: &mut Vec<Completion>, in_txn: &mut bool) {
         let completions = |sole: Vec<SolePut>| -> Vec<Completion> {
             sole.into_iter()
-                .map(|p| Completion::Put {
+                .map(|p| Completion::Sole {
                     id: p.row.id().clone(),
-                    seq: p.seq,
                     done: p.done,
                 })
                 .collect()
@@ -546,7 +567,7 @@ impl Writer {
         drop(settled);
         for c in done {
             match c {
-                Completion::Put { id, done, .. } => match done {
+                Completion::Put { id, done, .. } | Completion::Sole { id, done } => match done {
                     Some(tx) => {
                         let _ = tx.send(outcome.clone());
                     }

@@ -3,6 +3,7 @@
 //! [`crate::user_functions`]; shared state in [`crate::state`], body helpers in
 //! [`crate::body`], errors in [`crate::error`], who is calling in [`crate::auth`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,9 +108,11 @@ async fn list_functions(State(s): State<AppState>) -> Response {
 /// The body of `POST /api/execute`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ExecuteBody {
-    /// Read straight into the `Arc` the job's [`FunctionRef`] keeps.
-    function: Arc<str>,
+struct ExecuteBody<'a> {
+    /// Borrowed from the body unless it has escapes, then copied once into the `Arc`
+    /// the job's [`FunctionRef`] keeps.
+    #[serde(borrow)]
+    function: Cow<'a, str>,
     #[serde(default = "empty_object")]
     input: Value,
     #[serde(default, rename = "async")]
@@ -135,7 +138,7 @@ async fn execute(
     let request = JobRequest {
         tenant,
         function: FunctionRef::Builtin {
-            name: body.function,
+            name: Arc::from(body.function.as_ref()),
         },
         input: Arc::new(body.input),
         timeout: body.timeout_ms.map(Duration::from_millis),

@@ -101,6 +101,15 @@ async fn executes_and_waits_for_the_result() {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(job["output"], 5);
     assert_eq!(job["input"], json!({"a": 2, "b": 3}));
+
+    // A name written with escapes is the same name (it cannot be borrowed from the body).
+    let body = br#"{"function":"math\u002eadd","input":{"a":2,"b":3}}"#.to_vec();
+    let (st, v, _) = call(&s, "POST", "/api/execute", Some(body)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        (&v["function"], &v["output"]),
+        (&json!("math.add"), &json!(5))
+    );
 }
 
 #[tokio::test]

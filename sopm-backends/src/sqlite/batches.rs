@@ -66,7 +66,7 @@ pub(crate) fn batchable(row: &JobRow) -> Option<i64> {
     {
         return None;
     }
-    let made = i64::try_from(row.id.unix_ms()?).ok()?;
+    let made = i64::try_from(row.made_ms?).ok()?;
     let finished = row.finished_ms?;
     (finished >= made && finished - made <= MAX_LAG_MS).then_some(made)
 }

@@ -42,6 +42,9 @@ pub(crate) struct JobRow {
     /// `Some(1)` when the id does not sort by the retention time (see
     /// [`delete_expired_jobs`](super::rows::delete_expired_jobs)).
     pub(super) id_unordered: Option<i64>,
+    /// The id's time ([`JobId::unix_ms`]), read once here for both the mark above
+    /// and the writer's choice of a batch row.
+    pub(super) made_ms: Option<u64>,
     /// Where `input` and `output` went, once the writer moved them to a segment.
     pub(super) payload: Option<PayloadRef>,
     /// The job's sole record ([`JobStore::put_sole`](sopm_core::JobStore::put_sole)):
@@ -77,10 +80,11 @@ impl JobRow {
             duration_us: job.duration_us.map(to_sql_int),
             attempts: i64::from(job.attempts),
             id_unordered: None,
+            made_ms: job.id.unix_ms(),
             payload: None,
             sole: false,
         };
-        row.id_unordered = (!id_in_order(&row.id, row.retention_ms())).then_some(1);
+        row.id_unordered = (!id_in_order(row.made_ms, row.retention_ms())).then_some(1);
         Ok(row)
     }
 
@@ -113,13 +117,13 @@ impl JobRow {
     }
 }
 
-/// Whether `id` sorts by a job's retention time (`retention_ms`): a UUIDv7 id made no
-/// later than it. Every job this build makes has one; the retention sweep finds the
-/// others through the `jobs_unordered_age` index. Migration 7 marks the rows it finds
-/// by the same rule in SQL (`tests/sqlite.rs` holds the two to the same marks).
-fn id_in_order(id: &JobId, retention_ms: i64) -> bool {
-    id.unix_ms()
-        .is_some_and(|made| u64::try_from(retention_ms).is_ok_and(|r| made <= r))
+/// Whether an id made at `made_ms` sorts by a job's retention time (`retention_ms`):
+/// a UUIDv7 id made no later than it. Every job this build makes has one; the
+/// retention sweep finds the others through the `jobs_unordered_age` index. Migration
+/// 7 marks the rows it finds by the same rule in SQL (`tests/sqlite.rs` holds the two
+/// to the same marks).
+fn id_in_order(made_ms: Option<u64>, retention_ms: i64) -> bool {
+    made_ms.is_some_and(|made| u64::try_from(retention_ms).is_ok_and(|r| made <= r))
 }
 
 /// The input and output of job `id`, from where `at` says they are in a segment.

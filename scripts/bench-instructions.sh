@@ -12,8 +12,9 @@
 # Each call also clones its input (the loop's own cost: about 360 instructions for
 # math_add's input, about 650 for the 1 KiB text).
 # Then the same for HTTP requests to the release server (scripts/bench_http_instructions.py:
-# every thread of the server counted, SQLite's writer included): GET /healthz, waiting
-# POST /api/execute of math.add and of text.uppercase on the same 1 KiB of text.
+# every thread of the server counted, SQLite's writer included, and shown apart from the
+# request's own path): GET /healthz, waiting POST /api/execute of math.add and of
+# text.uppercase on the same 1 KiB of text.
 #
 # Usage: scripts/bench-instructions.sh [CALLS]   (default 10000; HTTP: SOPM_BENCH_HTTP_CALLS,
 #        default 2000, 0 to skip)

@@ -304,10 +304,10 @@ impl SqliteStore {
         self.read(move |conn| rows::get_job(conn, &dir, &key)).await
     }
 
-    /// Makes sure a read that starts now sees every sole record sent before, given
-    /// `settled`, the writer's settled mark read before the reader last looked: if a
-    /// sole record sent since may not be committed yet, waits for the writer to commit
-    /// what it was sent. Returns whether it waited (and the reader should look again).
+    /// If a sole record was sent after the writer's settled mark read `settled` (the
+    /// caller reads the mark before it looks in the database), waits for the writer to
+    /// commit everything it was sent. Says whether it waited: then a look in the
+    /// database sees every sole record sent before this call.
     async fn settle_sole_records(&self, settled: u64) -> Result<bool> {
         if self.sole.sent.load(Ordering::Acquire) <= settled {
             return Ok(false);
